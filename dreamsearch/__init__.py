@@ -1,0 +1,24 @@
+"""dreamsearch: reverse image search over photo folders with DreamSim embeddings.
+
+Heavy dependencies (torch, open_clip, faiss) are imported only by the functions that need
+them, so importing this package and running ``dreamsearch --help`` stays fast.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+__version__ = "0.1.0"
+
+if TYPE_CHECKING:  # pragma: no cover
+    from dreamsearch.models.base import Embedder
+
+
+def load_model(name: str = "dreamsim", **kwargs) -> "Embedder":
+    """Build the embedder registered as ``name``; see :func:`dreamsearch.models.load_model`."""
+    from dreamsearch.models import load_model as _load_model
+
+    return _load_model(name, **kwargs)
+
+
+__all__ = ["__version__", "load_model"]

@@ -1,0 +1,3 @@
+from dreamsearch.cli import main
+
+main()

@@ -1,0 +1,22 @@
+"""Errors that reach the user as one clear line instead of a traceback."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+
+class DreamsearchError(Exception):
+    """An expected failure (bad input, missing weights, ...) with a message fit for a user."""
+
+
+class ImageError(DreamsearchError):
+    """An image file that cannot be used; the message names the file and the reason."""
+
+    def __init__(self, path: str | Path, reason: str) -> None:
+        self.path = str(path)
+        self.reason = reason
+        super().__init__(f"{self.path}: {reason}")
+
+
+class WeightsError(DreamsearchError):
+    """Model weights that are missing, incomplete or unreadable."""

@@ -1,0 +1,131 @@
+"""Turn an image file into an RGB picture, the same way for every command.
+
+Decisions (see docs/models.md):
+- EXIF orientation is applied, so a photo embeds as it is seen.
+- Transparency is composited on white; the official DreamSim preprocessing drops alpha
+  (``convert('RGB')``), which turns transparent pixels into whatever colour they hide.
+- 16-bit and 32-bit greyscale are scaled to 8 bits (Pillow's plain ``convert`` clips them).
+- Animated images use their first frame.
+"""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from dreamsearch.errors import ImageError
+
+#: Pictures above this many pixels are refused as likely decompression bombs.
+DEFAULT_MAX_PIXELS = 200_000_000
+
+_HEIF_REGISTERED = False
+
+
+def _register_heif() -> None:
+    global _HEIF_REGISTERED
+    if not _HEIF_REGISTERED:
+        try:
+            from pillow_heif import register_heif_opener
+        except ImportError:  # pragma: no cover - pillow-heif is a declared dependency
+            pass
+        else:
+            register_heif_opener()
+        _HEIF_REGISTERED = True
+
+
+def open_rgb(path: str | Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image:
+    """Decode ``path`` fully into an 8-bit RGB image, or raise :class:`ImageError`.
+
+    The whole file is decoded (no JPEG draft mode) so results match the official
+    DreamSim preprocessing bit for bit on ordinary RGB and greyscale files.
+    """
+    _register_heif()
+    path = Path(path)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(path) as img:
+                width, height = img.size
+                if width * height > max_pixels:
+                    raise ImageError(
+                        path, f"{width}x{height} pixels is over the limit of {max_pixels:,}"
+                    )
+                img.seek(0)
+                img.load()
+                return to_rgb(ImageOps.exif_transpose(img))
+    except ImageError:
+        raise
+    except FileNotFoundError:
+        raise ImageError(path, "no such file") from None
+    except IsADirectoryError:
+        raise ImageError(path, "is a directory") from None
+    except PermissionError:
+        raise ImageError(path, "permission denied") from None
+    except UnidentifiedImageError:
+        reason = "empty file" if _is_empty(path) else "not an image Pillow can read"
+        raise ImageError(path, reason) from None
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        raise ImageError(path, f"refused as a decompression bomb ({exc})") from None
+    except (OSError, SyntaxError, ValueError, EOFError) as exc:
+        raise ImageError(path, f"cannot decode: {exc}") from None
+
+
+def _is_empty(path: Path) -> bool:
+    try:
+        return path.stat().st_size == 0
+    except OSError:
+        return False
+
+
+def to_rgb(img: Image.Image) -> Image.Image:
+    """Convert any Pillow mode to 8-bit RGB deliberately (alpha on white, wide ints scaled)."""
+    if img.mode == "RGB":
+        return img
+    if img.mode in ("I;16", "I;16L", "I;16B", "I;16N", "I", "F"):
+        return Image.fromarray(_scale_to_uint8(np.asarray(img), img.mode)).convert("RGB")
+    has_alpha = img.mode in ("RGBA", "LA", "PA", "RGBa", "La") or (
+        img.mode == "P" and "transparency" in img.info
+    )
+    if has_alpha:
+        rgba = img.convert("RGBA")
+        white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return Image.alpha_composite(white, rgba).convert("RGB")
+    return img.convert("RGB")
+
+
+def _scale_to_uint8(pixels: np.ndarray, mode: str) -> np.ndarray:
+    values = pixels.astype(np.float64)
+    if mode == "F":
+        top = 1.0 if values.size and np.nanmax(values) <= 1.0 else 255.0
+    else:
+        top = 65535.0
+    return np.clip(np.rint(values * (255.0 / top)), 0, 255).astype(np.uint8)
+
+
+def resize_squash(img: Image.Image, size: int) -> np.ndarray:
+    """Bicubic resize to ``size``×``size`` ignoring aspect ratio, as DreamSim was trained.
+
+    Returns ``uint8 [size, size, 3]``; scaling to [0, 1] happens on the model's device.
+    """
+    return np.asarray(img.resize((size, size), Image.BICUBIC), dtype=np.uint8)
+
+
+def resize_center_crop(
+    img: Image.Image, resize: int, crop: int, resample: int = Image.BICUBIC
+) -> np.ndarray:
+    """Resize the short side to ``resize``, then take the central ``crop`` square: the
+    classic ImageNet / CLIP evaluation transform, with torchvision's rounding (long side
+    truncated, crop offsets rounded) so baselines see exactly what their authors used.
+    Returns ``uint8 [crop, crop, 3]``."""
+    width, height = img.size
+    if width <= height:
+        new_size = (resize, int(resize * height / width))
+    else:
+        new_size = (int(resize * width / height), resize)
+    resized = img.resize(new_size, resample)
+    left = int(round((new_size[0] - crop) / 2.0))
+    top = int(round((new_size[1] - crop) / 2.0))
+    return np.asarray(resized.crop((left, top, left + crop, top + crop)), dtype=np.uint8)

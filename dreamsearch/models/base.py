@@ -1,0 +1,93 @@
+"""The one interface every embedder offers, and the device plumbing they share."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+from dreamsearch.errors import DreamsearchError
+
+
+def resolve_device(device: str | torch.device = "auto") -> torch.device:
+    """``auto`` picks CUDA when present; asking for CUDA on a machine without it is an error."""
+    if isinstance(device, torch.device):
+        return device
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise DreamsearchError("--device cuda was asked for, but no CUDA device is available")
+    if device not in ("cpu",) and not device.startswith("cuda"):
+        raise DreamsearchError(f"unknown device '{device}' (use auto, cpu or cuda)")
+    return torch.device(device)
+
+
+def set_threads(threads: int | None) -> None:
+    """Cap torch's intra-op threads; oversubscribing the cores slows inference badly."""
+    if threads:
+        torch.set_num_threads(threads)
+
+
+class Embedder:
+    """Images in, unit-norm float32 vectors out.
+
+    ``preprocess`` turns a decoded RGB picture into ``uint8 [S, S, 3]`` (cheap to send
+    between processes); ``embed`` takes a stack of those and returns ``float32 [B, dim]``
+    with unit L2 norm, so cosine similarity is a plain inner product. Scaling to [0, 1] and
+    per-model normalisation happen inside ``network`` on the device.
+    """
+
+    def __init__(
+        self,
+        name: str,
+        network: torch.nn.Module,
+        dim: int,
+        preprocess: Callable[[Image.Image], np.ndarray],
+        device: torch.device,
+        autocast: bool = True,
+    ) -> None:
+        self.name = name
+        self.dim = dim
+        self.device = device
+        self.network = network.eval().requires_grad_(False).to(device)
+        self._preprocess = preprocess
+        self.autocast_dtype = _autocast_dtype(device) if autocast else None
+
+    def preprocess(self, image: Image.Image) -> np.ndarray:
+        return self._preprocess(image)
+
+    def embed(self, batch: np.ndarray) -> np.ndarray:
+        """``uint8 [B, S, S, 3]`` → ``float32 [B, dim]``, unit norm."""
+        pixels = torch.from_numpy(np.ascontiguousarray(batch))
+        if self.device.type == "cuda":
+            pixels = pixels.pin_memory().to(self.device, non_blocking=True)
+        with torch.inference_mode():
+            x = pixels.permute(0, 3, 1, 2).float().div(255)
+            if self.autocast_dtype is not None:
+                with torch.autocast(self.device.type, dtype=self.autocast_dtype):
+                    features = self.network(x)
+            else:
+                features = self.network(x)
+            vectors = F.normalize(features.float(), dim=-1)
+        return vectors.cpu().numpy()
+
+    def embed_images(self, images: Sequence[Image.Image], batch_size: int = 32) -> np.ndarray:
+        """Embed RGB PIL images in order, ``batch_size`` at a time."""
+        out = np.empty((len(images), self.dim), dtype=np.float32)
+        for start in range(0, len(images), batch_size):
+            chunk = images[start : start + batch_size]
+            out[start : start + len(chunk)] = self.embed(np.stack([self.preprocess(i) for i in chunk]))
+        return out
+
+    def __repr__(self) -> str:
+        return f"<Embedder {self.name} dim={self.dim} on {self.device}>"
+
+
+def _autocast_dtype(device: torch.device) -> torch.dtype | None:
+    """bf16 (or fp16) autocast on CUDA only: on CPUs without native bf16 it is ~6× slower."""
+    if device.type != "cuda":
+        return None
+    return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16

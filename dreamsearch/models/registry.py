@@ -1,0 +1,140 @@
+"""The named models dreamsearch knows, and which weight files each one reads.
+
+This module imports nothing heavy: ``dreamsearch models list`` and ``--help`` use it.
+File paths follow the official DreamSim cache layout, so a ``cache_dir`` made by the
+official package works as a weights directory unchanged.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from dreamsearch.errors import DreamsearchError
+
+RELEASES = "https://github.com/ssundaram21/dreamsim/releases/download"
+DINO_URL = "https://dl.fbaipublicfiles.com/dino/dino_vitbase16_pretrain/dino_vitbase16_pretrain.pth"
+DINOV2_URL = "https://dl.fbaipublicfiles.com/dinov2/dinov2_vitb14/dinov2_vitb14_pretrain.pth"
+OPENAI_CLIP_SHA256 = "40d365715913c9da98579312b702a82c18be219cc2a73407c4526f58eba950af"
+OPENAI_CLIP_URL = f"https://openaipublic.azureedge.net/clip/models/{OPENAI_CLIP_SHA256}/ViT-B-32.pt"
+RESNET50_URL = "https://download.pytorch.org/models/resnet50-0676ba61.pth"
+
+
+@dataclass(frozen=True)
+class WeightFile:
+    """One file a model reads: where it lives under the weights directory and where
+    ``fetch`` gets it (a release zip that contains it, or the file itself)."""
+
+    path: str
+    url: str
+    sha256_prefix: str = ""
+
+    @property
+    def in_archive(self) -> bool:
+        return self.url.endswith(".zip")
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """A registered model: its output size, parts and weight files, and how to build it."""
+
+    name: str
+    dim: int
+    branches: tuple[str, ...]
+    summary: str
+    files: tuple[WeightFile, ...]
+    builder: str
+    dreamsim_type: str = ""
+
+
+@dataclass(frozen=True)
+class Backbone:
+    """A DreamSim branch: its pretrained checkpoint and the size of its feature."""
+
+    checkpoint: str
+    url: str
+    dim: int
+
+
+def _release_zip(tag: str, dreamsim_type: str) -> str:
+    return f"{RELEASES}/{tag}/dreamsim_{dreamsim_type}_checkpoint.zip"
+
+
+BACKBONES: dict[str, Backbone] = {
+    "dino_vitb16": Backbone("checkpoints/dino_vitbase16_pretrain.pth", DINO_URL, 768),
+    "dinov2_vitb14": Backbone("checkpoints/dinov2_vitb14_pretrain.pth", DINOV2_URL, 768),
+    "clip_vitb16": Backbone("clip_vitb16_pretrain.pth.tar", "", 512),
+    "open_clip_vitb16": Backbone("open_clip_vitb16_pretrain.pth.tar", "", 512),
+    "clip_vitb32": Backbone("clip_vitb32_pretrain.pth.tar", "", 512),
+    "open_clip_vitb32": Backbone("open_clip_vitb32_pretrain.pth.tar", "", 512),
+    "synclr_vitb16": Backbone("synclr_vit_b_16.pth", "", 768),
+}
+
+# name -> (official dreamsim_type, branches in concatenation order, release tag)
+_DREAMSIM_TYPES: dict[str, tuple[str, tuple[str, ...], str]] = {
+    "dreamsim": ("ensemble", ("dino_vitb16", "clip_vitb16", "open_clip_vitb16"), "v0.2.0-checkpoints"),
+    "dreamsim-dino": ("dino_vitb16", ("dino_vitb16",), "v0.2.0-checkpoints"),
+    "dreamsim-clip": ("clip_vitb32", ("clip_vitb32",), "v0.2.0-checkpoints"),
+    "dreamsim-open-clip": ("open_clip_vitb32", ("open_clip_vitb32",), "v0.2.0-checkpoints"),
+    "dreamsim-dinov2": ("dinov2_vitb14", ("dinov2_vitb14",), "v0.2.1-checkpoints"),
+    "dreamsim-synclr": ("synclr_vitb16", ("synclr_vitb16",), "v0.2.1-checkpoints"),
+}
+
+
+def lora_dir(dreamsim_type: str) -> str:
+    """Folder of the LoRA adapter inside an official cache directory."""
+    tag = "ensemble_" if dreamsim_type == "ensemble" else f"{dreamsim_type}_single_"
+    return f"{tag}lora"
+
+
+def _dreamsim_spec(name: str, dreamsim_type: str, branches: tuple[str, ...], tag: str) -> ModelSpec:
+    archive = _release_zip(tag, dreamsim_type)
+    adapter = lora_dir(dreamsim_type)
+    files = [
+        WeightFile(f"{adapter}/adapter_config.json", archive),
+        WeightFile(f"{adapter}/adapter_model.safetensors", archive),
+    ]
+    for branch in branches:
+        backbone = BACKBONES[branch]
+        files.append(WeightFile(backbone.checkpoint, backbone.url or archive))
+    kind = "ensemble of " + " + ".join(branches) if len(branches) > 1 else branches[0]
+    return ModelSpec(
+        name=name,
+        dim=sum(BACKBONES[b].dim for b in branches),
+        branches=branches,
+        summary=f"DreamSim {kind} (official '{dreamsim_type}')",
+        files=tuple(files),
+        builder="dreamsearch.models.dreamsim:build",
+        dreamsim_type=dreamsim_type,
+    )
+
+
+MODELS: dict[str, ModelSpec] = {
+    name: _dreamsim_spec(name, *entry) for name, entry in _DREAMSIM_TYPES.items()
+}
+MODELS["clip"] = ModelSpec(
+    name="clip",
+    dim=512,
+    branches=("openai_clip_vitb32",),
+    summary="baseline: OpenAI CLIP ViT-B/32 image embedding",
+    files=(WeightFile("baselines/ViT-B-32.pt", OPENAI_CLIP_URL, OPENAI_CLIP_SHA256),),
+    builder="dreamsearch.models.baselines:build_clip",
+)
+MODELS["resnet50"] = ModelSpec(
+    name="resnet50",
+    dim=2048,
+    branches=("resnet50",),
+    summary="baseline: torchvision ResNet50 (ImageNet V1), pooled features",
+    files=(WeightFile("baselines/resnet50-0676ba61.pth", RESNET50_URL, "0676ba61"),),
+    builder="dreamsearch.models.baselines:build_resnet50",
+)
+
+DEFAULT_MODEL = "dreamsim"
+
+
+def get_spec(name: str) -> ModelSpec:
+    """Look a model up by name, with the list of valid names in the error."""
+    try:
+        return MODELS[name]
+    except KeyError:
+        known = ", ".join(MODELS)
+        raise DreamsearchError(f"unknown model '{name}' (known models: {known})") from None

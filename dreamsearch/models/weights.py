@@ -1,0 +1,306 @@
+"""Find, download and import model weights. The only module that touches weight files'
+whereabouts or the network.
+
+A file is only ever moved into the weights directory once it is complete: downloads and
+imports go to a temporary file beside their destination, are checked (length, sha256 when
+it is published, zip CRCs or a full ``torch.load``), then renamed into place.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import tempfile
+import urllib.error
+import urllib.request
+import zipfile
+from collections.abc import Iterable
+from pathlib import Path
+
+from dreamsearch.errors import WeightsError
+from dreamsearch.models.registry import ModelSpec, WeightFile
+
+ENV_WEIGHTS = "DREAMSEARCH_WEIGHTS"
+ENV_OFFLINE = "DREAMSEARCH_OFFLINE"
+_CHUNK = 1 << 20
+
+
+def weights_dir(explicit: str | os.PathLike | None = None) -> Path:
+    """The weights directory: ``explicit``, else ``$DREAMSEARCH_WEIGHTS``, else the user cache."""
+    if explicit:
+        return Path(explicit).expanduser()
+    if os.environ.get(ENV_WEIGHTS):
+        return Path(os.environ[ENV_WEIGHTS]).expanduser()
+    from platformdirs import user_cache_dir
+
+    return Path(user_cache_dir("dreamsearch")) / "weights"
+
+
+def missing_files(spec: ModelSpec, root: Path) -> list[WeightFile]:
+    return [f for f in spec.files if not (root / f.path).is_file()]
+
+
+def installed_size(spec: ModelSpec, root: Path) -> int:
+    """Bytes on disk of the files this model reads (0 for absent ones)."""
+    return sum((root / f.path).stat().st_size for f in spec.files if (root / f.path).is_file())
+
+
+def offline() -> bool:
+    return any(os.environ.get(v, "") not in ("", "0") for v in (ENV_OFFLINE, "HF_HUB_OFFLINE"))
+
+
+def ensure_weights(spec: ModelSpec, root: Path, allow_download: bool = True) -> Path:
+    """Return ``root`` once every file of ``spec`` is present, downloading what is missing
+    when allowed and possible; otherwise raise a :class:`WeightsError` that says what is
+    missing, where it comes from and how to import it."""
+    missing = missing_files(spec, root)
+    if not missing:
+        return root
+    if allow_download and not offline():
+        try:
+            fetch(spec, root)
+            return root
+        except _NetworkError as exc:
+            raise WeightsError(_missing_message(spec, root, missing, str(exc))) from None
+    raise WeightsError(_missing_message(spec, root, missing, "downloads are disabled (offline)"))
+
+
+def _missing_message(spec: ModelSpec, root: Path, missing: list[WeightFile], why: str) -> str:
+    urls = sorted({f.url for f in missing})
+    return (
+        f"model '{spec.name}' needs weights missing from {root}: "
+        + ", ".join(f.path for f in missing)
+        + f"; {why}. Download "
+        + " and ".join(urls)
+        + f" on a connected machine, then run `dreamsearch models import {spec.name} PATH"
+        + f" --weights-dir {root}` (PATH: the zip, the file, or a folder such as an official"
+        + " DreamSim cache_dir)."
+    )
+
+
+class _NetworkError(Exception):
+    """The download could not reach its server (as opposed to a broken file)."""
+
+
+def fetch(spec: ModelSpec, root: Path, progress: bool = True) -> list[Path]:
+    """Download every missing file of ``spec`` into ``root``; returns the paths written."""
+    root.mkdir(parents=True, exist_ok=True)
+    written: list[Path] = []
+    missing = missing_files(spec, root)
+    for url in dict.fromkeys(f.url for f in missing):
+        wanted = [f for f in missing if f.url == url]
+        with tempfile.TemporaryDirectory(dir=root, prefix=".download-") as tmp:
+            target = Path(tmp) / url.rsplit("/", 1)[-1]
+            _download(url, target, progress)
+            if wanted[0].in_archive:
+                written += _install_from_zip(target, wanted, root, url)
+            else:
+                _check_file(target, wanted[0], url)
+                written.append(_move_into_place(target, root / wanted[0].path))
+    return written
+
+
+def _download(url: str, target: Path, progress: bool) -> None:
+    try:
+        response = urllib.request.urlopen(url, timeout=60)
+    except (urllib.error.URLError, OSError) as exc:
+        reason = getattr(exc, "reason", exc)
+        raise _NetworkError(f"cannot download {url} ({reason})") from None
+    with response:
+        expected = int(response.headers.get("Content-Length") or 0)
+        received = 0
+        with _progress_bar(progress, url.rsplit("/", 1)[-1], expected) as advance, target.open("wb") as out:
+            try:
+                while chunk := response.read(_CHUNK):
+                    out.write(chunk)
+                    received += len(chunk)
+                    advance(len(chunk))
+            except (OSError, urllib.error.URLError) as exc:
+                raise WeightsError(f"download of {url} broke off after {received:,} bytes ({exc})") from None
+            out.flush()
+            os.fsync(out.fileno())
+    if expected and received != expected:
+        raise WeightsError(f"download of {url} is incomplete: {received:,} of {expected:,} bytes")
+
+
+class _progress_bar:
+    """A rich progress bar on stderr, or nothing when ``enabled`` is false."""
+
+    def __init__(self, enabled: bool, label: str, total: int) -> None:
+        self.enabled, self.label, self.total = enabled, label, total
+
+    def __enter__(self):
+        if not self.enabled:
+            return lambda n: None
+        from rich.console import Console
+        from rich.progress import DownloadColumn, Progress, TransferSpeedColumn
+
+        self._bar = Progress(
+            *Progress.get_default_columns(), DownloadColumn(), TransferSpeedColumn(),
+            console=Console(stderr=True), transient=True,
+        )
+        self._bar.start()
+        task = self._bar.add_task(self.label, total=self.total or None)
+        return lambda n: self._bar.advance(task, n)
+
+    def __exit__(self, *exc) -> None:
+        if self.enabled:
+            self._bar.stop()
+
+
+def _check_file(path: Path, expected: WeightFile, origin: str) -> None:
+    """Refuse a file that is not the complete, readable checkpoint it claims to be."""
+    if expected.sha256_prefix:
+        digest = _sha256(path)
+        if not digest.startswith(expected.sha256_prefix):
+            raise WeightsError(
+                f"{origin}: sha256 {digest[:16]}… does not match the published {expected.sha256_prefix[:16]}…"
+            )
+        return
+    if path.name.endswith(".json"):
+        import json
+
+        try:
+            json.loads(path.read_text())
+        except (ValueError, UnicodeDecodeError) as exc:
+            raise WeightsError(f"{origin}: not valid JSON ({exc})") from None
+        return
+    if path.name.endswith(".safetensors"):
+        from safetensors import safe_open
+
+        try:
+            with safe_open(str(path), framework="pt") as handle:
+                for key in handle.keys():
+                    handle.get_slice(key)
+        except Exception as exc:  # safetensors raises its own error types
+            raise WeightsError(f"{origin}: not a readable safetensors file ({exc})") from None
+        return
+    import torch
+
+    try:
+        torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # torch.load raises many error types for broken files
+        raise WeightsError(f"{origin}: not a complete, readable checkpoint ({exc})") from None
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        while chunk := handle.read(_CHUNK):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _install_from_zip(archive: Path, wanted: list[WeightFile], root: Path, origin: str) -> list[Path]:
+    """Verify every CRC of ``archive`` and move the ``wanted`` files from it into ``root``."""
+    try:
+        with zipfile.ZipFile(archive) as zf:
+            bad = zf.testzip()
+            if bad is not None:
+                raise WeightsError(f"{origin}: damaged zip (bad CRC in {bad})")
+            members = _zip_members(zf)
+            with tempfile.TemporaryDirectory(dir=root, prefix=".unzip-") as tmp:
+                picked = []
+                for wanted_file in wanted:
+                    member = _find_member(members, wanted_file.path)
+                    if member is None:
+                        raise WeightsError(f"{origin}: the zip has no {wanted_file.path}")
+                    extracted = Path(tmp) / wanted_file.path
+                    extracted.parent.mkdir(parents=True, exist_ok=True)
+                    with zf.open(member) as src, extracted.open("wb") as dst:
+                        shutil.copyfileobj(src, dst, _CHUNK)
+                    picked.append((extracted, wanted_file))
+                return [_move_into_place(src, root / f.path) for src, f in picked]
+    except (zipfile.BadZipFile, EOFError, OSError) as exc:
+        if isinstance(exc, WeightsError):
+            raise
+        raise WeightsError(f"{origin}: not a complete zip file ({exc})") from None
+
+
+def _zip_members(zf: zipfile.ZipFile) -> dict[str, str]:
+    return _by_suffix((info.filename, info.filename) for info in zf.infolist() if not info.is_dir())
+
+
+def _by_suffix(entries: Iterable[tuple[str, object]]) -> dict:
+    """Index items by every tail of their path, so ``x/ensemble_lora/adapter_config.json``
+    is found as ``ensemble_lora/adapter_config.json`` (zips and copies often add a folder)."""
+    table: dict = {}
+    for relpath, item in entries:
+        parts = relpath.split("/")
+        for start in range(len(parts)):
+            table.setdefault("/".join(parts[start:]), item)
+    return table
+
+
+def _find_member(table: dict[str, str], relpath: str):
+    """Look ``relpath`` up by full path, or by bare name for backbone checkpoints (whose
+    names are unique; adapter files are only ever matched with their folder)."""
+    if relpath in table:
+        return table[relpath]
+    parent, _, name = relpath.rpartition("/")
+    return None if parent.endswith("lora") else table.get(name)
+
+
+def _move_into_place(source: Path, destination: Path) -> Path:
+    destination.parent.mkdir(parents=True, exist_ok=True)
+    staged = destination.with_name(f".{destination.name}.partial")
+    shutil.move(str(source), staged)
+    with staged.open("rb") as handle:
+        os.fsync(handle.fileno())
+    os.replace(staged, destination)
+    return destination
+
+
+def import_weights(spec: ModelSpec, root: Path, source: Path) -> list[Path]:
+    """Copy the files ``spec`` needs from ``source`` (a zip, a single file, or a folder such
+    as an official DreamSim ``cache_dir``) into ``root``; returns the paths written."""
+    source = Path(source).expanduser()
+    if not source.exists():
+        raise WeightsError(f"{source}: no such file or folder")
+    root.mkdir(parents=True, exist_ok=True)
+    missing = missing_files(spec, root)
+    if not missing:
+        return []
+    if source.is_file() and zipfile.is_zipfile(source):
+        return _install_from_zip_partial(source, missing, root)
+    candidates: dict[str, Path] = (
+        _folder_candidates(source) if source.is_dir() else {source.name: source}
+    )
+    written = []
+    for wanted in missing:
+        found = _find_member(candidates, wanted.path)
+        if found is None:
+            continue
+        with tempfile.TemporaryDirectory(dir=root, prefix=".import-") as tmp:
+            staged = Path(tmp) / found.name
+            shutil.copyfile(found, staged)
+            _check_file(staged, wanted, str(found))
+            written.append(_move_into_place(staged, root / wanted.path))
+    if not written:
+        raise WeightsError(
+            f"{source} holds none of the files model '{spec.name}' needs: "
+            + ", ".join(f.path for f in missing)
+        )
+    return written
+
+
+def _install_from_zip_partial(archive: Path, missing: list[WeightFile], root: Path) -> list[Path]:
+    with zipfile.ZipFile(archive) as zf:
+        members = _zip_members(zf)
+    present = [f for f in missing if _find_member(members, f.path) is not None]
+    if not present:
+        raise WeightsError(f"{archive} holds none of: " + ", ".join(f.path for f in missing))
+    return _install_from_zip(archive, present, root, str(archive))
+
+
+def _folder_candidates(folder: Path) -> dict[str, Path]:
+    return _by_suffix(
+        (path.relative_to(folder).as_posix(), path) for path in _walk_files(folder)
+    )
+
+
+def _walk_files(folder: Path) -> Iterable[Path]:
+    for dirpath, _dirs, files in os.walk(folder):
+        for name in files:
+            yield Path(dirpath) / name

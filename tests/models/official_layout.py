@@ -1,0 +1,181 @@
+"""Write seeded random DreamSim weights in the official ``cache_dir`` layout.
+
+Backbones are built with the official package's own classes (and, for DINOv2, with the
+reference in ``dinov2_reference.py``), randomised, and saved exactly as the release files
+are; LoRA adapters are made and saved with peft on the official ``PerceptualModel``.
+The official package then loads the folder offline, which makes it a test oracle:
+torch.hub finds the stand-in ``hubconf.py`` files written here instead of GitHub.
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import torch
+
+DINO_URL = "https://dl.fbaipublicfiles.com/dino/dino_vitbase16_pretrain/dino_vitbase16_pretrain.pth"
+DINOV2_URL = "https://dl.fbaipublicfiles.com/dinov2/dinov2_vitb14/dinov2_vitb14_pretrain.pth"
+
+HERE = Path(__file__).resolve().parent
+
+DINO_HUBCONF = f'''
+import torch
+from dreamsim.feature_extraction.vision_transformer import vit_base
+
+dependencies = ["torch"]
+
+
+def dino_vitb16(pretrained=True, **kwargs):
+    model = vit_base(patch_size=16, num_classes=0, **kwargs)
+    if pretrained:
+        state = torch.hub.load_state_dict_from_url("{DINO_URL}", map_location="cpu")
+        model.load_state_dict(state, strict=True)
+    return model
+'''
+
+DINOV2_HUBCONF = f'''
+import importlib.util
+import torch
+
+dependencies = ["torch"]
+_spec = importlib.util.spec_from_file_location("dinov2_reference", r"{HERE / 'dinov2_reference.py'}")
+_reference = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(_reference)
+
+
+def dinov2_vitb14(pretrained=True, **kwargs):
+    model = _reference.DinoV2()
+    if pretrained:
+        state = torch.hub.load_state_dict_from_url("{DINOV2_URL}", map_location="cpu")
+        model.load_state_dict(state, strict=True)
+    return model
+'''
+
+# official type -> (backbone files to write, LoRA folder)
+TYPES = {
+    "ensemble": (("dino_vitb16", "clip_vitb16", "open_clip_vitb16"), "ensemble_lora"),
+    "dino_vitb16": (("dino_vitb16",), "dino_vitb16_single_lora"),
+    "clip_vitb32": (("clip_vitb32",), "clip_vitb32_single_lora"),
+    "open_clip_vitb32": (("open_clip_vitb32",), "open_clip_vitb32_single_lora"),
+    "dinov2_vitb14": (("dinov2_vitb14",), "dinov2_vitb14_single_lora"),
+    "synclr_vitb16": (("synclr_vitb16",), "synclr_vitb16_single_lora"),
+}
+
+
+def randomize_(state: dict[str, torch.Tensor], generator: torch.Generator) -> dict[str, torch.Tensor]:
+    """Fill a state dict with seeded values of realistic scale (LayerNorm gains near 1)."""
+    out = {}
+    for key, value in state.items():
+        noise = torch.randn(value.shape, generator=generator)
+        if key.endswith(("norm1.weight", "norm2.weight", "norm.weight", "pos_drop.weight", "ln_pre.weight")):
+            out[key] = 1.0 + 0.1 * noise
+        elif key.endswith("gamma"):
+            out[key] = 0.5 + 0.1 * noise
+        elif key == "proj":
+            out[key] = noise * value.shape[0] ** -0.5
+        else:
+            out[key] = 0.02 * noise
+    return out
+
+
+def _vit_state(patch_size: int, generator: torch.Generator) -> dict[str, torch.Tensor]:
+    from dreamsim.feature_extraction.vision_transformer import vit_base
+
+    return randomize_(vit_base(patch_size=patch_size).state_dict(), generator)
+
+
+def write_backbone(root: Path, branch: str, seed: int) -> None:
+    """Write one backbone file (and the extra files the official loader opens)."""
+    g = torch.Generator().manual_seed(seed)
+    if branch == "dino_vitb16":
+        (root / "checkpoints").mkdir(parents=True, exist_ok=True)
+        torch.save(_vit_state(16, g), root / "checkpoints/dino_vitbase16_pretrain.pth")
+        # The official loader also reads the DINO head from the full training checkpoint.
+        head = {
+            "module.head.mlp.0.weight": torch.randn(2048, 768, generator=g) * 0.02,
+            "module.head.mlp.0.bias": torch.zeros(2048),
+            "module.head.mlp.2.weight": torch.randn(2048, 2048, generator=g) * 0.02,
+            "module.head.mlp.2.bias": torch.zeros(2048),
+            "module.head.mlp.4.weight": torch.randn(256, 2048, generator=g) * 0.02,
+            "module.head.mlp.4.bias": torch.zeros(256),
+            "module.head.last_layer.weight": torch.randn(2048, 256, generator=g) * 0.02,
+        }
+        torch.save({"student": head}, root / "dino_vitb16_pretrain.pth")
+        _write_hubconf(root / "facebookresearch_dino_main", DINO_HUBCONF)
+    elif branch == "dinov2_vitb14":
+        import importlib.util
+
+        spec = importlib.util.spec_from_file_location("dinov2_reference", HERE / "dinov2_reference.py")
+        reference = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(reference)
+        state = randomize_(reference.DinoV2().state_dict(), g)
+        (root / "checkpoints").mkdir(parents=True, exist_ok=True)
+        torch.save(state, root / "checkpoints/dinov2_vitb14_pretrain.pth")
+        shutil.copyfile(root / "checkpoints/dinov2_vitb14_pretrain.pth", root / "dinov2_vitb14_pretrain.pth")
+        _write_hubconf(root / "facebookresearch_dinov2_main", DINOV2_HUBCONF)
+    elif "clip" in branch:
+        patch = int(branch[-2:])
+        state = _vit_state(patch, g)
+        state["pos_drop.weight"] = 1.0 + 0.1 * torch.randn(768, generator=g)
+        state["pos_drop.bias"] = 0.02 * torch.randn(768, generator=g)
+        state["proj"] = torch.randn(768, 512, generator=g) * 768**-0.5
+        torch.save({"state_dict": state}, root / f"{branch}_pretrain.pth.tar")
+    elif branch == "synclr_vitb16":
+        state = {f"module.visual.{k}": v for k, v in _vit_state(16, g).items()}
+        torch.save({"model": state}, root / "synclr_vit_b_16.pth")
+    else:
+        raise ValueError(branch)
+
+
+def _write_hubconf(folder: Path, text: str) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "hubconf.py").write_text(text)
+
+
+def write_adapter(root: Path, dreamsim_type: str, seed: int, r: int = 8, alpha: float = 16.0) -> None:
+    """Save a LoRA adapter with non-zero A and B through peft, on the official model."""
+    from dreamsim.config import dreamsim_args
+    from dreamsim.model import PerceptualModel
+    from peft import LoraConfig, get_peft_model
+
+    config = dreamsim_args["model_config"][dreamsim_type]
+    model = PerceptualModel(**config, device="cpu", load_dir=str(root), normalize_embeds=True)
+    lora = LoraConfig(r=r, lora_alpha=alpha, lora_dropout=0.1, bias="none", target_modules=["qkv"])
+    peft_model = get_peft_model(model, lora)
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, param in peft_model.named_parameters():
+            if "lora_" in name:
+                param.copy_(torch.randn(param.shape, generator=g) * 0.05)
+    peft_model.save_pretrained(str(root / TYPES[dreamsim_type][1]))
+
+
+def write_official_cache(root: Path, dreamsim_type: str, seed: int = 0) -> Path:
+    """Everything the official ``dreamsim(cache_dir=root, dreamsim_type=...)`` reads."""
+    root.mkdir(parents=True, exist_ok=True)
+    branches, _ = TYPES[dreamsim_type]
+    for offset, branch in enumerate(branches):
+        if not _backbone_present(root, branch):
+            write_backbone(root, branch, seed * 100 + offset)
+    write_adapter(root, dreamsim_type, seed * 100 + 50)
+    return root
+
+
+def _backbone_present(root: Path, branch: str) -> bool:
+    names = {
+        "dino_vitb16": "checkpoints/dino_vitbase16_pretrain.pth",
+        "dinov2_vitb14": "checkpoints/dinov2_vitb14_pretrain.pth",
+        "synclr_vitb16": "synclr_vit_b_16.pth",
+    }
+    return (root / names.get(branch, f"{branch}_pretrain.pth.tar")).exists()
+
+
+def official_model(root: Path, dreamsim_type: str):
+    """The official package's model and preprocess, built offline from ``root``."""
+    from dreamsim import dreamsim
+
+    model, preprocess = dreamsim(
+        pretrained=True, device="cpu", cache_dir=str(root), dreamsim_type=dreamsim_type
+    )
+    return model, preprocess
