@@ -43,7 +43,7 @@ def build_clip(spec: ModelSpec, root: Path, device: torch.device) -> Embedder:
 
     path = root / spec.files[0].path
     try:
-        model = open_clip.load_openai_model(str(path), device="cpu", jit=False)
+        model = open_clip.load_openai_model(str(path), precision="fp32", device="cpu")
     except Exception as exc:  # JIT/torch.load raise many types for damaged files
         raise WeightsError(f"{path}: not an OpenAI CLIP checkpoint ({exc})") from None
     visual = model.visual.float()

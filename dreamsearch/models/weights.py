@@ -262,7 +262,8 @@ def import_weights(spec: ModelSpec, root: Path, source: Path) -> list[Path]:
     missing = missing_files(spec, root)
     if not missing:
         return []
-    if source.is_file() and zipfile.is_zipfile(source):
+    # A torch checkpoint is a zip too, so only a ``.zip`` name marks a release archive.
+    if source.is_file() and source.suffix.lower() == ".zip":
         return _install_from_zip_partial(source, missing, root)
     candidates: dict[str, Path] = (
         _folder_candidates(source) if source.is_dir() else {source.name: source}

@@ -1,0 +1,58 @@
+"""Shared fixtures: offline mode for every test, and a folder of real encoded images."""
+
+from __future__ import annotations
+
+import os
+
+os.environ["HF_HUB_OFFLINE"] = "1"  # every hub lookup would otherwise wait ~50 s here
+os.environ["DREAMSEARCH_OFFLINE"] = "1"
+
+from pathlib import Path  # noqa: E402
+
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+from PIL import Image  # noqa: E402
+
+from tests.models import official_layout  # noqa: E402
+
+
+def photo_like(width: int, height: int, seed: int) -> Image.Image:
+    """A smooth picture with some texture, so JPEG coding behaves as on photos."""
+    rng = np.random.default_rng(seed)
+    y, x = np.mgrid[0:height, 0:width].astype(np.float32)
+    channels = []
+    for _ in range(3):
+        fx, fy, phase = rng.uniform(0.005, 0.05, 2).tolist() + [rng.uniform(0, 6.28)]
+        channels.append(127 + 100 * np.sin(fx * x + fy * y + phase))
+    pixels = np.stack(channels, axis=-1) + rng.normal(0, 12, (height, width, 3))
+    return Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8))
+
+
+@pytest.fixture(scope="session")
+def sample_images(tmp_path_factory) -> list[Path]:
+    """JPEG and PNG files of odd sizes, one greyscale: the conformance inputs."""
+    folder = tmp_path_factory.mktemp("images")
+    paths = []
+    photo_like(301, 199, 1).save(folder / "wide.jpg", quality=90)
+    photo_like(150, 257, 2).save(folder / "tall.png")
+    photo_like(97, 61, 3).convert("L").save(folder / "grey.jpg", quality=85)
+    photo_like(640, 480, 4).save(folder / "photo.jpg", quality=75, progressive=True)
+    for name in ("wide.jpg", "tall.png", "grey.jpg", "photo.jpg"):
+        paths.append(folder / name)
+    return paths
+
+
+@pytest.fixture(scope="session")
+def official_cache(tmp_path_factory):
+    """``official_cache(type)`` → a folder the official package loads offline as
+    ``dreamsim(cache_dir=..., dreamsim_type=type)``; all types share one folder."""
+    root = tmp_path_factory.mktemp("official_cache")
+    written: set[str] = set()
+
+    def make(dreamsim_type: str) -> Path:
+        if dreamsim_type not in written:
+            official_layout.write_official_cache(root, dreamsim_type, seed=len(written) + 1)
+            written.add(dreamsim_type)
+        return root
+
+    return make

@@ -1,0 +1,44 @@
+"""Our DreamSim embeddings equal the official package's, for every DreamSim type.
+
+Both implementations load the same seeded random weights from one official-layout
+folder; the official one runs with peft's unmerged LoRA, hooks and naive attention."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from dreamsearch.embedding import embed_files
+from dreamsearch.models import load_model
+from tests.models.official_layout import official_model
+
+TYPES = {
+    "dreamsim": "ensemble",
+    "dreamsim-dino": "dino_vitb16",
+    "dreamsim-clip": "clip_vitb32",
+    "dreamsim-open-clip": "open_clip_vitb32",
+    "dreamsim-dinov2": "dinov2_vitb14",
+    "dreamsim-synclr": "synclr_vitb16",
+}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", TYPES)
+def test_embeddings_match_official_package(name, official_cache, sample_images):
+    root = official_cache(TYPES[name])
+    model, preprocess = official_model(root, TYPES[name])
+    with torch.no_grad():
+        expected = torch.cat([model.embed(preprocess(Image.open(p))) for p in sample_images]).numpy()
+
+    ours = load_model(name, weights_dir=root, device="cpu", allow_download=False)
+    result = embed_files(ours, sample_images, batch_size=3)
+
+    assert result.failures == []
+    assert result.vectors.shape == expected.shape == (len(sample_images), ours.dim)
+    assert result.vectors.dtype == np.float32
+    np.testing.assert_allclose(np.linalg.norm(result.vectors, axis=1), 1.0, atol=1e-6)
+    assert np.abs(result.vectors - expected).max() <= 1e-5
+    # The images are distinct, so a model that ignored its input would fail here.
+    assert np.abs(expected[0] - expected[1]).max() > 1e-3

@@ -1,0 +1,106 @@
+"""The command line: fast help, embed output formats, one-line errors, model management."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from dreamsearch.cli import main
+from dreamsearch.embedding import embed_files
+from dreamsearch.models import load_model
+
+
+def run_cli(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "dreamsearch", *args], capture_output=True, text=True)
+
+
+def test_help_does_not_import_heavy_modules():
+    code = "import sys; from dreamsearch.cli import main; sys.exit('torch' in sys.modules)"
+    assert subprocess.run([sys.executable, "-c", code]).returncode == 0
+    result = run_cli("--help")
+    assert result.returncode == 0
+    assert "embed" in result.stdout and "models" in result.stdout
+
+
+@pytest.fixture(scope="module")
+def dino_weights(official_cache):
+    return official_cache("dino_vitb16")
+
+
+@pytest.mark.slow
+def test_embed_npy_keeps_input_order_and_reports_bad_files(tmp_path, sample_images, dino_weights):
+    bad = tmp_path / "notes.png"
+    bad.write_text("not an image")
+    inputs = [sample_images[2], bad, sample_images[0], sample_images[1]]
+    out = tmp_path / "v.npy"
+    result = CliRunner().invoke(
+        main, ["embed", *map(str, inputs), "-m", "dreamsim-dino", "--weights-dir", str(dino_weights),
+               "-o", str(out), "--device", "cpu", "--batch-size", "2"],
+    )
+    assert result.exit_code == 1
+    assert f"skipped {bad}: not an image" in result.stderr
+    vectors = np.load(out)
+    assert vectors.dtype == np.float32 and vectors.shape == (3, 768)
+    expected = embed_files(
+        load_model("dreamsim-dino", weights_dir=dino_weights, device="cpu"),
+        [sample_images[2], sample_images[0], sample_images[1]],
+    ).vectors
+    np.testing.assert_allclose(vectors, expected, atol=1e-6)
+
+
+@pytest.mark.slow
+def test_embed_json_to_stdout(sample_images, dino_weights):
+    result = CliRunner().invoke(
+        main, ["embed", str(sample_images[0]), "-m", "dreamsim-dino", "--weights-dir", str(dino_weights),
+               "-o", "-", "--device", "cpu"],
+    )
+    assert result.exit_code == 0, result.output
+    document = json.loads(result.stdout)
+    assert document["model"] == "dreamsim-dino" and document["dim"] == 768
+    assert document["embeddings"][0]["path"] == str(sample_images[0])
+    assert abs(np.linalg.norm(document["embeddings"][0]["vector"]) - 1) < 1e-5
+    assert document["failed"] == []
+
+
+def test_missing_weights_is_one_line_without_traceback(tmp_path, sample_images):
+    result = run_cli("embed", str(sample_images[0]), "-m", "dreamsim", "--weights-dir", str(tmp_path), "-o", str(tmp_path / "v.npy"))
+    assert result.returncode == 1
+    assert "Traceback" not in result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: model 'dreamsim' needs weights")
+    assert "dreamsearch models import dreamsim" in lines[0]
+    assert not (tmp_path / "v.npy").exists()
+
+
+def test_unknown_model_and_unknown_device(tmp_path, sample_images):
+    result = run_cli("embed", str(sample_images[0]), "-m", "nope", "-o", str(tmp_path / "v.npy"))
+    assert result.returncode == 1 and "unknown model 'nope'" in result.stderr and "dreamsim-dino" in result.stderr
+    result = run_cli("embed", str(sample_images[0]), "--device", "tpu", "-o", str(tmp_path / "v.npy"))
+    assert result.returncode == 2 and "tpu" in result.stderr
+
+
+def test_models_list_import_and_list_again(tmp_path, dino_weights):
+    runner = CliRunner()
+    weights = tmp_path / "w"
+    listing = runner.invoke(main, ["models", "list", "--weights-dir", str(weights)])
+    assert listing.exit_code == 0
+    assert "dreamsim-dino" in listing.stdout and "resnet50" in listing.stdout and "yes" not in listing.stdout
+
+    imported = runner.invoke(main, ["models", "import", "dreamsim-dino", str(dino_weights), "--weights-dir", str(weights)])
+    assert imported.exit_code == 0, imported.output
+    assert "dreamsim-dino: installed" in imported.stdout
+
+    listing = runner.invoke(main, ["models", "list", "--weights-dir", str(weights)], terminal_width=200)
+    row = next(line for line in listing.stdout.splitlines() if "dreamsim-dino" in line)
+    assert "yes" in row and "MiB" in row
+
+
+def test_fetch_offline_is_a_clear_error(tmp_path):
+    result = run_cli("models", "fetch", "resnet50", "--weights-dir", str(tmp_path))
+    assert result.returncode == 1
+    assert "resnet50-0676ba61.pth" in result.stderr and "Traceback" not in result.stderr

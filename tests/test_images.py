@@ -1,0 +1,123 @@
+"""Decoding rules shared by every command: orientation, modes, and clear refusals."""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from dreamsearch.errors import ImageError
+from dreamsearch.images import open_rgb, resize_center_crop, resize_squash
+from tests.conftest import photo_like
+
+
+def _save(img: Image.Image, path, **kwargs):
+    img.save(path, **kwargs)
+    return path
+
+
+@pytest.mark.parametrize("orientation, transpose", [(6, Image.Transpose.ROTATE_270), (8, Image.Transpose.ROTATE_90), (3, Image.Transpose.ROTATE_180)])
+def test_exif_orientation_is_applied(tmp_path, orientation, transpose):
+    img = photo_like(120, 80, 7)
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    path = _save(img, tmp_path / "rot.png", exif=exif)
+    decoded = open_rgb(path)
+    assert np.array_equal(np.asarray(decoded), np.asarray(img.transpose(transpose)))
+
+
+def test_alpha_is_composited_on_white(tmp_path):
+    rgba = Image.new("RGBA", (10, 10), (255, 0, 0, 255))
+    rgba.putpixel((0, 0), (0, 0, 0, 0))  # fully transparent black
+    rgba.putpixel((1, 0), (0, 0, 255, 128))  # half-transparent blue
+    pixels = np.asarray(open_rgb(_save(rgba, tmp_path / "a.png")))
+    assert tuple(pixels[0, 0]) == (255, 255, 255)
+    assert tuple(pixels[0, 1]) == (127, 127, 255)
+    assert tuple(pixels[5, 5]) == (255, 0, 0)
+
+
+def test_palette_with_transparency_uses_white(tmp_path):
+    img = Image.new("P", (4, 4), 0)
+    img.putpalette([0, 0, 0, 10, 200, 30] + [0] * 762)
+    img.putpixel((1, 1), 1)
+    path = _save(img, tmp_path / "p.png", transparency=0)
+    pixels = np.asarray(open_rgb(path))
+    assert tuple(pixels[0, 0]) == (255, 255, 255)
+    assert tuple(pixels[1, 1]) == (10, 200, 30)
+
+
+def test_16_bit_greyscale_is_scaled_not_clipped(tmp_path):
+    ramp = (np.arange(256, dtype=np.uint32).reshape(16, 16) * 257).astype(np.uint16)
+    path = _save(Image.fromarray(ramp), tmp_path / "deep.png")
+    assert Image.open(path).mode.startswith("I")
+    pixels = np.asarray(open_rgb(path))
+    assert pixels.shape == (16, 16, 3)
+    assert np.array_equal(pixels[..., 0], np.arange(256).reshape(16, 16))
+
+
+def test_cmyk_jpeg_becomes_rgb(tmp_path):
+    path = _save(photo_like(64, 48, 1).convert("CMYK"), tmp_path / "cmyk.jpg")
+    decoded = open_rgb(path)
+    assert decoded.mode == "RGB" and decoded.size == (64, 48)
+
+
+def test_animated_gif_uses_first_frame(tmp_path):
+    frames = [Image.new("RGB", (8, 8), c) for c in ((250, 0, 0), (0, 250, 0))]
+    path = tmp_path / "anim.gif"
+    frames[0].save(path, save_all=True, append_images=frames[1:], duration=100, loop=0)
+    pixels = np.asarray(open_rgb(path))
+    assert pixels[4, 4, 0] > 200 and pixels[4, 4, 1] < 50
+
+
+def test_heic_is_read(tmp_path):
+    from pillow_heif import register_heif_opener
+
+    register_heif_opener()
+    path = _save(photo_like(64, 48, 2), tmp_path / "photo.heic", quality=90)
+    assert open_rgb(path).size == (64, 48)
+
+
+@pytest.mark.parametrize(
+    "name, content, reason",
+    [
+        ("empty.jpg", b"", "empty file"),
+        ("text.png", b"this is not a picture\n", "not an image"),
+    ],
+)
+def test_unreadable_files_name_the_reason(tmp_path, name, content, reason):
+    path = tmp_path / name
+    path.write_bytes(content)
+    with pytest.raises(ImageError) as info:
+        open_rgb(path)
+    assert str(path) in str(info.value) and reason in str(info.value)
+    assert "\n" not in str(info.value)
+
+
+def test_truncated_jpeg_is_refused(tmp_path):
+    buffer = io.BytesIO()
+    photo_like(300, 200, 3).save(buffer, "JPEG", quality=90)
+    path = tmp_path / "cut.jpg"
+    path.write_bytes(buffer.getvalue()[: len(buffer.getvalue()) // 2])
+    with pytest.raises(ImageError, match="cut.jpg: cannot decode"):
+        open_rgb(path)
+
+
+def test_missing_file_and_decompression_bomb(tmp_path):
+    with pytest.raises(ImageError, match="no such file"):
+        open_rgb(tmp_path / "gone.jpg")
+    path = _save(Image.new("L", (3000, 3000)), tmp_path / "huge.png")
+    with pytest.raises(ImageError, match="over the limit"):
+        open_rgb(path, max_pixels=1_000_000)
+
+
+def test_misnamed_file_is_read_by_content(tmp_path):
+    path = _save(photo_like(40, 30, 4), tmp_path / "really_a_png.jpg", format="PNG")
+    assert open_rgb(path).size == (40, 30)
+
+
+def test_resize_helpers_shapes():
+    img = photo_like(300, 200, 5)
+    assert resize_squash(img, 224).shape == (224, 224, 3)
+    assert resize_center_crop(img, 256, 224).shape == (224, 224, 3)
