@@ -133,8 +133,10 @@ def models_import(name: str, path: Path, weights_dir: Path | None) -> None:
 @click.option("--batch-size", default=16, show_default=True, type=click.IntRange(1))
 @click.option("--device", default="auto", show_default=True, type=DEVICE_CHOICES)
 @click.option("--threads", type=click.IntRange(1), default=None, help="CPU threads for torch (default: all cores).")
+@click.option("--compile/--no-compile", "compile_model", default=False, show_default=True,
+              help="torch.compile the model: 15-60 s once, then 10-35% faster on CPU; for many images.")
 @weights_dir_option
-def embed(images, model_name, output, fmt, batch_size, device, threads, weights_dir) -> None:
+def embed(images, model_name, output, fmt, batch_size, device, threads, compile_model, weights_dir) -> None:
     """Embed IMAGES with one model and save the vectors (unit norm, input order).
 
     Each image is decoded fully (no JPEG draft), EXIF orientation applied and alpha
@@ -149,7 +151,7 @@ def embed(images, model_name, output, fmt, batch_size, device, threads, weights_
     if fmt == "npy" and str(output) == "-":
         raise DreamsearchError("npy output needs a file name; use --format json for stdout")
     set_threads(threads)
-    embedder = load_model(model_name, weights_dir=weights_dir, device=device)
+    embedder = load_model(model_name, weights_dir=weights_dir, device=device, compile=compile_model)
     result = embed_files(embedder, list(images), batch_size=batch_size)
     for failure in result.failures:
         click.echo(f"skipped {failure}", err=True)

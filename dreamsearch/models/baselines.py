@@ -28,14 +28,18 @@ class Normalized(nn.Module):
         self.register_buffer("std", torch.tensor(std).view(1, 3, 1, 1), persistent=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = (x - self.mean) / self.std
-        if x.device.type == "cpu" and isinstance(self.network, _ChannelsLast):
-            x = x.contiguous(memory_format=torch.channels_last)
-        return self.network(x)
+        return self.network((x - self.mean) / self.std)
 
 
-class _ChannelsLast(nn.Sequential):
-    """Marks a convolutional network that runs faster on channels-last input (+23% here)."""
+class ChannelsLast(nn.Module):
+    """Feeds a convolutional network channels-last input (ResNet50: +23% on CPU here)."""
+
+    def __init__(self, network: nn.Module) -> None:
+        super().__init__()
+        self.network = network.to(memory_format=torch.channels_last)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.network(x.contiguous(memory_format=torch.channels_last))
 
 
 def build_clip(spec: ModelSpec, root: Path, device: torch.device) -> Embedder:
@@ -67,10 +71,9 @@ def build_resnet50(spec: ModelSpec, root: Path, device: torch.device) -> Embedde
     except Exception as exc:  # torch.load / load_state_dict raise many types
         raise WeightsError(f"{path}: not a torchvision ResNet50 checkpoint ({exc})") from None
     model.fc = nn.Identity()
-    network = _ChannelsLast(model).to(memory_format=torch.channels_last)
     return Embedder(
         spec.name,
-        Normalized(network, IMAGENET_MEAN, IMAGENET_STD),
+        Normalized(ChannelsLast(model), IMAGENET_MEAN, IMAGENET_STD),
         2048,
         lambda image: resize_center_crop(image, 256, 224, Image.BILINEAR),
         device,

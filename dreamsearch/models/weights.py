@@ -15,7 +15,8 @@ import tempfile
 import urllib.error
 import urllib.request
 import zipfile
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from dreamsearch.errors import WeightsError
@@ -124,29 +125,19 @@ def _download(url: str, target: Path, progress: bool) -> None:
         raise WeightsError(f"download of {url} is incomplete: {received:,} of {expected:,} bytes")
 
 
-class _progress_bar:
-    """A rich progress bar on stderr, or nothing when ``enabled`` is false."""
+@contextmanager
+def _progress_bar(enabled: bool, label: str, total: int) -> Iterator[Callable[[int], None]]:
+    """Yield an ``advance(n_bytes)`` callback drawing a rich bar on stderr (or nothing)."""
+    if not enabled:
+        yield lambda n: None
+        return
+    from rich.console import Console
+    from rich.progress import DownloadColumn, Progress, TransferSpeedColumn
 
-    def __init__(self, enabled: bool, label: str, total: int) -> None:
-        self.enabled, self.label, self.total = enabled, label, total
-
-    def __enter__(self):
-        if not self.enabled:
-            return lambda n: None
-        from rich.console import Console
-        from rich.progress import DownloadColumn, Progress, TransferSpeedColumn
-
-        self._bar = Progress(
-            *Progress.get_default_columns(), DownloadColumn(), TransferSpeedColumn(),
-            console=Console(stderr=True), transient=True,
-        )
-        self._bar.start()
-        task = self._bar.add_task(self.label, total=self.total or None)
-        return lambda n: self._bar.advance(task, n)
-
-    def __exit__(self, *exc) -> None:
-        if self.enabled:
-            self._bar.stop()
+    columns = (*Progress.get_default_columns(), DownloadColumn(), TransferSpeedColumn())
+    with Progress(*columns, console=Console(stderr=True), transient=True) as bar:
+        task = bar.add_task(label, total=total or None)
+        yield lambda n: bar.advance(task, n)
 
 
 def _check_file(path: Path, expected: WeightFile, origin: str) -> None:
@@ -212,10 +203,10 @@ def _install_from_zip(archive: Path, wanted: list[WeightFile], root: Path, origi
                         shutil.copyfileobj(src, dst, _CHUNK)
                     picked.append((extracted, wanted_file))
                 return [_move_into_place(src, root / f.path) for src, f in picked]
-    except (zipfile.BadZipFile, EOFError, OSError) as exc:
-        if isinstance(exc, WeightsError):
-            raise
+    except (zipfile.BadZipFile, EOFError) as exc:
         raise WeightsError(f"{origin}: not a complete zip file ({exc})") from None
+    except OSError as exc:
+        raise WeightsError(f"{origin}: cannot unpack into {root} ({exc})") from None
 
 
 def _zip_members(zf: zipfile.ZipFile) -> dict[str, str]:

@@ -171,11 +171,11 @@ def _backbone_present(root: Path, branch: str) -> bool:
     return (root / names.get(branch, f"{branch}_pretrain.pth.tar")).exists()
 
 
-def official_model(root: Path, dreamsim_type: str):
+def official_model(root: Path, dreamsim_type: str, device: str = "cpu"):
     """The official package's model and preprocess, built offline from ``root``."""
     from dreamsim import dreamsim
 
     model, preprocess = dreamsim(
-        pretrained=True, device="cpu", cache_dir=str(root), dreamsim_type=dreamsim_type
+        pretrained=True, device=device, cache_dir=str(root), dreamsim_type=dreamsim_type
     )
     return model, preprocess

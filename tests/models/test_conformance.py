@@ -42,3 +42,15 @@ def test_embeddings_match_official_package(name, official_cache, sample_images):
     assert np.abs(result.vectors - expected).max() <= 1e-5
     # The images are distinct, so a model that ignored its input would fail here.
     assert np.abs(expected[0] - expected[1]).max() > 1e-3
+
+
+@pytest.mark.slow
+def test_compiled_model_gives_the_same_embeddings(official_cache, sample_images):
+    root = official_cache("dino_vitb16")
+    eager = load_model("dreamsim-dino", weights_dir=root, device="cpu")
+    compiled = load_model("dreamsim-dino", weights_dir=root, device="cpu", compile=True)
+    expected = embed_files(eager, sample_images, batch_size=3).vectors
+    # batch 3 runs compiled, the last (partial) batch of 1 runs eager
+    result = embed_files(compiled, sample_images, batch_size=3).vectors
+    assert compiled.compile, "compilation fell back to eager"
+    assert np.abs(result - expected).max() <= 1e-5
