@@ -1,0 +1,304 @@
+"""Reads and writes of the catalog, each write one transaction.
+
+Writers use ``BEGIN IMMEDIATE`` so two processes never deadlock upgrading a read lock;
+readers (WAL) see the last committed state and never block the writer.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+from sqlalchemy import Connection, delete, func, insert, select, update
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+
+from dreamsearch.catalog.database import create_catalog_engine, upgrade
+from dreamsearch.catalog.schema import Content, File, Model, Root, Vector, VectorLogEntry
+from dreamsearch.errors import DreamsearchError
+
+STORAGE_DTYPES = {"float32": np.float32, "float16": np.float16}
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    id: int
+    name: str
+    dim: int
+    fingerprint: str
+    storage_dtype: str
+
+
+@dataclass(frozen=True)
+class FileEntry:
+    """A file as the indexer saw it. ``content_hash`` is None for a file that failed,
+    with ``error`` saying why."""
+
+    relpath: str
+    size: int
+    mtime_ns: int
+    content_hash: str | None
+    width: int | None = None
+    height: int | None = None
+    format: str | None = None
+    error: str | None = None
+
+
+@dataclass(frozen=True)
+class LogEntry:
+    seq: int
+    content_id: int
+    op: str
+
+
+def _chunks(items: Sequence, size: int = 500) -> Iterator[list]:
+    """Slices small enough for SQLite's limit on bound parameters."""
+    for start in range(0, len(items), size):
+        yield list(items[start : start + size])
+
+
+def _now() -> datetime:
+    return datetime.now(timezone.utc).replace(tzinfo=None)
+
+
+class Catalog:
+    """The catalog of one library (``catalog.sqlite``), migrated to the current schema."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = Path(path)
+        self.engine = create_catalog_engine(self.path)
+        upgrade(self.engine, self.path)
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+    def __enter__(self) -> Catalog:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    @contextmanager
+    def _write(self) -> Iterator[Connection]:
+        with self.engine.connect() as connection:
+            connection.info["write"] = True
+            try:
+                with connection.begin():
+                    yield connection
+            finally:
+                connection.info.pop("write", None)
+
+    # models and roots ---------------------------------------------------------------
+
+    def ensure_model(self, name: str, dim: int, fingerprint: str, storage_dtype: str = "float32") -> ModelInfo:
+        """Register ``name`` (or return it). Different weights under the same name are
+        refused: their vectors would not be comparable with the stored ones."""
+        if storage_dtype not in STORAGE_DTYPES:
+            raise ValueError(f"storage dtype must be one of {sorted(STORAGE_DTYPES)}")
+        with self._write() as connection:
+            row = connection.execute(select(Model).where(Model.name == name)).first()
+            if row is None:
+                connection.execute(insert(Model).values(
+                    name=name, dim=dim, fingerprint=fingerprint, storage_dtype=storage_dtype, created_at=_now()))
+                row = connection.execute(select(Model).where(Model.name == name)).one()
+        info = ModelInfo(row.id, row.name, row.dim, row.fingerprint, row.storage_dtype)
+        if (info.dim, info.fingerprint) != (dim, fingerprint):
+            raise DreamsearchError(
+                f"this library holds '{name}' vectors from other weights ({info.fingerprint[:12]}, "
+                f"dim {info.dim}); they cannot be mixed with {fingerprint[:12]} (dim {dim})"
+            )
+        return info
+
+    def model(self, name: str) -> ModelInfo | None:
+        with self.engine.connect() as connection:
+            row = connection.execute(select(Model).where(Model.name == name)).first()
+        return None if row is None else ModelInfo(row.id, row.name, row.dim, row.fingerprint, row.storage_dtype)
+
+    def ensure_root(self, path: Path) -> int:
+        resolved = str(Path(path).resolve())
+        with self._write() as connection:
+            connection.execute(
+                sqlite_insert(Root).values(path=resolved, added_at=_now()).on_conflict_do_nothing()
+            )
+            return connection.execute(select(Root.id).where(Root.path == resolved)).scalar_one()
+
+    # writes ---------------------------------------------------------------------------
+
+    def commit_batch(
+        self,
+        root_id: int,
+        files: Sequence[FileEntry],
+        vectors: dict[str, dict[str, np.ndarray]] | None = None,
+    ) -> None:
+        """Record ``files`` under ``root_id`` and ``vectors[model][content_hash]`` in one
+        transaction: a crash leaves either all of the batch or none of it."""
+        vectors = vectors or {}
+        now = _now()
+        with self._write() as connection:
+            previous = self._contents_of(connection, root_id, [entry.relpath for entry in files])
+            content_ids = self._upsert_contents(connection, files)
+            for entry in files:
+                values = dict(
+                    size=entry.size, mtime_ns=entry.mtime_ns, content_id=content_ids.get(entry.content_hash),
+                    status="ok" if entry.content_hash else "failed", error=entry.error, updated_at=now,
+                )
+                connection.execute(
+                    sqlite_insert(File)
+                    .values(root_id=root_id, relpath=entry.relpath, first_seen=now, **values)
+                    .on_conflict_do_update(index_elements=[File.root_id, File.relpath], set_=values)
+                )
+            for model_name, by_hash in vectors.items():
+                model = self._model_row(connection, model_name)
+                for content_hash, vector in by_hash.items():
+                    self._put_vector(connection, model, content_ids[content_hash], vector)
+            self._drop_orphans(connection, previous)
+
+    def _upsert_contents(self, connection: Connection, files: Sequence[FileEntry]) -> dict[str, int]:
+        ids: dict[str, int] = {}
+        for entry in files:
+            if entry.content_hash is None or entry.content_hash in ids:
+                continue
+            connection.execute(
+                sqlite_insert(Content)
+                .values(hash=entry.content_hash, size=entry.size, width=entry.width,
+                        height=entry.height, format=entry.format)
+                .on_conflict_do_nothing()
+            )
+            ids[entry.content_hash] = connection.execute(
+                select(Content.id).where(Content.hash == entry.content_hash)
+            ).scalar_one()
+        return ids
+
+    @staticmethod
+    def _model_row(connection: Connection, name: str):
+        row = connection.execute(select(Model).where(Model.name == name)).first()
+        if row is None:
+            raise DreamsearchError(f"model '{name}' is not registered in this library")
+        return row
+
+    @staticmethod
+    def _put_vector(connection: Connection, model, content_id: int, vector: np.ndarray) -> None:
+        vector = np.asarray(vector, dtype=np.float32).reshape(-1)
+        if vector.shape[0] != model.dim:
+            raise ValueError(f"'{model.name}' vectors have {model.dim} values, got {vector.shape[0]}")
+        data = vector.astype(STORAGE_DTYPES[model.storage_dtype]).tobytes()
+        exists = connection.execute(
+            select(Vector.content_id).where(Vector.content_id == content_id, Vector.model_id == model.id)
+        ).first()
+        if exists:
+            connection.execute(update(Vector).where(
+                Vector.content_id == content_id, Vector.model_id == model.id).values(data=data))
+            connection.execute(insert(VectorLogEntry).values(model_id=model.id, content_id=content_id, op="remove"))
+        else:
+            connection.execute(insert(Vector).values(content_id=content_id, model_id=model.id, data=data))
+        connection.execute(insert(VectorLogEntry).values(model_id=model.id, content_id=content_id, op="add"))
+
+    def remove_files(self, root_id: int, relpaths: Sequence[str]) -> None:
+        """Forget files; contents no file refers to any more lose their vectors (logged)."""
+        with self._write() as connection:
+            previous = self._contents_of(connection, root_id, relpaths)
+            for chunk in _chunks(relpaths):
+                connection.execute(delete(File).where(File.root_id == root_id, File.relpath.in_(chunk)))
+            self._drop_orphans(connection, previous)
+
+    @staticmethod
+    def _contents_of(connection: Connection, root_id: int, relpaths: Sequence[str]) -> set[int]:
+        found: set[int] = set()
+        for chunk in _chunks(relpaths):
+            found.update(connection.execute(
+                select(File.content_id).where(
+                    File.root_id == root_id, File.relpath.in_(chunk), File.content_id.is_not(None))
+            ).scalars())
+        return found
+
+    @staticmethod
+    def _drop_orphans(connection: Connection, candidates: set[int]) -> None:
+        """Delete those of ``candidates`` (contents whose files just changed) that no file
+        refers to any more, logging the removal of their vectors."""
+        referenced: set[int] = set()
+        for chunk in _chunks(sorted(candidates)):
+            referenced.update(connection.execute(select(File.content_id).where(File.content_id.in_(chunk))).scalars())
+        orphans = sorted(candidates - referenced)
+        for chunk in _chunks(orphans):
+            gone = connection.execute(
+                select(Vector.model_id, Vector.content_id).where(Vector.content_id.in_(chunk))
+            ).all()
+            if gone:
+                connection.execute(insert(VectorLogEntry), [
+                    {"model_id": m, "content_id": c, "op": "remove"} for m, c in gone])
+            connection.execute(delete(Content).where(Content.id.in_(chunk)))
+
+    # reads ----------------------------------------------------------------------------
+
+    def last_seq(self, model: ModelInfo) -> int:
+        with self.engine.connect() as connection:
+            return connection.execute(
+                select(func.coalesce(func.max(VectorLogEntry.seq), 0)).where(VectorLogEntry.model_id == model.id)
+            ).scalar_one()
+
+    def changes_since(self, model: ModelInfo, seq: int) -> list[LogEntry]:
+        with self.engine.connect() as connection:
+            rows = connection.execute(
+                select(VectorLogEntry.seq, VectorLogEntry.content_id, VectorLogEntry.op)
+                .where(VectorLogEntry.model_id == model.id, VectorLogEntry.seq > seq)
+                .order_by(VectorLogEntry.seq)
+            ).all()
+        return [LogEntry(*row) for row in rows]
+
+    def count_vectors(self, model: ModelInfo) -> int:
+        with self.engine.connect() as connection:
+            return connection.execute(
+                select(func.count()).select_from(Vector).where(Vector.model_id == model.id)
+            ).scalar_one()
+
+    def iter_vectors(self, model: ModelInfo, chunk: int = 20_000) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        """All of ``model``'s vectors as ``(ids int64 [n], float32 [n, dim])`` chunks, in
+        one read transaction so the chunks form one consistent snapshot."""
+        dtype = STORAGE_DTYPES[model.storage_dtype]
+        with self.engine.connect() as connection, connection.begin():
+            result = connection.execution_options(yield_per=chunk).execute(
+                select(Vector.content_id, Vector.data).where(Vector.model_id == model.id).order_by(Vector.content_id)
+            )
+            for rows in result.partitions():
+                yield self._decode(rows, dtype, model.dim)
+
+    def vectors_for(self, model: ModelInfo, ids: Sequence[int]) -> tuple[np.ndarray, np.ndarray]:
+        """The stored vectors of ``ids`` that exist, as ``(ids, float32 [n, dim])``."""
+        dtype = STORAGE_DTYPES[model.storage_dtype]
+        found_ids, found = [], []
+        with self.engine.connect() as connection:
+            for chunk in _chunks([int(i) for i in ids]):
+                rows = connection.execute(
+                    select(Vector.content_id, Vector.data).where(
+                        Vector.model_id == model.id, Vector.content_id.in_(chunk))
+                ).all()
+                got_ids, got = self._decode(rows, dtype, model.dim)
+                found_ids.append(got_ids)
+                found.append(got)
+        if not found:
+            return np.empty(0, np.int64), np.empty((0, model.dim), np.float32)
+        return np.concatenate(found_ids), np.concatenate(found)
+
+    @staticmethod
+    def _decode(rows, dtype, dim: int) -> tuple[np.ndarray, np.ndarray]:
+        ids = np.fromiter((row[0] for row in rows), dtype=np.int64, count=len(rows))
+        vectors = np.frombuffer(b"".join(row[1] for row in rows), dtype=dtype).reshape(len(rows), dim)
+        return ids, vectors.astype(np.float32)
+
+    def paths_of(self, content_ids: Sequence[int]) -> dict[int, list[str]]:
+        """Every current location (root path / relpath) of each content."""
+        out: dict[int, list[str]] = {}
+        with self.engine.connect() as connection:
+            for chunk in _chunks([int(i) for i in content_ids]):
+                rows = connection.execute(
+                    select(File.content_id, Root.path, File.relpath)
+                    .join(Root, Root.id == File.root_id)
+                    .where(File.content_id.in_(chunk), File.status == "ok")
+                    .order_by(Root.path, File.relpath)
+                ).all()
+                for content_id, root, relpath in rows:
+                    out.setdefault(content_id, []).append(str(Path(root) / relpath))
+        return out

@@ -1,0 +1,1 @@
+"""Alembic migrations of the catalog, applied automatically when a library is opened."""
