@@ -254,6 +254,13 @@ class Catalog:
                 select(func.count()).select_from(Vector).where(Vector.model_id == model.id)
             ).scalar_one()
 
+    def vector_ids(self, model: ModelInfo) -> np.ndarray:
+        with self.engine.connect() as connection:
+            return np.fromiter(
+                connection.execute(select(Vector.content_id).where(Vector.model_id == model.id)).scalars(),
+                dtype=np.int64,
+            )
+
     def iter_vectors(self, model: ModelInfo, chunk: int = 20_000) -> Iterator[tuple[np.ndarray, np.ndarray]]:
         """All of ``model``'s vectors as ``(ids int64 [n], float32 [n, dim])`` chunks, in
         one read transaction so the chunks form one consistent snapshot."""

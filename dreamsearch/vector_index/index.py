@@ -1,0 +1,278 @@
+"""One FAISS index over one model's unit vectors, keyed by catalog content ids.
+
+On disk an index is two files in the library's ``index/`` folder: ``<model>.<token>.faiss``
+and ``<model>.json``, which names the current FAISS file and records how far into the
+catalog's vector log it is (``seq``). Saving writes a new FAISS file, then replaces the
+JSON (the commit point), then deletes the old file: every step is atomic, so a reader or
+a crash sees either the old index or the new one, never a torn one.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+
+import numpy as np
+
+from dreamsearch.vector_index.policy import MAX_TRAIN_POINTS_PER_LIST, IndexPlan
+
+FORMAT = 1
+
+#: ``ids -> (found_ids, float32 vectors)``: where exact re-ranking reads stored vectors.
+VectorFetcher = Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]]
+
+
+class IndexFileError(Exception):
+    """The index files are missing, unreadable or of another format (so: rebuild)."""
+
+
+@dataclass(frozen=True)
+class IndexMeta:
+    """What the JSON beside a FAISS file records. ``train_residual`` is the mean
+    ``1 - max <x, centroid>`` of the training sample (IVF only), the baseline for drift."""
+
+    model: str
+    fingerprint: str
+    dim: int
+    plan: IndexPlan
+    seq: int = 0
+    trained_n: int = 0
+    train_residual: float = 0.0
+    file: str = ""
+
+
+def _faiss():
+    import faiss
+
+    return faiss
+
+
+class VectorIndex:
+    """Add, remove and search unit vectors by id. Not thread-safe for writes; concurrent
+    searches on an unchanging index are safe (FAISS read paths are)."""
+
+    def __init__(self, index, meta: IndexMeta) -> None:
+        self.index = index
+        self.meta = meta
+
+    @property
+    def plan(self) -> IndexPlan:
+        return self.meta.plan
+
+    def __len__(self) -> int:
+        return int(self.index.ntotal)
+
+    @classmethod
+    def create(cls, plan: IndexPlan, meta: IndexMeta, training: np.ndarray, seed: int = 1234) -> VectorIndex:
+        """An empty index of ``plan``, trained (IVF plans) on ``training`` vectors, which
+        should be a uniform sample of what it will hold."""
+        faiss = _faiss()
+        index = faiss.index_factory(meta.dim, plan.factory, faiss.METRIC_INNER_PRODUCT)
+        trained_n, residual = 0, 0.0
+        if plan.needs_training:
+            sample = _training_sample(training, plan.nlist, seed)
+            ivf = faiss.extract_index_ivf(index)
+            ivf.cp.seed = seed
+            if faiss.get_num_gpus() > 0:  # k-means on the GPU; the index itself stays on CPU
+                ivf.clustering_index = faiss.index_cpu_to_all_gpus(faiss.IndexFlatIP(meta.dim))
+            index.train(sample)
+            ivf.set_direct_map_type(faiss.DirectMap.Hashtable)  # O(1) removal by id
+            trained_n, residual = len(training), _residual(ivf, sample)  # callers set the collection size
+        return cls(index, replace(meta, plan=plan, trained_n=trained_n, train_residual=residual))
+
+    @classmethod
+    def build(cls, ids: np.ndarray, vectors: np.ndarray, plan: IndexPlan, meta: IndexMeta) -> VectorIndex:
+        """A new index of ``plan`` holding ``vectors``, trained on them."""
+        built = cls.create(plan, meta, vectors)
+        built.meta = replace(built.meta, trained_n=len(vectors))
+        built.add(ids, vectors)
+        return built
+
+    def add(self, ids: np.ndarray, vectors: np.ndarray) -> None:
+        if len(ids):
+            self.index.add_with_ids(_as_matrix(vectors, self.meta.dim), np.asarray(ids, dtype=np.int64))
+
+    def remove(self, ids: np.ndarray) -> int:
+        if not len(ids):
+            return 0
+        return int(self.index.remove_ids(np.asarray(ids, dtype=np.int64)))
+
+    def ids(self) -> np.ndarray:
+        """Every id the index holds (sorted); for checks and diagnostics, O(n)."""
+        faiss = _faiss()
+        if not self.plan.needs_training:
+            return np.sort(faiss.vector_to_array(faiss.downcast_index(self.index).id_map))
+        invlists = faiss.extract_index_ivf(self.index).invlists
+        parts = [
+            faiss.rev_swig_ptr(invlists.get_ids(i), invlists.list_size(i)).copy()
+            for i in range(invlists.nlist) if invlists.list_size(i)
+        ]
+        return np.sort(np.concatenate(parts)) if parts else np.empty(0, np.int64)
+
+    def residual(self, vectors: np.ndarray) -> float:
+        """Mean distance of ``vectors`` to their nearest centroid (0 for flat indexes)."""
+        if not self.plan.needs_training or not len(vectors):
+            return 0.0
+        return _residual(_faiss().extract_index_ivf(self.index), _as_matrix(vectors, self.meta.dim))
+
+    def search(
+        self, queries: np.ndarray, k: int, nprobe: int | None = None, fetch: VectorFetcher | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Top ``k`` ``(scores, ids)`` per query, best first; ``-1`` ids pad short lists.
+
+        With ``fetch``, candidates (``rerank · k`` of them for PQ plans) are re-scored with
+        exact inner products of the stored vectors, so reported scores are exact."""
+        queries = _as_matrix(queries, self.meta.dim)
+        depth = k * max(1, self.plan.rerank) if fetch else k
+        params = None
+        if self.plan.needs_training:
+            faiss = _faiss()
+            params = faiss.SearchParametersIVF(nprobe=nprobe or self.plan.nprobe)
+        scores, ids = self.index.search(queries, min(depth, max(len(self), 1)), params=params)
+        if fetch is None:
+            return _pad(scores, ids, k)
+        return _rerank(queries, ids, k, fetch)
+
+    # persistence ----------------------------------------------------------------------
+
+    def save(self, folder: Path, seq: int) -> None:
+        """Write atomically as the index of ``self.meta.model`` up to log position ``seq``."""
+        folder.mkdir(parents=True, exist_ok=True)
+        name = f"{_safe(self.meta.model)}.{secrets.token_hex(4)}.faiss"
+        staged = folder / f".{name}.partial"
+        _faiss().write_index(self.index, str(staged))
+        _fsync(staged)
+        os.replace(staged, folder / name)
+        previous = _read_meta(folder, self.meta.model)
+        self.meta = replace(self.meta, seq=seq, file=name)
+        _write_json_atomically(_meta_path(folder, self.meta.model), _meta_to_json(self.meta))
+        _fsync_dir(folder)
+        if previous and previous.file != name:
+            (folder / previous.file).unlink(missing_ok=True)
+
+    @classmethod
+    def load(cls, folder: Path, model: str, mmap: bool = True) -> VectorIndex:
+        """Open the current index of ``model``; ``mmap`` maps it read-only (fast, shared
+        between processes), otherwise it is read into memory and can be changed."""
+        meta = _read_meta(folder, model)
+        if meta is None:
+            raise IndexFileError(f"no index for '{model}' in {folder}")
+        faiss = _faiss()
+        path = str(folder / meta.file)
+        try:
+            if mmap:
+                try:
+                    index = faiss.read_index(path, faiss.IO_FLAG_MMAP | faiss.IO_FLAG_READ_ONLY)
+                except RuntimeError:  # index types FAISS cannot map
+                    index = faiss.read_index(path)
+            else:
+                index = faiss.read_index(path)
+        except RuntimeError as exc:
+            raise IndexFileError(f"{path}: unreadable FAISS index ({str(exc).splitlines()[0]})") from None
+        if index.d != meta.dim:
+            raise IndexFileError(f"{path}: dimension {index.d}, expected {meta.dim}")
+        return cls(index, meta)
+
+
+def _training_sample(vectors: np.ndarray, nlist: int, seed: int) -> np.ndarray:
+    limit = nlist * MAX_TRAIN_POINTS_PER_LIST
+    if len(vectors) <= limit:
+        return _as_matrix(vectors, vectors.shape[1])
+    pick = np.sort(np.random.default_rng(seed).choice(len(vectors), size=limit, replace=False))
+    return _as_matrix(vectors[pick], vectors.shape[1])
+
+
+def _residual(ivf, vectors: np.ndarray) -> float:
+    scores, _ = ivf.quantizer.search(vectors, 1)
+    return float(np.mean(1.0 - scores[:, 0]))
+
+
+def _as_matrix(vectors: np.ndarray, dim: int) -> np.ndarray:
+    matrix = np.ascontiguousarray(vectors, dtype=np.float32)
+    if matrix.ndim == 1:
+        matrix = matrix[None, :]
+    if matrix.shape[1] != dim:
+        raise ValueError(f"vectors have {matrix.shape[1]} values, the index {dim}")
+    return matrix
+
+
+def _pad(scores: np.ndarray, ids: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    if ids.shape[1] >= k:
+        return scores[:, :k], ids[:, :k]
+    extra = k - ids.shape[1]
+    return (np.pad(scores, ((0, 0), (0, extra)), constant_values=-np.inf),
+            np.pad(ids, ((0, 0), (0, extra)), constant_values=-1))
+
+
+def _rerank(queries: np.ndarray, candidates: np.ndarray, k: int, fetch: VectorFetcher):
+    unique = np.unique(candidates[candidates >= 0])
+    found_ids, found = fetch(unique)
+    out_scores = np.full((len(queries), k), -np.inf, dtype=np.float32)
+    out_ids = np.full((len(queries), k), -1, dtype=np.int64)
+    if not len(found_ids):
+        return out_scores, out_ids
+    row_of = {int(i): r for r, i in enumerate(found_ids)}
+    for q, row in enumerate(candidates):
+        rows = np.array([row_of[int(i)] for i in row if int(i) in row_of], dtype=np.int64)
+        if not len(rows):
+            continue
+        exact = found[rows] @ queries[q]
+        order = np.argsort(-exact, kind="stable")[:k]
+        out_scores[q, : len(order)] = exact[order]
+        out_ids[q, : len(order)] = found_ids[rows[order]]
+    return out_scores, out_ids
+
+
+# files ------------------------------------------------------------------------------
+
+
+def _safe(model: str) -> str:
+    return "".join(c if c.isalnum() or c in "-_" else "_" for c in model)
+
+
+def _meta_path(folder: Path, model: str) -> Path:
+    return folder / f"{_safe(model)}.json"
+
+
+def _meta_to_json(meta: IndexMeta) -> str:
+    return json.dumps({"format": FORMAT, **asdict(meta)}, indent=1)
+
+
+def _read_meta(folder: Path, model: str) -> IndexMeta | None:
+    path = _meta_path(folder, model)
+    try:
+        raw = json.loads(path.read_text())
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError) as exc:
+        raise IndexFileError(f"{path}: unreadable ({exc})") from None
+    if raw.pop("format", None) != FORMAT:
+        raise IndexFileError(f"{path}: unknown index format")
+    try:
+        return IndexMeta(**{**raw, "plan": IndexPlan(**raw["plan"])})
+    except (TypeError, KeyError) as exc:
+        raise IndexFileError(f"{path}: malformed ({exc})") from None
+
+
+def _write_json_atomically(path: Path, text: str) -> None:
+    staged = path.with_name(f".{path.name}.partial")
+    staged.write_text(text)
+    _fsync(staged)
+    os.replace(staged, path)
+
+
+def _fsync(path: Path) -> None:
+    with open(path, "rb") as handle:
+        os.fsync(handle.fileno())
+
+
+def _fsync_dir(folder: Path) -> None:
+    descriptor = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(descriptor)
+    finally:
+        os.close(descriptor)

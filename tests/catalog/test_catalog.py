@@ -1,0 +1,172 @@
+"""The catalog: created and migrated on open, one transaction per batch, copies share
+vectors, and a process killed mid-batch leaves a consistent, resumable library."""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import sqlite3
+
+import numpy as np
+import pytest
+from sqlalchemy import text
+
+from dreamsearch.catalog import Catalog, FileEntry
+from dreamsearch.catalog.database import SchemaTooNewError, create_catalog_engine, head_revision, upgrade
+from dreamsearch.errors import DreamsearchError
+from dreamsearch.library import LibraryFolder
+from dreamsearch.vector_index import open_index
+
+DIM = 8
+
+
+def unit(seed: int) -> np.ndarray:
+    v = np.random.default_rng(seed).normal(size=DIM).astype(np.float32)
+    return v / np.linalg.norm(v)
+
+
+def batch(start: int, count: int) -> tuple[list[FileEntry], dict]:
+    files = [FileEntry(f"img{i:04d}.jpg", 100 + i, 10 * i, f"hash{i:04d}", 640, 480, "JPEG") for i in range(start, start + count)]
+    return files, {"m": {f.content_hash: unit(i) for i, f in zip(range(start, start + count), files)}}
+
+
+@pytest.fixture
+def catalog(tmp_path):
+    with Catalog(tmp_path / "catalog.sqlite") as cat:
+        cat.ensure_model("m", DIM, "weights-1")
+        yield cat
+
+
+def test_created_catalog_is_wal_with_foreign_keys_and_reopens(tmp_path):
+    path = tmp_path / "catalog.sqlite"
+    with Catalog(path) as cat:
+        cat.ensure_model("m", DIM, "weights-1")
+        root = cat.ensure_root(tmp_path)
+        files, vectors = batch(0, 3)
+        cat.commit_batch(root, files, vectors)
+        with cat.engine.connect() as connection:
+            assert connection.execute(text("PRAGMA journal_mode")).scalar() == "wal"
+            assert connection.execute(text("PRAGMA foreign_keys")).scalar() == 1
+    with Catalog(path) as cat:
+        model = cat.model("m")
+        ids, stored = cat.vectors_for(model, cat.vector_ids(model))
+        assert len(ids) == 3
+        np.testing.assert_array_equal(stored, np.stack([unit(0), unit(1), unit(2)]))
+        with cat.engine.connect() as connection:
+            assert connection.execute(text("SELECT version_num FROM alembic_version")).scalar() == head_revision()
+
+
+def test_copies_share_one_vector_and_orphans_are_removed(catalog, tmp_path):
+    model = catalog.model("m")
+    root = catalog.ensure_root(tmp_path)
+    catalog.commit_batch(root, [FileEntry("a.jpg", 5, 1, "same"), FileEntry("copy/a.jpg", 5, 2, "same")], {"m": {"same": unit(1)}})
+    assert catalog.count_vectors(model) == 1
+    [content_id] = catalog.vector_ids(model)
+    assert catalog.paths_of([content_id])[content_id] == [str(tmp_path / "a.jpg"), str(tmp_path / "copy/a.jpg")]
+    catalog.remove_files(root, ["a.jpg"])
+    assert catalog.count_vectors(model) == 1
+    catalog.remove_files(root, ["copy/a.jpg"])
+    assert catalog.count_vectors(model) == 0
+    assert [(e.content_id, e.op) for e in catalog.changes_since(model, 0)] == [(content_id, "add"), (content_id, "remove")]
+
+
+def test_failed_files_are_recorded_with_their_reason(catalog, tmp_path):
+    root = catalog.ensure_root(tmp_path)
+    catalog.commit_batch(root, [FileEntry("broken.jpg", 0, 1, None, error="empty file")])
+    with catalog.engine.connect() as connection:
+        row = connection.execute(text("SELECT status, error, content_id FROM files")).one()
+    assert tuple(row) == ("failed", "empty file", None)
+
+
+def test_other_weights_under_the_same_name_are_refused(catalog):
+    with pytest.raises(DreamsearchError, match="other weights"):
+        catalog.ensure_model("m", DIM, "weights-2")
+
+
+def test_upgrade_from_the_first_revision_keeps_data_and_logs_it(tmp_path):
+    path = tmp_path / "catalog.sqlite"
+    engine = create_catalog_engine(path)
+    upgrade(engine, path, target="0001")
+    vectors = [unit(7), unit(8)]
+    with engine.begin() as connection:
+        connection.execute(text("INSERT INTO roots VALUES (1, :p, '2025-01-01 00:00:00')"), {"p": str(tmp_path)})
+        connection.execute(text("INSERT INTO models VALUES (1, 'm', :d, 'weights-1', 'float32', '2025-01-01 00:00:00')"), {"d": DIM})
+        for i, vector in enumerate(vectors, start=1):
+            connection.execute(text("INSERT INTO contents VALUES (:i, :h, 10, 4, 3, 'PNG')"), {"i": i, "h": f"h{i}"})
+            connection.execute(text("INSERT INTO files VALUES (:i, 1, :p, 10, 1, :i, 'ok', NULL, '2025-01-01', '2025-01-01')"),
+                               {"i": i, "p": f"f{i}.png"})
+            connection.execute(text("INSERT INTO vectors VALUES (:i, 1, :b)"), {"i": i, "b": vector.tobytes()})
+    engine.dispose()
+
+    with Catalog(path) as cat:
+        model = cat.model("m")
+        assert [(e.content_id, e.op) for e in cat.changes_since(model, 0)] == [(1, "add"), (2, "add")]
+        index = open_index(cat, model, tmp_path / "index", writable=True)
+        scores, ids = index.search(np.stack(vectors), 1)
+        assert ids[:, 0].tolist() == [1, 2]
+        assert cat.paths_of([1])[1] == [str(tmp_path / "f1.png")]
+
+
+def test_a_catalog_from_a_newer_dreamsearch_is_refused_untouched(tmp_path):
+    path = tmp_path / "catalog.sqlite"
+    Catalog(path).close()
+    with sqlite3.connect(path) as connection:
+        connection.execute("UPDATE alembic_version SET version_num = 'f00d'")
+    before = path.read_bytes()
+    with pytest.raises(SchemaTooNewError, match="newer than this dreamsearch"):
+        Catalog(path)
+    assert path.read_bytes() == before
+
+
+def _commit_then_die(path: str, die_after_vectors: int) -> None:
+    """Child process: commit two batches, then be killed inside the third transaction."""
+    cat = Catalog(path)
+    cat.ensure_model("m", DIM, "weights-1")
+    root = cat.ensure_root(os.path.dirname(path))
+    for start in (0, 10):
+        cat.commit_batch(root, *batch(start, 10))
+    calls = {"n": 0}
+    original = Catalog._put_vector
+
+    def dying(*args):
+        calls["n"] += 1
+        if calls["n"] > die_after_vectors:
+            os._exit(9)  # like SIGKILL: no cleanup, no rollback, no commit
+        original(*args)
+
+    Catalog._put_vector = staticmethod(dying)
+    cat.commit_batch(root, *batch(20, 10))
+
+
+@pytest.mark.parametrize("die_after_vectors", [0, 5])
+def test_killed_mid_batch_loses_only_that_batch_and_resumes(tmp_path, die_after_vectors):
+    path = tmp_path / "catalog.sqlite"
+    child = multiprocessing.get_context("spawn").Process(target=_commit_then_die, args=(str(path), die_after_vectors))
+    child.start()
+    child.join(60)
+    assert child.exitcode == 9
+
+    with sqlite3.connect(path) as connection:
+        assert connection.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+        assert connection.execute("PRAGMA foreign_key_check").fetchall() == []
+    with Catalog(path) as cat:
+        model = cat.model("m")
+        assert cat.count_vectors(model) == 20
+        with cat.engine.connect() as connection:
+            assert connection.execute(text("SELECT count(*) FROM files")).scalar() == 20
+        assert len(cat.changes_since(model, 0)) == 20
+        root = cat.ensure_root(tmp_path)
+        cat.commit_batch(root, *batch(20, 10))  # resume
+        assert cat.count_vectors(model) == 30
+        index = open_index(cat, model, tmp_path / "index", writable=True)
+        assert index.ids().tolist() == sorted(cat.vector_ids(model).tolist())
+
+
+def test_library_folder_manifest(tmp_path):
+    folder = LibraryFolder.prepare(tmp_path / "lib")
+    assert folder.manifest_path.exists() and folder.index_dir.is_dir()
+    assert LibraryFolder.prepare(tmp_path / "lib") == folder
+    (tmp_path / "photos").mkdir()
+    (tmp_path / "photos" / "x.jpg").write_bytes(b"x")
+    with pytest.raises(DreamsearchError, match="not a dreamsearch library"):
+        LibraryFolder.prepare(tmp_path / "photos")
