@@ -147,12 +147,12 @@ class VectorIndex:
         _faiss().write_index(self.index, str(staged))
         _fsync(staged)
         os.replace(staged, folder / name)
-        previous = _read_meta(folder, self.meta.model)
         self.meta = replace(self.meta, seq=seq, file=name)
         _write_json_atomically(_meta_path(folder, self.meta.model), _meta_to_json(self.meta))
         _fsync_dir(folder)
-        if previous and previous.file != name:
-            (folder / previous.file).unlink(missing_ok=True)
+        for old in folder.glob(f"{_safe(self.meta.model)}.*.faiss"):  # earlier versions, crash leftovers
+            if old.name != name:
+                old.unlink(missing_ok=True)
 
     @classmethod
     def load(cls, folder: Path, model: str, mmap: bool = True) -> VectorIndex:
@@ -161,6 +161,8 @@ class VectorIndex:
         meta = _read_meta(folder, model)
         if meta is None:
             raise IndexFileError(f"no index for '{model}' in {folder}")
+        if not (folder / meta.file).exists():  # a writer replaced it between our two reads
+            meta = _read_meta(folder, model) or meta
         faiss = _faiss()
         path = str(folder / meta.file)
         try:

@@ -78,9 +78,15 @@ def apply_changes(index: VectorIndex, catalog: Catalog, model: ModelInfo, change
 def needs_retraining(index: VectorIndex, added: np.ndarray, nprobe: int = DEFAULT_NPROBE) -> bool:
     """True when the size policy now wants another kind of index, the collection has
     grown ``GROWTH_RATIO``× since training, or new vectors drifted from the centroids."""
-    n = len(index)
-    if plan_for(n, index.meta.dim, nprobe).kind != index.plan.kind:
+    if plan_for(len(index), index.meta.dim, nprobe).kind != index.plan.kind:
         return True
+    return outgrown_or_drifted(index, added)
+
+
+def outgrown_or_drifted(index: VectorIndex, added: np.ndarray) -> bool:
+    """For IVF indexes: grown ``GROWTH_RATIO``× since training, or the ``added`` vectors
+    sit ``DRIFT_RATIO``× farther from their centroids than the training sample did."""
+    n = len(index)
     if not index.plan.needs_training:
         return False
     if n >= GROWTH_RATIO * max(index.meta.trained_n, 1):
