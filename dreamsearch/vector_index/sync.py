@@ -3,8 +3,12 @@
 ``open_index`` returns an index that answers for exactly the catalog's current vectors:
 - missing, unreadable or built for other weights → rebuilt from the catalog;
 - behind the catalog's vector log → caught up by replaying the log's net changes;
-- outgrown or drifted (see ``needs_retraining``) → rebuilt with a fresh plan.
+- outgrown or drifted (see ``needs_retraining``) → rebuilt with a fresh plan (writers).
 A writer saves the result (atomically); a reader keeps it in memory only.
+
+Every step is idempotent (replaying a change removes the id, then adds the catalog's
+current vector if it still has one), so racing a writer can never leave an id missing
+or doubled, only replayed twice.
 """
 
 from __future__ import annotations
@@ -50,11 +54,14 @@ def open_index(
         return _rebuild(catalog, model, folder, writable, nprobe)
     if index.meta.seq == target:
         return index
-    changes = catalog.changes_since(model, index.meta.seq)
     if not writable:
         index = VectorIndex.load(folder, model.name, mmap=False)  # mapped files are read-only
+    changes = catalog.changes_since(model, index.meta.seq)
+    if not changes:  # a writer saved a newer index meanwhile
+        return index
     added = apply_changes(index, catalog, model, changes)
-    if needs_retraining(index, added, nprobe):
+    # Retraining is the writer's job: a reader answers correctly from the caught-up index.
+    if writable and needs_retraining(index, added, nprobe):
         return _rebuild(catalog, model, folder, writable, nprobe)
     index.meta = replace(index.meta, seq=changes[-1].seq)
     if writable:
