@@ -170,3 +170,13 @@ def test_library_folder_manifest(tmp_path):
     (tmp_path / "photos" / "x.jpg").write_bytes(b"x")
     with pytest.raises(DreamsearchError, match="not a dreamsearch library"):
         LibraryFolder.prepare(tmp_path / "photos")
+
+
+def test_library_location_flag_then_environment_then_user_folder(tmp_path, monkeypatch):
+    from dreamsearch.library import library_dir
+
+    monkeypatch.setenv("DREAMSEARCH_LIBRARY", str(tmp_path / "env"))
+    assert library_dir(tmp_path / "flag") == tmp_path / "flag"
+    assert library_dir() == tmp_path / "env"
+    monkeypatch.delenv("DREAMSEARCH_LIBRARY")
+    assert library_dir().name == "library" and "dreamsearch" in str(library_dir())
