@@ -100,7 +100,6 @@ def main() -> None:
                 found = index.search(queries, K, fetch=rerank)[1]
                 label = f"{kind}: {plan.factory}" + (f" +rerank{plan.rerank}k" if plan.rerank else "")
                 row(label[:24], build, per_vector, single, batch, recall_at_k(found, truth, K))
-                del index
     print("\n" + "\n".join(rows))
 
 

@@ -42,7 +42,7 @@ def vit_gmacs(patch: int, image: int = 224, width: int = 768, depth: int = 12) -
 
 
 def model_gflop(ours) -> float:
-    return sum(2 * vit_gmacs(b.vit.cfg.patch_size) for b in ours.network.branches)
+    return sum(2 * vit_gmacs(b.network.cfg.patch_size) for b in ours.network.branches)
 
 
 def matmul_peak_gflops(device: torch.device, dtype: torch.dtype) -> float:
@@ -151,8 +151,6 @@ def main() -> None:
             line += f"{best[0]:>14,.0f}{best[0] / best[1]:>8.0%} {diffs['fp32']:>15.1e}"
             rows.append(line)
             print(line, flush=True)
-            del steps
-        del official
     print("\n" + "\n".join(rows))
 
 

@@ -11,6 +11,7 @@ from pathlib import Path
 
 from dreamsearch import __version__
 from dreamsearch.errors import DreamsearchError
+from dreamsearch.paths import configured_path
 
 ENV_LIBRARY = "DREAMSEARCH_LIBRARY"
 MANIFEST_FORMAT = 1
@@ -18,13 +19,7 @@ MANIFEST_FORMAT = 1
 
 def library_dir(explicit: str | os.PathLike | None = None) -> Path:
     """``explicit`` (``--library``), else ``$DREAMSEARCH_LIBRARY``, else the user data folder."""
-    if explicit:
-        return Path(explicit).expanduser()
-    if os.environ.get(ENV_LIBRARY):
-        return Path(os.environ[ENV_LIBRARY]).expanduser()
-    from platformdirs import user_data_dir
-
-    return Path(user_data_dir("dreamsearch")) / "library"
+    return configured_path(explicit, ENV_LIBRARY, "data", "library")
 
 
 @dataclass(frozen=True)

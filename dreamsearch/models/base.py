@@ -12,6 +12,25 @@ from PIL import Image
 
 from dreamsearch.errors import DreamsearchError
 
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+OPENAI_CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
+OPENAI_CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+
+
+class Normalized(torch.nn.Module):
+    """``network`` fed ``(x - mean) / std``, computed on the device (written exactly as
+    torchvision's ``Normalize`` so results match the reference implementations)."""
+
+    def __init__(self, network: torch.nn.Module, mean: tuple, std: tuple) -> None:
+        super().__init__()
+        self.network = network
+        self.register_buffer("mean", torch.tensor(mean).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(std).view(1, 3, 1, 1), persistent=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.network((x - self.mean) / self.std)
+
 
 def resolve_device(device: str | torch.device = "auto") -> torch.device:
     """``auto`` picks CUDA when present; asking for CUDA on a machine without it is an error."""

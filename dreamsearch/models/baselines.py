@@ -13,22 +13,8 @@ from torch import nn
 
 from dreamsearch.errors import WeightsError
 from dreamsearch.images import resize_center_crop
-from dreamsearch.models.base import Embedder
-from dreamsearch.models.dreamsim import IMAGENET_MEAN, IMAGENET_STD, OPENAI_CLIP_MEAN, OPENAI_CLIP_STD
+from dreamsearch.models.base import IMAGENET_MEAN, IMAGENET_STD, OPENAI_CLIP_MEAN, OPENAI_CLIP_STD, Embedder, Normalized
 from dreamsearch.models.registry import ModelSpec
-
-
-class Normalized(nn.Module):
-    """Apply mean/std normalisation on the device, then the wrapped network."""
-
-    def __init__(self, network: nn.Module, mean: tuple, std: tuple) -> None:
-        super().__init__()
-        self.network = network
-        self.register_buffer("mean", torch.tensor(mean).view(1, 3, 1, 1), persistent=False)
-        self.register_buffer("std", torch.tensor(std).view(1, 3, 1, 1), persistent=False)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.network((x - self.mean) / self.std)
 
 
 class ChannelsLast(nn.Module):

@@ -20,36 +20,20 @@ from torch import nn
 
 from dreamsearch.errors import WeightsError
 from dreamsearch.images import resize_squash
-from dreamsearch.models.base import Embedder
+from dreamsearch.models.base import IMAGENET_MEAN, IMAGENET_STD, OPENAI_CLIP_MEAN, OPENAI_CLIP_STD, Embedder, Normalized
 from dreamsearch.models.registry import BACKBONES, ModelSpec, lora_dir
 from dreamsearch.models.vit import ViTConfig, VisionTransformer, resample_pos_embed
 
 IMAGE_SIZE = 224
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
-OPENAI_CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
-OPENAI_CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 HEAD_DIM = 64  # every ViT DreamSim uses has 64-wide heads (ViT-B: 768 / 12)
 
 
-class Branch(nn.Module):
-    """One backbone with its own input normalisation."""
-
-    def __init__(self, vit: VisionTransformer, mean: tuple, std: tuple) -> None:
-        super().__init__()
-        self.vit = vit
-        self.register_buffer("mean", torch.tensor(mean).view(1, 3, 1, 1), persistent=False)
-        self.register_buffer("std", torch.tensor(std).view(1, 3, 1, 1), persistent=False)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.vit((x - self.mean) / self.std)
-
-
 class DreamSimNetwork(nn.Module):
-    """Images in [0, 1] → concatenated branch features with their mean removed.
+    """Images in [0, 1] → concatenated branch features (each branch normalising its input
+    its own way) with their mean removed.
     (:class:`Embedder` does the final L2 normalisation.)"""
 
-    def __init__(self, branches: list[Branch]) -> None:
+    def __init__(self, branches: list[Normalized]) -> None:
         super().__init__()
         self.branches = nn.ModuleList(branches)
 
@@ -67,12 +51,12 @@ def build(spec: ModelSpec, root: Path, device: torch.device) -> Embedder:
         merge_lora(vit, adapter, index)
         clip_like = "clip" in name
         branches.append(
-            Branch(vit, *((OPENAI_CLIP_MEAN, OPENAI_CLIP_STD) if clip_like else (IMAGENET_MEAN, IMAGENET_STD)))
+            Normalized(vit, *((OPENAI_CLIP_MEAN, OPENAI_CLIP_STD) if clip_like else (IMAGENET_MEAN, IMAGENET_STD)))
         )
     if adapter.unused:
         raise WeightsError(f"{adapter.path}: unexpected adapter tensors {sorted(adapter.unused)[:3]}")
     network = DreamSimNetwork(branches)
-    dim = sum(branch.vit.cfg.out_dim for branch in branches)
+    dim = sum(branch.network.cfg.out_dim for branch in branches)
     return Embedder(spec.name, network, dim, lambda image: resize_squash(image, IMAGE_SIZE), device)
 
 

@@ -20,6 +20,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from dreamsearch.errors import WeightsError
+from dreamsearch.paths import configured_path
 from dreamsearch.models.registry import ModelSpec, WeightFile
 
 ENV_WEIGHTS = "DREAMSEARCH_WEIGHTS"
@@ -29,13 +30,7 @@ _CHUNK = 1 << 20
 
 def weights_dir(explicit: str | os.PathLike | None = None) -> Path:
     """The weights directory: ``explicit``, else ``$DREAMSEARCH_WEIGHTS``, else the user cache."""
-    if explicit:
-        return Path(explicit).expanduser()
-    if os.environ.get(ENV_WEIGHTS):
-        return Path(os.environ[ENV_WEIGHTS]).expanduser()
-    from platformdirs import user_cache_dir
-
-    return Path(user_cache_dir("dreamsearch")) / "weights"
+    return configured_path(explicit, ENV_WEIGHTS, "cache", "weights")
 
 
 def missing_files(spec: ModelSpec, root: Path) -> list[WeightFile]:

@@ -1,0 +1,20 @@
+"""Where dreamsearch keeps things: a command-line flag, else an environment variable,
+else the platform's per-user folder (platformdirs)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+
+def configured_path(explicit: str | os.PathLike | None, env_var: str, kind: str, name: str) -> Path:
+    """``explicit``, else ``$env_var``, else ``<user {kind} dir>/dreamsearch/<name>``
+    (``kind``: ``cache`` for re-downloadable files, ``data`` for the user's own)."""
+    if explicit:
+        return Path(explicit).expanduser()
+    if os.environ.get(env_var):
+        return Path(os.environ[env_var]).expanduser()
+    import platformdirs
+
+    folder = platformdirs.user_cache_dir("dreamsearch") if kind == "cache" else platformdirs.user_data_dir("dreamsearch")
+    return Path(folder) / name
