@@ -164,5 +164,139 @@ def embed(images, model_name, output, fmt, batch_size, device, threads, compile_
         sys.exit(1)
 
 
+def library_option(func):
+    return click.option(
+        "--library", "library_path", type=click.Path(file_okay=False, path_type=Path), envvar="DREAMSEARCH_LIBRARY",
+        help="Library folder. Default: $DREAMSEARCH_LIBRARY or the user data folder.",
+    )(func)
+
+
+@main.command("index")
+@click.argument("folders", nargs=-1, required=True, type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option("-m", "--model", "model_names", multiple=True, default=("dreamsim",), show_default=True,
+              help="Model to embed with; repeat for several (each image is decoded once).")
+@library_option
+@click.option("--batch-size", default=32, show_default=True, type=click.IntRange(1))
+@click.option("--workers", type=click.IntRange(0), default=None,
+              help="Decode processes (default: cores - 1; 0 decodes in this process).")
+@click.option("--device", default="auto", show_default=True, type=DEVICE_CHOICES)
+@click.option("--threads", type=click.IntRange(1), default=None, help="CPU threads for torch.")
+@click.option("--exclude", multiple=True, metavar="GLOB", help="Skip paths or names matching GLOB (repeatable).")
+@click.option("--follow-symlinks", is_flag=True, help="Follow symbolic links (loops are detected).")
+@click.option("--no-draft", is_flag=True, help="Decode JPEGs at full size (slower; draft changes pixels by <1/255 on average).")
+@click.option("--max-pixels", default=200_000_000, show_default=True, type=click.IntRange(1),
+              help="Refuse larger images as decompression bombs.")
+@click.option("--compile/--no-compile", "compile_model", default=False, help="torch.compile the model (for long runs).")
+@click.option("--dry-run", is_flag=True, help="Only scan and report what would change.")
+@click.option("-q", "--quiet", is_flag=True, help="No progress display or per-file messages (for cron).")
+@click.option("--json", "as_json", is_flag=True, help="Print a JSON summary at the end.")
+@weights_dir_option
+def index_command(folders, model_names, library_path, batch_size, workers, device, threads, exclude, follow_symlinks,
+                  no_draft, max_pixels, compile_model, dry_run, quiet, as_json, weights_dir) -> None:
+    """Add FOLDERS to the library: embed new and changed images, reuse vectors of copies
+    and moves, forget deleted files. Hidden files and folders and junk folders (@eaDir,
+    node_modules, $RECYCLE.BIN, ...) are skipped. Interrupt with Ctrl-C at any time: work
+    done so far is kept and the next run resumes."""
+    import json
+
+    from dreamsearch.indexer import IndexOptions, index_folders
+    from dreamsearch.library import LibraryFolder, library_dir
+
+    library = LibraryFolder.prepare(library_dir(library_path))
+    embedders = []
+    if not dry_run:
+        from dreamsearch.models import load_model
+        from dreamsearch.models.base import set_threads
+
+        set_threads(threads)
+        embedders = [load_model(n, weights_dir=weights_dir, device=device, compile=compile_model) for n in model_names]
+    options = IndexOptions(batch_size=batch_size, exclude=tuple(exclude), follow_symlinks=follow_symlinks,
+                           draft=not no_draft, max_pixels=max_pixels, dry_run=dry_run,
+                           **({} if workers is None else {"workers": workers}))
+    with _progress_display(quiet) as progress:
+        report = index_folders(library, list(folders), embedders, options, progress)
+    if not quiet:
+        for path, reason in report.failures:
+            click.echo(f"skipped {path}: {reason}", err=True)
+        for root in report.missing_roots:
+            click.echo(f"note: indexed folder {root} is missing (unplugged? `dreamsearch forget` removes it)", err=True)
+    if as_json:
+        click.echo(json.dumps(report.summary()))
+    elif not quiet:
+        summary = report.summary()
+        click.echo(", ".join(f"{k} {v}" for k, v in summary.items() if k not in ("interrupted",)))
+    if report.interrupted:
+        click.echo("interrupted: the work done so far is saved; run the same command to resume", err=True)
+        sys.exit(130)
+
+
+class _progress_display:
+    """A rich progress bar fed by the indexer's per-batch reports (nothing when quiet)."""
+
+    def __init__(self, quiet: bool) -> None:
+        self.quiet = quiet
+
+    def __enter__(self):
+        if self.quiet:
+            return None
+        from rich.console import Console
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+        self.bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                            TextColumn("{task.fields[rate]:.1f} img/s"), TimeRemainingColumn(),
+                            console=Console(stderr=True), transient=True)
+        self.bar.start()
+        self.task = self.bar.add_task("embedding", total=None, rate=0.0)
+        self.started = None
+        return self.update
+
+    def update(self, report) -> None:
+        import time
+
+        self.started = self.started or time.perf_counter()
+        elapsed = max(time.perf_counter() - self.started, 1e-9)
+        self.bar.update(self.task, total=report.to_embed, completed=report.embedded + 0,
+                        rate=report.embedded / elapsed,
+                        description=f"found {report.found}, to embed {report.to_embed}, failed {report.failed}")
+
+    def __exit__(self, *exc) -> None:
+        if not self.quiet:
+            self.bar.stop()
+
+
+@main.command()
+@library_option
+@click.option("--failed", "show_failed", is_flag=True, help="List files that could not be read, with reasons.")
+def status(library_path, show_failed) -> None:
+    """Show the library: folders, files, vectors per model, index type, size on disk."""
+    from dreamsearch.library import library_dir
+    from dreamsearch.status import library_status
+
+    lines = library_status(library_dir(library_path), show_failed)
+    click.echo("\n".join(lines))
+
+
+@main.command()
+@click.argument("folder", type=click.Path(path_type=Path))
+@library_option
+def forget(folder, library_path) -> None:
+    """Remove FOLDER (an indexed root) and its files from the library."""
+    from dreamsearch.catalog import Catalog
+    from dreamsearch.library import LibraryFolder, library_dir
+
+    library = LibraryFolder.prepare(library_dir(library_path))
+    wanted = str(Path(folder).expanduser().resolve())
+    with Catalog(library.catalog_path) as catalog:
+        roots = {path: root_id for root_id, path in catalog.roots().items()}
+        if wanted not in roots:
+            raise DreamsearchError(f"{wanted} is not an indexed folder (see `dreamsearch status`)")
+        removed = catalog.forget_root(roots[wanted])
+        from dreamsearch.vector_index import open_index
+
+        for name in catalog.model_names():
+            open_index(catalog, catalog.model(name), library.index_dir, writable=True)
+    click.echo(f"forgot {wanted} ({removed} files)")
+
+
 if __name__ == "__main__":  # pragma: no cover
     main()

@@ -10,7 +10,9 @@ Decisions (see docs/models.md):
 
 from __future__ import annotations
 
+import io
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -36,26 +38,49 @@ def _register_heif() -> None:
         _HEIF_REGISTERED = True
 
 
+@dataclass(frozen=True)
+class Picture:
+    """A decoded picture and what the file says of itself: its pixel size as displayed
+    (after EXIF rotation, before any draft reduction) and its format name."""
+
+    image: Image.Image
+    width: int
+    height: int
+    format: str
+
+
 def open_rgb(path: str | Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image:
     """Decode ``path`` fully into an 8-bit RGB image, or raise :class:`ImageError`.
 
     The whole file is decoded (no JPEG draft mode) so results match the official
     DreamSim preprocessing bit for bit on ordinary RGB and greyscale files.
     """
+    return decode(path, max_pixels=max_pixels).image
+
+
+def decode(
+    path: str | Path, data: bytes | None = None, max_pixels: int = DEFAULT_MAX_PIXELS, draft_size: int = 0
+) -> Picture:
+    """Decode ``data`` (or the file at ``path``) into RGB, or raise :class:`ImageError`
+    naming ``path``. ``draft_size`` > 0 lets JPEG decode at a reduced scale (DCT domain)
+    that still leaves at least that many pixels on each side: 3-4× faster for photos."""
     _register_heif()
     path = Path(path)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(path) as img:
+            with Image.open(io.BytesIO(data) if data is not None else path) as img:
                 width, height = img.size
                 if width * height > max_pixels:
-                    raise ImageError(
-                        path, f"{width}x{height} pixels is over the limit of {max_pixels:,}"
-                    )
+                    raise ImageError(path, f"{width}x{height} pixels is over the limit of {max_pixels:,}")
+                file_format = img.format or "unknown"
+                if img.getexif().get(0x0112, 1) in (5, 6, 7, 8):
+                    width, height = height, width
                 img.seek(0)
+                if draft_size and img.format == "JPEG":
+                    img.draft("RGB", (draft_size, draft_size))
                 img.load()
-                return to_rgb(ImageOps.exif_transpose(img))
+                return Picture(to_rgb(ImageOps.exif_transpose(img)), width, height, file_format)
     except ImageError:
         raise
     except FileNotFoundError:
@@ -65,8 +90,8 @@ def open_rgb(path: str | Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Im
     except PermissionError:
         raise ImageError(path, "permission denied") from None
     except UnidentifiedImageError:
-        reason = "empty file" if _is_empty(path) else "not an image Pillow can read"
-        raise ImageError(path, reason) from None
+        empty = data == b"" if data is not None else _is_empty(path)
+        raise ImageError(path, "empty file" if empty else "not an image Pillow can read") from None
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
         raise ImageError(path, f"refused as a decompression bomb ({exc})") from None
     except (OSError, SyntaxError, ValueError, EOFError) as exc:
@@ -129,3 +154,24 @@ def resize_center_crop(
     left = int(round((new_size[0] - crop) / 2.0))
     top = int(round((new_size[1] - crop) / 2.0))
     return np.asarray(resized.crop((left, top, left + crop, top + crop)), dtype=np.uint8)
+
+
+@dataclass(frozen=True)
+class Preprocess:
+    """How an embedder wants its pixels, as a picklable recipe that decode workers run:
+    squash to ``size``×``size`` (``resize`` 0, DreamSim), or short side to ``resize`` then
+    a central ``size`` crop (the baselines)."""
+
+    size: int
+    resize: int = 0
+    resample: int = Image.BICUBIC
+
+    @property
+    def draft_size(self) -> int:
+        """JPEG draft target: twice the largest side we resample from keeps bicubic quality."""
+        return 2 * max(self.size, self.resize)
+
+    def __call__(self, image: Image.Image) -> np.ndarray:
+        if self.resize:
+            return resize_center_crop(image, self.resize, self.size, self.resample)
+        return resize_squash(image, self.size)

@@ -13,7 +13,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
-from sqlalchemy import Connection, delete, func, insert, select, update
+from sqlalchemy import Connection, case, delete, func, insert, select, update
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
 from dreamsearch.catalog.database import create_catalog_engine, upgrade
@@ -45,6 +45,14 @@ class FileEntry:
     height: int | None = None
     format: str | None = None
     error: str | None = None
+
+
+@dataclass(frozen=True)
+class StoredFile:
+    size: int
+    mtime_ns: int
+    status: str
+    content_hash: str | None
 
 
 @dataclass(frozen=True)
@@ -294,6 +302,67 @@ class Catalog:
         ids = np.fromiter((row[0] for row in rows), dtype=np.int64, count=len(rows))
         vectors = np.frombuffer(b"".join(row[1] for row in rows), dtype=dtype).reshape(len(rows), dim)
         return ids, vectors.astype(np.float32)
+
+    def files_under(self, root_id: int) -> dict[str, "StoredFile"]:
+        """What the catalog knows of each file under ``root_id``, by relative path."""
+        with self.engine.connect() as connection:
+            rows = connection.execute(
+                select(File.relpath, File.size, File.mtime_ns, File.status, Content.hash)
+                .outerjoin(Content, Content.id == File.content_id)
+                .where(File.root_id == root_id)
+            ).all()
+        return {row.relpath: StoredFile(row.size, row.mtime_ns, row.status, row.hash) for row in rows}
+
+    def hashes_with_vectors(self, models: Sequence[ModelInfo], hashes: Sequence[str]) -> set[str]:
+        """Those of ``hashes`` whose content already has a vector for every one of ``models``."""
+        found: set[str] = set()
+        with self.engine.connect() as connection:
+            for chunk in _chunks(list(hashes)):
+                rows = connection.execute(
+                    select(Content.hash)
+                    .join(Vector, Vector.content_id == Content.id)
+                    .where(Content.hash.in_(chunk), Vector.model_id.in_([m.id for m in models]))
+                    .group_by(Content.hash)
+                    .having(func.count() == len(models))
+                ).scalars()
+                found.update(rows)
+        return found
+
+    def model_names(self) -> list[str]:
+        with self.engine.connect() as connection:
+            return list(connection.execute(select(Model.name).order_by(Model.name)).scalars())
+
+    def root_counts(self) -> list[tuple[str, int, int]]:
+        """``(root path, ok files, failed files)`` for every root."""
+        ok = func.sum(case((File.status == "ok", 1), else_=0))
+        failed = func.sum(case((File.status == "failed", 1), else_=0))
+        with self.engine.connect() as connection:
+            rows = connection.execute(
+                select(Root.path, func.coalesce(ok, 0), func.coalesce(failed, 0))
+                .outerjoin(File, File.root_id == Root.id).group_by(Root.id).order_by(Root.path)
+            ).all()
+        return [tuple(row) for row in rows]
+
+    def failed_files(self) -> list[tuple[str, str]]:
+        with self.engine.connect() as connection:
+            rows = connection.execute(
+                select(Root.path, File.relpath, File.error).join(Root, Root.id == File.root_id)
+                .where(File.status == "failed").order_by(Root.path, File.relpath)
+            ).all()
+        return [(str(Path(root) / relpath), error or "") for root, relpath, error in rows]
+
+    def roots(self) -> dict[int, str]:
+        with self.engine.connect() as connection:
+            return dict(connection.execute(select(Root.id, Root.path).order_by(Root.path)).all())
+
+    def forget_root(self, root_id: int) -> int:
+        """Remove a root and all its files (vectors of contents left nowhere go too)."""
+        with self.engine.connect() as connection:
+            relpaths = list(connection.execute(select(File.relpath).where(File.root_id == root_id)).scalars())
+        self.remove_files(root_id, relpaths)
+        with self._write() as connection:
+            connection.execute(delete(Root).where(Root.id == root_id))
+        return len(relpaths)
 
     def paths_of(self, content_ids: Sequence[int]) -> dict[int, list[str]]:
         """Every current location (root path / relpath) of each content."""

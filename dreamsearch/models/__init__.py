@@ -24,7 +24,7 @@ def load_model(
     with instructions when weights are missing offline. ``compile`` trades a one-off
     15-60 s compilation for 10-35% more images/s on CPU (worth it for long runs)."""
     from dreamsearch.models.base import resolve_device
-    from dreamsearch.models.weights import ensure_weights, weights_dir as resolve_weights_dir
+    from dreamsearch.models.weights import ensure_weights, fingerprint, weights_dir as resolve_weights_dir
 
     spec = get_spec(name)
     root = ensure_weights(spec, resolve_weights_dir(weights_dir), allow_download)
@@ -32,6 +32,7 @@ def load_model(
     builder = getattr(importlib.import_module(module_name), function)
     embedder = builder(spec, root, resolve_device(device))
     embedder.compile = compile
+    embedder.fingerprint = fingerprint(spec, root)
     return embedder
 
 

@@ -11,6 +11,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 from dreamsearch.errors import DreamsearchError
+from dreamsearch.images import Preprocess
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -65,7 +66,7 @@ class Embedder:
         name: str,
         network: torch.nn.Module,
         dim: int,
-        preprocess: Callable[[Image.Image], np.ndarray],
+        preprocess: Preprocess,
         device: torch.device,
         autocast: bool = True,
     ) -> None:
@@ -73,13 +74,14 @@ class Embedder:
         self.dim = dim
         self.device = device
         self.network = network.eval().requires_grad_(False).to(device)
-        self._preprocess = preprocess
+        self.preprocess_spec = preprocess
+        self.fingerprint = ""  # identifies the weights; set by load_model
         self.autocast_dtype = _autocast_dtype(device) if autocast else None
         self.compile = False  # see _run; load_model(compile=True) turns it on
         self._compiled: tuple[int, Callable] | None = None
 
     def preprocess(self, image: Image.Image) -> np.ndarray:
-        return self._preprocess(image)
+        return self.preprocess_spec(image)
 
     def embed(self, batch: np.ndarray) -> np.ndarray:
         """``uint8 [B, S, S, 3]`` → ``float32 [B, dim]``, unit norm."""

@@ -12,7 +12,7 @@ from PIL import Image
 from torch import nn
 
 from dreamsearch.errors import WeightsError
-from dreamsearch.images import resize_center_crop
+from dreamsearch.images import Preprocess
 from dreamsearch.models.base import IMAGENET_MEAN, IMAGENET_STD, OPENAI_CLIP_MEAN, OPENAI_CLIP_STD, Embedder, Normalized
 from dreamsearch.models.registry import ModelSpec
 
@@ -42,7 +42,7 @@ def build_clip(spec: ModelSpec, root: Path, device: torch.device) -> Embedder:
         spec.name,
         Normalized(visual, OPENAI_CLIP_MEAN, OPENAI_CLIP_STD),
         visual.output_dim,
-        lambda image: resize_center_crop(image, size, size, Image.BICUBIC),
+        Preprocess(size, size, Image.BICUBIC),
         device,
     )
 
@@ -61,6 +61,6 @@ def build_resnet50(spec: ModelSpec, root: Path, device: torch.device) -> Embedde
         spec.name,
         Normalized(ChannelsLast(model), IMAGENET_MEAN, IMAGENET_STD),
         2048,
-        lambda image: resize_center_crop(image, 256, 224, Image.BILINEAR),
+        Preprocess(224, 256, Image.BILINEAR),
         device,
     )

@@ -42,6 +42,21 @@ def installed_size(spec: ModelSpec, root: Path) -> int:
     return sum((root / f.path).stat().st_size for f in spec.files if (root / f.path).is_file())
 
 
+def fingerprint(spec: ModelSpec, root: Path) -> str:
+    """Identifies the exact weights cheaply (name, size, first and last MiB of each file),
+    so a library never mixes vectors from different weights under one model name."""
+    digest = hashlib.sha256(spec.name.encode())
+    for weight in spec.files:
+        path = root / weight.path
+        size = path.stat().st_size
+        digest.update(f"{weight.path}:{size}".encode())
+        with path.open("rb") as handle:
+            digest.update(handle.read(_CHUNK))
+            handle.seek(max(0, size - _CHUNK))
+            digest.update(handle.read(_CHUNK))
+    return digest.hexdigest()
+
+
 def offline() -> bool:
     return any(os.environ.get(v, "") not in ("", "0") for v in (ENV_OFFLINE, "HF_HUB_OFFLINE"))
 

@@ -179,3 +179,44 @@ def official_model(root: Path, dreamsim_type: str, device: str = "cpu"):
         pretrained=True, device=device, cache_dir=str(root), dreamsim_type=dreamsim_type
     )
     return model, preprocess
+
+
+def write_tiny_cache(root: Path, dreamsim_type: str = "dino_vitb16", width: int = 64, depth: int = 2, seed: int = 0) -> Path:
+    """A small ViT (same layout and file names, ``width``/``depth`` shrunk) for pipeline
+    tests: our loader reads shapes from the checkpoint, so the whole real code path runs
+    in milliseconds. The official package cannot load it (it hard-codes ViT-B)."""
+    import json
+
+    from dreamsim.feature_extraction.vision_transformer import VisionTransformer
+    from safetensors.torch import save_file
+
+    g = torch.Generator().manual_seed(seed)
+    branches, adapter_dir = TYPES[dreamsim_type]
+    root.mkdir(parents=True, exist_ok=True)
+    tensors = {}
+    for index, branch in enumerate(branches):
+        patch = int(branch[-2:])
+        vit = VisionTransformer(patch_size=patch, embed_dim=width, depth=depth, num_heads=max(1, width // 64),
+                                qkv_bias=True, norm_layer=torch.nn.LayerNorm)
+        state = randomize_(vit.state_dict(), g)
+        if branch == "dino_vitb16":
+            (root / "checkpoints").mkdir(exist_ok=True)
+            torch.save(state, root / "checkpoints/dino_vitbase16_pretrain.pth")
+        elif branch == "synclr_vitb16":
+            torch.save({"model": {f"module.visual.{k}": v for k, v in state.items()}}, root / "synclr_vit_b_16.pth")
+        elif "clip" in branch:
+            state["pos_drop.weight"] = torch.ones(width)
+            state["pos_drop.bias"] = torch.zeros(width)
+            state["proj"] = torch.randn(width, 32, generator=g) * width**-0.5
+            torch.save({"state_dict": state}, root / f"{branch}_pretrain.pth.tar")
+        else:
+            raise ValueError(f"no tiny layout for {branch}")
+        for block in range(depth):
+            key = f"base_model.model.extractor_list.{index}.model.blocks.{block}.attn.qkv"
+            tensors[f"{key}.lora_A.weight"] = torch.randn(4, width, generator=g) * 0.05
+            tensors[f"{key}.lora_B.weight"] = torch.randn(3 * width, 4, generator=g) * 0.05
+    (root / adapter_dir).mkdir(exist_ok=True)
+    save_file(tensors, str(root / adapter_dir / "adapter_model.safetensors"))
+    config = {"r": 4, "lora_alpha": 8, "lora_dropout": 0.0, "bias": "none", "target_modules": ["qkv"]}
+    (root / adapter_dir / "adapter_config.json").write_text(json.dumps(config))
+    return root

@@ -1,0 +1,49 @@
+"""What ``dreamsearch status`` reports about a library, as lines of text."""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime
+from pathlib import Path
+
+from dreamsearch.catalog import Catalog
+from dreamsearch.library import LibraryFolder
+from dreamsearch.scan import relpath_from_db
+
+
+def library_status(root: Path, show_failed: bool = False) -> list[str]:
+    library = LibraryFolder.prepare(root)
+    lines = [f"library {library.root} ({_size(library.root)} on disk)"]
+    with Catalog(library.catalog_path) as catalog:
+        counts = catalog.root_counts()
+        if not counts:
+            lines.append("no folders indexed yet: run `dreamsearch index FOLDER`")
+        for path, ok, failed in counts:
+            missing = "" if Path(path).is_dir() else "  [folder missing]"
+            lines.append(f"  {path}: {ok} images, {failed} unreadable{missing}")
+        for name in catalog.model_names():
+            model = catalog.model(name)
+            lines.append(f"model {name}: {catalog.count_vectors(model)} vectors, dim {model.dim}, {_index_line(library, name)}")
+        if show_failed:
+            for path, reason in catalog.failed_files():
+                lines.append(f"failed {relpath_from_db(path)}: {reason}")
+    return lines
+
+
+def _index_line(library: LibraryFolder, model: str) -> str:
+    meta_path = library.index_dir / f"{model}.json"
+    try:
+        meta = json.loads(meta_path.read_text())
+    except (OSError, ValueError):
+        return "no index saved yet"
+    when = datetime.fromtimestamp(meta_path.stat().st_mtime).isoformat(sep=" ", timespec="seconds")
+    return f"index {meta['plan']['factory']} (updated {when})"
+
+
+def _size(folder: Path) -> str:
+    total = sum(p.stat().st_size for p in folder.rglob("*") if p.is_file())
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if total < 1024 or unit == "TiB":
+            return f"{total:.1f} {unit}" if unit != "B" else f"{total} B"
+        total /= 1024
+    return ""
