@@ -13,6 +13,7 @@ import click
 
 from dreamsearch import __version__
 from dreamsearch.errors import DreamsearchError
+from dreamsearch.paths import printable
 
 DEVICE_CHOICES = click.Choice(["auto", "cpu", "cuda"])
 
@@ -24,7 +25,7 @@ class _Group(click.Group):
         try:
             return super().invoke(ctx)
         except DreamsearchError as exc:
-            click.echo(f"error: {exc}", err=True)
+            click.echo(f"error: {printable(str(exc))}", err=True)
             ctx.exit(1)
         except KeyboardInterrupt:
             click.echo("interrupted", err=True)
@@ -154,7 +155,7 @@ def embed(images, model_name, output, fmt, batch_size, device, threads, compile_
     embedder = load_model(model_name, weights_dir=weights_dir, device=device, compile=compile_model)
     result = embed_files(embedder, list(images), batch_size=batch_size)
     for failure in result.failures:
-        click.echo(f"skipped {failure}", err=True)
+        click.echo(printable(f"skipped {failure}"), err=True)
     if not result.paths:
         raise DreamsearchError("none of the images could be read; nothing written")
     write_embeddings(result, output, fmt, embedder.name)
@@ -217,7 +218,7 @@ def index_command(folders, model_names, library_path, batch_size, workers, devic
         report = index_folders(library, list(folders), embedders, options, progress)
     if not quiet:
         for path, reason in report.failures:
-            click.echo(f"skipped {path}: {reason}", err=True)
+            click.echo(printable(f"skipped {path}: {reason}"), err=True)
         for root in report.missing_roots:
             click.echo(f"note: indexed folder {root} is missing (unplugged? `dreamsearch forget` removes it)", err=True)
     if as_json:
@@ -273,7 +274,7 @@ def status(library_path, show_failed) -> None:
     from dreamsearch.status import library_status
 
     lines = library_status(library_dir(library_path), show_failed)
-    click.echo("\n".join(lines))
+    click.echo(printable("\n".join(lines)))
 
 
 @main.command()

@@ -72,7 +72,7 @@ def decode(
             with Image.open(io.BytesIO(data) if data is not None else path) as img:
                 width, height = img.size
                 if width * height > max_pixels:
-                    raise ImageError(path, f"{width}x{height} pixels is over the limit of {max_pixels:,}")
+                    raise ImageError(path, f"{width}x{height} pixels is over the limit of {max_pixels:,} (a decompression bomb?)")
                 file_format = img.format or "unknown"
                 if img.getexif().get(0x0112, 1) in (5, 6, 7, 8):
                     width, height = height, width

@@ -28,12 +28,12 @@ from pathlib import Path
 
 import numpy as np
 
-from dreamsearch.catalog import Catalog, FileEntry, ModelInfo
+from dreamsearch.catalog import Catalog, FileEntry, ModelInfo, relpath_from_db, relpath_to_db
 from dreamsearch.errors import DreamsearchError
 from dreamsearch.images import DEFAULT_MAX_PIXELS
 from dreamsearch.library import LibraryFolder
 from dreamsearch.models.base import Embedder
-from dreamsearch.scan import relpath_from_db, relpath_to_db, scan
+from dreamsearch.scan import scan
 from dreamsearch.vector_index import open_index
 from dreamsearch.workers import DecodeJob, Decoded, Hashed, decode_file, hash_file, init_worker
 
@@ -129,9 +129,11 @@ class _Run:
 
     def _plan(self, root: Path) -> tuple[int, Path, list, list[str]]:
         """Scan ``root`` and split it into unchanged, candidate (new/changed) and gone files."""
-        root_id = 0 if self.options.dry_run else self.catalog.ensure_root(root)
-        stored = {} if self.options.dry_run else {
-            relpath_from_db(k): v for k, v in self.catalog.files_under(root_id).items()}
+        if self.options.dry_run:  # look, never write
+            root_id = {path: i for i, path in self.catalog.roots().items()}.get(str(root), 0)
+        else:
+            root_id = self.catalog.ensure_root(root)
+        stored = {relpath_from_db(k): v for k, v in self.catalog.files_under(root_id).items()}
         candidates = []
         seen = set()
         for found in scan(root, self.options.exclude, self.options.follow_symlinks, self._scan_error):
@@ -142,6 +144,9 @@ class _Run:
                 self.report.unchanged += 1
                 continue
             candidates.append((found, known))
+            if self.options.dry_run:  # without hashing, every difference counts as new or changed
+                self.report.new += known is None
+                self.report.changed += known is not None
         gone = sorted(set(stored) - seen)
         self.report.removed += len(gone)
         self.gone_hashes |= {stored[g].content_hash for g in gone if stored[g].content_hash}

@@ -18,3 +18,9 @@ def configured_path(explicit: str | os.PathLike | None, env_var: str, kind: str,
 
     folder = platformdirs.user_cache_dir("dreamsearch") if kind == "cache" else platformdirs.user_data_dir("dreamsearch")
     return Path(folder) / name
+
+
+def printable(text: str) -> str:
+    """``text`` safe to print on any terminal: bytes of file names that are not valid
+    UTF-8 (held by Python as lone surrogates) are shown as U+FFFD."""
+    return text.encode("utf-8", "surrogateescape").decode("utf-8", "replace")

@@ -92,17 +92,3 @@ def _looks_like_image(path: str, name: str) -> bool:
             return sniff_image(handle.read(32))
     except OSError:
         return False
-
-
-# Undecodable bytes in file names become lone surrogates (U+DC80-U+DCFF) in Python, which
-# SQLite cannot store; we keep them reversibly in the private-use range U+F780-U+F7FF.
-_TO_DB = {0xDC80 + i: 0xF780 + i for i in range(128)}
-_FROM_DB = {v: k for k, v in _TO_DB.items()}
-
-
-def relpath_to_db(relpath: str) -> str:
-    return relpath.translate(_TO_DB)
-
-
-def relpath_from_db(stored: str) -> str:
-    return stored.translate(_FROM_DB)

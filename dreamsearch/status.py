@@ -8,7 +8,6 @@ from pathlib import Path
 
 from dreamsearch.catalog import Catalog
 from dreamsearch.library import LibraryFolder
-from dreamsearch.scan import relpath_from_db
 
 
 def library_status(root: Path, show_failed: bool = False) -> list[str]:
@@ -26,7 +25,7 @@ def library_status(root: Path, show_failed: bool = False) -> list[str]:
             lines.append(f"model {name}: {catalog.count_vectors(model)} vectors, dim {model.dim}, {_index_line(library, name)}")
         if show_failed:
             for path, reason in catalog.failed_files():
-                lines.append(f"failed {relpath_from_db(path)}: {reason}")
+                lines.append(f"failed {path}: {reason}")
     return lines
 
 

@@ -56,3 +56,16 @@ def official_cache(tmp_path_factory):
         return root
 
     return make
+
+
+@pytest.fixture(scope="session")
+def tiny_weights(tmp_path_factory) -> Path:
+    """A small DreamSim-DINO in the official layout (64 wide, 2 blocks) for pipeline tests."""
+    return official_layout.write_tiny_cache(tmp_path_factory.mktemp("tiny_weights"))
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tiny_weights):
+    from dreamsearch.models import load_model
+
+    return load_model("dreamsim-dino", weights_dir=tiny_weights, device="cpu")

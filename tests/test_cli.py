@@ -104,3 +104,38 @@ def test_fetch_offline_is_a_clear_error(tmp_path):
     result = run_cli("models", "fetch", "resnet50", "--weights-dir", str(tmp_path))
     assert result.returncode == 1
     assert "resnet50-0676ba61.pth" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_index_status_and_forget_commands(tmp_path, tiny_weights):
+    from tests.conftest import photo_like
+
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    for i in range(3):
+        photo_like(120, 90, i).save(photos / f"{i}.jpg")
+    (photos / "bad.jpg").write_bytes(b"")
+    library = tmp_path / "lib"
+    common = ["--library", str(library)]
+    runner = CliRunner()
+    result = runner.invoke(main, ["index", str(photos), "-m", "dreamsim-dino", "--weights-dir", str(tiny_weights),
+                                  "--workers", "0", "--json", *common])
+    assert result.exit_code == 0, result.output
+    summary = json.loads(result.stdout.strip().splitlines()[-1])
+    assert summary["new"] == 4 and summary["embedded"] == 3 and summary["failed"] == 1
+    assert f"skipped {photos / 'bad.jpg'}: empty file" in result.stderr
+
+    status = runner.invoke(main, ["status", "--failed", *common])
+    assert status.exit_code == 0
+    assert f"{photos.resolve()}: 3 images, 1 unreadable" in status.stdout
+    assert "model dreamsim-dino: 3 vectors, dim 64, index IDMap2,Flat" in status.stdout
+    assert "failed" in status.stdout and "bad.jpg: empty file" in status.stdout
+
+    dry = runner.invoke(main, ["index", str(photos), "--dry-run", "--json", *common])
+    assert json.loads(dry.stdout.strip().splitlines()[-1])["unchanged"] == 4
+
+    forgot = runner.invoke(main, ["forget", str(photos), *common])
+    assert forgot.exit_code == 0 and "4 files" in forgot.stdout
+    status = runner.invoke(main, ["status", *common])
+    assert "no folders indexed yet" in status.stdout and "0 vectors" in status.stdout
+    missing = runner.invoke(main, ["forget", str(photos), *common])
+    assert missing.exit_code == 1 and "not an indexed folder" in missing.stderr

@@ -62,6 +62,20 @@ class LogEntry:
     op: str
 
 
+# Undecodable bytes in file names become lone surrogates (U+DC80-U+DCFF) in Python, which
+# SQLite cannot store; we keep them reversibly in the private-use range U+F780-U+F7FF.
+_TO_DB = {0xDC80 + i: 0xF780 + i for i in range(128)}
+_FROM_DB = {v: k for k, v in _TO_DB.items()}
+
+
+def relpath_to_db(relpath: str) -> str:
+    return relpath.translate(_TO_DB)
+
+
+def relpath_from_db(stored: str) -> str:
+    return stored.translate(_FROM_DB)
+
+
 def _chunks(items: Sequence, size: int = 500) -> Iterator[list]:
     """Slices small enough for SQLite's limit on bound parameters."""
     for start in range(0, len(items), size):
@@ -349,7 +363,7 @@ class Catalog:
                 select(Root.path, File.relpath, File.error).join(Root, Root.id == File.root_id)
                 .where(File.status == "failed").order_by(Root.path, File.relpath)
             ).all()
-        return [(str(Path(root) / relpath), error or "") for root, relpath, error in rows]
+        return [(str(Path(root) / relpath_from_db(relpath)), error or "") for root, relpath, error in rows]
 
     def roots(self) -> dict[int, str]:
         with self.engine.connect() as connection:
@@ -376,5 +390,5 @@ class Catalog:
                     .order_by(Root.path, File.relpath)
                 ).all()
                 for content_id, root, relpath in rows:
-                    out.setdefault(content_id, []).append(str(Path(root) / relpath))
+                    out.setdefault(content_id, []).append(str(Path(root) / relpath_from_db(relpath)))
         return out

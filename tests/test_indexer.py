@@ -1,0 +1,265 @@
+"""The indexer on a messy real folder: every format, every kind of bad file, incremental
+runs, copies and moves, and a SIGKILL in the middle of a run."""
+
+from __future__ import annotations
+
+import io
+import os
+import shutil
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from dreamsearch.catalog import Catalog
+from dreamsearch.indexer import IndexOptions, index_folders
+from dreamsearch.library import LibraryFolder
+from dreamsearch.scan import ScannedFile
+from dreamsearch.vector_index import open_index
+from tests.conftest import photo_like
+
+ONE_WORKER = IndexOptions(batch_size=4, workers=1)
+
+
+def exif(orientation: int) -> Image.Exif:
+    data = Image.Exif()
+    data[0x0112] = orientation
+    return data
+
+
+def make_messy_folder(folder: Path) -> dict[str, str]:
+    """Good files of every kind, and bad ones; returns {bad file name: expected reason}."""
+    folder.mkdir(parents=True, exist_ok=True)
+    photo_like(320, 240, 1).save(folder / "plain.jpg", quality=90)
+    photo_like(320, 240, 2).save(folder / "rot6.jpg", exif=exif(6))
+    photo_like(320, 240, 3).save(folder / "rot8.jpg", exif=exif(8))
+    photo_like(320, 240, 4).save(folder / "progressive.jpg", progressive=True)
+    photo_like(200, 150, 5).convert("RGBA").save(folder / "alpha.png")
+    photo_like(200, 150, 6).convert("P", palette=Image.Palette.ADAPTIVE).save(folder / "palette.png", transparency=0)
+    Image.fromarray((np.arange(256 * 64).reshape(64, 256) % 65536).astype(np.uint16)).save(folder / "deep16.png")
+    photo_like(200, 150, 7).convert("CMYK").save(folder / "cmyk.jpg")
+    photo_like(200, 150, 8).convert("L").save(folder / "grey.jpg")
+    frames = [photo_like(64, 64, s) for s in (9, 10)]
+    frames[0].save(folder / "anim.gif", save_all=True, append_images=frames[1:], loop=0)
+    photo_like(200, 150, 11).save(folder / "photo.webp")
+    from pillow_heif import register_heif_opener
+
+    register_heif_opener()
+    photo_like(200, 150, 12).save(folder / "phone.heic")
+    photo_like(120, 90, 13).save(folder / "old.bmp")
+    photo_like(120, 90, 14).save(folder / "scan.tiff")
+    photo_like(120, 90, 15).save(folder / "no_extension", format="PNG")  # found by its bytes
+    (folder / "ラーメン.jpg").write_bytes((folder / "plain.jpg").read_bytes()[:-1] + b"\xd9")
+    photo_like(100, 80, 16).save(folder / "unicode-é.png")
+    with open(os.fsencode(folder) + b"/latin1-caf\xe9.jpg", "wb") as handle:
+        photo_like(100, 80, 17).save(handle, "JPEG")
+    buffer = io.BytesIO()
+    photo_like(640, 480, 18).save(buffer, "JPEG", quality=95)
+    (folder / "truncated.jpg").write_bytes(buffer.getvalue()[: len(buffer.getvalue()) // 3])
+    (folder / "empty.jpg").write_bytes(b"")
+    (folder / "notes.png").write_text("not a picture")
+    Image.new("1", (16000, 14000)).save(folder / "bomb.png")
+    (folder / "readme.txt").write_text("ignored silently")
+    os.symlink("loop", folder / "loop")  # a link to itself
+    (folder / ".hidden.jpg").write_bytes((folder / "plain.jpg").read_bytes())
+    (folder / "@eaDir").mkdir()
+    shutil.copy(folder / "plain.jpg", folder / "@eaDir" / "thumb.jpg")
+    return {
+        "truncated.jpg": "cannot decode",
+        "empty.jpg": "empty file",
+        "notes.png": "not an image",
+        "bomb.png": "decompression bomb",
+    }
+
+
+def run_index(library: LibraryFolder, folder: Path, model, options: IndexOptions = ONE_WORKER):
+    return index_folders(library, [folder], [model], options)
+
+
+def library_state(library: LibraryFolder) -> dict:
+    """path -> stored vector (or failure reason): the library's observable content."""
+    with Catalog(library.catalog_path) as catalog:
+        model = catalog.model("dreamsim-dino")
+        ids, vectors = catalog.vectors_for(model, catalog.vector_ids(model))
+        by_id = dict(zip(ids.tolist(), vectors))
+        state = {path: reason for path, reason in catalog.failed_files()}
+        for content_id, paths in catalog.paths_of(list(by_id)).items():
+            for path in paths:
+                state[path] = by_id[content_id]
+        index = open_index(catalog, model, library.index_dir)
+        assert index.ids().tolist() == sorted(by_id)
+    return state
+
+
+def test_messy_folder(tmp_path, tiny_model):
+    folder = tmp_path / "photos"
+    bad = make_messy_folder(folder)
+    library = LibraryFolder.prepare(tmp_path / "lib")
+    report = run_index(library, folder, tiny_model, IndexOptions(batch_size=4, workers=1, max_pixels=200_000_000))
+    reasons = {Path(path).name: reason for path, reason in report.failures}
+    for name, expected in bad.items():
+        assert expected in reasons.pop(name), name
+    assert reasons == {}  # nothing else failed: every odd mode decoded
+    state = library_state(library)
+    good = {Path(p).name for p, v in state.items() if not isinstance(v, str)}
+    assert good == {
+        "plain.jpg", "rot6.jpg", "rot8.jpg", "progressive.jpg", "alpha.png", "palette.png", "deep16.png",
+        "cmyk.jpg", "grey.jpg", "anim.gif", "photo.webp", "phone.heic", "old.bmp", "scan.tiff", "no_extension",
+        "ラーメン.jpg", "unicode-é.png", os.fsdecode(b"latin1-caf\xe9.jpg"),
+    }
+    assert report.failed == 4 and report.embedded == 18 - 1  # ラーメン.jpg has plain.jpg's bytes: a copy
+    assert report.copied == 1
+    assert library_state(library).keys() == state.keys()  # names survive the round trip
+
+
+def test_exif_rotated_embeds_like_the_rotated_pixels(tmp_path, tiny_model):
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    picture = photo_like(300, 200, 21)
+    picture.save(folder / "tagged.png", exif=exif(6))
+    picture.transpose(Image.Transpose.ROTATE_270).save(folder / "rotated.png")
+    library = LibraryFolder.prepare(tmp_path / "lib")
+    run_index(library, folder, tiny_model)
+    state = library_state(library)
+    np.testing.assert_allclose(state[str(folder / "tagged.png")], state[str(folder / "rotated.png")], atol=1e-6)
+
+
+def test_symlink_loop_with_follow_is_reported_and_the_run_goes_on(tmp_path, tiny_model):
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    photo_like(100, 80, 1).save(folder / "a.jpg")
+    os.symlink(folder, folder / "again")  # a folder loop
+    os.symlink("self", folder / "self")
+    library = LibraryFolder.prepare(tmp_path / "lib")
+    report = run_index(library, folder, tiny_model, IndexOptions(workers=1, follow_symlinks=True))
+    assert report.embedded == 1
+    assert any(Path(p).name == "self" for p, _reason in report.failures)
+
+
+def test_vanished_and_unreadable_files_are_recorded(tmp_path, tiny_model, monkeypatch):
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    photo_like(100, 80, 1).save(folder / "a.jpg")
+    photo_like(100, 80, 2).save(folder / "locked.jpg")
+    import dreamsearch.indexer as indexer
+    import dreamsearch.workers as workers
+
+    real_scan, real_open = indexer.scan, open
+
+    def scan_with_ghost(root, *args):
+        yield from real_scan(root, *args)
+        yield ScannedFile("ghost.jpg", 10, 1)  # listed, then deleted before it was read
+
+    def guarded_open(path, *args, **kwargs):
+        if str(path).endswith("locked.jpg"):
+            raise PermissionError(13, "Permission denied")
+        return real_open(path, *args, **kwargs)
+
+    monkeypatch.setattr(indexer, "scan", scan_with_ghost)
+    monkeypatch.setattr(workers, "open", guarded_open, raising=False)
+    library = LibraryFolder.prepare(tmp_path / "lib")
+    report = run_index(library, folder, tiny_model, IndexOptions(workers=0))  # in-process, patched
+    reasons = {Path(p).name: r for p, r in report.failures}
+    assert reasons == {"ghost.jpg": "vanished before it could be read", "locked.jpg": "permission denied"}
+    assert report.embedded == 1
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root reads chmod 000 files; covered by the patched test above")
+def test_chmod_000_file_is_recorded(tmp_path, tiny_model):
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    photo_like(100, 80, 1).save(folder / "locked.jpg")
+    os.chmod(folder / "locked.jpg", 0)
+    report = run_index(LibraryFolder.prepare(tmp_path / "lib"), folder, tiny_model)
+    assert report.failures == [(str(folder / "locked.jpg"), "permission denied")]
+
+
+def test_incremental_runs(tmp_path, tiny_model):
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    for i in range(6):
+        photo_like(160, 120, 30 + i).save(folder / f"p{i}.jpg")
+    library = LibraryFolder.prepare(tmp_path / "lib")
+
+    def step(expect: dict):
+        report = run_index(library, folder, tiny_model)
+        assert {k: report.summary()[k] for k in expect} == expect
+        state = library_state(library)
+        on_disk = {str(p) for p in folder.rglob("*.jpg")}
+        assert set(state) == on_disk
+        with Catalog(library.catalog_path) as catalog:  # every file finds itself first
+            model = catalog.model("dreamsim-dino")
+            index = open_index(catalog, model, library.index_dir)
+            for path in on_disk:
+                _, ids = index.search(state[path], 1)
+                assert path in catalog.paths_of(ids[0].tolist())[int(ids[0, 0])]
+        return report
+
+    step({"new": 6, "embedded": 6})
+    step({"unchanged": 6, "embedded": 0})
+    os.utime(folder / "p0.jpg", ns=(1, 10**18))  # touched
+    step({"unchanged": 6, "changed": 0, "embedded": 0})
+    photo_like(160, 120, 99).save(folder / "p1.jpg")  # edited
+    step({"changed": 1, "embedded": 1})
+    shutil.copy(folder / "p2.jpg", folder / "p2-copy.jpg")
+    step({"new": 1, "copied": 1, "embedded": 0})
+    (folder / "sub").mkdir()
+    os.rename(folder / "p3.jpg", folder / "sub" / "p3.jpg")
+    step({"new": 1, "moved": 1, "removed": 1, "embedded": 0})
+    (folder / "p4.jpg").unlink()
+    step({"removed": 1, "embedded": 0})
+
+
+KILL_SCRIPT = """
+import sys
+from pathlib import Path
+from dreamsearch.indexer import IndexOptions, index_folders
+from dreamsearch.library import LibraryFolder
+from dreamsearch.models import load_model
+
+model = load_model("dreamsim-dino", weights_dir=sys.argv[1], device="cpu")
+index_folders(LibraryFolder.prepare(Path(sys.argv[2])), [Path(sys.argv[3])], [model],
+              IndexOptions(batch_size=2, workers=1))
+"""
+
+
+def test_sigkill_mid_run_then_resume_equals_an_uninterrupted_run(tmp_path, tiny_weights, tiny_model):
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    for i in range(60):
+        photo_like(480, 360, 100 + i).save(folder / f"img{i:02d}.jpg", quality=90)
+    (folder / "broken.jpg").write_bytes(b"\xff\xd8\xff garbage")
+    killed = LibraryFolder.prepare(tmp_path / "killed")
+    command = [sys.executable, "-c", KILL_SCRIPT, str(tiny_weights), str(killed.root), str(folder)]
+    child = subprocess.Popen(command)
+    deadline = time.time() + 120
+    while time.time() < deadline and _vectors_in(killed) < 10:
+        time.sleep(0.05)
+    child.send_signal(signal.SIGKILL)
+    child.wait()
+    assert 10 <= _vectors_in(killed) < 60, "the kill should land mid-run"
+
+    subprocess.run(command, check=True, timeout=300)
+    whole = LibraryFolder.prepare(tmp_path / "whole")
+    run_index(whole, folder, tiny_model)
+    resumed_state, whole_state = library_state(killed), library_state(whole)
+    assert resumed_state.keys() == whole_state.keys() and len(whole_state) == 61
+    for path, value in whole_state.items():
+        if isinstance(value, str):
+            assert resumed_state[path] == value
+        else:
+            np.testing.assert_allclose(resumed_state[path], value, atol=1e-6)
+
+
+def _vectors_in(library: LibraryFolder) -> int:
+    try:
+        with sqlite3.connect(f"file:{library.catalog_path}?mode=ro", uri=True, timeout=1) as connection:
+            return connection.execute("SELECT count(*) FROM vectors").fetchone()[0]
+    except sqlite3.Error:
+        return 0
