@@ -263,3 +263,30 @@ def _vectors_in(library: LibraryFolder) -> int:
             return connection.execute("SELECT count(*) FROM vectors").fetchone()[0]
     except sqlite3.Error:
         return 0
+
+
+def test_ctrl_c_stops_after_the_batch_and_the_next_run_completes(tmp_path, tiny_weights):
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    for i in range(60):
+        photo_like(480, 360, 300 + i).save(folder / f"img{i:02d}.jpg", quality=90)
+    library = LibraryFolder.prepare(tmp_path / "lib")
+    command = [sys.executable, "-m", "dreamsearch", "index", str(folder), "-m", "dreamsim-dino", "--weights-dir",
+               str(tiny_weights), "--library", str(library.root), "--batch-size", "2", "--workers", "1", "--quiet"]
+    child = subprocess.Popen(command, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 120
+    while time.time() < deadline and _vectors_in(library) < 6:
+        time.sleep(0.05)
+    child.send_signal(signal.SIGINT)
+    _, stderr = child.communicate(timeout=120)
+    assert child.returncode == 130, stderr
+    assert "interrupted" in stderr and "Traceback" not in stderr
+    stopped_at = _vectors_in(library)
+    assert 6 <= stopped_at < 60
+    with Catalog(library.catalog_path) as catalog:  # what was committed is indexed too
+        model = catalog.model("dreamsim-dino")
+        from dreamsearch.vector_index import VectorIndex
+
+        assert len(VectorIndex.load(library.index_dir, "dreamsim-dino")) == catalog.count_vectors(model)
+    subprocess.run(command, check=True, timeout=300)
+    assert _vectors_in(library) == 60
