@@ -7,13 +7,14 @@ Heavy modules (torch, open_clip) are imported inside the commands that embed, so
 from __future__ import annotations
 
 import sys
+from contextlib import contextmanager
 from pathlib import Path
 
 import click
 
 from dreamsearch import __version__
 from dreamsearch.errors import DreamsearchError
-from dreamsearch.paths import printable
+from dreamsearch.paths import human_bytes, printable
 
 DEVICE_CHOICES = click.Choice(["auto", "cpu", "cuda"])
 
@@ -72,16 +73,8 @@ def models_list(weights_dir: Path | None) -> None:
         missing = missing_files(spec, root)
         state = "yes" if not missing else f"no ({len(missing)} of {len(spec.files)} files missing)"
         size = installed_size(spec, root)
-        table.add_row(spec.name, str(spec.dim), ", ".join(spec.branches), state, _human_bytes(size) if size else "-")
+        table.add_row(spec.name, str(spec.dim), ", ".join(spec.branches), state, human_bytes(size) if size else "-")
     Console().print(table)
-
-
-def _human_bytes(size: int) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if size < 1024 or unit == "GiB":
-            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
-        size /= 1024
-    return f"{size} B"  # pragma: no cover
 
 
 @models.command("fetch")
@@ -231,38 +224,30 @@ def index_command(folders, model_names, library_path, batch_size, workers, devic
         sys.exit(130)
 
 
-class _progress_display:
-    """A rich progress bar fed by the indexer's per-batch reports (nothing when quiet)."""
+@contextmanager
+def _progress_display(quiet: bool):
+    """Yield a callback that draws the indexer's per-batch reports as a rich bar on stderr
+    (or ``None`` when quiet)."""
+    if quiet:
+        yield None
+        return
+    import time
 
-    def __init__(self, quiet: bool) -> None:
-        self.quiet = quiet
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-    def __enter__(self):
-        if self.quiet:
-            return None
-        from rich.console import Console
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+    started = time.perf_counter()
+    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+               TextColumn("{task.fields[rate]:.1f} img/s"), TimeRemainingColumn())
+    with Progress(*columns, console=Console(stderr=True), transient=True) as bar:
+        task = bar.add_task("scanning", total=None, rate=0.0)
 
-        self.bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                            TextColumn("{task.fields[rate]:.1f} img/s"), TimeRemainingColumn(),
-                            console=Console(stderr=True), transient=True)
-        self.bar.start()
-        self.task = self.bar.add_task("embedding", total=None, rate=0.0)
-        self.started = None
-        return self.update
+        def update(report) -> None:
+            bar.update(task, total=report.to_embed, completed=report.embedded,
+                       rate=report.embedded / max(time.perf_counter() - started, 1e-9),
+                       description=f"found {report.found}, to embed {report.to_embed}, failed {report.failed}")
 
-    def update(self, report) -> None:
-        import time
-
-        self.started = self.started or time.perf_counter()
-        elapsed = max(time.perf_counter() - self.started, 1e-9)
-        self.bar.update(self.task, total=report.to_embed, completed=report.embedded + 0,
-                        rate=report.embedded / elapsed,
-                        description=f"found {report.found}, to embed {report.to_embed}, failed {report.failed}")
-
-    def __exit__(self, *exc) -> None:
-        if not self.quiet:
-            self.bar.stop()
+        yield update
 
 
 @main.command()

@@ -1,5 +1,5 @@
-"""Where dreamsearch keeps things: a command-line flag, else an environment variable,
-else the platform's per-user folder (platformdirs)."""
+"""Where dreamsearch keeps things (a command-line flag, else an environment variable, else
+the platform's per-user folder), and how paths and sizes are shown to people."""
 
 from __future__ import annotations
 
@@ -24,3 +24,12 @@ def printable(text: str) -> str:
     """``text`` safe to print on any terminal: bytes of file names that are not valid
     UTF-8 (held by Python as lone surrogates) are shown as U+FFFD."""
     return text.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+
+
+def human_bytes(size: float) -> str:
+    """``1536`` → ``1.5 KiB``."""
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if size < 1024:
+            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1024
+    return f"{size:.1f} TiB"

@@ -8,6 +8,7 @@ from pathlib import Path
 
 from dreamsearch.catalog import Catalog
 from dreamsearch.library import LibraryFolder
+from dreamsearch.paths import human_bytes
 
 
 def library_status(root: Path, show_failed: bool = False) -> list[str]:
@@ -40,9 +41,4 @@ def _index_line(library: LibraryFolder, model: str) -> str:
 
 
 def _size(folder: Path) -> str:
-    total = sum(p.stat().st_size for p in folder.rglob("*") if p.is_file())
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if total < 1024 or unit == "TiB":
-            return f"{total:.1f} {unit}" if unit != "B" else f"{total} B"
-        total /= 1024
-    return ""
+    return human_bytes(sum(p.stat().st_size for p in folder.rglob("*") if p.is_file()))
