@@ -33,7 +33,7 @@ from dreamsearch.errors import DreamsearchError
 from dreamsearch.images import DEFAULT_MAX_PIXELS
 from dreamsearch.library import LibraryFolder
 from dreamsearch.models.base import Embedder
-from dreamsearch.scan import scan
+from dreamsearch.scan import ScannedFile, scan
 from dreamsearch.vector_index import open_index
 from dreamsearch.workers import DecodeJob, Decoded, Hashed, decode_file, hash_file, init_worker
 
@@ -122,6 +122,7 @@ class _Run:
             if not self.stop.is_set():
                 for root_id, _root, _candidates, gone in plans:
                     self.catalog.remove_files(root_id, [relpath_to_db(g) for g in gone])
+                    self.report.removed += len(gone)
             self._save_indexes()
         self.report.interrupted = self.stop.is_set()
         self.report.seconds = time.perf_counter() - started
@@ -148,7 +149,8 @@ class _Run:
                 self.report.new += known is None
                 self.report.changed += known is not None
         gone = sorted(set(stored) - seen)
-        self.report.removed += len(gone)
+        if self.options.dry_run:
+            self.report.removed += len(gone)
         self.gone_hashes |= {stored[g].content_hash for g in gone if stored[g].content_hash}
         return root_id, root, candidates, gone
 
@@ -161,7 +163,7 @@ class _Run:
         hashed = dict(zip(paths, _map(pool, hash_file, paths, chunksize=8)))
         known = self.catalog.hashes_with_vectors(self.models, [h.content_hash for h in hashed.values() if h.content_hash])
         reuse: list[FileEntry] = []
-        to_decode: list[tuple] = []
+        to_decode: list[ScannedFile] = []
         duplicates: dict[str, list] = {}
         for found, previous in candidates:
             result: Hashed = hashed[str(root / found.relpath)]
