@@ -251,6 +251,69 @@ def _progress_display(quiet: bool):
 
 
 @main.command()
+@click.argument("images", nargs=-1, type=click.Path(path_type=Path, allow_dash=True))
+@click.option("-k", "k", default=25, show_default=True, type=int, help="How many results per query.")
+@click.option("-m", "--model", "model_name", default="dreamsim", show_default=True)
+@click.option("--like", "like", multiple=True, type=click.Path(path_type=Path),
+              help="Query with the stored vector of an indexed file (no model is loaded).")
+@click.option("--include-self", is_flag=True, help="Keep the query's own content in its results.")
+@click.option("--max-distance", type=float, default=None, help="Only results at most this far (0..2).")
+@click.option("--under", type=click.Path(path_type=Path), default=None, help="Only results inside this folder.")
+@click.option("--combine", type=click.Choice(["none", "mean"]), default="none", show_default=True,
+              help="mean: one query from the mean of all query images.")
+@click.option("--json", "fmt", flag_value="json", help="One JSON document.")
+@click.option("--jsonl", "fmt", flag_value="jsonl", help="One JSON object per result.")
+@click.option("--csv", "fmt", flag_value="csv", help="CSV: query,rank,distance,path,size.")
+@click.option("-0", "fmt", flag_value="null", help="Result paths separated by NUL (for xargs -0).")
+@click.option("--nprobe", default=16, show_default=True, type=click.IntRange(1), help="IVF lists to search.")
+@click.option("--device", default="auto", show_default=True, type=DEVICE_CHOICES)
+@library_option
+@weights_dir_option
+def query(images, k, model_name, like, include_self, max_distance, under, combine, fmt, nprobe, device,
+          library_path, weights_dir) -> None:
+    """Find the images in the library most similar to IMAGES (files, or '-' to read paths
+    from stdin). Distances are DreamSim distances (1 - cosine), exact."""
+    from dreamsearch.library import LibraryFolder, library_dir
+    from dreamsearch.query_output import render
+    from dreamsearch.search import Searcher
+
+    if k <= 0:
+        raise DreamsearchError("-k must be at least 1")
+    files = [Path(line) for arg in images for line in (_stdin_paths() if str(arg) == "-" else [arg])]
+    if not files and not like:
+        raise DreamsearchError("give at least one query image (a file, '-' for stdin, or --like PATH)")
+    for path in files:
+        if not path.is_file():
+            raise DreamsearchError(f"{path}: no such file")
+    import numpy as np
+
+    with Searcher(LibraryFolder.prepare(library_dir(library_path)), model_name, nprobe=nprobe) as searcher:
+        queries = []  # (label, vector, ids of the query's own contents)
+        for path in like:
+            vector, own = searcher.stored_vector(path)
+            queries.append((str(path), vector, [own]))
+        if files:
+            from dreamsearch.models import load_model
+
+            embedder = load_model(model_name, weights_dir=weights_dir, device=device)
+            for path in files:
+                vector, own = searcher.embed_file(embedder, path)
+                queries.append((str(path), vector, [] if own is None else [own]))
+        if combine == "mean":
+            mean = np.mean([vector for _label, vector, _own in queries], axis=0)
+            queries = [(" + ".join(q[0] for q in queries), mean / np.linalg.norm(mean), [i for q in queries for i in q[2]])]
+        blocks = [
+            (label, searcher.search(vector, k, [] if include_self else own, max_distance, under))
+            for label, vector, own in queries
+        ]
+    render(blocks, fmt, model_name)
+
+
+def _stdin_paths() -> list[str]:
+    return [line.rstrip("\n") for line in sys.stdin if line.strip()]
+
+
+@main.command()
 @library_option
 @click.option("--failed", "show_failed", is_flag=True, help="List files that could not be read, with reasons.")
 def status(library_path, show_failed) -> None:

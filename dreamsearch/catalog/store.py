@@ -365,6 +365,31 @@ class Catalog:
             ).all()
         return [(str(Path(root) / relpath_from_db(relpath)), error or "") for root, relpath, error in rows]
 
+    def content_id_of_hash(self, content_hash: str) -> int | None:
+        with self.engine.connect() as connection:
+            return connection.execute(select(Content.id).where(Content.hash == content_hash)).scalar()
+
+    def content_id_at(self, path: Path) -> int | None:
+        """The content of the indexed file at ``path`` (absolute), if it is in the library."""
+        path = Path(path).resolve()
+        for root_id, root in self.roots().items():
+            if path.is_relative_to(root):
+                relpath = relpath_to_db(path.relative_to(root).as_posix())
+                with self.engine.connect() as connection:
+                    found = connection.execute(
+                        select(File.content_id).where(File.root_id == root_id, File.relpath == relpath)
+                    ).scalar()
+                if found is not None:
+                    return found
+        return None
+
+    def content_sizes(self, content_ids: Sequence[int]) -> dict[int, int]:
+        sizes: dict[int, int] = {}
+        with self.engine.connect() as connection:
+            for chunk in _chunks([int(i) for i in content_ids]):
+                sizes.update(connection.execute(select(Content.id, Content.size).where(Content.id.in_(chunk))).all())
+        return sizes
+
     def roots(self) -> dict[int, str]:
         with self.engine.connect() as connection:
             return dict(connection.execute(select(Root.id, Root.path).order_by(Root.path)).all())

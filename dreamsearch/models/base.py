@@ -85,7 +85,7 @@ class Embedder:
 
     def embed(self, batch: np.ndarray) -> np.ndarray:
         """``uint8 [B, S, S, 3]`` → ``float32 [B, dim]``, unit norm."""
-        pixels = torch.from_numpy(np.ascontiguousarray(batch))
+        pixels = torch.from_numpy(np.require(batch, requirements=["C", "W"]))  # copies only read-only input
         if self.device.type == "cuda":
             pixels = pixels.pin_memory().to(self.device, non_blocking=True)
         with torch.inference_mode():

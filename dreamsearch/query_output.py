@@ -1,0 +1,65 @@
+"""How query results are printed. Machine formats are stable (documented in README):
+
+- ``json``: ``{"model": M, "queries": [{"query": Q, "results": [RESULT, ...]}, ...]}``
+- ``jsonl``: one ``{"query": Q, **RESULT}`` per line
+- ``csv``: header ``query,rank,distance,path,size``
+- ``null``: result paths separated by NUL
+
+where RESULT is ``{"rank", "distance", "path", "size", "also_at"}``.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import sys
+from dataclasses import asdict
+
+from dreamsearch.paths import human_bytes, printable
+from dreamsearch.search import Match
+
+
+def render(blocks: list[tuple[str, list[Match]]], fmt: str | None, model: str) -> None:
+    out = sys.stdout
+    if fmt == "json":
+        document = {"model": model, "queries": [
+            {"query": label, "results": [_result(m) for m in matches]} for label, matches in blocks]}
+        out.write(json.dumps(document, ensure_ascii=False) + "\n")
+    elif fmt == "jsonl":
+        for label, matches in blocks:
+            for match in matches:
+                out.write(json.dumps({"query": label, **_result(match)}, ensure_ascii=False) + "\n")
+    elif fmt == "csv":
+        writer = csv.writer(out)
+        writer.writerow(["query", "rank", "distance", "path", "size"])
+        for label, matches in blocks:
+            for m in matches:
+                writer.writerow([label, m.rank, f"{m.distance:.6f}", m.path, m.size])
+    elif fmt == "null":
+        out.buffer.write(b"".join(m.path.encode("utf-8", "surrogateescape") + b"\0" for _l, ms in blocks for m in ms))
+    else:
+        _table(blocks, model)
+
+
+def _result(match: Match) -> dict:
+    result = asdict(match)
+    result["distance"] = round(match.distance, 6)
+    result["also_at"] = list(match.also_at)
+    return result
+
+
+def _table(blocks: list[tuple[str, list[Match]]], model: str) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console()
+    for label, matches in blocks:
+        table = Table(title=printable(f"{label} ({model})"), title_justify="left")
+        for column in ("#", "distance", "path", "size"):
+            table.add_column(column, justify="right" if column != "path" else "left")
+        for m in matches:
+            path = printable(m.path) + "".join(f"\n  also {printable(p)}" for p in m.also_at)
+            table.add_row(str(m.rank), f"{m.distance:.4f}", path, human_bytes(m.size))
+        if not matches:
+            table.add_row("-", "-", "no results", "-")
+        console.print(table)

@@ -1,0 +1,107 @@
+"""Queries: exact distances, self and copies, --like, filters, stable JSON, clear errors."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+from click.testing import CliRunner
+
+from dreamsearch.cli import main
+from dreamsearch.indexer import IndexOptions, index_folders
+from dreamsearch.library import LibraryFolder
+from tests.conftest import photo_like
+
+
+@pytest.fixture(scope="module")
+def indexed(tmp_path_factory, tiny_model):
+    base = tmp_path_factory.mktemp("search")
+    photos = base / "photos"
+    (photos / "trip").mkdir(parents=True)
+    for i in range(12):
+        photo_like(200, 150, 500 + i).save(photos / f"p{i:02d}.jpg", quality=90)
+    shutil.copy(photos / "p03.jpg", photos / "trip" / "p03-copy.jpg")
+    library = LibraryFolder.prepare(base / "lib")
+    index_folders(library, [photos], [tiny_model], IndexOptions(workers=0))
+    return photos, library
+
+
+def query(library, tiny_weights, *args):
+    common = ["-m", "dreamsim-dino", "--library", str(library.root), "--weights-dir", str(tiny_weights), "--device", "cpu"]
+    return CliRunner().invoke(main, ["query", *args, *common])
+
+
+def results(outcome) -> list[dict]:
+    assert outcome.exit_code == 0, outcome.output
+    return json.loads(outcome.stdout)["queries"][0]["results"]
+
+
+def test_an_indexed_image_finds_itself_and_its_copies_first(indexed, tiny_weights):
+    photos, library = indexed
+    found = results(query(library, tiny_weights, str(photos / "p03.jpg"), "-k", "3", "--include-self", "--json"))
+    assert found[0]["distance"] < 1e-5
+    assert {found[0]["path"], *found[0]["also_at"]} == {str(photos / "p03.jpg"), str(photos / "trip" / "p03-copy.jpg")}
+    assert [r["rank"] for r in found] == [1, 2, 3]
+    assert set(found[0]) == {"rank", "distance", "path", "size", "also_at"}  # stable schema
+    assert found[0]["size"] == (photos / "p03.jpg").stat().st_size
+    assert found[1]["distance"] >= found[0]["distance"] and found[2]["distance"] >= found[1]["distance"]
+
+    without_self = results(query(library, tiny_weights, str(photos / "p03.jpg"), "-k", "3", "--json"))
+    assert all("p03" not in r["path"] for r in without_self)
+    assert [r["path"] for r in without_self[:2]] == [r["path"] for r in found[1:]]
+    assert [r["rank"] for r in without_self] == [1, 2, 3]
+
+
+def test_like_equals_querying_with_the_file(indexed, tiny_weights):
+    photos, library = indexed
+    by_file = results(query(library, tiny_weights, str(photos / "p05.jpg"), "-k", "5", "--json"))
+    by_like = results(query(library, tiny_weights, "--like", str(photos / "p05.jpg"), "-k", "5", "--json"))
+    assert [r["path"] for r in by_like] == [r["path"] for r in by_file]
+    for a, b in zip(by_like, by_file):
+        assert abs(a["distance"] - b["distance"]) < 1e-5
+
+
+def test_filters_and_machine_formats(indexed, tiny_weights):
+    photos, library = indexed
+    under = results(query(library, tiny_weights, str(photos / "p01.jpg"), "--under", str(photos / "trip"), "--json"))
+    assert [r["path"] for r in under] == [str(photos / "trip" / "p03-copy.jpg")]
+    everything = results(query(library, tiny_weights, str(photos / "p01.jpg"), "-k", "20", "--json"))
+    assert len(everything) == 11  # 12 contents, minus the query itself
+    cut = everything[4]["distance"]
+    near = results(query(library, tiny_weights, str(photos / "p01.jpg"), "-k", "20", "--max-distance", str(cut), "--json"))
+    assert all(r["distance"] <= cut for r in near) and len(near) >= 5
+    lines = query(library, tiny_weights, str(photos / "p01.jpg"), "-k", "2", "--jsonl").stdout.strip().splitlines()
+    assert [json.loads(line)["rank"] for line in lines] == [1, 2]
+    csv_out = query(library, tiny_weights, str(photos / "p01.jpg"), "-k", "2", "--csv").stdout.splitlines()
+    assert csv_out[0] == "query,rank,distance,path,size" and len(csv_out) == 3
+    nul = query(library, tiny_weights, str(photos / "p01.jpg"), "-k", "2", "-0").stdout_bytes
+    assert nul.count(b"\0") == 2
+
+
+def test_removed_files_are_never_returned(tmp_path, tiny_model, tiny_weights):
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    for i in range(4):
+        photo_like(120, 90, 700 + i).save(photos / f"{i}.jpg")
+    library = LibraryFolder.prepare(tmp_path / "lib")
+    index_folders(library, [photos], [tiny_model], IndexOptions(workers=0))
+    (photos / "2.jpg").unlink()
+    index_folders(library, [photos], [tiny_model], IndexOptions(workers=0))
+    found = results(query(library, tiny_weights, str(photos / "0.jpg"), "-k", "10", "--json"))
+    assert sorted(r["path"] for r in found) == [str(photos / "1.jpg"), str(photos / "3.jpg")]
+
+
+def test_helpful_errors(indexed, tiny_weights, tmp_path):
+    photos, library = indexed
+    for args, message in [
+        ((str(photos / "p01.jpg"), "-k", "0"), "-k must be at least 1"),
+        ((str(tmp_path / "missing.jpg"),), "missing.jpg: no such file"),
+        ((), "give at least one query image"),
+    ]:
+        outcome = query(library, tiny_weights, *args)
+        assert outcome.exit_code == 1 and message in outcome.stderr, outcome.output
+    other = CliRunner().invoke(main, ["query", str(photos / "p01.jpg"), "-m", "clip", "--library", str(library.root)])
+    assert other.exit_code == 1 and "run `dreamsearch index --model clip FOLDER` first" in other.stderr
+    empty = CliRunner().invoke(main, ["query", str(photos / "p01.jpg"), "--library", str(tmp_path / "new")])
+    assert empty.exit_code == 1 and "dreamsearch index" in empty.stderr
