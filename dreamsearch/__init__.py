@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING
 __version__ = "0.1.0"
 
 if TYPE_CHECKING:  # pragma: no cover
+    from dreamsearch.api import Library
     from dreamsearch.models.base import Embedder
 
 
@@ -21,4 +22,13 @@ def load_model(name: str = "dreamsim", **kwargs) -> "Embedder":
     return _load_model(name, **kwargs)
 
 
-__all__ = ["__version__", "load_model"]
+def __getattr__(name: str):
+    """``from dreamsearch import Library`` without importing torch for ``--help``."""
+    if name in ("Library", "Match"):
+        from dreamsearch import api
+
+        return getattr(api, name)
+    raise AttributeError(f"module 'dreamsearch' has no attribute {name!r}")
+
+
+__all__ = ["Library", "Match", "__version__", "load_model"]

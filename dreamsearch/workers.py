@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import signal
+import threading
 from dataclasses import dataclass
 
 import numpy as np
@@ -83,8 +84,12 @@ def decode_file(job: DecodeJob) -> Decoded:
         return Decoded(job.path, error=f"cannot read: {exc.strerror or exc}")
     content_hash = hashlib.blake2b(data, digest_size=32).hexdigest()
     draft = max(p.draft_size for p in job.preprocess) if job.draft else 0
-    previous = signal.signal(signal.SIGALRM, _raise_timeout)
-    signal.setitimer(signal.ITIMER_REAL, job.timeout_s)
+    # The time limit uses SIGALRM, which only the main thread may arm: decode processes
+    # always can; an API query from an app's worker thread decodes without a limit.
+    timed = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGALRM, _raise_timeout) if timed else None
+    if timed:
+        signal.setitimer(signal.ITIMER_REAL, job.timeout_s)
     try:
         picture = decode(job.path, data=data, max_pixels=job.max_pixels, draft_size=draft)
         pixels = tuple(p(picture.image) for p in job.preprocess)
@@ -95,8 +100,9 @@ def decode_file(job: DecodeJob) -> Decoded:
     except MemoryError:
         return Decoded(job.path, content_hash, error="not enough memory to decode")
     finally:
-        signal.setitimer(signal.ITIMER_REAL, 0)
-        signal.signal(signal.SIGALRM, previous)
+        if timed:
+            signal.setitimer(signal.ITIMER_REAL, 0)
+            signal.signal(signal.SIGALRM, previous)
     return Decoded(job.path, content_hash, picture.width, picture.height, picture.format, pixels)
 
 

@@ -1,0 +1,56 @@
+"""The Python API: the example in docs/api.md runs as written; reads from threads."""
+
+from __future__ import annotations
+
+import re
+import threading
+from pathlib import Path
+
+from PIL import Image
+
+from dreamsearch import Library
+from tests.conftest import photo_like
+
+DOC = Path(__file__).resolve().parents[1] / "docs" / "api.md"
+
+
+def _photos(folder: Path) -> Path:
+    folder.mkdir()
+    for name, seed in (("beach.jpg", 1), ("dune.jpg", 2), ("forest.jpg", 3), ("city.jpg", 4)):
+        photo_like(160, 120, seed).save(folder / name)
+    return folder
+
+
+def test_the_documented_example_runs(tmp_path, tiny_weights):
+    code = re.search(r"```python\n(.*?)```", DOC.read_text(), re.S).group(1)
+    namespace = {"library_folder": tmp_path / "lib", "weights_folder": tiny_weights,
+                 "photo_folder": _photos(tmp_path / "photos"), "Image": Image}
+    exec(compile(code, str(DOC), "exec"), namespace)
+    assert namespace["best"].path == str(tmp_path / "photos" / "beach.jpg") and namespace["best"].distance < 1e-5
+    assert namespace["vectors"].shape == (1, 64)
+    with Library.open(tmp_path / "lib") as library:
+        remaining = library.similar_to(tmp_path / "photos" / "dune.jpg", k=10, model="dreamsim-dino")
+    assert {Path(m.path).name for m in remaining} == {"forest.jpg", "city.jpg"}
+
+
+def test_queries_from_threads_and_arrays(tmp_path, tiny_weights):
+    photos = _photos(tmp_path / "photos")
+    with Library.open(tmp_path / "lib", weights_dir=tiny_weights, device="cpu") as library:
+        library.index([photos], models=["dreamsim-dino"], workers=0)
+        expected = library.query(photos / "city.jpg", k=2, model="dreamsim-dino")
+        array = library.query(Image.open(photos / "city.jpg"), k=1, model="dreamsim-dino")
+        assert array[0].path == str(photos / "city.jpg")  # a picture has no identity: it finds itself
+        outcomes, errors = [], []
+
+        def worker():
+            try:
+                outcomes.append(library.query(photos / "city.jpg", k=2, model="dreamsim-dino"))
+            except Exception as exc:  # noqa: BLE001 - reported below
+                errors.append(exc)
+
+        threads = [threading.Thread(target=worker) for _ in range(4)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        assert errors == [] and all(outcome == expected for outcome in outcomes)
