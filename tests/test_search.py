@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
@@ -105,3 +106,37 @@ def test_helpful_errors(indexed, tiny_weights, tmp_path):
     assert other.exit_code == 1 and "run `dreamsearch index --model clip FOLDER` first" in other.stderr
     empty = CliRunner().invoke(main, ["query", str(photos / "p01.jpg"), "--library", str(tmp_path / "new")])
     assert empty.exit_code == 1 and "dreamsearch index" in empty.stderr
+
+
+def test_queries_while_an_index_run_commits(tmp_path, tiny_weights, tiny_model):
+    """A query during indexing succeeds and only returns files that exist."""
+    import subprocess
+    import sys
+    import time
+
+    from tests.test_indexer import KILL_SCRIPT, _vectors_in
+
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    for i in range(40):
+        photo_like(320, 240, 900 + i).save(photos / f"{i:02d}.jpg")
+    library = LibraryFolder.prepare(tmp_path / "lib")
+    index_folders(library, [photos], [tiny_model], IndexOptions(workers=0))  # a first version
+    for i in range(10):
+        (photos / f"{i:02d}.jpg").unlink()
+    for i in range(40, 80):
+        photo_like(320, 240, 900 + i).save(photos / f"{i:02d}.jpg")
+    writer = subprocess.Popen([sys.executable, "-c", KILL_SCRIPT, str(tiny_weights), str(library.root), str(photos)])
+    seen_counts = set()
+    try:
+        while writer.poll() is None:
+            seen_counts.add(_vectors_in(library))
+            found = results(query(library, tiny_weights, str(photos / "20.jpg"), "-k", "80", "--json"))
+            missing = [r["path"] for r in found if not Path(r["path"]).exists()]
+            assert missing == [] or all(int(Path(p).stem) < 10 for p in missing)  # only files being removed
+            time.sleep(0.05)
+    finally:
+        writer.wait(120)
+    assert writer.returncode == 0 and len(seen_counts) > 1  # queries did overlap the commits
+    final = results(query(library, tiny_weights, str(photos / "20.jpg"), "-k", "80", "--json"))
+    assert sorted(Path(r["path"]).name for r in final) == sorted(f"{i:02d}.jpg" for i in range(10, 80) if i != 20)
