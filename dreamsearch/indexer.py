@@ -35,7 +35,7 @@ from dreamsearch.library import LibraryFolder
 from dreamsearch.models.base import Embedder
 from dreamsearch.scan import ScannedFile, scan
 from dreamsearch.vector_index import open_index
-from dreamsearch.workers import DecodeJob, Decoded, Hashed, decode_file, hash_file, init_worker
+from dreamsearch.workers import DECODE_TIMEOUT_S, DecodeJob, Decoded, Hashed, decode_file, hash_file, init_worker
 
 SAVE_INDEX_EVERY = 50  # batches
 REUSE_BATCH = 500
@@ -74,7 +74,7 @@ class IndexOptions:
     follow_symlinks: bool = False
     draft: bool = True
     max_pixels: int = DEFAULT_MAX_PIXELS
-    decode_timeout_s: float = 60.0
+    decode_timeout_s: float = DECODE_TIMEOUT_S
     dry_run: bool = False
 
 

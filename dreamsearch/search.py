@@ -20,7 +20,7 @@ from dreamsearch.images import DEFAULT_MAX_PIXELS
 from dreamsearch.library import LibraryFolder
 from dreamsearch.models.base import Embedder
 from dreamsearch.vector_index import open_index
-from dreamsearch.workers import DecodeJob, decode_file
+from dreamsearch.workers import DECODE_TIMEOUT_S, DecodeJob, decode_file
 
 
 @dataclass(frozen=True)
@@ -68,7 +68,7 @@ class Searcher:
         content's id (to leave the query itself out of its results)."""
         if embedder.name != self.model.name or embedder.fingerprint != self.model.fingerprint:
             raise DreamsearchError(f"the library's '{self.model.name}' vectors come from other weights than {embedder.name}")
-        decoded = decode_file(DecodeJob(str(path), (embedder.preprocess_spec,), DEFAULT_MAX_PIXELS, 60.0, True))
+        decoded = decode_file(DecodeJob(str(path), (embedder.preprocess_spec,), DEFAULT_MAX_PIXELS, DECODE_TIMEOUT_S, True))
         if decoded.error:
             raise ImageError(path, decoded.error)
         vector = embedder.embed(decoded.pixels[0][None])[0]

@@ -17,6 +17,8 @@ from dreamsearch.errors import ImageError
 from dreamsearch.images import Preprocess, decode
 
 _CHUNK = 1 << 20
+#: Seconds one file may take to decode before it is recorded as failed.
+DECODE_TIMEOUT_S = 60.0
 
 
 @dataclass(frozen=True)
@@ -64,12 +66,8 @@ def hash_file(path: str) -> Hashed:
         with open(path, "rb") as handle:
             while chunk := handle.read(_CHUNK):
                 digest.update(chunk)
-    except FileNotFoundError:
-        return Hashed(path, None, "vanished before it could be read")
-    except PermissionError:
-        return Hashed(path, None, "permission denied")
     except OSError as exc:
-        return Hashed(path, None, f"cannot read: {exc.strerror or exc}")
+        return Hashed(path, None, _read_failure(exc))
     return Hashed(path, digest.hexdigest())
 
 
@@ -78,10 +76,8 @@ def decode_file(job: DecodeJob) -> Decoded:
     try:
         with open(job.path, "rb") as handle:
             data = handle.read()
-    except FileNotFoundError:
-        return Decoded(job.path, error="vanished before it could be read")
     except OSError as exc:
-        return Decoded(job.path, error=f"cannot read: {exc.strerror or exc}")
+        return Decoded(job.path, error=_read_failure(exc))
     content_hash = hashlib.blake2b(data, digest_size=32).hexdigest()
     draft = max(p.draft_size for p in job.preprocess) if job.draft else 0
     # The time limit uses SIGALRM, which only the main thread may arm: decode processes
@@ -104,6 +100,15 @@ def decode_file(job: DecodeJob) -> Decoded:
             signal.setitimer(signal.ITIMER_REAL, 0)
             signal.signal(signal.SIGALRM, previous)
     return Decoded(job.path, content_hash, picture.width, picture.height, picture.format, pixels)
+
+
+def _read_failure(exc: OSError) -> str:
+    """One reason per way a listed file can fail to read, the same in every pass."""
+    if isinstance(exc, FileNotFoundError):
+        return "vanished before it could be read"
+    if isinstance(exc, PermissionError):
+        return "permission denied"
+    return f"cannot read: {exc.strerror or exc}"
 
 
 def _raise_timeout(signum, frame) -> None:
