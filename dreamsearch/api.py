@@ -15,13 +15,13 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from dreamsearch.catalog import Catalog, relpath_to_db
+from dreamsearch.catalog import Catalog
 from dreamsearch.images import to_rgb
 from dreamsearch.indexer import IndexOptions, IndexReport, Progress, index_folders
 from dreamsearch.library import LibraryFolder, library_dir
 from dreamsearch.models.base import Embedder
 from dreamsearch.search import Match, Searcher
-from dreamsearch.vector_index import open_index
+from dreamsearch.vector_index import save_indexes
 
 
 class Library:
@@ -74,15 +74,10 @@ class Library:
         """Forget files (not folders) from the library; returns how many were known."""
         removed = 0
         with Catalog(self.folder.catalog_path) as catalog:
-            roots = catalog.roots()
-            for path in (Path(p).resolve() for p in paths):
-                for root_id, root in roots.items():
-                    if path.is_relative_to(root):
-                        known = catalog.content_id_at(path) is not None
-                        catalog.remove_files(root_id, [relpath_to_db(path.relative_to(root).as_posix())])
-                        removed += known
-            for name in catalog.model_names():
-                open_index(catalog, catalog.model(name), self.folder.index_dir, writable=True)
+            for path in paths:
+                for root_id, relpath in catalog.locate(Path(path)):
+                    removed += catalog.remove_files(root_id, [relpath])
+            save_indexes(catalog, self.folder.index_dir)
         self._forget_searchers()
         return removed
 

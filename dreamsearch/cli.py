@@ -340,10 +340,9 @@ def forget(folder, library_path) -> None:
         if wanted not in roots:
             raise DreamsearchError(f"{wanted} is not an indexed folder (see `dreamsearch status`)")
         removed = catalog.forget_root(roots[wanted])
-        from dreamsearch.vector_index import open_index
+        from dreamsearch.vector_index import save_indexes
 
-        for name in catalog.model_names():
-            open_index(catalog, catalog.model(name), library.index_dir, writable=True)
+        save_indexes(catalog, library.index_dir)
     click.echo(f"forgot {wanted} ({removed} files)")
 
 

@@ -34,7 +34,7 @@ from dreamsearch.images import DEFAULT_MAX_PIXELS
 from dreamsearch.library import LibraryFolder
 from dreamsearch.models.base import Embedder
 from dreamsearch.scan import ScannedFile, scan
-from dreamsearch.vector_index import open_index
+from dreamsearch.vector_index import save_indexes
 from dreamsearch.workers import DECODE_TIMEOUT_S, DecodeJob, Decoded, Hashed, decode_file, hash_file, init_worker
 
 SAVE_INDEX_EVERY = 50  # batches
@@ -235,8 +235,7 @@ class _Run:
                 return
 
     def _save_indexes(self) -> None:
-        for model in self.models:
-            open_index(self.catalog, model, self.library.index_dir, writable=True)
+        save_indexes(self.catalog, self.library.index_dir, self.models)
         self.batches_since_save = 0
 
 

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import json
 from datetime import datetime
 from pathlib import Path
 
 from dreamsearch.catalog import Catalog
 from dreamsearch.library import LibraryFolder
 from dreamsearch.paths import human_bytes
+from dreamsearch.vector_index.index import IndexFileError, meta_path, read_meta
 
 
 def library_status(root: Path, show_failed: bool = False) -> list[str]:
@@ -31,13 +31,15 @@ def library_status(root: Path, show_failed: bool = False) -> list[str]:
 
 
 def _index_line(library: LibraryFolder, model: str) -> str:
-    meta_path = library.index_dir / f"{model}.json"
     try:
-        meta = json.loads(meta_path.read_text())
-    except (OSError, ValueError):
+        meta = read_meta(library.index_dir, model)
+    except IndexFileError:
+        meta = None
+    if meta is None:
         return "no index saved yet"
-    when = datetime.fromtimestamp(meta_path.stat().st_mtime).isoformat(sep=" ", timespec="seconds")
-    return f"index {meta['plan']['factory']} (updated {when})"
+    saved = meta_path(library.index_dir, model).stat().st_mtime
+    when = datetime.fromtimestamp(saved).isoformat(sep=" ", timespec="seconds")
+    return f"index {meta.plan.factory} (updated {when})"
 
 
 def _size(folder: Path) -> str:

@@ -218,13 +218,16 @@ class Catalog:
             connection.execute(insert(Vector).values(content_id=content_id, model_id=model.id, data=data))
         connection.execute(insert(VectorLogEntry).values(model_id=model.id, content_id=content_id, op="add"))
 
-    def remove_files(self, root_id: int, relpaths: Sequence[str]) -> None:
-        """Forget files; contents no file refers to any more lose their vectors (logged)."""
+    def remove_files(self, root_id: int, relpaths: Sequence[str]) -> int:
+        """Forget files; contents no file refers to any more lose their vectors (logged).
+        Returns how many of ``relpaths`` the catalog held."""
+        removed = 0
         with self._write() as connection:
             previous = self._contents_of(connection, root_id, relpaths)
             for chunk in _chunks(relpaths):
-                connection.execute(delete(File).where(File.root_id == root_id, File.relpath.in_(chunk)))
+                removed += connection.execute(delete(File).where(File.root_id == root_id, File.relpath.in_(chunk))).rowcount
             self._drop_orphans(connection, previous)
+        return removed
 
     @staticmethod
     def _contents_of(connection: Connection, root_id: int, relpaths: Sequence[str]) -> set[int]:
@@ -369,18 +372,23 @@ class Catalog:
         with self.engine.connect() as connection:
             return connection.execute(select(Content.id).where(Content.hash == content_hash)).scalar()
 
-    def content_id_at(self, path: Path) -> int | None:
-        """The content of the indexed file at ``path`` (absolute), if it is in the library."""
+    def locate(self, path: Path) -> list[tuple[int, str]]:
+        """``(root id, stored relative path)`` for every root that ``path`` lies under."""
         path = Path(path).resolve()
-        for root_id, root in self.roots().items():
-            if path.is_relative_to(root):
-                relpath = relpath_to_db(path.relative_to(root).as_posix())
-                with self.engine.connect() as connection:
-                    found = connection.execute(
-                        select(File.content_id).where(File.root_id == root_id, File.relpath == relpath)
-                    ).scalar()
-                if found is not None:
-                    return found
+        return [
+            (root_id, relpath_to_db(path.relative_to(root).as_posix()))
+            for root_id, root in self.roots().items() if path.is_relative_to(root)
+        ]
+
+    def content_id_at(self, path: Path) -> int | None:
+        """The content of the indexed file at ``path``, if it is in the library."""
+        for root_id, relpath in self.locate(path):
+            with self.engine.connect() as connection:
+                found = connection.execute(
+                    select(File.content_id).where(File.root_id == root_id, File.relpath == relpath)
+                ).scalar()
+            if found is not None:
+                return found
         return None
 
     def content_sizes(self, content_ids: Sequence[int]) -> dict[int, int]:

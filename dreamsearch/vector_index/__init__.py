@@ -2,6 +2,6 @@
 
 from dreamsearch.vector_index.index import IndexFileError, IndexMeta, VectorIndex
 from dreamsearch.vector_index.policy import IndexPlan, plan_for, with_kind
-from dreamsearch.vector_index.sync import open_index, rebuild
+from dreamsearch.vector_index.sync import open_index, rebuild, save_indexes
 
-__all__ = ["IndexFileError", "IndexMeta", "IndexPlan", "VectorIndex", "open_index", "plan_for", "rebuild", "with_kind"]
+__all__ = ["IndexFileError", "IndexMeta", "IndexPlan", "VectorIndex", "open_index", "plan_for", "rebuild", "save_indexes", "with_kind"]

@@ -148,7 +148,7 @@ class VectorIndex:
         _fsync(staged)
         os.replace(staged, folder / name)
         self.meta = replace(self.meta, seq=seq, file=name)
-        _write_json_atomically(_meta_path(folder, self.meta.model), _meta_to_json(self.meta))
+        _write_json_atomically(meta_path(folder, self.meta.model), _meta_to_json(self.meta))
         _fsync_dir(folder)
         for old in folder.glob(f"{_safe(self.meta.model)}.*.faiss"):  # earlier versions, crash leftovers
             if old.name != name:
@@ -158,11 +158,11 @@ class VectorIndex:
     def load(cls, folder: Path, model: str, mmap: bool = True) -> VectorIndex:
         """Open the current index of ``model``; ``mmap`` maps it read-only (fast, shared
         between processes), otherwise it is read into memory and can be changed."""
-        meta = _read_meta(folder, model)
+        meta = read_meta(folder, model)
         if meta is None:
             raise IndexFileError(f"no index for '{model}' in {folder}")
         if not (folder / meta.file).exists():  # a writer replaced it between our two reads
-            meta = _read_meta(folder, model) or meta
+            meta = read_meta(folder, model) or meta
         faiss = _faiss()
         path = str(folder / meta.file)
         try:
@@ -236,7 +236,7 @@ def _safe(model: str) -> str:
     return "".join(c if c.isalnum() or c in "-_" else "_" for c in model)
 
 
-def _meta_path(folder: Path, model: str) -> Path:
+def meta_path(folder: Path, model: str) -> Path:
     return folder / f"{_safe(model)}.json"
 
 
@@ -244,8 +244,9 @@ def _meta_to_json(meta: IndexMeta) -> str:
     return json.dumps({"format": FORMAT, **asdict(meta)}, indent=1)
 
 
-def _read_meta(folder: Path, model: str) -> IndexMeta | None:
-    path = _meta_path(folder, model)
+def read_meta(folder: Path, model: str) -> IndexMeta | None:
+    """The saved metadata of ``model``'s index (None when there is none)."""
+    path = meta_path(folder, model)
     try:
         raw = json.loads(path.read_text())
     except FileNotFoundError:

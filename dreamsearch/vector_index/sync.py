@@ -14,6 +14,7 @@ or doubled, only replayed twice.
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
 
@@ -67,6 +68,15 @@ def open_index(
     if writable:
         index.save(folder, index.meta.seq)
     return index
+
+
+def save_indexes(catalog: Catalog, folder: Path, models: Sequence[ModelInfo] | None = None) -> None:
+    """Catch the indexes of ``models`` (default: every model the catalog holds) up with
+    the catalog and save them: what every writer does after changing the catalog."""
+    if models is None:
+        models = [catalog.model(name) for name in catalog.model_names()]
+    for model in models:
+        open_index(catalog, model, folder, writable=True)
 
 
 def apply_changes(index: VectorIndex, catalog: Catalog, model: ModelInfo, changes: list[LogEntry]) -> np.ndarray:
