@@ -92,7 +92,7 @@ class Library:
             own = [] if content_id is None or include_self else [content_id]
         else:
             picture = image if isinstance(image, Image.Image) else Image.fromarray(np.asarray(image, dtype=np.uint8))
-            vector = embedder.embed(embedder.preprocess(to_rgb(picture))[None])[0]
+            vector = searcher.embed_pixels(embedder, embedder.preprocess(to_rgb(picture)))
         return searcher.search(vector, k, own, max_distance)
 
     def similar_to(self, path: str | os.PathLike, k: int = 25, model: str = "dreamsim") -> list[Match]:

@@ -66,13 +66,17 @@ class Searcher:
     def embed_file(self, embedder: Embedder, path: Path) -> tuple[np.ndarray, int | None]:
         """The query vector of an image file and, if the library holds the same bytes, that
         content's id (to leave the query itself out of its results)."""
-        if embedder.name != self.model.name or embedder.fingerprint != self.model.fingerprint:
-            raise DreamsearchError(f"the library's '{self.model.name}' vectors come from other weights than {embedder.name}")
         decoded = decode_file(DecodeJob(str(path), (embedder.preprocess_spec,), DEFAULT_MAX_PIXELS, DECODE_TIMEOUT_S, True))
         if decoded.error:
             raise ImageError(path, decoded.error)
-        vector = embedder.embed(decoded.pixels[0][None])[0]
-        return vector, self.catalog.content_id_of_hash(decoded.content_hash)
+        return self.embed_pixels(embedder, decoded.pixels[0]), self.catalog.content_id_of_hash(decoded.content_hash)
+
+    def embed_pixels(self, embedder: Embedder, pixels: np.ndarray) -> np.ndarray:
+        """The query vector of preprocessed pixels, refusing an embedder whose weights differ
+        from those that made the library's vectors (distances would be meaningless)."""
+        if embedder.name != self.model.name or embedder.fingerprint != self.model.fingerprint:
+            raise DreamsearchError(f"the library's '{self.model.name}' vectors come from other weights than {embedder.name}")
+        return embedder.embed(pixels[None])[0]
 
     def stored_vector(self, path: Path) -> tuple[np.ndarray, int]:
         """The stored vector of an indexed file (``--like``): no model, no decoding."""
