@@ -28,6 +28,16 @@ def photo_like(width: int, height: int, seed: int) -> Image.Image:
     return Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8))
 
 
+def photo_folder(folder: Path, count: int, size: tuple[int, int], seed: int, name: str,
+                 start: int = 0, **save) -> Path:
+    """Photos ``name.format(i)`` for i in ``start .. start + count - 1``, each distinct
+    (seed ``seed + i``); ``save`` goes to PIL (``quality=90``, ...)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for i in range(start, start + count):
+        photo_like(*size, seed + i).save(folder / name.format(i), **save)
+    return folder
+
+
 @pytest.fixture(scope="session")
 def sample_images(tmp_path_factory) -> list[Path]:
     """JPEG and PNG files of odd sizes, one greyscale: the conformance inputs."""

@@ -107,12 +107,9 @@ def test_fetch_offline_is_a_clear_error(tmp_path):
 
 
 def test_index_status_and_forget_commands(tmp_path, tiny_weights):
-    from tests.conftest import photo_like
+    from tests.conftest import photo_folder
 
-    photos = tmp_path / "photos"
-    photos.mkdir()
-    for i in range(3):
-        photo_like(120, 90, i).save(photos / f"{i}.jpg")
+    photos = photo_folder(tmp_path / "photos", 3, (120, 90), 0, "{}.jpg")
     (photos / "bad.jpg").write_bytes(b"")
     library = tmp_path / "lib"
     common = ["--library", str(library)]

@@ -22,7 +22,7 @@ from dreamsearch.indexer import IndexOptions, index_folders
 from dreamsearch.library import LibraryFolder
 from dreamsearch.scan import ScannedFile
 from dreamsearch.vector_index import open_index
-from tests.conftest import photo_like
+from tests.conftest import photo_folder, photo_like
 
 ONE_WORKER = IndexOptions(batch_size=4, workers=1)
 
@@ -181,10 +181,7 @@ def test_chmod_000_file_is_recorded(tmp_path, tiny_model):
 
 
 def test_incremental_runs(tmp_path, tiny_model):
-    folder = tmp_path / "photos"
-    folder.mkdir()
-    for i in range(6):
-        photo_like(160, 120, 30 + i).save(folder / f"p{i}.jpg")
+    folder = photo_folder(tmp_path / "photos", 6, (160, 120), 30, "p{}.jpg")
     library = LibraryFolder.prepare(tmp_path / "lib")
 
     def step(expect: dict):
@@ -230,10 +227,7 @@ index_folders(LibraryFolder.prepare(Path(sys.argv[2])), [Path(sys.argv[3])], [mo
 
 
 def test_sigkill_mid_run_then_resume_equals_an_uninterrupted_run(tmp_path, tiny_weights, tiny_model):
-    folder = tmp_path / "photos"
-    folder.mkdir()
-    for i in range(60):
-        photo_like(480, 360, 100 + i).save(folder / f"img{i:02d}.jpg", quality=90)
+    folder = photo_folder(tmp_path / "photos", 60, (480, 360), 100, "img{:02d}.jpg", quality=90)
     (folder / "broken.jpg").write_bytes(b"\xff\xd8\xff garbage")
     killed = LibraryFolder.prepare(tmp_path / "killed")
     command = [sys.executable, "-c", KILL_SCRIPT, str(tiny_weights), str(killed.root), str(folder)]
@@ -266,10 +260,7 @@ def _vectors_in(library: LibraryFolder) -> int:
 
 
 def test_ctrl_c_stops_after_the_batch_and_the_next_run_completes(tmp_path, tiny_weights):
-    folder = tmp_path / "photos"
-    folder.mkdir()
-    for i in range(60):
-        photo_like(480, 360, 300 + i).save(folder / f"img{i:02d}.jpg", quality=90)
+    folder = photo_folder(tmp_path / "photos", 60, (480, 360), 300, "img{:02d}.jpg", quality=90)
     library = LibraryFolder.prepare(tmp_path / "lib")
     command = [sys.executable, "-m", "dreamsearch", "index", str(folder), "-m", "dreamsim-dino", "--weights-dir",
                str(tiny_weights), "--library", str(library.root), "--batch-size", "2", "--workers", "1", "--quiet"]

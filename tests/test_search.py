@@ -12,16 +12,14 @@ from click.testing import CliRunner
 from dreamsearch.cli import main
 from dreamsearch.indexer import IndexOptions, index_folders
 from dreamsearch.library import LibraryFolder
-from tests.conftest import photo_like
+from tests.conftest import photo_folder
 
 
 @pytest.fixture(scope="module")
 def indexed(tmp_path_factory, tiny_model):
     base = tmp_path_factory.mktemp("search")
-    photos = base / "photos"
-    (photos / "trip").mkdir(parents=True)
-    for i in range(12):
-        photo_like(200, 150, 500 + i).save(photos / f"p{i:02d}.jpg", quality=90)
+    photos = photo_folder(base / "photos", 12, (200, 150), 500, "p{:02d}.jpg", quality=90)
+    (photos / "trip").mkdir()
     shutil.copy(photos / "p03.jpg", photos / "trip" / "p03-copy.jpg")
     library = LibraryFolder.prepare(base / "lib")
     index_folders(library, [photos], [tiny_model], IndexOptions(workers=0))
@@ -81,10 +79,7 @@ def test_filters_and_machine_formats(indexed, tiny_weights):
 
 
 def test_removed_files_are_never_returned(tmp_path, tiny_model, tiny_weights):
-    photos = tmp_path / "photos"
-    photos.mkdir()
-    for i in range(4):
-        photo_like(120, 90, 700 + i).save(photos / f"{i}.jpg")
+    photos = photo_folder(tmp_path / "photos", 4, (120, 90), 700, "{}.jpg")
     library = LibraryFolder.prepare(tmp_path / "lib")
     index_folders(library, [photos], [tiny_model], IndexOptions(workers=0))
     (photos / "2.jpg").unlink()
@@ -116,16 +111,12 @@ def test_queries_while_an_index_run_commits(tmp_path, tiny_weights, tiny_model):
 
     from tests.test_indexer import KILL_SCRIPT, _vectors_in
 
-    photos = tmp_path / "photos"
-    photos.mkdir()
-    for i in range(40):
-        photo_like(320, 240, 900 + i).save(photos / f"{i:02d}.jpg")
+    photos = photo_folder(tmp_path / "photos", 40, (320, 240), 900, "{:02d}.jpg")
     library = LibraryFolder.prepare(tmp_path / "lib")
     index_folders(library, [photos], [tiny_model], IndexOptions(workers=0))  # a first version
     for i in range(10):
         (photos / f"{i:02d}.jpg").unlink()
-    for i in range(40, 80):
-        photo_like(320, 240, 900 + i).save(photos / f"{i:02d}.jpg")
+    photo_folder(photos, 40, (320, 240), 900, "{:02d}.jpg", start=40)
     writer = subprocess.Popen([sys.executable, "-c", KILL_SCRIPT, str(tiny_weights), str(library.root), str(photos)])
     seen_counts = set()
     try:
