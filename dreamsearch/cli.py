@@ -265,12 +265,16 @@ def _progress_display(quiet: bool):
 @click.option("--jsonl", "fmt", flag_value="jsonl", help="One JSON object per result.")
 @click.option("--csv", "fmt", flag_value="csv", help="CSV: query,rank,distance,path,size.")
 @click.option("-0", "fmt", flag_value="null", help="Result paths separated by NUL (for xargs -0).")
+@click.option("--grid", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Also draw a contact sheet of the results (PNG).")
+@click.option("--html", "html_out", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Also write a self-contained HTML page of the results.")
 @click.option("--nprobe", default=16, show_default=True, type=click.IntRange(1), help="IVF lists to search.")
 @click.option("--device", default="auto", show_default=True, type=DEVICE_CHOICES)
 @library_option
 @weights_dir_option
-def query(images, k, model_name, like, include_self, max_distance, under, combine, fmt, nprobe, device,
-          library_path, weights_dir) -> None:
+def query(images, k, model_name, like, include_self, max_distance, under, combine, fmt, grid, html_out, nprobe,
+          device, library_path, weights_dir) -> None:
     """Find the images in the library most similar to IMAGES (files, or '-' to read paths
     from stdin). Distances are DreamSim distances (1 - cosine), exact."""
     from dreamsearch.library import LibraryFolder, library_dir
@@ -288,25 +292,42 @@ def query(images, k, model_name, like, include_self, max_distance, under, combin
     import numpy as np
 
     with Searcher(LibraryFolder.prepare(library_dir(library_path)), model_name, nprobe=nprobe) as searcher:
-        queries = []  # (label, vector, ids of the query's own contents)
+        queries = []  # (query files, vector, ids of the query's own contents)
         for path in like:
             vector, own = searcher.stored_vector(path)
-            queries.append((str(path), vector, [own]))
+            queries.append(([str(path)], vector, [own]))
         if files:
             from dreamsearch.models import load_model
 
             embedder = load_model(model_name, weights_dir=weights_dir, device=device)
             for path in files:
                 vector, own = searcher.embed_file(embedder, path)
-                queries.append((str(path), vector, [] if own is None else [own]))
+                queries.append(([str(path)], vector, [] if own is None else [own]))
         if combine == "mean":
-            mean = np.mean([vector for _label, vector, _own in queries], axis=0)
-            queries = [(" + ".join(q[0] for q in queries), mean / np.linalg.norm(mean), [i for q in queries for i in q[2]])]
-        blocks = [
-            (label, searcher.search(vector, k, [] if include_self else own, max_distance, under))
-            for label, vector, own in queries
+            mean = np.mean([vector for _sources, vector, _own in queries], axis=0)
+            queries = [([s for q in queries for s in q[0]], mean / np.linalg.norm(mean), [i for q in queries for i in q[2]])]
+        results = [
+            (sources, searcher.search(vector, k, [] if include_self else own, max_distance, under))
+            for sources, vector, own in queries
         ]
-    render(blocks, fmt, model_name)
+    render([(" + ".join(sources), matches) for sources, matches in results], fmt, model_name)
+    if grid or html_out:
+        from dreamsearch.contact_sheet import result_row
+
+        _write_sheets([result_row(" + ".join(s), s, m, model_name) for s, m in results], grid, html_out,
+                      f"dreamsearch query ({model_name})")
+
+
+def _write_sheets(rows, grid: Path | None, html_out: Path | None, title: str) -> None:
+    """Write the contact sheet and/or HTML page, and say where (on stderr: stdout may be JSON)."""
+    from dreamsearch.contact_sheet import write_html, write_png
+
+    if grid:
+        write_png(rows, grid)
+        click.echo(f"wrote {printable(str(grid))}", err=True)
+    if html_out:
+        write_html(rows, html_out, title)
+        click.echo(f"wrote {printable(str(html_out))}", err=True)
 
 
 def _stdin_paths() -> list[str]:

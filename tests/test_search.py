@@ -4,10 +4,14 @@ from __future__ import annotations
 
 import json
 import shutil
+from html.parser import HTMLParser
 from pathlib import Path
+from urllib.parse import unquote, urlparse
 
+import numpy as np
 import pytest
 from click.testing import CliRunner
+from PIL import Image
 
 from dreamsearch.cli import main
 from dreamsearch.indexer import IndexOptions, index_folders
@@ -77,6 +81,49 @@ def test_filters_and_machine_formats(indexed, tiny_weights):
     nul = query(library, tiny_weights, str(photos / "p01.jpg"), "-k", "2", "-0").stdout_bytes
     assert nul.count(b"\0") == 2
 
+
+def test_grid_and_html_show_the_query_and_every_result(indexed, tiny_weights, tmp_path):
+    photos, library = indexed
+    grid, page = tmp_path / "sheet.png", tmp_path / "sheet.html"
+    outcome = query(library, tiny_weights, str(photos / "p02.jpg"), str(photos / "p07.jpg"), "-k", "4", "--json",
+                    "--grid", str(grid), "--html", str(page))
+    assert outcome.exit_code == 0, outcome.output
+    blocks = json.loads(outcome.stdout)["queries"]  # stdout stays pure JSON
+    with Image.open(grid) as sheet:
+        sheet.load()
+        # two rows (one per query) of 1 query + 4 results, thumbnails 160 px
+        assert sheet.format == "PNG" and sheet.width >= 5 * 160 and sheet.height >= 2 * 160
+        assert len(np.unique(np.asarray(sheet).reshape(-1, 3), axis=0)) > 100  # real thumbnails, not blank cells
+
+    links = _Links()
+    links.feed(page.read_text(encoding="utf-8"))
+    linked = {unquote(urlparse(href).path) for href in links.hrefs}
+    wanted = {r["path"] for block in blocks for r in block["results"]}
+    assert len(wanted) >= 4 and wanted <= linked
+    assert {str(photos / "p02.jpg"), str(photos / "p07.jpg")} <= linked
+    assert len(links.images) == len(links.hrefs) == 2 * 5
+    assert all(src.startswith("data:image/jpeg;base64,") for src in links.images)  # self-contained
+
+
+def test_grid_with_an_unknown_picture_type_is_refused(indexed, tiny_weights, tmp_path):
+    photos, library = indexed
+    outcome = query(library, tiny_weights, str(photos / "p02.jpg"), "--grid", str(tmp_path / "sheet.xyz"))
+    assert outcome.exit_code == 1
+    assert "sheet.xyz: unknown picture type '.xyz'" in outcome.stderr
+    assert not list(tmp_path.iterdir())
+
+
+class _Links(HTMLParser):
+    def __init__(self) -> None:
+        super().__init__()
+        self.hrefs: list[str] = []
+        self.images: list[str] = []
+
+    def handle_starttag(self, tag, attrs) -> None:
+        if tag == "a":
+            self.hrefs.append(dict(attrs)["href"])
+        elif tag == "img":
+            self.images.append(dict(attrs)["src"])
 
 def test_removed_files_are_never_returned(tmp_path, tiny_model, tiny_weights):
     photos = photo_folder(tmp_path / "photos", 4, (120, 90), 700, "{}.jpg")
