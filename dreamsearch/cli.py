@@ -318,6 +318,39 @@ def query(images, k, model_name, like, include_self, max_distance, under, combin
                       f"dreamsearch query ({model_name})")
 
 
+@main.command()
+@click.argument("image", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("-k", "k", default=25, show_default=True, type=click.IntRange(1), help="How many results per model.")
+@click.option("--models", "model_list", default="dreamsim,clip,resnet50", show_default=True,
+              help="Comma-separated models to compare (each must be indexed).")
+@click.option("--include-self", is_flag=True, help="Keep the query's own content in the results.")
+@click.option("--json", "as_json", is_flag=True, help="One JSON document (results and agreement).")
+@click.option("--grid", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Also draw the results, one row per model (PNG).")
+@click.option("--html", "html_out", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Also write a self-contained HTML page, one section per model.")
+@click.option("--device", default="auto", show_default=True, type=DEVICE_CHOICES)
+@library_option
+@weights_dir_option
+def compare(image, k, model_list, include_self, as_json, grid, html_out, device, library_path, weights_dir) -> None:
+    """Query IMAGE through several models side by side, with how much their top-k agree
+    (Jaccard overlap and Spearman rank correlation)."""
+    from dreamsearch.compare import compare_models, overlaps
+    from dreamsearch.library import LibraryFolder, library_dir
+    from dreamsearch.query_output import render_comparison
+
+    names = list(dict.fromkeys(name.strip() for name in model_list.split(",") if name.strip()))
+    if len(names) < 2:
+        raise DreamsearchError("--models needs at least two model names, separated by commas")
+    library = LibraryFolder.prepare(library_dir(library_path))
+    results = compare_models(library, image, k, names, weights_dir, device, include_self)
+    render_comparison(str(image), k, results, overlaps(results, k), as_json)
+    if grid or html_out:
+        from dreamsearch.contact_sheet import result_row
+
+        rows = [result_row(str(image), [str(image)], matches, name) for name, matches in results.items()]
+        _write_sheets(rows, grid, html_out, f"dreamsearch compare: {image}")
+
 def _write_sheets(rows, grid: Path | None, html_out: Path | None, title: str) -> None:
     """Write the contact sheet and/or HTML page, and say where (on stderr: stdout may be JSON)."""
     from dreamsearch.contact_sheet import write_html, write_png

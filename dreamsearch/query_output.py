@@ -12,10 +12,12 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 import sys
 from dataclasses import asdict
 
 from dreamsearch.paths import human_bytes, printable
+from dreamsearch.compare import Overlap
 from dreamsearch.search import Match
 
 
@@ -63,3 +65,39 @@ def _table(blocks: list[tuple[str, list[Match]]], model: str) -> None:
         if not matches:
             table.add_row("-", "-", "no results", "-")
         console.print(table)
+
+
+def render_comparison(query: str, k: int, results: dict[str, list[Match]], overlaps: list[Overlap],
+                      as_json: bool) -> None:
+    """``compare``'s output. JSON: ``{"query", "k", "models": {NAME: [RESULT, ...]},
+    "overlap": [{"models": [A, B], "common", "jaccard", "rank_correlation"}]}``."""
+    if as_json:
+        document = {
+            "query": query, "k": k,
+            "models": {name: [_result(m) for m in matches] for name, matches in results.items()},
+            "overlap": [{"models": list(o.models), "common": o.common, "jaccard": round(o.jaccard, 6),
+                         "rank_correlation": None if o.rank_correlation is None else round(o.rank_correlation, 6)}
+                        for o in overlaps],
+        }
+        sys.stdout.write(json.dumps(document, ensure_ascii=False) + "\n")
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console()
+    side_by_side = Table(title=printable(f"{query}: top {k} per model"), title_justify="left")
+    side_by_side.add_column("#", justify="right")
+    for name in results:
+        side_by_side.add_column(name)
+    for rank in range(1, max((len(m) for m in results.values()), default=0) + 1):
+        cells = [f"{printable(os.path.basename(ms[rank - 1].path))} ({ms[rank - 1].distance:.4f})" if rank <= len(ms)
+                 else "" for ms in results.values()]
+        side_by_side.add_row(str(rank), *cells)
+    console.print(side_by_side)
+    agreement = Table(title="agreement between models", title_justify="left")
+    for column in ("models", "common", "jaccard", "rank correlation"):
+        agreement.add_column(column, justify="left" if column == "models" else "right")
+    for o in overlaps:
+        rho = "n/a" if o.rank_correlation is None else f"{o.rank_correlation:+.3f}"
+        agreement.add_row(" vs ".join(o.models), f"{o.common}/{k}", f"{o.jaccard:.3f}", rho)
+    console.print(agreement)

@@ -220,3 +220,36 @@ def write_tiny_cache(root: Path, dreamsim_type: str = "dino_vitb16", width: int 
     config = {"r": 4, "lora_alpha": 8, "lora_dropout": 0.0, "bias": "none", "target_modules": ["qkv"]}
     (root / adapter_dir / "adapter_config.json").write_text(json.dumps(config))
     return root
+
+
+def write_clip_checkpoint(root: Path, seed: int = 3):
+    """A random OpenAI CLIP ViT-B/32 saved where the ``clip`` baseline looks; returns the
+    open_clip model and its evaluation transform (the reference)."""
+    import open_clip
+
+    torch.manual_seed(seed)
+    reference, _, transform = open_clip.create_model_and_transforms("ViT-B-32-quickgelu", pretrained=None)
+    reference.eval()
+    # OpenAI's checkpoint is stored in fp16 and open_clip's loader rounds through fp16,
+    # so use fp16-representable weights like the real file.
+    reference.load_state_dict({k: v.half().float() for k, v in reference.state_dict().items()})
+    (root / "baselines").mkdir(parents=True, exist_ok=True)
+    torch.save(reference.state_dict(), root / "baselines" / "ViT-B-32.pt")
+    return reference, transform
+
+
+def write_resnet50_checkpoint(root: Path, seed: int = 4):
+    """A random torchvision ResNet50 (with non-trivial batch-norm statistics) saved where the
+    ``resnet50`` baseline looks; returns the model (the reference)."""
+    from torchvision.models import resnet50
+
+    torch.manual_seed(seed)
+    reference = resnet50(weights=None).eval()
+    with torch.no_grad():
+        for module in reference.modules():
+            if isinstance(module, torch.nn.BatchNorm2d):
+                module.running_mean.normal_(0, 0.1)
+                module.running_var.uniform_(0.5, 1.5)
+    (root / "baselines").mkdir(parents=True, exist_ok=True)
+    torch.save(reference.state_dict(), root / "baselines" / "resnet50-0676ba61.pth")
+    return reference

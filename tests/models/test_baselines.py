@@ -10,6 +10,7 @@ from PIL import Image
 
 from dreamsearch.errors import WeightsError
 from dreamsearch.models import load_model
+from tests.models.official_layout import write_clip_checkpoint, write_resnet50_checkpoint
 
 
 def _reference_vectors(model, transform, paths) -> np.ndarray:
@@ -20,17 +21,7 @@ def _reference_vectors(model, transform, paths) -> np.ndarray:
 
 @pytest.mark.slow
 def test_clip_baseline_matches_open_clip(tmp_path, sample_images):
-    import open_clip
-
-    torch.manual_seed(3)
-    reference, _, transform = open_clip.create_model_and_transforms("ViT-B-32-quickgelu", pretrained=None)
-    reference.eval()
-    # OpenAI's checkpoint is stored in fp16 and open_clip's loader rounds through fp16,
-    # so use fp16-representable weights like the real file.
-    reference.load_state_dict({k: v.half().float() for k, v in reference.state_dict().items()})
-    (tmp_path / "baselines").mkdir()
-    torch.save(reference.state_dict(), tmp_path / "baselines" / "ViT-B-32.pt")
-
+    reference, transform = write_clip_checkpoint(tmp_path)
     ours = load_model("clip", weights_dir=tmp_path, device="cpu")
     vectors = ours.embed_images([Image.open(p).convert("RGB") for p in sample_images])
     expected = _reference_vectors(reference.encode_image, transform, sample_images)
@@ -40,18 +31,9 @@ def test_clip_baseline_matches_open_clip(tmp_path, sample_images):
 
 @pytest.mark.slow
 def test_resnet50_baseline_matches_torchvision(tmp_path, sample_images):
-    from torchvision.models import ResNet50_Weights, resnet50
+    from torchvision.models import ResNet50_Weights
 
-    torch.manual_seed(4)
-    reference = resnet50(weights=None).eval()
-    with torch.no_grad():  # non-trivial batch-norm statistics
-        for module in reference.modules():
-            if isinstance(module, torch.nn.BatchNorm2d):
-                module.running_mean.normal_(0, 0.1)
-                module.running_var.uniform_(0.5, 1.5)
-    (tmp_path / "baselines").mkdir()
-    torch.save(reference.state_dict(), tmp_path / "baselines" / "resnet50-0676ba61.pth")
-
+    reference = write_resnet50_checkpoint(tmp_path)
     ours = load_model("resnet50", weights_dir=tmp_path, device="cpu")
     vectors = ours.embed_images([Image.open(p).convert("RGB") for p in sample_images])
     reference.fc = torch.nn.Identity()
