@@ -13,7 +13,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
-from sqlalchemy import Connection, case, delete, func, insert, select, update
+from sqlalchemy import Connection, bindparam, case, delete, func, insert, select, update
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
 from dreamsearch.catalog.database import create_catalog_engine, upgrade
@@ -53,6 +53,17 @@ class StoredFile:
     mtime_ns: int
     status: str
     content_hash: str | None
+
+
+@dataclass(frozen=True)
+class FileDetail:
+    """An indexed file at ``path`` (root / relative path) and what its content looks like."""
+
+    path: str
+    size: int
+    mtime_ns: int
+    width: int | None
+    height: int | None
 
 
 @dataclass(frozen=True)
@@ -162,36 +173,32 @@ class Catalog:
         with self._write() as connection:
             previous = self._contents_of(connection, root_id, [entry.relpath for entry in files])
             content_ids = self._upsert_contents(connection, files)
-            for entry in files:
-                values = dict(
-                    size=entry.size, mtime_ns=entry.mtime_ns, content_id=content_ids.get(entry.content_hash),
-                    status="ok" if entry.content_hash else "failed", error=entry.error, updated_at=now,
-                )
+            if files:
+                upsert = sqlite_insert(File)
+                changing = ("size", "mtime_ns", "content_id", "status", "error", "updated_at")
                 connection.execute(
-                    sqlite_insert(File)
-                    .values(root_id=root_id, relpath=entry.relpath, first_seen=now, **values)
-                    .on_conflict_do_update(index_elements=[File.root_id, File.relpath], set_=values)
+                    upsert.on_conflict_do_update(index_elements=[File.root_id, File.relpath],
+                                                 set_={name: upsert.excluded[name] for name in changing}),
+                    [dict(root_id=root_id, relpath=entry.relpath, first_seen=now, size=entry.size,
+                          mtime_ns=entry.mtime_ns, content_id=content_ids.get(entry.content_hash),
+                          status="ok" if entry.content_hash else "failed", error=entry.error, updated_at=now)
+                     for entry in files],
                 )
             for model_name, by_hash in vectors.items():
                 model = self._model_row(connection, model_name)
-                for content_hash, vector in by_hash.items():
-                    self._put_vector(connection, model, content_ids[content_hash], vector)
+                self._put_vectors(connection, model, {content_ids[h]: vector for h, vector in by_hash.items()})
             self._drop_orphans(connection, previous)
 
-    def _upsert_contents(self, connection: Connection, files: Sequence[FileEntry]) -> dict[str, int]:
+    @staticmethod
+    def _upsert_contents(connection: Connection, files: Sequence[FileEntry]) -> dict[str, int]:
+        rows = {entry.content_hash: dict(hash=entry.content_hash, size=entry.size, width=entry.width,
+                                         height=entry.height, format=entry.format)
+                for entry in files if entry.content_hash is not None}
         ids: dict[str, int] = {}
-        for entry in files:
-            if entry.content_hash is None or entry.content_hash in ids:
-                continue
-            connection.execute(
-                sqlite_insert(Content)
-                .values(hash=entry.content_hash, size=entry.size, width=entry.width,
-                        height=entry.height, format=entry.format)
-                .on_conflict_do_nothing()
-            )
-            ids[entry.content_hash] = connection.execute(
-                select(Content.id).where(Content.hash == entry.content_hash)
-            ).scalar_one()
+        if rows:
+            connection.execute(sqlite_insert(Content).on_conflict_do_nothing(), list(rows.values()))
+            for chunk in _chunks(list(rows)):
+                ids.update(connection.execute(select(Content.hash, Content.id).where(Content.hash.in_(chunk))).all())
         return ids
 
     @staticmethod
@@ -202,21 +209,33 @@ class Catalog:
         return row
 
     @staticmethod
-    def _put_vector(connection: Connection, model, content_id: int, vector: np.ndarray) -> None:
-        vector = np.asarray(vector, dtype=np.float32).reshape(-1)
-        if vector.shape[0] != model.dim:
-            raise ValueError(f"'{model.name}' vectors have {model.dim} values, got {vector.shape[0]}")
-        data = vector.astype(STORAGE_DTYPES[model.storage_dtype]).tobytes()
-        exists = connection.execute(
-            select(Vector.content_id).where(Vector.content_id == content_id, Vector.model_id == model.id)
-        ).first()
-        if exists:
-            connection.execute(update(Vector).where(
-                Vector.content_id == content_id, Vector.model_id == model.id).values(data=data))
-            connection.execute(insert(VectorLogEntry).values(model_id=model.id, content_id=content_id, op="remove"))
-        else:
-            connection.execute(insert(Vector).values(content_id=content_id, model_id=model.id, data=data))
-        connection.execute(insert(VectorLogEntry).values(model_id=model.id, content_id=content_id, op="add"))
+    def _put_vectors(connection: Connection, model, vectors: dict[int, np.ndarray]) -> None:
+        """Store (or replace) vectors by content id, logging each change for the index."""
+        blobs = {}
+        for content_id, vector in vectors.items():
+            vector = np.asarray(vector, dtype=np.float32).reshape(-1)
+            if vector.shape[0] != model.dim:
+                raise ValueError(f"'{model.name}' vectors have {model.dim} values, got {vector.shape[0]}")
+            blobs[content_id] = vector.astype(STORAGE_DTYPES[model.storage_dtype]).tobytes()
+        if not blobs:
+            return
+        existing: set[int] = set()
+        for chunk in _chunks(list(blobs)):
+            existing.update(connection.execute(select(Vector.content_id).where(
+                Vector.model_id == model.id, Vector.content_id.in_(chunk))).scalars())
+        if existing:
+            connection.execute(
+                update(Vector).where(Vector.content_id == bindparam("cid"), Vector.model_id == model.id)
+                .values(data=bindparam("blob")),
+                [{"cid": cid, "blob": blobs[cid]} for cid in existing])
+        fresh = [cid for cid in blobs if cid not in existing]
+        if fresh:
+            connection.execute(insert(Vector), [
+                {"content_id": cid, "model_id": model.id, "data": blobs[cid]} for cid in fresh])
+        # a replaced vector is logged as removed, then added (the index replays in order)
+        connection.execute(insert(VectorLogEntry), [
+            *({"model_id": model.id, "content_id": cid, "op": "remove"} for cid in sorted(existing)),
+            *({"model_id": model.id, "content_id": cid, "op": "add"} for cid in blobs)])
 
     def remove_files(self, root_id: int, relpaths: Sequence[str]) -> int:
         """Forget files; contents no file refers to any more lose their vectors (logged).
@@ -413,15 +432,29 @@ class Catalog:
 
     def paths_of(self, content_ids: Sequence[int]) -> dict[int, list[str]]:
         """Every current location (root path / relpath) of each content."""
-        out: dict[int, list[str]] = {}
+        return {cid: [f.path for f in files] for cid, files in self.file_details(content_ids).items()}
+
+    def file_details(self, content_ids: Sequence[int]) -> dict[int, list[FileDetail]]:
+        """Every indexed file of each content, ordered by path."""
+        out: dict[int, list[FileDetail]] = {}
         with self.engine.connect() as connection:
             for chunk in _chunks([int(i) for i in content_ids]):
                 rows = connection.execute(
-                    select(File.content_id, Root.path, File.relpath)
-                    .join(Root, Root.id == File.root_id)
+                    select(File.content_id, Root.path, File.relpath, File.size, File.mtime_ns, Content.width,
+                           Content.height)
+                    .join(Root, Root.id == File.root_id).join(Content, Content.id == File.content_id)
                     .where(File.content_id.in_(chunk), File.status == "ok")
                     .order_by(Root.path, File.relpath)
                 ).all()
-                for content_id, root, relpath in rows:
-                    out.setdefault(content_id, []).append(str(Path(root) / relpath_from_db(relpath)))
+                for content_id, root, relpath, size, mtime_ns, width, height in rows:
+                    path = str(Path(root) / relpath_from_db(relpath))
+                    out.setdefault(content_id, []).append(FileDetail(path, size, mtime_ns, width, height))
         return out
+
+    def shared_contents(self) -> list[int]:
+        """Contents that live at more than one path (byte-identical copies)."""
+        with self.engine.connect() as connection:
+            return list(connection.execute(
+                select(File.content_id).where(File.status == "ok", File.content_id.is_not(None))
+                .group_by(File.content_id).having(func.count() > 1).order_by(File.content_id)
+            ).scalars())

@@ -118,27 +118,26 @@ def test_a_catalog_from_a_newer_dreamsearch_is_refused_untouched(tmp_path):
     assert path.read_bytes() == before
 
 
-def _commit_then_die(path: str, die_after_vectors: int) -> None:
-    """Child process: commit two batches, then be killed inside the third transaction."""
+def _commit_then_die(path: str, die_after_vectors: bool) -> None:
+    """Child process: commit two batches, then be killed inside the third transaction,
+    before or after its vectors are written."""
     cat = Catalog(path)
     cat.ensure_model("m", DIM, "weights-1")
     root = cat.ensure_root(os.path.dirname(path))
     for start in (0, 10):
         cat.commit_batch(root, *batch(start, 10))
-    calls = {"n": 0}
-    original = Catalog._put_vector
+    original = Catalog._put_vectors
 
     def dying(*args):
-        calls["n"] += 1
-        if calls["n"] > die_after_vectors:
-            os._exit(9)  # like SIGKILL: no cleanup, no rollback, no commit
-        original(*args)
+        if die_after_vectors:
+            original(*args)
+        os._exit(9)  # like SIGKILL: no cleanup, no rollback, no commit
 
-    Catalog._put_vector = staticmethod(dying)
+    Catalog._put_vectors = staticmethod(dying)
     cat.commit_batch(root, *batch(20, 10))
 
 
-@pytest.mark.parametrize("die_after_vectors", [0, 5])
+@pytest.mark.parametrize("die_after_vectors", [False, True])
 def test_killed_mid_batch_loses_only_that_batch_and_resumes(tmp_path, die_after_vectors):
     path = tmp_path / "catalog.sqlite"
     child = multiprocessing.get_context("spawn").Process(target=_commit_then_die, args=(str(path), die_after_vectors))
