@@ -24,11 +24,11 @@ def load_model(name: str = "dreamsim", **kwargs) -> "Embedder":
 
 def __getattr__(name: str):
     """``from dreamsearch import Library`` without importing torch for ``--help``."""
-    if name in ("Library", "Match"):
+    if name in ("DuplicateGroup", "Library", "Match"):
         from dreamsearch import api
 
         return getattr(api, name)
     raise AttributeError(f"module 'dreamsearch' has no attribute {name!r}")
 
 
-__all__ = ["Library", "Match", "__version__", "load_model"]
+__all__ = ["DuplicateGroup", "Library", "Match", "__version__", "load_model"]

@@ -16,6 +16,7 @@ import numpy as np
 from PIL import Image
 
 from dreamsearch.catalog import Catalog
+from dreamsearch.duplicates import DuplicateGroup, find_duplicates
 from dreamsearch.images import to_rgb
 from dreamsearch.indexer import IndexOptions, IndexReport, Progress, index_folders
 from dreamsearch.library import LibraryFolder, library_dir
@@ -101,6 +102,20 @@ class Library:
         vector, content_id = searcher.stored_vector(Path(path))
         return searcher.search(vector, k, [content_id])
 
+    def duplicates(self, model: str = "dreamsim", max_distance: float | None = None) -> list[DuplicateGroup]:
+        """Groups of identical files, then of images within ``max_distance`` of each other
+        (default: the model's, see docs/duplicates.md), each with a suggested keeper."""
+        if max_distance is None:
+            max_distance = self.default_duplicate_distance(model)
+        searcher = self._searcher(model)
+        return find_duplicates(searcher.catalog, searcher.model, searcher.index, max_distance)
+
+    @staticmethod
+    def default_duplicate_distance(model: str) -> float:
+        from dreamsearch.models.registry import get_spec
+
+        return get_spec(model).duplicate_distance
+
     def _searcher(self, model: str) -> Searcher:
         """The model's searcher, reopened when the catalog moved on (another process indexed)."""
         with self._lock:
@@ -117,4 +132,4 @@ class Library:
         self.close()
 
 
-__all__ = ["Library", "Match"]
+__all__ = ["DuplicateGroup", "Library", "Match"]

@@ -278,7 +278,7 @@ def query(images, k, model_name, like, include_self, max_distance, under, combin
     """Find the images in the library most similar to IMAGES (files, or '-' to read paths
     from stdin). Distances are DreamSim distances (1 - cosine), exact."""
     from dreamsearch.library import LibraryFolder, library_dir
-    from dreamsearch.query_output import render
+    from dreamsearch.output import render
     from dreamsearch.search import Searcher
 
     if k <= 0:
@@ -337,7 +337,7 @@ def compare(image, k, model_list, include_self, as_json, grid, html_out, device,
     (Jaccard overlap and Spearman rank correlation)."""
     from dreamsearch.compare import compare_models, overlaps
     from dreamsearch.library import LibraryFolder, library_dir
-    from dreamsearch.query_output import render_comparison
+    from dreamsearch.output import render_comparison
 
     names = list(dict.fromkeys(name.strip() for name in model_list.split(",") if name.strip()))
     if len(names) < 2:
@@ -350,6 +350,29 @@ def compare(image, k, model_list, include_self, as_json, grid, html_out, device,
 
         rows = [result_row(str(image), [str(image)], matches, name) for name, matches in results.items()]
         _write_sheets(rows, grid, html_out, f"dreamsearch compare: {image}")
+
+@main.command()
+@click.option("-m", "--model", "model_name", default="dreamsim", show_default=True)
+@click.option("--max-distance", type=click.FloatRange(0, 2), default=None,
+              help="Join images at most this far apart (default: the model's, see docs/duplicates.md).")
+@click.option("--json", "as_json", is_flag=True, help="One JSON document.")
+@click.option("--html", "html_out", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Also write a self-contained HTML page of the groups.")
+@library_option
+def duplicates(model_name, max_distance, as_json, html_out, library_path) -> None:
+    """Groups of identical and near-identical images in the whole library, each with a
+    suggested keeper (most pixels, then oldest)."""
+    from dreamsearch.api import Library
+    from dreamsearch.output import render_duplicates
+
+    with Library.open(library_path) as library:
+        max_distance = library.default_duplicate_distance(model_name) if max_distance is None else max_distance
+        groups = library.duplicates(model_name, max_distance)
+    render_duplicates(groups, model_name, max_distance, as_json)
+    if html_out:
+        from dreamsearch.contact_sheet import duplicate_rows
+
+        _write_sheets(duplicate_rows(groups), None, html_out, f"dreamsearch duplicates ({model_name})")
 
 def _write_sheets(rows, grid: Path | None, html_out: Path | None, title: str) -> None:
     """Write the contact sheet and/or HTML page, and say where (on stderr: stdout may be JSON)."""

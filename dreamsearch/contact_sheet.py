@@ -24,6 +24,7 @@ from dreamsearch.images import decode
 from dreamsearch.paths import printable
 
 if TYPE_CHECKING:
+    from dreamsearch.duplicates import DuplicateGroup
     from dreamsearch.search import Match
 
 THUMB = 160
@@ -108,6 +109,13 @@ def result_row(label: str, queries: Sequence[str], matches: Sequence[Match], mod
     tiles = [Tile(path, "query") for path in queries]
     tiles += [Tile(m.path, f"#{m.rank}  {m.distance:.4f}") for m in matches]
     return Row(f"{label} ({model})", tuple(tiles))
+
+
+def duplicate_rows(groups: Sequence[DuplicateGroup]) -> list[Row]:
+    """One row per group: the keeper first, then the others with their distance to it."""
+    return [Row(f"{g.kind} group {number}: {len(g.files)} files",
+                tuple(Tile(f.path, "keep" if f is g.keeper else f"{f.distance:.4f}") for f in g.files))
+            for number, g in enumerate(groups, 1)]
 
 
 def _thumbnails(rows: Sequence[Row], thumb: int) -> dict[str, Image.Image | None]:

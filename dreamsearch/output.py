@@ -1,4 +1,5 @@
-"""How query results are printed. Machine formats are stable (documented in README):
+"""How results (query, compare, duplicates) are printed. Machine formats are stable
+(documented in README). Query:
 
 - ``json``: ``{"model": M, "queries": [{"query": Q, "results": [RESULT, ...]}, ...]}``
 - ``jsonl``: one ``{"query": Q, **RESULT}`` per line
@@ -18,6 +19,7 @@ from dataclasses import asdict
 
 from dreamsearch.paths import human_bytes, printable
 from dreamsearch.compare import Overlap
+from dreamsearch.duplicates import DuplicateGroup
 from dreamsearch.search import Match
 
 
@@ -101,3 +103,37 @@ def render_comparison(query: str, k: int, results: dict[str, list[Match]], overl
         rho = "n/a" if o.rank_correlation is None else f"{o.rank_correlation:+.3f}"
         agreement.add_row(" vs ".join(o.models), f"{o.common}/{k}", f"{o.jaccard:.3f}", rho)
     console.print(agreement)
+
+
+def render_duplicates(groups: list[DuplicateGroup], model: str, max_distance: float, as_json: bool) -> None:
+    """``duplicates``' output. JSON: ``{"model", "max_distance", "groups": [{"kind":
+    "identical"|"similar", "keeper": FILE, "others": [FILE, ...]}]}``, FILE being
+    ``{"path", "size", "width", "height", "mtime_ns", "distance"}`` (distance to the keeper)."""
+    if as_json:
+        document = {"model": model, "max_distance": max_distance, "groups": [
+            {"kind": g.kind, "keeper": _file(g.keeper), "others": [_file(f) for f in g.others]} for g in groups]}
+        sys.stdout.write(json.dumps(document, ensure_ascii=False) + "\n")
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console()
+    for number, group in enumerate(groups, 1):
+        table = Table(title=f"{group.kind} group {number}: {len(group.files)} files", title_justify="left")
+        for column in ("", "distance", "pixels", "size", "path"):
+            table.add_column(column, justify="left" if column in ("", "path") else "right")
+        for f in group.files:
+            pixels = f"{f.width}x{f.height}" if f.width and f.height else "?"
+            table.add_row("keep" if f is group.keeper else "", f"{f.distance:.4f}", pixels, human_bytes(f.size),
+                          printable(f.path))
+        console.print(table)
+    identical = sum(g.kind == "identical" for g in groups)
+    spare = sum(len(g.others) for g in groups)
+    console.print(f"{identical} identical and {len(groups) - identical} similar groups "
+                  f"({model}, max distance {max_distance:g}); {spare} files beside their keepers")
+
+
+def _file(f) -> dict:
+    result = asdict(f)
+    result["distance"] = round(f.distance, 6)
+    return result

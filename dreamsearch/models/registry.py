@@ -44,6 +44,8 @@ class ModelSpec:
     files: tuple[WeightFile, ...]
     builder: str
     dreamsim_type: str = ""
+    #: ``duplicates``' default --max-distance (docs/duplicates.md says how it was chosen).
+    duplicate_distance: float = 0.05
 
 
 @dataclass(frozen=True)
@@ -118,6 +120,7 @@ MODELS["clip"] = ModelSpec(
     summary="baseline: OpenAI CLIP ViT-B/32 image embedding",
     files=(WeightFile("baselines/ViT-B-32.pt", OPENAI_CLIP_URL, OPENAI_CLIP_SHA256),),
     builder="dreamsearch.models.baselines:build_clip",
+    duplicate_distance=0.02,
 )
 MODELS["resnet50"] = ModelSpec(
     name="resnet50",
@@ -126,6 +129,7 @@ MODELS["resnet50"] = ModelSpec(
     summary="baseline: torchvision ResNet50 (ImageNet V1), pooled features",
     files=(WeightFile("baselines/resnet50-0676ba61.pth", RESNET50_URL, "0676ba61"),),
     builder="dreamsearch.models.baselines:build_resnet50",
+    duplicate_distance=0.02,
 )
 
 DEFAULT_MODEL = "dreamsim"
