@@ -76,6 +76,9 @@ class IndexOptions:
     max_pixels: int = DEFAULT_MAX_PIXELS
     decode_timeout_s: float = DECODE_TIMEOUT_S
     dry_run: bool = False
+    #: Index only these paths (relative, posix) of each root and leave its other files as
+    #: they are (neither added nor forgotten); ``None``: every image.
+    only: frozenset[str] | None = None
 
 
 Progress = Callable[[IndexReport], None]
@@ -139,6 +142,8 @@ class _Run:
         seen = set()
         for found in scan(root, self.options.exclude, self.options.follow_symlinks, self._scan_error):
             seen.add(found.relpath)
+            if self.options.only is not None and found.relpath not in self.options.only:
+                continue
             self.report.found += 1
             known = stored.get(found.relpath)
             if known and (known.size, known.mtime_ns) == (found.size, found.mtime_ns):

@@ -213,6 +213,22 @@ def test_incremental_runs(tmp_path, tiny_model):
     step({"removed": 1, "embedded": 0})
 
 
+
+def test_only_indexes_the_named_files_and_keeps_the_others(tmp_path, tiny_model):
+    folder = photo_folder(tmp_path / "photos", 4, (160, 120), 60, "p{}.jpg")
+    library = LibraryFolder.prepare(tmp_path / "lib")
+
+    def indexed_with(only):
+        report = index_folders(library, [folder], [tiny_model], IndexOptions(workers=0, only=only))
+        return report, sorted(Path(p).name for p in library_state(library))
+
+    report, names = indexed_with(frozenset({"p0.jpg", "p1.jpg", "absent.jpg"}))
+    assert names == ["p0.jpg", "p1.jpg"] and report.found == 2 and report.embedded == 2
+    report, names = indexed_with(frozenset({"p2.jpg"}))  # p0 and p1 are neither re-read nor forgotten
+    assert names == ["p0.jpg", "p1.jpg", "p2.jpg"] and report.embedded == 1 and report.removed == 0
+    report, names = indexed_with(None)
+    assert names == ["p0.jpg", "p1.jpg", "p2.jpg", "p3.jpg"] and report.embedded == 1 and report.unchanged == 3
+
 KILL_SCRIPT = """
 import sys
 from pathlib import Path
