@@ -423,5 +423,13 @@ def forget(folder, library_path) -> None:
     click.echo(f"forgot {wanted} ({removed} files)")
 
 
+def _add_eval_commands() -> None:
+    from dreamsearch.cli_eval import eval_group  # defined there to keep this module short
+
+    main.add_command(eval_group)
+
+
+_add_eval_commands()
+
 if __name__ == "__main__":  # pragma: no cover
     main()

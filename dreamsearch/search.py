@@ -92,13 +92,13 @@ class Searcher:
         k: int,
         exclude: Sequence[int] = (),
         max_distance: float | None = None,
-        under: Path | None = None,
+        under: Path | Sequence[Path] | None = None,
     ) -> list[Match]:
         """The ``k`` nearest files to ``vector`` (exact distances), leaving out contents in
-        ``exclude``, farther than ``max_distance``, or outside the folder ``under``."""
+        ``exclude``, farther than ``max_distance``, or outside the folder(s) ``under``."""
         if k <= 0:
             raise DreamsearchError("k must be at least 1")
-        under = Path(under).resolve() if under else None
+        under = None if under is None else tuple(Path(u).resolve() for u in ([under] if isinstance(under, (str, Path)) else under))
         depth = k + len(exclude)
         while True:
             scores, ids = self.index.search(
@@ -110,7 +110,7 @@ class Searcher:
                 return [Match(rank, m.distance, m.path, m.size, m.also_at) for rank, m in enumerate(matches[:k], 1)]
             depth *= 4
 
-    def _join(self, scores, ids, exclude: set[int], max_distance, under: Path | None) -> list[Match]:
+    def _join(self, scores, ids, exclude: set[int], max_distance, under: tuple[Path, ...] | None) -> list[Match]:
         keep = [(float(s), int(i)) for s, i in zip(scores, ids) if i >= 0 and int(i) not in exclude]
         paths = self.catalog.paths_of([i for _s, i in keep])
         sizes = self.catalog.content_sizes([i for _s, i in keep])
@@ -119,7 +119,7 @@ class Searcher:
             distance = max(0.0, 1.0 - score)
             if max_distance is not None and distance > max_distance:
                 break  # scores are sorted
-            places = [p for p in paths.get(content_id, []) if under is None or Path(p).is_relative_to(under)]
+            places = [p for p in paths.get(content_id, []) if under is None or any(Path(p).is_relative_to(u) for u in under)]
             if places:  # no places: removed since the index was read, or outside ``under``
                 matches.append(Match(0, distance, places[0], sizes.get(content_id, 0), tuple(places[1:])))
         return matches

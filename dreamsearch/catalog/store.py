@@ -349,6 +349,18 @@ class Catalog:
             ).all()
         return {row.relpath: StoredFile(row.size, row.mtime_ns, row.status, row.hash) for row in rows}
 
+    def vectors_under(self, root_id: int, model: ModelInfo) -> tuple[list[str], np.ndarray]:
+        """``(relative paths, float32 [n, dim])`` of every file under ``root_id`` that has a
+        ``model`` vector (files that failed have none)."""
+        with self.engine.connect() as connection:
+            rows = connection.execute(
+                select(File.relpath, Vector.data)
+                .join(Vector, Vector.content_id == File.content_id)
+                .where(File.root_id == root_id, Vector.model_id == model.id).order_by(File.relpath)
+            ).all()
+        _ids, vectors = self._decode([(0, data) for _relpath, data in rows], STORAGE_DTYPES[model.storage_dtype], model.dim)
+        return [relpath_from_db(relpath) for relpath, _data in rows], vectors
+
     def hashes_with_vectors(self, models: Sequence[ModelInfo], hashes: Sequence[str]) -> set[str]:
         """Those of ``hashes`` whose content already has a vector for every one of ``models``."""
         found: set[str] = set()
