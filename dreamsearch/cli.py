@@ -351,6 +351,7 @@ def compare(image, k, model_list, include_self, as_json, grid, html_out, device,
         rows = [result_row(str(image), [str(image)], matches, name) for name, matches in results.items()]
         _write_sheets(rows, grid, html_out, f"dreamsearch compare: {image}")
 
+
 @main.command()
 @click.option("-m", "--model", "model_name", default="dreamsim", show_default=True)
 @click.option("--max-distance", type=click.FloatRange(0, 2), default=None,
@@ -373,6 +374,7 @@ def duplicates(model_name, max_distance, as_json, html_out, library_path) -> Non
         from dreamsearch.contact_sheet import duplicate_rows
 
         _write_sheets(duplicate_rows(groups), None, html_out, f"dreamsearch duplicates ({model_name})")
+
 
 def _write_sheets(rows, grid: Path | None, html_out: Path | None, title: str) -> None:
     """Write the contact sheet and/or HTML page, and say where (on stderr: stdout may be JSON)."""

@@ -17,9 +17,9 @@ import os
 import sys
 from dataclasses import asdict
 
-from dreamsearch.paths import human_bytes, printable
 from dreamsearch.compare import Overlap
-from dreamsearch.duplicates import DuplicateGroup
+from dreamsearch.duplicates import DuplicateFile, DuplicateGroup
+from dreamsearch.paths import human_bytes, printable
 from dreamsearch.search import Match
 
 
@@ -133,7 +133,7 @@ def render_duplicates(groups: list[DuplicateGroup], model: str, max_distance: fl
                   f"({model}, max distance {max_distance:g}); {spare} files beside their keepers")
 
 
-def _file(f) -> dict:
+def _file(f: DuplicateFile) -> dict:
     result = asdict(f)
     result["distance"] = round(f.distance, 6)
     return result
