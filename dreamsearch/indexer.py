@@ -138,7 +138,7 @@ class _Run:
         else:
             root_id = self.catalog.ensure_root(root)
         stored = {relpath_from_db(k): v for k, v in self.catalog.files_under(root_id).items()}
-        candidates = []
+        candidates, same = [], []
         seen = set()
         for found in scan(root, self.options.exclude, self.options.follow_symlinks, self._scan_error):
             seen.add(found.relpath)
@@ -147,17 +147,28 @@ class _Run:
             self.report.found += 1
             known = stored.get(found.relpath)
             if known and (known.size, known.mtime_ns) == (found.size, found.mtime_ns):
-                self.report.unchanged += 1
+                same.append((found, known))
                 continue
             candidates.append((found, known))
             if self.options.dry_run:  # without hashing, every difference counts as new or changed
                 self.report.new += known is None
                 self.report.changed += known is not None
+        candidates += self._lacking_vectors(same)
         gone = sorted(set(stored) - seen)
         if self.options.dry_run:
             self.report.removed += len(gone)
         self.gone_hashes |= {stored[g].content_hash for g in gone if stored[g].content_hash}
         return root_id, root, candidates, gone
+
+    def _lacking_vectors(self, same: list) -> list:
+        """Of the files unchanged on disk, those whose content lacks a vector of one of this
+        run's models (a model added to an indexed folder); the rest count as unchanged.
+        Files that failed before are not retried until they change."""
+        hashes = [known.content_hash for _found, known in same if known.content_hash]
+        complete = self.catalog.hashes_with_vectors(self.models, hashes) if self.models else set(hashes)
+        lacking = [(found, known) for found, known in same if known.content_hash and known.content_hash not in complete]
+        self.report.unchanged += len(same) - len(lacking)
+        return lacking
 
     def _scan_error(self, path: str, reason: str) -> None:
         self.report.failures.append((path, reason))
@@ -179,7 +190,7 @@ class _Run:
                 continue
             if previous is None:
                 self.report.new += 1
-            else:
+            elif not touched:
                 self.report.changed += 1
             if result.content_hash is None:
                 self._fail(root_id, found, result.path, result.error)

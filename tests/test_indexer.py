@@ -229,6 +229,25 @@ def test_only_indexes_the_named_files_and_keeps_the_others(tmp_path, tiny_model)
     report, names = indexed_with(None)
     assert names == ["p0.jpg", "p1.jpg", "p2.jpg", "p3.jpg"] and report.embedded == 1 and report.unchanged == 3
 
+
+def test_a_model_added_to_an_indexed_folder_embeds_every_file(tmp_path, tiny_model):
+    from dreamsearch.models import load_model
+    from tests.models.official_layout import write_tiny_cache
+
+    other = load_model("dreamsim-clip", weights_dir=write_tiny_cache(tmp_path / "w", "clip_vitb32"), device="cpu")
+    folder = photo_folder(tmp_path / "photos", 5, (160, 120), 80, "p{}.jpg")
+    (folder / "broken.jpg").write_bytes(b"not a jpeg")
+    library = LibraryFolder.prepare(tmp_path / "lib")
+    run_index(library, folder, tiny_model)
+
+    report = run_index(library, folder, other)
+    assert (report.embedded, report.new, report.changed, report.unchanged) == (5, 0, 0, 1)  # broken stays failed
+    with Catalog(library.catalog_path) as catalog:
+        assert catalog.count_vectors(catalog.model("dreamsim-clip")) == 5
+        assert catalog.count_vectors(catalog.model("dreamsim-dino")) == 5
+    again = index_folders(library, [folder], [tiny_model, other], ONE_WORKER)
+    assert (again.embedded, again.unchanged) == (0, 6)
+
 KILL_SCRIPT = """
 import sys
 from pathlib import Path
