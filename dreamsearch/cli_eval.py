@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import click
@@ -111,7 +112,7 @@ def nights(folder, split, model_names, batch_size, device, as_json, library_path
             "split": split, "triplets": len(rows.triplets), "too_few_votes": rows.too_few_votes,
             "malformed_rows": len(rows.malformed),
             "models": {name: {"skipped_triplets": skipped[name], "splits": {
-                s: {"accuracy": a.accuracy, "ci95": [a.low, a.high], "triplets": a.triplets}
+                s: {"accuracy": _finite(a.accuracy), "ci95": [_finite(a.low), _finite(a.high)], "triplets": a.triplets}
                 for s, a in by_split.items()}} for name, by_split in results.items()},
         }))
         return
@@ -192,14 +193,19 @@ def copies(folder, k, model_names, batch_size, device, as_json, library_path, we
             table[name] = evaluate_copies(searcher, folder, out, indexed, k)
     problems.close()
     if as_json:
-        click.echo(json.dumps({"k": k, "copies_folder": str(out),
-                               "models": {name: [vars(s) for s in rows] for name, rows in table.items()}}))
+        click.echo(json.dumps({"k": k, "copies_folder": str(out), "models": {
+            name: [{key: _finite(value) for key, value in vars(s).items()} for s in rows] for name, rows in table.items()}}))
         return
     _table(f"copy detection on {folder} (copies in {out})",
            ["model", "edit", "copies", "found@1", f"original@{k}", "dist p50", "dist p95", "nearest other p5"],
            [[name, s.transform, str(s.copies), f"{s.found_at_1:.3f}", f"{s.original_at_k:.3f}",
              f"{s.distance_p50:.4f}", f"{s.distance_p95:.4f}", f"{s.nearest_other_p5:.4f}"]
             for name, rows in table.items() for s in rows])
+
+
+def _finite(value):
+    """JSON has no NaN: an undefined figure (no triplets, no other image) is null."""
+    return None if isinstance(value, float) and math.isnan(value) else value
 
 
 def _table(title: str, columns: list[str], rows: list[list[str]]) -> None:

@@ -165,12 +165,25 @@ def test_retrieval_on_class_folders(tmp_path, tiny_weights):
     assert scores["recall_at_1"] == 1.0 and scores["recall_at_k"] == 1.0 and scores["map_at_k"] == 1.0
     assert scores["search_ms_p50"] > 0
 
+    groups = tmp_path / "groups.csv"  # labels from a CSV: two groups of two, the rest distractors
+    groups.write_text(f"path,group\nclass0/q95.jpg,a\n{folder / 'class0' / 'q80.jpg'},a\n"
+                      "class1/q95.jpg,b\nclass1/q65.jpg,b\n")
+    by_csv = run("retrieval", str(folder), "-m", "dreamsim-dino", "-k", "1", "--groups", str(groups), "--json",
+                 "--library", str(tmp_path / "lib"), "--weights-dir", str(tiny_weights), "--device", "cpu")
+    assert by_csv.exit_code == 0, by_csv.output
+    assert json.loads(by_csv.stdout)["models"]["dreamsim-dino"]["queries"] == 4
+    groups.write_text("path,group\n/elsewhere/x.jpg,a\n")
+    outside = run("retrieval", str(folder), "-m", "dreamsim-dino", "--groups", str(groups), "--library",
+                  str(tmp_path / "lib"), "--weights-dir", str(tiny_weights), "--device", "cpu")
+    assert outside.exit_code == 1 and "/elsewhere/x.jpg is not inside" in outside.stderr
+
 
 def test_copies_harness(tmp_path, tiny_weights):
     folder = tmp_path / "originals"
     folder.mkdir()
     for index in range(4):
         photo_like(200, 150, 400 + index).save(folder / f"o{index}.jpg", quality=92)
+    photo_like(200, 150, 410).save(folder / "o0.png")  # same stem as o0.jpg, another picture
     (folder / "broken.jpg").write_bytes(b"\xff\xd8\xff garbage")
     args = ["copies", str(folder), "-m", "dreamsim-dino", "-k", "5", "--json", "--library", str(tmp_path / "lib"),
             "--weights-dir", str(tiny_weights), "--device", "cpu"]
@@ -181,13 +194,14 @@ def test_copies_harness(tmp_path, tiny_weights):
     rows = {row["transform"]: row for row in document["models"]["dreamsim-dino"]}
     assert set(rows) == {"jpeg-q30", "jpeg-q60", "resize-50%", "crop-10-30%", "colour-jitter", "rotate-5-15deg",
                          "flip", "text-overlay"}
-    assert all(row["copies"] == 4 for row in rows.values())
+    assert all(row["copies"] == 5 for row in rows.values())
     assert rows["jpeg-q60"]["found_at_1"] == 1.0 and rows["jpeg-q60"]["original_at_k"] == 1.0
     assert all(0 <= row["distance_p50"] <= row["distance_p95"] for row in rows.values())
     made = Path(document["copies_folder"])
     files = sorted(made.rglob("*.jpg"))
-    assert len(files) == 8 * 4
-    with Image.open(made / "flip" / "o1.jpg") as flipped, Image.open(folder / "o1.jpg") as original:
+    assert len(files) == 8 * 5
+    assert (made / "flip" / "o0.png.jpg").exists() and (made / "flip" / "o0.jpg.jpg").exists()
+    with Image.open(made / "flip" / "o1.jpg.jpg") as flipped, Image.open(folder / "o1.jpg") as original:
         assert flipped.size == original.size
     stamps = [f.stat().st_mtime_ns for f in files]
     assert run(*args).exit_code == 0

@@ -97,12 +97,18 @@ def copies_folder(eval_root: Path, folder: Path) -> Path:
     return eval_root / "copies" / f"{Path(resolved).name}-{hashlib.sha256(resolved.encode()).hexdigest()[:8]}"
 
 
+def copy_path(out: Path, transform: str, relpath: str) -> Path:
+    """Where the ``transform`` copy of the original at ``relpath`` goes (its whole name kept,
+    ``.jpg`` appended, so ``a.png`` and ``a.jpg`` get distinct copies)."""
+    return out / transform / f"{relpath}.jpg"
+
+
 def make_copies(originals: list[Path], folder: Path, out: Path, report: Callable[[str], None]) -> int:
     """Write the copies that do not exist yet; returns how many originals could be read."""
     readable = 0
     for path in originals:
-        relative = path.relative_to(folder).with_suffix(".jpg")
-        targets = {name: out / name / relative for name in TRANSFORMS}
+        relative = path.relative_to(folder).as_posix()
+        targets = {name: copy_path(out, name, relative) for name in TRANSFORMS}
         try:
             image = decode(path).image if not all(t.exists() for t in targets.values()) else None
         except ImageError as exc:
@@ -112,7 +118,7 @@ def make_copies(originals: list[Path], folder: Path, out: Path, report: Callable
         for name, target in targets.items():
             if image is None or target.exists():
                 continue
-            seed = int.from_bytes(hashlib.sha256(f"{name}/{relative.as_posix()}".encode()).digest()[:8], "little")
+            seed = int.from_bytes(hashlib.sha256(f"{name}/{relative}".encode()).digest()[:8], "little")
             edited, quality = TRANSFORMS[name](image, np.random.default_rng(seed))
             target.parent.mkdir(parents=True, exist_ok=True)
             partial = target.with_name(target.name + ".partial")
@@ -126,18 +132,19 @@ def evaluate_copies(searcher: Searcher, folder: Path, out: Path, originals: list
     folder, out = Path(folder).resolve(), Path(out).resolve()
 
     def family(path: str) -> str | None:
+        """The original's relative path, for an original or any of its copies."""
         p = Path(path)
         if p.is_relative_to(folder):
-            return p.relative_to(folder).with_suffix("").as_posix()
+            return p.relative_to(folder).as_posix()
         if p.is_relative_to(out):
-            return Path(*p.relative_to(out).parts[1:]).with_suffix("").as_posix()
+            return Path(*p.relative_to(out).parts[1:]).as_posix().removesuffix(".jpg")
         return None
 
     results = []
     for name in TRANSFORMS:
         found, in_top_k, distances, nearest_other = [], [], [], []
         for relpath in originals:
-            copy = out / name / Path(relpath).with_suffix(".jpg")
+            copy = copy_path(out, name, relpath)
             if not copy.exists():
                 continue
             vector, own = searcher.stored_vector(copy)

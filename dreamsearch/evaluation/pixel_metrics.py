@@ -55,7 +55,11 @@ def pixel_distances(folder: Path, metric: str, report: Callable[[str], None]) ->
         ref, left, right = pixels(t.ref), pixels(t.left), pixels(t.right)
         if ref is None or left is None or right is None:
             return None
-        return distance(ref, _same_size(left, ref)), distance(ref, _same_size(right, ref))
+        try:
+            return distance(ref, _same_size(left, ref)), distance(ref, _same_size(right, ref))
+        except ValueError as exc:  # e.g. smaller than SSIM's 7x7 window
+            report(f"{Path(folder) / t.ref}: {metric} cannot compare this triplet ({exc})")
+            return None
 
     return distances
 

@@ -46,6 +46,8 @@ def labels_of(folder: Path, relpaths: Sequence[str], groups_csv: Path | None = N
             raise DreamsearchError(f"{groups_csv}: needs the columns path,group")
         for row in reader:
             path = Path(row["path"])
+            if path.is_absolute() and not path.resolve().is_relative_to(folder.resolve()):
+                raise DreamsearchError(f"{groups_csv}: {path} is not inside {folder}")
             relative = path.resolve().relative_to(folder.resolve()) if path.is_absolute() else path
             labels[relative.as_posix()] = row["group"]
     known = set(relpaths)
