@@ -74,9 +74,8 @@ def similar_groups(catalog: Catalog, model: ModelInfo, index: VectorIndex, max_d
         rows, cols = np.nonzero(close)
         if not len(rows):
             continue
-        a = np.searchsorted(ids, chunk_ids[rows])
-        b = np.searchsorted(ids, found[rows, cols])
-        known = (b < len(ids)) & (ids[np.minimum(b, len(ids) - 1)] == found[rows, cols])  # index ahead of snapshot
+        (a, known_a), (b, known_b) = _positions(ids, chunk_ids[rows]), _positions(ids, found[rows, cols])
+        known = known_a & known_b  # vectors committed after the ``ids`` snapshot wait for the next run
         for x, y in zip(a[known].tolist(), b[known].tolist()):
             _union(parent, x, y)
     groups = (_similar_group(catalog, model, ids[members]) for members in _components(parent))
@@ -89,7 +88,7 @@ def _similar_group(catalog: Catalog, model: ModelInfo, content_ids: np.ndarray) 
     if len(found_ids) < 2:
         return None  # removed since the snapshot
     by_content = dict(zip(found_ids.tolist(), vectors))
-    keeper_content, keeper = min(((cid, f) for cid in by_content for f in files[cid]), key=lambda cf: _keeper_key(cf[1]))
+    keeper_content, _keeper = min(((cid, f) for cid in by_content for f in files[cid]), key=lambda cf: _keeper_key(cf[1]))
     anchor = by_content[keeper_content]
     return _group("similar", [(f, max(0.0, 1.0 - float(by_content[cid] @ anchor)))
                               for cid in by_content for f in files[cid]])
@@ -109,6 +108,12 @@ def _keeper_key(detail: FileDetail) -> tuple:
 
 def _ordered(groups: list[DuplicateGroup]) -> list[DuplicateGroup]:
     return sorted(groups, key=lambda g: (-len(g.files), g.keeper.path))
+
+
+def _positions(ids: np.ndarray, wanted: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Where each of ``wanted`` sits in the sorted ``ids``, and whether it is there at all."""
+    at = np.minimum(np.searchsorted(ids, wanted), max(len(ids) - 1, 0))
+    return at, (ids[at] == wanted) if len(ids) else np.zeros(len(wanted), bool)
 
 
 def _union(parent: np.ndarray, x: int, y: int) -> None:
