@@ -51,6 +51,7 @@ class Row:
 
 def write_png(rows: Sequence[Row], out: Path, thumb: int = THUMB) -> None:
     """Draw ``rows`` as one contact sheet at ``out`` (format from the suffix, PNG advised)."""
+    picture_format = _image_format(out)  # refuse a bad name before decoding anything
     images = _thumbnails(rows, thumb)
     columns = max((len(row.tiles) for row in rows), default=1) or 1
     cell_w, cell_h = thumb + _PAD, _LABEL_H + thumb + _CAPTION_H + _PAD
@@ -71,7 +72,7 @@ def write_png(rows: Sequence[Row], out: Path, thumb: int = THUMB) -> None:
             name = _fit(printable(os.path.basename(tile.path)), thumb // 7)
             draw.text((left, image_top + thumb + 3), tile.caption, fill=(0, 0, 0), font=font)
             draw.text((left, image_top + thumb + 18), name, fill=(90, 90, 90), font=font)
-    _save(out, lambda stream, fmt: sheet.save(stream, format=fmt), _image_format(out))
+    _save(out, lambda stream, fmt: sheet.save(stream, format=fmt), picture_format)
 
 
 def write_html(rows: Sequence[Row], out: Path, title: str, thumb: int = THUMB) -> None:
