@@ -212,6 +212,18 @@ class _Run:
             self.catalog.commit_batch(root_id, [_entry(found, h) for found, h in copies if h in ok])
             self.report.copied += sum(1 for _f, h in copies if h in ok)
 
+    def _embed_lacking(self, good: list) -> dict[str, dict[str, np.ndarray]]:
+        """Vectors for the decoded files, from each model that has none for their content
+        yet: a model added to an indexed folder does not recompute the others."""
+        vectors = {}
+        for i, (embedder, model) in enumerate(zip(self.embedders, self.models)):
+            have = self.catalog.hashes_with_vectors([model], [r.content_hash for r in good])
+            todo = [r for r in good if r.content_hash not in have]
+            if todo:
+                vectors[embedder.name] = dict(zip((r.content_hash for r in todo),
+                                                  embedder.embed(np.stack([r.pixels[i] for r in todo]))))
+        return vectors
+
     def _count_reuse(self, content_hash: str) -> None:
         if content_hash in self.gone_hashes:
             self.report.moved += 1
@@ -235,11 +247,7 @@ class _Run:
             for bad in (r for r in batch if r.error is not None):
                 self._fail(root_id, by_path[bad.path], bad.path, bad.error)
             if good:
-                vectors = {
-                    embedder.name: dict(zip((r.content_hash for r in good),
-                                            embedder.embed(np.stack([r.pixels[i] for r in good]))))
-                    for i, embedder in enumerate(self.embedders)
-                }
+                vectors = self._embed_lacking(good)
                 files = [_entry(by_path[r.path], r.content_hash, r) for r in good]
                 self.catalog.commit_batch(root_id, files, vectors)
                 self.report.embedded += len(good)

@@ -248,6 +248,16 @@ def test_a_model_added_to_an_indexed_folder_embeds_every_file(tmp_path, tiny_mod
     again = index_folders(library, [folder], [tiny_model, other], ONE_WORKER)
     assert (again.embedded, again.unchanged) == (0, 6)
 
+    third = load_model("dreamsim-open-clip", weights_dir=write_tiny_cache(tmp_path / "w3", "open_clip_vitb32"),
+                       device="cpu")
+    with Catalog(library.catalog_path) as catalog:
+        before = {name: catalog.last_seq(catalog.model(name)) for name in ("dreamsim-dino", "dreamsim-clip")}
+    both = index_folders(library, [folder], [tiny_model, third, other], ONE_WORKER)
+    assert both.embedded == 5
+    with Catalog(library.catalog_path) as catalog:  # only the new model computed vectors
+        assert {name: catalog.last_seq(catalog.model(name)) for name in before} == before
+        assert catalog.count_vectors(catalog.model("dreamsim-open-clip")) == 5
+
 KILL_SCRIPT = """
 import sys
 from pathlib import Path
