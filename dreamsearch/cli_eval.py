@@ -188,9 +188,8 @@ def copies(folder, k, model_names, batch_size, device, as_json, library_path, we
     table = {}
     for name in model_names:
         _embedded(library, [folder, out], name, weights_dir, device, batch_size, problems, as_json)
-        indexed = sorted(folder_vectors(library, folder, name))
         with Searcher(evals, name) as searcher:
-            table[name] = evaluate_copies(searcher, folder, out, indexed, k)
+            table[name] = evaluate_copies(searcher, folder, out, folder_vectors(library, folder, name), k)
     problems.close()
     if as_json:
         click.echo(json.dumps({"k": k, "copies_folder": str(out), "models": {

@@ -127,8 +127,10 @@ def make_copies(originals: list[Path], folder: Path, out: Path, report: Callable
     return readable
 
 
-def evaluate_copies(searcher: Searcher, folder: Path, out: Path, originals: list[str], k: int) -> list[CopyScores]:
-    """Scores per transform; ``originals`` are paths relative to ``folder`` that were indexed."""
+def evaluate_copies(searcher: Searcher, folder: Path, out: Path, originals: dict[str, np.ndarray],
+                    k: int) -> list[CopyScores]:
+    """Scores per transform; ``originals`` maps each indexed original's path relative to
+    ``folder`` to its stored vector."""
     folder, out = Path(folder).resolve(), Path(out).resolve()
 
     def family(path: str) -> str | None:
@@ -143,18 +145,16 @@ def evaluate_copies(searcher: Searcher, folder: Path, out: Path, originals: list
     results = []
     for name in TRANSFORMS:
         found, in_top_k, distances, nearest_other = [], [], [], []
-        for relpath in originals:
+        for relpath, original_vector in sorted(originals.items()):
             copy = copy_path(out, name, relpath)
             if not copy.exists():
                 continue
             vector, own = searcher.stored_vector(copy)
-            original_vector, _ = searcher.stored_vector(folder / relpath)
             matches = searcher.search(vector, k, [own], under=[folder, out])
-            mine = family(str(folder / relpath))
-            found.append(bool(matches) and family(matches[0].path) == mine)
+            found.append(bool(matches) and family(matches[0].path) == relpath)
             in_top_k.append(any(Path(m.path) == folder / relpath or str(folder / relpath) in m.also_at for m in matches))
             distances.append(max(0.0, 1.0 - float(vector @ original_vector)))
-            other = next((m.distance for m in matches if family(m.path) != mine), None)
+            other = next((m.distance for m in matches if family(m.path) != relpath), None)
             if other is not None:
                 nearest_other.append(other)
         if found:
