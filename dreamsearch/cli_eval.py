@@ -90,6 +90,7 @@ def nights(folder, split, model_names, batch_size, device, as_json, library_path
     if not rows.triplets:
         raise DreamsearchError(f"{folder}: no {split} triplets with at least 6 votes")
     library = _library(library_path)
+    wanted = frozenset(Path(p).as_posix() for t in rows.triplets for p in (t.ref, t.left, t.right))
     results, skipped = {}, {}
     for name in model_names:
         if name in PIXEL_METRICS:
@@ -97,7 +98,6 @@ def nights(folder, split, model_names, batch_size, device, as_json, library_path
         else:
             from dreamsearch.evaluation.embedded import folder_vectors
 
-            wanted = frozenset(Path(p).as_posix() for t in rows.triplets for p in (t.ref, t.left, t.right))
             _embedded(library, [folder], name, weights_dir, device, batch_size, problems, as_json, wanted)
             vectors = folder_vectors(library, folder, name)
             for relpath in sorted(wanted - vectors.keys()):
