@@ -70,7 +70,7 @@ def build_library(folder: Path, name: str, fingerprint: str, vectors: np.ndarray
     library = LibraryFolder.prepare(folder)
     with Catalog(library.catalog_path) as catalog:
         catalog.ensure_model(name, vectors.shape[1], fingerprint)
-        root = catalog.ensure_root(folder / "photos")
+        root = catalog.attach(folder / "photos").id
         for start in range(0, len(vectors), 20_000):
             chunk = vectors[start:start + 20_000]
             files = [FileEntry(f"img{start + i:06d}.jpg", 1000, 0, f"h{start + i}", 640, 480, "JPEG")

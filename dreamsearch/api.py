@@ -74,7 +74,7 @@ class Library:
     def remove(self, paths: Sequence[str | os.PathLike]) -> int:
         """Forget files (not folders) from the library; returns how many were known."""
         removed = 0
-        with Catalog(self.folder.catalog_path) as catalog:
+        with self.folder.writer_lock(), Catalog(self.folder.catalog_path) as catalog:
             for path in paths:
                 for root_id, relpath in catalog.locate(Path(path)):
                     removed += catalog.remove_files(root_id, [relpath])

@@ -172,7 +172,7 @@ def library_option(func):
 @library_option
 @click.option("--batch-size", default=32, show_default=True, type=click.IntRange(1))
 @click.option("--workers", type=click.IntRange(0), default=None,
-              help="Decode processes (default: cores - 1; 0 decodes in this process).")
+              help="Decode threads (default: cores - 1; 0 decodes in the main thread).")
 @click.option("--device", default="auto", show_default=True, type=DEVICE_CHOICES)
 @click.option("--threads", type=click.IntRange(1), default=None, help="CPU threads for torch.")
 @click.option("--exclude", multiple=True, metavar="GLOB", help="Skip paths or names matching GLOB (repeatable).")
@@ -182,11 +182,14 @@ def library_option(func):
               help="Refuse larger images as decompression bombs.")
 @click.option("--compile/--no-compile", "compile_model", default=False, help="torch.compile the model (for long runs).")
 @click.option("--dry-run", is_flag=True, help="Only scan and report what would change.")
+@click.option("--prune", is_flag=True,
+              help="Forget files gone from disk even when a folder lost all or most of them "
+                   "(without it they are kept: an unmounted drive looks the same).")
 @click.option("-q", "--quiet", is_flag=True, help="No progress display or per-file messages (for cron).")
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON summary at the end.")
 @weights_dir_option
 def index_command(folders, model_names, library_path, batch_size, workers, device, threads, exclude, follow_symlinks,
-                  no_draft, max_pixels, compile_model, dry_run, quiet, as_json, weights_dir) -> None:
+                  no_draft, max_pixels, compile_model, dry_run, prune, quiet, as_json, weights_dir) -> None:
     """Add FOLDERS to the library: embed new and changed images, reuse vectors of copies
     and moves, forget deleted files. Hidden files and folders and junk folders (@eaDir,
     node_modules, $RECYCLE.BIN, ...) are skipped. Interrupt with Ctrl-C at any time: work
@@ -205,7 +208,7 @@ def index_command(folders, model_names, library_path, batch_size, workers, devic
         set_threads(threads)
         embedders = [load_model(n, weights_dir=weights_dir, device=device, compile=compile_model) for n in model_names]
     options = IndexOptions(batch_size=batch_size, exclude=tuple(exclude), follow_symlinks=follow_symlinks,
-                           draft=not no_draft, max_pixels=max_pixels, dry_run=dry_run,
+                           draft=not no_draft, max_pixels=max_pixels, dry_run=dry_run, prune=prune,
                            **({} if workers is None else {"workers": workers}))
     with _progress_display(quiet) as progress:
         report = index_folders(library, list(folders), embedders, options, progress)
@@ -213,7 +216,12 @@ def index_command(folders, model_names, library_path, batch_size, workers, devic
         for path, reason in report.failures:
             click.echo(printable(f"skipped {path}: {reason}"), err=True)
         for root in report.missing_roots:
-            click.echo(f"note: indexed folder {root} is missing (unplugged? `dreamsearch forget` removes it)", err=True)
+            click.echo(printable(f"note: indexed folder {root} is missing (unplugged? `dreamsearch forget` removes it)"),
+                       err=True)
+    for folder, gone, indexed in report.kept_folders:  # shown even with --quiet: it needs a decision
+        click.echo(printable(
+            f"warning: {folder}: {gone} of its {indexed} indexed files are gone from disk, so they were kept "
+            f"(an unmounted drive?); if they were really deleted, run `dreamsearch index --prune {folder}`"), err=True)
     if as_json:
         click.echo(json.dumps(report.summary()))
     elif not quiet:
@@ -413,16 +421,19 @@ def forget(folder, library_path) -> None:
     from dreamsearch.library import LibraryFolder, library_dir
 
     library = LibraryFolder.prepare(library_dir(library_path))
-    wanted = str(Path(folder).expanduser().resolve())
-    with Catalog(library.catalog_path) as catalog:
-        roots = {path: root_id for root_id, path in catalog.roots().items()}
-        if wanted not in roots:
+    wanted = Path(folder).expanduser().resolve()
+    with library.writer_lock(), Catalog(library.catalog_path) as catalog:
+        place = catalog.find_root(wanted)
+        if place is None:
             raise DreamsearchError(f"{wanted} is not an indexed folder (see `dreamsearch status`)")
-        removed = catalog.forget_root(roots[wanted])
+        if place.prefix:
+            raise DreamsearchError(f"{wanted} is part of the indexed folder {place.path}; forget that folder, "
+                                   f"or index it with `--exclude '{place.prefix}*'`")
+        removed = catalog.forget_root(place.id)
         from dreamsearch.vector_index import save_indexes
 
         save_indexes(catalog, library.index_dir)
-    click.echo(f"forgot {wanted} ({removed} files)")
+    click.echo(printable(f"forgot {wanted} ({removed} files)"))
 
 
 def _add_eval_commands() -> None:

@@ -1,44 +1,54 @@
 """Bring a library up to date with folders on disk: scan, diff, hash, decode, embed, commit.
 
 The order is chosen so nothing is lost or redone:
-1. scan every root; files whose size and mtime match the catalog are skipped unread;
-2. new or changed files are hashed (in worker processes); a hash the catalog already has
+1. scan every folder; files whose size and mtime match the catalog are skipped unread. A
+   folder inside an indexed root joins that root (one file on disk is one file here);
+2. new or changed files are hashed (in decode threads); a hash the catalog already has
    vectors for is a copy or a move and is recorded without decoding;
-3. the rest are decoded in worker processes (JPEG draft, EXIF, modes), embedded in batches
-   by every model, and committed batch by batch: files, contents and vectors in one
-   transaction, so a killed run loses at most the batch in flight;
+3. the rest are decoded in threads (JPEG draft, EXIF, modes; Pillow and hashlib release
+   the GIL), embedded in batches by every model, and committed batch by batch: files,
+   contents and vectors in one transaction, so a killed run loses at most the batch in
+   flight;
 4. only then are files gone from disk removed (a move keeps its vectors: its new path was
-   recorded in step 2 before the old one goes);
+   recorded in step 2 before the old one goes), unless the folder looks unmounted: a
+   folder that lost every file, or more than half of them, keeps them until ``prune``;
 5. the FAISS indexes catch up from the catalog and are saved (also every few batches).
 Ctrl-C stops after the current batch; a second Ctrl-C stops at once.
+
+Decoding runs in threads, not processes, so the API works from a plain script (spawned
+processes would re-run the caller's ``__main__``) and no worker can die and hang a run.
 """
 
 from __future__ import annotations
 
-import fcntl
-import multiprocessing
 import os
 import signal
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import TimeoutError as FutureTimeout
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
-from dreamsearch.catalog import Catalog, FileEntry, ModelInfo, relpath_from_db, relpath_to_db
+from dreamsearch.catalog import Catalog, FileEntry, ModelInfo, RootPlace, path_from_db, path_to_db
 from dreamsearch.errors import DreamsearchError
 from dreamsearch.images import DEFAULT_MAX_PIXELS
 from dreamsearch.library import LibraryFolder
 from dreamsearch.models.base import Embedder
 from dreamsearch.scan import ScannedFile, scan
 from dreamsearch.vector_index import save_indexes
-from dreamsearch.workers import DECODE_TIMEOUT_S, DecodeJob, Decoded, Hashed, decode_file, hash_file, init_worker
+from dreamsearch.workers import DECODE_TIMEOUT_S, DecodeJob, Decoded, Hashed, decode_file, hash_file
 
 SAVE_INDEX_EVERY = 50  # batches
 REUSE_BATCH = 500
+#: A folder that loses more than this share of its indexed files in one run keeps them
+#: (an unmounted drive or share looks like a folder whose photos were all deleted).
+MAX_LOSS_WITHOUT_PRUNE = 0.5
 
 
 @dataclass
@@ -57,11 +67,15 @@ class IndexReport:
     to_embed: int = 0
     seconds: float = 0.0
     interrupted: bool = False
+    kept: int = 0
     failures: list[tuple[str, str]] = field(default_factory=list)
     missing_roots: list[str] = field(default_factory=list)
+    #: ``(folder, files gone from disk, files indexed there)`` for folders whose gone files
+    #: were kept because the folder looks unmounted (see ``IndexOptions.prune``).
+    kept_folders: list[tuple[str, int, int]] = field(default_factory=list)
 
     def summary(self) -> dict:
-        keys = ("found", "unchanged", "new", "changed", "moved", "copied", "removed", "failed", "embedded")
+        keys = ("found", "unchanged", "new", "changed", "moved", "copied", "removed", "kept", "failed", "embedded")
         return {key: getattr(self, key) for key in keys} | {
             "seconds": round(self.seconds, 2), "interrupted": self.interrupted}
 
@@ -79,6 +93,8 @@ class IndexOptions:
     #: Index only these paths (relative, posix) of each root and leave its other files as
     #: they are (neither added nor forgotten); ``None``: every image.
     only: frozenset[str] | None = None
+    #: Forget gone files even when a folder lost all or most of them in one run.
+    prune: bool = False
 
 
 Progress = Callable[[IndexReport], None]
@@ -95,9 +111,25 @@ def index_folders(
     for root in roots:
         if not Path(root).is_dir():
             raise DreamsearchError(f"{root}: not a folder")
-    with _writer_lock(library), Catalog(library.catalog_path) as catalog, _stop_on_interrupt() as stop:
+    with library.writer_lock(), Catalog(library.catalog_path) as catalog, _stop_on_interrupt() as stop:
         run = _Run(catalog, library, list(embedders), options, progress or (lambda report: None), stop)
-        return run.execute([Path(r).resolve() for r in roots])
+        return run.execute(outermost(Path(r).resolve() for r in roots))
+
+
+def outermost(folders: Iterable[Path]) -> list[Path]:
+    """``folders`` without those inside another one of them (each file is indexed once)."""
+    unique = sorted(set(folders))
+    return [f for f in unique if not any(f != other and f.is_relative_to(other) for other in unique)]
+
+
+@dataclass
+class _Plan:
+    """One folder's share of a run: where its files go, what to read, what is gone."""
+
+    place: RootPlace
+    candidates: list
+    gone: list[str]
+    indexed: int  # files the catalog held under the folder before the run
 
 
 class _Run:
@@ -109,6 +141,7 @@ class _Run:
         self.models: list[ModelInfo] = []
         self.batches_since_save = 0
         self.gone_hashes: set[str] = set()  # contents of files gone from disk: a reuse is a move
+        self.failed_contents: dict[str, str] = {}  # hash -> why it could not be decoded
 
     def execute(self, roots: list[Path]) -> IndexReport:
         started = time.perf_counter()
@@ -117,35 +150,47 @@ class _Run:
         plans = [self._plan(root) for root in roots]
         self.report.missing_roots = [p for p in self.catalog.roots().values() if not Path(p).is_dir()]
         if not self.options.dry_run:
-            with _pool(self.options.workers) as pool:
-                for root_id, root, candidates, _gone in plans:
+            with _decoders(self.options.workers) as pool:
+                for plan in plans:
                     if self.stop.is_set():
                         break
-                    self._add(pool, root_id, root, candidates)
+                    self._add(pool, plan.place, plan.candidates)
             if not self.stop.is_set():
-                for root_id, _root, _candidates, gone in plans:
-                    self.catalog.remove_files(root_id, [relpath_to_db(g) for g in gone])
-                    self.report.removed += len(gone)
+                for plan in plans:
+                    self._remove_gone(plan)
             self._save_indexes()
         self.report.interrupted = self.stop.is_set()
         self.report.seconds = time.perf_counter() - started
         return self.report
 
-    def _plan(self, root: Path) -> tuple[int, Path, list, list[str]]:
-        """Scan ``root`` and split it into unchanged, candidate (new/changed) and gone files."""
+    def _plan(self, folder: Path) -> _Plan:
+        """Scan ``folder`` and split it into unchanged, candidate (new/changed) and gone files."""
         if self.options.dry_run:  # look, never write
-            root_id = {path: i for i, path in self.catalog.roots().items()}.get(str(root), 0)
+            place = self.catalog.find_root(folder) or RootPlace(0, folder, "")
         else:
-            root_id = self.catalog.ensure_root(root)
-        stored = {relpath_from_db(k): v for k, v in self.catalog.files_under(root_id).items()}
+            place = self.catalog.attach(folder)
+        stored = {path_from_db(k): v for k, v in self.catalog.files_under(place.id).items()
+                  if path_from_db(k).startswith(place.prefix)}
         candidates, same = [], []
-        seen = set()
-        for found in scan(root, self.options.exclude, self.options.follow_symlinks, self._scan_error):
-            seen.add(found.relpath)
+        seen: set[str] = set()
+        unreadable: list[str] = []  # folders that could not be listed: their files are not gone
+
+        def scan_error(path: str, reason: str) -> None:
+            relpath = place.prefix + os.path.relpath(path, folder)
+            self.report.failures.append((path, reason))
+            if os.path.relpath(path, folder) != "." and not self.options.dry_run:
+                seen.add(relpath)
+                unreadable.append(relpath + "/")
+                self._fail(place.id, ScannedFile(relpath, 0, 0), path, f"cannot list or open: {reason}")
+
+        for found in scan(folder, self.options.exclude, self.options.follow_symlinks, scan_error):
+            relpath = place.prefix + found.relpath
+            seen.add(relpath)
             if self.options.only is not None and found.relpath not in self.options.only:
                 continue
+            found = ScannedFile(relpath, found.size, found.mtime_ns)
             self.report.found += 1
-            known = stored.get(found.relpath)
+            known = stored.get(relpath)
             if known and (known.size, known.mtime_ns) == (found.size, found.mtime_ns):
                 same.append((found, known))
                 continue
@@ -154,11 +199,26 @@ class _Run:
                 self.report.new += known is None
                 self.report.changed += known is not None
         candidates += self._lacking_vectors(same)
-        gone = sorted(set(stored) - seen)
+        gone = sorted(g for g in set(stored) - seen if not g.startswith(tuple(unreadable)))
+        plan = _Plan(place, candidates, gone, len(stored))
         if self.options.dry_run:
-            self.report.removed += len(gone)
+            self._remove_gone(plan)
         self.gone_hashes |= {stored[g].content_hash for g in gone if stored[g].content_hash}
-        return root_id, root, candidates, gone
+        return plan
+
+    def _remove_gone(self, plan: _Plan) -> None:
+        """Forget files gone from disk, unless the folder lost so many in one run that it
+        looks unmounted: then keep them and say so (``prune`` removes them anyway)."""
+        if not plan.gone:
+            return
+        folder = str(plan.place.path / plan.place.prefix) if plan.place.prefix else str(plan.place.path)
+        if not self.options.prune and len(plan.gone) > MAX_LOSS_WITHOUT_PRUNE * plan.indexed:
+            self.report.kept += len(plan.gone)
+            self.report.kept_folders.append((folder, len(plan.gone), plan.indexed))
+            return
+        if not self.options.dry_run:
+            self.catalog.remove_files(plan.place.id, [path_to_db(g) for g in plan.gone])
+        self.report.removed += len(plan.gone)
 
     def _lacking_vectors(self, same: list) -> list:
         """Of the files unchanged on disk, those whose content lacks a vector of one of this
@@ -170,13 +230,11 @@ class _Run:
         self.report.unchanged += len(same) - len(lacking)
         return lacking
 
-    def _scan_error(self, path: str, reason: str) -> None:
-        self.report.failures.append((path, reason))
-
-    def _add(self, pool, root_id: int, root: Path, candidates: list) -> None:
+    def _add(self, pool: ThreadPoolExecutor | None, place: RootPlace, candidates: list) -> None:
         """Hash candidates; record copies/moves; decode, embed and commit the rest."""
+        root_id, root = place.id, place.path
         paths = [str(root / found.relpath) for found, _known in candidates]
-        hashed = dict(zip(paths, _map(pool, hash_file, paths, chunksize=8)))
+        hashed = dict(zip(paths, _map(pool, hash_file, paths, self._ahead)))
         known = self.catalog.hashes_with_vectors(self.models, [h.content_hash for h in hashed.values() if h.content_hash])
         reuse: list[FileEntry] = []
         to_decode: list[ScannedFile] = []
@@ -205,12 +263,18 @@ class _Run:
         for start in range(0, len(reuse), REUSE_BATCH):
             self.catalog.commit_batch(root_id, reuse[start : start + REUSE_BATCH])
         self.report.to_embed += len(to_decode)
-        self._decode_and_embed(pool, root_id, root, to_decode)
-        copies = [(found, h) for h, founds in duplicates.items() for found in founds]
-        if copies and not self.stop.is_set():
-            ok = self.catalog.hashes_with_vectors(self.models, [h for _f, h in copies])
-            self.catalog.commit_batch(root_id, [_entry(found, h) for found, h in copies if h in ok])
-            self.report.copied += sum(1 for _f, h in copies if h in ok)
+        self._decode_and_embed(pool, place, to_decode)
+        if not self.stop.is_set():
+            self._record_copies(root_id, root, [(found, h) for h, founds in duplicates.items() for found in founds])
+
+    def _record_copies(self, root_id: int, root: Path, copies: list[tuple[ScannedFile, str]]) -> None:
+        """Byte copies of files decoded in this run share their vector, or their failure."""
+        ok = self.catalog.hashes_with_vectors(self.models, [h for _f, h in copies])
+        self.catalog.commit_batch(root_id, [_entry(found, h) for found, h in copies if h in ok])
+        self.report.copied += sum(1 for _f, h in copies if h in ok)
+        for found, content_hash in copies:
+            if content_hash in self.failed_contents:
+                self._fail(root_id, found, str(root / found.relpath), self.failed_contents[content_hash])
 
     def _embed_lacking(self, good: list) -> dict[str, dict[str, np.ndarray]]:
         """Vectors for the decoded files, from each model that has none for their content
@@ -230,26 +294,28 @@ class _Run:
         else:
             self.report.copied += 1
 
-    def _fail(self, root_id: int, found, path: str, reason: str | None) -> None:
+    def _fail(self, root_id: int, found: ScannedFile, path: str, reason: str | None) -> None:
         reason = reason or "unknown error"
         self.report.failed += 1
         self.report.failures.append((path, reason))
-        self.catalog.commit_batch(root_id, [FileEntry(relpath_to_db(found.relpath), found.size, found.mtime_ns, None, error=reason)])
+        self.catalog.commit_batch(root_id, [FileEntry(path_to_db(found.relpath), found.size, found.mtime_ns, None, error=reason)])
 
-    def _decode_and_embed(self, pool, root_id: int, root: Path, to_decode: list) -> None:
+    def _decode_and_embed(self, pool: ThreadPoolExecutor | None, place: RootPlace, to_decode: list) -> None:
         preprocess = tuple(e.preprocess_spec for e in self.embedders)
-        jobs = [DecodeJob(str(root / f.relpath), preprocess, self.options.max_pixels,
+        jobs = [DecodeJob(str(place.path / f.relpath), preprocess, self.options.max_pixels,
                           self.options.decode_timeout_s, self.options.draft) for f in to_decode]
-        by_path = {str(root / f.relpath): f for f in to_decode}
-        results = _map(pool, decode_file, jobs, chunksize=1)
+        by_path = {str(place.path / f.relpath): f for f in to_decode}
+        results = _map(pool, decode_file, jobs, self._ahead, self.options.decode_timeout_s, _timed_out)
         for batch in _batches(results, self.options.batch_size):
             good = [r for r in batch if r.error is None]
             for bad in (r for r in batch if r.error is not None):
-                self._fail(root_id, by_path[bad.path], bad.path, bad.error)
+                if bad.content_hash:
+                    self.failed_contents[bad.content_hash] = bad.error
+                self._fail(place.id, by_path[bad.path], bad.path, bad.error)
             if good:
                 vectors = self._embed_lacking(good)
                 files = [_entry(by_path[r.path], r.content_hash, r) for r in good]
-                self.catalog.commit_batch(root_id, files, vectors)
+                self.catalog.commit_batch(place.id, files, vectors)
                 self.report.embedded += len(good)
             self.progress(self.report)
             self.batches_since_save += 1
@@ -258,6 +324,12 @@ class _Run:
             if self.stop.is_set():
                 return
 
+    @property
+    def _ahead(self) -> int:
+        """Files in flight in the decode threads: enough to keep them busy, few enough
+        that memory does not depend on the folder's size."""
+        return 2 * max(1, self.options.workers)
+
     def _save_indexes(self) -> None:
         save_indexes(self.catalog, self.library.index_dir, self.models)
         self.batches_since_save = 0
@@ -265,9 +337,13 @@ class _Run:
 
 def _entry(found, content_hash: str, decoded: Decoded | None = None) -> FileEntry:
     if decoded is None:
-        return FileEntry(relpath_to_db(found.relpath), found.size, found.mtime_ns, content_hash)
-    return FileEntry(relpath_to_db(found.relpath), found.size, found.mtime_ns, content_hash,
+        return FileEntry(path_to_db(found.relpath), found.size, found.mtime_ns, content_hash)
+    return FileEntry(path_to_db(found.relpath), found.size, found.mtime_ns, content_hash,
                      decoded.width, decoded.height, decoded.format)
+
+
+def _timed_out(job: DecodeJob) -> Decoded:
+    return Decoded(job.path, error=f"decoding took longer than {job.timeout_s:g} s")
 
 
 def _batches(items: Iterable, size: int) -> Iterator[list]:
@@ -281,37 +357,44 @@ def _batches(items: Iterable, size: int) -> Iterator[list]:
         yield batch
 
 
-def _map(pool, function, items: list, chunksize: int) -> Iterator:
-    """``pool.imap`` (ordered, streaming) or a plain map when decoding runs in-process."""
+def _map(pool: ThreadPoolExecutor | None, function: Callable, items: list, ahead: int,
+         timeout_s: float | None = None, on_timeout: Callable | None = None) -> Iterator:
+    """``function`` over ``items`` in order, at most a few items ahead of the consumer
+    (memory stays flat however many items there are). An item not done ``timeout_s``
+    after the consumer asked for it yields ``on_timeout(item)``; its thread is left to
+    finish on its own."""
     if pool is None:
-        return map(function, items)
-    return pool.imap(function, items, chunksize=chunksize)
+        yield from map(function, items)
+        return
+    pending: deque[tuple[object, Future]] = deque()
+    for item in items:
+        pending.append((item, pool.submit(function, item)))
+        if len(pending) >= ahead:
+            yield _result(*pending.popleft(), timeout_s, on_timeout)
+    while pending:
+        yield _result(*pending.popleft(), timeout_s, on_timeout)
+
+
+def _result(item, future: Future, timeout_s: float | None, on_timeout: Callable | None):
+    try:
+        return future.result(timeout=timeout_s)
+    except FutureTimeout:
+        if on_timeout is None:
+            raise
+        return on_timeout(item)
 
 
 @contextmanager
-def _pool(workers: int):
+def _decoders(workers: int) -> Iterator[ThreadPoolExecutor | None]:
+    """Decode threads (``None``: decode in the calling thread)."""
     if workers <= 0:
         yield None
         return
-    # spawn: workers must not inherit torch's threads or CUDA state from this process.
-    pool = multiprocessing.get_context("spawn").Pool(workers, initializer=init_worker)
+    pool = ThreadPoolExecutor(workers, thread_name_prefix="dreamsearch-decode")
     try:
         yield pool
     finally:
-        pool.terminate()
-        pool.join()
-
-
-@contextmanager
-def _writer_lock(library: LibraryFolder):
-    """One indexer per library at a time; readers are never blocked."""
-    library.root.mkdir(parents=True, exist_ok=True)
-    with open(library.root / ".writer.lock", "w") as handle:
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise DreamsearchError(f"another dreamsearch is indexing into {library.root}; try again when it ends") from None
-        yield
+        pool.shutdown(wait=False, cancel_futures=True)
 
 
 @contextmanager

@@ -3,8 +3,11 @@
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -61,3 +64,19 @@ class LibraryFolder:
         staged.write_text(json.dumps(manifest, indent=1))
         os.replace(staged, folder.manifest_path)
         return folder
+
+    @contextmanager
+    def writer_lock(self) -> Iterator[None]:
+        """Held by every command that changes the library (``index``, ``forget``, API
+        writes): one writer at a time across processes; readers never wait for it."""
+        try:
+            handle = open(self.root / ".writer.lock", "a")
+        except PermissionError:
+            raise DreamsearchError(f"{self.root} is read-only for this user; it can be searched but not changed") from None
+        with handle:
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                raise DreamsearchError(f"another dreamsearch is changing {self.root} (indexing?); "
+                                       "try again when it ends") from None
+            yield

@@ -9,6 +9,7 @@ from dreamsearch.catalog import Catalog
 from dreamsearch.library import LibraryFolder
 from dreamsearch.paths import human_bytes
 from dreamsearch.vector_index.index import IndexFileError, meta_path, read_meta
+from dreamsearch.vector_index.sync import load_checked
 
 
 def library_status(root: Path, show_failed: bool = False) -> list[str]:
@@ -23,23 +24,29 @@ def library_status(root: Path, show_failed: bool = False) -> list[str]:
             lines.append(f"  {path}: {ok} images, {failed} unreadable{missing}")
         for name in catalog.model_names():
             model = catalog.model(name)
-            lines.append(f"model {name}: {catalog.count_vectors(model)} vectors, dim {model.dim}, {_index_line(library, name)}")
+            lines.append(f"model {name}: {catalog.count_vectors(model)} vectors, dim {model.dim}, "
+                         f"{_index_line(library, catalog, model)}")
         if show_failed:
             for path, reason in catalog.failed_files():
                 lines.append(f"failed {path}: {reason}")
     return lines
 
 
-def _index_line(library: LibraryFolder, model: str) -> str:
+def _index_line(library: LibraryFolder, catalog: Catalog, model) -> str:
+    """The saved index of ``model``, checked byte for byte against its commit point and
+    against this catalog (what the next writer would check)."""
     try:
-        meta = read_meta(library.index_dir, model)
-    except IndexFileError:
-        meta = None
-    if meta is None:
-        return "no index saved yet"
-    saved = meta_path(library.index_dir, model).stat().st_mtime
+        if read_meta(library.index_dir, model.name) is None:
+            return "no index saved yet (the next `dreamsearch index` builds it)"
+        index = load_checked(catalog, model, library.index_dir, verify="full")
+    except IndexFileError as exc:
+        return (f"index NOT USABLE: {exc}; queries rebuild it in memory meanwhile and the next "
+                f"`dreamsearch index` rebuilds and saves it")
+    saved = meta_path(library.index_dir, model.name).stat().st_mtime
     when = datetime.fromtimestamp(saved).isoformat(sep=" ", timespec="seconds")
-    return f"index {meta.plan.factory} (updated {when})"
+    behind = len(catalog.changes_since(model, index.meta.seq))
+    lag = f", {behind} changes behind the catalog (caught up on use)" if behind else ""
+    return f"index {index.plan.factory} of {len(index)} vectors, checksum ok (saved {when}){lag}"
 
 
 def _size(folder: Path) -> str:

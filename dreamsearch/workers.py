@@ -1,7 +1,8 @@
-"""Work done in the indexer's decode processes: hashing and decoding files.
+"""Work done in the indexer's decode threads: hashing and decoding files.
 
-Light on purpose (Pillow, numpy, hashlib; no torch), so workers start fast. Every outcome
-is returned as data, never raised: a bad file becomes a one-line reason.
+Pillow, numpy and hashlib only; all three release the GIL for the heavy part, so threads
+decode in parallel with each other and with the model. Every outcome is returned as
+data, never raised: a bad file becomes a one-line reason.
 """
 
 from __future__ import annotations
@@ -54,11 +55,6 @@ class _DecodeTimeout(Exception):
     pass
 
 
-def init_worker() -> None:
-    """Leave Ctrl-C to the main process, which stops cleanly after the current batch."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-
-
 def hash_file(path: str) -> Hashed:
     """BLAKE2b-256 of the file's bytes: the content identity shared by copies and moves."""
     digest = hashlib.blake2b(digest_size=32)
@@ -80,8 +76,9 @@ def decode_file(job: DecodeJob) -> Decoded:
         return Decoded(job.path, error=_read_failure(exc))
     content_hash = hashlib.blake2b(data, digest_size=32).hexdigest()
     draft = max(p.draft_size for p in job.preprocess) if job.draft else 0
-    # The time limit uses SIGALRM, which only the main thread may arm: decode processes
-    # always can; an API query from an app's worker thread decodes without a limit.
+    # The time limit uses SIGALRM, which only the main thread may arm (in-process decoding,
+    # workers=0); the indexer's decode threads are limited by the indexer itself, and an
+    # API query from an app's worker thread decodes without a limit.
     timed = threading.current_thread() is threading.main_thread()
     previous = signal.signal(signal.SIGALRM, _raise_timeout) if timed else None
     if timed:

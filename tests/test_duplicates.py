@@ -145,7 +145,7 @@ def test_memory_stays_bounded_on_200k_vectors(tmp_path):
     library = LibraryFolder.prepare(tmp_path / "lib")
     with Catalog(library.catalog_path) as catalog:
         catalog.ensure_model("synthetic", DIM, "random")
-        root = catalog.ensure_root(tmp_path / "photos")
+        root = catalog.attach(tmp_path / "photos").id
         for start in range(0, N, 20_000):
             vectors = rng.standard_normal((20_000, DIM)).astype(np.float32)
             if start == 0:  # vectors 1, 3, 5, ... are small perturbations of 0, 2, 4, ...

@@ -5,7 +5,8 @@ cache rebuilt from it.
 Vectors are keyed by *content* (hash of the file's bytes), so copies and moves of a photo
 share one vector, and by model, so one library holds several models side by side. Every
 vector added or removed appends to ``vector_log``, whose increasing ``seq`` lets a FAISS
-index catch up with exactly the changes it has not seen.
+index catch up with exactly the changes it has not seen, and whose ``chain`` digest (with
+the catalog's random ``catalog_id``) ties a FAISS index to the exact catalog state it holds.
 
 Schema changes go through a new Alembic revision in ``dreamsearch/migrations/versions``.
 """
@@ -92,3 +93,13 @@ class VectorLogEntry(Base):
     model_id: Mapped[int] = mapped_column(ForeignKey("models.id", ondelete="CASCADE"))
     content_id: Mapped[int]
     op: Mapped[str] = mapped_column(String(8))
+    #: ``sha256`` chain over this model's log up to here (``dreamsearch.catalog.chain``).
+    chain: Mapped[str | None]
+
+
+class CatalogInfo(Base):
+    """Facts about the catalog itself; ``catalog_id`` is a random id made at creation."""
+
+    __tablename__ = "catalog_info"
+    key: Mapped[str] = mapped_column(String, primary_key=True)
+    value: Mapped[str]

@@ -6,6 +6,7 @@ readers (WAL) see the last committed state and never block the writer.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -16,8 +17,9 @@ import numpy as np
 from sqlalchemy import Connection, bindparam, case, delete, func, insert, select, update
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
+from dreamsearch.catalog.chain import next_chain
 from dreamsearch.catalog.database import create_catalog_engine, upgrade
-from dreamsearch.catalog.schema import Content, File, Model, Root, Vector, VectorLogEntry
+from dreamsearch.catalog.schema import CatalogInfo, Content, File, Model, Root, Vector, VectorLogEntry
 from dreamsearch.errors import DreamsearchError
 
 STORAGE_DTYPES = {"float32": np.float32, "float16": np.float16}
@@ -67,23 +69,33 @@ class FileDetail:
 
 
 @dataclass(frozen=True)
+class RootPlace:
+    """Where a folder's files live in the catalog: under root ``id`` (at ``path``), their
+    relative paths starting with ``prefix`` (``""`` when the folder is the root itself)."""
+
+    id: int
+    path: Path
+    prefix: str
+
+
+@dataclass(frozen=True)
 class LogEntry:
     seq: int
     content_id: int
     op: str
 
 
-# Undecodable bytes in file names become lone surrogates (U+DC80-U+DCFF) in Python, which
+# Undecodable bytes in file and folder names become lone surrogates (U+DC80-U+DCFF) in Python, which
 # SQLite cannot store; we keep them reversibly in the private-use range U+F780-U+F7FF.
 _TO_DB = {0xDC80 + i: 0xF780 + i for i in range(128)}
 _FROM_DB = {v: k for k, v in _TO_DB.items()}
 
 
-def relpath_to_db(relpath: str) -> str:
+def path_to_db(relpath: str) -> str:
     return relpath.translate(_TO_DB)
 
 
-def relpath_from_db(stored: str) -> str:
+def path_from_db(stored: str) -> str:
     return stored.translate(_FROM_DB)
 
 
@@ -91,6 +103,22 @@ def _chunks(items: Sequence, size: int = 500) -> Iterator[list]:
     """Slices small enough for SQLite's limit on bound parameters."""
     for start in range(0, len(items), size):
         yield list(items[start : start + size])
+
+
+def _append_log(connection: Connection, model_id: int, entries: Sequence[tuple[int, str, str]]) -> None:
+    """Append ``(content id, content hash, op)`` entries to ``model_id``'s vector log,
+    extending its digest chain."""
+    if not entries:
+        return
+    chain = connection.execute(
+        select(VectorLogEntry.chain).where(VectorLogEntry.model_id == model_id)
+        .order_by(VectorLogEntry.seq.desc()).limit(1)
+    ).scalar() or ""
+    rows = []
+    for content_id, content_hash, op in entries:
+        chain = next_chain(chain, op, content_id, content_hash)
+        rows.append({"model_id": model_id, "content_id": content_id, "op": op, "chain": chain})
+    connection.execute(insert(VectorLogEntry), rows)
 
 
 def _now() -> datetime:
@@ -150,13 +178,40 @@ class Catalog:
             row = connection.execute(select(Model).where(Model.name == name)).first()
         return None if row is None else ModelInfo(row.id, row.name, row.dim, row.fingerprint, row.storage_dtype)
 
-    def ensure_root(self, path: Path) -> int:
-        resolved = str(Path(path).resolve())
+    def find_root(self, folder: Path) -> RootPlace | None:
+        """The indexed root that ``folder`` is, or lies inside (None: neither)."""
+        folder = Path(folder).resolve()
+        for root_id, root in self.roots().items():
+            if folder.is_relative_to(root):
+                inside = folder.relative_to(root).as_posix()
+                return RootPlace(root_id, Path(root), "" if inside == "." else inside + "/")
+        return None
+
+    def attach(self, folder: Path) -> RootPlace:
+        """Where ``folder``'s files belong, making it a root if it lies in none. One file on
+        disk is one file in the library: a folder inside a root joins that root (its files
+        are stored under a relative ``prefix``), and roots inside a new root are merged
+        into it, their files keeping their contents and vectors."""
+        found = self.find_root(folder)
+        if found is not None:
+            return found
+        folder = Path(folder).resolve()
         with self._write() as connection:
-            connection.execute(
-                sqlite_insert(Root).values(path=resolved, added_at=_now()).on_conflict_do_nothing()
-            )
-            return connection.execute(select(Root.id).where(Root.path == resolved)).scalar_one()
+            stored = path_to_db(str(folder))
+            connection.execute(sqlite_insert(Root).values(path=stored, added_at=_now()).on_conflict_do_nothing())
+            root_id = connection.execute(select(Root.id).where(Root.path == stored)).scalar_one()
+            for inner_id, inner in self.roots(connection).items():
+                if inner_id != root_id and Path(inner).is_relative_to(folder):
+                    self._merge_root(connection, inner_id, root_id, Path(inner).relative_to(folder).as_posix() + "/")
+        return RootPlace(root_id, folder, "")
+
+    @staticmethod
+    def _merge_root(connection: Connection, inner_id: int, outer_id: int, prefix: str) -> None:
+        """Move root ``inner_id``'s files under ``outer_id`` at ``prefix``, then drop it."""
+        connection.execute(
+            update(File).where(File.root_id == inner_id)
+            .values(root_id=outer_id, relpath=path_to_db(prefix) + File.relpath))
+        connection.execute(delete(Root).where(Root.id == inner_id))
 
     # writes ---------------------------------------------------------------------------
 
@@ -186,7 +241,7 @@ class Catalog:
                 )
             for model_name, by_hash in vectors.items():
                 model = self._model_row(connection, model_name)
-                self._put_vectors(connection, model, {content_ids[h]: vector for h, vector in by_hash.items()})
+                self._put_vectors(connection, model, {content_ids[h]: (h, vector) for h, vector in by_hash.items()})
             self._drop_orphans(connection, previous)
 
     @staticmethod
@@ -209,10 +264,11 @@ class Catalog:
         return row
 
     @staticmethod
-    def _put_vectors(connection: Connection, model, vectors: dict[int, np.ndarray]) -> None:
-        """Store (or replace) vectors by content id, logging each change for the index."""
+    def _put_vectors(connection: Connection, model, vectors: dict[int, tuple[str, np.ndarray]]) -> None:
+        """Store (or replace) vectors by content id (``id -> (content hash, vector)``),
+        logging each change for the index."""
         blobs = {}
-        for content_id, vector in vectors.items():
+        for content_id, (_hash, vector) in vectors.items():
             vector = np.asarray(vector, dtype=np.float32).reshape(-1)
             if vector.shape[0] != model.dim:
                 raise ValueError(f"'{model.name}' vectors have {model.dim} values, got {vector.shape[0]}")
@@ -233,9 +289,9 @@ class Catalog:
             connection.execute(insert(Vector), [
                 {"content_id": cid, "model_id": model.id, "data": blobs[cid]} for cid in fresh])
         # a replaced vector is logged as removed, then added (the index replays in order)
-        connection.execute(insert(VectorLogEntry), [
-            *({"model_id": model.id, "content_id": cid, "op": "remove"} for cid in sorted(existing)),
-            *({"model_id": model.id, "content_id": cid, "op": "add"} for cid in blobs)])
+        _append_log(connection, model.id, [
+            *((cid, vectors[cid][0], "remove") for cid in sorted(existing)),
+            *((cid, vectors[cid][0], "add") for cid in blobs)])
 
     def remove_files(self, root_id: int, relpaths: Sequence[str]) -> int:
         """Forget files; contents no file refers to any more lose their vectors (logged).
@@ -268,14 +324,28 @@ class Catalog:
         orphans = sorted(candidates - referenced)
         for chunk in _chunks(orphans):
             gone = connection.execute(
-                select(Vector.model_id, Vector.content_id).where(Vector.content_id.in_(chunk))
+                select(Vector.model_id, Vector.content_id, Content.hash).join(Content, Content.id == Vector.content_id)
+                .where(Vector.content_id.in_(chunk)).order_by(Vector.model_id, Vector.content_id)
             ).all()
-            if gone:
-                connection.execute(insert(VectorLogEntry), [
-                    {"model_id": m, "content_id": c, "op": "remove"} for m, c in gone])
+            for model_id in sorted({m for m, _c, _h in gone}):
+                _append_log(connection, model_id, [(c, h, "remove") for m, c, h in gone if m == model_id])
             connection.execute(delete(Content).where(Content.id.in_(chunk)))
 
     # reads ----------------------------------------------------------------------------
+
+    def identity(self) -> str:
+        """The random id this catalog was given when it was created."""
+        with self.engine.connect() as connection:
+            return connection.execute(select(CatalogInfo.value).where(CatalogInfo.key == "catalog_id")).scalar_one()
+
+    def chain_at(self, model: ModelInfo, seq: int) -> str | None:
+        """The log's digest chain at ``seq`` (``""`` at 0), or None when this catalog has no
+        such entry for ``model``: an index recorded at ``seq`` came from another state."""
+        if seq == 0:
+            return ""
+        with self.engine.connect() as connection:
+            return connection.execute(select(VectorLogEntry.chain).where(
+                VectorLogEntry.seq == seq, VectorLogEntry.model_id == model.id)).scalar()
 
     def last_seq(self, model: ModelInfo) -> int:
         with self.engine.connect() as connection:
@@ -359,7 +429,7 @@ class Catalog:
                 .where(File.root_id == root_id, Vector.model_id == model.id).order_by(File.relpath)
             ).all()
         _ids, vectors = self._decode([(0, data) for _relpath, data in rows], STORAGE_DTYPES[model.storage_dtype], model.dim)
-        return [relpath_from_db(relpath) for relpath, _data in rows], vectors
+        return [path_from_db(relpath) for relpath, _data in rows], vectors
 
     def hashes_with_vectors(self, models: Sequence[ModelInfo], hashes: Sequence[str]) -> set[str]:
         """Those of ``hashes`` whose content already has a vector for every one of ``models``."""
@@ -389,7 +459,7 @@ class Catalog:
                 select(Root.path, func.coalesce(ok, 0), func.coalesce(failed, 0))
                 .outerjoin(File, File.root_id == Root.id).group_by(Root.id).order_by(Root.path)
             ).all()
-        return [tuple(row) for row in rows]
+        return [(path_from_db(path), ok, failed) for path, ok, failed in rows]
 
     def failed_files(self) -> list[tuple[str, str]]:
         with self.engine.connect() as connection:
@@ -397,19 +467,19 @@ class Catalog:
                 select(Root.path, File.relpath, File.error).join(Root, Root.id == File.root_id)
                 .where(File.status == "failed").order_by(Root.path, File.relpath)
             ).all()
-        return [(str(Path(root) / relpath_from_db(relpath)), error or "") for root, relpath, error in rows]
+        return [(str(Path(path_from_db(root)) / path_from_db(relpath)), error or "") for root, relpath, error in rows]
 
     def content_id_of_hash(self, content_hash: str) -> int | None:
         with self.engine.connect() as connection:
             return connection.execute(select(Content.id).where(Content.hash == content_hash)).scalar()
 
     def locate(self, path: Path) -> list[tuple[int, str]]:
-        """``(root id, stored relative path)`` for every root that ``path`` lies under."""
-        path = Path(path).resolve()
-        return [
-            (root_id, relpath_to_db(path.relative_to(root).as_posix()))
-            for root_id, root in self.roots().items() if path.is_relative_to(root)
-        ]
+        """``(root id, stored relative path)`` for every root that ``path`` lies under,
+        as written (a path through a followed symlink) or with links resolved."""
+        forms = {Path(os.path.abspath(path)), Path(path).resolve()}
+        found = {(root_id, path_to_db(form.relative_to(root).as_posix()))
+                 for root_id, root in self.roots().items() for form in forms if form.is_relative_to(root)}
+        return sorted(found)
 
     def content_id_at(self, path: Path) -> int | None:
         """The content of the indexed file at ``path``, if it is in the library."""
@@ -429,9 +499,13 @@ class Catalog:
                 sizes.update(connection.execute(select(Content.id, Content.size).where(Content.id.in_(chunk))).all())
         return sizes
 
-    def roots(self) -> dict[int, str]:
-        with self.engine.connect() as connection:
-            return dict(connection.execute(select(Root.id, Root.path).order_by(Root.path)).all())
+    def roots(self, connection: Connection | None = None) -> dict[int, str]:
+        """Every root's absolute path by id (inside ``connection``'s transaction if given)."""
+        if connection is None:
+            with self.engine.connect() as connection:
+                return self.roots(connection)
+        rows = connection.execute(select(Root.id, Root.path).order_by(Root.path)).all()
+        return {root_id: path_from_db(path) for root_id, path in rows}
 
     def forget_root(self, root_id: int) -> int:
         """Remove a root and all its files (vectors of contents left nowhere go too)."""
@@ -459,7 +533,7 @@ class Catalog:
                     .order_by(Root.path, File.relpath)
                 ).all()
                 for content_id, root, relpath, size, mtime_ns, width, height in rows:
-                    path = str(Path(root) / relpath_from_db(relpath))
+                    path = str(Path(path_from_db(root)) / path_from_db(relpath))
                     out.setdefault(content_id, []).append(FileDetail(path, size, mtime_ns, width, height))
         return out
 

@@ -1,14 +1,20 @@
 """One FAISS index over one model's unit vectors, keyed by catalog content ids.
 
 On disk an index is two files in the library's ``index/`` folder: ``<model>.<token>.faiss``
-and ``<model>.json``, which names the current FAISS file and records how far into the
-catalog's vector log it is (``seq``). Saving writes a new FAISS file, then replaces the
-JSON (the commit point), then deletes the old file: every step is atomic, so a reader or
-a crash sees either the old index or the new one, never a torn one.
+and ``<model>.json``, the commit point. The JSON names the current FAISS file, ties it to
+the catalog state it holds (catalog id, vector-log position ``seq`` and the log's digest
+chain there) and records the file's size, sha256 and a digest of its first and last 64 KiB.
+Saving writes a new FAISS file, then replaces the JSON, then deletes the old file: every
+step is atomic, so a reader or a crash sees either the old index or the new one.
+
+``load`` checks the file against its commit point: ``verify="full"`` (writers, ``status``)
+hashes every byte; ``"quick"`` (queries) checks size, head and tail digest, dimension and
+vector count, which costs microseconds and keeps the memory-mapped open fast.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import secrets
@@ -20,7 +26,9 @@ import numpy as np
 
 from dreamsearch.vector_index.policy import MAX_TRAIN_POINTS_PER_LIST, IndexPlan
 
-FORMAT = 1
+FORMAT = 2
+#: Bytes at each end of a FAISS file that the quick check hashes (header, id map, tail).
+EDGE_BYTES = 64 * 1024
 
 #: ``ids -> (found_ids, float32 vectors)``: where exact re-ranking reads stored vectors.
 VectorFetcher = Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]]
@@ -43,6 +51,14 @@ class IndexMeta:
     trained_n: int = 0
     train_residual: float = 0.0
     file: str = ""
+    #: The catalog this index was built from, and its vector-log chain at ``seq``.
+    catalog_id: str = ""
+    chain: str = ""
+    #: What the FAISS file must look like: vectors held, bytes, sha256, edges digest.
+    ntotal: int = 0
+    size: int = 0
+    sha256: str = ""
+    edges: str = ""
 
 
 def _faiss():
@@ -139,15 +155,22 @@ class VectorIndex:
 
     # persistence ----------------------------------------------------------------------
 
-    def save(self, folder: Path, seq: int) -> None:
-        """Write atomically as the index of ``self.meta.model`` up to log position ``seq``."""
+    def save(self, folder: Path, seq: int, catalog_id: str, chain: str) -> None:
+        """Write atomically as the index of ``self.meta.model`` holding catalog
+        ``catalog_id``'s vectors up to log position ``seq`` (where the chain is ``chain``)."""
         folder.mkdir(parents=True, exist_ok=True)
         name = f"{_safe(self.meta.model)}.{secrets.token_hex(4)}.faiss"
         staged = folder / f".{name}.partial"
-        _faiss().write_index(self.index, str(staged))
-        _fsync(staged)
-        os.replace(staged, folder / name)
-        self.meta = replace(self.meta, seq=seq, file=name)
+        try:
+            _faiss().write_index(self.index, str(staged))
+            _fsync(staged)
+            size, sha256, edges = _file_digests(staged, full=True)
+            os.replace(staged, folder / name)
+        except BaseException:
+            staged.unlink(missing_ok=True)
+            raise
+        self.meta = replace(self.meta, seq=seq, file=name, catalog_id=catalog_id, chain=chain,
+                            ntotal=len(self), size=size, sha256=sha256, edges=edges)
         _write_json_atomically(meta_path(folder, self.meta.model), _meta_to_json(self.meta))
         _fsync_dir(folder)
         for old in folder.glob(f"{_safe(self.meta.model)}.*.faiss"):  # earlier versions, crash leftovers
@@ -155,29 +178,66 @@ class VectorIndex:
                 old.unlink(missing_ok=True)
 
     @classmethod
-    def load(cls, folder: Path, model: str, mmap: bool = True) -> VectorIndex:
-        """Open the current index of ``model``; ``mmap`` maps it read-only (fast, shared
-        between processes), otherwise it is read into memory and can be changed."""
+    def load(cls, folder: Path, model: str, mmap: bool = True, verify: str = "quick") -> VectorIndex:
+        """Open the current index of ``model``, checked against its commit point
+        (``verify``: ``quick`` or ``full``, see the module docstring), or raise
+        :class:`IndexFileError` saying what is wrong. ``mmap`` maps it read-only (fast,
+        shared between processes), otherwise it is read into memory and can be changed."""
         meta = read_meta(folder, model)
         if meta is None:
             raise IndexFileError(f"no index for '{model}' in {folder}")
         if not (folder / meta.file).exists():  # a writer replaced it between our two reads
             meta = read_meta(folder, model) or meta
+        path = folder / meta.file
+        check_file(path, meta, full=verify == "full")
         faiss = _faiss()
-        path = str(folder / meta.file)
         try:
             if mmap:
                 try:
-                    index = faiss.read_index(path, faiss.IO_FLAG_MMAP | faiss.IO_FLAG_READ_ONLY)
+                    index = faiss.read_index(str(path), faiss.IO_FLAG_MMAP | faiss.IO_FLAG_READ_ONLY)
                 except RuntimeError:  # index types FAISS cannot map
-                    index = faiss.read_index(path)
+                    index = faiss.read_index(str(path))
             else:
-                index = faiss.read_index(path)
+                index = faiss.read_index(str(path))
         except RuntimeError as exc:
             raise IndexFileError(f"{path}: unreadable FAISS index ({str(exc).splitlines()[0]})") from None
-        if index.d != meta.dim:
-            raise IndexFileError(f"{path}: dimension {index.d}, expected {meta.dim}")
+        if (index.d, index.ntotal) != (meta.dim, meta.ntotal):
+            raise IndexFileError(f"{path}: holds {index.ntotal} vectors of {index.d} values, "
+                                 f"its commit point says {meta.ntotal} of {meta.dim}")
         return cls(index, meta)
+
+
+def check_file(path: Path, meta: IndexMeta, full: bool) -> None:
+    """Raise :class:`IndexFileError` unless the file at ``path`` is the one ``meta``
+    describes: same size and edge digest, and with ``full`` the same sha256."""
+    try:
+        size, sha256, edges = _file_digests(path, full)
+    except FileNotFoundError:
+        raise IndexFileError(f"{path}: missing") from None
+    except OSError as exc:
+        raise IndexFileError(f"{path}: unreadable ({exc.strerror or exc})") from None
+    if size != meta.size:
+        raise IndexFileError(f"{path}: {size} bytes, its commit point says {meta.size} (truncated or replaced)")
+    if edges != meta.edges or (full and sha256 != meta.sha256):
+        raise IndexFileError(f"{path}: checksum mismatch (the file was damaged)")
+
+
+def _file_digests(path: Path, full: bool) -> tuple[int, str, str]:
+    """``(size, sha256 of every byte or "" unless full, sha256 of the first and last
+    EDGE_BYTES)``."""
+    with open(path, "rb") as handle:
+        size = os.fstat(handle.fileno()).st_size
+        whole = ""
+        if full:
+            digest = hashlib.sha256()
+            while chunk := handle.read(1 << 20):
+                digest.update(chunk)
+            whole = digest.hexdigest()
+            handle.seek(0)
+        edges = hashlib.sha256(handle.read(EDGE_BYTES))
+        handle.seek(max(0, size - EDGE_BYTES))
+        edges.update(handle.read(EDGE_BYTES))
+    return size, whole, edges.hexdigest()
 
 
 def _training_sample(vectors: np.ndarray, nlist: int, seed: int) -> np.ndarray:

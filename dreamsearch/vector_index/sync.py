@@ -1,7 +1,8 @@
 """Keep a model's FAISS index in step with the catalog, which is the source of truth.
 
 ``open_index`` returns an index that answers for exactly the catalog's current vectors:
-- missing, unreadable or built for other weights → rebuilt from the catalog;
+- missing, damaged (size, checksum), built for other weights, or from another catalog or
+  another state of this one (``load_checked``) → rebuilt from the catalog;
 - behind the catalog's vector log → caught up by replaying the log's net changes;
 - outgrown or drifted (see ``needs_retraining``) → rebuilt with a fresh plan (writers).
 A writer saves the result (atomically); a reader keeps it in memory only.
@@ -42,21 +43,22 @@ def open_index(
     writable: bool = False,
     nprobe: int = DEFAULT_NPROBE,
 ) -> VectorIndex:
-    """The index of ``model`` in ``folder``, up to date with ``catalog``."""
+    """The index of ``model`` in ``folder``, up to date with ``catalog``. Writers verify
+    every byte of the saved file; readers the cheap checks (see ``VectorIndex.load``)."""
     target = catalog.last_seq(model)
+    verify = "full" if writable else "quick"
     try:
-        index = VectorIndex.load(folder, model.name, mmap=not writable)
-        if (index.meta.fingerprint, index.meta.dim) != (model.fingerprint, model.dim):
-            raise IndexFileError("built for other weights")
+        index = load_checked(catalog, model, folder, mmap=not writable, verify=verify)
     except IndexFileError as exc:
         log.info("rebuilding the %s index: %s", model.name, exc)
         return _rebuild(catalog, model, folder, writable, nprobe)
-    if index.meta.seq > target:  # the catalog was restored from an older copy
-        return _rebuild(catalog, model, folder, writable, nprobe)
     if index.meta.seq == target:
         return index
-    if not writable:
-        index = VectorIndex.load(folder, model.name, mmap=False)  # mapped files are read-only
+    if not writable:  # mapped files are read-only
+        try:
+            index = load_checked(catalog, model, folder, mmap=False, verify=verify)
+        except IndexFileError:
+            return _rebuild(catalog, model, folder, writable, nprobe)
     changes = catalog.changes_since(model, index.meta.seq)
     if not changes:  # a writer saved a newer index meanwhile
         return index
@@ -66,7 +68,23 @@ def open_index(
         return _rebuild(catalog, model, folder, writable, nprobe)
     index.meta = replace(index.meta, seq=changes[-1].seq)
     if writable:
-        index.save(folder, index.meta.seq)
+        _save(index, catalog, model, folder)
+    return index
+
+
+def load_checked(catalog: Catalog, model: ModelInfo, folder: Path, mmap: bool = True,
+                 verify: str = "quick") -> VectorIndex:
+    """The saved index of ``model``, or :class:`IndexFileError` saying why it cannot stand
+    for this catalog: damaged file, other weights, another catalog (deleted and made
+    again), or another state of this catalog (restored from an older copy, then changed)."""
+    index = VectorIndex.load(folder, model.name, mmap=mmap, verify=verify)
+    meta = index.meta
+    if (meta.fingerprint, meta.dim) != (model.fingerprint, model.dim):
+        raise IndexFileError("built for other weights")
+    if meta.catalog_id != catalog.identity():
+        raise IndexFileError("built from another catalog (was catalog.sqlite replaced?)")
+    if catalog.chain_at(model, meta.seq) != meta.chain:
+        raise IndexFileError("built from another state of the catalog (was catalog.sqlite restored from a copy?)")
     return index
 
 
@@ -141,5 +159,10 @@ def _rebuild(catalog: Catalog, model: ModelInfo, folder: Path, writable: bool, n
         apply_changes(index, catalog, model, later)
         index.meta = replace(index.meta, seq=later[-1].seq)
     if writable:
-        index.save(folder, index.meta.seq)
+        _save(index, catalog, model, folder)
     return index
+
+
+def _save(index: VectorIndex, catalog: Catalog, model: ModelInfo, folder: Path) -> None:
+    seq = index.meta.seq
+    index.save(folder, seq, catalog.identity(), catalog.chain_at(model, seq) or "")

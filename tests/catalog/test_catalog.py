@@ -41,7 +41,7 @@ def test_created_catalog_is_wal_with_foreign_keys_and_reopens(tmp_path):
     path = tmp_path / "catalog.sqlite"
     with Catalog(path) as cat:
         cat.ensure_model("m", DIM, "weights-1")
-        root = cat.ensure_root(tmp_path)
+        root = cat.attach(tmp_path).id
         files, vectors = batch(0, 3)
         cat.commit_batch(root, files, vectors)
         with cat.engine.connect() as connection:
@@ -58,7 +58,7 @@ def test_created_catalog_is_wal_with_foreign_keys_and_reopens(tmp_path):
 
 def test_copies_share_one_vector_and_orphans_are_removed(catalog, tmp_path):
     model = catalog.model("m")
-    root = catalog.ensure_root(tmp_path)
+    root = catalog.attach(tmp_path).id
     catalog.commit_batch(root, [FileEntry("a.jpg", 5, 1, "same"), FileEntry("copy/a.jpg", 5, 2, "same")], {"m": {"same": unit(1)}})
     assert catalog.count_vectors(model) == 1
     [content_id] = catalog.vector_ids(model)
@@ -71,7 +71,7 @@ def test_copies_share_one_vector_and_orphans_are_removed(catalog, tmp_path):
 
 
 def test_failed_files_are_recorded_with_their_reason(catalog, tmp_path):
-    root = catalog.ensure_root(tmp_path)
+    root = catalog.attach(tmp_path).id
     catalog.commit_batch(root, [FileEntry("broken.jpg", 0, 1, None, error="empty file")])
     with catalog.engine.connect() as connection:
         row = connection.execute(text("SELECT status, error, content_id FROM files")).one()
@@ -123,7 +123,7 @@ def _commit_then_die(path: str, die_after_vectors: bool) -> None:
     before or after its vectors are written."""
     cat = Catalog(path)
     cat.ensure_model("m", DIM, "weights-1")
-    root = cat.ensure_root(os.path.dirname(path))
+    root = cat.attach(os.path.dirname(path)).id
     for start in (0, 10):
         cat.commit_batch(root, *batch(start, 10))
     original = Catalog._put_vectors
@@ -154,7 +154,7 @@ def test_killed_mid_batch_loses_only_that_batch_and_resumes(tmp_path, die_after_
         with cat.engine.connect() as connection:
             assert connection.execute(text("SELECT count(*) FROM files")).scalar() == 20
         assert len(cat.changes_since(model, 0)) == 20
-        root = cat.ensure_root(tmp_path)
+        root = cat.attach(tmp_path).id
         cat.commit_batch(root, *batch(20, 10))  # resume
         assert cat.count_vectors(model) == 30
         index = open_index(cat, model, tmp_path / "index", writable=True)

@@ -96,7 +96,7 @@ def entries(start: int, count: int, data: np.ndarray):
 def library(tmp_path, data):
     catalog = Catalog(tmp_path / "catalog.sqlite")
     model = catalog.ensure_model("m", DIM, "fp")
-    root = catalog.ensure_root(tmp_path)
+    root = catalog.attach(tmp_path).id
     catalog.commit_batch(root, *entries(0, 500, data))
     yield catalog, model, root, tmp_path / "index"
     catalog.close()
