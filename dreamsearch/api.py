@@ -40,7 +40,8 @@ class Library:
     @classmethod
     def open(cls, path: str | os.PathLike | None = None, weights_dir: str | os.PathLike | None = None,
              device: str = "auto") -> Library:
-        return cls(LibraryFolder.prepare(library_dir(path)), weights_dir, device)
+        """The library at ``path``; nothing is created until the first ``index``."""
+        return cls(LibraryFolder(library_dir(path)), weights_dir, device)
 
     def close(self) -> None:
         with self._lock:
@@ -66,15 +67,16 @@ class Library:
     def index(self, paths: Sequence[str | os.PathLike], models: Sequence[str] = ("dreamsim",),
               progress: Progress | None = None, **options) -> IndexReport:
         """Index folders (see ``dreamsearch index``); ``options`` are ``IndexOptions`` fields."""
-        report = index_folders(self.folder, [Path(p) for p in paths], [self.model(m) for m in models],
-                               IndexOptions(**options), progress)
+        report = index_folders(LibraryFolder.prepare(self.folder.root), [Path(p) for p in paths],
+                               [self.model(m) for m in models], IndexOptions(**options), progress)
         self._forget_searchers()
         return report
 
     def remove(self, paths: Sequence[str | os.PathLike]) -> int:
         """Forget files (not folders) from the library; returns how many were known."""
         removed = 0
-        with self.folder.writer_lock(), Catalog(self.folder.catalog_path) as catalog:
+        folder = LibraryFolder.existing(self.folder.root)
+        with folder.writer_lock(), Catalog(folder.catalog_path) as catalog:
             for path in paths:
                 for root_id, relpath in catalog.locate(Path(path)):
                     removed += catalog.remove_files(root_id, [relpath])

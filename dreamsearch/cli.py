@@ -28,6 +28,10 @@ class _Group(click.Group):
         except DreamsearchError as exc:
             click.echo(f"error: {printable(str(exc))}", err=True)
             ctx.exit(1)
+        except OSError as exc:  # a full disk, a file that went away: say which, in one line
+            where = f"{exc.filename}: " if exc.filename else ""
+            click.echo(f"error: {printable(where + (exc.strerror or str(exc)))}", err=True)
+            ctx.exit(1)
         except KeyboardInterrupt:
             click.echo("interrupted", err=True)
             ctx.exit(130)
@@ -235,19 +239,21 @@ def index_command(folders, model_names, library_path, batch_size, workers, devic
 @contextmanager
 def _progress_display(quiet: bool):
     """Yield a callback that draws the indexer's per-batch reports as a rich bar on stderr
-    (or ``None`` when quiet)."""
-    if quiet:
+    (or ``None`` when quiet or when stderr is not a terminal: logs stay clean)."""
+    from rich.console import Console
+
+    console = Console(stderr=True)
+    if quiet or not console.is_terminal:
         yield None
         return
     import time
 
-    from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
     started = time.perf_counter()
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                TextColumn("{task.fields[rate]:.1f} img/s"), TimeRemainingColumn())
-    with Progress(*columns, console=Console(stderr=True), transient=True) as bar:
+    with Progress(*columns, console=console, transient=True) as bar:
         task = bar.add_task("scanning", total=None, rate=0.0)
 
         def update(report) -> None:
@@ -299,7 +305,7 @@ def query(images, k, model_name, like, include_self, max_distance, under, combin
             raise DreamsearchError(f"{path}: no such file")
     import numpy as np
 
-    with Searcher(LibraryFolder.prepare(library_dir(library_path)), model_name, nprobe=nprobe) as searcher:
+    with Searcher(LibraryFolder.existing(library_dir(library_path)), model_name, nprobe=nprobe) as searcher:
         queries = []  # (query files, vector, ids of the query's own contents)
         for path in like:
             vector, own = searcher.stored_vector(path)
@@ -350,7 +356,7 @@ def compare(image, k, model_list, include_self, as_json, grid, html_out, device,
     names = list(dict.fromkeys(name.strip() for name in model_list.split(",") if name.strip()))
     if len(names) < 2:
         raise DreamsearchError("--models needs at least two model names, separated by commas")
-    library = LibraryFolder.prepare(library_dir(library_path))
+    library = LibraryFolder.existing(library_dir(library_path))
     results = compare_models(library, image, k, names, weights_dir, device, include_self)
     render_comparison(str(image), k, results, overlaps(results, k), as_json)
     if grid or html_out:

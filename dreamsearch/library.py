@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import json
 import os
@@ -43,27 +44,46 @@ class LibraryFolder:
 
     @classmethod
     def prepare(cls, root: Path) -> LibraryFolder:
-        """Create the folder and its manifest if new; refuse a folder that is something else."""
+        """The library at ``root`` for a writer: created (private to this user, 0700) if
+        new; a folder that is something else, or a newer library, is refused."""
         folder = cls(Path(root))
         if folder.root.exists() and not folder.root.is_dir():
             raise DreamsearchError(f"{folder.root}: not a folder")
         if folder.manifest_path.exists():
-            try:
-                manifest = json.loads(folder.manifest_path.read_text())
-            except (OSError, ValueError) as exc:
-                raise DreamsearchError(f"{folder.manifest_path}: unreadable ({exc})") from None
-            if manifest.get("format", 0) > MANIFEST_FORMAT:
-                raise DreamsearchError(f"{folder.root} was made by a newer dreamsearch; upgrade to open it")
+            folder._check_manifest()
             return folder
         if folder.root.is_dir() and any(folder.root.iterdir()) and not folder.catalog_path.exists():
             raise DreamsearchError(f"{folder.root} is not empty and not a dreamsearch library")
-        folder.index_dir.mkdir(parents=True, exist_ok=True)
-        manifest = {"format": MANIFEST_FORMAT, "created_by": f"dreamsearch {__version__}",
-                    "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds")}
-        staged = folder.root / ".manifest.json.partial"
-        staged.write_text(json.dumps(manifest, indent=1))
-        os.replace(staged, folder.manifest_path)
+        try:
+            folder.root.mkdir(parents=True, exist_ok=True, mode=0o700)
+            folder.root.chmod(0o700)  # the catalog lists every photo path: for this user only
+            folder.index_dir.mkdir(exist_ok=True)
+            manifest = {"format": MANIFEST_FORMAT, "created_by": f"dreamsearch {__version__}",
+                        "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+            staged = folder.root / ".manifest.json.partial"
+            staged.write_text(json.dumps(manifest, indent=1))
+            os.replace(staged, folder.manifest_path)
+        except OSError as exc:
+            raise DreamsearchError(f"{folder.root}: cannot create a library there ({exc.strerror or exc})") from None
         return folder
+
+    @classmethod
+    def existing(cls, root: Path) -> LibraryFolder:
+        """The library at ``root`` for a reader: it must exist, and nothing is created."""
+        folder = cls(Path(root))
+        if not folder.catalog_path.is_file():
+            raise DreamsearchError(f"{folder.root} holds no library yet; run `dreamsearch index FOLDER` first")
+        if folder.manifest_path.exists():
+            folder._check_manifest()
+        return folder
+
+    def _check_manifest(self) -> None:
+        try:
+            manifest = json.loads(self.manifest_path.read_text())
+        except (OSError, ValueError) as exc:
+            raise DreamsearchError(f"{self.manifest_path}: unreadable ({exc})") from None
+        if not isinstance(manifest, dict) or manifest.get("format", 0) > MANIFEST_FORMAT:
+            raise DreamsearchError(f"{self.root} was made by a newer dreamsearch; upgrade to open it")
 
     @contextmanager
     def writer_lock(self) -> Iterator[None]:
@@ -71,8 +91,10 @@ class LibraryFolder:
         writes): one writer at a time across processes; readers never wait for it."""
         try:
             handle = open(self.root / ".writer.lock", "a")
-        except PermissionError:
-            raise DreamsearchError(f"{self.root} is read-only for this user; it can be searched but not changed") from None
+        except OSError as exc:
+            if exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+                raise DreamsearchError(f"{self.root} is read-only here; it can be searched but not changed") from None
+            raise DreamsearchError(f"{self.root}: cannot take the writer lock ({exc.strerror or exc})") from None
         with handle:
             try:
                 fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)

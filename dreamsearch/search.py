@@ -1,5 +1,6 @@
 """The query layer: embed a query, search the model's FAISS index, re-rank exactly from
-the stored vectors, and join the catalog so results are real files that exist now.
+the stored vectors, and join the catalog so results are real files that are on disk now,
+as they were indexed (``Catalog.file_details`` checks each with a stat).
 
 Distances are DreamSim distances, ``1 - cosine``, computed exactly (never the ANN's
 approximation). Queries decode exactly as the indexer does (JPEG draft included), so an
@@ -8,6 +9,7 @@ indexed file queried by path finds itself at distance ~0.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,10 +40,9 @@ class Searcher:
     """Searches one model's vectors in one library. Reads only: safe while indexing runs."""
 
     def __init__(self, library: LibraryFolder, model_name: str, nprobe: int = 16) -> None:
-        if not library.catalog_path.exists():
-            raise DreamsearchError(f"{library.root} holds no library yet; run `dreamsearch index FOLDER` first")
+        library = LibraryFolder.existing(library.root)
         self.library = library
-        self.catalog = Catalog(library.catalog_path)
+        self.catalog = Catalog(library.catalog_path, read_only=True)
         model = self.catalog.model(model_name)
         if model is None or self.catalog.count_vectors(model) == 0:
             indexed = ", ".join(self.catalog.model_names()) or "none"
@@ -98,7 +99,10 @@ class Searcher:
         ``exclude``, farther than ``max_distance``, or outside the folder(s) ``under``."""
         if k <= 0:
             raise DreamsearchError("k must be at least 1")
-        under = None if under is None else tuple(Path(u).resolve() for u in ([under] if isinstance(under, (str, Path)) else under))
+        k = min(k, max(len(self.index), 1))  # no more results than vectors, whatever was asked
+        if under is not None:  # as written (through a followed symlink) and with links resolved
+            folders = [under] if isinstance(under, (str, os.PathLike)) else under
+            under = tuple({form for u in folders for form in (Path(os.path.abspath(u)), Path(u).resolve())})
         depth = k + len(exclude)
         while True:
             scores, ids = self.index.search(
@@ -119,7 +123,13 @@ class Searcher:
             distance = max(0.0, 1.0 - score)
             if max_distance is not None and distance > max_distance:
                 break  # scores are sorted
-            places = [p for p in paths.get(content_id, []) if under is None or any(Path(p).is_relative_to(u) for u in under)]
+            places = [p for p in paths.get(content_id, []) if under is None or _inside(p, under)]
             if places:  # no places: removed since the index was read, or outside ``under``
                 matches.append(Match(0, distance, places[0], sizes.get(content_id, 0), tuple(places[1:])))
         return matches
+
+
+def _inside(path: str, folders: tuple[Path, ...]) -> bool:
+    """Whether ``path``, as stored or with links resolved, lies in one of ``folders``."""
+    return any(Path(path).is_relative_to(f) for f in folders) or any(
+        Path(path).resolve().is_relative_to(f) for f in folders)

@@ -13,9 +13,9 @@ from dreamsearch.vector_index.sync import load_checked
 
 
 def library_status(root: Path, show_failed: bool = False) -> list[str]:
-    library = LibraryFolder.prepare(root)
+    library = LibraryFolder.existing(root)
     lines = [f"library {library.root} ({_size(library.root)} on disk)"]
-    with Catalog(library.catalog_path) as catalog:
+    with Catalog(library.catalog_path, read_only=True) as catalog:
         counts = catalog.root_counts()
         if not counts:
             lines.append("no folders indexed yet: run `dreamsearch index FOLDER`")

@@ -145,6 +145,7 @@ def test_memory_stays_bounded_on_200k_vectors(tmp_path):
     library = LibraryFolder.prepare(tmp_path / "lib")
     with Catalog(library.catalog_path) as catalog:
         catalog.ensure_model("synthetic", DIM, "random")
+        (tmp_path / "photos").mkdir()
         root = catalog.attach(tmp_path / "photos").id
         for start in range(0, N, 20_000):
             vectors = rng.standard_normal((20_000, DIM)).astype(np.float32)
@@ -152,6 +153,9 @@ def test_memory_stays_bounded_on_200k_vectors(tmp_path):
                 vectors[1:2 * PAIRS:2] = vectors[0:2 * PAIRS:2] + 0.05 * rng.standard_normal((PAIRS, DIM))
             vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
             files = [FileEntry(f"{i:06d}.jpg", 1000, i, f"hash{i}", 64, 64, "JPEG") for i in range(start, start + 20_000)]
+            for entry in files[: 2 * PAIRS if start == 0 else 0]:  # groups only name files on disk
+                (tmp_path / "photos" / entry.relpath).write_bytes(b"x" * entry.size)
+                os.utime(tmp_path / "photos" / entry.relpath, ns=(entry.mtime_ns, entry.mtime_ns))
             catalog.commit_batch(root, files, {"synthetic": dict(zip((f.content_hash for f in files), vectors))})
         save_indexes(catalog, library.index_dir)
 

@@ -7,6 +7,8 @@ rather than touched.
 
 from __future__ import annotations
 
+import os
+import sqlite3
 from pathlib import Path
 
 from sqlalchemy import Engine, create_engine, event
@@ -20,25 +22,67 @@ class SchemaTooNewError(DreamsearchError):
     """The catalog was written by a newer dreamsearch."""
 
 
-def create_catalog_engine(path: Path) -> Engine:
+class CatalogError(DreamsearchError):
+    """The catalog file cannot be used: damaged, not a catalog, read-only, disk full."""
+
+
+def create_catalog_engine(path: Path, read_only: bool = False) -> Engine:
     """An engine whose transactions are SQLite transactions (pysqlite's own implicit
-    BEGIN skips DDL, so it is switched off and BEGIN issued explicitly)."""
-    engine = create_engine(f"sqlite:///{path}", connect_args={"timeout": 30})
+    BEGIN skips DDL, so it is switched off and BEGIN issued explicitly).
+
+    ``read_only`` opens the file without write access (``mode=ro``); where this user
+    cannot write beside it (a read-only mount or folder) SQLite could not even create the
+    WAL's shared-memory file, so the file is opened ``immutable`` instead: it reads the
+    last checkpointed state, which is consistent."""
+    if path.exists() and path.stat().st_size == 0:
+        raise CatalogError(f"{path}: empty file (0 bytes), not a catalog; it was truncated or damaged. "
+                           "Restore it from a backup, or delete it to start an empty library")
+    if read_only:
+        immutable = "&immutable=1" if not os.access(path.parent, os.W_OK) else ""
+        engine = create_engine(f"sqlite:///file:{path}?mode=ro{immutable}&uri=true", connect_args={"timeout": 30})
+    else:
+        engine = create_engine(f"sqlite:///{path}", connect_args={"timeout": 30})
 
     @event.listens_for(engine, "connect")
     def _on_connect(dbapi_connection, _record) -> None:
         dbapi_connection.isolation_level = None
         cursor = dbapi_connection.cursor()
-        cursor.execute("PRAGMA journal_mode=WAL")
+        if not read_only:
+            cursor.execute("PRAGMA journal_mode=WAL")
         cursor.execute("PRAGMA synchronous=NORMAL")
         cursor.execute("PRAGMA foreign_keys=ON")
         cursor.close()
+
+    @event.listens_for(engine, "handle_error")
+    def _one_line(context) -> None:
+        raise catalog_error(path, context.original_exception) from None
 
     @event.listens_for(engine, "begin")
     def _on_begin(connection) -> None:
         connection.exec_driver_sql("BEGIN IMMEDIATE" if connection.info.get("write") else "BEGIN")
 
     return engine
+
+
+def catalog_error(path: Path, error: BaseException) -> BaseException:
+    """The user-facing form of an SQLite error on the catalog at ``path`` (other errors,
+    programming mistakes included, are returned unchanged)."""
+    if not isinstance(error, sqlite3.DatabaseError) or isinstance(error, (sqlite3.ProgrammingError, sqlite3.IntegrityError)):
+        return error
+    message = str(error)
+    if "disk is full" in message:
+        return CatalogError(f"{path}: the disk is full; free some space and run the command again "
+                            "(everything committed so far is kept)")
+    if "readonly" in message or "read-only" in message:
+        return CatalogError(f"{path}: read-only; this command needs to change the library")
+    if "not a database" in message or "malformed" in message:
+        return CatalogError(f"{path}: damaged or not a dreamsearch catalog ({message}); "
+                            "restore it from a backup, or move it away and index again")
+    if "unable to open" in message:
+        return CatalogError(f"{path}: cannot be opened ({message}); check that its folder exists and is readable")
+    if "locked" in message or "busy" in message:
+        return CatalogError(f"{path}: busy for more than 30 s (another dreamsearch is writing); try again")
+    return CatalogError(f"{path}: {message}")
 
 
 def _alembic_config(connection):
@@ -56,11 +100,12 @@ def head_revision() -> str:
     return ScriptDirectory.from_config(_alembic_config(None)).get_current_head()
 
 
-def upgrade(engine: Engine, path: Path, target: str = "head") -> None:
+def upgrade(engine: Engine, path: Path, target: str = "head", read_only: bool = False) -> None:
     """Migrate to ``target`` in one transaction: a crash mid-way leaves the old schema.
 
     The revision is read without a write lock first, so opening an up-to-date catalog
-    never waits for a process that is indexing into it."""
+    never waits for a process that is indexing into it. A ``read_only`` opener only
+    checks: an outdated catalog is refused with a way forward."""
     from alembic import command
     from alembic.script import ScriptDirectory
 
@@ -71,6 +116,9 @@ def upgrade(engine: Engine, path: Path, target: str = "head") -> None:
         connection.rollback()
         if current == wanted:
             return
+        if read_only:
+            raise CatalogError(f"{path} was made by an older dreamsearch; run `dreamsearch index` once "
+                               "(with write access) to upgrade it")
         connection.info["write"] = True
         try:
             with connection.begin():

@@ -121,17 +121,30 @@ def _append_log(connection: Connection, model_id: int, entries: Sequence[tuple[i
     connection.execute(insert(VectorLogEntry), rows)
 
 
+def _on_disk_as_indexed(path: str, size: int, mtime_ns: int) -> bool:
+    try:
+        info = os.stat(path)
+    except OSError:
+        return False
+    return (info.st_size, info.st_mtime_ns) == (size, mtime_ns)
+
+
 def _now() -> datetime:
     return datetime.now(timezone.utc).replace(tzinfo=None)
 
 
 class Catalog:
-    """The catalog of one library (``catalog.sqlite``), migrated to the current schema."""
+    """The catalog of one library (``catalog.sqlite``), migrated to the current schema.
+    ``read_only`` catalogs need no write access to the file or its folder (readers)."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, read_only: bool = False) -> None:
         self.path = Path(path)
-        self.engine = create_catalog_engine(self.path)
-        upgrade(self.engine, self.path)
+        self.engine = create_catalog_engine(self.path, read_only)
+        try:
+            upgrade(self.engine, self.path, read_only=read_only)
+        except BaseException:
+            self.engine.dispose()
+            raise
 
     def close(self) -> None:
         self.engine.dispose()
@@ -521,7 +534,9 @@ class Catalog:
         return {cid: [f.path for f in files] for cid, files in self.file_details(content_ids).items()}
 
     def file_details(self, content_ids: Sequence[int]) -> dict[int, list[FileDetail]]:
-        """Every indexed file of each content, ordered by path."""
+        """Every indexed file of each content that is on disk now, as indexed (same size
+        and mtime), ordered by path. Results and duplicate groups come from here, so no
+        command names a file that was deleted or changed since it was indexed."""
         out: dict[int, list[FileDetail]] = {}
         with self.engine.connect() as connection:
             for chunk in _chunks([int(i) for i in content_ids]):
@@ -534,7 +549,8 @@ class Catalog:
                 ).all()
                 for content_id, root, relpath, size, mtime_ns, width, height in rows:
                     path = str(Path(path_from_db(root)) / path_from_db(relpath))
-                    out.setdefault(content_id, []).append(FileDetail(path, size, mtime_ns, width, height))
+                    if _on_disk_as_indexed(path, size, mtime_ns):
+                        out.setdefault(content_id, []).append(FileDetail(path, size, mtime_ns, width, height))
         return out
 
     def shared_contents(self) -> list[int]:

@@ -30,6 +30,14 @@ def batch(start: int, count: int) -> tuple[list[FileEntry], dict]:
     return files, {"m": {f.content_hash: unit(i) for i, f in zip(range(start, start + count), files)}}
 
 
+def put_on_disk(folder, relpath: str, size: int, mtime_ns: int) -> None:
+    """A real file as an entry describes it: results only name files on disk as indexed."""
+    path = folder / relpath
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(b"x" * size)
+    os.utime(path, ns=(mtime_ns, mtime_ns))
+
+
 @pytest.fixture
 def catalog(tmp_path):
     with Catalog(tmp_path / "catalog.sqlite") as cat:
@@ -62,6 +70,11 @@ def test_copies_share_one_vector_and_orphans_are_removed(catalog, tmp_path):
     catalog.commit_batch(root, [FileEntry("a.jpg", 5, 1, "same"), FileEntry("copy/a.jpg", 5, 2, "same")], {"m": {"same": unit(1)}})
     assert catalog.count_vectors(model) == 1
     [content_id] = catalog.vector_ids(model)
+    assert catalog.paths_of([content_id]) == {}  # neither file is on disk
+    put_on_disk(tmp_path, "a.jpg", 5, 1)
+    put_on_disk(tmp_path, "copy/a.jpg", 5, 99)  # changed since it was indexed
+    assert catalog.paths_of([content_id])[content_id] == [str(tmp_path / "a.jpg")]
+    put_on_disk(tmp_path, "copy/a.jpg", 5, 2)
     assert catalog.paths_of([content_id])[content_id] == [str(tmp_path / "a.jpg"), str(tmp_path / "copy/a.jpg")]
     catalog.remove_files(root, ["a.jpg"])
     assert catalog.count_vectors(model) == 1
@@ -104,6 +117,7 @@ def test_upgrade_from_the_first_revision_keeps_data_and_logs_it(tmp_path):
         index = open_index(cat, model, tmp_path / "index", writable=True)
         scores, ids = index.search(np.stack(vectors), 1)
         assert ids[:, 0].tolist() == [1, 2]
+        put_on_disk(tmp_path, "f1.png", 10, 1)
         assert cat.paths_of([1])[1] == [str(tmp_path / "f1.png")]
 
 
