@@ -14,7 +14,7 @@ import click
 
 from dreamsearch import __version__
 from dreamsearch.errors import DreamsearchError
-from dreamsearch.paths import human_bytes, printable
+from dreamsearch.paths import display_path, human_bytes, printable, problem_line
 
 DEVICE_CHOICES = click.Choice(["auto", "cpu", "cuda"])
 
@@ -152,7 +152,7 @@ def embed(images, model_name, output, fmt, batch_size, device, threads, compile_
     embedder = load_model(model_name, weights_dir=weights_dir, device=device, compile=compile_model)
     result = embed_files(embedder, list(images), batch_size=batch_size)
     for failure in result.failures:
-        click.echo(printable(f"skipped {failure}"), err=True)
+        click.echo(f"skipped {problem_line(failure.path, failure.reason)}", err=True)
     if not result.paths:
         raise DreamsearchError("none of the images could be read; nothing written")
     write_embeddings(result, output, fmt, embedder.name)
@@ -218,14 +218,15 @@ def index_command(folders, model_names, library_path, batch_size, workers, devic
         report = index_folders(library, list(folders), embedders, options, progress)
     if not quiet:
         for path, reason in report.failures:
-            click.echo(printable(f"skipped {path}: {reason}"), err=True)
+            click.echo(f"skipped {problem_line(path, reason)}", err=True)
         for root in report.missing_roots:
-            click.echo(printable(f"note: indexed folder {root} is missing (unplugged? `dreamsearch forget` removes it)"),
+            click.echo(f"note: indexed folder {display_path(root)} is missing (unplugged? `dreamsearch forget` removes it)",
                        err=True)
     for folder, gone, indexed in report.kept_folders:  # shown even with --quiet: it needs a decision
-        click.echo(printable(
-            f"warning: {folder}: {gone} of its {indexed} indexed files are gone from disk, so they were kept "
-            f"(an unmounted drive?); if they were really deleted, run `dreamsearch index --prune {folder}`"), err=True)
+        click.echo(
+            f"warning: {display_path(folder)}: {gone} of its {indexed} indexed files are gone from disk, so they were "
+            f"kept (an unmounted drive?); if they were really deleted, run `dreamsearch index --prune "
+            f"{display_path(folder)}`", err=True)
     if as_json:
         click.echo(json.dumps(report.summary()))
     elif not quiet:
@@ -439,7 +440,7 @@ def forget(folder, library_path) -> None:
         from dreamsearch.vector_index import save_indexes
 
         save_indexes(catalog, library.index_dir)
-    click.echo(printable(f"forgot {wanted} ({removed} files)"))
+    click.echo(f"forgot {display_path(wanted)} ({removed} files)")
 
 
 def _add_eval_commands() -> None:

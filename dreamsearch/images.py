@@ -11,6 +11,7 @@ Decisions (see docs/models.md):
 from __future__ import annotations
 
 import io
+import threading
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,6 +25,8 @@ from dreamsearch.errors import ImageError
 DEFAULT_MAX_PIXELS = 200_000_000
 
 _HEIF_REGISTERED = False
+_PILLOW_LIMIT_LOCK = threading.Lock()
+_BOMB_WARNINGS_ARE_ERRORS = False
 
 
 def _register_heif() -> None:
@@ -65,22 +68,21 @@ def decode(
     naming ``path``. ``draft_size`` > 0 lets JPEG decode at a reduced scale (DCT domain)
     that still leaves at least that many pixels on each side: 3-4× faster for photos."""
     _register_heif()
+    _raise_pillow_limit(max_pixels)
     path = Path(path)
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(io.BytesIO(data) if data is not None else path) as img:
-                width, height = img.size
-                if width * height > max_pixels:
-                    raise ImageError(path, f"{width}x{height} pixels is over the limit of {max_pixels:,} (a decompression bomb?)")
-                file_format = img.format or "unknown"
-                if img.getexif().get(0x0112, 1) in (5, 6, 7, 8):
-                    width, height = height, width
-                img.seek(0)
-                if draft_size and img.format == "JPEG":
-                    img.draft("RGB", (draft_size, draft_size))
-                img.load()
-                return Picture(to_rgb(ImageOps.exif_transpose(img)), width, height, file_format)
+        with Image.open(io.BytesIO(data) if data is not None else path) as img:
+            width, height = img.size
+            if width * height > max_pixels:
+                raise ImageError(path, f"{width}x{height} pixels is over the limit of {max_pixels:,} (a decompression bomb?)")
+            file_format = img.format or "unknown"
+            if img.getexif().get(0x0112, 1) in (5, 6, 7, 8):
+                width, height = height, width
+            img.seek(0)
+            if draft_size and img.format == "JPEG":
+                img.draft("RGB", (draft_size, draft_size))
+            img.load()
+            return Picture(to_rgb(ImageOps.exif_transpose(img)), width, height, file_format)
     except ImageError:
         raise
     except FileNotFoundError:
@@ -96,6 +98,25 @@ def decode(
         raise ImageError(path, f"refused as a decompression bomb ({exc})") from None
     except (OSError, SyntaxError, ValueError, EOFError) as exc:
         raise ImageError(path, f"cannot decode: {exc}") from None
+
+
+def _raise_pillow_limit(max_pixels: int) -> None:
+    """Let ``max_pixels`` decide. Pillow checks its own process-wide limit while opening
+    (a warning over ``Image.MAX_IMAGE_PIXELS``, ~89 MP, which we turn into an error, and
+    an error over twice that) before our exact per-call check on the size can run, so
+    ``--max-pixels 300000000`` would still refuse a 101 MP photo. The limit is only ever
+    raised, under a lock: concurrent decodes with different limits never lower it under
+    each other, and Pillow's own checks (also made during loading, per frame or tile)
+    still fire above the largest limit asked for. ``None`` (checks off) is left alone."""
+    with _PILLOW_LIMIT_LOCK:
+        if Image.MAX_IMAGE_PIXELS is not None and Image.MAX_IMAGE_PIXELS < max_pixels:
+            Image.MAX_IMAGE_PIXELS = max_pixels
+        global _BOMB_WARNINGS_ARE_ERRORS
+        if not _BOMB_WARNINGS_ARE_ERRORS:
+            # Once per process rather than ``warnings.catch_warnings`` around each decode:
+            # that swaps the process-wide filter list and is not safe in decode threads.
+            warnings.filterwarnings("error", category=Image.DecompressionBombWarning)
+            _BOMB_WARNINGS_ARE_ERRORS = True
 
 
 def _is_empty(path: Path) -> bool:

@@ -7,42 +7,68 @@
 - ``null``: result paths separated by NUL
 
 where RESULT is ``{"rank", "distance", "path", "size", "also_at"}``.
+
+Any file name survives every format (docs/output.md): JSON and JSONL are UTF-8 with the
+bytes of a name that are not UTF-8 written as ``\\udcXX`` escapes (``os.fsencode`` of
+the parsed string gives the name's bytes back); CSV and ``-0`` carry names as their raw
+bytes. Tables show names through :func:`~dreamsearch.paths.display_path`.
 """
 
 from __future__ import annotations
 
 import csv
+import io
 import json
 import os
 import sys
 from dataclasses import asdict
+from typing import TYPE_CHECKING
 
-from dreamsearch.compare import Overlap
-from dreamsearch.duplicates import DuplicateFile, DuplicateGroup
-from dreamsearch.paths import human_bytes, printable
-from dreamsearch.search import Match
+from dreamsearch.paths import display_path, human_bytes
+
+if TYPE_CHECKING:  # dreamsearch.search imports torch: `duplicates` must not pay for it
+    from dreamsearch.compare import Overlap
+    from dreamsearch.duplicates import DuplicateFile, DuplicateGroup
+    from dreamsearch.search import Match
 
 
 def render(blocks: list[tuple[str, list[Match]]], fmt: str | None, model: str) -> None:
-    out = sys.stdout
+    """Print query results as a table or in the machine format ``fmt``."""
     if fmt == "json":
         document = {"model": model, "queries": [
             {"query": label, "results": [_result(m) for m in matches]} for label, matches in blocks]}
-        out.write(json.dumps(document, ensure_ascii=False) + "\n")
+        _write_json_lines([document])
     elif fmt == "jsonl":
-        for label, matches in blocks:
-            for match in matches:
-                out.write(json.dumps({"query": label, **_result(match)}, ensure_ascii=False) + "\n")
+        _write_json_lines([{"query": label, **_result(m)} for label, matches in blocks for m in matches])
     elif fmt == "csv":
-        writer = csv.writer(out)
+        text = io.StringIO()
+        writer = csv.writer(text)
         writer.writerow(["query", "rank", "distance", "path", "size"])
         for label, matches in blocks:
             for m in matches:
                 writer.writerow([label, m.rank, f"{m.distance:.6f}", m.path, m.size])
+        _write_bytes(text.getvalue().encode("utf-8", "surrogateescape"))
     elif fmt == "null":
-        out.buffer.write(b"".join(m.path.encode("utf-8", "surrogateescape") + b"\0" for _l, ms in blocks for m in ms))
+        _write_bytes(b"".join(m.path.encode("utf-8", "surrogateescape") + b"\0" for _l, ms in blocks for m in ms))
     else:
         _table(blocks, model)
+
+
+def _write_json_lines(documents: list[dict]) -> None:
+    """One JSON document per line, UTF-8, readable non-ASCII kept as is. ``json.dumps``
+    leaves a name's undecodable bytes (lone surrogates) raw in its strings; encoding them
+    with ``backslashreplace`` turns exactly those into ``\\udcXX`` escapes, which
+    ``json.loads`` reads back as the same surrogates."""
+    text = "".join(json.dumps(d, ensure_ascii=False) + "\n" for d in documents)
+    _write_bytes(text.encode("utf-8", "backslashreplace"))
+
+
+def _write_bytes(data: bytes) -> None:
+    """Write encoded output past stdout's text layer, whose error handler depends on the
+    locale: strict (a crash halfway) or surrogateescape (raw bytes inside JSON)."""
+    sys.stdout.flush()
+    sys.stdout.buffer.write(data)
+    sys.stdout.buffer.flush()
 
 
 def _result(match: Match) -> dict:
@@ -58,15 +84,23 @@ def _table(blocks: list[tuple[str, list[Match]]], model: str) -> None:
 
     console = Console()
     for label, matches in blocks:
-        table = Table(title=printable(f"{label} ({model})"), title_justify="left")
+        table = Table(title=_literal(f"{display_path(label)} ({model})"), title_justify="left")
         for column in ("#", "distance", "path", "size"):
             table.add_column(column, justify="right" if column != "path" else "left")
         for m in matches:
-            path = printable(m.path) + "".join(f"\n  also {printable(p)}" for p in m.also_at)
-            table.add_row(str(m.rank), f"{m.distance:.4f}", path, human_bytes(m.size))
+            path = display_path(m.path) + "".join(f"\n  also {display_path(p)}" for p in m.also_at)
+            table.add_row(str(m.rank), f"{m.distance:.4f}", _literal(path), human_bytes(m.size))
         if not matches:
             table.add_row("-", "-", "no results", "-")
         console.print(table)
+
+
+def _literal(text: str):
+    """``text`` for a rich table as it is: a plain ``str`` would be read as console markup
+    (``[red]``) and emoji codes (``:smile:``), which file names may hold."""
+    from rich.text import Text
+
+    return Text(text)
 
 
 def render_comparison(query: str, k: int, results: dict[str, list[Match]], overlaps: list[Overlap],
@@ -81,19 +115,19 @@ def render_comparison(query: str, k: int, results: dict[str, list[Match]], overl
                          "rank_correlation": None if o.rank_correlation is None else round(o.rank_correlation, 6)}
                         for o in overlaps],
         }
-        sys.stdout.write(json.dumps(document, ensure_ascii=False) + "\n")
+        _write_json_lines([document])
         return
     from rich.console import Console
     from rich.table import Table
 
     console = Console()
-    side_by_side = Table(title=printable(f"{query}: top {k} per model"), title_justify="left")
+    side_by_side = Table(title=_literal(f"{display_path(query)}: top {k} per model"), title_justify="left")
     side_by_side.add_column("#", justify="right")
     for name in results:
         side_by_side.add_column(name)
     for rank in range(1, max((len(m) for m in results.values()), default=0) + 1):
-        cells = [f"{printable(os.path.basename(ms[rank - 1].path))} ({ms[rank - 1].distance:.4f})" if rank <= len(ms)
-                 else "" for ms in results.values()]
+        cells = [_literal(f"{display_path(os.path.basename(ms[rank - 1].path))} ({ms[rank - 1].distance:.4f})")
+                 if rank <= len(ms) else "" for ms in results.values()]
         side_by_side.add_row(str(rank), *cells)
     console.print(side_by_side)
     agreement = Table(title="agreement between models", title_justify="left")
@@ -112,7 +146,7 @@ def render_duplicates(groups: list[DuplicateGroup], model: str, max_distance: fl
     if as_json:
         document = {"model": model, "max_distance": max_distance, "groups": [
             {"kind": g.kind, "keeper": _file(g.keeper), "others": [_file(f) for f in g.others]} for g in groups]}
-        sys.stdout.write(json.dumps(document, ensure_ascii=False) + "\n")
+        _write_json_lines([document])
         return
     from rich.console import Console
     from rich.table import Table
@@ -125,7 +159,7 @@ def render_duplicates(groups: list[DuplicateGroup], model: str, max_distance: fl
         for f in group.files:
             pixels = f"{f.width}x{f.height}" if f.width and f.height else "?"
             table.add_row("keep" if f is group.keeper else "", f"{f.distance:.4f}", pixels, human_bytes(f.size),
-                          printable(f.path))
+                          _literal(display_path(f.path)))
         console.print(table)
     identical = sum(g.kind == "identical" for g in groups)
     spare = sum(len(g.others) for g in groups)

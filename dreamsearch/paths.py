@@ -4,6 +4,7 @@ the platform's per-user folder), and how paths and sizes are shown to people."""
 from __future__ import annotations
 
 import os
+import unicodedata
 from pathlib import Path
 
 
@@ -24,6 +25,48 @@ def printable(text: str) -> str:
     """``text`` safe to print on any terminal: bytes of file names that are not valid
     UTF-8 (held by Python as lone surrogates) are shown as U+FFFD."""
     return text.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+
+
+def problem_line(path: str | os.PathLike[str], reason: str) -> str:
+    """``PATH: reason`` on exactly one line, whatever the name or the reason hold (a
+    newline in either would read as a second, forged record)."""
+    return f"{display_path(path)}: {' '.join(printable(str(reason)).split())}"
+
+
+def display_path(path: str | os.PathLike[str]) -> str:
+    r"""``path`` as one unambiguous line, for tables and line-oriented output (``skipped
+    PATH: reason``), where a newline in a name would otherwise read as a second, forged
+    record. A name is shown as is unless it holds a character that does not print (a
+    control, format or line-separator character, or a byte that is not UTF-8) or starts
+    with ``$'``; then it is quoted the way GNU ``ls`` and bash do, ``$'a\nb.jpg'``: ``\t
+    \n \r \\ \'``, ``\xHH`` for other ASCII controls and for undecodable bytes,
+    ``\uHHHH`` / ``\UHHHHHHHH`` for other characters. Different names never display the
+    same, and the quoted form pasted into bash gives back the exact bytes."""
+    text = os.fspath(path)
+    if text.startswith("$'") or not all(map(_prints, text)):
+        return "$'" + "".join(map(_quoted, text)) + "'"
+    return text
+
+
+_NAMED_ESCAPES = {"\\": "\\\\", "'": "\\'", "\t": "\\t", "\n": "\\n", "\r": "\\r"}
+
+
+def _prints(char: str) -> bool:
+    """Shown as itself: printable, or a space of any width (U+3000 in Japanese names)."""
+    return char.isprintable() or unicodedata.category(char) == "Zs"
+
+
+def _quoted(char: str) -> str:
+    code = ord(char)
+    if char in _NAMED_ESCAPES:
+        return _NAMED_ESCAPES[char]
+    if 0xDC80 <= code <= 0xDCFF:  # an undecodable byte, as os.fsdecode holds it
+        return f"\\x{code - 0xDC00:02x}"
+    if _prints(char):
+        return char
+    if code < 0x80:
+        return f"\\x{code:02x}"
+    return f"\\u{code:04x}" if code <= 0xFFFF else f"\\U{code:08x}"
 
 
 def human_bytes(size: float) -> str:

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from dreamsearch.catalog import Catalog
 from dreamsearch.library import LibraryFolder
-from dreamsearch.paths import human_bytes
+from dreamsearch.paths import display_path, human_bytes, problem_line
 from dreamsearch.vector_index.index import IndexFileError, meta_path, read_meta
 from dreamsearch.vector_index.sync import load_checked
 
@@ -21,14 +21,14 @@ def library_status(root: Path, show_failed: bool = False) -> list[str]:
             lines.append("no folders indexed yet: run `dreamsearch index FOLDER`")
         for path, ok, failed in counts:
             missing = "" if Path(path).is_dir() else "  [folder missing]"
-            lines.append(f"  {path}: {ok} images, {failed} unreadable{missing}")
+            lines.append(f"  {display_path(path)}: {ok} images, {failed} unreadable{missing}")
         for name in catalog.model_names():
             model = catalog.model(name)
             lines.append(f"model {name}: {catalog.count_vectors(model)} vectors, dim {model.dim}, "
                          f"{_index_line(library, catalog, model)}")
         if show_failed:
             for path, reason in catalog.failed_files():
-                lines.append(f"failed {path}: {reason}")
+                lines.append(f"failed {problem_line(path, reason)}")
     return lines
 
 

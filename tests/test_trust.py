@@ -327,3 +327,16 @@ def test_a_full_disk_during_index_is_one_line_and_the_library_recovers(tmp_path,
     assert ".partial" not in (tmp_path / "after-full.ls").read_text()
     assert "40 images" in (tmp_path / "status.out").read_text()
     assert "checksum ok" in (tmp_path / "status.out").read_text()
+
+
+def test_a_newline_in_a_file_name_cannot_forge_a_record(tmp_path, tiny_model, tiny_weights):
+    photos = photo_folder(tmp_path / "photos", 1, (96, 72), 1, "p{}.jpg")
+    (photos / "x.jpg\nskipped passwd: forged.jpg").write_bytes(b"not a picture")
+    library = LibraryFolder.prepare(tmp_path / "lib")
+    result = cli(tiny_weights, library.root, "index", str(photos), "-m", MODEL)
+    assert result.exit_code == 0
+    skipped = [line for line in result.stderr.splitlines() if line.startswith("skipped")]
+    assert skipped == [f"skipped $'{photos}/x.jpg\\nskipped passwd: forged.jpg': not an image Pillow can read"]
+    failed = [line for line in cli(tiny_weights, library.root, "status", "--failed").stdout.splitlines()
+              if line.startswith("failed")]
+    assert failed == [f"failed $'{photos}/x.jpg\\nskipped passwd: forged.jpg': not an image Pillow can read"]

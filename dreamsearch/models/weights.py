@@ -15,6 +15,7 @@ import tempfile
 import urllib.error
 import urllib.request
 import zipfile
+import zlib
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -215,6 +216,8 @@ def _install_from_zip(archive: Path, wanted: list[WeightFile], root: Path, origi
                 return [_move_into_place(src, root / f.path) for src, f in picked]
     except (zipfile.BadZipFile, EOFError) as exc:
         raise WeightsError(f"{origin}: not a complete zip file ({exc})") from None
+    except zlib.error as exc:  # compressed data that testzip() cannot even inflate
+        raise WeightsError(f"{origin}: damaged zip ({exc})") from None
     except OSError as exc:
         raise WeightsError(f"{origin}: cannot unpack into {root} ({exc})") from None
 
@@ -288,8 +291,13 @@ def import_weights(spec: ModelSpec, root: Path, source: Path) -> list[Path]:
 
 
 def _install_from_zip_partial(archive: Path, missing: list[WeightFile], root: Path) -> list[Path]:
-    with zipfile.ZipFile(archive) as zf:
-        members = _zip_members(zf)
+    try:
+        with zipfile.ZipFile(archive) as zf:
+            members = _zip_members(zf)
+    except (zipfile.BadZipFile, EOFError) as exc:
+        raise WeightsError(f"{archive}: not a complete zip file ({exc})") from None
+    except OSError as exc:
+        raise WeightsError(f"{archive}: cannot read ({exc})") from None
     present = [f for f in missing if _find_member(members, f.path) is not None]
     if not present:
         raise WeightsError(f"{archive} holds none of: " + ", ".join(f.path for f in missing))
