@@ -176,12 +176,14 @@ class _Run:
         unreadable: list[str] = []  # folders that could not be listed: their files are not gone
 
         def scan_error(path: str, reason: str) -> None:
+            """Recorded (``status --failed``), and nothing below it counts as gone."""
             relpath = place.prefix + os.path.relpath(path, folder)
-            self.report.failures.append((path, reason))
-            if os.path.relpath(path, folder) != "." and not self.options.dry_run:
-                seen.add(relpath)
-                unreadable.append(relpath + "/")
-                self._fail(place.id, ScannedFile(relpath, 0, 0), path, f"cannot list or open: {reason}")
+            if os.path.relpath(path, folder) == "." or self.options.dry_run:
+                self.report.failures.append((path, reason))
+                return
+            seen.add(relpath)
+            unreadable.append(relpath + "/")
+            self._fail(place.id, ScannedFile(relpath, 0, 0), path, f"cannot list or open: {reason}")
 
         for found in scan(folder, self.options.exclude, self.options.follow_symlinks, scan_error):
             relpath = place.prefix + found.relpath

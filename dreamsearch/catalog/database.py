@@ -26,6 +26,10 @@ class CatalogError(DreamsearchError):
     """The catalog file cannot be used: damaged, not a catalog, read-only, disk full."""
 
 
+class CatalogOutdatedError(CatalogError):
+    """A read-only opener met a catalog that needs a migration first."""
+
+
 def create_catalog_engine(path: Path, read_only: bool = False) -> Engine:
     """An engine whose transactions are SQLite transactions (pysqlite's own implicit
     BEGIN skips DDL, so it is switched off and BEGIN issued explicitly).
@@ -117,8 +121,8 @@ def upgrade(engine: Engine, path: Path, target: str = "head", read_only: bool = 
         if current == wanted:
             return
         if read_only:
-            raise CatalogError(f"{path} was made by an older dreamsearch; run `dreamsearch index` once "
-                               "(with write access) to upgrade it")
+            raise CatalogOutdatedError(f"{path} was made by an older dreamsearch and is read-only here; run "
+                                       "`dreamsearch index` once with write access to upgrade it")
         connection.info["write"] = True
         try:
             with connection.begin():

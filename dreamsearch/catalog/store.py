@@ -18,7 +18,7 @@ from sqlalchemy import Connection, bindparam, case, delete, func, insert, select
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
 from dreamsearch.catalog.chain import next_chain
-from dreamsearch.catalog.database import create_catalog_engine, upgrade
+from dreamsearch.catalog.database import CatalogOutdatedError, create_catalog_engine, upgrade
 from dreamsearch.catalog.schema import CatalogInfo, Content, File, Model, Root, Vector, VectorLogEntry
 from dreamsearch.errors import DreamsearchError
 
@@ -141,7 +141,12 @@ class Catalog:
         self.path = Path(path)
         self.engine = create_catalog_engine(self.path, read_only)
         try:
-            upgrade(self.engine, self.path, read_only=read_only)
+            try:
+                upgrade(self.engine, self.path, read_only=read_only)
+            except CatalogOutdatedError:
+                if not os.access(self.path.parent, os.W_OK):
+                    raise
+                Catalog(self.path).close()  # a reader that may write migrates once, then reads
         except BaseException:
             self.engine.dispose()
             raise
