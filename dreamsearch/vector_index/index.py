@@ -24,6 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
+from dreamsearch.errors import DreamsearchError
 from dreamsearch.vector_index.policy import MAX_TRAIN_POINTS_PER_LIST, IndexPlan
 
 FORMAT = 2
@@ -166,6 +167,11 @@ class VectorIndex:
             _fsync(staged)
             size, sha256, edges = _file_digests(staged, full=True)
             os.replace(staged, folder / name)
+        except RuntimeError as exc:  # FAISS reports a full disk this way
+            staged.unlink(missing_ok=True)
+            raise DreamsearchError(f"{staged.with_name(name)}: cannot write the index "
+                                   f"({str(exc).strip().splitlines()[-1]}); the catalog is intact, "
+                                   "free some space and run the command again") from None
         except BaseException:
             staged.unlink(missing_ok=True)
             raise

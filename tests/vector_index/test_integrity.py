@@ -146,3 +146,24 @@ def test_damaged_files_are_noticed_by_readers_too_and_rebuilt(saved, damage):
     assert (found >= 0).all()  # the issue saw 4 results instead of 20
     open_index(catalog, model, library.index_dir, writable=True)
     assert "checksum ok" in "\n".join(library_status(library.root))
+
+
+def test_a_full_disk_while_saving_an_index_is_one_error_and_leaves_nothing(saved, monkeypatch):
+    import faiss
+
+    from dreamsearch.errors import DreamsearchError
+
+    catalog, model, library, faiss_file, _data = saved
+    catalog.remove_files(catalog.roots().popitem()[0], ["1.jpg"])  # something to save
+
+    def full(index, path):
+        with open(path, "wb") as handle:
+            handle.write(b"x" * 100)
+        raise RuntimeError("Error in faiss::FileIOWriter::operator()\nwrite error: No space left on device")
+
+    monkeypatch.setattr(faiss, "write_index", full)
+    with pytest.raises(DreamsearchError, match="No space left on device"):
+        open_index(catalog, model, library.index_dir, writable=True)
+    assert sorted(p.name for p in library.index_dir.iterdir()) == sorted(["m.json", faiss_file.name])
+    monkeypatch.undo()
+    assert_answers_for(catalog, model, open_index(catalog, model, library.index_dir, writable=True))
