@@ -14,8 +14,9 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
-from sqlalchemy import Connection, bindparam, case, delete, func, insert, select, update
+from sqlalchemy import Connection, bindparam, case, delete, func, insert, literal, select, update
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlalchemy.orm import aliased
 
 from dreamsearch.catalog.chain import next_chain
 from dreamsearch.catalog.database import CatalogOutdatedError, create_catalog_engine, upgrade
@@ -208,10 +209,11 @@ class Catalog:
     def attach(self, folder: Path) -> RootPlace:
         """Where ``folder``'s files belong, making it a root if it lies in none. One file on
         disk is one file in the library: a folder inside a root joins that root (its files
-        are stored under a relative ``prefix``), and roots inside a new root are merged
-        into it, their files keeping their contents and vectors."""
+        are stored under a relative ``prefix``), and roots inside a root being indexed
+        (also those an older version left) are merged into it, their files keeping their
+        contents and vectors."""
         found = self.find_root(folder)
-        if found is not None:
+        if found is not None and found.prefix:
             return found
         folder = Path(folder).resolve()
         with self._write() as connection:
@@ -223,13 +225,19 @@ class Catalog:
                     self._merge_root(connection, inner_id, root_id, Path(inner).relative_to(folder).as_posix() + "/")
         return RootPlace(root_id, folder, "")
 
-    @staticmethod
-    def _merge_root(connection: Connection, inner_id: int, outer_id: int, prefix: str) -> None:
-        """Move root ``inner_id``'s files under ``outer_id`` at ``prefix``, then drop it."""
-        connection.execute(
-            update(File).where(File.root_id == inner_id)
-            .values(root_id=outer_id, relpath=path_to_db(prefix) + File.relpath))
+    def _merge_root(self, connection: Connection, inner_id: int, outer_id: int, prefix: str) -> None:
+        """Move root ``inner_id``'s files under ``outer_id`` at ``prefix``, then drop it. A
+        file the outer root already holds (stored twice by an older version) keeps the
+        outer row; contents left without a file lose their vectors as usual."""
+        moved = literal(path_to_db(prefix)) + File.relpath
+        outer = aliased(File)
+        outer_paths = select(outer.relpath).where(outer.root_id == outer_id)
+        previous = set(connection.execute(
+            select(File.content_id).where(File.root_id == inner_id, File.content_id.is_not(None))).scalars())
+        connection.execute(delete(File).where(File.root_id == inner_id, moved.in_(outer_paths)))
+        connection.execute(update(File).where(File.root_id == inner_id).values(root_id=outer_id, relpath=moved))
         connection.execute(delete(Root).where(Root.id == inner_id))
+        self._drop_orphans(connection, previous)
 
     # writes ---------------------------------------------------------------------------
 

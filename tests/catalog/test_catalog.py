@@ -193,3 +193,25 @@ def test_library_location_flag_then_environment_then_user_folder(tmp_path, monke
     assert library_dir() == tmp_path / "env"
     monkeypatch.delenv("DREAMSEARCH_LIBRARY")
     assert library_dir().name == "library" and "dreamsearch" in str(library_dir())
+
+
+def test_nested_roots_left_by_an_older_version_merge_when_the_parent_is_indexed(catalog, tmp_path):
+    """Before nesting was handled, `index A` then `index A/inner` stored the inner files
+    twice (once per root). Indexing A again must leave one row per file on disk."""
+    outer = catalog.attach(tmp_path).id
+    with catalog.engine.connect() as connection, connection.begin():
+        connection.execute(text("INSERT INTO roots (path, added_at) VALUES (:p, '2025-01-01')"),
+                           {"p": str(tmp_path / "inner")})
+        inner = connection.execute(text("SELECT id FROM roots WHERE path = :p"), {"p": str(tmp_path / "inner")}).scalar()
+    files, vectors = batch(0, 3)
+    catalog.commit_batch(outer, [FileEntry("inner/" + f.relpath, f.size, f.mtime_ns, f.content_hash) for f in files],
+                         vectors)
+    catalog.commit_batch(inner, files + [FileEntry("only-here.jpg", 7, 7, "lone")], {"m": {"lone": unit(9)}})
+    assert len(catalog.roots()) == 2
+
+    place = catalog.attach(tmp_path)
+    assert (place.id, place.prefix) == (outer, "")
+    assert list(catalog.roots()) == [outer]
+    assert sorted(catalog.files_under(outer)) == ["inner/img0000.jpg", "inner/img0001.jpg", "inner/img0002.jpg",
+                                                  "inner/only-here.jpg"]
+    assert catalog.count_vectors(catalog.model("m")) == 4
