@@ -306,7 +306,7 @@ def query(images, k, model_name, like, include_self, max_distance, under, combin
             raise DreamsearchError(f"{path}: no such file")
     import numpy as np
 
-    with Searcher(LibraryFolder.existing(library_dir(library_path)), model_name, nprobe=nprobe) as searcher:
+    with Searcher(LibraryFolder(library_dir(library_path)), model_name, nprobe=nprobe) as searcher:
         queries = []  # (query files, vector, ids of the query's own contents)
         for path in like:
             vector, own = searcher.stored_vector(path)
@@ -357,7 +357,7 @@ def compare(image, k, model_list, include_self, as_json, grid, html_out, device,
     names = list(dict.fromkeys(name.strip() for name in model_list.split(",") if name.strip()))
     if len(names) < 2:
         raise DreamsearchError("--models needs at least two model names, separated by commas")
-    library = LibraryFolder.existing(library_dir(library_path))
+    library = LibraryFolder(library_dir(library_path))  # each Searcher checks that it exists
     results = compare_models(library, image, k, names, weights_dir, device, include_self)
     render_comparison(str(image), k, results, overlaps(results, k), as_json)
     if grid or html_out:

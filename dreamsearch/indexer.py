@@ -169,8 +169,9 @@ class _Run:
             place = self.catalog.find_root(folder) or RootPlace(0, folder, "")
         else:
             place = self.catalog.attach(folder)
-        stored = {path_from_db(k): v for k, v in self.catalog.files_under(place.id).items()
-                  if path_from_db(k).startswith(place.prefix)}
+        stored = {relpath: known for relpath, known in
+                  ((path_from_db(k), v) for k, v in self.catalog.files_under(place.id).items())
+                  if relpath.startswith(place.prefix)}
         candidates, same = [], []
         seen: set[str] = set()
         unreadable: list[str] = []  # folders that could not be listed: their files are not gone

@@ -40,7 +40,7 @@ class Searcher:
     """Searches one model's vectors in one library. Reads only: safe while indexing runs."""
 
     def __init__(self, library: LibraryFolder, model_name: str, nprobe: int = 16) -> None:
-        library = LibraryFolder.existing(library.root)
+        library = LibraryFolder.existing(library.root)  # readers create nothing
         self.library = library
         self.catalog = Catalog(library.catalog_path, read_only=True)
         model = self.catalog.model(model_name)

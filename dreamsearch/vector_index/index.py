@@ -168,13 +168,11 @@ class VectorIndex:
             size, sha256, edges = _file_digests(staged, full=True)
             os.replace(staged, folder / name)
         except RuntimeError as exc:  # FAISS reports a full disk this way
-            staged.unlink(missing_ok=True)
-            raise DreamsearchError(f"{staged.with_name(name)}: cannot write the index "
+            raise DreamsearchError(f"{folder / name}: cannot write the index "
                                    f"({str(exc).strip().splitlines()[-1]}); the catalog is intact, "
                                    "free some space and run the command again") from None
-        except BaseException:
-            staged.unlink(missing_ok=True)
-            raise
+        finally:
+            staged.unlink(missing_ok=True)  # gone already once renamed into place
         self.meta = replace(self.meta, seq=seq, file=name, catalog_id=catalog_id, chain=chain,
                             ntotal=len(self), size=size, sha256=sha256, edges=edges)
         _write_json_atomically(meta_path(folder, self.meta.model), _meta_to_json(self.meta))
@@ -329,9 +327,12 @@ def read_meta(folder: Path, model: str) -> IndexMeta | None:
 
 def _write_json_atomically(path: Path, text: str) -> None:
     staged = path.with_name(f".{path.name}.partial")
-    staged.write_text(text)
-    _fsync(staged)
-    os.replace(staged, path)
+    try:
+        staged.write_text(text)
+        _fsync(staged)
+        os.replace(staged, path)
+    finally:
+        staged.unlink(missing_ok=True)  # gone already once renamed into place
 
 
 def _fsync(path: Path) -> None:
