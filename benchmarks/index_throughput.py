@@ -1,155 +1,279 @@
-"""End-to-end indexing speed: ``dreamsearch index`` vs the naive loop the official
-DreamSim README suggests (open, preprocess, embed one image at a time), same model and
-seeded random weights, on a generated corpus of photo-sized JPEGs. Also: decode-only
-images/s with and without JPEG draft, and the model alone (pure embedding), so it is
-visible whether decoding hides behind the model.
+"""Ingest speed and memory of ``dreamsearch index``, each figure a ratio to a baseline
+measured in the same run, on generated corpora and seeded random weights (official layout).
 
-    python benchmarks/index_throughput.py --images 200              # CPU
-    python benchmarks/index_throughput.py --images 300 --device cuda
+For each model (the ensemble and dreamsim-dino by default) and each corpus:
+- pure decode: read + decode + resize alone, one thread and all decode threads (and, on
+  CUDA, the batched GPU JPEG decoder);
+- pure embedding: the model alone on ready pixels;
+- end to end: ``index_folders`` in a child process (so its peak RSS is its own), split
+  into start-up (until the first batch is committed, model load included) and steady state;
+  read GB/s, GPU busy %, peak RSS.
+Then peak RSS against corpus size (``--rss``), with the tiny pipeline model: memory is the
+pipeline's, not the model's.
+
+Corpora: ``camera`` = 12 MP camera-like JPEGs (q90, ~4 MB); ``mixed`` = a third each of
+phone HEIC (2000x1500), PNG screenshots (1920x1080) and web JPEGs (1200x800, q80).
+
+    python benchmarks/index_throughput.py --camera 1000 --mixed 300            # CPU
+    python benchmarks/index_throughput.py --camera 5000 --mixed 1000 --device cuda --gpu-decode
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import multiprocessing
 import os
+import resource
+import subprocess
 import sys
 import tempfile
+import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
 
 import numpy as np  # noqa: E402
 from PIL import Image  # noqa: E402
 
+OFFICIAL_TYPES = {"dreamsim": "ensemble", "dreamsim-dino": "dino_vitb16"}
 
-def make_photo(args: tuple[Path, int, int, int]) -> None:
-    """A 12 MP picture with smooth structure and sensor-like noise, saved at quality 90."""
-    path, width, height, seed = args
+
+# corpora -------------------------------------------------------------------------------
+
+def _texture(width: int, height: int, seed: int) -> np.ndarray:
     rng = np.random.default_rng(seed)
-    small = rng.integers(0, 256, (height // 64, width // 64, 3), dtype=np.uint8)
+    small = rng.integers(0, 256, (max(1, height // 64), max(1, width // 64), 3), dtype=np.uint8)
     base = np.asarray(Image.fromarray(small).resize((width, height), Image.BICUBIC), dtype=np.int16)
     noise = rng.integers(-12, 13, (height, width, 1), dtype=np.int16)
-    Image.fromarray(np.clip(base + noise, 0, 255).astype(np.uint8)).save(path, quality=90)
+    return np.clip(base + noise, 0, 255).astype(np.uint8)
 
 
-def make_corpus(folder: Path, count: int, width: int, height: int) -> list[Path]:
+def make_file(job: tuple[str, str, int]) -> None:
+    path, kind, seed = job
+    if kind == "camera":
+        Image.fromarray(_texture(4000, 3000, seed)).save(path, quality=90)
+    elif kind == "heic":
+        from pillow_heif import register_heif_opener
+
+        register_heif_opener()
+        Image.fromarray(_texture(2000, 1500, seed)).save(path, quality=85)
+    elif kind == "medium":
+        Image.fromarray(_texture(1600, 1200, seed)).save(path, quality=85)
+    elif kind == "screenshot":
+        rng = np.random.default_rng(seed)
+        screen = np.full((1080, 1920, 3), rng.integers(200, 256, 3), dtype=np.uint8)
+        for _ in range(40):  # flat panels and text-like bars
+            x, y = rng.integers(0, 1800), rng.integers(0, 1040)
+            screen[y : y + rng.integers(8, 200), x : x + rng.integers(40, 600)] = rng.integers(0, 256, 3)
+        Image.fromarray(screen).save(path)
+    else:  # small web JPEG
+        Image.fromarray(_texture(1200, 800, seed)).save(path, quality=80)
+
+
+def make_corpus(folder: Path, kind: str, count: int) -> list[Path]:
     folder.mkdir(parents=True, exist_ok=True)
-    paths = [folder / f"photo{i:04d}.jpg" for i in range(count)]
-    todo = [(p, width, height, i) for i, p in enumerate(paths) if not p.exists()]
+    if kind in ("camera", "medium"):
+        plan = [(folder / f"{kind}{i:05d}.jpg", kind, i) for i in range(count)]
+    else:
+        kinds = [("heic", "heic"), ("screenshot", "png"), ("web", "jpg")]
+        plan = [(folder / f"{kinds[i % 3][0]}{i:05d}.{kinds[i % 3][1]}", kinds[i % 3][0], i) for i in range(count)]
+    todo = [(str(p), k, s) for p, k, s in plan if not p.exists()]
     with multiprocessing.get_context("spawn").Pool() as pool:
-        pool.map(make_photo, todo)
-    return paths
+        pool.map(make_file, todo, chunksize=4)
+    return [p for p, _k, _s in plan]
 
 
-def rate(count: int, seconds: float) -> float:
-    return count / seconds
+# measurements ----------------------------------------------------------------------------
+
+def pure_decode(paths: list[Path], recipes, threads: int) -> float:
+    from dreamsearch.images import DEFAULT_MAX_PIXELS
+    from dreamsearch.indexer.decoding import decode_bytes
+    from dreamsearch.indexer.reading import read_file
+
+    def one(path: Path) -> None:
+        read = read_file(str(path))
+        _ = read.content_hash
+        decode_bytes(str(path), read.data, recipes, DEFAULT_MAX_PIXELS, draft=True)
+
+    began = time.perf_counter()
+    with ThreadPoolExecutor(threads) as pool:
+        list(pool.map(one, paths))
+    return len(paths) / (time.perf_counter() - began)
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--images", type=int, default=200)
-    parser.add_argument("--naive-images", type=int, default=60, help="images for the (slow) naive loop")
-    parser.add_argument("--size", default="4000x3000")
-    parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
-    parser.add_argument("--workers", type=int, default=None)
-    parser.add_argument("--batch-size", type=int, default=32)
-    parser.add_argument("--work-dir", type=Path, default=None, help="keep the corpus and weights here between runs")
-    args = parser.parse_args()
+def pure_gpu_decode(paths: list[Path], recipes, batch: int) -> float:
+    from dreamsearch.indexer.gpu_decode import JpegBatchDecoder, gpu_route
 
+    decoder = JpegBatchDecoder("cuda")
+    blobs = [p.read_bytes() for p in paths]
+    blobs = [b for b in blobs if gpu_route(b) is None]
+    decoder.decode(blobs[:batch], recipes)  # warm-up
+    began = time.perf_counter()
+    for start in range(0, len(blobs), batch):
+        decoder.decode(blobs[start : start + batch], recipes)
+    return len(blobs) / (time.perf_counter() - began)
+
+
+def pure_embedding(model, batch_size: int, device: str) -> float:
     import torch
 
-    from dreamsearch.images import decode
-    from dreamsearch.indexer import IndexOptions, index_folders
-    from dreamsearch.library import LibraryFolder
-    from dreamsearch.models import load_model
-    from tests.models.official_layout import official_model, write_official_cache
-
-    device = "cuda" if args.device == "auto" and torch.cuda.is_available() else ("cpu" if args.device == "auto" else args.device)
-    work = args.work_dir or Path(tempfile.mkdtemp(prefix="dreamsearch-index-bench-"))
-    width, height = map(int, args.size.split("x"))
-    began = time.perf_counter()
-    paths = make_corpus(work / "photos", args.images, width, height)
-    megabytes = sum(p.stat().st_size for p in paths) / len(paths) / 1e6
-    print(f"corpus: {len(paths)} JPEGs {width}x{height}, {megabytes:.1f} MB each "
-          f"(made in {time.perf_counter() - began:.0f} s); device {device}, {os.cpu_count()} cores")
-    weights = work / "weights"
-    write_official_cache(weights, "dino_vitb16", seed=3)
-    ours = load_model("dreamsim-dino", weights_dir=weights, device=device)
-    spec = ours.preprocess_spec
-
-    sample = paths[: min(40, len(paths))]
-    for label, draft in (("decode+resize, full decode", 0), ("decode+resize, JPEG draft", spec.draft_size)):
-        began = time.perf_counter()
-        for path in sample:
-            spec(decode(path, draft_size=draft).image)
-        print(f"{label:<34}{rate(len(sample), time.perf_counter() - began):8.2f} img/s (one core)")
-
-    pixels = np.stack([spec(decode(p, draft_size=spec.draft_size).image) for p in paths[: args.batch_size]])
-    ours.embed(pixels)  # warm-up
-    rounds = max(2, 256 // args.batch_size) if device == "cuda" else 2
+    pixels = np.random.default_rng(0).integers(0, 256, (batch_size, 224, 224, 3), dtype=np.uint8)
+    model.embed(pixels)  # warm-up
+    rounds = max(2, 512 // batch_size) if device == "cuda" else 2
     began = time.perf_counter()
     for _ in range(rounds):
-        ours.embed(pixels)
+        model.embed(pixels)
     if device == "cuda":
         torch.cuda.synchronize()
-    pure = rate(rounds * len(pixels), time.perf_counter() - began)
-    print(f"{'pure embedding (batch ' + str(args.batch_size) + ')':<34}{pure:8.2f} img/s")
+    return rounds * batch_size / (time.perf_counter() - began)
 
-    options = IndexOptions(batch_size=args.batch_size, **({} if args.workers is None else {"workers": args.workers}))
-    library = LibraryFolder.prepare(Path(tempfile.mkdtemp(prefix="lib-", dir=work)))
-    utilisation = _GpuSampler() if device == "cuda" else None
+
+def end_to_end(folder: Path, weights: Path, model: str, args, library: Path) -> dict:
+    """``index_folders`` in a child process; its own peak RSS and timings come back."""
+    command = [sys.executable, __file__, "--child", json.dumps({
+        "folder": str(folder), "weights": str(weights), "model": model, "library": str(library),
+        "device": args.device, "batch_size": args.batch_size, "workers": args.workers,
+        "gpu_decode": args.gpu_decode})]
+    output = subprocess.run(command, check=True, capture_output=True, text=True).stdout
+    return json.loads(output.strip().splitlines()[-1])
+
+
+def child(spec: dict) -> None:
     began = time.perf_counter()
-    report = index_folders(library, [work / "photos"], [ours], options)
-    seconds = time.perf_counter() - began
-    end_to_end = rate(report.embedded, seconds)
-    gpu = f", GPU busy {utilisation.stop():.0f}% of the time" if utilisation else ""
-    print(f"{'dreamsearch index (end to end)':<34}{end_to_end:8.2f} img/s ({report.embedded} images, "
-          f"{options.workers} decode workers{gpu})")
+    from dreamsearch.indexer import IndexOptions, index_folders
+    from dreamsearch.library import LibraryFolder
+    from dreamsearch.models import PendingModel
 
-    official, preprocess = official_model(weights, "dino_vitb16", device)
-    naive_paths = paths[: args.naive_images]
-    with torch.no_grad():
-        official.embed(preprocess(Image.open(naive_paths[0])).to(device))
-        began = time.perf_counter()
-        for path in naive_paths:
-            official.embed(preprocess(Image.open(path)).to(device))
-        if device == "cuda":
-            torch.cuda.synchronize()
-    naive = rate(len(naive_paths), time.perf_counter() - began)
-    print(f"{'naive loop, official package':<34}{naive:8.2f} img/s ({len(naive_paths)} images)")
-    print(f"\nend to end / naive loop:       {end_to_end / naive:5.2f}x  (target >= 1.5x)")
-    print(f"end to end / pure embedding:   {end_to_end / pure:5.2f}   (target >= 0.90: decoding hidden)")
+    handle = PendingModel(spec["model"], weights_dir=spec["weights"], device=spec["device"])
+    options = IndexOptions(batch_size=spec["batch_size"], gpu_decode="cuda" if spec["gpu_decode"] else None,
+                           **({} if spec["workers"] is None else {"workers": spec["workers"]}))
+    first: list[tuple[float, int]] = []
+
+    def progress(report) -> None:
+        if report.embedded and not first:
+            first.append((time.perf_counter(), report.embedded))
+
+    sampler = GpuSampler() if spec["device"] == "cuda" else None
+    report = index_folders(LibraryFolder.prepare(Path(spec["library"])), [Path(spec["folder"])], [handle],
+                           options, progress)
+    ended = time.perf_counter()
+    steady = (report.embedded - first[0][1]) / (ended - first[0][0]) if first else 0.0
+    print(json.dumps({
+        "embedded": report.embedded, "failed": report.failed, "seconds": ended - began,
+        "startup_s": first[0][0] - began if first else None, "steady_img_s": steady,
+        "workers": options.workers, "gpu_busy": sampler.stop() if sampler else None,
+        "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
 
 
-class _GpuSampler:
-    """Samples GPU utilisation every 0.2 s in a thread (nvidia-ml via torch)."""
+class GpuSampler:
+    """GPU utilisation every 0.2 s (NVML through torch)."""
 
     def __init__(self) -> None:
-        import threading
-
         import torch
 
         self.samples: list[int] = []
         self.done = threading.Event()
 
-        def loop():
+        def loop() -> None:
             while not self.done.wait(0.2):
                 try:
                     self.samples.append(torch.cuda.utilization())
-                except Exception:  # no NVML on this machine
+                except Exception:  # no NVML here
                     return
 
-        self.thread = threading.Thread(target=loop, daemon=True)
-        self.thread.start()
+        threading.Thread(target=loop, daemon=True).start()
 
-    def stop(self) -> float:
+    def stop(self) -> float | None:
         self.done.set()
-        self.thread.join()
-        return float(np.mean(self.samples)) if self.samples else float("nan")
+        return float(np.mean(self.samples)) if self.samples else None
 
+
+def machine() -> str:
+    try:
+        info = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return f"{os.cpu_count()} cores"
+    name = next((line.split(":", 1)[1].strip() for line in info.splitlines() if line.startswith("model name")), "?")
+    flags = next((line.split(":", 1)[1].split() for line in info.splitlines() if line.startswith("flags")), [])
+    wanted = [f for f in ("avx2", "avx512f", "avx512_vnni", "avx512_bf16", "amx_bf16") if f in flags]
+    return f"{name}, {os.cpu_count()} cores, {' '.join(wanted) or 'no avx2'}"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--models", nargs="+", default=["dreamsim", "dreamsim-dino"], choices=list(OFFICIAL_TYPES))
+    parser.add_argument("--camera", type=int, default=1000, help="12 MP JPEGs")
+    parser.add_argument("--mixed", type=int, default=300, help="HEIC + PNG + web JPEG")
+    parser.add_argument("--rss", default="1000,4000", help="corpus sizes for the memory check ('' skips it)")
+    parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    parser.add_argument("--gpu-decode", action="store_true")
+    parser.add_argument("--workers", type=int, default=None)
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--work-dir", type=Path, default=None, help="keep corpora and weights between runs")
+    parser.add_argument("--child", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.child:
+        child(json.loads(args.child))
+        return
+
+    from dreamsearch.models import load_model
+    from tests.models.official_layout import write_official_cache, write_tiny_cache
+
+    work = args.work_dir or Path(tempfile.mkdtemp(prefix="dreamsearch-ingest-bench-"))
+    print(f"machine: {machine()}; device {args.device}; gpu decode {'on' if args.gpu_decode else 'off'}")
+    corpora = {}
+    for kind, count in (("camera", args.camera), ("mixed", args.mixed)):
+        if count:
+            began = time.perf_counter()
+            paths = make_corpus(work / kind, kind, count)
+            size = sum(p.stat().st_size for p in paths)
+            corpora[kind] = (paths, size)
+            print(f"corpus {kind}: {count} files, {size / count / 1e6:.2f} MB each (made in "
+                  f"{time.perf_counter() - began:.0f} s)")
+    for name in args.models:
+        weights = work / f"weights-{name}"
+        write_official_cache(weights, OFFICIAL_TYPES[name], seed=3)
+        model = load_model(name, weights_dir=weights, device=args.device)
+        recipes = (model.preprocess_spec,)
+        embed_rate = pure_embedding(model, args.batch_size, args.device)
+        print(f"\n== {name}: pure embedding {embed_rate:.2f} img/s (batch {args.batch_size})")
+        for kind, (paths, size) in corpora.items():
+            sample = paths[: min(len(paths), 60)]
+            one = pure_decode(sample, recipes, 1)
+            workers = args.workers if args.workers is not None else max(1, min(8, (os.cpu_count() or 2) - 1))
+            many = pure_decode(paths[: min(len(paths), 240)], recipes, workers)
+            decode_rate = many
+            line = f"  {kind}: pure decode {one:.1f} img/s (1 thread), {many:.1f} img/s ({workers} threads)"
+            if args.gpu_decode:
+                gpu = pure_gpu_decode(paths[: min(len(paths), 1000)], recipes, args.batch_size)
+                decode_rate += gpu
+                line += f", GPU JPEG batches {gpu:.1f} img/s"
+            print(line)
+            result = end_to_end(work / kind, weights, name, args, Path(tempfile.mkdtemp(prefix="lib-", dir=work)))
+            seconds = result["seconds"]
+            ceiling = min(decode_rate, embed_rate)
+            busy = f", GPU busy {result['gpu_busy']:.0f}%" if result["gpu_busy"] is not None else ""
+            print(f"  {kind}: end to end {result['embedded'] / seconds:.2f} img/s overall, steady "
+                  f"{result['steady_img_s']:.2f} img/s after {result['startup_s']:.1f} s start-up; "
+                  f"read {size / seconds / 1e9:.3f} GB/s; peak RSS {result['peak_rss_mib']:.0f} MiB{busy}")
+            print(f"  {kind}: steady / pure embedding = {result['steady_img_s'] / embed_rate:.2f}; "
+                  f"steady / min(decode, embedding) = {result['steady_img_s'] / ceiling:.2f}")
+        del model
+    sizes = [int(s) for s in args.rss.split(",") if s]
+    if sizes:
+        tiny = write_tiny_cache(work / "weights-tiny")
+        print("\n== peak RSS against corpus size (tiny dreamsim-dino: the pipeline's memory; 1600x1200 JPEGs)")
+        for count in sizes:
+            folder = work / f"rss{count}"
+            make_corpus(folder, "medium", count)
+            result = end_to_end(folder, tiny, "dreamsim-dino", args, Path(tempfile.mkdtemp(prefix="lib-", dir=work)))
+            print(f"  {count} files: peak RSS {result['peak_rss_mib']:.0f} MiB, {result['embedded']} embedded in "
+                  f"{result['seconds']:.0f} s")
 
 if __name__ == "__main__":
     main()

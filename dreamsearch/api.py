@@ -20,6 +20,7 @@ from dreamsearch.duplicates import DuplicateGroup, find_duplicates
 from dreamsearch.images import to_rgb
 from dreamsearch.indexer import IndexOptions, IndexReport, Progress, index_folders
 from dreamsearch.library import LibraryFolder, library_dir
+from dreamsearch.models import PendingModel
 from dreamsearch.models.base import Embedder
 from dreamsearch.search import Match, Searcher
 from dreamsearch.vector_index import save_indexes
@@ -33,7 +34,7 @@ class Library:
         self.folder = folder
         self.weights_dir = weights_dir
         self.device = device
-        self._models: dict[str, Embedder] = {}
+        self._models: dict[str, PendingModel] = {}
         self._searchers: dict[str, Searcher] = {}
         self._lock = threading.Lock()
 
@@ -57,18 +58,21 @@ class Library:
 
     def model(self, name: str = "dreamsim") -> Embedder:
         """The embedder ``name``, loaded once and shared."""
+        return self._model_handle(name).load()
+
+    def _model_handle(self, name: str) -> PendingModel:
+        """``name``'s weights, found and checked once; built on first use (``index`` builds
+        it only if some file needs embedding)."""
         with self._lock:
             if name not in self._models:
-                from dreamsearch.models import load_model
-
-                self._models[name] = load_model(name, weights_dir=self.weights_dir, device=self.device)
+                self._models[name] = PendingModel(name, weights_dir=self.weights_dir, device=self.device)
             return self._models[name]
 
     def index(self, paths: Sequence[str | os.PathLike], models: Sequence[str] = ("dreamsim",),
               progress: Progress | None = None, **options) -> IndexReport:
         """Index folders (see ``dreamsearch index``); ``options`` are ``IndexOptions`` fields."""
         report = index_folders(LibraryFolder.prepare(self.folder.root), [Path(p) for p in paths],
-                               [self.model(m) for m in models], IndexOptions(**options), progress)
+                               [self._model_handle(m) for m in models], IndexOptions(**options), progress)
         self._forget_searchers()
         return report
 

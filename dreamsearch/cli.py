@@ -19,6 +19,27 @@ from dreamsearch.paths import display_path, human_bytes, printable, problem_line
 DEVICE_CHOICES = click.Choice(["auto", "cpu", "cuda"])
 
 
+class ByteSize(click.ParamType):
+    """A size such as ``2GiB``, ``500MB`` or ``1000000`` (bytes)."""
+
+    name = "size"
+    _UNITS = {"": 1, "b": 1, "k": 10**3, "kb": 10**3, "kib": 2**10, "m": 10**6, "mb": 10**6, "mib": 2**20,
+              "g": 10**9, "gb": 10**9, "gib": 2**30, "t": 10**12, "tb": 10**12, "tib": 2**40}
+
+    def convert(self, value, param, ctx) -> int:
+        if isinstance(value, int):
+            return value
+        text = str(value).strip().lower().replace(" ", "")
+        number = text.rstrip("kmgtib")
+        try:
+            size = float(number) * self._UNITS[text[len(number):]]
+        except (ValueError, KeyError):
+            self.fail(f"'{value}' is not a size (examples: 500MB, 2GiB, 1000000)", param, ctx)
+        if size < 1:
+            self.fail(f"'{value}' is not a positive size", param, ctx)
+        return int(size)
+
+
 class _Group(click.Group):
     """Turns expected failures into one line on stderr and a non-zero exit, no traceback."""
 
@@ -176,7 +197,7 @@ def library_option(func):
 @library_option
 @click.option("--batch-size", default=32, show_default=True, type=click.IntRange(1))
 @click.option("--workers", type=click.IntRange(0), default=None,
-              help="Decode threads (default: cores - 1; 0 decodes in the main thread).")
+              help="Threads that read and decode files (default: cores - 1; 0 does it in the main thread).")
 @click.option("--device", default="auto", show_default=True, type=DEVICE_CHOICES)
 @click.option("--threads", type=click.IntRange(1), default=None, help="CPU threads for torch.")
 @click.option("--exclude", multiple=True, metavar="GLOB", help="Skip paths or names matching GLOB (repeatable).")
@@ -184,6 +205,10 @@ def library_option(func):
 @click.option("--no-draft", is_flag=True, help="Decode JPEGs at full size (slower; draft changes pixels by <1/255 on average).")
 @click.option("--max-pixels", default=200_000_000, show_default=True, type=click.IntRange(1),
               help="Refuse larger images as decompression bombs.")
+@click.option("--max-file-size", default="2GiB", show_default=True, type=ByteSize(),
+              help="Record larger files as failed without reading them (e.g. 500MB, 4GiB).")
+@click.option("--gpu-decode", is_flag=True,
+              help="Decode baseline JPEGs in batches on the GPU (CUDA; opt-in until measured, see docs/indexing.md).")
 @click.option("--compile/--no-compile", "compile_model", default=False, help="torch.compile the model (for long runs).")
 @click.option("--dry-run", is_flag=True, help="Only scan and report what would change.")
 @click.option("--prune", is_flag=True,
@@ -193,7 +218,8 @@ def library_option(func):
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON summary at the end.")
 @weights_dir_option
 def index_command(folders, model_names, library_path, batch_size, workers, device, threads, exclude, follow_symlinks,
-                  no_draft, max_pixels, compile_model, dry_run, prune, quiet, as_json, weights_dir) -> None:
+                  no_draft, max_pixels, max_file_size, gpu_decode, compile_model, dry_run, prune, quiet, as_json,
+                  weights_dir) -> None:
     """Add FOLDERS to the library: embed new and changed images, reuse vectors of copies
     and moves, forget deleted files. Hidden files and folders and junk folders (@eaDir,
     node_modules, $RECYCLE.BIN, ...) are skipped. Interrupt with Ctrl-C at any time: work
@@ -204,18 +230,184 @@ def index_command(folders, model_names, library_path, batch_size, workers, devic
     from dreamsearch.library import LibraryFolder, library_dir
 
     library = LibraryFolder.prepare(library_dir(library_path))
-    embedders = []
+    models = []
     if not dry_run:
-        from dreamsearch.models import load_model
-        from dreamsearch.models.base import set_threads
+        from dreamsearch.models import PendingModel
 
-        set_threads(threads)
-        embedders = [load_model(n, weights_dir=weights_dir, device=device, compile=compile_model) for n in model_names]
+        if threads:
+            from dreamsearch.models.base import set_threads
+
+            set_threads(threads)
+        models = [PendingModel(n, weights_dir=weights_dir, device=device, compile=compile_model) for n in model_names]
     options = IndexOptions(batch_size=batch_size, exclude=tuple(exclude), follow_symlinks=follow_symlinks,
-                           draft=not no_draft, max_pixels=max_pixels, dry_run=dry_run, prune=prune,
+                           draft=not no_draft, max_pixels=max_pixels, max_file_size=max_file_size, dry_run=dry_run,
+                           prune=prune, gpu_decode="cuda" if gpu_decode else None,
                            **({} if workers is None else {"workers": workers}))
     with _progress_display(quiet) as progress:
-        report = index_folders(library, list(folders), embedders, options, progress)
+        report = index_folders(library, list(folders), models, options, progress)
+    if not quiet:
+        for path, reason in report.failures:
+            click.echo(f"skipped {problem_line(path, reason)}", err=True)
+        for root in report.missing_roots:
+            click.echo(f"note: indexed folder {display_path(root)} is missing (unplugged? `dreamsearch forget` removes it)",
+                       err=True)
+    for folder, gone, indexed in report.kept_folders:  # shown even with --quiet: it needs a decision
+        click.echo(
+            f"warning: {display_path(folder)}: {gone} of its {indexed} indexed files are gone from disk, so they were "
+            f"kept (an unmounted drive?); if they were really deleted, run `dreamsearch index --prune "
+            f"{display_path(folder)}`", err=True)
+    if as_json:
+        click.echo(json.dumps(report.summary()))
+    elif not quiet:
+        summary = report.summary()
+        click.echo(", ".join(f"{k} {v}" for k, v in summary.items() if k not in ("interrupted",)))
+    if report.interrupted:
+        click.echo("interrupted: the work done so far is saved; run the same command to resume", err=True)
+        sys.exit(130)
+
+
+@contextmanager
+def _progress_display(quiet: bool):
+    """Yield the indexer's progress callback: a rich bar on stderr, per image, with what
+    each stage has done (only on a terminal: logs stay clean), and the note that Ctrl-C
+    was heard, at once, unless ``quiet``."""
+    from rich.console import Console
+
+    console = Console(stderr=True)
+    heard = False
+
+    def note_stop(report) -> None:
+        nonlocal heard
+        if report.stopping and not heard and not quiet:
+            heard = True
+            console.print("stopping: finishing the current batch and saving (Ctrl-C again to stop at once)")
+
+    if quiet or not console.is_terminal:
+        yield note_stop
+        return
+    import time
+
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    started = time.perf_counter()
+    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+               TextColumn("{task.fields[rate]:.1f} img/s"), TimeRemainingColumn())
+    with Progress(*columns, console=console, transient=True) as bar:
+        task = bar.add_task("scanning", total=None, rate=0.0)
+
+        def update(report) -> None:
+            note_stop(report)
+            bar.update(task, total=report.to_read, completed=report.read,
+                       rate=report.embedded / max(time.perf_counter() - started, 1e-9),
+                       description=f"read {report.read} · embedded {report.embedded} · "
+                                   f"copies {report.copied + report.moved} · failed {report.failed}")
+
+        yield update
+
+
+@main.command()
+@click.argument("images", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.option("-m", "--model", "model_name", default="dreamsim", show_default=True, help="Model name (see `models list`).")
+@click.option("-o", "--output", required=True, type=click.Path(dir_okay=False, allow_dash=True, path_type=Path),
+              help="Where to write: .npy float32 [N, dim] in input order, or JSON ('-' for stdout).")
+@click.option("--format", "fmt", type=click.Choice(["npy", "json"]), default=None,
+              help="Output format (default: from the file name, npy unless it ends in .json).")
+@click.option("--batch-size", default=16, show_default=True, type=click.IntRange(1))
+@click.option("--device", default="auto", show_default=True, type=DEVICE_CHOICES)
+@click.option("--threads", type=click.IntRange(1), default=None, help="CPU threads for torch (default: all cores).")
+@click.option("--compile/--no-compile", "compile_model", default=False, show_default=True,
+              help="torch.compile the model: 15-60 s once, then 10-35% faster on CPU; for many images.")
+@weights_dir_option
+def embed(images, model_name, output, fmt, batch_size, device, threads, compile_model, weights_dir) -> None:
+    """Embed IMAGES with one model and save the vectors (unit norm, input order).
+
+    Each image is decoded fully (no JPEG draft), EXIF orientation applied and alpha
+    composited on white. Files that cannot be read are reported one line each; the
+    others are still embedded and the command then exits with status 1.
+    """
+    from dreamsearch.embedding import embed_files, write_embeddings
+    from dreamsearch.models import load_model
+    from dreamsearch.models.base import set_threads
+
+    fmt = fmt or ("json" if str(output).endswith(".json") or str(output) == "-" else "npy")
+    if fmt == "npy" and str(output) == "-":
+        raise DreamsearchError("npy output needs a file name; use --format json for stdout")
+    set_threads(threads)
+    embedder = load_model(model_name, weights_dir=weights_dir, device=device, compile=compile_model)
+    result = embed_files(embedder, list(images), batch_size=batch_size)
+    for failure in result.failures:
+        click.echo(f"skipped {problem_line(failure.path, failure.reason)}", err=True)
+    if not result.paths:
+        raise DreamsearchError("none of the images could be read; nothing written")
+    write_embeddings(result, output, fmt, embedder.name)
+    if str(output) != "-":
+        click.echo(f"wrote {len(result.paths)} x {embedder.dim} embeddings to {output}", err=True)
+    if result.failures:
+        sys.exit(1)
+
+
+def library_option(func):
+    return click.option(
+        "--library", "library_path", type=click.Path(file_okay=False, path_type=Path), envvar="DREAMSEARCH_LIBRARY",
+        help="Library folder. Default: $DREAMSEARCH_LIBRARY or the user data folder.",
+    )(func)
+
+
+@main.command("index")
+@click.argument("folders", nargs=-1, required=True, type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option("-m", "--model", "model_names", multiple=True, default=("dreamsim",), show_default=True,
+              help="Model to embed with; repeat for several (each image is decoded once).")
+@library_option
+@click.option("--batch-size", default=32, show_default=True, type=click.IntRange(1))
+@click.option("--workers", type=click.IntRange(0), default=None,
+              help="Threads that read and decode files (default: cores - 1; 0 does it in the main thread).")
+@click.option("--device", default="auto", show_default=True, type=DEVICE_CHOICES)
+@click.option("--threads", type=click.IntRange(1), default=None, help="CPU threads for torch.")
+@click.option("--exclude", multiple=True, metavar="GLOB", help="Skip paths or names matching GLOB (repeatable).")
+@click.option("--follow-symlinks", is_flag=True, help="Follow symbolic links (loops are detected).")
+@click.option("--no-draft", is_flag=True, help="Decode JPEGs at full size (slower; draft changes pixels by <1/255 on average).")
+@click.option("--max-pixels", default=200_000_000, show_default=True, type=click.IntRange(1),
+              help="Refuse larger images as decompression bombs.")
+@click.option("--max-file-size", default="2GiB", show_default=True, type=ByteSize(),
+              help="Record larger files as failed without reading them (e.g. 500MB, 4GiB).")
+@click.option("--gpu-decode", is_flag=True,
+              help="Decode baseline JPEGs in batches on the GPU (CUDA; opt-in until measured, see docs/indexing.md).")
+@click.option("--compile/--no-compile", "compile_model", default=False, help="torch.compile the model (for long runs).")
+@click.option("--dry-run", is_flag=True, help="Only scan and report what would change.")
+@click.option("--prune", is_flag=True,
+              help="Forget files gone from disk even when a folder lost all or most of them "
+                   "(without it they are kept: an unmounted drive looks the same).")
+@click.option("-q", "--quiet", is_flag=True, help="No progress display or per-file messages (for cron).")
+@click.option("--json", "as_json", is_flag=True, help="Print a JSON summary at the end.")
+@weights_dir_option
+def index_command(folders, model_names, library_path, batch_size, workers, device, threads, exclude, follow_symlinks,
+                  no_draft, max_pixels, max_file_size, gpu_decode, compile_model, dry_run, prune, quiet, as_json,
+                  weights_dir) -> None:
+    """Add FOLDERS to the library: embed new and changed images, reuse vectors of copies
+    and moves, forget deleted files. Hidden files and folders and junk folders (@eaDir,
+    node_modules, $RECYCLE.BIN, ...) are skipped. Interrupt with Ctrl-C at any time: work
+    done so far is kept and the next run resumes."""
+    import json
+
+    from dreamsearch.indexer import IndexOptions, index_folders
+    from dreamsearch.library import LibraryFolder, library_dir
+
+    library = LibraryFolder.prepare(library_dir(library_path))
+    models = []
+    if not dry_run:
+        from dreamsearch.models import PendingModel
+
+        if threads:
+            from dreamsearch.models.base import set_threads
+
+            set_threads(threads)
+        models = [PendingModel(n, weights_dir=weights_dir, device=device, compile=compile_model) for n in model_names]
+    options = IndexOptions(batch_size=batch_size, exclude=tuple(exclude), follow_symlinks=follow_symlinks,
+                           draft=not no_draft, max_pixels=max_pixels, max_file_size=max_file_size, dry_run=dry_run,
+                           prune=prune, gpu_decode="cuda" if gpu_decode else None,
+                           **({} if workers is None else {"workers": workers}))
+    with _progress_display(quiet) as progress:
+        report = index_folders(library, list(folders), models, options, progress)
     if not quiet:
         for path, reason in report.failures:
             click.echo(f"skipped {problem_line(path, reason)}", err=True)

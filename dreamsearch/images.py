@@ -79,7 +79,7 @@ def decode(
             if img.getexif().get(0x0112, 1) in (5, 6, 7, 8):
                 width, height = height, width
             img.seek(0)
-            if draft_size and img.format == "JPEG":
+            if draft_size and img.format in ("JPEG", "MPO"):  # MPO: a JPEG with extra pictures
                 img.draft("RGB", (draft_size, draft_size))
             img.load()
             return Picture(to_rgb(ImageOps.exif_transpose(img)), width, height, file_format)

@@ -19,10 +19,11 @@ import numpy as np
 from dreamsearch.catalog import Catalog, ModelInfo
 from dreamsearch.errors import DreamsearchError, ImageError
 from dreamsearch.images import DEFAULT_MAX_PIXELS
+from dreamsearch.indexer.decoding import DECODE_TIMEOUT_S, TimeLimitExceeded, decode_bytes, time_limit
+from dreamsearch.indexer.reading import read_file
 from dreamsearch.library import LibraryFolder
 from dreamsearch.models.base import Embedder
 from dreamsearch.vector_index import open_index
-from dreamsearch.workers import DECODE_TIMEOUT_S, DecodeJob, decode_file
 
 
 @dataclass(frozen=True)
@@ -67,10 +68,17 @@ class Searcher:
     def embed_file(self, embedder: Embedder, path: Path) -> tuple[np.ndarray, int | None]:
         """The query vector of an image file and, if the library holds the same bytes, that
         content's id (to leave the query itself out of its results)."""
-        decoded = decode_file(DecodeJob(str(path), (embedder.preprocess_spec,), DEFAULT_MAX_PIXELS, DECODE_TIMEOUT_S, True))
+        try:
+            with time_limit(DECODE_TIMEOUT_S):
+                read = read_file(str(path))
+                if read.error:
+                    raise ImageError(path, read.error)
+                decoded = decode_bytes(str(path), read.data, (embedder.preprocess_spec,), DEFAULT_MAX_PIXELS, draft=True)
+        except TimeLimitExceeded:
+            raise ImageError(path, f"reading and decoding took longer than {DECODE_TIMEOUT_S:g} s") from None
         if decoded.error:
             raise ImageError(path, decoded.error)
-        return self.embed_pixels(embedder, decoded.pixels[0]), self.catalog.content_id_of_hash(decoded.content_hash)
+        return self.embed_pixels(embedder, decoded.pixels[0]), self.catalog.content_id_of_hash(read.content_hash)
 
     def embed_pixels(self, embedder: Embedder, pixels: np.ndarray) -> np.ndarray:
         """The query vector of preprocessed pixels, refusing an embedder whose weights differ

@@ -147,10 +147,9 @@ def test_vanished_and_unreadable_files_are_recorded(tmp_path, tiny_model, monkey
     folder.mkdir()
     photo_like(100, 80, 1).save(folder / "a.jpg")
     photo_like(100, 80, 2).save(folder / "locked.jpg")
-    import dreamsearch.indexer as indexer
-    import dreamsearch.workers as workers
+    import dreamsearch.indexer.run as indexer
 
-    real_scan, real_open = indexer.scan, open
+    real_scan, real_open = indexer.scan, os.open
 
     def scan_with_ghost(root, *args):
         yield from real_scan(root, *args)
@@ -162,7 +161,7 @@ def test_vanished_and_unreadable_files_are_recorded(tmp_path, tiny_model, monkey
         return real_open(path, *args, **kwargs)
 
     monkeypatch.setattr(indexer, "scan", scan_with_ghost)
-    monkeypatch.setattr(workers, "open", guarded_open, raising=False)
+    monkeypatch.setattr(os, "open", guarded_open)
     library = LibraryFolder.prepare(tmp_path / "lib")
     report = run_index(library, folder, tiny_model, IndexOptions(workers=0))  # in-process, patched
     reasons = {Path(p).name: r for p, r in report.failures}

@@ -272,9 +272,11 @@ class Catalog:
 
     @staticmethod
     def _upsert_contents(connection: Connection, files: Sequence[FileEntry]) -> dict[str, int]:
-        rows = {entry.content_hash: dict(hash=entry.content_hash, size=entry.size, width=entry.width,
-                                         height=entry.height, format=entry.format)
-                for entry in files if entry.content_hash is not None}
+        rows: dict[str, dict] = {}
+        for entry in files:  # a byte copy (no picture details) never hides the decoded file's
+            if entry.content_hash is not None and (entry.content_hash not in rows or entry.width is not None):
+                rows[entry.content_hash] = dict(hash=entry.content_hash, size=entry.size, width=entry.width,
+                                                height=entry.height, format=entry.format)
         ids: dict[str, int] = {}
         if rows:
             connection.execute(sqlite_insert(Content).on_conflict_do_nothing(), list(rows.values()))

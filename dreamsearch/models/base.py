@@ -83,6 +83,10 @@ class Embedder:
     def preprocess(self, image: Image.Image) -> np.ndarray:
         return self.preprocess_spec(image)
 
+    def load(self) -> Embedder:
+        """Already loaded (the indexer also takes ``PendingModel`` handles)."""
+        return self
+
     def embed(self, batch: np.ndarray) -> np.ndarray:
         """``uint8 [B, S, S, 3]`` → ``float32 [B, dim]``, unit norm."""
         pixels = torch.from_numpy(np.require(batch, requirements=["C", "W"]))  # copies only read-only input

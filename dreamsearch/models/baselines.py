@@ -8,11 +8,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
-from PIL import Image
 from torch import nn
 
 from dreamsearch.errors import WeightsError
-from dreamsearch.images import Preprocess
 from dreamsearch.models.base import IMAGENET_MEAN, IMAGENET_STD, OPENAI_CLIP_MEAN, OPENAI_CLIP_STD, Embedder, Normalized
 from dreamsearch.models.registry import ModelSpec
 
@@ -37,14 +35,8 @@ def build_clip(spec: ModelSpec, root: Path, device: torch.device) -> Embedder:
     except Exception as exc:  # JIT/torch.load raise many types for damaged files
         raise WeightsError(f"{path}: not an OpenAI CLIP checkpoint ({exc})") from None
     visual = model.visual.float()
-    size = visual.image_size[0] if isinstance(visual.image_size, tuple) else visual.image_size
-    return Embedder(
-        spec.name,
-        Normalized(visual, OPENAI_CLIP_MEAN, OPENAI_CLIP_STD),
-        visual.output_dim,
-        Preprocess(size, size, Image.BICUBIC),
-        device,
-    )
+    return Embedder(spec.name, Normalized(visual, OPENAI_CLIP_MEAN, OPENAI_CLIP_STD), visual.output_dim,
+                    spec.preprocess(), device)
 
 
 def build_resnet50(spec: ModelSpec, root: Path, device: torch.device) -> Embedder:
@@ -61,6 +53,6 @@ def build_resnet50(spec: ModelSpec, root: Path, device: torch.device) -> Embedde
         spec.name,
         Normalized(ChannelsLast(model), IMAGENET_MEAN, IMAGENET_STD),
         2048,
-        Preprocess(224, 256, Image.BILINEAR),
+        spec.preprocess(),
         device,
     )

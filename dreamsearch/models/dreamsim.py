@@ -19,7 +19,6 @@ import torch
 from torch import nn
 
 from dreamsearch.errors import WeightsError
-from dreamsearch.images import Preprocess
 from dreamsearch.models.base import IMAGENET_MEAN, IMAGENET_STD, OPENAI_CLIP_MEAN, OPENAI_CLIP_STD, Embedder, Normalized
 from dreamsearch.models.registry import BACKBONES, ModelSpec, lora_dir
 from dreamsearch.models.vit import ViTConfig, VisionTransformer, resample_pos_embed
@@ -57,7 +56,7 @@ def build(spec: ModelSpec, root: Path, device: torch.device) -> Embedder:
         raise WeightsError(f"{adapter.path}: unexpected adapter tensors {sorted(adapter.unused)[:3]}")
     network = DreamSimNetwork(branches)
     dim = sum(branch.network.cfg.out_dim for branch in branches)
-    return Embedder(spec.name, network, dim, Preprocess(IMAGE_SIZE), device)
+    return Embedder(spec.name, network, dim, spec.preprocess(), device)
 
 
 def load_backbone(branch: str, path: Path) -> VisionTransformer:

@@ -8,8 +8,12 @@ official package works as a weights directory unchanged.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from dreamsearch.errors import DreamsearchError
+
+if TYPE_CHECKING:  # pragma: no cover
+    from dreamsearch.images import Preprocess
 
 RELEASES = "https://github.com/ssundaram21/dreamsim/releases/download"
 DINO_URL = "https://dl.fbaipublicfiles.com/dino/dino_vitbase16_pretrain/dino_vitbase16_pretrain.pth"
@@ -46,6 +50,18 @@ class ModelSpec:
     dreamsim_type: str = ""
     #: ``duplicates``' default --max-distance (docs/duplicates.md says how it was chosen).
     duplicate_distance: float = 0.05
+    #: Input recipe (``dreamsearch.images.Preprocess``): squash to ``input_size`` when
+    #: ``resize`` is 0 (DreamSim), else short side to ``resize`` and a central crop.
+    #: ``resample`` is a PIL filter number (3 bicubic, 2 bilinear): no PIL import here.
+    input_size: int = 224
+    resize: int = 0
+    resample: int = 3
+
+    def preprocess(self) -> Preprocess:
+        """The recipe decode threads apply before the model is even loaded."""
+        from dreamsearch.images import Preprocess
+
+        return Preprocess(self.input_size, self.resize, self.resample)
 
 
 @dataclass(frozen=True)
@@ -121,6 +137,7 @@ MODELS["clip"] = ModelSpec(
     files=(WeightFile("baselines/ViT-B-32.pt", OPENAI_CLIP_URL, OPENAI_CLIP_SHA256),),
     builder="dreamsearch.models.baselines:build_clip",
     duplicate_distance=0.02,
+    resize=224,
 )
 MODELS["resnet50"] = ModelSpec(
     name="resnet50",
@@ -130,6 +147,8 @@ MODELS["resnet50"] = ModelSpec(
     files=(WeightFile("baselines/resnet50-0676ba61.pth", RESNET50_URL, "0676ba61"),),
     builder="dreamsearch.models.baselines:build_resnet50",
     duplicate_distance=0.02,
+    resize=256,
+    resample=2,
 )
 
 DEFAULT_MODEL = "dreamsim"

@@ -1,0 +1,74 @@
+"""Decode a file's bytes on the CPU into each model's input pixels.
+
+Pillow and numpy release the GIL for the heavy part, so the indexer's threads decode in
+parallel with each other and with the model. Every outcome is returned as data, never
+raised: a bad file becomes a one-line reason.
+"""
+
+from __future__ import annotations
+
+import signal
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+import numpy as np
+
+from dreamsearch.errors import ImageError
+from dreamsearch.images import Preprocess, decode
+
+#: Seconds one file may take to read and decode before it is recorded as failed.
+DECODE_TIMEOUT_S = 60.0
+
+
+@dataclass(frozen=True)
+class Decoded:
+    """``pixels[i]`` is the input of the i-th model; empty with ``error`` set on failure.
+    ``width`` and ``height`` are the picture's as displayed (after EXIF rotation)."""
+
+    width: int = 0
+    height: int = 0
+    format: str = ""
+    pixels: tuple[np.ndarray, ...] = ()
+    error: str | None = None
+
+
+class TimeLimitExceeded(Exception):
+    pass
+
+
+def decode_bytes(path: str, data: bytes, recipes: tuple[Preprocess, ...], max_pixels: int, draft: bool) -> Decoded:
+    """Decode ``data`` (the content of ``path``) and preprocess it for each model. With
+    ``draft``, JPEGs decode at the smallest DCT scale that keeps twice each model's input
+    size (see docs/indexing.md for the measured error)."""
+    draft_size = max(r.draft_size for r in recipes) if draft else 0
+    try:
+        picture = decode(path, data=data, max_pixels=max_pixels, draft_size=draft_size)
+        pixels = tuple(recipe(picture.image) for recipe in recipes)
+    except ImageError as exc:
+        return Decoded(error=exc.reason)
+    except MemoryError:
+        return Decoded(error="not enough memory to decode")
+    return Decoded(picture.width, picture.height, picture.format, pixels)
+
+
+@contextmanager
+def time_limit(seconds: float) -> Iterator[None]:
+    """Raise :class:`TimeLimitExceeded` after ``seconds`` in the main thread (SIGALRM, which
+    only the main thread may arm: decoding in-process with ``workers=0``, or a query).
+    Elsewhere this does nothing: the indexer times its worker threads itself."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def expire(signum, frame):
+        raise TimeLimitExceeded()
+
+    previous = signal.signal(signal.SIGALRM, expire)
+    signal.setitimer(signal.ITIMER_REAL, seconds)
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)

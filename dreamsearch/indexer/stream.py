@@ -1,0 +1,144 @@
+"""Run a function over many items in threads, in order, a bounded number ahead.
+
+Two properties the indexer relies on:
+- back-pressure: at most ``ahead`` items are submitted and not yet taken by the consumer,
+  so memory does not depend on how many items there are, while the threads keep working
+  when the consumer is busy (embedding a batch);
+- nothing can stall the run: an item not done ``timeout_s`` after the consumer asked for
+  it is given up (``on_timeout``) and its thread replaced. Threads are daemons, so a thread
+  stuck in a read or a decoder does not keep the process alive either.
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import Future
+from concurrent.futures import TimeoutError as FutureTimeout
+from typing import Any, TypeVar
+
+Item = TypeVar("Item")
+Result = TypeVar("Result")
+
+_POLL_S = 0.1
+
+
+class Workers:
+    """A fixed number of daemon threads taking jobs from one queue."""
+
+    def __init__(self, count: int, name: str) -> None:
+        self._jobs: queue.SimpleQueue = queue.SimpleQueue()
+        self._name = name
+        self._lock = threading.Lock()
+        self._given_up: set[Future] = set()  # their threads retire when (if) they come back
+        self._started = 0
+        for _ in range(count):
+            self._start_thread()
+
+    def submit(self, function: Callable[..., Result], *args: Any) -> Future:
+        future: Future = Future()
+        self._jobs.put((future, function, args))
+        return future
+
+    def call(self, function: Callable[..., Result], *args: Any) -> Result:
+        """``function(*args)`` in a worker thread. The caller waits in a way signal handlers
+        can interrupt, so Ctrl-C is answered at once even during a long model call."""
+        return self.submit(function, *args).result()
+
+    def give_up(self, future: Future) -> None:
+        """Stop waiting for ``future``: a new thread takes the place of the one running it,
+        which retires if it ever comes back."""
+        with self._lock:
+            if future.done():  # it came back just now; its thread carries on
+                return
+            self._given_up.add(future)
+        self._start_thread()
+
+    def close(self) -> None:
+        """Cancel jobs not started yet and let the threads end (stuck ones are abandoned)."""
+        while True:
+            try:
+                future, _function, _args = self._jobs.get_nowait()
+            except queue.Empty:
+                break
+            future.cancel()
+        with self._lock:
+            for _ in range(self._started):
+                self._jobs.put(None)
+
+    def _start_thread(self) -> None:
+        with self._lock:
+            self._started += 1
+            number = self._started
+        threading.Thread(target=self._work, name=f"{self._name}-{number}", daemon=True).start()
+
+    def _work(self) -> None:
+        while (job := self._jobs.get()) is not None:
+            future, function, args = job
+            if future.set_running_or_notify_cancel():
+                try:
+                    future.set_result(function(*args))
+                except BaseException as exc:  # handed to the consumer, who re-raises it
+                    future.set_exception(exc)
+            with self._lock:
+                if future in self._given_up:
+                    self._given_up.discard(future)
+                    return
+
+
+def ordered(
+    workers: Workers | None,
+    function: Callable[[Item], Result],
+    items: Iterable[Item],
+    ahead: int,
+    timeout_s: float,
+    on_timeout: Callable[[Item], Result],
+) -> Iterator[Result]:
+    """``function(item)`` for each item, in order. ``workers=None`` runs them in the
+    calling thread, one at a time (``function`` must then time itself)."""
+    if workers is None:
+        yield from map(function, items)
+        return
+    submitted: queue.SimpleQueue = queue.SimpleQueue()
+    slots = threading.Semaphore(max(1, ahead))  # items submitted and not yet taken
+    closed = threading.Event()
+    done = object()
+
+    def feed() -> None:
+        try:
+            for item in items:
+                while not slots.acquire(timeout=_POLL_S):
+                    if closed.is_set():
+                        return
+                if closed.is_set():
+                    return
+                submitted.put((item, workers.submit(function, item)))
+        except BaseException as exc:  # the consumer re-raises it
+            submitted.put((exc, None))
+            return
+        submitted.put((done, None))
+
+    threading.Thread(target=feed, name="dreamsearch-feed", daemon=True).start()
+    try:
+        while True:
+            item, future = submitted.get()
+            slots.release()
+            if item is done:
+                return
+            if future is None:
+                raise item
+            try:
+                yield future.result(timeout=timeout_s)
+            except FutureTimeout:
+                workers.give_up(future)
+                yield on_timeout(item)
+    finally:
+        closed.set()
+        while True:  # drop what the feeder had submitted
+            try:
+                _item, future = submitted.get_nowait()
+            except queue.Empty:
+                break
+            if future is not None:
+                future.cancel()

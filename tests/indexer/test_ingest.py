@@ -1,0 +1,240 @@
+"""The ingest pipeline of ``dreamsearch index``: one read per file, streaming commits, no
+stage that can hang the run, no model loaded when nothing needs embedding, Ctrl-C heard
+at once, and the batched JPEG decoder (run here on its CPU backend)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import sqlite3
+import threading
+from pathlib import Path
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+from PIL import Image
+
+import dreamsearch.indexer.pipeline as pipeline
+import dreamsearch.indexer.run as run_module
+from dreamsearch.catalog import Catalog
+from dreamsearch.cli import main
+from dreamsearch.indexer import IndexOptions, index_folders
+from dreamsearch.indexer.gpu_decode import JpegBatchDecoder
+from dreamsearch.library import LibraryFolder
+from dreamsearch.models import PendingModel
+from dreamsearch.scan import ScannedFile
+from tests.conftest import photo_folder, photo_like
+
+
+def stored_vectors(library: LibraryFolder) -> dict[str, np.ndarray]:
+    """file name -> stored vector."""
+    with Catalog(library.catalog_path) as catalog:
+        model = catalog.model("dreamsim-dino")
+        ids, vectors = catalog.vectors_for(model, catalog.vector_ids(model))
+        paths = catalog.paths_of(ids.tolist())
+        return {Path(p).name: vectors[i] for i, cid in enumerate(ids.tolist()) for p in paths[cid]}
+
+
+def bytes_read_by_this_process() -> int:
+    with open("/proc/self/io") as handle:
+        return int(next(line for line in handle if line.startswith("rchar:")).split()[1])
+
+
+def test_a_first_run_reads_each_photo_once(tmp_path, tiny_model):
+    folder = photo_folder(tmp_path / "photos", 12, (900, 700), 40, "p{:02d}.jpg", quality=95)
+    shutil.copy(folder / "p00.jpg", folder / "copy.jpg")
+    on_disk = sum(p.stat().st_size for p in folder.iterdir())
+    warm_up = photo_folder(tmp_path / "warm-up", 1, (160, 120), 1, "w.jpg")  # imports read .py files once
+    index_folders(LibraryFolder.prepare(tmp_path / "warm-lib"), [warm_up], [tiny_model], IndexOptions(workers=1))
+    library = LibraryFolder.prepare(tmp_path / "lib")
+    Catalog(library.catalog_path).close()  # migrations read their scripts: not the photos' cost
+    before = bytes_read_by_this_process()
+    report = index_folders(library, [folder], [tiny_model], IndexOptions(workers=1, batch_size=4))
+    ratio = (bytes_read_by_this_process() - before) / on_disk
+    print(f"bytes read / bytes on disk: {ratio:.3f} ({on_disk} bytes on disk)")
+    assert report.embedded == 12 and report.copied == 1 and report.read == 13
+    assert ratio <= 1.1
+
+
+def test_the_first_batch_is_committed_before_the_folder_is_read(tmp_path, tiny_model):
+    folder = photo_folder(tmp_path / "photos", 30, (160, 120), 60, "p{:02d}.jpg")
+    library = LibraryFolder.prepare(tmp_path / "lib")
+    seen = []
+
+    def progress(report) -> None:
+        if report.embedded and not seen:
+            with sqlite3.connect(f"file:{library.catalog_path}?mode=ro", uri=True) as connection:
+                committed = connection.execute("SELECT count(*) FROM vectors").fetchone()[0]
+            seen.append((report.read, report.to_read, committed))
+
+    index_folders(library, [folder], [tiny_model], IndexOptions(workers=1, batch_size=2), progress)
+    read, to_read, committed = seen[0]
+    assert committed == 2 and to_read == 30
+    assert read <= 2 + 2 * 2 + 2 * 1 + 1  # the batch, plus at most the bounded read-ahead
+
+
+def test_a_fifo_and_a_huge_sparse_file_are_recorded_and_the_photos_indexed(tmp_path, tiny_model, monkeypatch):
+    folder = photo_folder(tmp_path / "photos", 3, (160, 120), 80, "p{}.jpg")
+    with open(folder / "huge.jpg", "wb") as handle:
+        handle.truncate(30 * 1024**3)  # sparse: no disk space used
+    real_scan = run_module.scan
+
+    def scan_then_swap(root, *args):
+        yield from real_scan(root, *args)
+        os.mkfifo(folder / "swapped.jpg")  # listed as a photo, a FIFO by the time it is read
+        yield ScannedFile("swapped.jpg", 1000, 1)
+
+    monkeypatch.setattr(run_module, "scan", scan_then_swap)
+    library = LibraryFolder.prepare(tmp_path / "lib")
+    report = index_folders(library, [folder], [tiny_model], IndexOptions(workers=1, batch_size=2))
+    reasons = {Path(p).name: r for p, r in report.failures}
+    assert reasons == {
+        "huge.jpg": "30.0 GiB is over the file size limit of 2.0 GiB (--max-file-size)",
+        "swapped.jpg": "not a regular file (a pipe, socket or device)",
+    }
+    assert report.embedded == 3
+
+
+def test_a_decoder_that_never_returns_costs_its_file_only(tmp_path, tiny_model, monkeypatch):
+    folder = photo_folder(tmp_path / "photos", 5, (160, 120), 90, "p{}.jpg")
+    release = threading.Event()
+    real_decode = pipeline.decode_bytes
+
+    def decode(path, *args):
+        if path.endswith("p2.jpg"):
+            release.wait(60)
+        return real_decode(path, *args)
+
+    monkeypatch.setattr(pipeline, "decode_bytes", decode)
+    library = LibraryFolder.prepare(tmp_path / "lib")
+    report = index_folders(library, [folder], [tiny_model], IndexOptions(workers=1, batch_size=2, decode_timeout_s=1))
+    release.set()
+    assert report.failures == [(str(folder / "p2.jpg"), "reading and decoding took longer than 1 s")]
+    assert report.embedded == 4
+
+
+def test_no_model_is_loaded_when_nothing_needs_embedding(tmp_path, tiny_weights, monkeypatch):
+    folder = photo_folder(tmp_path / "photos", 4, (160, 120), 100, "p{}.jpg")
+    library = LibraryFolder.prepare(tmp_path / "lib")
+    first = PendingModel("dreamsim-dino", weights_dir=tiny_weights, device="cpu")
+    assert index_folders(library, [folder], [first], IndexOptions(workers=1)).embedded == 4
+
+    def refuse(self):
+        raise AssertionError("the model was loaded")
+
+    monkeypatch.setattr(PendingModel, "load", refuse)
+    handle = PendingModel("dreamsim-dino", weights_dir=tiny_weights, device="cpu")
+    assert index_folders(library, [folder], [handle], IndexOptions(workers=1)).unchanged == 4
+    shutil.copy(folder / "p1.jpg", folder / "copy.jpg")
+    (folder / "p3.jpg").rename(folder / "moved.jpg")
+    report = index_folders(library, [folder], [handle], IndexOptions(workers=1))
+    assert (report.copied, report.moved, report.embedded) == (1, 1, 0)
+
+
+class SlowModel:
+    """The tiny model, holding each batch until the test lets it go."""
+
+    def __init__(self, model) -> None:
+        self.model = model
+        self.name, self.dim, self.fingerprint = model.name, model.dim, model.fingerprint
+        self.preprocess_spec = model.preprocess_spec
+        self.started, self.release = threading.Event(), threading.Event()
+
+    def load(self):
+        return self
+
+    def embed(self, pixels):
+        self.started.set()
+        self.release.wait(30)
+        return self.model.embed(pixels)
+
+
+def test_the_first_ctrl_c_is_answered_while_the_model_is_still_busy(tmp_path, tiny_model):
+    assert threading.current_thread() is threading.main_thread()
+    folder = photo_folder(tmp_path / "photos", 8, (160, 120), 110, "p{}.jpg")
+    library = LibraryFolder.prepare(tmp_path / "lib")
+    model = SlowModel(tiny_model)
+    heard_while_busy = []
+
+    def progress(report) -> None:
+        if report.stopping and not heard_while_busy:
+            heard_while_busy.append(not model.release.is_set())
+            model.release.set()
+
+    def press_ctrl_c() -> None:
+        if model.started.wait(30):
+            os.kill(os.getpid(), signal.SIGINT)
+            threading.Timer(10, model.release.set).start()  # never hang the test
+
+    threading.Thread(target=press_ctrl_c).start()
+    report = index_folders(library, [folder], [model], IndexOptions(workers=1, batch_size=2), progress)
+    assert heard_while_busy == [True]
+    assert report.interrupted and report.embedded == 2  # the batch in flight was finished
+
+
+def test_max_file_size_option_is_read_in_human_units(tmp_path, tiny_weights):
+    folder = photo_folder(tmp_path / "photos", 2, (160, 120), 120, "p{}.jpg")
+    photo_like(900, 700, 1).save(folder / "big.png")
+    args = ["index", str(folder), "-m", "dreamsim-dino", "--weights-dir", str(tiny_weights),
+            "--library", str(tmp_path / "lib"), "--json"]
+    outcome = CliRunner().invoke(main, [*args, "--max-file-size", "50KB"])
+    assert outcome.exit_code == 0, outcome.output
+    assert "big.png: " in outcome.stderr and "over the file size limit of 48.8 KiB" in outcome.stderr
+    bad = CliRunner().invoke(main, [*args, "--max-file-size", "lots"])
+    assert bad.exit_code == 2 and "'lots' is not a size" in bad.output
+
+
+def mixed_jpeg_folder(folder: Path) -> Path:
+    """Baseline JPEGs (to the batched decoder) and files it must leave to the CPU."""
+    photo_folder(folder, 6, (900, 700), 130, "base{}.jpg", quality=92)
+    photo_like(640, 480, 140).save(folder / "progressive.jpg", progressive=True)
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    photo_like(640, 480, 141).save(folder / "rotated.jpg", exif=exif)
+    photo_like(320, 240, 142).convert("CMYK").save(folder / "cmyk.jpg")
+    photo_like(320, 240, 143).convert("L").save(folder / "grey.jpg")
+    photo_like(320, 240, 144).save(folder / "screen.png")
+    return folder
+
+
+def test_batched_jpeg_decoding_agrees_with_the_cpu_path(tmp_path, tiny_model):
+    folder = mixed_jpeg_folder(tmp_path / "photos")
+    cpu, batched = LibraryFolder.prepare(tmp_path / "cpu"), LibraryFolder.prepare(tmp_path / "batched")
+    index_folders(cpu, [folder], [tiny_model], IndexOptions(workers=1, batch_size=4))
+    report = index_folders(batched, [folder], [tiny_model], IndexOptions(workers=1, batch_size=4, gpu_decode="cpu"))
+    assert report.embedded == 11 and report.failed == 0
+    reference, ours = stored_vectors(cpu), stored_vectors(batched)
+    assert set(reference) == set(ours)
+    cosines = {name: float(reference[name] @ ours[name]) for name in reference}
+    print("min cosine, batched vs CPU path:", min(cosines.values()))
+    assert min(cosines.values()) >= 0.9999
+    for routed_to_cpu in ("progressive.jpg", "rotated.jpg", "cmyk.jpg", "grey.jpg", "screen.png"):
+        assert cosines[routed_to_cpu] == pytest.approx(1.0, abs=1e-6)  # the very same decoder
+    with Catalog(batched.catalog_path) as catalog:
+        ids = catalog.vector_ids(catalog.model("dreamsim-dino")).tolist()
+        details = {Path(d.path).name: d for found in catalog.file_details(ids).values() for d in found}
+    assert (details["rotated.jpg"].width, details["rotated.jpg"].height) == (480, 640)
+    assert (details["base0.jpg"].width, details["base0.jpg"].height) == (900, 700)
+
+
+def test_a_file_the_batched_decoder_fails_on_goes_to_the_cpu_and_order_is_kept(tmp_path, tiny_model, monkeypatch):
+    folder = mixed_jpeg_folder(tmp_path / "photos")
+    real = JpegBatchDecoder._decode_jpeg
+
+    def flaky(self, tensors):
+        if len(tensors) > 1 or bytes(tensors[0][-200:].tolist()) == (folder / "base3.jpg").read_bytes()[-200:]:
+            raise RuntimeError("nvjpeg: hardware decoder error")  # fails every batch and base3.jpg alone
+        return real(self, tensors)
+
+    monkeypatch.setattr(JpegBatchDecoder, "_decode_jpeg", flaky)
+    cpu, batched = LibraryFolder.prepare(tmp_path / "cpu"), LibraryFolder.prepare(tmp_path / "batched")
+    index_folders(cpu, [folder], [tiny_model], IndexOptions(workers=1, batch_size=4))
+    report = index_folders(batched, [folder], [tiny_model], IndexOptions(workers=1, batch_size=4, gpu_decode="cpu"))
+    assert report.embedded == 11 and report.failed == 0
+    reference, ours = stored_vectors(cpu), stored_vectors(batched)
+    assert float(reference["base3.jpg"] @ ours["base3.jpg"]) == pytest.approx(1.0, abs=1e-6)  # the CPU fallback
+    for name in reference:  # each file kept its own vector: nothing was shuffled in a batch
+        best = max(ours, key=lambda other: float(reference[name] @ ours[other]))
+        assert best == name
