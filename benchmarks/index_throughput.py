@@ -24,7 +24,6 @@ import argparse
 import json
 import multiprocessing
 import os
-import resource
 import subprocess
 import sys
 import tempfile
@@ -92,8 +91,8 @@ def make_corpus(folder: Path, kind: str, count: int) -> list[Path]:
 
 def pure_decode(paths: list[Path], recipes, threads: int) -> float:
     from dreamsearch.images import DEFAULT_MAX_PIXELS
-    from dreamsearch.indexer.decoding import decode_bytes
-    from dreamsearch.indexer.reading import read_file
+    from dreamsearch.decoding import decode_bytes
+    from dreamsearch.reading import read_file
 
     def one(path: Path) -> None:
         read = read_file(str(path))
@@ -167,7 +166,13 @@ def child(spec: dict) -> None:
         "embedded": report.embedded, "failed": report.failed, "seconds": ended - began,
         "startup_s": first[0][0] - began if first else None, "steady_img_s": steady,
         "workers": options.workers, "gpu_busy": sampler.stop() if sampler else None,
-        "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
+        "peak_rss_mib": peak_rss_kib() / 1024}))
+
+
+def peak_rss_kib() -> int:
+    """VmHWM, this process's own peak (``ru_maxrss`` would carry the parent's over exec)."""
+    with open("/proc/self/status") as handle:
+        return int(next(line for line in handle if line.startswith("VmHWM:")).split()[1])
 
 
 class GpuSampler:
@@ -193,6 +198,23 @@ class GpuSampler:
         return float(np.mean(self.samples)) if self.samples else None
 
 
+def naive_loop(weights: Path, dreamsim_type: str, paths: list[Path], device: str) -> float:
+    """What the official README leads to: open, preprocess, embed one image at a time."""
+    import torch
+
+    from tests.models.official_layout import official_model
+
+    official, preprocess = official_model(weights, dreamsim_type, device)
+    with torch.no_grad():
+        official.embed(preprocess(Image.open(paths[0])).to(device))
+        began = time.perf_counter()
+        for path in paths:
+            official.embed(preprocess(Image.open(path)).to(device))
+        if device == "cuda":
+            torch.cuda.synchronize()
+    return len(paths) / (time.perf_counter() - began)
+
+
 def machine() -> str:
     try:
         info = Path("/proc/cpuinfo").read_text()
@@ -210,6 +232,7 @@ def main() -> None:
     parser.add_argument("--camera", type=int, default=1000, help="12 MP JPEGs")
     parser.add_argument("--mixed", type=int, default=300, help="HEIC + PNG + web JPEG")
     parser.add_argument("--rss", default="1000,4000", help="corpus sizes for the memory check ('' skips it)")
+    parser.add_argument("--naive", type=int, default=30, help="camera images for the official naive loop (0 skips)")
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     parser.add_argument("--gpu-decode", action="store_true")
     parser.add_argument("--workers", type=int, default=None)
@@ -263,6 +286,10 @@ def main() -> None:
                   f"read {size / seconds / 1e9:.3f} GB/s; peak RSS {result['peak_rss_mib']:.0f} MiB{busy}")
             print(f"  {kind}: steady / pure embedding = {result['steady_img_s'] / embed_rate:.2f}; "
                   f"steady / min(decode, embedding) = {result['steady_img_s'] / ceiling:.2f}")
+            if kind == "camera" and args.naive:
+                naive = naive_loop(weights, OFFICIAL_TYPES[name], paths[: args.naive], args.device)
+                print(f"  camera: naive official loop {naive:.2f} img/s ({args.naive} images); "
+                      f"end to end overall / naive = {result['embedded'] / seconds / naive:.2f}x")
         del model
     sizes = [int(s) for s in args.rss.split(",") if s]
     if sizes:

@@ -19,8 +19,8 @@ import numpy as np
 from dreamsearch.catalog import Catalog, ModelInfo
 from dreamsearch.errors import DreamsearchError, ImageError
 from dreamsearch.images import DEFAULT_MAX_PIXELS
-from dreamsearch.indexer.decoding import DECODE_TIMEOUT_S, TimeLimitExceeded, decode_bytes, time_limit
-from dreamsearch.indexer.reading import read_file
+from dreamsearch.decoding import DECODE_TIMEOUT_S, TimeLimitExceeded, decode_bytes, time_limit, too_slow
+from dreamsearch.reading import read_file
 from dreamsearch.library import LibraryFolder
 from dreamsearch.models.base import Embedder
 from dreamsearch.vector_index import open_index
@@ -75,7 +75,7 @@ class Searcher:
                     raise ImageError(path, read.error)
                 decoded = decode_bytes(str(path), read.data, (embedder.preprocess_spec,), DEFAULT_MAX_PIXELS, draft=True)
         except TimeLimitExceeded:
-            raise ImageError(path, f"reading and decoding took longer than {DECODE_TIMEOUT_S:g} s") from None
+            raise ImageError(path, too_slow(DECODE_TIMEOUT_S)) from None
         if decoded.error:
             raise ImageError(path, decoded.error)
         return self.embed_pixels(embedder, decoded.pixels[0]), self.catalog.content_id_of_hash(read.content_hash)

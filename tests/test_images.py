@@ -121,3 +121,19 @@ def test_resize_helpers_shapes():
     img = photo_like(300, 200, 5)
     assert resize_squash(img, 224).shape == (224, 224, 3)
     assert resize_center_crop(img, 256, 224).shape == (224, 224, 3)
+
+
+@pytest.mark.parametrize("file_format", ["JPEG", "MPO"])
+def test_jpeg_draft_also_applies_to_jpegs_with_extra_pictures(file_format):
+    """Phones store gain maps as extra pictures, and Pillow then calls the file MPO: it is
+    still a JPEG and must decode at the reduced scale too (it used to decode at full size)."""
+    from dreamsearch.images import decode
+
+    buffer = io.BytesIO()
+    photo = photo_like(2000, 1500, 1)
+    photo.save(buffer, file_format, **({"save_all": True, "append_images": [photo_like(500, 375, 2)]}
+                                       if file_format == "MPO" else {}))
+    picture = decode("phone.jpg", data=buffer.getvalue(), draft_size=448)
+    assert picture.format == file_format
+    assert (picture.width, picture.height) == (2000, 1500)  # as the file says
+    assert picture.image.size == (1000, 750)  # decoded at 1/2 scale, the smallest keeping 448 px

@@ -24,6 +24,8 @@ from dreamsearch.catalog.schema import CatalogInfo, Content, File, Model, Root, 
 from dreamsearch.errors import DreamsearchError
 
 STORAGE_DTYPES = {"float32": np.float32, "float16": np.float16}
+#: ``catalog_info`` key present while an indexer defers dropping orphaned contents.
+_ORPHANS_DUE = "orphans_due"
 
 
 @dataclass(frozen=True)
@@ -246,9 +248,13 @@ class Catalog:
         root_id: int,
         files: Sequence[FileEntry],
         vectors: dict[str, dict[str, np.ndarray]] | None = None,
-    ) -> None:
+        drop_orphans: bool = True,
+    ) -> set[int]:
         """Record ``files`` under ``root_id`` and ``vectors[model][content_hash]`` in one
-        transaction: a crash leaves either all of the batch or none of it."""
+        transaction: a crash leaves either all of the batch or none of it. Returns the
+        contents these paths held before. With ``drop_orphans`` off, those that no file
+        refers to any more are kept (with their vectors) for :meth:`drop_orphans`: an
+        indexer may still record another file with that content later in its run."""
         vectors = vectors or {}
         now = _now()
         with self._write() as connection:
@@ -268,7 +274,30 @@ class Catalog:
             for model_name, by_hash in vectors.items():
                 model = self._model_row(connection, model_name)
                 self._put_vectors(connection, model, {content_ids[h]: (h, vector) for h, vector in by_hash.items()})
-            self._drop_orphans(connection, previous)
+            if drop_orphans:
+                self._drop_orphans(connection, previous)
+        return previous
+
+    def defer_orphans(self) -> bool:
+        """Note that orphaned contents will be dropped at the end of a run (see
+        ``commit_batch``). True if a run that noted it died before its
+        ``drop_orphans``: then the caller should sweep every content."""
+        with self._write() as connection:
+            due = connection.execute(select(CatalogInfo.value).where(CatalogInfo.key == _ORPHANS_DUE)).first()
+            if due is None:
+                connection.execute(insert(CatalogInfo).values(key=_ORPHANS_DUE, value="1"))
+        return due is not None
+
+    def drop_orphans(self, candidates: set[int] | None = None) -> None:
+        """Delete those of ``candidates`` (every content when ``None``) that no file refers
+        to, logging the removal of their vectors; clears the note of ``defer_orphans``."""
+        with self._write() as connection:
+            if candidates is None:
+                candidates = set(connection.execute(
+                    select(Content.id).where(~select(File.id).where(File.content_id == Content.id).exists())
+                ).scalars())
+            self._drop_orphans(connection, candidates)
+            connection.execute(delete(CatalogInfo).where(CatalogInfo.key == _ORPHANS_DUE))
 
     @staticmethod
     def _upsert_contents(connection: Connection, files: Sequence[FileEntry]) -> dict[str, int]:

@@ -19,12 +19,14 @@ from dataclasses import dataclass
 
 from dreamsearch.catalog import Catalog, ModelInfo, StoredFile
 from dreamsearch.images import Preprocess
-from dreamsearch.indexer.decoding import Decoded, TimeLimitExceeded, decode_bytes, time_limit
-from dreamsearch.indexer.reading import read_file
+from dreamsearch.decoding import Decoded, TimeLimitExceeded, decode_bytes, time_limit, too_slow
+from dreamsearch.reading import read_file
 from dreamsearch.scan import ScannedFile
 
 
 class Kind(enum.Enum):
+    """What a file needs after it was read: nothing more, waiting, or embedding."""
+
     SAME = "same bytes as indexed (only the mtime changed)"
     KNOWN = "content already indexed: a copy or a move"
     COPY = "a copy of a file being decoded in this run"
@@ -44,12 +46,15 @@ class Candidate:
 
 @dataclass
 class Outcome:
+    """One file's result, handed in order to the thread that embeds and commits."""
+
     candidate: Candidate
     kind: Kind
     content_hash: str | None = None
     decoded: Decoded | None = None
     data: bytes = b""  # FOR_GPU only
     error: str | None = None
+    gave_up: bool = False  # its thread did not answer in time
 
 
 class Contents:
@@ -64,27 +69,42 @@ class Contents:
     def __init__(self, catalog: Catalog, models: Sequence[ModelInfo]) -> None:
         self._catalog, self._models = catalog, list(models)
         self._lock = threading.Lock()
-        self._claimed: set[str] = set()
+        self._claimed: dict[str, str] = {}  # content hash -> path of the file decoding it
         self._failed: dict[str, str] = {}
+        self._abandoned: dict[str, str] = {}  # path -> why the run stopped waiting for it
 
-    def classify(self, content_hash: str) -> tuple[Kind | None, str | None]:
-        """``(KNOWN|COPY|FAILED, reason)`` or ``(None, None)`` when the caller now owns
-        the content and must decode it."""
+    def classify(self, content_hash: str, path: str) -> tuple[Kind | None, str | None]:
+        """``(KNOWN|COPY|FAILED, reason)`` or ``(None, None)`` when ``path`` now owns the
+        content and must decode it."""
         with self._lock:
+            if path in self._abandoned:  # its thread came back after the run gave up on it
+                return Kind.FAILED, self._abandoned[path]
             if content_hash in self._claimed:
                 return Kind.COPY, None
             if content_hash in self._failed:
                 return Kind.FAILED, self._failed[content_hash]
             if self._catalog.hashes_with_vectors(self._models, [content_hash]):
                 return Kind.KNOWN, None
-            self._claimed.add(content_hash)
+            self._claimed[content_hash] = path
             return None, None
 
     def settle(self, content_hash: str, error: str | None = None) -> None:
+        """Close ``content_hash``'s claim: committed (``error`` None) or failed."""
         with self._lock:
-            self._claimed.discard(content_hash)
+            self._claimed.pop(content_hash, None)
             if error is not None:
                 self._failed[content_hash] = error
+
+    def abandon(self, path: str, reason: str) -> str | None:
+        """The run gave up waiting for ``path``: the content it claimed (returned, if any)
+        fails with ``reason``, and if its thread ever comes back it claims nothing."""
+        with self._lock:
+            self._abandoned[path] = reason
+            owned = next((h for h, owner in self._claimed.items() if owner == path), None)
+            if owned is not None:
+                del self._claimed[owned]
+                self._failed[owned] = reason
+            return owned
 
     def failure(self, content_hash: str) -> str | None:
         """Why a content failed in this run; ``None`` if it did not (or is still claimed)."""
@@ -116,7 +136,7 @@ class FileProcessor:
                 if read.error:
                     return Outcome(candidate, Kind.FAILED, error=read.error)
                 content_hash = read.content_hash
-                kind, reason = self.contents.classify(content_hash)
+                kind, reason = self.contents.classify(content_hash, candidate.path)
                 if kind is Kind.KNOWN and candidate.previous and candidate.previous.content_hash == content_hash:
                     kind = Kind.SAME
                 if kind is not None:
@@ -125,11 +145,7 @@ class FileProcessor:
                     return Outcome(candidate, Kind.FOR_GPU, content_hash, data=read.data)
                 decoded = decode_bytes(candidate.path, read.data, self.recipes, self.max_pixels, self.draft)
         except TimeLimitExceeded:
-            return self.timed_out(candidate, content_hash)
+            return Outcome(candidate, Kind.FAILED, content_hash, error=too_slow(self.timeout_s))
         if decoded.error:
             return Outcome(candidate, Kind.FAILED, content_hash, error=decoded.error)
         return Outcome(candidate, Kind.DECODED, content_hash, decoded)
-
-    def timed_out(self, candidate: Candidate, content_hash: str | None = None) -> Outcome:
-        return Outcome(candidate, Kind.FAILED, content_hash,
-                       error=f"reading and decoding took longer than {self.timeout_s:g} s")

@@ -26,6 +26,7 @@ import threading
 import time
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Iterator, Sequence
+from concurrent.futures import TimeoutError as FutureTimeout
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,12 +34,12 @@ from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
 
-from dreamsearch.catalog import Catalog, FileEntry, ModelInfo, RootPlace, path_from_db, path_to_db
+from dreamsearch.catalog import Catalog, FileEntry, ModelInfo, RootPlace, StoredFile, path_from_db, path_to_db
 from dreamsearch.errors import DreamsearchError
 from dreamsearch.images import DEFAULT_MAX_PIXELS, Preprocess
-from dreamsearch.indexer.decoding import DECODE_TIMEOUT_S, Decoded, decode_bytes
+from dreamsearch.decoding import DECODE_TIMEOUT_S, Decoded, TimeLimitExceeded, decode_bytes, time_limit, too_slow
 from dreamsearch.indexer.pipeline import Candidate, Contents, FileProcessor, Kind, Outcome
-from dreamsearch.indexer.reading import DEFAULT_MAX_FILE_SIZE
+from dreamsearch.reading import DEFAULT_MAX_FILE_SIZE
 from dreamsearch.indexer.stream import Workers, ordered
 from dreamsearch.library import LibraryFolder
 from dreamsearch.scan import ScannedFile, scan
@@ -52,6 +53,9 @@ SAVE_INDEX_EVERY = 50  # batches
 #: at a time, or after ``COMMIT_EVERY_S``, whichever comes first.
 REUSE_BATCH = 500
 COMMIT_EVERY_S = 2.0
+#: A folder whose files time out this many times in a row stopped answering (a hung drive
+#: or share): the run stops reading it rather than wait a minute per file.
+MAX_TIMEOUTS_IN_A_ROW = 3
 #: A folder that loses more than this share of its indexed files in one run keeps them
 #: (an unmounted drive or share looks like a folder whose photos were all deleted).
 MAX_LOSS_WITHOUT_PRUNE = 0.5
@@ -161,12 +165,23 @@ def outermost(folders: Iterable[Path]) -> list[Path]:
 
 @dataclass
 class _Plan:
-    """One folder's share of a run: where its files go, what to read, what is gone."""
+    """One folder's share of a run, filled in while its scan streams: where its files go,
+    what the catalog held there and, once the scan is done, what is gone."""
 
     place: RootPlace
-    candidates: list[Candidate]
-    gone: list[str]
-    indexed: int  # files the catalog held under the folder before the run
+    folder: Path
+    stored: dict[str, StoredFile]
+    seen: set[str] = field(default_factory=set)
+    unreadable: list[str] = field(default_factory=list)  # folders that could not be listed
+    scan_errors: list[tuple[str, str, str]] = field(default_factory=list)  # (relpath, path, reason)
+    unchanged: int = 0
+    gone: list[str] | None = None  # None until the scan is done
+    stopped_reading: str | None = None  # why the run gave up on the folder
+
+    @property
+    def complete(self) -> bool:
+        """Scanned to the end and read without giving up: gone files may be removed."""
+        return self.gone is not None and self.stopped_reading is None
 
 
 @dataclass
@@ -180,45 +195,77 @@ class _Pending:
 
 
 class _Run:
+    """One run: the consumer end of the pipeline (this thread), the model thread, and the
+    bookkeeping that keeps the catalog and the report right."""
+
     def __init__(self, catalog: Catalog, library: LibraryFolder, sources: list[ModelSource], options: IndexOptions,
                  progress: Progress, stop: threading.Event, report: IndexReport) -> None:
         self.catalog, self.library, self.sources = catalog, library, sources
         self.options, self.progress, self.stop, self.report = options, progress, stop, report
+        self.recipes = tuple(s.preprocess_spec for s in sources)
         self.models: list[ModelInfo] = []
         self.embedders: list[Embedder | None] = [None] * len(sources)
         self.batches_since_save = 0
-        self.gone_hashes: set[str] = set()  # contents of files gone from disk: a reuse is a move
-        self.model_thread = Workers(1, "dreamsearch-model")
+        self.reused: list[str] = []  # contents recorded as copies or moves (a move if its old path is gone)
+        self.replaced: set[int] = set()  # contents whose files changed: dropped at the end if orphaned
+        self.model_thread = Workers(1, "dreamsearch-model")  # closed at the end of execute
+        self.readers: Workers | None = None
         self.gpu_decoder = None
-        if options.gpu_decode and not options.dry_run:
-            from dreamsearch.indexer.gpu_decode import JpegBatchDecoder
-
-            self.gpu_decoder = JpegBatchDecoder(options.gpu_decode)
 
     def execute(self, roots: list[Path]) -> IndexReport:
         started = time.perf_counter()
-        if not self.options.dry_run:
-            self.models = [self._register(i) for i in range(len(self.sources))]
-        plans = [self._plan(root) for root in roots]
+        try:
+            if self.options.dry_run:
+                self._look(roots)
+            else:
+                self._index(roots)
+        finally:
+            self.model_thread.close()
+            if self.readers is not None:
+                self.readers.close()
         self.report.missing_roots = [p for p in self.catalog.roots().values() if not Path(p).is_dir()]
-        if not self.options.dry_run:
-            readers = Workers(self.options.workers, "dreamsearch-read") if self.options.workers > 0 else None
-            try:
-                for plan in plans:
-                    if self.stop.is_set():
-                        break
-                    self._add(readers, plan)
-            finally:
-                if readers is not None:
-                    readers.close()
-                self.model_thread.close()
-            if not self.stop.is_set():
-                for plan in plans:
-                    self._remove_gone(plan)
-            self._save_indexes()
         self.report.interrupted = self.stop.is_set()
         self.report.seconds = time.perf_counter() - started
         return self.report
+
+    def _look(self, roots: list[Path]) -> None:
+        """``dry_run``: scan and count, never write. Without reading, every difference
+        counts as new or changed."""
+        for root in roots:
+            plan = self._plan(self.catalog.find_root(root) or RootPlace(0, root, ""), root)
+            for candidate in self._candidates(plan):
+                self.report.new += candidate.previous is None
+                self.report.changed += candidate.previous is not None
+            self.report.unchanged += plan.unchanged
+            self.report.failures += [(path, reason) for _relpath, path, reason in plan.scan_errors]
+            self._remove_gone(plan)
+
+    def _index(self, roots: list[Path]) -> None:
+        self.models = [self._register(i) for i in range(len(self.sources))]
+        if self.options.gpu_decode:
+            from dreamsearch.indexer.gpu_decode import JpegBatchDecoder
+
+            self.gpu_decoder = JpegBatchDecoder(self.options.gpu_decode)
+        # Off the main thread there is no SIGALRM, so "in this thread" gets one timed thread.
+        workers = self.options.workers or (0 if threading.current_thread() is threading.main_thread() else 1)
+        self.readers = Workers(workers, "dreamsearch-read") if workers else None
+        sweep_everything = self.catalog.defer_orphans()
+        plans = []
+        for root in roots:
+            if self.stop.is_set():
+                break
+            plans.append(self._plan(self.catalog.attach(root), root))
+            self._add(plans[-1])
+        self.catalog.drop_orphans(None if sweep_everything else self.replaced)
+        if not self.stop.is_set():
+            for plan in plans:
+                if plan.complete:
+                    self._remove_gone(plan)
+        gone_hashes = {plan.stored[g].content_hash for plan in plans for g in plan.gone or ()}
+        moved = sum(1 for content_hash in self.reused if content_hash in gone_hashes)
+        self.report.moved += moved
+        self.report.copied -= moved
+        self._save_indexes()
 
     def _register(self, i: int) -> ModelInfo:
         """The catalog's record of model ``i``. A model the library already holds with the
@@ -232,61 +279,56 @@ class _Run:
 
     # scan and diff ------------------------------------------------------------------
 
-    def _plan(self, folder: Path) -> _Plan:
-        """Scan ``folder`` and split it into unchanged, candidate (new/changed) and gone files."""
-        if self.options.dry_run:  # look, never write
-            place = self.catalog.find_root(folder) or RootPlace(0, folder, "")
-        else:
-            place = self.catalog.attach(folder)
+    def _plan(self, place: RootPlace, folder: Path) -> _Plan:
         stored = {relpath: known for relpath, known in
                   ((path_from_db(k), v) for k, v in self.catalog.files_under(place.id).items())
                   if relpath.startswith(place.prefix)}
-        candidates, same = [], []
-        seen: set[str] = set()
-        unreadable: list[str] = []  # folders that could not be listed: their files are not gone
+        return _Plan(place, folder, stored)
+
+    def _candidates(self, plan: _Plan) -> Iterator[Candidate]:
+        """Scan the plan's folder and yield its new and changed files as they are found,
+        then those whose content lacks a vector of one of the run's models; finally note
+        what is gone. Runs in the stream's feeder thread, so it only reads the catalog and
+        touches only the report fields no other thread writes (``found``, ``to_read``)."""
+        place, folder = plan.place, plan.folder
+        same = []
 
         def scan_error(path: str, reason: str) -> None:
             """Recorded (``status --failed``), and nothing below it counts as gone."""
             relpath = place.prefix + os.path.relpath(path, folder)
-            if os.path.relpath(path, folder) == "." or self.options.dry_run:
-                self.report.failures.append((path, reason))
-                return
-            seen.add(relpath)
-            unreadable.append(relpath + "/")
-            self._fail(place.id, ScannedFile(relpath, 0, 0), path, f"cannot list or open: {reason}")
+            if os.path.relpath(path, folder) != ".":
+                plan.seen.add(relpath)
+                plan.unreadable.append(relpath + "/")
+            plan.scan_errors.append((relpath, path, reason))
 
         for found in scan(folder, self.options.exclude, self.options.follow_symlinks, scan_error):
+            if self.stop.is_set():
+                return
             relpath = place.prefix + found.relpath
-            seen.add(relpath)
+            plan.seen.add(relpath)
             if self.options.only is not None and found.relpath not in self.options.only:
                 continue
             found = ScannedFile(relpath, found.size, found.mtime_ns)
             self.report.found += 1
-            known = stored.get(relpath)
+            known = plan.stored.get(relpath)
             if known and (known.size, known.mtime_ns) == (found.size, found.mtime_ns):
                 same.append((found, known))
                 continue
-            candidates.append((found, known))
-            if self.options.dry_run:  # without hashing, every difference counts as new or changed
-                self.report.new += known is None
-                self.report.changed += known is not None
-        candidates += self._lacking_vectors(same)
-        gone = sorted(g for g in set(stored) - seen if not g.startswith(tuple(unreadable)))
-        plan = _Plan(place, [Candidate(f, known, str(place.path / f.relpath)) for f, known in candidates],
-                     gone, len(stored))
-        if self.options.dry_run:
-            self._remove_gone(plan)
-        self.gone_hashes |= {stored[g].content_hash for g in gone if stored[g].content_hash}
-        return plan
+            self.report.to_read += 1
+            yield Candidate(found, known, str(place.path / relpath))
+        for found, known in self._lacking_vectors(plan, same):
+            self.report.to_read += 1
+            yield Candidate(found, known, str(place.path / found.relpath))
+        plan.gone = sorted(g for g in set(plan.stored) - plan.seen if not g.startswith(tuple(plan.unreadable)))
 
-    def _lacking_vectors(self, same: list) -> list:
+    def _lacking_vectors(self, plan: _Plan, same: list) -> list:
         """Of the files unchanged on disk, those whose content lacks a vector of one of this
         run's models (a model added to an indexed folder); the rest count as unchanged.
         Files that failed before are not retried until they change."""
         hashes = [known.content_hash for _found, known in same if known.content_hash]
         complete = self.catalog.hashes_with_vectors(self.models, hashes) if self.models else set(hashes)
         lacking = [(found, known) for found, known in same if known.content_hash and known.content_hash not in complete]
-        self.report.unchanged += len(same) - len(lacking)
+        plan.unchanged = len(same) - len(lacking)
         return lacking
 
     def _remove_gone(self, plan: _Plan) -> None:
@@ -294,10 +336,10 @@ class _Run:
         looks unmounted: then keep them and say so (``prune`` removes them anyway)."""
         if not plan.gone:
             return
-        folder = str(plan.place.path / plan.place.prefix) if plan.place.prefix else str(plan.place.path)
-        if not self.options.prune and len(plan.gone) > MAX_LOSS_WITHOUT_PRUNE * plan.indexed:
+        folder = str(plan.folder)
+        if not self.options.prune and len(plan.gone) > MAX_LOSS_WITHOUT_PRUNE * len(plan.stored):
             self.report.kept += len(plan.gone)
-            self.report.kept_folders.append((folder, len(plan.gone), plan.indexed))
+            self.report.kept_folders.append((folder, len(plan.gone), len(plan.stored)))
             return
         if not self.options.dry_run:
             self.catalog.remove_files(plan.place.id, [path_to_db(g) for g in plan.gone])
@@ -305,17 +347,16 @@ class _Run:
 
     # read, decode, embed, commit ----------------------------------------------------
 
-    def _add(self, readers: Workers | None, plan: _Plan) -> None:
-        """Stream the folder's candidates through the reading threads; embed and commit
-        as results arrive, in order."""
-        self.report.to_read += len(plan.candidates)
+    def _add(self, plan: _Plan) -> None:
+        """Stream the folder's files through the reading threads as the scan finds them;
+        embed and commit as results arrive, in order."""
         contents = Contents(self.catalog, self.models)
-        processor = FileProcessor(
-            contents, tuple(s.preprocess_spec for s in self.sources), self.options.max_file_size,
-            self.options.max_pixels, self.options.draft, self.options.decode_timeout_s, self._gpu_route())
+        processor = FileProcessor(contents, self.recipes, self.options.max_file_size, self.options.max_pixels,
+                                  self.options.draft, self.options.decode_timeout_s, self._gpu_route())
         pending = _Pending()
-        outcomes = ordered(readers, processor, plan.candidates, self._ahead, self.options.decode_timeout_s,
-                           processor.timed_out)
+        in_a_row = 0
+        outcomes = ordered(self.readers, processor, self._candidates(plan), self._ahead,
+                           self.options.decode_timeout_s, lambda candidate: self._gave_up(contents, candidate))
         try:
             for outcome in outcomes:
                 self.report.read += 1
@@ -324,30 +365,42 @@ class _Run:
                     self._commit(plan.place, contents, pending)
                 elif len(pending.files) >= REUSE_BATCH or (
                         pending.files and time.monotonic() - pending.since > COMMIT_EVERY_S):
-                    self._commit(plan.place, contents, pending)
+                    self._commit(plan.place, contents, pending, embed=False)
                 self.progress(self.report)
-                if self.stop.is_set():
+                in_a_row = in_a_row + 1 if outcome.gave_up else 0
+                if in_a_row >= MAX_TIMEOUTS_IN_A_ROW:
+                    plan.stopped_reading = (f"stopped reading this folder: {in_a_row} files in a row took longer "
+                                            f"than {self.options.decode_timeout_s:g} s (a hung drive or share?)")
+                    self.report.failures.append((str(plan.folder), plan.stopped_reading))
+                if self.stop.is_set() or plan.stopped_reading:
                     break
         finally:
             outcomes.close()
         self._commit(plan.place, contents, pending)  # the batch in flight, also after Ctrl-C
+        for relpath, path, reason in plan.scan_errors:
+            if relpath == plan.place.prefix + ".":  # the folder itself: nothing to record under it
+                self.report.failures.append((path, reason))
+            else:
+                self._fail(plan.place.id, ScannedFile(relpath, 0, 0), path, f"cannot list or open: {reason}")
+        self.report.unchanged += plan.unchanged
         self.progress(self.report)
 
+    def _gave_up(self, contents: Contents, candidate: Candidate) -> Outcome:
+        """The outcome of a file whose thread did not answer in time (its copies fail too)."""
+        reason = too_slow(self.options.decode_timeout_s)
+        return Outcome(candidate, Kind.FAILED, contents.abandon(candidate.path, reason), error=reason, gave_up=True)
+
     def _take(self, place: RootPlace, contents: Contents, pending: _Pending, outcome: Outcome) -> None:
-        """Count one file's outcome and queue what it needs."""
-        previous, content_hash = outcome.candidate.previous, outcome.content_hash
-        if outcome.kind is Kind.SAME:
-            self.report.unchanged += 1
-        elif previous is None:
-            self.report.new += 1
-        elif previous.content_hash != content_hash:
-            self.report.changed += 1
+        """Queue what one file's outcome needs (a byte copy waits for its original)."""
+        if outcome.kind is Kind.COPY:
+            self._take_copy(place, contents, pending, outcome)
+            return
+        self._count_found(outcome)
         if outcome.kind in (Kind.SAME, Kind.KNOWN):
             if outcome.kind is Kind.KNOWN:
-                self._count_reuse(content_hash)
-            pending.files.append(_entry(outcome.candidate.found, content_hash))
-        elif outcome.kind is Kind.COPY:
-            self._take_copy(place, contents, pending, outcome)
+                self.report.copied += 1  # or moved: settled at the end, once all gone files are known
+                self.reused.append(outcome.content_hash)
+            pending.files.append(_entry(outcome.candidate.found, outcome.content_hash))
         elif outcome.kind is Kind.FAILED:
             self._failed(place, contents, pending, outcome, outcome.error)
         else:
@@ -359,39 +412,47 @@ class _Run:
         content_hash = outcome.content_hash
         if contents.is_claimed(content_hash):
             pending.copies[content_hash].append(outcome)
-        elif (reason := contents.failure(content_hash)) is not None:
+            return
+        self._count_found(outcome)
+        if (reason := contents.failure(content_hash)) is not None:
             self._fail(place.id, outcome.candidate.found, outcome.candidate.path, reason)
         else:  # committed since it was read
             self.report.copied += 1
             pending.files.append(_entry(outcome.candidate.found, content_hash))
 
     def _failed(self, place: RootPlace, contents: Contents, pending: _Pending, outcome: Outcome, reason: str) -> None:
+        """Record a file that failed, and the byte copies waiting for it."""
         self._fail(place.id, outcome.candidate.found, outcome.candidate.path, reason)
         if outcome.content_hash:
             contents.settle(outcome.content_hash, reason)
             for copy in pending.copies.pop(outcome.content_hash, []):
+                self._count_found(copy)
                 self._fail(place.id, copy.candidate.found, copy.candidate.path, reason)
 
-    def _commit(self, place: RootPlace, contents: Contents, pending: _Pending) -> None:
-        """Embed the pending batch and commit it with the files recorded without decoding,
-        and with the byte copies of its contents, in one transaction."""
+    def _commit(self, place: RootPlace, contents: Contents, pending: _Pending, embed: bool = True) -> None:
+        """Commit the files recorded without decoding and, with ``embed``, the embedded
+        batch and the byte copies of its contents, in one transaction."""
         good = []
-        for outcome in self._decode_on_device(pending.batch):
-            if outcome.decoded.error:
-                self._failed(place, contents, pending, outcome, outcome.decoded.error)
-            else:
-                good.append(outcome)
-        files = pending.files + [_entry(o.candidate.found, o.content_hash, o.decoded) for o in good]
+        if embed:
+            for outcome in self._decode_on_device(pending.batch):
+                if outcome.decoded.error:
+                    self._failed(place, contents, pending, outcome, outcome.decoded.error)
+                else:
+                    good.append(outcome)
+            pending.batch = []
         copies = [c for o in good for c in pending.copies.pop(o.content_hash, [])]
+        files = pending.files + [_entry(o.candidate.found, o.content_hash, o.decoded) for o in good]
         files += [_entry(c.candidate.found, c.content_hash) for c in copies]
         if files:
             vectors = self._embed_lacking(good) if good else None
-            self.catalog.commit_batch(place.id, files, vectors)
+            self.replaced |= self.catalog.commit_batch(place.id, files, vectors, drop_orphans=False)
         for outcome in good:
             contents.settle(outcome.content_hash)
+        for copy in copies:
+            self._count_found(copy)
         self.report.embedded += len(good)
         self.report.copied += len(copies)
-        pending.batch, pending.files, pending.since = [], [], time.monotonic()
+        pending.files, pending.since = [], time.monotonic()
         if good:
             self.batches_since_save += 1
             if self.batches_since_save >= SAVE_INDEX_EVERY:
@@ -432,20 +493,32 @@ class _Run:
         which gives the exact reason if the file is really broken."""
         waiting = [o for o in batch if o.kind is Kind.FOR_GPU]
         if waiting:
-            results = self.model_thread.call(self.gpu_decoder.decode, [o.data for o in waiting], self._recipes)
+            results = self.model_thread.call(self.gpu_decoder.decode, [o.data for o in waiting], self.recipes)
             for outcome, result in zip(waiting, results):
                 if isinstance(result, str):
-                    outcome.decoded = decode_bytes(outcome.candidate.path, outcome.data, self._recipes,
-                                                   self.options.max_pixels, self.options.draft)
+                    outcome.decoded = self._decode_on_cpu(outcome)
                 else:
                     width, height, pixels = result
                     outcome.decoded = Decoded(width, height, "JPEG", pixels)
                 outcome.data = b""
         return batch
 
-    @property
-    def _recipes(self) -> tuple[Preprocess, ...]:
-        return tuple(s.preprocess_spec for s in self.sources)
+    def _decode_on_cpu(self, outcome: Outcome) -> Decoded:
+        """A file the device could not decode, decoded on the CPU under the time limit."""
+        args = (outcome.candidate.path, outcome.data, self.recipes, self.options.max_pixels, self.options.draft)
+        limit = self.options.decode_timeout_s
+        if self.readers is None:  # in the main thread: SIGALRM
+            try:
+                with time_limit(limit):
+                    return decode_bytes(*args)
+            except TimeLimitExceeded:
+                return Decoded(error=too_slow(limit))
+        future = self.readers.submit(decode_bytes, *args)
+        try:
+            return future.result(timeout=limit)
+        except FutureTimeout:
+            self.readers.give_up(future)
+            return Decoded(error=too_slow(limit))
 
     @property
     def _ahead(self) -> int:
@@ -455,18 +528,22 @@ class _Run:
 
     # bookkeeping --------------------------------------------------------------------
 
-    def _count_reuse(self, content_hash: str) -> None:
-        if content_hash in self.gone_hashes:
-            self.report.moved += 1
-        else:
-            self.report.copied += 1
+    def _count_found(self, outcome: Outcome) -> None:
+        """Count a file as new, changed or unchanged once its fate is recorded."""
+        previous = outcome.candidate.previous
+        if outcome.kind is Kind.SAME:
+            self.report.unchanged += 1
+        elif previous is None:
+            self.report.new += 1
+        elif previous.content_hash != outcome.content_hash:
+            self.report.changed += 1
 
     def _fail(self, root_id: int, found: ScannedFile, path: str, reason: str | None) -> None:
         reason = reason or "unknown error"
         self.report.failed += 1
         self.report.failures.append((path, reason))
-        self.catalog.commit_batch(root_id, [FileEntry(path_to_db(found.relpath), found.size, found.mtime_ns, None,
-                                                      error=reason)])
+        entry = FileEntry(path_to_db(found.relpath), found.size, found.mtime_ns, None, error=reason)
+        self.replaced |= self.catalog.commit_batch(root_id, [entry], drop_orphans=False)
 
     def _save_indexes(self) -> None:
         save_indexes(self.catalog, self.library.index_dir, self.models)

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import queue
 import threading
+import time
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future
 from concurrent.futures import TimeoutError as FutureTimeout
@@ -37,14 +38,15 @@ class Workers:
             self._start_thread()
 
     def submit(self, function: Callable[..., Result], *args: Any) -> Future:
+        """Queue ``function(*args)``; its result or exception arrives in the future."""
         future: Future = Future()
         self._jobs.put((future, function, args))
         return future
 
     def call(self, function: Callable[..., Result], *args: Any) -> Result:
-        """``function(*args)`` in a worker thread. The caller waits in a way signal handlers
-        can interrupt, so Ctrl-C is answered at once even during a long model call."""
-        return self.submit(function, *args).result()
+        """``function(*args)`` in a worker thread, while the caller keeps answering signals
+        (Ctrl-C is heard at once even during a long model call)."""
+        return wait(self.submit(function, *args))
 
     def give_up(self, future: Future) -> None:
         """Stop waiting for ``future``: a new thread takes the place of the one running it,
@@ -122,14 +124,14 @@ def ordered(
     threading.Thread(target=feed, name="dreamsearch-feed", daemon=True).start()
     try:
         while True:
-            item, future = submitted.get()
+            item, future = _take(submitted)
             slots.release()
             if item is done:
                 return
             if future is None:
                 raise item
             try:
-                yield future.result(timeout=timeout_s)
+                yield wait(future, timeout_s)
             except FutureTimeout:
                 workers.give_up(future)
                 yield on_timeout(item)
@@ -142,3 +144,27 @@ def ordered(
                 break
             if future is not None:
                 future.cancel()
+
+
+def wait(future: Future, timeout_s: float | None = None) -> Any:
+    """``future.result(timeout_s)``, waiting in short slices. A signal sent to the process
+    may land on any thread; Python runs its handler in the main thread only when that
+    thread executes bytecode, so a main thread blocked in one long wait would not hear
+    Ctrl-C until the wait ends."""
+    deadline = None if timeout_s is None else time.monotonic() + timeout_s
+    while True:
+        slice_s = _POLL_S if deadline is None else max(0.0, min(_POLL_S, deadline - time.monotonic()))
+        try:
+            return future.result(timeout=slice_s)
+        except FutureTimeout:
+            if deadline is not None and time.monotonic() >= deadline:
+                raise
+
+
+def _take(source: queue.SimpleQueue) -> Any:
+    """``source.get()``, in short slices for the same reason as :func:`wait`."""
+    while True:
+        try:
+            return source.get(timeout=_POLL_S)
+        except queue.Empty:
+            pass

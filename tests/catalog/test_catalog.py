@@ -83,6 +83,29 @@ def test_copies_share_one_vector_and_orphans_are_removed(catalog, tmp_path):
     assert [(e.content_id, e.op) for e in catalog.changes_since(model, 0)] == [(content_id, "add"), (content_id, "remove")]
 
 
+def test_deferred_orphans_keep_their_vectors_until_the_end_of_a_run(catalog, tmp_path):
+    """An indexer may replace the only file of a content and record a copy of it later in
+    the same run: the content must survive until the run's end, and a run that died before
+    its sweep leaves a note so the next one sweeps everything."""
+    model = catalog.model("m")
+    root = catalog.attach(tmp_path).id
+    catalog.commit_batch(root, [FileEntry("a.jpg", 5, 1, "old")], {"m": {"old": unit(1)}})
+    [old_id] = catalog.vector_ids(model)
+    assert catalog.defer_orphans() is False
+    replaced = catalog.commit_batch(root, [FileEntry("a.jpg", 6, 2, "new")], {"m": {"new": unit(2)}},
+                                    drop_orphans=False)
+    assert replaced == {old_id} and catalog.count_vectors(model) == 2
+    catalog.commit_batch(root, [FileEntry("b.jpg", 5, 3, "old")], drop_orphans=False)  # the move's new path
+    catalog.drop_orphans(replaced)
+    assert catalog.count_vectors(model) == 2  # still referenced by b.jpg
+    catalog.commit_batch(root, [FileEntry("b.jpg", 7, 4, "newer")], {"m": {"newer": unit(3)}}, drop_orphans=False)
+    assert catalog.defer_orphans() is False  # the sweep above cleared the note
+    assert catalog.defer_orphans() is True  # ... and a run that died leaves it
+    catalog.drop_orphans()  # everything no file refers to
+    assert catalog.count_vectors(model) == 2
+    assert [e.op for e in catalog.changes_since(model, 0) if e.content_id == old_id] == ["add", "remove"]
+
+
 def test_failed_files_are_recorded_with_their_reason(catalog, tmp_path):
     root = catalog.attach(tmp_path).id
     catalog.commit_batch(root, [FileEntry("broken.jpg", 0, 1, None, error="empty file")])

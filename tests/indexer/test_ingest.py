@@ -8,7 +8,10 @@ import os
 import shutil
 import signal
 import sqlite3
+import subprocess
+import sys
 import threading
+import time
 from pathlib import Path
 
 import numpy as np
@@ -69,10 +72,11 @@ def test_the_first_batch_is_committed_before_the_folder_is_read(tmp_path, tiny_m
                 committed = connection.execute("SELECT count(*) FROM vectors").fetchone()[0]
             seen.append((report.read, report.to_read, committed))
 
-    index_folders(library, [folder], [tiny_model], IndexOptions(workers=1, batch_size=2), progress)
+    report = index_folders(library, [folder], [tiny_model], IndexOptions(workers=1, batch_size=2), progress)
     read, to_read, committed = seen[0]
-    assert committed == 2 and to_read == 30
+    assert committed == 2 and report.to_read == report.read == 30
     assert read <= 2 + 2 * 2 + 2 * 1 + 1  # the batch, plus at most the bounded read-ahead
+    assert to_read < 30  # the scan itself streams: it had not even listed every file yet
 
 
 def test_a_fifo_and_a_huge_sparse_file_are_recorded_and_the_photos_indexed(tmp_path, tiny_model, monkeypatch):
@@ -238,3 +242,112 @@ def test_a_file_the_batched_decoder_fails_on_goes_to_the_cpu_and_order_is_kept(t
     for name in reference:  # each file kept its own vector: nothing was shuffled in a batch
         best = max(ours, key=lambda other: float(reference[name] @ ours[other]))
         assert best == name
+
+
+def test_progress_on_a_terminal_draws_and_says_nothing_broke(tmp_path, tiny_weights, monkeypatch):
+    from rich.console import Console
+
+    monkeypatch.setattr(Console, "is_terminal", property(lambda self: True))
+    folder = photo_folder(tmp_path / "photos", 3, (160, 120), 150, "p{}.jpg")
+    args = ["index", str(folder), "-m", "dreamsim-dino", "--weights-dir", str(tiny_weights),
+            "--library", str(tmp_path / "lib")]
+    for _ in range(2):  # the first run embeds, the second finds nothing to do
+        outcome = CliRunner().invoke(main, args)
+        assert outcome.exit_code == 0, outcome.output
+        assert outcome.exception is None
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_copies_of_a_file_whose_decoder_hung_are_recorded_too(tmp_path, tiny_model, monkeypatch, workers):
+    folder = photo_folder(tmp_path / "photos", 2, (160, 120), 160, "p{}.jpg")
+    shutil.copy(folder / "p0.jpg", folder / "q-copy.jpg")
+    release = threading.Event()
+    real_decode = pipeline.decode_bytes
+
+    def decode(path, *args):
+        if Path(path).name in ("p0.jpg", "q-copy.jpg"):  # whichever of the two claims the content
+            release.wait(30)
+        return real_decode(path, *args)
+
+    monkeypatch.setattr(pipeline, "decode_bytes", decode)
+    report = index_folders(LibraryFolder.prepare(tmp_path / "lib"), [folder], [tiny_model],
+                           IndexOptions(workers=workers, batch_size=2, decode_timeout_s=1))
+    release.set()
+    reasons = {Path(p).name: r for p, r in report.failures}
+    assert reasons == {"p0.jpg": "reading and decoding took longer than 1 s",
+                       "q-copy.jpg": "reading and decoding took longer than 1 s"}
+    assert report.embedded == 1 and (report.new, report.failed) == (3, 2)
+
+
+@pytest.mark.parametrize("replacement", ["photo", "broken"])
+def test_a_move_whose_old_path_gets_new_content_keeps_its_vector(tmp_path, tiny_model, replacement):
+    """``mv a.jpg b.jpg; cp other a.jpg``: a.jpg's new content is committed first and its old
+    content has no file for a moment; b.jpg, read meanwhile as "known", keeps the vector."""
+    folder = photo_folder(tmp_path / "photos", 4, (160, 120), 170, "a{}.jpg")
+    library = LibraryFolder.prepare(tmp_path / "lib")
+    index_folders(library, [folder], [tiny_model], IndexOptions(workers=1))
+    before = stored_vectors(library)
+    for i in range(4):
+        (folder / f"a{i}.jpg").rename(folder / f"b{i}.jpg")
+        if replacement == "photo":
+            photo_like(160, 120, 180 + i).save(folder / f"a{i}.jpg")
+        else:
+            (folder / f"a{i}.jpg").write_bytes(b"\xff\xd8\xff\xe0 half written")
+    report = index_folders(library, [folder], [tiny_model], IndexOptions(workers=1, batch_size=1))
+    assert (report.copied, report.changed, report.new) == (4, 4, 4)  # the old paths still exist: copies
+    after = stored_vectors(library)
+    for i in range(4):
+        np.testing.assert_array_equal(after[f"b{i}.jpg"], before[f"a{i}.jpg"])
+
+
+def test_a_folder_that_stops_answering_is_left_after_three_files(tmp_path, tiny_model, monkeypatch):
+    folder = photo_folder(tmp_path / "photos", 8, (160, 120), 190, "p{}.jpg")
+    release = threading.Event()
+    monkeypatch.setattr(pipeline, "read_file", lambda *args: release.wait(30))  # a share that hung
+    report = index_folders(LibraryFolder.prepare(tmp_path / "lib"), [folder], [tiny_model],
+                           IndexOptions(workers=1, batch_size=2, decode_timeout_s=0.5))
+    release.set()
+    assert report.failures[-1] == (str(folder), "stopped reading this folder: 3 files in a row took longer "
+                                                "than 0.5 s (a hung drive or share?)")
+    assert report.failed == 3 and report.embedded == 0
+    assert report.removed == 0  # nothing of a folder left half-read is forgotten
+
+
+def test_in_the_calling_thread_of_a_worker_thread_the_time_limit_still_holds(tmp_path, tiny_model, monkeypatch):
+    folder = photo_folder(tmp_path / "photos", 3, (160, 120), 200, "p{}.jpg")
+    release = threading.Event()
+    real_decode = pipeline.decode_bytes
+    monkeypatch.setattr(pipeline, "decode_bytes",
+                        lambda path, *args: (release.wait(30) if path.endswith("p1.jpg") else None) or
+                        real_decode(path, *args))
+    reports = []
+    worker = threading.Thread(target=lambda: reports.append(index_folders(
+        LibraryFolder.prepare(tmp_path / "lib"), [folder], [tiny_model],
+        IndexOptions(workers=0, batch_size=2, decode_timeout_s=1))))
+    worker.start()
+    worker.join(20)
+    release.set()
+    assert reports and reports[0].failures == [(str(folder / "p1.jpg"), "reading and decoding took longer than 1 s")]
+
+
+def test_a_dry_run_leaves_no_thread_behind(tmp_path, tiny_model):
+    folder = photo_folder(tmp_path / "photos", 2, (160, 120), 210, "p{}.jpg")
+    for _ in range(3):
+        index_folders(LibraryFolder.prepare(tmp_path / "lib"), [folder], [tiny_model], IndexOptions(dry_run=True))
+    time.sleep(0.3)
+    assert not [t for t in threading.enumerate() if t.name.startswith("dreamsearch-")]
+
+
+def test_reading_reserves_the_file_not_the_size_limit(tmp_path):
+    """``read(n)`` reserves n bytes at once: reading up to the 2 GiB limit for every photo
+    would fail under a memory limit (ulimit -v, no overcommit) or on a small NAS."""
+    (tmp_path / "small.jpg").write_bytes(b"\xff\xd8\xff" + b"x" * 5000)
+    script = (
+        "import resource, sys\n"
+        "from dreamsearch.reading import read_file\n"
+        "size = int(open('/proc/self/statm').read().split()[0]) * resource.getpagesize()\n"
+        "resource.setrlimit(resource.RLIMIT_AS, (size + 512 * 2**20, resource.RLIM_INFINITY))\n"
+        f"read = read_file({str(tmp_path / 'small.jpg')!r})\n"
+        "print(read.error or len(read.data))\n")
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
+    assert result.stdout.strip() == "5003", result.stderr

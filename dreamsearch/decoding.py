@@ -34,8 +34,13 @@ class Decoded:
     error: str | None = None
 
 
-class TimeLimitExceeded(Exception):
-    pass
+def too_slow(seconds: float) -> str:
+    """The reason recorded for a file that hit the time limit."""
+    return f"reading and decoding took longer than {seconds:g} s"
+
+
+class TimeLimitExceeded(BaseException):
+    """A BaseException, like KeyboardInterrupt: no decoder's ``except Exception`` hides it."""
 
 
 def decode_bytes(path: str, data: bytes, recipes: tuple[Preprocess, ...], max_pixels: int, draft: bool) -> Decoded:
@@ -50,6 +55,8 @@ def decode_bytes(path: str, data: bytes, recipes: tuple[Preprocess, ...], max_pi
         return Decoded(error=exc.reason)
     except MemoryError:
         return Decoded(error="not enough memory to decode")
+    except Exception as exc:  # a plugin's own error type (struct.error, KeyError, ...): one file, not the run
+        return Decoded(error=f"cannot decode: {type(exc).__name__}: {exc}".splitlines()[0])
     return Decoded(picture.width, picture.height, picture.format, pixels)
 
 

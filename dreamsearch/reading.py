@@ -52,7 +52,11 @@ def read_file(path: str, max_size: int = DEFAULT_MAX_FILE_SIZE) -> FileBytes:
                                    "(--max-file-size)")
         with os.fdopen(descriptor, "rb", closefd=True) as handle:
             descriptor = -1
-            data = handle.read(max_size + 1)
+            # Ask for what fstat said (read(n) reserves n bytes up front), then for the
+            # rest only if the file grew meanwhile.
+            data = handle.read(info.st_size + 1)
+            if len(data) > info.st_size:
+                data += handle.read(max_size + 1 - len(data))
         if len(data) > max_size:  # it grew while we read
             return FileBytes(error=f"grew over the file size limit of {human_bytes(max_size)} while being read")
         return FileBytes(data)
