@@ -118,6 +118,35 @@ def pure_gpu_decode(paths: list[Path], recipes, batch: int) -> float:
     return len(blobs) / (time.perf_counter() - began)
 
 
+def gpu_agreement(paths: list[Path], model) -> str:
+    """GPU against CPU decoding of the same JPEGs: pixels (max, mean /255) and embeddings
+    (minimum cosine), and what the driver says of its JPEG engines (torchvision does not
+    report how many it uses)."""
+    from dreamsearch.decoding import decode_bytes
+    from dreamsearch.images import DEFAULT_MAX_PIXELS
+    from dreamsearch.indexer.gpu_decode import JpegBatchDecoder, gpu_route
+
+    blobs = [(p, p.read_bytes()) for p in paths]
+    blobs = [(p, b) for p, b in blobs if gpu_route(b) is None]
+    if not blobs:
+        return "no baseline JPEG in this corpus for the GPU decoder"
+    recipes = (model.preprocess_spec,)
+    gpu = JpegBatchDecoder("cuda").decode([b for _p, b in blobs], recipes)
+    cpu = [decode_bytes(str(p), b, recipes, DEFAULT_MAX_PIXELS, draft=True).pixels[0] for p, b in blobs]
+    pairs = [(g[2][0], c) for g, c in zip(gpu, cpu) if not isinstance(g, str)]
+    difference = np.stack([np.abs(g.astype(np.int16) - c.astype(np.int16)) for g, c in pairs])
+    ours, reference = model.embed(np.stack([g for g, _c in pairs])), model.embed(np.stack([c for _g, c in pairs]))
+    cosine = float(np.min(np.sum(ours * reference, axis=1)))
+    try:
+        engines = subprocess.run(["nvidia-smi", "-q", "-d", "UTILIZATION"], capture_output=True, text=True).stdout
+    except OSError:
+        engines = ""
+    jpeg = "; ".join(line.strip() for line in engines.splitlines() if "JPG" in line or "JPEG" in line) or "not listed"
+    return (f"GPU vs CPU decode on {len(pairs)} JPEGs ({len(gpu) - len(pairs)} fell back): pixels max "
+            f"{difference.max()}/255, mean {difference.mean():.3f}/255; embeddings min cosine {cosine:.6f}; "
+            f"nvidia-smi JPEG lines: {jpeg}")
+
+
 def pure_embedding(model, batch_size: int, device: str) -> float:
     import torch
 
@@ -277,6 +306,8 @@ def main() -> None:
                 decode_rate += gpu
                 line += f", GPU JPEG batches {gpu:.1f} img/s"
             print(line)
+            if args.gpu_decode:
+                print("  " + gpu_agreement(paths[:128], model))
             result = end_to_end(work / kind, weights, name, args, Path(tempfile.mkdtemp(prefix="lib-", dir=work)))
             seconds = result["seconds"]
             ceiling = min(decode_rate, embed_rate)

@@ -126,6 +126,23 @@ def test_files_in_a_folder_that_cannot_be_listed_are_kept_and_reported(tmp_path,
         assert catalog.failed_files() == [(str(photos / "locked"), "cannot list or open: Permission denied")]
 
 
+def test_an_indexed_folder_that_cannot_be_listed_keeps_its_files_even_with_prune(tmp_path, tiny_model, monkeypatch):
+    photos = photo_folder(tmp_path / "photos", 3, (96, 72), 1, "p{}.jpg")
+    library = LibraryFolder.prepare(tmp_path / "lib")
+    index(library, photos, tiny_model)
+    real_scandir = os.scandir
+
+    def scandir(path):  # the share answers "permission denied" today
+        if Path(path) == photos:
+            raise PermissionError(13, "Permission denied", str(path))
+        return real_scandir(path)
+
+    monkeypatch.setattr(os, "scandir", scandir)
+    report = index(library, photos, tiny_model, prune=True)
+    assert report.removed == 0 and report.failures == [(str(photos), "Permission denied")]
+    assert len(stored_paths(library)) == 3
+
+
 def test_byte_copies_of_an_undecodable_file_are_recorded_on_the_first_run(tmp_path, tiny_model):
     photos = photo_folder(tmp_path / "photos", 1, (96, 72), 1, "p{}.jpg")
     (photos / "broken.jpg").write_bytes(b"\xff\xd8\xff" + b"\0" * 100)

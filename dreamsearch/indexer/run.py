@@ -1,11 +1,13 @@
 """Bring a library up to date with folders on disk: one run of ``dreamsearch index``.
 
 The order is chosen so nothing is lost or redone (docs/indexing.md has the diagram):
-1. scan every folder; files whose size and mtime match the catalog are skipped unread. A
-   folder inside an indexed root joins that root (one file on disk is one file here);
-2. new or changed files stream through reading threads (``pipeline``): each is read
-   once, hashed, and either recognised as a copy or move of indexed content (no decode)
-   or decoded from the same bytes, a bounded number of files ahead of the model;
+1. each folder is scanned in the thread that feeds the readers; files whose size and
+   mtime match the catalog are skipped unread. A folder inside an indexed root joins that
+   root (one file on disk is one file here);
+2. new or changed files stream, as the scan finds them, through reading threads
+   (``pipeline``): each is read once, hashed, and either recognised as a copy or move of
+   indexed content (no decode) or decoded from the same bytes, a bounded number of files
+   ahead of the model;
 3. this thread embeds decoded files in batches with every model and commits each batch
    (files, contents, vectors) in one transaction, so a killed run loses at most the batch
    in flight, and the first batch is committed seconds after the start;
@@ -140,7 +142,7 @@ def index_folders(
     progress: Progress | None = None,
 ) -> IndexReport:
     """Index ``roots`` into ``library`` with every one of ``models`` (loaded embedders, or
-    ``dreamsearch.models.prepare_model`` handles that load only if something needs it)."""
+    ``dreamsearch.models.PendingModel`` handles that load only if something needs it)."""
     for root in roots:
         if not Path(root).is_dir():
             raise DreamsearchError(f"{root}: not a folder")
@@ -296,7 +298,9 @@ class _Run:
         def scan_error(path: str, reason: str) -> None:
             """Recorded (``status --failed``), and nothing below it counts as gone."""
             relpath = place.prefix + os.path.relpath(path, folder)
-            if os.path.relpath(path, folder) != ".":
+            if os.path.relpath(path, folder) == ".":  # the folder itself: none of its files is gone
+                plan.unreadable.append(place.prefix)
+            else:
                 plan.seen.add(relpath)
                 plan.unreadable.append(relpath + "/")
             plan.scan_errors.append((relpath, path, reason))

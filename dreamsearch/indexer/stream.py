@@ -33,7 +33,7 @@ class Workers:
         self._name = name
         self._lock = threading.Lock()
         self._given_up: set[Future] = set()  # their threads retire when (if) they come back
-        self._started = 0
+        self._threads: list[threading.Thread] = []
         for _ in range(count):
             self._start_thread()
 
@@ -57,8 +57,10 @@ class Workers:
             self._given_up.add(future)
         self._start_thread()
 
-    def close(self) -> None:
-        """Cancel jobs not started yet and let the threads end (stuck ones are abandoned)."""
+    def close(self, wait_s: float = 2.0) -> None:
+        """Cancel jobs not started yet and end the threads, waiting up to ``wait_s`` for
+        them: a daemon thread still running when the interpreter shuts down can abort it.
+        Stuck threads are abandoned."""
         while True:
             try:
                 future, _function, _args = self._jobs.get_nowait()
@@ -66,14 +68,16 @@ class Workers:
                 break
             future.cancel()
         with self._lock:
-            for _ in range(self._started):
+            threads = list(self._threads)
+            for _ in threads:
                 self._jobs.put(None)
+        _join(threads, wait_s)
 
     def _start_thread(self) -> None:
         with self._lock:
-            self._started += 1
-            number = self._started
-        threading.Thread(target=self._work, name=f"{self._name}-{number}", daemon=True).start()
+            thread = threading.Thread(target=self._work, name=f"{self._name}-{len(self._threads) + 1}", daemon=True)
+            self._threads.append(thread)
+        thread.start()
 
     def _work(self) -> None:
         while (job := self._jobs.get()) is not None:
@@ -121,7 +125,8 @@ def ordered(
             return
         submitted.put((done, None))
 
-    threading.Thread(target=feed, name="dreamsearch-feed", daemon=True).start()
+    feeder = threading.Thread(target=feed, name="dreamsearch-feed", daemon=True)
+    feeder.start()
     try:
         while True:
             item, future = _take(submitted)
@@ -144,6 +149,7 @@ def ordered(
                 break
             if future is not None:
                 future.cancel()
+        _join([feeder], 2.0)  # it polls ``closed``: gone within a poll, unless a scan is stuck
 
 
 def wait(future: Future, timeout_s: float | None = None) -> Any:
@@ -168,3 +174,11 @@ def _take(source: queue.SimpleQueue) -> Any:
             return source.get(timeout=_POLL_S)
         except queue.Empty:
             pass
+
+
+def _join(threads: list[threading.Thread], wait_s: float) -> None:
+    """Join ``threads`` within ``wait_s`` in all (a stuck one is left behind)."""
+    deadline = time.monotonic() + wait_s
+    for thread in threads:
+        if thread is not threading.current_thread():
+            thread.join(max(0.0, deadline - time.monotonic()))
