@@ -207,8 +207,8 @@ def library_option(func):
               help="Refuse larger images as decompression bombs.")
 @click.option("--max-file-size", default="2GiB", show_default=True, type=ByteSize(),
               help="Record larger files as failed without reading them (e.g. 500MB, 4GiB).")
-@click.option("--gpu-decode", is_flag=True,
-              help="Decode baseline JPEGs in batches on the GPU (CUDA; opt-in until measured, see docs/indexing.md).")
+@click.option("--gpu-decode/--no-gpu-decode", default=None,
+              help="Decode baseline JPEGs in batches on the GPU (default: when the model runs on CUDA).")
 @click.option("--compile/--no-compile", "compile_model", default=False, help="torch.compile the model (for long runs).")
 @click.option("--dry-run", is_flag=True, help="Only scan and report what would change.")
 @click.option("--prune", is_flag=True,
@@ -241,7 +241,7 @@ def index_command(folders, model_names, library_path, batch_size, workers, devic
         models = [PendingModel(n, weights_dir=weights_dir, device=device, compile=compile_model) for n in model_names]
     options = IndexOptions(batch_size=batch_size, exclude=tuple(exclude), follow_symlinks=follow_symlinks,
                            draft=not no_draft, max_pixels=max_pixels, max_file_size=max_file_size, dry_run=dry_run,
-                           prune=prune, gpu_decode="cuda" if gpu_decode else None,
+                           prune=prune, gpu_decode={None: "auto", True: "cuda", False: None}[gpu_decode],
                            **({} if workers is None else {"workers": workers}))
     with _progress_display(quiet) as progress:
         report = index_folders(library, list(folders), models, options, progress)

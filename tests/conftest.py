@@ -69,6 +69,13 @@ def official_cache(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
+def decode_device() -> str:
+    """Where the batched JPEG decoder runs: torchvision's CPU backend here and in CI, and
+    ``cuda`` when benchmarks/gpu_check.sh runs these tests on a GPU machine."""
+    return os.environ.get("DREAMSEARCH_TEST_DECODE_DEVICE", "cpu")
+
+
+@pytest.fixture(scope="session")
 def tiny_weights(tmp_path_factory) -> Path:
     """A small DreamSim-DINO in the official layout (64 wide, 2 blocks) for pipeline tests."""
     return official_layout.write_tiny_cache(tmp_path_factory.mktemp("tiny_weights"))

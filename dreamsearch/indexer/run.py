@@ -126,9 +126,10 @@ class IndexOptions:
     #: Forget gone files even when a folder lost all or most of them in one run.
     prune: bool = False
     #: Decode baseline JPEGs in batches on this device (``"cuda"``), the rest on the CPU
-    #: threads. ``"cpu"`` runs the same batched path on torchvision's CPU decoder (tests,
-    #: comparisons). ``None``: everything on the CPU threads.
-    gpu_decode: str | None = None
+    #: threads. ``"auto"``: on the models' device when that is CUDA (measured 2.6x faster
+    #: end to end on an H100, docs/indexing.md). ``"cpu"`` runs the same batched path on
+    #: torchvision's CPU decoder (tests, comparisons). ``None``: everything on the CPU threads.
+    gpu_decode: str | None = "auto"
 
 
 Progress = Callable[[IndexReport], None]
@@ -213,6 +214,8 @@ class _Run:
         self.model_thread = Workers(1, "dreamsearch-model")  # closed at the end of execute
         self.readers: Workers | None = None
         self.gpu_decoder = None
+        self.gpu_decoder_chosen = False
+        self.gpu_decoder_lock = threading.Lock()
 
     def execute(self, roots: list[Path]) -> IndexReport:
         started = time.perf_counter()
@@ -244,10 +247,8 @@ class _Run:
 
     def _index(self, roots: list[Path]) -> None:
         self.models = [self._register(i) for i in range(len(self.sources))]
-        if self.options.gpu_decode:
-            from dreamsearch.indexer.gpu_decode import JpegBatchDecoder
-
-            self.gpu_decoder = JpegBatchDecoder(self.options.gpu_decode)
+        if self.options.gpu_decode not in (None, "auto"):
+            self._batched_decoder()  # asked for by name: fail now if that device is missing
         # Off the main thread there is no SIGALRM, so "in this thread" gets one timed thread.
         workers = self.options.workers or (0 if threading.current_thread() is threading.main_thread() else 1)
         self.readers = Workers(workers, "dreamsearch-read") if workers else None
@@ -485,11 +486,46 @@ class _Run:
         return self.embedders[i]
 
     def _gpu_route(self) -> Callable[[bytes], str | None] | None:
-        if self.gpu_decoder is None:
+        """Whether a file goes to the batched decoder; asked by the reading threads, only
+        for files that need decoding."""
+        if self.options.gpu_decode is None:
             return None
         from dreamsearch.indexer.gpu_decode import gpu_route
 
-        return lambda data: gpu_route(data, self.options.max_pixels)
+        def route(data: bytes) -> str | None:
+            if self._batched_decoder() is None:
+                return "batched decoding is off"
+            return gpu_route(data, self.options.max_pixels)
+
+        return route
+
+    def _batched_decoder(self):
+        """The batched JPEG decoder, made once, when first needed: a run with nothing to
+        decode never imports torch. ``"auto"`` makes one only if the models run on CUDA."""
+        with self.gpu_decoder_lock:
+            if not self.gpu_decoder_chosen:
+                device = self.options.gpu_decode
+                if device == "auto":
+                    device = self._models_cuda_device()
+                if device is not None:
+                    from dreamsearch.indexer.gpu_decode import JpegBatchDecoder
+
+                    self.gpu_decoder = JpegBatchDecoder(device)
+                self.gpu_decoder_chosen = True
+            return self.gpu_decoder
+
+    def _models_cuda_device(self) -> str | None:
+        """The first model's device if it is CUDA (the decoder feeds that device)."""
+        wanted = getattr(self.sources[0], "device", "cpu") if self.sources else "cpu"
+        if str(wanted) == "cpu":
+            return None
+        from dreamsearch.models.base import resolve_device
+
+        try:
+            device = resolve_device(wanted)
+        except DreamsearchError:  # the model's own load says so, once, with the reason
+            return None
+        return str(device) if device.type == "cuda" else None
 
     def _decode_on_device(self, batch: list[Outcome]) -> list[Outcome]:
         """Decode the batch's FOR_GPU files on the device, in the model thread (one CUDA

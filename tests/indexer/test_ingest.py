@@ -192,22 +192,22 @@ def test_max_file_size_option_is_read_in_human_units(tmp_path, tiny_weights):
 
 def mixed_jpeg_folder(folder: Path) -> Path:
     """Baseline JPEGs (to the batched decoder) and files it must leave to the CPU."""
-    photo_folder(folder, 6, (900, 700), 130, "base{}.jpg", quality=92)
-    photo_like(640, 480, 140).save(folder / "progressive.jpg", progressive=True)
+    photo_folder(folder, 6, (1300, 1000), 130, "base{}.jpg", quality=92)  # large enough for the device
+    photo_like(1300, 1000, 140).save(folder / "progressive.jpg", progressive=True)
     exif = Image.Exif()
     exif[0x0112] = 6
-    photo_like(640, 480, 141).save(folder / "rotated.jpg", exif=exif)
+    photo_like(1300, 1000, 141).save(folder / "rotated.jpg", exif=exif)
     photo_like(320, 240, 142).convert("CMYK").save(folder / "cmyk.jpg")
     photo_like(320, 240, 143).convert("L").save(folder / "grey.jpg")
     photo_like(320, 240, 144).save(folder / "screen.png")
     return folder
 
 
-def test_batched_jpeg_decoding_agrees_with_the_cpu_path(tmp_path, tiny_model):
+def test_batched_jpeg_decoding_agrees_with_the_cpu_path(tmp_path, tiny_model, decode_device):
     folder = mixed_jpeg_folder(tmp_path / "photos")
     cpu, batched = LibraryFolder.prepare(tmp_path / "cpu"), LibraryFolder.prepare(tmp_path / "batched")
     index_folders(cpu, [folder], [tiny_model], IndexOptions(workers=1, batch_size=4))
-    report = index_folders(batched, [folder], [tiny_model], IndexOptions(workers=1, batch_size=4, gpu_decode="cpu"))
+    report = index_folders(batched, [folder], [tiny_model], IndexOptions(workers=1, batch_size=4, gpu_decode=decode_device))
     assert report.embedded == 11 and report.failed == 0
     reference, ours = stored_vectors(cpu), stored_vectors(batched)
     assert set(reference) == set(ours)
@@ -219,11 +219,13 @@ def test_batched_jpeg_decoding_agrees_with_the_cpu_path(tmp_path, tiny_model):
     with Catalog(batched.catalog_path) as catalog:
         ids = catalog.vector_ids(catalog.model("dreamsim-dino")).tolist()
         details = {Path(d.path).name: d for found in catalog.file_details(ids).values() for d in found}
-    assert (details["rotated.jpg"].width, details["rotated.jpg"].height) == (480, 640)
-    assert (details["base0.jpg"].width, details["base0.jpg"].height) == (900, 700)
+    assert (details["rotated.jpg"].width, details["rotated.jpg"].height) == (1000, 1300)
+    assert (details["base0.jpg"].width, details["base0.jpg"].height) == (1300, 1000)
 
 
-def test_a_file_the_batched_decoder_fails_on_goes_to_the_cpu_and_order_is_kept(tmp_path, tiny_model, monkeypatch):
+def test_a_file_the_batched_decoder_fails_on_goes_to_the_cpu_and_order_is_kept(
+    tmp_path, tiny_model, monkeypatch, decode_device
+):
     folder = mixed_jpeg_folder(tmp_path / "photos")
     real = JpegBatchDecoder._decode_jpeg
 
@@ -235,13 +237,46 @@ def test_a_file_the_batched_decoder_fails_on_goes_to_the_cpu_and_order_is_kept(t
     monkeypatch.setattr(JpegBatchDecoder, "_decode_jpeg", flaky)
     cpu, batched = LibraryFolder.prepare(tmp_path / "cpu"), LibraryFolder.prepare(tmp_path / "batched")
     index_folders(cpu, [folder], [tiny_model], IndexOptions(workers=1, batch_size=4))
-    report = index_folders(batched, [folder], [tiny_model], IndexOptions(workers=1, batch_size=4, gpu_decode="cpu"))
+    report = index_folders(batched, [folder], [tiny_model], IndexOptions(workers=1, batch_size=4, gpu_decode=decode_device))
     assert report.embedded == 11 and report.failed == 0
     reference, ours = stored_vectors(cpu), stored_vectors(batched)
     assert float(reference["base3.jpg"] @ ours["base3.jpg"]) == pytest.approx(1.0, abs=1e-6)  # the CPU fallback
     for name in reference:  # each file kept its own vector: nothing was shuffled in a batch
         best = max(ours, key=lambda other: float(reference[name] @ ours[other]))
         assert best == name
+
+
+class ClaimsDevice:
+    """The tiny model (it runs on the CPU), reporting ``device`` as a model loaded there would."""
+
+    def __init__(self, model, device: str) -> None:
+        self.model, self.device = model, device
+        self.name, self.fingerprint, self.preprocess_spec = model.name, model.fingerprint, model.preprocess_spec
+
+    def load(self):
+        return self.model
+
+
+@pytest.mark.parametrize("device, batched", [("cuda", True), ("cpu", False)])
+def test_by_default_jpegs_are_batch_decoded_when_the_models_run_on_cuda(tmp_path, tiny_model, monkeypatch,
+                                                                        device, batched):
+    import torch
+    from torchvision.io import ImageReadMode, decode_jpeg
+
+    decoded_on: list[str] = []
+
+    def on_this_cpu(self, tensors):  # what the CUDA decoder returns, computed here
+        decoded_on.append(self.device)
+        return list(decode_jpeg(tensors, mode=ImageReadMode.RGB, device="cpu"))
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(JpegBatchDecoder, "_decode_jpeg", on_this_cpu)
+    folder = mixed_jpeg_folder(tmp_path / "photos")
+    library = LibraryFolder.prepare(tmp_path / "lib")
+    report = index_folders(library, [folder], [ClaimsDevice(tiny_model, device)], IndexOptions(workers=1, batch_size=4))
+    assert report.embedded == 11 and report.failed == 0
+    assert set(decoded_on) == ({"cuda"} if batched else set())
+    assert IndexOptions().gpu_decode == "auto"
 
 
 def test_progress_on_a_terminal_draws_and_says_nothing_broke(tmp_path, tiny_weights, monkeypatch):
