@@ -1,8 +1,9 @@
-"""The Python API for photo apps: one ``Library`` object over a library folder.
+"""The Python API for photo apps, and the one service layer under the CLI and the HTTP
+server: one ``Library`` object over a library folder.
 
-Reads (``query``, ``similar_to``) are thread-safe and never block an indexing process;
-writes (``index``, ``remove``) take the library's writer lock, one at a time across
-processes. Models are loaded once per ``Library`` and kept.
+Reads (queries, ``status``, ``duplicates``) are thread-safe and never block an indexing
+process; writes (``index``, ``remove``, ``forget``) take the library's writer lock, one at
+a time across processes. Models are loaded once per ``Library`` and kept.
 """
 
 from __future__ import annotations
@@ -10,39 +11,83 @@ from __future__ import annotations
 import os
 import threading
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
-from dreamsearch.catalog import Catalog
+from dreamsearch.catalog import Catalog, FileDetail
+from dreamsearch.compare import Overlap, overlaps
 from dreamsearch.duplicates import DuplicateGroup, find_duplicates
+from dreamsearch.errors import DreamsearchError, NotFoundError
 from dreamsearch.images import to_rgb
 from dreamsearch.indexer import IndexOptions, IndexReport, Progress, index_folders
 from dreamsearch.library import LibraryFolder, library_dir
 from dreamsearch.models import PendingModel
 from dreamsearch.models.base import Embedder
+from dreamsearch.paths import display_path
 from dreamsearch.search import Match, Searcher
+from dreamsearch.status import LibraryStatus, library_status
 from dreamsearch.vector_index import save_indexes
+
+ImageInput = str | os.PathLike | bytes | Image.Image | np.ndarray
+
+
+@dataclass(frozen=True)
+class Query:
+    """A query vector of one model, where it came from (files, an upload, a vector), and
+    the library contents it is of (left out of its results unless asked otherwise)."""
+
+    model: str
+    sources: tuple[str, ...]
+    vector: np.ndarray
+    own: tuple[int, ...] = ()
+
+    @property
+    def label(self) -> str:
+        return " + ".join(self.sources)
+
+
+@dataclass(frozen=True)
+class Page:
+    """One page of results; ``next_offset`` is where the next page starts, or None."""
+
+    model: str
+    matches: list[Match]
+    next_offset: int | None
+
+
+@dataclass(frozen=True)
+class Comparison:
+    """The same query through several models, and how much their lists agree."""
+
+    query: str
+    k: int
+    results: dict[str, list[Match]]
+    overlaps: list[Overlap]
 
 
 class Library:
     """A dreamsearch library. ``Library.open()`` uses ``$DREAMSEARCH_LIBRARY`` or the user
     data folder; use it as a context manager or call ``close()``."""
 
-    def __init__(self, folder: LibraryFolder, weights_dir: str | os.PathLike | None = None, device: str = "auto") -> None:
+    def __init__(self, folder: LibraryFolder, weights_dir: str | os.PathLike | None = None, device: str = "auto",
+                 nprobe: int = 16) -> None:
         self.folder = folder
         self.weights_dir = weights_dir
         self.device = device
+        self.nprobe = nprobe
         self._models: dict[str, PendingModel] = {}
         self._searchers: dict[str, Searcher] = {}
         self._lock = threading.Lock()
 
     @classmethod
     def open(cls, path: str | os.PathLike | None = None, weights_dir: str | os.PathLike | None = None,
-             device: str = "auto") -> Library:
-        """The library at ``path``; nothing is created until the first ``index``."""
-        return cls(LibraryFolder(library_dir(path)), weights_dir, device)
+             device: str = "auto", nprobe: int = 16) -> Library:
+        """The library at ``path``; nothing is created until the first ``index``. ``nprobe``:
+        IVF lists searched per query (more: slower, closer to exhaustive)."""
+        return cls(LibraryFolder(library_dir(path)), weights_dir, device, nprobe)
 
     def close(self) -> None:
         with self._lock:
@@ -56,23 +101,37 @@ class Library:
     def __exit__(self, *exc) -> None:
         self.close()
 
+    # models -----------------------------------------------------------------------------
+
     def model(self, name: str = "dreamsim") -> Embedder:
         """The embedder ``name``, loaded once and shared."""
-        return self._model_handle(name).load()
+        return self.model_handle(name).load()
 
-    def _model_handle(self, name: str) -> PendingModel:
-        """``name``'s weights, found and checked once; built on first use (``index`` builds
-        it only if some file needs embedding)."""
+    def loaded_models(self) -> list[str]:
+        with self._lock:
+            return sorted(name for name, handle in self._models.items() if handle.loaded)
+
+    def unload_models(self) -> None:
+        """Let every loaded model go (the next query loads it again)."""
+        with self._lock:
+            self._models.clear()
+
+    def model_handle(self, name: str) -> PendingModel:
+        """``name``'s weights, found and checked once (a missing file fails here, with the
+        usual message); built on first use (``index`` builds it only if some file needs
+        embedding)."""
         with self._lock:
             if name not in self._models:
                 self._models[name] = PendingModel(name, weights_dir=self.weights_dir, device=self.device)
             return self._models[name]
 
+    # writes -----------------------------------------------------------------------------
+
     def index(self, paths: Sequence[str | os.PathLike], models: Sequence[str] = ("dreamsim",),
               progress: Progress | None = None, **options) -> IndexReport:
         """Index folders (see ``dreamsearch index``); ``options`` are ``IndexOptions`` fields."""
         report = index_folders(LibraryFolder.prepare(self.folder.root), [Path(p) for p in paths],
-                               [self._model_handle(m) for m in models], IndexOptions(**options), progress)
+                               [self.model_handle(m) for m in models], IndexOptions(**options), progress)
         self._forget_searchers()
         return report
 
@@ -88,25 +147,108 @@ class Library:
         self._forget_searchers()
         return removed
 
-    def query(self, image: str | os.PathLike | Image.Image | np.ndarray, k: int = 25, model: str = "dreamsim",
-              include_self: bool = False, max_distance: float | None = None) -> list[Match]:
-        """The ``k`` most similar indexed images to ``image``: a file path, a PIL image, or an
-        ``uint8 [H, W, 3]`` array."""
-        searcher, embedder = self._searcher(model), self.model(model)
-        own: list[int] = []
-        if isinstance(image, (str, os.PathLike)):
-            vector, content_id = searcher.embed_file(embedder, Path(image))
-            own = [] if content_id is None or include_self else [content_id]
-        else:
-            picture = image if isinstance(image, Image.Image) else Image.fromarray(np.asarray(image, dtype=np.uint8))
-            vector = searcher.embed_pixels(embedder, embedder.preprocess(to_rgb(picture)))
-        return searcher.search(vector, k, own, max_distance)
+    def forget(self, folder: str | os.PathLike) -> int:
+        """Remove an indexed folder (a root) and its files; returns how many files it held."""
+        library = LibraryFolder.existing(self.folder.root)
+        wanted = Path(folder).expanduser().resolve()
+        with library.writer_lock(), Catalog(library.catalog_path) as catalog:
+            place = catalog.find_root(wanted)
+            if place is None:
+                raise DreamsearchError(f"{display_path(wanted)} is not an indexed folder (see `dreamsearch status`)")
+            if place.prefix:
+                raise DreamsearchError(f"{display_path(wanted)} is part of the indexed folder {display_path(place.path)}; "
+                                       f"forget that folder, or index it with `--exclude '{place.prefix}*'`")
+            removed = catalog.forget_root(place.id)
+            save_indexes(catalog, library.index_dir)
+        self._forget_searchers()
+        return removed
 
-    def similar_to(self, path: str | os.PathLike, k: int = 25, model: str = "dreamsim") -> list[Match]:
-        """Neighbours of an indexed file, from its stored vector (no model is loaded)."""
+    # queries ----------------------------------------------------------------------------
+
+    def image_query(self, image: ImageInput, model: str = "dreamsim", name: str = "upload") -> Query:
+        """A query from a picture: a file path, the bytes of an image file (``name`` labels
+        it in errors), a PIL image, or a ``uint8 [H, W, 3]`` array. A file whose bytes are
+        in the library knows its content, so it can be left out of its own results."""
+        searcher, embedder = self._searcher(model), self.model(model)
+        if isinstance(image, (str, os.PathLike)):
+            vector, own = searcher.embed_file(embedder, Path(image))
+            return Query(model, (str(image),), vector, () if own is None else (own,))
+        if isinstance(image, (bytes, bytearray)):
+            vector, own = searcher.embed_bytes(embedder, name, bytes(image))
+            return Query(model, (name,), vector, () if own is None else (own,))
+        picture = image if isinstance(image, Image.Image) else Image.fromarray(np.asarray(image, dtype=np.uint8))
+        return Query(model, (name,), searcher.embed_pixels(embedder, embedder.preprocess(to_rgb(picture))))
+
+    def stored_query(self, file: str | os.PathLike | int, model: str = "dreamsim") -> Query:
+        """A query from the stored vector of an indexed file, by path or catalog id: no
+        model is loaded, nothing is decoded."""
         searcher = self._searcher(model)
-        vector, content_id = searcher.stored_vector(Path(path))
-        return searcher.search(vector, k, [content_id])
+        if isinstance(file, int):
+            detail, _copies = self.file(file)
+            vector, content_id = searcher.stored_vector_of(detail.content_id)
+            return Query(model, (detail.path,), vector, (content_id,))
+        vector, content_id = searcher.stored_vector(Path(file))
+        return Query(model, (str(file),), vector, (content_id,))
+
+    def vector_query(self, vector: Sequence[float] | np.ndarray, model: str = "dreamsim") -> Query:
+        """A query from a vector a caller computed (``embed``): checked and made unit norm."""
+        searcher = self._searcher(model)
+        vector = np.asarray(vector, dtype=np.float32).reshape(-1)
+        if vector.shape[0] != searcher.model.dim:
+            raise DreamsearchError(f"the vector has {vector.shape[0]} numbers; model '{model}' needs {searcher.model.dim}")
+        norm = float(np.linalg.norm(vector))
+        if not np.isfinite(vector).all() or norm == 0.0:
+            raise DreamsearchError("the vector must be finite and not all zeros")
+        return Query(model, ("vector",), vector / norm)
+
+    @staticmethod
+    def mean_query(queries: Sequence[Query]) -> Query:
+        """One query from several of the same model: the normalised mean of their vectors."""
+        mean = np.mean([q.vector for q in queries], axis=0)
+        return Query(queries[0].model, tuple(s for q in queries for s in q.sources), mean / np.linalg.norm(mean),
+                     tuple(i for q in queries for i in q.own))
+
+    def search(self, query: Query, k: int = 25, include_self: bool = False, max_distance: float | None = None,
+               under: str | os.PathLike | None = None, offset: int = 0) -> Page:
+        """Results ``offset + 1`` to ``offset + k`` for ``query``; see ``Searcher.search``."""
+        searcher = self._searcher(query.model)
+        found = searcher.search(query.vector, k + 1, [] if include_self else query.own, max_distance,
+                                None if under is None else Path(under), offset)
+        more = len(found) > k
+        return Page(query.model, found[:k], offset + k if more else None)
+
+    def query(self, image: ImageInput, k: int = 25, model: str = "dreamsim",
+              include_self: bool = False, max_distance: float | None = None) -> list[Match]:
+        """The ``k`` most similar indexed images to ``image`` (see ``image_query``)."""
+        return self.search(self.image_query(image, model), k, include_self, max_distance).matches
+
+    def similar_to(self, path: str | os.PathLike | int, k: int = 25, model: str = "dreamsim") -> list[Match]:
+        """Neighbours of an indexed file (path or id), from its stored vector (no model is loaded)."""
+        return self.search(self.stored_query(path, model), k).matches
+
+    def embed(self, image: ImageInput, model: str = "dreamsim", name: str = "upload") -> np.ndarray:
+        """The unit-norm vector of a picture, as the library's vectors were made."""
+        return self.image_query(image, model, name).vector
+
+    def compare(self, image: ImageInput, models: Sequence[str], k: int = 25, include_self: bool = False,
+                name: str = "upload", keep_models: bool = True) -> Comparison:
+        """``image`` through each of ``models`` side by side. Every model must be indexed
+        (checked before any is loaded); with ``keep_models=False`` each model loaded here is
+        let go before the next loads, so the peak memory is that of the largest."""
+        if len(models) < 2:
+            raise DreamsearchError("compare needs at least two models")
+        for model in models:
+            self._searcher(model)
+        results = {}
+        for model in models:
+            loaded_before = model in self.loaded_models()
+            query = self.image_query(image, model, name)
+            results[model] = self.search(query, k, include_self).matches
+            if not keep_models and not loaded_before:
+                with self._lock:
+                    self._models.pop(model, None)
+        label = str(image) if isinstance(image, (str, os.PathLike)) else name
+        return Comparison(label, k, results, overlaps(results, k))
 
     def duplicates(self, model: str = "dreamsim", max_distance: float | None = None) -> list[DuplicateGroup]:
         """Groups of identical files, then of images within ``max_distance`` of each other
@@ -122,20 +264,45 @@ class Library:
 
         return get_spec(model).duplicate_distance
 
+    # the library itself -----------------------------------------------------------------
+
+    def file(self, file_id: int) -> tuple[FileDetail, tuple[str, ...]]:
+        """An indexed file by catalog id, if it is on disk now as it was indexed, and the
+        other paths of the same content."""
+        with Catalog(LibraryFolder.existing(self.folder.root).catalog_path, read_only=True) as catalog:
+            detail = catalog.file_detail(file_id)
+            copies = catalog.file_details([detail.content_id]) if detail is not None else {}
+        if detail is None:
+            raise NotFoundError(f"no indexed file has id {file_id} (or it changed on disk since it was indexed)")
+        return detail, tuple(d.path for d in copies.get(detail.content_id, []) if d.id != detail.id)
+
+    def status(self, show_failed: bool = False) -> LibraryStatus:
+        """Folders, counts per model, the state of each saved index, and unreadable files."""
+        return library_status(self.folder.root, show_failed)
+
+    def vector_counts(self) -> dict[str, int]:
+        """Vectors per model (what ``/api/health`` reports)."""
+        if not self.folder.catalog_path.exists():
+            return {}
+        with Catalog(self.folder.catalog_path, read_only=True) as catalog:
+            return {name: catalog.count_vectors(catalog.model(name)) for name in catalog.model_names()}
+
     def _searcher(self, model: str) -> Searcher:
-        """The model's searcher, reopened when the catalog moved on (another process indexed)."""
+        """The model's searcher, reopened when the catalog moved on (another process
+        indexed). A replaced searcher is not closed here: a thread may still be reading
+        from it; it closes when the last reference goes."""
         with self._lock:
             searcher = self._searchers.get(model)
             if searcher is not None and searcher.catalog.last_seq(searcher.model) != searcher.index.meta.seq:
-                searcher.close()
                 searcher = None
             if searcher is None:
-                searcher = self._searchers[model] = Searcher(self.folder, model)
+                searcher = self._searchers[model] = Searcher(self.folder, model, self.nprobe)
             return searcher
 
     def _forget_searchers(self) -> None:
         """After a write, the next read opens the caught-up index."""
-        self.close()
+        with self._lock:
+            self._searchers.clear()
 
 
-__all__ = ["DuplicateGroup", "Library", "Match"]
+__all__ = ["Comparison", "DuplicateGroup", "Library", "Match", "Page", "Query"]

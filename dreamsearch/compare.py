@@ -11,16 +11,13 @@ Agreement of two top-k lists A and B:
 
 from __future__ import annotations
 
-import gc
 from collections.abc import Sequence
 from dataclasses import dataclass
 from itertools import combinations
-from pathlib import Path
 
 import numpy as np
 
-from dreamsearch.library import LibraryFolder
-from dreamsearch.search import Match, Searcher
+from dreamsearch.search import Match
 
 
 @dataclass(frozen=True)
@@ -29,27 +26,6 @@ class Overlap:
     common: int
     jaccard: float
     rank_correlation: float | None
-
-
-def compare_models(library: LibraryFolder, image: Path, k: int, models: Sequence[str], weights_dir=None,
-                   device: str = "auto", include_self: bool = False) -> dict[str, list[Match]]:
-    """Each model's top ``k`` for ``image``. Models are loaded one at a time (and let go)
-    so the peak memory is that of the largest, not their sum."""
-    from dreamsearch.models import load_model
-
-    searchers = {name: Searcher(library, name) for name in models}  # every model indexed? fail before loading any
-    results = {}
-    try:
-        for name, searcher in searchers.items():
-            embedder = load_model(name, weights_dir=weights_dir, device=device)
-            vector, own = searcher.embed_file(embedder, image)
-            results[name] = searcher.search(vector, k, [] if include_self or own is None else [own])
-            del embedder
-            gc.collect()
-    finally:
-        for searcher in searchers.values():
-            searcher.close()
-    return results
 
 
 def overlaps(results: dict[str, list[Match]], k: int) -> list[Overlap]:

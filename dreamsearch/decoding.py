@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from dreamsearch.errors import ImageError
+from dreamsearch.errors import ImageError, PixelLimitError
 from dreamsearch.images import Preprocess, decode
 
 #: Seconds one file may take to read and decode before it is recorded as failed.
@@ -32,6 +32,7 @@ class Decoded:
     format: str = ""
     pixels: tuple[np.ndarray, ...] = ()
     error: str | None = None
+    too_large: bool = False  # the error is the pixel limit (a decompression bomb?)
 
 
 def too_slow(seconds: float) -> str:
@@ -52,7 +53,7 @@ def decode_bytes(path: str, data: bytes, recipes: tuple[Preprocess, ...], max_pi
         picture = decode(path, data=data, max_pixels=max_pixels, draft_size=draft_size)
         pixels = tuple(recipe(picture.image) for recipe in recipes)
     except ImageError as exc:
-        return Decoded(error=exc.reason)
+        return Decoded(error=exc.reason, too_large=isinstance(exc, PixelLimitError))
     except MemoryError:
         return Decoded(error="not enough memory to decode")
     except Exception as exc:  # a plugin's own error type (struct.error, KeyError, ...): one file, not the run

@@ -29,6 +29,7 @@ QUERY_CHUNK = 4096
 
 @dataclass(frozen=True)
 class DuplicateFile:
+    id: int
     path: str
     size: int
     width: int | None
@@ -97,7 +98,7 @@ def _similar_group(catalog: Catalog, model: ModelInfo, content_ids: np.ndarray) 
 def _group(kind: str, files: list[tuple[FileDetail, float]]) -> DuplicateGroup:
     ordered = sorted(files, key=lambda fd: _keeper_key(fd[0]))
     keeper, others = ordered[0], sorted(ordered[1:], key=lambda fd: (fd[1], fd[0].path))
-    as_files = [DuplicateFile(f.path, f.size, f.width, f.height, f.mtime_ns, d) for f, d in (keeper, *others)]
+    as_files = [DuplicateFile(f.id, f.path, f.size, f.width, f.height, f.mtime_ns, d) for f, d in (keeper, *others)]
     return DuplicateGroup(kind, as_files[0], tuple(as_files[1:]))
 
 

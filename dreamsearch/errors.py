@@ -18,5 +18,13 @@ class ImageError(DreamsearchError):
         super().__init__(f"{self.path}: {reason}")
 
 
+class PixelLimitError(ImageError):
+    """A picture with more pixels than allowed (a decompression bomb?)."""
+
+
+class NotFoundError(DreamsearchError):
+    """Something asked for by id or path that the library does not hold (HTTP 404)."""
+
+
 class WeightsError(DreamsearchError):
     """Model weights that are missing, incomplete or unreadable."""

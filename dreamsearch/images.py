@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from dreamsearch.errors import ImageError
+from dreamsearch.errors import ImageError, PixelLimitError
 
 #: Pictures above this many pixels are refused as likely decompression bombs.
 DEFAULT_MAX_PIXELS = 200_000_000
@@ -74,7 +74,7 @@ def decode(
         with Image.open(io.BytesIO(data) if data is not None else path) as img:
             width, height = img.size
             if width * height > max_pixels:
-                raise ImageError(path, f"{width}x{height} pixels is over the limit of {max_pixels:,} (a decompression bomb?)")
+                raise PixelLimitError(path, f"{width}x{height} pixels is over the limit of {max_pixels:,} (a decompression bomb?)")
             file_format = img.format or "unknown"
             if img.getexif().get(0x0112, 1) in (5, 6, 7, 8):
                 width, height = height, width
@@ -95,7 +95,7 @@ def decode(
         empty = data == b"" if data is not None else _is_empty(path)
         raise ImageError(path, "empty file" if empty else "not an image Pillow can read") from None
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
-        raise ImageError(path, f"refused as a decompression bomb ({exc})") from None
+        raise PixelLimitError(path, f"refused as a decompression bomb ({exc})") from None
     except (OSError, SyntaxError, ValueError, EOFError) as exc:
         raise ImageError(path, f"cannot decode: {exc}") from None
 

@@ -6,7 +6,8 @@
 - ``csv``: header ``query,rank,distance,path,size``
 - ``null``: result paths separated by NUL
 
-where RESULT is ``{"rank", "distance", "path", "size", "also_at"}``.
+where RESULT is ``{"rank", "distance", "path", "size", "also_at", "id", "width", "height"}``
+(``id``: the file's catalog id, as the HTTP API uses it; ``width``/``height``: pixels).
 
 Any file name survives every format (docs/output.md): JSON and JSONL are UTF-8 with the
 bytes of a name that are not UTF-8 written as ``\\udcXX`` escapes (``os.fsencode`` of
@@ -21,14 +22,14 @@ import io
 import json
 import os
 import sys
-from dataclasses import asdict
 from typing import TYPE_CHECKING
 
+from dreamsearch.documents import comparison_document, duplicates_document, result_document
 from dreamsearch.paths import display_path, human_bytes
 
 if TYPE_CHECKING:  # dreamsearch.search imports torch: `duplicates` must not pay for it
     from dreamsearch.compare import Overlap
-    from dreamsearch.duplicates import DuplicateFile, DuplicateGroup
+    from dreamsearch.duplicates import DuplicateGroup
     from dreamsearch.search import Match
 
 
@@ -36,10 +37,10 @@ def render(blocks: list[tuple[str, list[Match]]], fmt: str | None, model: str) -
     """Print query results as a table or in the machine format ``fmt``."""
     if fmt == "json":
         document = {"model": model, "queries": [
-            {"query": label, "results": [_result(m) for m in matches]} for label, matches in blocks]}
+            {"query": label, "results": [result_document(m) for m in matches]} for label, matches in blocks]}
         _write_json_lines([document])
     elif fmt == "jsonl":
-        _write_json_lines([{"query": label, **_result(m)} for label, matches in blocks for m in matches])
+        _write_json_lines([{"query": label, **result_document(m)} for label, matches in blocks for m in matches])
     elif fmt == "csv":
         text = io.StringIO()
         writer = csv.writer(text)
@@ -69,13 +70,6 @@ def _write_bytes(data: bytes) -> None:
     sys.stdout.flush()
     sys.stdout.buffer.write(data)
     sys.stdout.buffer.flush()
-
-
-def _result(match: Match) -> dict:
-    result = asdict(match)
-    result["distance"] = round(match.distance, 6)
-    result["also_at"] = list(match.also_at)
-    return result
 
 
 def _table(blocks: list[tuple[str, list[Match]]], model: str) -> None:
@@ -108,14 +102,7 @@ def render_comparison(query: str, k: int, results: dict[str, list[Match]], overl
     """``compare``'s output. JSON: ``{"query", "k", "models": {NAME: [RESULT, ...]},
     "overlap": [{"models": [A, B], "common", "jaccard", "rank_correlation"}]}``."""
     if as_json:
-        document = {
-            "query": query, "k": k,
-            "models": {name: [_result(m) for m in matches] for name, matches in results.items()},
-            "overlap": [{"models": list(o.models), "common": o.common, "jaccard": round(o.jaccard, 6),
-                         "rank_correlation": None if o.rank_correlation is None else round(o.rank_correlation, 6)}
-                        for o in overlaps],
-        }
-        _write_json_lines([document])
+        _write_json_lines([comparison_document(query, k, results, overlaps)])
         return
     from rich.console import Console
     from rich.table import Table
@@ -142,11 +129,9 @@ def render_comparison(query: str, k: int, results: dict[str, list[Match]], overl
 def render_duplicates(groups: list[DuplicateGroup], model: str, max_distance: float, as_json: bool) -> None:
     """``duplicates``' output. JSON: ``{"model", "max_distance", "groups": [{"kind":
     "identical"|"similar", "keeper": FILE, "others": [FILE, ...]}]}``, FILE being
-    ``{"path", "size", "width", "height", "mtime_ns", "distance"}`` (distance to the keeper)."""
+    ``{"id", "path", "size", "width", "height", "mtime_ns", "distance"}`` (distance to the keeper)."""
     if as_json:
-        document = {"model": model, "max_distance": max_distance, "groups": [
-            {"kind": g.kind, "keeper": _file(g.keeper), "others": [_file(f) for f in g.others]} for g in groups]}
-        _write_json_lines([document])
+        _write_json_lines([duplicates_document(groups, model, max_distance)])
         return
     from rich.console import Console
     from rich.table import Table
@@ -165,9 +150,3 @@ def render_duplicates(groups: list[DuplicateGroup], model: str, max_distance: fl
     spare = sum(len(g.others) for g in groups)
     console.print(f"{identical} identical and {len(groups) - identical} similar groups "
                   f"({model}, max distance {max_distance:g}); {spare} files beside their keepers")
-
-
-def _file(f: DuplicateFile) -> dict:
-    result = asdict(f)
-    result["distance"] = round(f.distance, 6)
-    return result

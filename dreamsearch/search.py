@@ -11,16 +11,16 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
 
 from dreamsearch.catalog import Catalog, ModelInfo
-from dreamsearch.errors import DreamsearchError, ImageError
+from dreamsearch.errors import DreamsearchError, ImageError, NotFoundError, PixelLimitError
 from dreamsearch.images import DEFAULT_MAX_PIXELS
 from dreamsearch.decoding import DECODE_TIMEOUT_S, TimeLimitExceeded, decode_bytes, time_limit, too_slow
-from dreamsearch.reading import read_file
+from dreamsearch.reading import content_hash, read_file
 from dreamsearch.library import LibraryFolder
 from dreamsearch.models.base import Embedder
 from dreamsearch.vector_index import open_index
@@ -28,13 +28,17 @@ from dreamsearch.vector_index import open_index
 
 @dataclass(frozen=True)
 class Match:
-    """One result. ``also_at`` lists the other places the same content lives."""
+    """One result. ``also_at`` lists the other places the same content lives; ``id`` is
+    the catalog id of the file at ``path`` (what the HTTP API serves files by)."""
 
     rank: int
     distance: float
     path: str
     size: int
     also_at: tuple[str, ...] = ()
+    id: int = 0
+    width: int | None = None
+    height: int | None = None
 
 
 class Searcher:
@@ -73,12 +77,16 @@ class Searcher:
                 read = read_file(str(path))
                 if read.error:
                     raise ImageError(path, read.error)
-                decoded = decode_bytes(str(path), read.data, (embedder.preprocess_spec,), DEFAULT_MAX_PIXELS, draft=True)
+                return self.embed_bytes(embedder, str(path), read.data)
         except TimeLimitExceeded:
             raise ImageError(path, too_slow(DECODE_TIMEOUT_S)) from None
+
+    def embed_bytes(self, embedder: Embedder, name: str, data: bytes) -> tuple[np.ndarray, int | None]:
+        """``embed_file`` for the bytes of an image file (an upload), ``name`` labelling it."""
+        decoded = decode_bytes(name, data, (embedder.preprocess_spec,), DEFAULT_MAX_PIXELS, draft=True)
         if decoded.error:
-            raise ImageError(path, decoded.error)
-        return self.embed_pixels(embedder, decoded.pixels[0]), self.catalog.content_id_of_hash(read.content_hash)
+            raise (PixelLimitError if decoded.too_large else ImageError)(name, decoded.error)
+        return self.embed_pixels(embedder, decoded.pixels[0]), self.catalog.content_id_of_hash(content_hash(data))
 
     def embed_pixels(self, embedder: Embedder, pixels: np.ndarray) -> np.ndarray:
         """The query vector of preprocessed pixels, refusing an embedder whose weights differ
@@ -91,8 +99,13 @@ class Searcher:
         """The stored vector of an indexed file (``--like``): no model, no decoding."""
         content_id = self.catalog.content_id_at(path)
         if content_id is None:
-            raise DreamsearchError(f"{path} is not in the library (index its folder first, or query it as a file)")
-        _ids, vectors = self.catalog.vectors_for(self.model, [content_id])
+            raise NotFoundError(f"{path} is not in the library (index its folder first, or query it as a file)")
+        return self.stored_vector_of(content_id)
+
+    def stored_vector_of(self, content_id: int) -> tuple[np.ndarray, int]:
+        ids, vectors = self.catalog.vectors_for(self.model, [content_id])
+        if len(ids) == 0:
+            raise NotFoundError(f"that file has no '{self.model.name}' vector (index it with that model)")
         return vectors[0], content_id
 
     def search(
@@ -102,38 +115,43 @@ class Searcher:
         exclude: Sequence[int] = (),
         max_distance: float | None = None,
         under: Path | Sequence[Path] | None = None,
+        offset: int = 0,
     ) -> list[Match]:
-        """The ``k`` nearest files to ``vector`` (exact distances), leaving out contents in
-        ``exclude``, farther than ``max_distance``, or outside the folder(s) ``under``."""
+        """The ``k`` nearest files to ``vector`` after the first ``offset`` (exact
+        distances), leaving out contents in ``exclude``, farther than ``max_distance``, or
+        outside the folder(s) ``under``."""
         if k <= 0:
             raise DreamsearchError("k must be at least 1")
-        k = min(k, max(len(self.index), 1))  # no more results than vectors, whatever was asked
+        if offset < 0:
+            raise DreamsearchError("offset must be 0 or more")
+        wanted = min(offset + k, max(len(self.index), 1))  # no more results than vectors, whatever was asked
         if under is not None:  # as written (through a followed symlink) and with links resolved
             folders = [under] if isinstance(under, (str, os.PathLike)) else under
             under = tuple({form for u in folders for form in (Path(os.path.abspath(u)), Path(u).resolve())})
-        depth = k + len(exclude)
+        depth = wanted + len(exclude)
         while True:
             scores, ids = self.index.search(
                 np.asarray(vector, np.float32)[None], depth, nprobe=self.nprobe,
                 fetch=lambda wanted: self.catalog.vectors_for(self.model, wanted))
             matches = self._join(scores[0], ids[0], set(exclude), max_distance, under)
             exhausted = (ids[0] < 0).any() or depth >= len(self.index)
-            if len(matches) >= k or exhausted:
-                return [Match(rank, m.distance, m.path, m.size, m.also_at) for rank, m in enumerate(matches[:k], 1)]
+            if len(matches) >= wanted or exhausted:
+                return [replace(m, rank=rank) for rank, m in enumerate(matches[offset:wanted], offset + 1)]
             depth *= 4
 
     def _join(self, scores, ids, exclude: set[int], max_distance, under: tuple[Path, ...] | None) -> list[Match]:
         keep = [(float(s), int(i)) for s, i in zip(scores, ids) if i >= 0 and int(i) not in exclude]
-        paths = self.catalog.paths_of([i for _s, i in keep])
-        sizes = self.catalog.content_sizes([i for _s, i in keep])
+        details = self.catalog.file_details([i for _s, i in keep])
         matches = []
         for score, content_id in keep:
             distance = max(0.0, 1.0 - score)
             if max_distance is not None and distance > max_distance:
                 break  # scores are sorted
-            places = [p for p in paths.get(content_id, []) if under is None or _inside(p, under)]
+            places = [d for d in details.get(content_id, []) if under is None or _inside(d.path, under)]
             if places:  # no places: removed since the index was read, or outside ``under``
-                matches.append(Match(0, distance, places[0], sizes.get(content_id, 0), tuple(places[1:])))
+                first = places[0]
+                matches.append(Match(0, distance, first.path, first.size, tuple(d.path for d in places[1:]),
+                                     first.id, first.width, first.height))
         return matches
 
 

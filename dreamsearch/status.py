@@ -1,7 +1,9 @@
-"""What ``dreamsearch status`` reports about a library, as lines of text."""
+"""What ``dreamsearch status`` and ``/api/status`` report about a library: the data, and
+its rendering as lines of text for the terminal."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 
@@ -12,23 +14,55 @@ from dreamsearch.vector_index.index import IndexFileError, meta_path, read_meta
 from dreamsearch.vector_index.sync import load_checked
 
 
-def library_status(root: Path, show_failed: bool = False) -> list[str]:
+@dataclass(frozen=True)
+class FolderStatus:
+    path: str
+    images: int
+    unreadable: int
+    missing: bool
+
+
+@dataclass(frozen=True)
+class ModelStatus:
+    name: str
+    vectors: int
+    dim: int
+    index: str  # the saved index's state, one line
+
+
+@dataclass(frozen=True)
+class LibraryStatus:
+    library: str
+    size_bytes: int
+    folders: list[FolderStatus] = field(default_factory=list)
+    models: list[ModelStatus] = field(default_factory=list)
+    failed: list[tuple[str, str]] = field(default_factory=list)  # (path, reason), if asked for
+
+
+def library_status(root: Path, show_failed: bool = False) -> LibraryStatus:
     library = LibraryFolder.existing(root)
-    lines = [f"library {library.root} ({_size(library.root)} on disk)"]
     with Catalog(library.catalog_path, read_only=True) as catalog:
-        counts = catalog.root_counts()
-        if not counts:
-            lines.append("no folders indexed yet: run `dreamsearch index FOLDER`")
-        for path, ok, failed in counts:
-            missing = "" if Path(path).is_dir() else "  [folder missing]"
-            lines.append(f"  {display_path(path)}: {ok} images, {failed} unreadable{missing}")
+        folders = [FolderStatus(path, ok, failed, not Path(path).is_dir()) for path, ok, failed in catalog.root_counts()]
+        models = []
         for name in catalog.model_names():
             model = catalog.model(name)
-            lines.append(f"model {name}: {catalog.count_vectors(model)} vectors, dim {model.dim}, "
-                         f"{_index_line(library, catalog, model)}")
-        if show_failed:
-            for path, reason in catalog.failed_files():
-                lines.append(f"failed {problem_line(path, reason)}")
+            models.append(ModelStatus(name, catalog.count_vectors(model), model.dim,
+                                      _index_line(library, catalog, model)))
+        failed = catalog.failed_files() if show_failed else []
+    size = sum(p.stat().st_size for p in library.root.rglob("*") if p.is_file())
+    return LibraryStatus(str(library.root), size, folders, models, failed)
+
+
+def status_lines(status: LibraryStatus) -> list[str]:
+    lines = [f"library {status.library} ({human_bytes(status.size_bytes)} on disk)"]
+    if not status.folders:
+        lines.append("no folders indexed yet: run `dreamsearch index FOLDER`")
+    for folder in status.folders:
+        missing = "  [folder missing]" if folder.missing else ""
+        lines.append(f"  {display_path(folder.path)}: {folder.images} images, {folder.unreadable} unreadable{missing}")
+    for model in status.models:
+        lines.append(f"model {model.name}: {model.vectors} vectors, dim {model.dim}, {model.index}")
+    lines += [f"failed {problem_line(path, reason)}" for path, reason in status.failed]
     return lines
 
 
@@ -47,7 +81,3 @@ def _index_line(library: LibraryFolder, catalog: Catalog, model) -> str:
     behind = len(catalog.changes_since(model, index.meta.seq))
     lag = f", {behind} changes behind the catalog (caught up on use)" if behind else ""
     return f"index {index.plan.factory} of {len(index)} vectors, checksum ok (saved {when}){lag}"
-
-
-def _size(folder: Path) -> str:
-    return human_bytes(sum(p.stat().st_size for p in folder.rglob("*") if p.is_file()))

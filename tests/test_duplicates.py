@@ -77,7 +77,7 @@ def test_planted_groups_are_found_with_their_keepers(planted):
     assert b["keeper"]["path"] == str(photos / "p05.jpg")  # same pixels; the copies were written later
     copy = next(f for f in b["others"] if f["path"] == str(photos / "backup" / "p05.jpg"))
     assert copy["distance"] == 0.0
-    assert set(b["keeper"]) == {"path", "size", "width", "height", "mtime_ns", "distance"}  # stable schema
+    assert set(b["keeper"]) == {"id", "path", "size", "width", "height", "mtime_ns", "distance"}  # stable schema
     assert [g["kind"] for g in document["groups"]] == ["identical", "identical", "similar", "similar"]
 
 

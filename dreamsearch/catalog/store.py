@@ -62,8 +62,11 @@ class StoredFile:
 
 @dataclass(frozen=True)
 class FileDetail:
-    """An indexed file at ``path`` (root / relative path) and what its content looks like."""
+    """An indexed file at ``path`` (root / relative path) and what its content looks like;
+    ``id`` is the file's catalog id (stable while the path stays indexed)."""
 
+    id: int
+    content_id: int
     path: str
     size: int
     mtime_ns: int
@@ -549,13 +552,6 @@ class Catalog:
                 return found
         return None
 
-    def content_sizes(self, content_ids: Sequence[int]) -> dict[int, int]:
-        sizes: dict[int, int] = {}
-        with self.engine.connect() as connection:
-            for chunk in _chunks([int(i) for i in content_ids]):
-                sizes.update(connection.execute(select(Content.id, Content.size).where(Content.id.in_(chunk))).all())
-        return sizes
-
     def roots(self, connection: Connection | None = None) -> dict[int, str]:
         """Every root's absolute path by id (inside ``connection``'s transaction if given)."""
         if connection is None:
@@ -585,17 +581,19 @@ class Catalog:
         with self.engine.connect() as connection:
             for chunk in _chunks([int(i) for i in content_ids]):
                 rows = connection.execute(
-                    select(File.content_id, Root.path, File.relpath, File.size, File.mtime_ns, Content.width,
-                           Content.height)
-                    .join(Root, Root.id == File.root_id).join(Content, Content.id == File.content_id)
-                    .where(File.content_id.in_(chunk), File.status == "ok")
-                    .order_by(Root.path, File.relpath)
+                    _DETAIL_COLUMNS.where(File.content_id.in_(chunk), File.status == "ok").order_by(Root.path, File.relpath)
                 ).all()
-                for content_id, root, relpath, size, mtime_ns, width, height in rows:
-                    path = str(Path(path_from_db(root)) / path_from_db(relpath))
-                    if _on_disk_as_indexed(path, size, mtime_ns):
-                        out.setdefault(content_id, []).append(FileDetail(path, size, mtime_ns, width, height))
+                for row in rows:
+                    detail = _detail(row)
+                    if detail is not None:
+                        out.setdefault(detail.content_id, []).append(detail)
         return out
+
+    def file_detail(self, file_id: int) -> FileDetail | None:
+        """The indexed file with this id, if it is on disk now as it was indexed."""
+        with self.engine.connect() as connection:
+            row = connection.execute(_DETAIL_COLUMNS.where(File.id == int(file_id), File.status == "ok")).first()
+        return None if row is None else _detail(row)
 
     def shared_contents(self) -> list[int]:
         """Contents that live at more than one path (byte-identical copies)."""
@@ -604,3 +602,19 @@ class Catalog:
                 select(File.content_id).where(File.status == "ok", File.content_id.is_not(None))
                 .group_by(File.content_id).having(func.count() > 1).order_by(File.content_id)
             ).scalars())
+
+
+_DETAIL_COLUMNS = (
+    select(File.id, File.content_id, Root.path, File.relpath, File.size, File.mtime_ns, Content.width, Content.height)
+    .join(Root, Root.id == File.root_id).join(Content, Content.id == File.content_id)
+)
+
+
+def _detail(row) -> FileDetail | None:
+    """A ``_DETAIL_COLUMNS`` row as a ``FileDetail``, or None if the file is no longer on
+    disk as it was indexed (so nothing names a deleted or changed file)."""
+    file_id, content_id, root, relpath, size, mtime_ns, width, height = row
+    path = str(Path(path_from_db(root)) / path_from_db(relpath))
+    if not _on_disk_as_indexed(path, size, mtime_ns):
+        return None
+    return FileDetail(file_id, content_id, path, size, mtime_ns, width, height)

@@ -32,6 +32,10 @@ class PendingModel:
         self._embedder: Embedder | None = None
         self._lock = threading.Lock()
 
+    @property
+    def loaded(self) -> bool:
+        return self._embedder is not None
+
     def load(self) -> "Embedder":
         """Build the embedder once (thread-safe) and keep it."""
         with self._lock:

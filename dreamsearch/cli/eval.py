@@ -8,14 +8,14 @@ from pathlib import Path
 
 import click
 
-from dreamsearch.cli import DEVICE_CHOICES, _Group, _progress_display, library_option, weights_dir_option
+from dreamsearch.cli.common import DEVICE_CHOICES, CommandGroup, library_option, progress_display, weights_dir_option
 from dreamsearch.errors import DreamsearchError
 from dreamsearch.paths import printable
 
 MAX_REPORTED = 20
 
 
-@click.group("eval", cls=_Group)
+@click.group("eval", cls=CommandGroup)
 def eval_group() -> None:
     """Measure models: NIGHTS 2AFC accuracy, retrieval on labelled folders, copy detection."""
 
@@ -60,7 +60,7 @@ def _embedded(library, folders, name, weights_dir, device, batch_size, problems:
     from dreamsearch.models import load_model
 
     embedder = load_model(name, weights_dir=weights_dir, device=device)
-    with _progress_display(quiet) as progress:
+    with progress_display(quiet) as progress:
         report = embed_folders(library, folders, embedder, batch_size, only, progress)
     for path, reason in report.failures:
         problems(f"{path}: {reason}")

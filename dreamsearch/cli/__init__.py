@@ -1,0 +1,31 @@
+"""The ``dreamsearch`` command. Thin: each command parses its options, calls the
+``Library`` service layer (``dreamsearch.api``), and renders the result.
+
+Heavy modules (torch, open_clip) are imported inside the commands that embed, so
+``dreamsearch --help`` and ``dreamsearch models list`` answer at once. Each command lives
+in its own module, importing only ``common``: no module here imports another's commands.
+"""
+
+from __future__ import annotations
+
+import click
+
+from dreamsearch import __version__
+from dreamsearch.cli.common import CommandGroup
+from dreamsearch.cli.embed import embed
+from dreamsearch.cli.eval import eval_group
+from dreamsearch.cli.index import index_command
+from dreamsearch.cli.library import forget, status
+from dreamsearch.cli.models import models
+from dreamsearch.cli.search import compare, duplicates, query
+from dreamsearch.cli.serve import serve
+
+
+@click.group(cls=CommandGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="dreamsearch")
+def main() -> None:
+    """Find the images in your folders that look most like a given one (DreamSim)."""
+
+
+for command in (index_command, query, compare, duplicates, status, forget, embed, models, eval_group, serve):
+    main.add_command(command)

@@ -1,0 +1,1 @@
+"""``dreamsearch serve``: the HTTP API and web UI, a second thin shell over ``Library``."""

@@ -1,0 +1,103 @@
+"""Who may talk to the server: loopback by default, a bearer token for anything else,
+Host headers checked against DNS rebinding, request bodies capped."""
+
+from __future__ import annotations
+
+import ipaddress
+import secrets
+from dataclasses import dataclass
+
+from starlette.responses import JSONResponse
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from dreamsearch.errors import DreamsearchError
+
+LOOPBACK_NAMES = frozenset({"localhost", "127.0.0.1", "::1"})
+
+
+@dataclass(frozen=True)
+class Settings:
+    host: str = "127.0.0.1"
+    token: str | None = None
+    cors_origins: tuple[str, ...] = ()
+    #: Largest request body accepted (an upload), in bytes.
+    max_body: int = 50 * 1024**2
+
+
+def is_loopback(host: str) -> bool:
+    if host in LOOPBACK_NAMES:
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def check_bind(settings: Settings) -> None:
+    """Refuse to listen beyond this machine without a token: the API reads and serves the
+    library's files and can start index jobs."""
+    if not is_loopback(settings.host) and not settings.token:
+        raise DreamsearchError(f"--host {settings.host} is reachable from other machines: set --token "
+                               f"(or $DREAMSEARCH_TOKEN), then send 'Authorization: Bearer TOKEN'")
+
+
+class Guard:
+    """ASGI middleware: Host check (loopback binds accept loopback names only, so a web
+    page that rebinds its DNS name to 127.0.0.1 is refused), bearer token on ``/api``,
+    and the body cap (413 before the body is read, when Content-Length says so)."""
+
+    def __init__(self, app: ASGIApp, settings: Settings) -> None:
+        self.app, self.settings = app, settings
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
+        refusal = self._refusal(scope, headers)
+        if refusal is not None:
+            status, detail = refusal
+            extra = {"WWW-Authenticate": "Bearer"} if status == 401 else {}
+            await JSONResponse({"detail": detail}, status_code=status, headers=extra)(scope, receive, send)
+            return
+        await self.app(scope, _capped(receive, self.settings.max_body), send)
+
+    def _refusal(self, scope: Scope, headers: dict[str, str]) -> tuple[int, str] | None:
+        if is_loopback(self.settings.host):
+            name = _host_name(headers.get("host", ""))
+            if not is_loopback(name):
+                return 400, f"unexpected Host header {headers.get('host', '')!r}: this server answers to localhost only"
+        if self.settings.token and scope["path"].startswith("/api"):
+            scheme, _, given = headers.get("authorization", "").partition(" ")
+            if scheme.lower() != "bearer" or not secrets.compare_digest(given.strip().encode(), self.settings.token.encode()):
+                return 401, "missing or wrong bearer token"
+        length = headers.get("content-length", "")
+        if length.isdigit() and int(length) > self.settings.max_body:
+            return 413, f"request body of {int(length):,} bytes is over the limit of {self.settings.max_body:,}"
+        return None
+
+
+class BodyTooLarge(Exception):
+    """A body without Content-Length (chunked) that grew past the cap."""
+
+
+def _capped(receive: Receive, limit: int) -> Receive:
+    seen = 0
+
+    async def wrapped():
+        nonlocal seen
+        message = await receive()
+        if message["type"] == "http.request":
+            seen += len(message.get("body", b""))
+            if seen > limit:
+                raise BodyTooLarge(f"request body is over the limit of {limit:,} bytes")
+        return message
+
+    return wrapped
+
+
+def _host_name(host: str) -> str:
+    """``[::1]:8000`` → ``::1``; ``localhost:8000`` → ``localhost``."""
+    if host.startswith("["):
+        return host[1:host.find("]")] if "]" in host else host
+    return host.rsplit(":", 1)[0] if host.count(":") == 1 else host

@@ -1,0 +1,35 @@
+"""JPEG thumbnails of indexed files, made once and kept in the library folder."""
+
+from __future__ import annotations
+
+import io
+import os
+import tempfile
+from pathlib import Path
+
+from PIL import Image, ImageOps
+
+from dreamsearch.catalog import FileDetail
+from dreamsearch.images import decode
+
+SIZES = range(32, 1025)
+
+
+def thumbnail(cache: Path, detail: FileDetail, size: int) -> bytes:
+    """The file's picture fitted in ``size``×``size`` pixels, as JPEG. Cached under the
+    file's id, size and mtime, so a changed file gets a new thumbnail."""
+    target = cache / str(size) / f"{detail.id}-{detail.size}-{detail.mtime_ns}.jpg"
+    try:
+        return target.read_bytes()
+    except FileNotFoundError:
+        pass
+    picture = decode(detail.path, draft_size=size).image
+    picture = ImageOps.contain(picture, (size, size), Image.BICUBIC)
+    buffer = io.BytesIO()
+    picture.save(buffer, "JPEG", quality=85)
+    data = buffer.getvalue()
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.NamedTemporaryFile(dir=target.parent, prefix=".", suffix=".partial", delete=False) as staged:
+        staged.write(data)
+    os.replace(staged.name, target)  # atomic: a reader never sees half a thumbnail
+    return data
