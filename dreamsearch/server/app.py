@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Annotated
 
 from fastapi import FastAPI, File, Form, HTTPException, Query, Request, UploadFile
+from fastapi import Path as PathParam
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse, Response, StreamingResponse
 from fastapi.staticfiles import StaticFiles
@@ -33,6 +34,7 @@ from dreamsearch.server.thumbnails import SIZES, thumbnail
 
 STATIC = Path(__file__).parent / "static"
 MAX_K = 1000
+FileId = Annotated[int, PathParam(ge=1, le=2**63 - 1, description="The file's catalog id")]
 
 
 class VectorSearch(BaseModel):
@@ -76,11 +78,13 @@ def create_app(library: Library, models: list[str], settings: Settings = Setting
         idle.touch()
         return name or models[0]
 
-    def check_k(k: int, offset: int = 0) -> None:
+    def check_k(k: int, offset: int = 0, max_distance: float | None = None) -> None:
         if not 1 <= k <= MAX_K:
             raise DreamsearchError(f"k must be between 1 and {MAX_K}")
         if offset < 0:
             raise DreamsearchError("offset must be 0 or more")
+        if max_distance is not None and not 0 <= max_distance <= 2:  # NaN fails this too
+            raise DreamsearchError("max_distance must be between 0 and 2")
 
     async def upload_bytes(image: UploadFile) -> tuple[str, bytes]:
         data = await image.read(settings.max_body + 1)
@@ -111,7 +115,7 @@ def create_app(library: Library, models: list[str], settings: Settings = Setting
                      model: Annotated[str | None, Form()] = None, max_distance: Annotated[float | None, Form()] = None,
                      under: Annotated[str | None, Form()] = None, offset: Annotated[int, Form()] = 0,
                      include_self: Annotated[bool, Form()] = True) -> dict:
-        check_k(k, offset)
+        check_k(k, offset, max_distance)
         name, data = await upload_bytes(image)
         folder = _folder_filter(under)
 
@@ -122,9 +126,9 @@ def create_app(library: Library, models: list[str], settings: Settings = Setting
         return page_document(await asyncio.to_thread(run))
 
     @app.get("/api/files/{file_id}/similar")
-    def similar(file_id: int, k: int = 25, model: str | None = None, offset: int = 0,
+    def similar(file_id: FileId, k: int = 25, model: str | None = None, offset: int = 0,
                 max_distance: float | None = None) -> dict:
-        check_k(k, offset)
+        check_k(k, offset, max_distance)
         query = library.stored_query(file_id, model_of(model))
         return page_document(library.search(query, k, False, max_distance, None, offset))
 
@@ -165,14 +169,14 @@ def create_app(library: Library, models: list[str], settings: Settings = Setting
         return document
 
     @app.get("/api/files/{file_id}")
-    def file_info(file_id: int) -> dict:
+    def file_info(file_id: FileId) -> dict:
         detail, copies = library.file(file_id)
         return _with_links({"id": detail.id, "path": detail.path, "size": detail.size, "width": detail.width,
                             "height": detail.height, "also_at": list(copies)}) | {
             "original": f"/api/files/{detail.id}/original"}
 
     @app.get("/api/files/{file_id}/thumbnail")
-    def file_thumbnail(file_id: int, size: int = 256) -> Response:
+    def file_thumbnail(file_id: FileId, size: int = 256) -> Response:
         if size not in SIZES:
             raise DreamsearchError(f"size must be between {SIZES.start} and {SIZES.stop - 1}")
         detail = _servable(library, file_id)
@@ -180,7 +184,7 @@ def create_app(library: Library, models: list[str], settings: Settings = Setting
         return Response(data, media_type="image/jpeg", headers={"Cache-Control": "private, max-age=3600"})
 
     @app.get("/api/files/{file_id}/original")
-    def file_original(file_id: int) -> FileResponse:
+    def file_original(file_id: FileId) -> FileResponse:
         detail = _servable(library, file_id)
         return FileResponse(detail.path, filename=Path(detail.path).name, content_disposition_type="inline")
 
@@ -260,41 +264,24 @@ def _job(jobs: Jobs, job_id: str):
 def _error_handlers(app: FastAPI) -> None:
     """Expected failures become ``{"detail": "..."}`` with a status a client can act on."""
 
-    def detail(status: int, text: str) -> JSONResponse:
-        return JSONResponse({"detail": text}, status_code=status)
+    def answer(status: int):
+        async def handler(request: Request, exc: Exception) -> JSONResponse:
+            return JSONResponse({"detail": str(exc)}, status_code=status)
+        return handler
 
-    @app.exception_handler(NotFoundError)
-    async def not_found(request: Request, exc: NotFoundError):
-        return detail(404, str(exc))
-
-    @app.exception_handler(PixelLimitError)
-    async def too_many_pixels(request: Request, exc: PixelLimitError):
-        return detail(413, str(exc))
-
-    @app.exception_handler(ImageError)
-    async def bad_image(request: Request, exc: ImageError):
-        return detail(415, str(exc))
-
-    @app.exception_handler(JobRunning)
-    async def busy(request: Request, exc: JobRunning):
-        return detail(409, str(exc))
-
-    @app.exception_handler(DreamsearchError)
-    async def bad_request(request: Request, exc: DreamsearchError):
-        return detail(400, str(exc))
-
-    @app.exception_handler(BodyTooLarge)
-    async def too_large(request: Request, exc: BodyTooLarge):
-        return detail(413, str(exc))
+    # Starlette picks the handler of the most specific class, so the order does not matter.
+    for error, status in ((NotFoundError, 404), (PixelLimitError, 413), (ImageError, 415), (JobRunning, 409),
+                          (DreamsearchError, 400), (BodyTooLarge, 413)):
+        app.add_exception_handler(error, answer(status))
 
     @app.exception_handler(RequestValidationError)
     async def invalid(request: Request, exc: RequestValidationError):
         problems = "; ".join(f"{'.'.join(str(p) for p in e['loc'][1:]) or e['loc'][0]}: {e['msg']}" for e in exc.errors())
-        return detail(422, problems or "invalid request")
+        return JSONResponse({"detail": problems or "invalid request"}, status_code=422)
 
     @app.exception_handler(HTTPException)
     async def http_error(request: Request, exc: HTTPException):
-        return detail(exc.status_code, str(exc.detail))
+        return JSONResponse({"detail": str(exc.detail)}, status_code=exc.status_code)
 
 
 class _IdleUnloader:

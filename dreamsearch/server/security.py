@@ -60,7 +60,8 @@ class Guard:
             extra = {"WWW-Authenticate": "Bearer"} if status == 401 else {}
             await JSONResponse({"detail": detail}, status_code=status, headers=extra)(scope, receive, send)
             return
-        await self.app(scope, _capped(receive, self.settings.max_body), send)
+        over = _Over(self.settings.max_body)
+        await self.app(scope, over.receive(receive), over.send(scope, receive, send))
 
     def _refusal(self, scope: Scope, headers: dict[str, str]) -> tuple[int, str] | None:
         if is_loopback(self.settings.host):
@@ -81,19 +82,32 @@ class BodyTooLarge(Exception):
     """A body without Content-Length (chunked) that grew past the cap."""
 
 
-def _capped(receive: Receive, limit: int) -> Receive:
-    seen = 0
+class _Over:
+    """Counts a body as it arrives and stops it at the cap. Whatever the app then answers
+    (form parsers turn any error into their own 400), the client gets the 413."""
 
-    async def wrapped():
-        nonlocal seen
-        message = await receive()
-        if message["type"] == "http.request":
-            seen += len(message.get("body", b""))
-            if seen > limit:
-                raise BodyTooLarge(f"request body is over the limit of {limit:,} bytes")
-        return message
+    def __init__(self, limit: int) -> None:
+        self.limit, self.seen, self.exceeded = limit, 0, False
 
-    return wrapped
+    def receive(self, receive: Receive) -> Receive:
+        async def counted():
+            message = await receive()
+            if message["type"] == "http.request":
+                self.seen += len(message.get("body", b""))
+                if self.seen > self.limit:
+                    self.exceeded = True
+                    raise BodyTooLarge(f"request body is over the limit of {self.limit:,} bytes")
+            return message
+        return counted
+
+    def send(self, scope: Scope, receive: Receive, send: Send) -> Send:
+        async def answered(message):
+            if not self.exceeded:
+                await send(message)
+            elif message["type"] == "http.response.start":
+                detail = f"request body is over the limit of {self.limit:,} bytes"
+                await JSONResponse({"detail": detail}, status_code=413)(scope, receive, send)
+        return answered
 
 
 def _host_name(host: str) -> str:

@@ -196,12 +196,25 @@ def test_bad_requests_are_4xx_with_a_string_detail(client, indexed):
         client.post("/api/index", json={"folders": []}),
         client.post("/api/index", content=b"{not json", headers={"content-type": "application/json"}),
         client.get("/api/duplicates", params={"max_distance": 7}),
+        client.post("/api/search", files=upload(photos / "p1.jpg"), data={"max_distance": "nan"}),
+        client.get("/api/files/99999999999999999999999"),
+        client.post("/api/search/vector", content=b'{"vector": [' + b",".join([b"NaN"] * 64) + b"]}",
+                    headers={"content-type": "application/json"}),
+        client.post("/api/search", content=_chunked_upload(3_000_000),  # no Content-Length: counted as it comes
+                    headers={"content-type": "multipart/form-data; boundary=cut"}),
     ]
     for response in cases:
         assert 400 <= response.status_code < 500, (response.request.url, response.status_code, response.text)
         assert isinstance(response.json()["detail"], str) and response.json()["detail"]
-    assert cases[6].status_code == 413
+    assert cases[6].status_code == 413 and cases[-1].status_code == 413
     assert client.get("/api/health").json()["status"] == "ok"
+
+
+def _chunked_upload(size: int):
+    yield b'--cut\r\nContent-Disposition: form-data; name="image"; filename="big.jpg"\r\n\r\n'
+    for _ in range(size // 100_000):
+        yield b"x" * 100_000
+    yield b"\r\n--cut--\r\n"
 
 
 def test_a_symlinked_file_pointing_out_of_the_library_is_not_served(client, indexed, tmp_path):
