@@ -80,6 +80,7 @@ class Library:
         self.nprobe = nprobe
         self._models: dict[str, PendingModel] = {}
         self._searchers: dict[str, Searcher] = {}
+        self._catalog: Catalog | None = None  # read-only, opened on first use, shared by threads
         self._lock = threading.Lock()
 
     @classmethod
@@ -94,6 +95,9 @@ class Library:
             for searcher in self._searchers.values():
                 searcher.close()
             self._searchers.clear()
+            if self._catalog is not None:
+                self._catalog.close()
+                self._catalog = None
 
     def __enter__(self) -> Library:
         return self
@@ -269,9 +273,9 @@ class Library:
     def file(self, file_id: int) -> tuple[FileDetail, tuple[str, ...]]:
         """An indexed file by catalog id, if it is on disk now as it was indexed, and the
         other paths of the same content."""
-        with Catalog(LibraryFolder.existing(self.folder.root).catalog_path, read_only=True) as catalog:
-            detail = catalog.file_detail(file_id)
-            copies = catalog.file_details([detail.content_id]) if detail is not None else {}
+        catalog = self._reader()
+        detail = catalog.file_detail(file_id)
+        copies = catalog.file_details([detail.content_id]) if detail is not None else {}
         if detail is None:
             raise NotFoundError(f"no indexed file has id {file_id} (or it changed on disk since it was indexed)")
         return detail, tuple(d.path for d in copies.get(detail.content_id, []) if d.id != detail.id)
@@ -284,8 +288,16 @@ class Library:
         """Vectors per model (what ``/api/health`` reports)."""
         if not self.folder.catalog_path.exists():
             return {}
-        with Catalog(self.folder.catalog_path, read_only=True) as catalog:
-            return {name: catalog.count_vectors(catalog.model(name)) for name in catalog.model_names()}
+        catalog = self._reader()
+        return {name: catalog.count_vectors(catalog.model(name)) for name in catalog.model_names()}
+
+    def _reader(self) -> Catalog:
+        """The library's catalog, read-only, opened once (each opening checks the schema:
+        ~10 ms that a by-id request should not pay). It sees every commit as it lands."""
+        with self._lock:
+            if self._catalog is None:
+                self._catalog = Catalog(LibraryFolder.existing(self.folder.root).catalog_path, read_only=True)
+            return self._catalog
 
     def _searcher(self, model: str) -> Searcher:
         """The model's searcher, reopened when the catalog moved on (another process
@@ -293,11 +305,12 @@ class Library:
         from it; it closes when the last reference goes."""
         with self._lock:
             searcher = self._searchers.get(model)
-            if searcher is not None and searcher.catalog.last_seq(searcher.model) != searcher.index.meta.seq:
-                searcher = None
-            if searcher is None:
-                searcher = self._searchers[model] = Searcher(self.folder, model, self.nprobe)
-            return searcher
+        if searcher is not None and searcher.catalog.last_seq(searcher.model) == searcher.index.meta.seq:
+            return searcher  # the common case: checked without holding the lock
+        with self._lock:
+            if self._searchers.get(model) is searcher:  # no other thread replaced it meanwhile
+                self._searchers[model] = Searcher(self.folder, model, self.nprobe)
+            return self._searchers[model]
 
     def _forget_searchers(self) -> None:
         """After a write, the next read opens the caught-up index."""

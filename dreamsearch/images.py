@@ -83,8 +83,6 @@ def decode(
                 img.draft("RGB", (draft_size, draft_size))
             img.load()
             return Picture(to_rgb(ImageOps.exif_transpose(img)), width, height, file_format)
-    except ImageError:
-        raise
     except FileNotFoundError:
         raise ImageError(path, "no such file") from None
     except IsADirectoryError:

@@ -23,7 +23,8 @@ from dreamsearch.catalog.database import CatalogOutdatedError, create_catalog_en
 from dreamsearch.catalog.schema import CatalogInfo, Content, File, Model, Root, Vector, VectorLogEntry
 from dreamsearch.errors import DreamsearchError
 
-STORAGE_DTYPES = {"float32": np.float32, "float16": np.float16}
+#: How vectors are stored, by the name in ``models.storage_dtype`` (float32 only, so far).
+STORAGE_DTYPES = {"float32": np.float32}
 #: ``catalog_info`` key present while an indexer defers dropping orphaned contents.
 _ORPHANS_DUE = "orphans_due"
 
@@ -178,16 +179,14 @@ class Catalog:
 
     # models and roots ---------------------------------------------------------------
 
-    def ensure_model(self, name: str, dim: int, fingerprint: str, storage_dtype: str = "float32") -> ModelInfo:
+    def ensure_model(self, name: str, dim: int, fingerprint: str) -> ModelInfo:
         """Register ``name`` (or return it). Different weights under the same name are
         refused: their vectors would not be comparable with the stored ones."""
-        if storage_dtype not in STORAGE_DTYPES:
-            raise ValueError(f"storage dtype must be one of {sorted(STORAGE_DTYPES)}")
         with self._write() as connection:
             row = connection.execute(select(Model).where(Model.name == name)).first()
             if row is None:
                 connection.execute(insert(Model).values(
-                    name=name, dim=dim, fingerprint=fingerprint, storage_dtype=storage_dtype, created_at=_now()))
+                    name=name, dim=dim, fingerprint=fingerprint, storage_dtype="float32", created_at=_now()))
                 row = connection.execute(select(Model).where(Model.name == name)).one()
         info = ModelInfo(row.id, row.name, row.dim, row.fingerprint, row.storage_dtype)
         if (info.dim, info.fingerprint) != (dim, fingerprint):

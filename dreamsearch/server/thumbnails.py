@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import io
-import os
-import tempfile
 from pathlib import Path
 
 from PIL import Image, ImageOps
 
+from dreamsearch.atomic import write_atomically
 from dreamsearch.catalog import FileDetail
 from dreamsearch.images import decode
 
@@ -29,7 +28,5 @@ def thumbnail(cache: Path, detail: FileDetail, size: int) -> bytes:
     picture.save(buffer, "JPEG", quality=85)
     data = buffer.getvalue()
     target.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.NamedTemporaryFile(dir=target.parent, prefix=".", suffix=".partial", delete=False) as staged:
-        staged.write(data)
-    os.replace(staged.name, target)  # atomic: a reader never sees half a thumbnail
+    write_atomically(target, data)
     return data

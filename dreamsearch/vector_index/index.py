@@ -24,6 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
+from dreamsearch.atomic import fsync_dir, staged_file, write_atomically
 from dreamsearch.errors import DreamsearchError
 from dreamsearch.vector_index.policy import MAX_TRAIN_POINTS_PER_LIST, IndexPlan
 
@@ -84,12 +85,14 @@ class VectorIndex:
         return int(self.index.ntotal)
 
     @classmethod
-    def create(cls, plan: IndexPlan, meta: IndexMeta, training: np.ndarray, seed: int = 1234) -> VectorIndex:
-        """An empty index of ``plan``, trained (IVF plans) on ``training`` vectors, which
-        should be a uniform sample of what it will hold."""
+    def create(cls, plan: IndexPlan, meta: IndexMeta, training: np.ndarray, collection_size: int,
+               seed: int = 1234) -> VectorIndex:
+        """An empty index of ``plan``, trained (IVF plans) on ``training`` vectors, a uniform
+        sample of the ``collection_size`` vectors it is built for (recorded as
+        ``trained_n``: the retraining policy compares later growth with it)."""
         faiss = _faiss()
         index = faiss.index_factory(meta.dim, plan.factory, faiss.METRIC_INNER_PRODUCT)
-        trained_n, residual = 0, 0.0
+        residual = 0.0
         if plan.needs_training:
             sample = _training_sample(training, plan.nlist, seed)
             ivf = faiss.extract_index_ivf(index)
@@ -98,14 +101,13 @@ class VectorIndex:
                 ivf.clustering_index = faiss.index_cpu_to_all_gpus(faiss.IndexFlatIP(meta.dim))
             index.train(sample)
             ivf.set_direct_map_type(faiss.DirectMap.Hashtable)  # O(1) removal by id
-            trained_n, residual = len(training), _residual(ivf, sample)  # callers set the collection size
-        return cls(index, replace(meta, plan=plan, trained_n=trained_n, train_residual=residual))
+            residual = _residual(ivf, sample)
+        return cls(index, replace(meta, plan=plan, trained_n=collection_size, train_residual=residual))
 
     @classmethod
     def build(cls, ids: np.ndarray, vectors: np.ndarray, plan: IndexPlan, meta: IndexMeta) -> VectorIndex:
         """A new index of ``plan`` holding ``vectors``, trained on them."""
-        built = cls.create(plan, meta, vectors)
-        built.meta = replace(built.meta, trained_n=len(vectors))
+        built = cls.create(plan, meta, vectors, len(vectors))
         built.add(ids, vectors)
         return built
 
@@ -161,22 +163,18 @@ class VectorIndex:
         ``catalog_id``'s vectors up to log position ``seq`` (where the chain is ``chain``)."""
         folder.mkdir(parents=True, exist_ok=True)
         name = f"{_safe(self.meta.model)}.{secrets.token_hex(4)}.faiss"
-        staged = folder / f".{name}.partial"
         try:
-            _faiss().write_index(self.index, str(staged))
-            _fsync(staged)
-            size, sha256, edges = _file_digests(staged, full=True)
-            os.replace(staged, folder / name)
+            with staged_file(folder / name) as staged:
+                _faiss().write_index(self.index, str(staged))
+                size, sha256, edges = _file_digests(staged, full=True)
         except RuntimeError as exc:  # FAISS reports a full disk this way
             raise DreamsearchError(f"{folder / name}: cannot write the index "
                                    f"({str(exc).strip().splitlines()[-1]}); the catalog is intact, "
                                    "free some space and run the command again") from None
-        finally:
-            staged.unlink(missing_ok=True)  # gone already once renamed into place
         self.meta = replace(self.meta, seq=seq, file=name, catalog_id=catalog_id, chain=chain,
                             ntotal=len(self), size=size, sha256=sha256, edges=edges)
-        _write_json_atomically(meta_path(folder, self.meta.model), _meta_to_json(self.meta))
-        _fsync_dir(folder)
+        write_atomically(meta_path(folder, self.meta.model), _meta_to_json(self.meta))
+        fsync_dir(folder)
         for old in folder.glob(f"{_safe(self.meta.model)}.*.faiss"):  # earlier versions, crash leftovers
             if old.name != name:
                 old.unlink(missing_ok=True)
@@ -325,24 +323,3 @@ def read_meta(folder: Path, model: str) -> IndexMeta | None:
         raise IndexFileError(f"{path}: malformed ({exc})") from None
 
 
-def _write_json_atomically(path: Path, text: str) -> None:
-    staged = path.with_name(f".{path.name}.partial")
-    try:
-        staged.write_text(text)
-        _fsync(staged)
-        os.replace(staged, path)
-    finally:
-        staged.unlink(missing_ok=True)  # gone already once renamed into place
-
-
-def _fsync(path: Path) -> None:
-    with open(path, "rb") as handle:
-        os.fsync(handle.fileno())
-
-
-def _fsync_dir(folder: Path) -> None:
-    descriptor = os.open(folder, os.O_RDONLY)
-    try:
-        os.fsync(descriptor)
-    finally:
-        os.close(descriptor)

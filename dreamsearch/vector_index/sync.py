@@ -144,8 +144,8 @@ def rebuild(
         limit = plan.nlist * MAX_TRAIN_POINTS_PER_LIST
         pick = ids if len(ids) <= limit else np.random.default_rng(seed).choice(ids, size=limit, replace=False)
         training = catalog.vectors_for(model, np.sort(pick))[1]
-    index = VectorIndex.create(plan, IndexMeta(model.name, model.fingerprint, model.dim, plan, seq=seq), training, seed)
-    index.meta = replace(index.meta, trained_n=len(ids))
+    index = VectorIndex.create(plan, IndexMeta(model.name, model.fingerprint, model.dim, plan, seq=seq), training,
+                               len(ids), seed)
     for chunk_ids, chunk in catalog.iter_vectors(model):
         index.add(chunk_ids, chunk)
     return index
