@@ -177,7 +177,6 @@ def main() -> None:
                 samples["up http"].append(timed(lambda: upload(client)))
                 samples["id api"].append(timed(lambda: library.search(library.stored_query(ids[i % K], name), K)))
                 samples["id http"].append(timed(lambda: similar(client, i)))
-        del library
         rates = {(op, n): throughput(request, n, args.seconds)
                  for op, request in (("similar", similar), ("upload", upload)) for n in (1, 4, 16)}
     finally:
