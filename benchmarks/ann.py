@@ -21,7 +21,7 @@ import faiss  # noqa: E402
 import numpy as np  # noqa: E402
 
 from dreamsearch.vector_index import IndexMeta, VectorIndex, plan_for, with_kind  # noqa: E402
-from dreamsearch.vector_index.evaluation import clustered_unit_vectors, recall_at_k  # noqa: E402
+from dreamsearch.vector_index.recall import clustered_unit_vectors, recall_at_k  # noqa: E402
 
 K = 25
 

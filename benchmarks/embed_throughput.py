@@ -28,7 +28,7 @@ import torch  # noqa: E402
 
 from dreamsearch.models import load_model  # noqa: E402
 from dreamsearch.models.base import set_threads  # noqa: E402
-from tests.models.official_layout import official_model, write_official_cache  # noqa: E402
+from tests.helpers.official_layout import official_model, write_official_cache  # noqa: E402
 
 NAMES = {"ensemble": "dreamsim", "dino_vitb16": "dreamsim-dino", "dinov2_vitb14": "dreamsim-dinov2",
          "clip_vitb32": "dreamsim-clip", "open_clip_vitb32": "dreamsim-open-clip", "synclr_vitb16": "dreamsim-synclr"}

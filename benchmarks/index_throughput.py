@@ -174,7 +174,7 @@ def end_to_end(folder: Path, weights: Path, model: str, args, library: Path, gpu
 def child(spec: dict) -> None:
     began = time.perf_counter()
     from dreamsearch.indexer import IndexOptions, index_folders
-    from dreamsearch.library import LibraryFolder
+    from dreamsearch.layout import LibraryLayout
     from dreamsearch.models import PendingModel
 
     handle = PendingModel(spec["model"], weights_dir=spec["weights"], device=spec["device"])
@@ -187,7 +187,7 @@ def child(spec: dict) -> None:
             first.append((time.perf_counter(), report.embedded))
 
     sampler = GpuSampler() if spec["device"] == "cuda" else None
-    report = index_folders(LibraryFolder.prepare(Path(spec["library"])), [Path(spec["folder"])], [handle],
+    report = index_folders(LibraryLayout.prepare(Path(spec["library"])), [Path(spec["folder"])], [handle],
                            options, progress)
     ended = time.perf_counter()
     steady = (report.embedded - first[0][1]) / (ended - first[0][0]) if first else 0.0
@@ -231,7 +231,7 @@ def naive_loop(weights: Path, dreamsim_type: str, paths: list[Path], device: str
     """What the official README leads to: open, preprocess, embed one image at a time."""
     import torch
 
-    from tests.models.official_layout import official_model
+    from tests.helpers.official_layout import official_model
 
     official, preprocess = official_model(weights, dreamsim_type, device)
     with torch.no_grad():
@@ -274,7 +274,7 @@ def main() -> None:
         return
 
     from dreamsearch.models import load_model
-    from tests.models.official_layout import write_official_cache, write_tiny_cache
+    from tests.helpers.official_layout import write_official_cache, write_tiny_cache
 
     work = args.work_dir or Path(tempfile.mkdtemp(prefix="dreamsearch-ingest-bench-"))
     print(f"machine: {machine()}; device {args.device}; gpu decode {'on' if args.gpu_decode else 'off'}")

@@ -64,10 +64,10 @@ def clustered(n: int, dim: int, seed: int) -> np.ndarray:
 
 def build_library(folder: Path, name: str, fingerprint: str, vectors: np.ndarray) -> None:
     from dreamsearch.catalog import Catalog, FileEntry
-    from dreamsearch.library import LibraryFolder
+    from dreamsearch.layout import LibraryLayout
     from dreamsearch.vector_index import save_indexes
 
-    library = LibraryFolder.prepare(folder)
+    library = LibraryLayout.prepare(folder)
     with Catalog(library.catalog_path) as catalog:
         catalog.ensure_model(name, vectors.shape[1], fingerprint)
         root = catalog.attach(folder / "photos").id
@@ -99,11 +99,11 @@ def main() -> None:
     from PIL import Image
 
     from dreamsearch.api import Library
-    from dreamsearch.library import LibraryFolder
+    from dreamsearch.layout import LibraryLayout
     from dreamsearch.search import Searcher
     from dreamsearch.models import load_model
-    from tests.conftest import photo_like
-    from tests.models.official_layout import official_model, write_official_cache
+    from tests.helpers.images import photo_like
+    from tests.helpers.official_layout import official_model, write_official_cache
 
     work = args.work_dir or Path(tempfile.mkdtemp(prefix="dreamsearch-query-bench-"))
     work.mkdir(parents=True, exist_ok=True)
@@ -137,7 +137,7 @@ def main() -> None:
         stored = torch.from_numpy(vectors).to(args.device)
         warm_ours, warm_naive, search_ours, search_naive = [], [], [], []
         with Library.open(library_dir, weights_dir=weights, device=args.device) as library, \
-                Searcher(LibraryFolder.prepare(library_dir), name) as searcher, torch.no_grad():
+                Searcher(LibraryLayout.prepare(library_dir), name) as searcher, torch.no_grad():
             library.query(query, k=25, model=name)  # load the model and open the index
             q = library.model(name).embed(library.model(name).preprocess(Image.open(query).convert("RGB"))[None])[0]
             for _ in range(args.warm):

@@ -47,7 +47,7 @@ def prepare_library(folder: Path, weights: Path, name: str, n: int, jpeg: Path, 
     """``n - 1`` synthetic files plus ``jpeg`` (its real hash and vector), all on disk."""
     from dreamsearch.api import Library
     from dreamsearch.catalog import Catalog, FileEntry
-    from dreamsearch.library import LibraryFolder
+    from dreamsearch.layout import LibraryLayout
     from dreamsearch.models import load_model
     from dreamsearch.reading import content_hash
     from dreamsearch.vector_index import save_indexes
@@ -64,14 +64,14 @@ def prepare_library(folder: Path, weights: Path, name: str, n: int, jpeg: Path, 
         os.utime(path, ns=(0, 0))
     data = jpeg.read_bytes()
     (photos / jpeg.name).write_bytes(data)
-    with Library(LibraryFolder(folder), weights_dir=weights, device=device) as library:
+    with Library(LibraryLayout(folder), weights_dir=weights, device=device) as library:
         vector = library.embed(data, name, jpeg.name)
-    with Catalog(LibraryFolder.existing(folder).catalog_path) as catalog:
+    with Catalog(LibraryLayout.existing(folder).catalog_path) as catalog:
         root = catalog.attach(photos).id
         entry = FileEntry(jpeg.name, len(data), (photos / jpeg.name).stat().st_mtime_ns, content_hash(data),
                           640, 480, "JPEG")
         catalog.commit_batch(root, [entry], {name: {entry.content_hash: vector}})
-        save_indexes(catalog, LibraryFolder.existing(folder).index_dir)
+        save_indexes(catalog, LibraryLayout.existing(folder).index_dir)
 
 
 def start_server(command: list[str], log: Path) -> tuple[subprocess.Popen, str]:
@@ -130,8 +130,8 @@ def main() -> None:
     import torch
 
     from dreamsearch.api import Library
-    from tests.conftest import photo_like
-    from tests.models.official_layout import write_official_cache
+    from tests.helpers.images import photo_like
+    from tests.helpers.official_layout import write_official_cache
 
     name = args.model
     work = args.work_dir or Path(tempfile.mkdtemp(prefix="dreamsearch-serve-bench-"))

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from dreamsearch.models.registry import DEFAULT_MODEL
+
 __version__ = "0.1.0"
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -15,7 +17,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from dreamsearch.models.base import Embedder
 
 
-def load_model(name: str = "dreamsim", **kwargs) -> "Embedder":
+def load_model(name: str = DEFAULT_MODEL, **kwargs) -> "Embedder":
     """Build the embedder registered as ``name``; see :func:`dreamsearch.models.load_model`."""
     from dreamsearch.models import load_model as _load_model
 

@@ -23,13 +23,15 @@ from dreamsearch.duplicates import DuplicateGroup, find_duplicates
 from dreamsearch.errors import DreamsearchError, NotFoundError
 from dreamsearch.images import to_rgb
 from dreamsearch.indexer import IndexOptions, IndexReport, Progress, index_folders
-from dreamsearch.library import LibraryFolder, library_dir
+from dreamsearch.layout import LibraryLayout, library_dir
 from dreamsearch.models import PendingModel
 from dreamsearch.models.base import Embedder
-from dreamsearch.paths import display_path
+from dreamsearch.models.registry import DEFAULT_MODEL, get_spec
+from dreamsearch.display import display_path
 from dreamsearch.search import Match, Searcher
 from dreamsearch.status import LibraryStatus, library_status
 from dreamsearch.vector_index import save_indexes
+from dreamsearch.vector_index.policy import DEFAULT_NPROBE
 
 ImageInput = str | os.PathLike | bytes | Image.Image | np.ndarray
 
@@ -72,8 +74,8 @@ class Library:
     """A dreamsearch library. ``Library.open()`` uses ``$DREAMSEARCH_LIBRARY`` or the user
     data folder; use it as a context manager or call ``close()``."""
 
-    def __init__(self, folder: LibraryFolder, weights_dir: str | os.PathLike | None = None, device: str = "auto",
-                 nprobe: int = 16) -> None:
+    def __init__(self, folder: LibraryLayout, weights_dir: str | os.PathLike | None = None, device: str = "auto",
+                 nprobe: int = DEFAULT_NPROBE) -> None:
         self.folder = folder
         self.weights_dir = weights_dir
         self.device = device
@@ -85,10 +87,10 @@ class Library:
 
     @classmethod
     def open(cls, path: str | os.PathLike | None = None, weights_dir: str | os.PathLike | None = None,
-             device: str = "auto", nprobe: int = 16) -> Library:
+             device: str = "auto", nprobe: int = DEFAULT_NPROBE) -> Library:
         """The library at ``path``; nothing is created until the first ``index``. ``nprobe``:
         IVF lists searched per query (more: slower, closer to exhaustive)."""
-        return cls(LibraryFolder(library_dir(path)), weights_dir, device, nprobe)
+        return cls(LibraryLayout(library_dir(path)), weights_dir, device, nprobe)
 
     def close(self) -> None:
         with self._lock:
@@ -107,7 +109,7 @@ class Library:
 
     # models -----------------------------------------------------------------------------
 
-    def model(self, name: str = "dreamsim") -> Embedder:
+    def model(self, name: str = DEFAULT_MODEL) -> Embedder:
         """The embedder ``name``, loaded once and shared."""
         return self.model_handle(name).load()
 
@@ -131,18 +133,19 @@ class Library:
 
     # writes -----------------------------------------------------------------------------
 
-    def index(self, paths: Sequence[str | os.PathLike], models: Sequence[str] = ("dreamsim",),
+    def index(self, paths: Sequence[str | os.PathLike], models: Sequence[str] = (DEFAULT_MODEL,),
               progress: Progress | None = None, **options) -> IndexReport:
         """Index folders (see ``dreamsearch index``); ``options`` are ``IndexOptions`` fields."""
-        report = index_folders(LibraryFolder.prepare(self.folder.root), [Path(p) for p in paths],
-                               [self.model_handle(m) for m in models], IndexOptions(**options), progress)
+        handles = [self.model_handle(m) for m in models]  # a wrong name or missing weights: before creating
+        report = index_folders(LibraryLayout.prepare(self.folder.root), [Path(p) for p in paths], handles,
+                               IndexOptions(**options), progress)
         self._forget_searchers()
         return report
 
     def remove(self, paths: Sequence[str | os.PathLike]) -> int:
         """Forget files (not folders) from the library; returns how many were known."""
         removed = 0
-        folder = LibraryFolder.existing(self.folder.root)
+        folder = LibraryLayout.existing(self.folder.root)
         with folder.writer_lock(), Catalog(folder.catalog_path) as catalog:
             for path in paths:
                 for root_id, relpath in catalog.locate(Path(path)):
@@ -153,7 +156,7 @@ class Library:
 
     def forget(self, folder: str | os.PathLike) -> int:
         """Remove an indexed folder (a root) and its files; returns how many files it held."""
-        library = LibraryFolder.existing(self.folder.root)
+        library = LibraryLayout.existing(self.folder.root)
         wanted = Path(folder).expanduser().resolve()
         with library.writer_lock(), Catalog(library.catalog_path) as catalog:
             place = catalog.find_root(wanted)
@@ -169,7 +172,7 @@ class Library:
 
     # queries ----------------------------------------------------------------------------
 
-    def image_query(self, image: ImageInput, model: str = "dreamsim", name: str = "upload") -> Query:
+    def image_query(self, image: ImageInput, model: str = DEFAULT_MODEL, name: str = "upload") -> Query:
         """A query from a picture: a file path, the bytes of an image file (``name`` labels
         it in errors), a PIL image, or a ``uint8 [H, W, 3]`` array. A file whose bytes are
         in the library knows its content, so it can be left out of its own results."""
@@ -183,7 +186,7 @@ class Library:
         picture = image if isinstance(image, Image.Image) else Image.fromarray(np.asarray(image, dtype=np.uint8))
         return Query(model, (name,), searcher.embed_pixels(embedder, embedder.preprocess(to_rgb(picture))))
 
-    def stored_query(self, file: str | os.PathLike | int, model: str = "dreamsim") -> Query:
+    def stored_query(self, file: str | os.PathLike | int, model: str = DEFAULT_MODEL) -> Query:
         """A query from the stored vector of an indexed file, by path or catalog id: no
         model is loaded, nothing is decoded."""
         searcher = self._searcher(model)
@@ -194,7 +197,7 @@ class Library:
         vector, content_id = searcher.stored_vector(Path(file))
         return Query(model, (str(file),), vector, (content_id,))
 
-    def vector_query(self, vector: Sequence[float] | np.ndarray, model: str = "dreamsim") -> Query:
+    def vector_query(self, vector: Sequence[float] | np.ndarray, model: str = DEFAULT_MODEL) -> Query:
         """A query from a vector a caller computed (``embed``): checked and made unit norm."""
         searcher = self._searcher(model)
         vector = np.asarray(vector, dtype=np.float32).reshape(-1)
@@ -221,40 +224,57 @@ class Library:
         more = len(found) > k
         return Page(query.model, found[:k], offset + k if more else None)
 
-    def query(self, image: ImageInput, k: int = 25, model: str = "dreamsim",
+    def query(self, image: ImageInput, k: int = 25, model: str = DEFAULT_MODEL,
               include_self: bool = False, max_distance: float | None = None) -> list[Match]:
         """The ``k`` most similar indexed images to ``image`` (see ``image_query``)."""
         return self.search(self.image_query(image, model), k, include_self, max_distance).matches
 
-    def similar_to(self, path: str | os.PathLike | int, k: int = 25, model: str = "dreamsim") -> list[Match]:
+    def similar_to(self, path: str | os.PathLike | int, k: int = 25, model: str = DEFAULT_MODEL) -> list[Match]:
         """Neighbours of an indexed file (path or id), from its stored vector (no model is loaded)."""
         return self.search(self.stored_query(path, model), k).matches
 
-    def embed(self, image: ImageInput, model: str = "dreamsim", name: str = "upload") -> np.ndarray:
+    def embed(self, image: ImageInput, model: str = DEFAULT_MODEL, name: str = "upload") -> np.ndarray:
         """The unit-norm vector of a picture, as the library's vectors were made."""
         return self.image_query(image, model, name).vector
 
-    def compare(self, image: ImageInput, models: Sequence[str], k: int = 25, include_self: bool = False,
-                name: str = "upload", keep_models: bool = True) -> Comparison:
-        """``image`` through each of ``models`` side by side. Every model must be indexed
-        (checked before any is loaded); with ``keep_models=False`` each model loaded here is
-        let go before the next loads, so the peak memory is that of the largest."""
+    def compare(self, image: ImageInput | None, models: Sequence[str], k: int = 25, include_self: bool = False,
+                name: str = "upload", keep_models: bool = True, like: str | os.PathLike | None = None) -> Comparison:
+        """``image``, or the indexed file ``like``, through each of ``models`` side by side.
+        Every model must be indexed (checked before any is loaded). ``like`` uses each model's
+        stored vector of the file (no model load), embedding the file only for a model that
+        has none. With ``keep_models=False`` each model loaded here is let go before the next
+        loads, so the peak memory is that of the largest."""
+        if (image is None) == (like is None):
+            raise DreamsearchError("compare needs one query: an image, or an indexed file (like)")
         if len(models) < 2:
             raise DreamsearchError("compare needs at least two models")
+        for model in models:
+            get_spec(model)
         for model in models:
             self._searcher(model)
         results = {}
         for model in models:
             loaded_before = model in self.loaded_models()
-            query = self.image_query(image, model, name)
+            query = self.image_query(image, model, name) if like is None else self._like_query(like, model)
             results[model] = self.search(query, k, include_self).matches
             if not keep_models and not loaded_before:
                 with self._lock:
                     self._models.pop(model, None)
-        label = str(image) if isinstance(image, (str, os.PathLike)) else name
+        source = image if like is None else like
+        label = str(source) if isinstance(source, (str, os.PathLike)) else name
         return Comparison(label, k, results, overlaps(results, k))
 
-    def duplicates(self, model: str = "dreamsim", max_distance: float | None = None) -> list[DuplicateGroup]:
+    def _like_query(self, file: str | os.PathLike, model: str) -> Query:
+        """The stored vector of an indexed file, or, for a model that has none (the file was
+        indexed without it), the file embedded by that model."""
+        try:
+            return self.stored_query(file, model)
+        except NotFoundError:
+            if self._searcher(model).catalog.content_id_at(Path(file)) is None:
+                raise  # not in the library at all
+            return self.image_query(file, model)
+
+    def duplicates(self, model: str = DEFAULT_MODEL, max_distance: float | None = None) -> list[DuplicateGroup]:
         """Groups of identical files, then of images within ``max_distance`` of each other
         (default: the model's, see docs/duplicates.md), each with a suggested keeper."""
         if max_distance is None:
@@ -264,8 +284,6 @@ class Library:
 
     @staticmethod
     def default_duplicate_distance(model: str) -> float:
-        from dreamsearch.models.registry import get_spec
-
         return get_spec(model).duplicate_distance
 
     # the library itself -----------------------------------------------------------------
@@ -296,13 +314,15 @@ class Library:
         ~10 ms that a by-id request should not pay). It sees every commit as it lands."""
         with self._lock:
             if self._catalog is None:
-                self._catalog = Catalog(LibraryFolder.existing(self.folder.root).catalog_path, read_only=True)
+                self._catalog = Catalog(LibraryLayout.existing(self.folder.root).catalog_path, read_only=True)
             return self._catalog
 
     def _searcher(self, model: str) -> Searcher:
         """The model's searcher, reopened when the catalog moved on (another process
         indexed). A replaced searcher is not closed here: a thread may still be reading
-        from it; it closes when the last reference goes."""
+        from it; it closes when the last reference goes. The name is checked first, so a
+        typo is told as such (with a suggestion) before anything is opened."""
+        get_spec(model)
         with self._lock:
             searcher = self._searchers.get(model)
         if searcher is not None and searcher.catalog.last_seq(searcher.model) == searcher.index.meta.seq:

@@ -1,7 +1,9 @@
 """Pictures of results for people: a contact sheet (PNG) and a self-contained HTML page.
 
 Both show rows of captioned thumbnails (a query and its results, one model's answers in
-``compare``, or one group of ``duplicates``), so every command shares one layout.
+``compare``, or one group of ``duplicates``), so every command shares one layout. A sheet
+wraps each row's tiles into lines that fit a screen; ``compare``'s page sets its models'
+rows side by side.
 Thumbnails are decoded like everything else (EXIF orientation applied, odd modes
 converted); a file that cannot be read any more gets a grey tile that says so.
 """
@@ -12,22 +14,24 @@ import base64
 import html
 import io
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from PIL import Image, ImageDraw, ImageFont
 
+from dreamsearch.atomic import staged_file
 from dreamsearch.errors import DreamsearchError, ImageError
 from dreamsearch.images import decode
-from dreamsearch.paths import printable
+from dreamsearch.display import human_bytes, printable
 
 if TYPE_CHECKING:
     from dreamsearch.duplicates import DuplicateGroup
     from dreamsearch.search import Match
 
 THUMB = 160
+MAX_COLUMNS = 8  # tiles per line of a sheet: 8 × 168 + 8 = 1352 px wide
 _PAD = 8
 _LABEL_H = 22
 _CAPTION_H = 34
@@ -37,10 +41,12 @@ _MISSING = (200, 200, 200)
 
 @dataclass(frozen=True)
 class Tile:
-    """One thumbnail: the image at ``path`` with ``caption`` under it (e.g. ``#3 0.0412``)."""
+    """One thumbnail: the image at ``path`` with ``caption`` under it (e.g. ``#3 0.0412``);
+    ``also``: other paths of the same bytes, linked under it on the HTML page."""
 
     path: str
     caption: str
+    also: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -50,19 +56,23 @@ class Row:
 
 
 def write_png(rows: Sequence[Row], out: Path, thumb: int = THUMB) -> None:
-    """Draw ``rows`` as one contact sheet at ``out`` (format from the suffix, PNG advised)."""
+    """Draw ``rows`` as one contact sheet at ``out`` (format from the suffix, PNG advised):
+    each row's label, then its tiles wrapped ``MAX_COLUMNS`` to a line, since one long strip
+    is unreadable once fitted to a screen."""
     picture_format = _image_format(out)  # refuse a bad name before decoding anything
     images = _thumbnails(rows, thumb)
-    columns = max((len(row.tiles) for row in rows), default=1) or 1
-    cell_w, cell_h = thumb + _PAD, _LABEL_H + thumb + _CAPTION_H + _PAD
-    sheet = Image.new("RGB", (_PAD + columns * cell_w, _PAD + len(rows) * cell_h), _BACKGROUND)
+    columns = min(MAX_COLUMNS, max((len(row.tiles) for row in rows), default=1)) or 1
+    cell_w, cell_h = thumb + _PAD, thumb + _CAPTION_H + _PAD
+    lines = [-(-len(row.tiles) // columns) for row in rows]
+    sheet = Image.new("RGB", (_PAD + columns * cell_w, _PAD + sum(_LABEL_H + n * cell_h for n in lines)), _BACKGROUND)
     draw = ImageDraw.Draw(sheet)
     font = ImageFont.load_default(size=12)
-    for r, row in enumerate(rows):
-        top = _PAD + r * cell_h
+    top = _PAD
+    for row, n in zip(rows, lines):
         draw.text((_PAD, top + 4), _fit(printable(row.label), columns * cell_w // 7), fill=(0, 0, 0), font=font)
-        for c, tile in enumerate(row.tiles):
-            left, image_top = _PAD + c * cell_w, top + _LABEL_H
+        top += _LABEL_H
+        for index, tile in enumerate(row.tiles):
+            left, image_top = _PAD + index % columns * cell_w, top + index // columns * cell_h
             image = images[tile.path]
             if image is None:
                 draw.rectangle((left, image_top, left + thumb - 1, image_top + thumb - 1), fill=_MISSING)
@@ -72,51 +82,102 @@ def write_png(rows: Sequence[Row], out: Path, thumb: int = THUMB) -> None:
             name = _fit(printable(os.path.basename(tile.path)), thumb // 7)
             draw.text((left, image_top + thumb + 3), tile.caption, fill=(0, 0, 0), font=font)
             draw.text((left, image_top + thumb + 18), name, fill=(90, 90, 90), font=font)
+        top += n * cell_h
     _save(out, lambda stream, fmt: sheet.save(stream, format=fmt), picture_format)
 
 
-def write_html(rows: Sequence[Row], out: Path, title: str, thumb: int = THUMB) -> None:
+def write_html(rows: Sequence[Row], out: Path, title: str, thumb: int = THUMB, *,
+               table: Sequence[Sequence[str]] = (), side_by_side: Sequence[Row] = ()) -> None:
     """Write ``rows`` as one HTML page with the thumbnails embedded (it can be mailed or
-    moved on its own); each thumbnail links to its file."""
-    images = _thumbnails(rows, thumb)
+    moved on its own); each thumbnail links to its file. ``table`` (header row first) goes
+    under the title; ``side_by_side`` rows follow ``rows`` as columns, to compare them."""
+    images = _thumbnails([*rows, *side_by_side], thumb)
     parts = [
         "<!DOCTYPE html>",
         f'<html lang="en"><head><meta charset="utf-8"><title>{html.escape(printable(title))}</title>',
         "<style>body{font-family:sans-serif;margin:1em}section{margin-bottom:1.5em}"
+        ".columns{display:grid;grid-template-columns:repeat(auto-fit,minmax(%dpx,1fr));column-gap:1em}"
+        "table{border-collapse:collapse;margin-bottom:1.5em}th,td{border:1px solid #ccc;padding:.2em .6em}"
         "figure{display:inline-block;vertical-align:top;margin:0 .5em .5em 0;width:%dpx}"
         "figure img,figure .missing{width:%dpx;height:%dpx;object-fit:contain;background:#eee}"
-        "figcaption{font-size:12px;word-break:break-all}</style></head><body>" % (thumb, thumb, thumb),
+        "figcaption{font-size:12px;word-break:break-all}</style></head><body>" % (thumb + 16, thumb, thumb, thumb),
         f"<h1>{html.escape(printable(title))}</h1>",
+        _html_table(table),
     ]
-    for row in rows:
+    for index, row in enumerate([*rows, *side_by_side]):
+        if index == len(rows):
+            parts.append('<div class="columns">')
         parts.append(f"<section><h2>{html.escape(printable(row.label))}</h2>")
         for tile in row.tiles:
             image = images[tile.path]
             name = html.escape(printable(tile.path))
             picture = (f'<img src="{_data_uri(image)}" alt="{name}">' if image is not None
                        else '<div class="missing">unreadable</div>')
+            also = "".join(f'<br>also <a href="{html.escape(_file_uri(path))}">{html.escape(printable(path))}</a>'
+                           for path in tile.also)
             parts.append(
                 f'<figure><a href="{html.escape(_file_uri(tile.path))}">{picture}</a>'
-                f"<figcaption><b>{html.escape(tile.caption)}</b><br>{name}</figcaption></figure>"
+                f"<figcaption><b>{html.escape(tile.caption)}</b><br>{name}{also}</figcaption></figure>"
             )
         parts.append("</section>")
+    if side_by_side:
+        parts.append("</div>")
     parts.append("</body></html>\n")
     text = "\n".join(parts)
     _save(out, lambda stream, _fmt: stream.write(text.encode("utf-8")), None)
 
 
+def _html_table(table: Sequence[Sequence[str]]) -> str:
+    """``table`` as an HTML table, its first row the header; nothing when it is empty."""
+    lines = []
+    for number, row in enumerate(table):
+        tag = "th" if number == 0 else "td"
+        lines.append("<tr>" + "".join(f"<{tag}>{html.escape(printable(cell))}</{tag}>" for cell in row) + "</tr>")
+    return f"<table>{''.join(lines)}</table>" if lines else ""
+
+
 def result_row(label: str, queries: Sequence[str], matches: Sequence[Match], model: str) -> Row:
-    """A query's row: the query image(s), then each result with its rank and distance."""
+    """A query's row: the query image(s), then each result with its rank and distance (and,
+    on the HTML page, the other paths of the same file)."""
     tiles = [Tile(path, "query") for path in queries]
-    tiles += [Tile(m.path, f"#{m.rank}  {m.distance:.4f}") for m in matches]
-    return Row(f"{label} ({model})", tuple(tiles))
+    return Row(f"{label} ({model})", (*tiles, *_result_tiles(matches)))
+
+
+def comparison_rows(query: str, k: int, results: Mapping[str, Sequence[Match]]) -> list[Row]:
+    """``compare``'s rows: the query under a title, then one row per model, its name above
+    its results (``write_html`` can show the model rows side by side)."""
+    return [Row(f"{query}: top {k} per model", (Tile(query, "query"),)),
+            *(Row(name, _result_tiles(matches)) for name, matches in results.items())]
+
+
+def _result_tiles(matches: Sequence[Match]) -> tuple[Tile, ...]:
+    return tuple(Tile(m.path, f"#{m.rank}  {m.distance:.4f}", tuple(m.also_at)) for m in matches)
 
 
 def duplicate_rows(groups: Sequence[DuplicateGroup]) -> list[Row]:
-    """One row per group: the keeper first, then the others with their distance to it."""
-    return [Row(f"{g.kind} group {number}: {len(g.files)} files",
-                tuple(Tile(f.path, "keep" if f is g.keeper else f"{f.distance:.4f}") for f in g.files))
-            for number, g in enumerate(groups, 1)]
+    """A summary row (what could go), then one row per group: the keeper first, marked KEEP,
+    then the others with their distance to it; each with its pixels and size. An identical
+    group is one thumbnail (its files are one picture) with every other path linked."""
+    from dreamsearch.duplicates import identical_copies, summarize
+
+    summary = summarize(groups)
+    rows = [Row(f"{summary.removable_files} files could go, freeing {human_bytes(summary.removable_bytes)}: "
+                f"{summary.identical_groups} identical and {summary.similar_groups} similar groups", ())]
+    copies = identical_copies(groups)
+    for number, g in enumerate(groups, 1):
+        label = f"{g.kind} group {number}: {len(g.files)} files"
+        if g.kind == "identical":
+            caption = f"KEEP · ×{len(g.files)} identical · {g.keeper.dimensions} · {human_bytes(g.keeper.size)}"
+            rows.append(Row(label, (Tile(g.keeper.path, caption, tuple(f.path for f in g.others)),)))
+            continue
+        tiles = []
+        for f in g.files:
+            caption = f"{'KEEP' if f is g.keeper else f'{f.distance:.4f}'} · {f.dimensions} · {human_bytes(f.size)}"
+            if f.id in copies:
+                caption += " · ×{1} identical: group {0}".format(*copies[f.id])
+            tiles.append(Tile(f.path, caption))
+        rows.append(Row(label, tuple(tiles)))
+    return rows
 
 
 def _thumbnails(rows: Sequence[Row], thumb: int) -> dict[str, Image.Image | None]:
@@ -163,11 +224,8 @@ def _image_format(out: Path) -> str:
 def _save(out: Path, write, fmt: str | None) -> None:
     """Write through a temporary file so a failed run never leaves half a picture."""
     out = Path(out)
-    temp = out.with_name(f".{out.name}.partial")
     try:
-        with open(temp, "wb") as stream:
+        with staged_file(out) as temp, open(temp, "wb") as stream:
             write(stream, fmt)
-        os.replace(temp, out)
     except OSError as exc:
-        temp.unlink(missing_ok=True)
         raise DreamsearchError(f"{out}: cannot write ({exc.strerror or exc})") from None

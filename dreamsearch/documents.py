@@ -33,10 +33,15 @@ def comparison_document(query: str, k: int, results: dict[str, list[Match]], ove
 
 
 def duplicates_document(groups: list[DuplicateGroup], model: str, max_distance: float) -> dict:
-    """``{"model", "max_distance", "groups": [{"kind", "keeper": FILE, "others": [FILE, ...]}]}``,
-    FILE being ``{"id", "path", "size", "width", "height", "mtime_ns", "distance"}``."""
+    """``{"model", "max_distance", "groups": [{"kind", "keeper": FILE, "others": [FILE, ...]}],
+    "summary": {"identical_groups", "similar_groups", "removable_files", "removable_bytes"}}``,
+    FILE being ``{"id", "path", "size", "width", "height", "mtime_ns", "distance"}``; the
+    summary counts each non-keeper once."""
+    from dreamsearch.duplicates import summarize
+
     return {"model": model, "max_distance": max_distance, "groups": [
-        {"kind": g.kind, "keeper": _file(g.keeper), "others": [_file(f) for f in g.others]} for g in groups]}
+        {"kind": g.kind, "keeper": _file(g.keeper), "others": [_file(f) for f in g.others]} for g in groups],
+        "summary": asdict(summarize(groups))}
 
 
 def _file(f: DuplicateFile) -> dict:

@@ -3,11 +3,15 @@
 Two tiers:
 - ``identical``: the same bytes at several paths (same content hash). Always reported,
   whatever the model.
-- ``similar``: contents whose vectors lie within ``max_distance`` of each other. Every
-  vector asks the model's FAISS index for its ``neighbours`` nearest, a chunk of queries
-  at a time; pairs within the distance are joined with union-find, so a group is a
-  connected component (A~B and B~C put A, B and C together). Memory: the index, one chunk
-  of queries and answers, and one int per vector.
+- ``similar``: contents within ``max_distance`` of a keeper. Every vector asks the model's
+  FAISS index for its ``neighbours`` nearest, a chunk of queries at a time, and the pairs
+  within the distance are kept. Then star grouping: in keeper order, each content not yet
+  in a group takes its neighbours not yet in one. So every member is within the distance
+  of its keeper (no chaining: A~B and B~C do not put A with C under A), the keeper is the
+  best file of its group, and a content is in at most one group. A content is one item
+  here, shown by its best file: its byte-identical copies are in its identical group, so
+  no file is counted twice. Memory: the index, one chunk of queries and answers, and the
+  close pairs.
 
 Each group names a keeper, the file to keep: the most pixels, then the oldest (mtime),
 then the first path. See docs/duplicates.md for the default distances.
@@ -15,7 +19,7 @@ then the first path. See docs/duplicates.md for the default distances.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -35,8 +39,13 @@ class DuplicateFile:
     width: int | None
     height: int | None
     mtime_ns: int
-    #: Distance to the keeper (0 for the keeper and its byte-identical copies).
+    #: Distance to the keeper (0 for the keeper and in an identical group).
     distance: float
+
+    @property
+    def dimensions(self) -> str:
+        """``800x600``, or ``?`` when the pixels are not known."""
+        return f"{self.width}x{self.height}" if self.width and self.height else "?"
 
 
 @dataclass(frozen=True)
@@ -50,6 +59,16 @@ class DuplicateGroup:
         return (self.keeper, *self.others)
 
 
+@dataclass(frozen=True)
+class DuplicateSummary:
+    """What could go if every group were acted on: each file counted once, keepers kept."""
+
+    identical_groups: int
+    similar_groups: int
+    removable_files: int
+    removable_bytes: int
+
+
 def find_duplicates(catalog: Catalog, model: ModelInfo, index: VectorIndex, max_distance: float,
                     neighbours: int = NEIGHBOURS) -> list[DuplicateGroup]:
     """Both tiers: identical groups first, then similar ones; larger groups first in each."""
@@ -59,46 +78,90 @@ def find_duplicates(catalog: Catalog, model: ModelInfo, index: VectorIndex, max_
 def identical_groups(catalog: Catalog) -> list[DuplicateGroup]:
     """Byte-identical copies: one group per content found at more than one path."""
     files = catalog.file_details(catalog.shared_contents())
-    return _ordered([_group("identical", [(f, 0.0) for f in same]) for same in files.values() if len(same) > 1])
+    keepers = {cid: min(same, key=_keeper_key) for cid, same in files.items() if len(same) > 1}
+    return _ordered([_group("identical", keeper, [(f, 0.0) for f in files[cid] if f is not keeper])
+                     for cid, keeper in keepers.items()])
 
 
 def similar_groups(catalog: Catalog, model: ModelInfo, index: VectorIndex, max_distance: float,
                    neighbours: int = NEIGHBOURS) -> list[DuplicateGroup]:
-    """Contents within ``max_distance`` of each other (transitively), grouped."""
-    ids = catalog.vector_ids(model)
-    ids.sort()
-    parent = np.arange(len(ids))
+    """Groups of contents all within ``max_distance`` of each other (complete linkage),
+    built around keepers in keeper order, one file per content."""
+    a, b, distance = _close_pairs(catalog, model, index, max_distance, neighbours)
+    # each content stands for its copies by its best file (its identical group's keeper)
+    best = {cid: min(files, key=_keeper_key) for cid, files in catalog.file_details(np.unique(a)).items()}
+    grouped: set[int] = set()
+    groups = []
+    for keeper in sorted(best, key=lambda cid: _keeper_key(best[cid])):
+        if keeper in grouped:
+            continue
+        lo, hi = np.searchsorted(a, keeper, "left"), np.searchsorted(a, keeper, "right")
+        members = [(best[m], d) for m, d in zip(b[lo:hi].tolist(), distance[lo:hi].tolist())
+                   if m in best and m not in grouped]
+        members = _all_within(catalog, model, keeper, members, max_distance)
+        if members:
+            grouped.update([keeper, *(f.content_id for f, _d in members)])
+            groups.append(_group("similar", best[keeper], members))
+    return _ordered(groups)
+
+
+def _all_within(catalog: Catalog, model: ModelInfo, keeper: int, members: list[tuple[FileDetail, float]],
+                max_distance: float) -> list[tuple[FileDetail, float]]:
+    """The members, nearest to the keeper first, that are also within ``max_distance`` of
+    every member taken before them: a chain A-B-C with A-C too far never shares a group,
+    whichever of them is the keeper. Distances from the stored vectors, in float64."""
+    if len(members) < 2:
+        return members
+    members = sorted(members, key=lambda fd: (fd[1], fd[0].path))
+    ids, vectors = catalog.vectors_for(model, [f.content_id for f, _d in members])
+    vector = {int(i): v.astype(np.float64) for i, v in zip(ids, vectors)}
+    taken: list[tuple[FileDetail, float]] = []
+    for member, d in members:
+        mine = vector[member.content_id]
+        if all(1.0 - float(mine @ vector[other.content_id]) <= max_distance for other, _d in taken):
+            taken.append((member, d))
+    return taken
+
+
+def summarize(groups: Sequence[DuplicateGroup]) -> DuplicateSummary:
+    """What acting on ``groups`` frees, each non-keeper counted once."""
+    removable = {f.id: f.size for g in groups for f in g.others}
+    identical = sum(g.kind == "identical" for g in groups)
+    return DuplicateSummary(identical, len(groups) - identical, len(removable), sum(removable.values()))
+
+
+def identical_copies(groups: Sequence[DuplicateGroup]) -> dict[int, tuple[int, int]]:
+    """``{file id: (group number, files)}`` for each identical group's keeper: a similar group
+    shows a content by that one file, and this says where all its copies are listed."""
+    return {g.keeper.id: (number, len(g.files)) for number, g in enumerate(groups, 1) if g.kind == "identical"}
+
+
+def _close_pairs(catalog: Catalog, model: ModelInfo, index: VectorIndex, max_distance: float,
+                 neighbours: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Every pair of contents found within ``max_distance`` as ``(a, b, distance)`` arrays,
+    both ways round, sorted by ``a`` then ``b``; a pair seen from both ends keeps the larger
+    of its two (float-rounded) distances, so the pairs are symmetric."""
     fetch = (lambda wanted: catalog.vectors_for(model, wanted)) if index.plan.rerank else None
+    pairs, distances = [np.empty((0, 2), np.int64)], [np.empty(0)]
     for chunk_ids, vectors in catalog.iter_vectors(model, chunk=QUERY_CHUNK):
         scores, found = index.search(vectors, neighbours + 1, fetch=fetch)
-        close = (found >= 0) & (found != chunk_ids[:, None]) & (1.0 - scores <= max_distance)
-        rows, cols = np.nonzero(close)
-        if not len(rows):
-            continue
-        (a, known_a), (b, known_b) = _positions(ids, chunk_ids[rows]), _positions(ids, found[rows, cols])
-        known = known_a & known_b  # vectors committed after the ``ids`` snapshot wait for the next run
-        for x, y in zip(a[known].tolist(), b[known].tolist()):
-            _union(parent, x, y)
-    groups = (_similar_group(catalog, model, ids[members]) for members in _components(parent))
-    return _ordered([g for g in groups if g is not None])
+        distance = np.maximum(1.0 - scores.astype(np.float64), 0.0)  # float64: compared exactly as reported
+        rows, cols = np.nonzero((found >= 0) & (found != chunk_ids[:, None]) & (distance <= max_distance))
+        pairs.append(np.stack([chunk_ids[rows], found[rows, cols]], axis=1))
+        distances.append(distance[rows, cols])
+    pair, distance = np.concatenate(pairs), np.concatenate(distances)
+    pair, distance = np.concatenate([pair, pair[:, ::-1]]), np.concatenate([distance, distance])
+    order = np.lexsort((-distance, pair[:, 1], pair[:, 0]))  # each pair's larger distance first
+    pair, distance = pair[order], distance[order]
+    first = np.ones(len(pair), bool)
+    first[1:] = (pair[1:] != pair[:-1]).any(axis=1)
+    return pair[first, 0], pair[first, 1], distance[first]
 
 
-def _similar_group(catalog: Catalog, model: ModelInfo, content_ids: np.ndarray) -> DuplicateGroup | None:
-    files = catalog.file_details(content_ids)
-    found_ids, vectors = catalog.vectors_for(model, list(files))
-    if len(found_ids) < 2:
-        return None  # removed since the snapshot
-    by_content = dict(zip(found_ids.tolist(), vectors))
-    keeper_content, _keeper = min(((cid, f) for cid in by_content for f in files[cid]), key=lambda cf: _keeper_key(cf[1]))
-    anchor = by_content[keeper_content]
-    return _group("similar", [(f, max(0.0, 1.0 - float(by_content[cid] @ anchor)))
-                              for cid in by_content for f in files[cid]])
-
-
-def _group(kind: str, files: list[tuple[FileDetail, float]]) -> DuplicateGroup:
-    ordered = sorted(files, key=lambda fd: _keeper_key(fd[0]))
-    keeper, others = ordered[0], sorted(ordered[1:], key=lambda fd: (fd[1], fd[0].path))
-    as_files = [DuplicateFile(f.id, f.path, f.size, f.width, f.height, f.mtime_ns, d) for f, d in (keeper, *others)]
+def _group(kind: str, keeper: FileDetail, others: list[tuple[FileDetail, float]]) -> DuplicateGroup:
+    """``keeper``, then the ``others`` (with their distance to it) nearest first."""
+    as_files = [DuplicateFile(f.id, f.path, f.size, f.width, f.height, f.mtime_ns, d)
+                for f, d in [(keeper, 0.0), *sorted(others, key=lambda fd: (fd[1], fd[0].path))]]
     return DuplicateGroup(kind, as_files[0], tuple(as_files[1:]))
 
 
@@ -109,37 +172,3 @@ def _keeper_key(detail: FileDetail) -> tuple:
 
 def _ordered(groups: list[DuplicateGroup]) -> list[DuplicateGroup]:
     return sorted(groups, key=lambda g: (-len(g.files), g.keeper.path))
-
-
-def _positions(ids: np.ndarray, wanted: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Where each of ``wanted`` sits in the sorted ``ids``, and whether it is there at all."""
-    at = np.minimum(np.searchsorted(ids, wanted), max(len(ids) - 1, 0))
-    return at, (ids[at] == wanted) if len(ids) else np.zeros(len(wanted), bool)
-
-
-def _union(parent: np.ndarray, x: int, y: int) -> None:
-    rx, ry = _find(parent, x), _find(parent, y)
-    if rx != ry:
-        parent[max(rx, ry)] = min(rx, ry)
-
-
-def _find(parent: np.ndarray, x: int) -> int:
-    root = x
-    while parent[root] != root:
-        root = parent[root]
-    while parent[x] != root:  # path compression
-        parent[x], x = root, parent[x]
-    return int(root)
-
-
-def _components(parent: np.ndarray) -> Iterator[np.ndarray]:
-    """Positions of every component with more than one member."""
-    roots = parent.copy()
-    while not np.array_equal(jumped := roots[roots], roots):  # pointer jumping to the roots
-        roots = jumped
-    order = np.argsort(roots, kind="stable")
-    boundaries = np.flatnonzero(np.diff(roots[order])) + 1
-    for members in np.split(order, boundaries):
-        if len(members) > 1:
-            yield members
-

@@ -19,10 +19,9 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from dreamsearch.defaults import DEFAULT_MAX_PIXELS
 from dreamsearch.errors import ImageError, PixelLimitError
 
-#: Pictures above this many pixels are refused as likely decompression bombs.
-DEFAULT_MAX_PIXELS = 200_000_000
 
 _HEIF_REGISTERED = False
 _PILLOW_LIMIT_LOCK = threading.Lock()

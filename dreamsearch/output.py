@@ -3,7 +3,9 @@
 
 - ``json``: ``{"model": M, "queries": [{"query": Q, "results": [RESULT, ...]}, ...]}``
 - ``jsonl``: one ``{"query": Q, **RESULT}`` per line
-- ``csv``: header ``query,rank,distance,path,size``
+- ``csv``: header ``query,rank,distance,path,size,copy_of``; one row per result (``copy_of``
+  empty), each followed by one row per other path of the same file (``also_at``), with the
+  result's query, rank, distance and size and its path in ``copy_of``: every line one file
 - ``null``: result paths separated by NUL
 
 where RESULT is ``{"rank", "distance", "path", "size", "also_at", "id", "width", "height"}``
@@ -12,7 +14,7 @@ where RESULT is ``{"rank", "distance", "path", "size", "also_at", "id", "width",
 Any file name survives every format (docs/output.md): JSON and JSONL are UTF-8 with the
 bytes of a name that are not UTF-8 written as ``\\udcXX`` escapes (``os.fsencode`` of
 the parsed string gives the name's bytes back); CSV and ``-0`` carry names as their raw
-bytes. Tables show names through :func:`~dreamsearch.paths.display_path`.
+bytes. Tables show names through :func:`~dreamsearch.display.display_path`.
 """
 
 from __future__ import annotations
@@ -22,10 +24,11 @@ import io
 import json
 import os
 import sys
+from collections.abc import Collection, Sequence
 from typing import TYPE_CHECKING
 
 from dreamsearch.documents import comparison_document, duplicates_document, result_document
-from dreamsearch.paths import display_path, human_bytes
+from dreamsearch.display import display_path, human_bytes, short_path
 
 if TYPE_CHECKING:  # dreamsearch.search imports torch: `duplicates` must not pay for it
     from dreamsearch.compare import Overlap
@@ -33,8 +36,9 @@ if TYPE_CHECKING:  # dreamsearch.search imports torch: `duplicates` must not pay
     from dreamsearch.search import Match
 
 
-def render(blocks: list[tuple[str, list[Match]]], fmt: str | None, model: str) -> None:
-    """Print query results as a table or in the machine format ``fmt``."""
+def render(blocks: list[tuple[str, list[Match]]], fmt: str | None, model: str, verbose: bool = False) -> None:
+    """Print query results as a table (a result's copies counted, or listed if ``verbose``)
+    or in the machine format ``fmt``."""
     if fmt == "json":
         document = {"model": model, "queries": [
             {"query": label, "results": [result_document(m) for m in matches]} for label, matches in blocks]}
@@ -44,15 +48,16 @@ def render(blocks: list[tuple[str, list[Match]]], fmt: str | None, model: str) -
     elif fmt == "csv":
         text = io.StringIO()
         writer = csv.writer(text)
-        writer.writerow(["query", "rank", "distance", "path", "size"])
+        writer.writerow(["query", "rank", "distance", "path", "size", "copy_of"])
         for label, matches in blocks:
             for m in matches:
-                writer.writerow([label, m.rank, f"{m.distance:.6f}", m.path, m.size])
+                writer.writerow([label, m.rank, f"{m.distance:.6f}", m.path, m.size, ""])
+                writer.writerows([label, m.rank, f"{m.distance:.6f}", p, m.size, m.path] for p in m.also_at)
         _write_bytes(text.getvalue().encode("utf-8", "surrogateescape"))
     elif fmt == "null":
         _write_bytes(b"".join(m.path.encode("utf-8", "surrogateescape") + b"\0" for _l, ms in blocks for m in ms))
     else:
-        _table(blocks, model)
+        _table(blocks, model, verbose)
 
 
 def _write_json_lines(documents: list[dict]) -> None:
@@ -72,21 +77,53 @@ def _write_bytes(data: bytes) -> None:
     sys.stdout.buffer.flush()
 
 
-def _table(blocks: list[tuple[str, list[Match]]], model: str) -> None:
+#: A four-column table's frame: five borders and a space either side of each cell.
+_TABLE_FRAME = 13
+
+
+def _table(blocks: list[tuple[str, list[Match]]], model: str, verbose: bool) -> None:
+    """One table per query, as wide as the terminal: paths shortened in the middle so that
+    file names show whole, and one line per result unless ``verbose``."""
     from rich.console import Console
-    from rich.table import Table
 
     console = Console()
+    columns = ("#", "distance", "path", "size")
     for label, matches in blocks:
-        table = Table(title=_literal(f"{display_path(label)} ({model})"), title_justify="left")
-        for column in ("#", "distance", "path", "size"):
-            table.add_column(column, justify="right" if column != "path" else "left")
-        for m in matches:
-            path = display_path(m.path) + "".join(f"\n  also {display_path(p)}" for p in m.also_at)
-            table.add_row(str(m.rank), f"{m.distance:.4f}", _literal(path), human_bytes(m.size))
+        table = new_table(f"{display_path(label)} ({model})", columns, right=("#", "distance", "size"), fold=columns,
+                          caption_justify="left")
+        sizes = [human_bytes(m.size) for m in matches]
+        width = (console.width - _TABLE_FRAME - len("distance") - len(str(max((m.rank for m in matches), default=1)))
+                 - max(map(len, ["size", *sizes])))
+        for m, size in zip(matches, sizes):
+            table.add_row(str(m.rank), f"{m.distance:.4f}", _literal(_path_cell(m, width, verbose)), size)
+        if not verbose and any(len(m.also_at) > 1 for m in matches):
+            table.caption = "+N copies: the same file at N other paths (-v lists them)"
         if not matches:
             table.add_row("-", "-", "no results", "-")
         console.print(table)
+
+
+def _path_cell(m: Match, width: int, verbose: bool) -> str:
+    """The result's path, then its other paths: listed when ``verbose`` or only one, else counted."""
+    lines = [short_path(m.path, width)]
+    if verbose or len(m.also_at) == 1:
+        lines += [f"  also {short_path(p, width - len('  also '))}" for p in m.also_at]
+    elif m.also_at:
+        lines.append(f"  +{len(m.also_at)} copies")
+    return "\n".join(lines)
+
+
+def new_table(title: str, columns: Sequence[str], right: Collection[str] = (), fold: Collection[str] = (),
+              **options):
+    """How every command draws a table: a title on the left (shown as written, never read
+    as markup), ``right`` columns right-aligned, ``fold`` columns wrapped rather than cut."""
+    from rich.table import Table
+
+    table = Table(title=_literal(title), title_justify="left", **options)
+    for column in columns:
+        table.add_column(column, justify="right" if column in right else "left",
+                         overflow="fold" if column in fold else "ellipsis")
+    return table
 
 
 def _literal(text: str):
@@ -105,48 +142,57 @@ def render_comparison(query: str, k: int, results: dict[str, list[Match]], overl
         _write_json_lines([comparison_document(query, k, results, overlaps)])
         return
     from rich.console import Console
-    from rich.table import Table
 
     console = Console()
-    side_by_side = Table(title=_literal(f"{display_path(query)}: top {k} per model"), title_justify="left")
-    side_by_side.add_column("#", justify="right")
-    for name in results:
-        side_by_side.add_column(name)
+    # a long file name wraps, never cut
+    side_by_side = new_table(f"{display_path(query)}: top {k} per model", ["#", *results], right=("#",), fold=results)
     for rank in range(1, max((len(m) for m in results.values()), default=0) + 1):
         cells = [_literal(f"{display_path(os.path.basename(ms[rank - 1].path))} ({ms[rank - 1].distance:.4f})")
                  if rank <= len(ms) else "" for ms in results.values()]
         side_by_side.add_row(str(rank), *cells)
     console.print(side_by_side)
-    agreement = Table(title="agreement between models", title_justify="left")
-    for column in ("models", "common", "jaccard", "rank correlation"):
-        agreement.add_column(column, justify="left" if column == "models" else "right")
+    header, *rows = agreement_rows(overlaps, k)
+    agreement = new_table("agreement between models", header, right=[c for c in header if c != "models"])
+    for row in rows:
+        agreement.add_row(*row)
+    console.print(agreement)
+
+
+def agreement_rows(overlaps: list[Overlap], k: int) -> list[list[str]]:
+    """``compare``'s agreement table, header first: the terminal and the HTML page show the same."""
+    rows = [["models", "common", "jaccard", "rank correlation"]]
     for o in overlaps:
         rho = "n/a" if o.rank_correlation is None else f"{o.rank_correlation:+.3f}"
-        agreement.add_row(" vs ".join(o.models), f"{o.common}/{k}", f"{o.jaccard:.3f}", rho)
-    console.print(agreement)
+        rows.append([" vs ".join(o.models), f"{o.common}/{k}", f"{o.jaccard:.3f}", rho])
+    return rows
 
 
 def render_duplicates(groups: list[DuplicateGroup], model: str, max_distance: float, as_json: bool) -> None:
     """``duplicates``' output. JSON: ``{"model", "max_distance", "groups": [{"kind":
-    "identical"|"similar", "keeper": FILE, "others": [FILE, ...]}]}``, FILE being
-    ``{"id", "path", "size", "width", "height", "mtime_ns", "distance"}`` (distance to the keeper)."""
+    "identical"|"similar", "keeper": FILE, "others": [FILE, ...]}], "summary": {"identical_groups",
+    "similar_groups", "removable_files", "removable_bytes"}}``, FILE being ``{"id", "path", "size",
+    "width", "height", "mtime_ns", "distance"}`` (distance to the keeper). The table notes, under
+    a similar group's file, the identical group that lists its byte-identical copies."""
     if as_json:
         _write_json_lines([duplicates_document(groups, model, max_distance)])
         return
     from rich.console import Console
-    from rich.table import Table
+
+    from dreamsearch.duplicates import identical_copies, summarize
 
     console = Console()
+    copies = identical_copies(groups)
     for number, group in enumerate(groups, 1):
-        table = Table(title=f"{group.kind} group {number}: {len(group.files)} files", title_justify="left")
-        for column in ("", "distance", "pixels", "size", "path"):
-            table.add_column(column, justify="left" if column in ("", "path") else "right")
+        table = new_table(f"{group.kind} group {number}: {len(group.files)} files", ("", "distance", "pixels", "size", "path"),
+                          right=("distance", "pixels", "size"))
         for f in group.files:
-            pixels = f"{f.width}x{f.height}" if f.width and f.height else "?"
-            table.add_row("keep" if f is group.keeper else "", f"{f.distance:.4f}", pixels, human_bytes(f.size),
-                          _literal(display_path(f.path)))
+            note = ""
+            if group.kind == "similar" and f.id in copies:
+                note = "\n  ×{1} identical: identical group {0}".format(*copies[f.id])
+            table.add_row("keep" if f is group.keeper else "", f"{f.distance:.4f}", f.dimensions, human_bytes(f.size),
+                          _literal(display_path(f.path) + note))
         console.print(table)
-    identical = sum(g.kind == "identical" for g in groups)
-    spare = sum(len(g.others) for g in groups)
-    console.print(f"{identical} identical and {len(groups) - identical} similar groups "
-                  f"({model}, max distance {max_distance:g}); {spare} files beside their keepers")
+    summary = summarize(groups)
+    console.print(f"{summary.identical_groups} identical and {summary.similar_groups} similar groups "
+                  f"({model}, max distance {max_distance:g})")
+    console.print(f"{summary.removable_files} files could go, freeing {human_bytes(summary.removable_bytes)}")

@@ -14,7 +14,7 @@ import os
 import stat
 from dataclasses import dataclass
 
-from dreamsearch.paths import human_bytes
+from dreamsearch.display import human_bytes
 
 #: Files larger than this are recorded as failed unread (``--max-file-size``).
 DEFAULT_MAX_FILE_SIZE = 2 * 1024**3

@@ -21,9 +21,10 @@ from dreamsearch.errors import DreamsearchError, ImageError, NotFoundError, Pixe
 from dreamsearch.images import DEFAULT_MAX_PIXELS
 from dreamsearch.decoding import DECODE_TIMEOUT_S, TimeLimitExceeded, decode_bytes, time_limit, too_slow
 from dreamsearch.reading import content_hash, read_file
-from dreamsearch.library import LibraryFolder
+from dreamsearch.layout import LibraryLayout
 from dreamsearch.models.base import Embedder
 from dreamsearch.vector_index import open_index
+from dreamsearch.vector_index.policy import DEFAULT_NPROBE
 
 
 @dataclass(frozen=True)
@@ -44,8 +45,8 @@ class Match:
 class Searcher:
     """Searches one model's vectors in one library. Reads only: safe while indexing runs."""
 
-    def __init__(self, library: LibraryFolder, model_name: str, nprobe: int = 16) -> None:
-        library = LibraryFolder.existing(library.root)  # readers create nothing
+    def __init__(self, library: LibraryLayout, model_name: str, nprobe: int = DEFAULT_NPROBE) -> None:
+        library = LibraryLayout.existing(library.root)  # readers create nothing
         self.library = library
         self.catalog = Catalog(library.catalog_path, read_only=True)
         model = self.catalog.model(model_name)

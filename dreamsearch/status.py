@@ -8,8 +8,8 @@ from datetime import datetime
 from pathlib import Path
 
 from dreamsearch.catalog import Catalog
-from dreamsearch.library import LibraryFolder
-from dreamsearch.paths import display_path, human_bytes, problem_line
+from dreamsearch.layout import LibraryLayout
+from dreamsearch.display import display_path, human_bytes, problem_line
 from dreamsearch.vector_index.index import IndexFileError, meta_path, read_meta
 from dreamsearch.vector_index.sync import load_checked
 
@@ -40,7 +40,7 @@ class LibraryStatus:
 
 
 def library_status(root: Path, show_failed: bool = False) -> LibraryStatus:
-    library = LibraryFolder.existing(root)
+    library = LibraryLayout.existing(root)
     with Catalog(library.catalog_path, read_only=True) as catalog:
         folders = [FolderStatus(path, ok, failed, not Path(path).is_dir()) for path, ok, failed in catalog.root_counts()]
         models = []
@@ -66,7 +66,7 @@ def status_lines(status: LibraryStatus) -> list[str]:
     return lines
 
 
-def _index_line(library: LibraryFolder, catalog: Catalog, model) -> str:
+def _index_line(library: LibraryLayout, catalog: Catalog, model) -> str:
     """The saved index of ``model``, checked byte for byte against its commit point and
     against this catalog (what the next writer would check)."""
     try:

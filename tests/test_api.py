@@ -9,7 +9,7 @@ from pathlib import Path
 from PIL import Image
 
 from dreamsearch import Library
-from tests.conftest import photo_like
+from tests.helpers.images import photo_like
 
 DOC = Path(__file__).resolve().parents[1] / "docs" / "api.md"
 

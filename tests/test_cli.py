@@ -11,7 +11,7 @@ import pytest
 from click.testing import CliRunner
 
 from dreamsearch.cli import main
-from dreamsearch.embedding import embed_files
+from dreamsearch.batch_embed import embed_files
 from dreamsearch.models import load_model
 
 
@@ -107,7 +107,7 @@ def test_fetch_offline_is_a_clear_error(tmp_path):
 
 
 def test_index_status_and_forget_commands(tmp_path, tiny_weights):
-    from tests.conftest import photo_folder
+    from tests.helpers.images import photo_folder
 
     photos = photo_folder(tmp_path / "photos", 3, (120, 90), 0, "{}.jpg")
     (photos / "bad.jpg").write_bytes(b"")

@@ -11,11 +11,11 @@ from PIL import Image
 from dreamsearch.cli import main
 from dreamsearch.compare import Overlap, overlaps, spearman
 from dreamsearch.indexer import IndexOptions, index_folders
-from dreamsearch.library import LibraryFolder
+from dreamsearch.layout import LibraryLayout
 from dreamsearch.models import load_model
 from dreamsearch.search import Match
-from tests.conftest import photo_folder
-from tests.models.official_layout import write_clip_checkpoint, write_resnet50_checkpoint, write_tiny_cache
+from tests.helpers.images import photo_folder
+from tests.helpers.official_layout import write_clip_checkpoint, write_resnet50_checkpoint, write_tiny_cache
 
 THREE = ("dreamsim", "clip", "resnet50")
 
@@ -28,7 +28,7 @@ def three_models(tmp_path_factory):
     write_clip_checkpoint(weights)
     write_resnet50_checkpoint(weights)
     photos = photo_folder(base / "photos", 10, (160, 120), 900, "c{:02d}.jpg", quality=90)
-    library = LibraryFolder.prepare(base / "lib")
+    library = LibraryLayout.prepare(base / "lib")
     embedders = [load_model(name, weights_dir=weights, device="cpu") for name in THREE]
     index_folders(library, [photos], embedders, IndexOptions(workers=0))
     return photos, library, weights
@@ -60,8 +60,8 @@ def test_compare_three_models_side_by_side(three_models, tmp_path):
         assert o["jaccard"] == pytest.approx(len(paths_a & paths_b) / len(paths_a | paths_b))
         assert o["rank_correlation"] is None or -1 <= o["rank_correlation"] <= 1
 
-    with Image.open(grid) as sheet:  # one row per model: query + 5 results each
-        assert sheet.width >= 6 * 160 and sheet.height >= 3 * 160
+    with Image.open(grid) as sheet:  # the query, then a block per model: its 5 results
+        assert sheet.width >= 5 * 160 and sheet.height >= 4 * 160
 
     table = run(library, weights, "compare", str(photos / "c04.jpg"), "-k", "3")
     assert table.exit_code == 0, table.output

@@ -16,7 +16,7 @@ from dreamsearch.cli import main
 from dreamsearch.evaluation.nights import triplet_scores
 from dreamsearch.evaluation.retrieval import ranking_metrics
 from dreamsearch.images import open_rgb
-from tests.conftest import photo_like
+from tests.helpers.images import photo_like
 
 HEADER = "id,left_vote,right_vote,votes,ref_path,left_path,right_path,split,is_imagenet,prompt"
 

@@ -10,7 +10,7 @@ from PIL import Image
 
 from dreamsearch.errors import ImageError
 from dreamsearch.images import open_rgb, resize_center_crop, resize_squash
-from tests.conftest import photo_like
+from tests.helpers.images import photo_like
 
 
 def _save(img: Image.Image, path, **kwargs):

@@ -19,10 +19,10 @@ from PIL import Image
 
 from dreamsearch.catalog import Catalog
 from dreamsearch.indexer import IndexOptions, index_folders
-from dreamsearch.library import LibraryFolder
+from dreamsearch.layout import LibraryLayout
 from dreamsearch.scan import ScannedFile
 from dreamsearch.vector_index import open_index
-from tests.conftest import photo_folder, photo_like
+from tests.helpers.images import photo_folder, photo_like
 
 ONE_WORKER = IndexOptions(batch_size=4, workers=1)
 
@@ -78,11 +78,11 @@ def make_messy_folder(folder: Path) -> dict[str, str]:
     }
 
 
-def run_index(library: LibraryFolder, folder: Path, model, options: IndexOptions = ONE_WORKER):
+def run_index(library: LibraryLayout, folder: Path, model, options: IndexOptions = ONE_WORKER):
     return index_folders(library, [folder], [model], options)
 
 
-def library_state(library: LibraryFolder) -> dict:
+def library_state(library: LibraryLayout) -> dict:
     """path -> stored vector (or failure reason): the library's observable content."""
     with Catalog(library.catalog_path) as catalog:
         model = catalog.model("dreamsim-dino")
@@ -100,7 +100,7 @@ def library_state(library: LibraryFolder) -> dict:
 def test_messy_folder(tmp_path, tiny_model):
     folder = tmp_path / "photos"
     bad = make_messy_folder(folder)
-    library = LibraryFolder.prepare(tmp_path / "lib")
+    library = LibraryLayout.prepare(tmp_path / "lib")
     report = run_index(library, folder, tiny_model, IndexOptions(batch_size=4, workers=1, max_pixels=200_000_000))
     reasons = {Path(path).name: reason for path, reason in report.failures}
     for name, expected in bad.items():
@@ -124,7 +124,7 @@ def test_exif_rotated_embeds_like_the_rotated_pixels(tmp_path, tiny_model):
     picture = photo_like(300, 200, 21)
     picture.save(folder / "tagged.png", exif=exif(6))
     picture.transpose(Image.Transpose.ROTATE_270).save(folder / "rotated.png")
-    library = LibraryFolder.prepare(tmp_path / "lib")
+    library = LibraryLayout.prepare(tmp_path / "lib")
     run_index(library, folder, tiny_model)
     state = library_state(library)
     np.testing.assert_allclose(state[str(folder / "tagged.png")], state[str(folder / "rotated.png")], atol=1e-6)
@@ -136,7 +136,7 @@ def test_symlink_loop_with_follow_is_reported_and_the_run_goes_on(tmp_path, tiny
     photo_like(100, 80, 1).save(folder / "a.jpg")
     os.symlink(folder, folder / "again")  # a folder loop
     os.symlink("self", folder / "self")
-    library = LibraryFolder.prepare(tmp_path / "lib")
+    library = LibraryLayout.prepare(tmp_path / "lib")
     report = run_index(library, folder, tiny_model, IndexOptions(workers=1, follow_symlinks=True))
     assert report.embedded == 1
     assert any(Path(p).name == "self" for p, _reason in report.failures)
@@ -162,7 +162,7 @@ def test_vanished_and_unreadable_files_are_recorded(tmp_path, tiny_model, monkey
 
     monkeypatch.setattr(indexer, "scan", scan_with_ghost)
     monkeypatch.setattr(os, "open", guarded_open)
-    library = LibraryFolder.prepare(tmp_path / "lib")
+    library = LibraryLayout.prepare(tmp_path / "lib")
     report = run_index(library, folder, tiny_model, IndexOptions(workers=0))  # in-process, patched
     reasons = {Path(p).name: r for p, r in report.failures}
     assert reasons == {"ghost.jpg": "vanished before it could be read", "locked.jpg": "permission denied"}
@@ -175,13 +175,13 @@ def test_chmod_000_file_is_recorded(tmp_path, tiny_model):
     folder.mkdir()
     photo_like(100, 80, 1).save(folder / "locked.jpg")
     os.chmod(folder / "locked.jpg", 0)
-    report = run_index(LibraryFolder.prepare(tmp_path / "lib"), folder, tiny_model)
+    report = run_index(LibraryLayout.prepare(tmp_path / "lib"), folder, tiny_model)
     assert report.failures == [(str(folder / "locked.jpg"), "permission denied")]
 
 
 def test_incremental_runs(tmp_path, tiny_model):
     folder = photo_folder(tmp_path / "photos", 6, (160, 120), 30, "p{}.jpg")
-    library = LibraryFolder.prepare(tmp_path / "lib")
+    library = LibraryLayout.prepare(tmp_path / "lib")
 
     def step(expect: dict):
         report = run_index(library, folder, tiny_model)
@@ -215,7 +215,7 @@ def test_incremental_runs(tmp_path, tiny_model):
 
 def test_only_indexes_the_named_files_and_keeps_the_others(tmp_path, tiny_model):
     folder = photo_folder(tmp_path / "photos", 4, (160, 120), 60, "p{}.jpg")
-    library = LibraryFolder.prepare(tmp_path / "lib")
+    library = LibraryLayout.prepare(tmp_path / "lib")
 
     def indexed_with(only):
         report = index_folders(library, [folder], [tiny_model], IndexOptions(workers=0, only=only))
@@ -231,12 +231,12 @@ def test_only_indexes_the_named_files_and_keeps_the_others(tmp_path, tiny_model)
 
 def test_a_model_added_to_an_indexed_folder_embeds_every_file(tmp_path, tiny_model):
     from dreamsearch.models import load_model
-    from tests.models.official_layout import write_tiny_cache
+    from tests.helpers.official_layout import write_tiny_cache
 
     other = load_model("dreamsim-clip", weights_dir=write_tiny_cache(tmp_path / "w", "clip_vitb32"), device="cpu")
     folder = photo_folder(tmp_path / "photos", 5, (160, 120), 80, "p{}.jpg")
     (folder / "broken.jpg").write_bytes(b"not a jpeg")
-    library = LibraryFolder.prepare(tmp_path / "lib")
+    library = LibraryLayout.prepare(tmp_path / "lib")
     run_index(library, folder, tiny_model)
 
     report = run_index(library, folder, other)
@@ -261,11 +261,11 @@ KILL_SCRIPT = """
 import sys
 from pathlib import Path
 from dreamsearch.indexer import IndexOptions, index_folders
-from dreamsearch.library import LibraryFolder
+from dreamsearch.layout import LibraryLayout
 from dreamsearch.models import load_model
 
 model = load_model("dreamsim-dino", weights_dir=sys.argv[1], device="cpu")
-index_folders(LibraryFolder.prepare(Path(sys.argv[2])), [Path(sys.argv[3])], [model],
+index_folders(LibraryLayout.prepare(Path(sys.argv[2])), [Path(sys.argv[3])], [model],
               IndexOptions(batch_size=2, workers=1))
 """
 
@@ -273,7 +273,7 @@ index_folders(LibraryFolder.prepare(Path(sys.argv[2])), [Path(sys.argv[3])], [mo
 def test_sigkill_mid_run_then_resume_equals_an_uninterrupted_run(tmp_path, tiny_weights, tiny_model):
     folder = photo_folder(tmp_path / "photos", 60, (480, 360), 100, "img{:02d}.jpg", quality=90)
     (folder / "broken.jpg").write_bytes(b"\xff\xd8\xff garbage")
-    killed = LibraryFolder.prepare(tmp_path / "killed")
+    killed = LibraryLayout.prepare(tmp_path / "killed")
     command = [sys.executable, "-c", KILL_SCRIPT, str(tiny_weights), str(killed.root), str(folder)]
     child = subprocess.Popen(command)
     deadline = time.time() + 120
@@ -284,7 +284,7 @@ def test_sigkill_mid_run_then_resume_equals_an_uninterrupted_run(tmp_path, tiny_
     assert 10 <= _vectors_in(killed) < 60, "the kill should land mid-run"
 
     subprocess.run(command, check=True, timeout=300)
-    whole = LibraryFolder.prepare(tmp_path / "whole")
+    whole = LibraryLayout.prepare(tmp_path / "whole")
     run_index(whole, folder, tiny_model)
     resumed_state, whole_state = library_state(killed), library_state(whole)
     assert resumed_state.keys() == whole_state.keys() and len(whole_state) == 61
@@ -295,7 +295,7 @@ def test_sigkill_mid_run_then_resume_equals_an_uninterrupted_run(tmp_path, tiny_
             np.testing.assert_allclose(resumed_state[path], value, atol=1e-6)
 
 
-def _vectors_in(library: LibraryFolder) -> int:
+def _vectors_in(library: LibraryLayout) -> int:
     try:
         with sqlite3.connect(f"file:{library.catalog_path}?mode=ro", uri=True, timeout=1) as connection:
             return connection.execute("SELECT count(*) FROM vectors").fetchone()[0]
@@ -305,7 +305,7 @@ def _vectors_in(library: LibraryFolder) -> int:
 
 def test_ctrl_c_stops_after_the_batch_and_the_next_run_completes(tmp_path, tiny_weights):
     folder = photo_folder(tmp_path / "photos", 60, (480, 360), 300, "img{:02d}.jpg", quality=90)
-    library = LibraryFolder.prepare(tmp_path / "lib")
+    library = LibraryLayout.prepare(tmp_path / "lib")
     command = [sys.executable, "-m", "dreamsearch", "index", str(folder), "-m", "dreamsim-dino", "--weights-dir",
                str(tiny_weights), "--library", str(library.root), "--batch-size", "2", "--workers", "1", "--quiet"]
     child = subprocess.Popen(command, stderr=subprocess.PIPE, text=True)

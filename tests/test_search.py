@@ -15,8 +15,8 @@ from PIL import Image
 
 from dreamsearch.cli import main
 from dreamsearch.indexer import IndexOptions, index_folders
-from dreamsearch.library import LibraryFolder
-from tests.conftest import photo_folder
+from dreamsearch.layout import LibraryLayout
+from tests.helpers.images import photo_folder
 
 
 @pytest.fixture(scope="module")
@@ -25,7 +25,7 @@ def indexed(tmp_path_factory, tiny_model):
     photos = photo_folder(base / "photos", 12, (200, 150), 500, "p{:02d}.jpg", quality=90)
     (photos / "trip").mkdir()
     shutil.copy(photos / "p03.jpg", photos / "trip" / "p03-copy.jpg")
-    library = LibraryFolder.prepare(base / "lib")
+    library = LibraryLayout.prepare(base / "lib")
     index_folders(library, [photos], [tiny_model], IndexOptions(workers=0))
     return photos, library
 
@@ -77,7 +77,7 @@ def test_filters_and_machine_formats(indexed, tiny_weights):
     lines = query(library, tiny_weights, str(photos / "p01.jpg"), "-k", "2", "--jsonl").stdout.strip().splitlines()
     assert [json.loads(line)["rank"] for line in lines] == [1, 2]
     csv_out = query(library, tiny_weights, str(photos / "p01.jpg"), "-k", "2", "--csv").stdout.splitlines()
-    assert csv_out[0] == "query,rank,distance,path,size" and len(csv_out) == 3
+    assert csv_out[0] == "query,rank,distance,path,size,copy_of" and len(csv_out) == 3
     nul = query(library, tiny_weights, str(photos / "p01.jpg"), "-k", "2", "-0").stdout_bytes
     assert nul.count(b"\0") == 2
 
@@ -101,7 +101,8 @@ def test_grid_and_html_show_the_query_and_every_result(indexed, tiny_weights, tm
     wanted = {r["path"] for block in blocks for r in block["results"]}
     assert len(wanted) >= 4 and wanted <= linked
     assert {str(photos / "p02.jpg"), str(photos / "p07.jpg")} <= linked
-    assert len(links.images) == len(links.hrefs) == 2 * 5
+    copies = sum(len(r["also_at"]) for block in blocks for r in block["results"])  # linked under their result
+    assert len(links.images) == len(links.hrefs) - copies == 2 * 5
     assert all(src.startswith("data:image/jpeg;base64,") for src in links.images)  # self-contained
 
 
@@ -127,7 +128,7 @@ class _Links(HTMLParser):
 
 def test_removed_files_are_never_returned(tmp_path, tiny_model, tiny_weights):
     photos = photo_folder(tmp_path / "photos", 4, (120, 90), 700, "{}.jpg")
-    library = LibraryFolder.prepare(tmp_path / "lib")
+    library = LibraryLayout.prepare(tmp_path / "lib")
     index_folders(library, [photos], [tiny_model], IndexOptions(workers=0))
     (photos / "2.jpg").unlink()
     index_folders(library, [photos], [tiny_model], IndexOptions(workers=0))
@@ -159,7 +160,7 @@ def test_queries_while_an_index_run_commits(tmp_path, tiny_weights, tiny_model):
     from tests.test_indexer import KILL_SCRIPT, _vectors_in
 
     photos = photo_folder(tmp_path / "photos", 40, (320, 240), 900, "{:02d}.jpg")
-    library = LibraryFolder.prepare(tmp_path / "lib")
+    library = LibraryLayout.prepare(tmp_path / "lib")
     index_folders(library, [photos], [tiny_model], IndexOptions(workers=0))  # a first version
     for i in range(10):
         (photos / f"{i:02d}.jpg").unlink()

@@ -19,13 +19,13 @@ from dreamsearch.catalog import Catalog
 from dreamsearch.cli import main
 from dreamsearch.errors import DreamsearchError
 from dreamsearch.indexer import IndexOptions, index_folders
-from dreamsearch.library import LibraryFolder
-from tests.conftest import photo_folder
+from dreamsearch.layout import LibraryLayout
+from tests.helpers.images import photo_folder
 
 MODEL = "dreamsim-dino"
 
 
-def index(library: LibraryFolder, folder: Path, model, **options):
+def index(library: LibraryLayout, folder: Path, model, **options):
     return index_folders(library, [folder], [model], IndexOptions(workers=1, **options))
 
 
@@ -35,7 +35,7 @@ def cli(tiny_weights: Path, library: Path, *args: str):
                               env={"DREAMSEARCH_WEIGHTS": str(tiny_weights)}, catch_exceptions=False)
 
 
-def stored_paths(library: LibraryFolder) -> list[str]:
+def stored_paths(library: LibraryLayout) -> list[str]:
     with Catalog(library.catalog_path) as catalog:
         return sorted(str(Path(root) / rel) for root_id, root in catalog.roots().items()
                       for rel in catalog.files_under(root_id))
@@ -47,7 +47,7 @@ def stored_paths(library: LibraryFolder) -> list[str]:
 def test_a_folder_inside_an_indexed_folder_joins_it(tmp_path, tiny_model):
     photos = photo_folder(tmp_path / "A", 3, (96, 72), 1, "a{}.jpg")
     photo_folder(photos / "inner", 3, (96, 72), 10, "i{}.jpg")
-    library = LibraryFolder.prepare(tmp_path / "lib")
+    library = LibraryLayout.prepare(tmp_path / "lib")
     index(library, photos, tiny_model)
     report = index(library, photos / "inner", tiny_model)
     assert (report.embedded, report.new, report.removed) == (0, 0, 0)
@@ -68,7 +68,7 @@ def test_a_folder_inside_an_indexed_folder_joins_it(tmp_path, tiny_model):
 def test_a_parent_indexed_after_its_subfolder_absorbs_it_without_embedding_again(tmp_path, tiny_model):
     photos = photo_folder(tmp_path / "A", 2, (96, 72), 1, "a{}.jpg")
     photo_folder(photos / "inner", 3, (96, 72), 10, "i{}.jpg")
-    library = LibraryFolder.prepare(tmp_path / "lib")
+    library = LibraryLayout.prepare(tmp_path / "lib")
     index(library, photos / "inner", tiny_model)
     report = index(library, photos, tiny_model)
     assert (report.embedded, report.unchanged, report.removed) == (2, 3, 0)
@@ -84,7 +84,7 @@ def test_a_parent_indexed_after_its_subfolder_absorbs_it_without_embedding_again
 
 def test_a_folder_that_lost_its_files_keeps_them_until_prune(tmp_path, tiny_model, tiny_weights):
     photos = photo_folder(tmp_path / "mnt" / "photos", 6, (96, 72), 1, "p{}.jpg")
-    library = LibraryFolder.prepare(tmp_path / "lib")
+    library = LibraryLayout.prepare(tmp_path / "lib")
     index(library, photos, tiny_model)
     aside = tmp_path / "aside"
     photos.rename(aside)
@@ -109,7 +109,7 @@ def test_a_folder_that_lost_its_files_keeps_them_until_prune(tmp_path, tiny_mode
 def test_files_in_a_folder_that_cannot_be_listed_are_kept_and_reported(tmp_path, tiny_model, monkeypatch):
     photos = photo_folder(tmp_path / "photos", 2, (96, 72), 1, "p{}.jpg")
     photo_folder(photos / "locked", 3, (96, 72), 10, "l{}.jpg")
-    library = LibraryFolder.prepare(tmp_path / "lib")
+    library = LibraryLayout.prepare(tmp_path / "lib")
     index(library, photos, tiny_model)
     real_scandir = os.scandir
 
@@ -128,7 +128,7 @@ def test_files_in_a_folder_that_cannot_be_listed_are_kept_and_reported(tmp_path,
 
 def test_an_indexed_folder_that_cannot_be_listed_keeps_its_files_even_with_prune(tmp_path, tiny_model, monkeypatch):
     photos = photo_folder(tmp_path / "photos", 3, (96, 72), 1, "p{}.jpg")
-    library = LibraryFolder.prepare(tmp_path / "lib")
+    library = LibraryLayout.prepare(tmp_path / "lib")
     index(library, photos, tiny_model)
     real_scandir = os.scandir
 
@@ -147,7 +147,7 @@ def test_byte_copies_of_an_undecodable_file_are_recorded_on_the_first_run(tmp_pa
     photos = photo_folder(tmp_path / "photos", 1, (96, 72), 1, "p{}.jpg")
     (photos / "broken.jpg").write_bytes(b"\xff\xd8\xff" + b"\0" * 100)
     shutil.copy(photos / "broken.jpg", photos / "broken-copy.jpg")
-    library = LibraryFolder.prepare(tmp_path / "lib")
+    library = LibraryLayout.prepare(tmp_path / "lib")
     report = index(library, photos, tiny_model)
     assert report.failed == 2
     with Catalog(library.catalog_path) as catalog:
@@ -161,7 +161,7 @@ def test_results_and_duplicates_never_name_files_gone_from_disk(tmp_path, tiny_m
     photos = photo_folder(tmp_path / "photos", 6, (96, 72), 1, "p{}.jpg")
     shutil.copy(photos / "p1.jpg", photos / "p1-copy.jpg")
     shutil.copy(photos / "p2.jpg", photos / "p2-copy.jpg")
-    library = LibraryFolder.prepare(tmp_path / "lib")
+    library = LibraryLayout.prepare(tmp_path / "lib")
     index(library, photos, tiny_model)
     with Library.open(library.root) as api:
         assert len(api.duplicates(MODEL, max_distance=0.0)) == 2
@@ -179,7 +179,7 @@ def test_results_and_duplicates_never_name_files_gone_from_disk(tmp_path, tiny_m
 
 def test_k_is_capped_at_the_library_size(tmp_path, tiny_model, tiny_weights):
     photos = photo_folder(tmp_path / "photos", 4, (96, 72), 1, "p{}.jpg")
-    library = LibraryFolder.prepare(tmp_path / "lib")
+    library = LibraryLayout.prepare(tmp_path / "lib")
     index(library, photos, tiny_model)
     result = cli(tiny_weights, library.root, "query", "--like", str(photos / "p1.jpg"), "-m", MODEL,
                  "-k", "1000000000000", "--jsonl")
@@ -190,7 +190,7 @@ def test_like_and_under_accept_paths_through_a_followed_symlink(tmp_path, tiny_m
     elsewhere = photo_folder(tmp_path / "elsewhere", 3, (96, 72), 1, "e{}.jpg")
     photos = photo_folder(tmp_path / "photos", 3, (96, 72), 10, "p{}.jpg")
     os.symlink(elsewhere, photos / "linked")
-    library = LibraryFolder.prepare(tmp_path / "lib")
+    library = LibraryLayout.prepare(tmp_path / "lib")
     index(library, photos, tiny_model, follow_symlinks=True)
     through_link = photos / "linked" / "e1.jpg"
     with Library.open(library.root) as api:
@@ -206,7 +206,7 @@ def test_like_and_under_accept_paths_through_a_followed_symlink(tmp_path, tiny_m
 
 def test_forget_and_remove_refuse_while_an_index_run_holds_the_library(tmp_path, tiny_model, tiny_weights):
     photos = photo_folder(tmp_path / "photos", 2, (96, 72), 1, "p{}.jpg")
-    library = LibraryFolder.prepare(tmp_path / "lib")
+    library = LibraryLayout.prepare(tmp_path / "lib")
     index(library, photos, tiny_model)
     with library.writer_lock():  # what `dreamsearch index` holds for its whole run
         result = cli(tiny_weights, library.root, "forget", str(photos))
@@ -246,14 +246,14 @@ def test_the_readme_api_example_runs_as_a_script_without_a_main_guard(tmp_path, 
 
 
 def test_a_new_library_folder_is_private_to_its_user(tmp_path):
-    library = LibraryFolder.prepare(tmp_path / "lib")
+    library = LibraryLayout.prepare(tmp_path / "lib")
     assert stat.S_IMODE(library.root.stat().st_mode) == 0o700
 
 
 @pytest.mark.parametrize("damage", ["truncated", "garbage", "empty"])
 def test_a_damaged_catalog_is_one_line_for_every_command(tmp_path, tiny_model, tiny_weights, damage):
     photos = photo_folder(tmp_path / "photos", 2, (96, 72), 1, "p{}.jpg")
-    library = LibraryFolder.prepare(tmp_path / "lib")
+    library = LibraryLayout.prepare(tmp_path / "lib")
     index(library, photos, tiny_model)
     raw = library.catalog_path.read_bytes()
     damaged = {"truncated": raw[:3000], "garbage": b"this is not sqlite" * 100, "empty": b""}[damage]
@@ -277,7 +277,7 @@ def test_an_unwritable_library_location_is_one_line(tmp_path, tiny_weights):
 def test_a_folder_name_that_is_not_utf8_is_indexed(tmp_path, tiny_model, tiny_weights):
     folder = Path(os.fsdecode(os.fsencode(tmp_path) + b"/bad\xff"))
     photo_folder(folder, 2, (96, 72), 1, "p{}.jpg")
-    library = LibraryFolder.prepare(tmp_path / "lib")
+    library = LibraryLayout.prepare(tmp_path / "lib")
     result = cli(tiny_weights, library.root, "index", str(folder), "-m", MODEL)
     assert result.exit_code == 0, result.stderr
     assert cli(tiny_weights, library.root, "status").stdout.count("2 images") == 1
@@ -305,7 +305,7 @@ def dreamsearch_command() -> str:
 
 def test_a_read_only_library_answers_queries_and_status_and_refuses_index(tmp_path, tiny_model, tiny_weights):
     photos = photo_folder(tmp_path / "photos", 3, (96, 72), 1, "p{}.jpg")
-    library = LibraryFolder.prepare(tmp_path / "lib")
+    library = LibraryLayout.prepare(tmp_path / "lib")
     index(library, photos, tiny_model)
     ds = dreamsearch_command()
     lib = f"--library {library.root}"
@@ -349,7 +349,7 @@ def test_a_full_disk_during_index_is_one_line_and_the_library_recovers(tmp_path,
 def test_a_newline_in_a_file_name_cannot_forge_a_record(tmp_path, tiny_model, tiny_weights):
     photos = photo_folder(tmp_path / "photos", 1, (96, 72), 1, "p{}.jpg")
     (photos / "x.jpg\nskipped passwd: forged.jpg").write_bytes(b"not a picture")
-    library = LibraryFolder.prepare(tmp_path / "lib")
+    library = LibraryLayout.prepare(tmp_path / "lib")
     result = cli(tiny_weights, library.root, "index", str(photos), "-m", MODEL)
     assert result.exit_code == 0
     skipped = [line for line in result.stderr.splitlines() if line.startswith("skipped")]

@@ -10,7 +10,7 @@ from pathlib import Path
 import click
 
 from dreamsearch.errors import DreamsearchError
-from dreamsearch.paths import printable
+from dreamsearch.display import printable
 
 DEVICE_CHOICES = click.Choice(["auto", "cpu", "cuda"])
 
@@ -69,6 +69,21 @@ def library_option(func):
         "--library", "library_path", type=click.Path(file_okay=False, path_type=Path), envvar="DREAMSEARCH_LIBRARY",
         help="Library folder. Default: $DREAMSEARCH_LIBRARY or the user data folder.",
     )(func)
+
+
+def model_names(ctx: click.Context, param: click.Parameter, value):
+    """Click callback for an option or argument naming models (one, or a repeated option):
+    a typo fails as the command line is read, with a suggestion, before anything is opened."""
+    from dreamsearch.models.registry import get_spec
+
+    for name in [value] if isinstance(value, str) else value:
+        get_spec(name)
+    return value
+
+
+def model_list(ctx: click.Context, param: click.Parameter, value: str) -> list[str]:
+    """Click callback for a comma-separated ``--models``: the checked names, without repeats."""
+    return model_names(ctx, param, list(dict.fromkeys(name.strip() for name in value.split(",") if name.strip())))
 
 
 @contextmanager

@@ -7,14 +7,16 @@ from pathlib import Path
 
 import click
 
-from dreamsearch.cli.common import DEVICE_CHOICES, weights_dir_option
+from dreamsearch.cli.common import DEVICE_CHOICES, model_names, weights_dir_option
 from dreamsearch.errors import DreamsearchError
-from dreamsearch.paths import problem_line
+from dreamsearch.display import problem_line
+from dreamsearch.models.registry import DEFAULT_MODEL
 
 
 @click.command()
 @click.argument("images", nargs=-1, required=True, type=click.Path(path_type=Path))
-@click.option("-m", "--model", "model_name", default="dreamsim", show_default=True, help="Model name (see `models list`).")
+@click.option("-m", "--model", "model_name", default=DEFAULT_MODEL, show_default=True, callback=model_names,
+              help="Model name (see `models list`).")
 @click.option("-o", "--output", required=True, type=click.Path(dir_okay=False, allow_dash=True, path_type=Path),
               help="Where to write: .npy float32 [N, dim] in input order, or JSON ('-' for stdout).")
 @click.option("--format", "fmt", type=click.Choice(["npy", "json"]), default=None,
@@ -32,7 +34,7 @@ def embed(images, model_name, output, fmt, batch_size, device, threads, compile_
     composited on white. Files that cannot be read are reported one line each; the
     others are still embedded and the command then exits with status 1.
     """
-    from dreamsearch.embedding import embed_files, write_embeddings
+    from dreamsearch.batch_embed import embed_files, write_embeddings
     from dreamsearch.models import load_model
     from dreamsearch.models.base import set_threads
 

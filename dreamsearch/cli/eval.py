@@ -8,9 +8,11 @@ from pathlib import Path
 
 import click
 
-from dreamsearch.cli.common import DEVICE_CHOICES, CommandGroup, library_option, progress_display, weights_dir_option
+from dreamsearch.cli.common import (DEVICE_CHOICES, CommandGroup, library_option, model_names, progress_display,
+                                    weights_dir_option)
 from dreamsearch.errors import DreamsearchError
-from dreamsearch.paths import printable
+from dreamsearch.display import printable
+from dreamsearch.models.registry import DEFAULT_MODEL
 
 MAX_REPORTED = 20
 
@@ -20,11 +22,11 @@ def eval_group() -> None:
     """Measure models: NIGHTS 2AFC accuracy, retrieval on labelled folders, copy detection."""
 
 
-def model_options(default: tuple[str, ...]):
+def model_options(default: tuple[str, ...], check=model_names):
     def decorate(func):
         for option in reversed([
             click.option("-m", "--model", "model_names", multiple=True, default=default, show_default=True,
-                         help="Model to evaluate (repeatable)."),
+                         callback=check, help="Model to evaluate (repeatable)."),
             click.option("--batch-size", default=32, show_default=True, type=click.IntRange(1)),
             click.option("--device", default="auto", show_default=True, type=DEVICE_CHOICES),
             click.option("--json", "as_json", is_flag=True, help="One JSON document."),
@@ -34,6 +36,14 @@ def model_options(default: tuple[str, ...]):
             func = option(func)
         return func
     return decorate
+
+
+def _models_or_pixel_metrics(ctx: click.Context, param: click.Parameter, names: tuple[str, ...]) -> tuple[str, ...]:
+    """``nights`` also takes the pixel metrics; every other name is checked as a model at once."""
+    from dreamsearch.evaluation.pixel_metrics import PIXEL_METRICS
+
+    model_names(ctx, param, [name for name in names if name not in PIXEL_METRICS])
+    return names
 
 
 class _Problems:
@@ -56,7 +66,7 @@ def _embedded(library, folders, name, weights_dir, device, batch_size, problems:
               only: frozenset[str] | None = None):
     """Index ``folders`` (or the files ``only``) into the eval library with model ``name``;
     report unreadable files."""
-    from dreamsearch.evaluation.embedded import embed_folders
+    from dreamsearch.evaluation.eval_library import embed_folders
     from dreamsearch.models import load_model
 
     embedder = load_model(name, weights_dir=weights_dir, device=device)
@@ -67,15 +77,15 @@ def _embedded(library, folders, name, weights_dir, device, batch_size, problems:
 
 
 def _library(library_path):
-    from dreamsearch.library import LibraryFolder, library_dir
+    from dreamsearch.layout import LibraryLayout, library_dir
 
-    return LibraryFolder.prepare(library_dir(library_path))
+    return LibraryLayout.prepare(library_dir(library_path))
 
 
 @eval_group.command("nights")
 @click.argument("folder", type=click.Path(exists=True, file_okay=False, path_type=Path))
 @click.option("--split", type=click.Choice(["test", "val", "train", "all"]), default="test", show_default=True)
-@model_options(("dreamsim",))
+@model_options((DEFAULT_MODEL,), check=_models_or_pixel_metrics)
 def nights(folder, split, model_names, batch_size, device, as_json, library_path, weights_dir) -> None:
     """NIGHTS 2AFC accuracy of each model (or of the pixel baselines `-m psnr`, `-m ssim`)
     on FOLDER, the official NIGHTS folder (data.csv, ref/, distort/). The split's images
@@ -96,7 +106,7 @@ def nights(folder, split, model_names, batch_size, device, as_json, library_path
         if name in PIXEL_METRICS:
             distances = pixel_distances(folder, name, problems)
         else:
-            from dreamsearch.evaluation.embedded import folder_vectors
+            from dreamsearch.evaluation.eval_library import folder_vectors
 
             _embedded(library, [folder], name, weights_dir, device, batch_size, problems, as_json, wanted)
             vectors = folder_vectors(library, folder, name)
@@ -117,14 +127,12 @@ def nights(folder, split, model_names, batch_size, device, as_json, library_path
         }))
         return
     from rich.console import Console
-    from rich.table import Table
 
-    table = Table(title=f"NIGHTS 2AFC accuracy ({split}; 95% bootstrap interval; triplets)", title_justify="left")
+    from dreamsearch.output import new_table
+
     columns = list(next(iter(results.values())))
-    table.add_column("model")
-    for column in columns:
-        table.add_column(column, justify="right")
-    table.add_column("skipped", justify="right")
+    table = new_table(f"NIGHTS 2AFC accuracy ({split}; 95% bootstrap interval; triplets)",
+                      ["model", *columns, "skipped"], right=[*columns, "skipped"])
     for name, by_split in results.items():
         cells = [f"{100 * a.accuracy:.1f}% [{100 * a.low:.1f}–{100 * a.high:.1f}] n={a.triplets}" if a.triplets else "-"
                  for a in by_split.values()]
@@ -139,11 +147,11 @@ def nights(folder, split, model_names, batch_size, device, as_json, library_path
 @click.option("-k", "k", default=10, show_default=True, type=click.IntRange(1))
 @click.option("--groups", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
               help="CSV with columns path,group (default: the first sub-folder is the label).")
-@model_options(("dreamsim", "clip", "resnet50"))
+@model_options((DEFAULT_MODEL, "clip", "resnet50"))
 def retrieval(folder, k, groups, model_names, batch_size, device, as_json, library_path, weights_dir) -> None:
     """Retrieval quality on FOLDER (one sub-folder per class): every image queries the
     rest; recall@1, recall@k, mAP@k and search latency per model."""
-    from dreamsearch.evaluation.embedded import eval_library, folder_vectors
+    from dreamsearch.evaluation.eval_library import eval_library, folder_vectors
     from dreamsearch.evaluation.retrieval import evaluate_retrieval, labels_of
     from dreamsearch.search import Searcher
 
@@ -168,13 +176,13 @@ def retrieval(folder, k, groups, model_names, batch_size, device, as_json, libra
 @eval_group.command("copies")
 @click.argument("folder", type=click.Path(exists=True, file_okay=False, path_type=Path))
 @click.option("-k", "k", default=10, show_default=True, type=click.IntRange(1))
-@model_options(("dreamsim",))
+@model_options((DEFAULT_MODEL,))
 def copies(folder, k, model_names, batch_size, device, as_json, library_path, weights_dir) -> None:
     """Near-duplicate robustness: make edited copies of FOLDER's images (JPEG, resize,
     crop, colour, rotation, flip, text), index them with the originals, and report per
     edit how often a copy finds its family, and at what distances."""
-    from dreamsearch.evaluation.copies import copies_folder, evaluate_copies, make_copies
-    from dreamsearch.evaluation.embedded import eval_library, folder_vectors
+    from dreamsearch.evaluation.copies import TRANSFORMS, copies_folder, evaluate_copies, make_copies
+    from dreamsearch.evaluation.eval_library import eval_library, folder_vectors
     from dreamsearch.scan import scan
     from dreamsearch.search import Searcher
 
@@ -183,8 +191,13 @@ def copies(folder, k, model_names, batch_size, device, as_json, library_path, we
     out = copies_folder(evals.root, folder)
     problems = _Problems()
     originals = [folder / found.relpath for found in scan(folder)]
-    if not make_copies(originals, folder, out, problems):
+    readable = make_copies(originals, folder, out, problems)
+    if not readable:
         raise DreamsearchError(f"{folder}: no readable images")
+    if not as_json:  # the progress total counts both folders: say what it is made of
+        edited = readable * len(TRANSFORMS)
+        click.echo(f"{readable} originals + {edited} edited copies ({len(TRANSFORMS)} edits each) = "
+                   f"{readable + edited} images per model, each embedded once and kept for later runs", err=True)
     table = {}
     for name in model_names:
         _embedded(library, [folder, out], name, weights_dir, device, batch_size, problems, as_json)
@@ -209,11 +222,10 @@ def _finite(value):
 
 def _table(title: str, columns: list[str], rows: list[list[str]]) -> None:
     from rich.console import Console
-    from rich.table import Table
 
-    table = Table(title=printable(title), title_justify="left")
-    for index, column in enumerate(columns):
-        table.add_column(column, justify="left" if index < 2 else "right")
+    from dreamsearch.output import new_table
+
+    table = new_table(printable(title), columns, right=columns[2:])
     for row in rows:
         table.add_row(*row)
     Console(width=200).print(table)

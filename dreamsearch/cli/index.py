@@ -7,14 +7,17 @@ from pathlib import Path
 
 import click
 
-from dreamsearch.cli.common import DEVICE_CHOICES, ByteSize, library_option, progress_display, weights_dir_option
-from dreamsearch.paths import display_path, problem_line
+from dreamsearch.cli.common import (DEVICE_CHOICES, ByteSize, library_option, model_names, progress_display,
+                                    weights_dir_option)
+from dreamsearch.display import display_path, problem_line
+from dreamsearch.defaults import DEFAULT_MAX_PIXELS
+from dreamsearch.models.registry import DEFAULT_MODEL
 
 
 @click.command("index")
 @click.argument("folders", nargs=-1, required=True, type=click.Path(exists=True, file_okay=False, path_type=Path))
-@click.option("-m", "--model", "model_names", multiple=True, default=("dreamsim",), show_default=True,
-              help="Model to embed with; repeat for several (each image is decoded once).")
+@click.option("-m", "--model", "model_names", multiple=True, default=(DEFAULT_MODEL,), show_default=True,
+              callback=model_names, help="Model to embed with; repeat for several (each image is decoded once).")
 @library_option
 @click.option("--batch-size", default=32, show_default=True, type=click.IntRange(1))
 @click.option("--workers", type=click.IntRange(0), default=None,
@@ -24,7 +27,7 @@ from dreamsearch.paths import display_path, problem_line
 @click.option("--exclude", multiple=True, metavar="GLOB", help="Skip paths or names matching GLOB (repeatable).")
 @click.option("--follow-symlinks", is_flag=True, help="Follow symbolic links (loops are detected).")
 @click.option("--no-draft", is_flag=True, help="Decode JPEGs at full size (slower; draft changes pixels by <1/255 on average).")
-@click.option("--max-pixels", default=200_000_000, show_default=True, type=click.IntRange(1),
+@click.option("--max-pixels", default=DEFAULT_MAX_PIXELS, show_default=True, type=click.IntRange(1),
               help="Refuse larger images as decompression bombs.")
 @click.option("--max-file-size", default="2GiB", show_default=True, type=ByteSize(),
               help="Record larger files as failed without reading them (e.g. 500MB, 4GiB).")
@@ -48,9 +51,9 @@ def index_command(folders, model_names, library_path, batch_size, workers, devic
     import json
 
     from dreamsearch.indexer import IndexOptions, index_folders
-    from dreamsearch.library import LibraryFolder, library_dir
+    from dreamsearch.layout import LibraryLayout, library_dir
 
-    library = LibraryFolder.prepare(library_dir(library_path))
+    library = LibraryLayout.prepare(library_dir(library_path))
     models = []
     if not dry_run:
         from dreamsearch.models import PendingModel

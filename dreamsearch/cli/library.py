@@ -7,7 +7,7 @@ from pathlib import Path
 import click
 
 from dreamsearch.cli.common import library_option
-from dreamsearch.paths import display_path, printable
+from dreamsearch.display import display_path, printable
 
 
 @click.command()

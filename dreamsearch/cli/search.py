@@ -6,14 +6,25 @@ from pathlib import Path
 
 import click
 
-from dreamsearch.cli.common import DEVICE_CHOICES, library_option, stdin_paths, weights_dir_option, write_sheets
+from dreamsearch.cli.common import (DEVICE_CHOICES, library_option, model_list, model_names, stdin_paths,
+                                    weights_dir_option, write_sheets)
 from dreamsearch.errors import DreamsearchError
+from dreamsearch.defaults import DEFAULT_NPROBE
+from dreamsearch.models.registry import DEFAULT_MODEL
+
+
+def _check_image_file(path: Path) -> None:
+    """A query image must be a file; a folder gets told what to pass instead."""
+    if path.is_dir():
+        raise DreamsearchError(f"{path} is a folder: give an image file (or `dreamsearch index {path}` to add the folder)")
+    if not path.is_file():
+        raise DreamsearchError(f"{path}: no such file")
 
 
 @click.command()
 @click.argument("images", nargs=-1, type=click.Path(path_type=Path, allow_dash=True))
 @click.option("-k", "k", default=25, show_default=True, type=int, help="How many results per query.")
-@click.option("-m", "--model", "model_name", default="dreamsim", show_default=True)
+@click.option("-m", "--model", "model_name", default=DEFAULT_MODEL, show_default=True, callback=model_names)
 @click.option("--like", "like", multiple=True, type=click.Path(path_type=Path),
               help="Query with the stored vector of an indexed file (no model is loaded).")
 @click.option("--include-self", is_flag=True, help="Keep the query's own content in its results.")
@@ -23,18 +34,20 @@ from dreamsearch.errors import DreamsearchError
               help="mean: one query from the mean of all query images.")
 @click.option("--json", "fmt", flag_value="json", help="One JSON document.")
 @click.option("--jsonl", "fmt", flag_value="jsonl", help="One JSON object per result.")
-@click.option("--csv", "fmt", flag_value="csv", help="CSV: query,rank,distance,path,size.")
+@click.option("--csv", "fmt", flag_value="csv",
+              help="CSV: query,rank,distance,path,size,copy_of (a row per copy, see docs/output.md).")
 @click.option("-0", "fmt", flag_value="null", help="Result paths separated by NUL (for xargs -0).")
 @click.option("--grid", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Also draw a contact sheet of the results (PNG).")
 @click.option("--html", "html_out", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Also write a self-contained HTML page of the results.")
-@click.option("--nprobe", default=16, show_default=True, type=click.IntRange(1), help="IVF lists to search.")
+@click.option("-v", "--verbose", is_flag=True, help="Table: list every copy of a result, not their count.")
+@click.option("--nprobe", default=DEFAULT_NPROBE, show_default=True, type=click.IntRange(1), help="IVF lists to search.")
 @click.option("--device", default="auto", show_default=True, type=DEVICE_CHOICES)
 @library_option
 @weights_dir_option
-def query(images, k, model_name, like, include_self, max_distance, under, combine, fmt, grid, html_out, nprobe,
-          device, library_path, weights_dir) -> None:
+def query(images, k, model_name, like, include_self, max_distance, under, combine, fmt, grid, html_out, verbose,
+          nprobe, device, library_path, weights_dir) -> None:
     """Find the images in the library most similar to IMAGES (files, or '-' to read paths
     from stdin). Distances are DreamSim distances (1 - cosine), exact."""
     from dreamsearch.api import Library
@@ -46,15 +59,14 @@ def query(images, k, model_name, like, include_self, max_distance, under, combin
     if not files and not like:
         raise DreamsearchError("give at least one query image (a file, '-' for stdin, or --like PATH)")
     for path in files:
-        if not path.is_file():
-            raise DreamsearchError(f"{path}: no such file")
+        _check_image_file(path)
     with Library.open(library_path, weights_dir=weights_dir, device=device, nprobe=nprobe) as library:
         queries = [library.stored_query(path, model_name) for path in like]
         queries += [library.image_query(path, model_name) for path in files]
         if combine == "mean":
             queries = [library.mean_query(queries)]
         results = [(q, library.search(q, k, include_self, max_distance, under).matches) for q in queries]
-    render([(q.label, matches) for q, matches in results], fmt, model_name)
+    render([(q.label, matches) for q, matches in results], fmt, model_name, verbose)
     if grid or html_out:
         from dreamsearch.contact_sheet import result_row
 
@@ -63,9 +75,12 @@ def query(images, k, model_name, like, include_self, max_distance, under, combin
 
 
 @click.command()
-@click.argument("image", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.argument("image", required=False, type=click.Path(path_type=Path))
+@click.option("--like", type=click.Path(path_type=Path), default=None,
+              help="Query with the stored vectors of an indexed file instead of IMAGE (no model is loaded for "
+                   "the models that have its vector).")
 @click.option("-k", "k", default=25, show_default=True, type=click.IntRange(1), help="How many results per model.")
-@click.option("--models", "model_list", default="dreamsim,clip,resnet50", show_default=True,
+@click.option("--models", "names", default="dreamsim,clip,resnet50", show_default=True, callback=model_list,
               help="Comma-separated models to compare (each must be indexed).")
 @click.option("--include-self", is_flag=True, help="Keep the query's own content in the results.")
 @click.option("--json", "as_json", is_flag=True, help="One JSON document (results and agreement).")
@@ -76,27 +91,38 @@ def query(images, k, model_name, like, include_self, max_distance, under, combin
 @click.option("--device", default="auto", show_default=True, type=DEVICE_CHOICES)
 @library_option
 @weights_dir_option
-def compare(image, k, model_list, include_self, as_json, grid, html_out, device, library_path, weights_dir) -> None:
-    """Query IMAGE through several models side by side, with how much their top-k agree
-    (Jaccard overlap and Spearman rank correlation)."""
+def compare(image, like, k, names, include_self, as_json, grid, html_out, device, library_path, weights_dir) -> None:
+    """Query IMAGE (or the indexed file --like PATH) through several models side by side,
+    with how much their top-k agree (Jaccard overlap and Spearman rank correlation)."""
     from dreamsearch.api import Library
     from dreamsearch.output import render_comparison
 
-    names = list(dict.fromkeys(name.strip() for name in model_list.split(",") if name.strip()))
+    if (image is None) == (like is None):
+        raise DreamsearchError("give one query: an image file, or --like PATH (an indexed file)")
+    if image is not None:
+        _check_image_file(image)
     if len(names) < 2:
         raise DreamsearchError("--models needs at least two model names, separated by commas")
     with Library.open(library_path, weights_dir=weights_dir, device=device) as library:
-        comparison = library.compare(image, names, k, include_self, keep_models=False)
+        comparison = library.compare(image, names, k, include_self, keep_models=False, like=like)
     render_comparison(comparison.query, comparison.k, comparison.results, comparison.overlaps, as_json)
     if grid or html_out:
-        from dreamsearch.contact_sheet import result_row
+        from dreamsearch.contact_sheet import comparison_rows, write_html
+        from dreamsearch.output import agreement_rows
+        from dreamsearch.display import printable
 
-        rows = [result_row(str(image), [str(image)], matches, name) for name, matches in comparison.results.items()]
-        write_sheets(rows, grid, html_out, f"dreamsearch compare: {image}")
+        source = str(image or like)
+        title = f"dreamsearch compare: {source}"
+        query_row, *model_rows = comparison_rows(source, comparison.k, comparison.results)
+        write_sheets([query_row, *model_rows], grid, None, title)
+        if html_out:  # the models side by side, under their agreement
+            write_html([query_row], html_out, title, table=agreement_rows(comparison.overlaps, comparison.k),
+                       side_by_side=model_rows)
+            click.echo(f"wrote {printable(str(html_out))}", err=True)
 
 
 @click.command()
-@click.option("-m", "--model", "model_name", default="dreamsim", show_default=True)
+@click.option("-m", "--model", "model_name", default=DEFAULT_MODEL, show_default=True, callback=model_names)
 @click.option("--max-distance", type=click.FloatRange(0, 2), default=None,
               help="Join images at most this far apart (default: the model's, see docs/duplicates.md).")
 @click.option("--json", "as_json", is_flag=True, help="One JSON document.")

@@ -6,7 +6,8 @@ import socket
 
 import click
 
-from dreamsearch.cli.common import DEVICE_CHOICES, ByteSize, library_option, weights_dir_option
+from dreamsearch.cli.common import DEVICE_CHOICES, ByteSize, library_option, model_list, weights_dir_option
+from dreamsearch.models.registry import DEFAULT_MODEL
 
 
 @click.command()
@@ -16,7 +17,7 @@ from dreamsearch.cli.common import DEVICE_CHOICES, ByteSize, library_option, wei
 @click.option("--port", default=8000, show_default=True, type=click.IntRange(0, 65535), help="0: any free port.")
 @click.option("--token", envvar="DREAMSEARCH_TOKEN", default=None,
               help="Require 'Authorization: Bearer TOKEN' on every /api route (or $DREAMSEARCH_TOKEN).")
-@click.option("--models", "model_list", default="dreamsim", show_default=True,
+@click.option("--models", "names", default=DEFAULT_MODEL, show_default=True, callback=model_list,
               help="Comma-separated models to load at start-up; the first is the default.")
 @click.option("--unload-after", type=click.FloatRange(min=1), default=None, metavar="SECONDS",
               help="Free the models after this long without a query (loaded again on demand).")
@@ -25,7 +26,7 @@ from dreamsearch.cli.common import DEVICE_CHOICES, ByteSize, library_option, wei
 @click.option("--max-upload", default="50MB", show_default=True, type=ByteSize(), help="Largest request body.")
 @click.option("--device", default="auto", show_default=True, type=DEVICE_CHOICES)
 @weights_dir_option
-def serve(library_path, host, port, token, model_list, unload_after, cors_origins, max_upload, device,
+def serve(library_path, host, port, token, names, unload_after, cors_origins, max_upload, device,
           weights_dir) -> None:
     """Serve the library over HTTP: a JSON API for photo apps (OpenAPI at /docs) and a web
     UI at /. Models load once and stay warm; prints the URL it listens on."""
@@ -33,13 +34,11 @@ def serve(library_path, host, port, token, model_list, unload_after, cors_origin
 
     from dreamsearch.api import Library
     from dreamsearch.errors import DreamsearchError
-    from dreamsearch.models.registry import get_spec
     from dreamsearch.server.app import create_app
     from dreamsearch.server.security import Settings, check_bind
 
     settings = Settings(host=host, token=token, cors_origins=tuple(cors_origins), max_body=max_upload)
     check_bind(settings)
-    names = [get_spec(n.strip()).name for n in model_list.split(",") if n.strip()]
     if not names:
         raise DreamsearchError("--models needs at least one model name")
     library = Library.open(library_path, weights_dir=weights_dir, device=device)

@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw, ImageEnhance, ImageFont, ImageOps
 
+from dreamsearch.atomic import staged_file
 from dreamsearch.errors import ImageError
 from dreamsearch.images import decode
 from dreamsearch.search import Searcher
@@ -121,9 +122,8 @@ def make_copies(originals: list[Path], folder: Path, out: Path, report: Callable
             seed = int.from_bytes(hashlib.sha256(f"{name}/{relative}".encode()).digest()[:8], "little")
             edited, quality = TRANSFORMS[name](image, np.random.default_rng(seed))
             target.parent.mkdir(parents=True, exist_ok=True)
-            partial = target.with_name(target.name + ".partial")
-            edited.save(partial, format="JPEG", quality=quality)
-            partial.replace(target)
+            with staged_file(target) as partial:
+                edited.save(partial, format="JPEG", quality=quality)
     return readable
 
 

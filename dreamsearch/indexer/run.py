@@ -43,7 +43,7 @@ from dreamsearch.decoding import DECODE_TIMEOUT_S, Decoded, TimeLimitExceeded, d
 from dreamsearch.indexer.pipeline import Candidate, Contents, FileProcessor, Kind, Outcome
 from dreamsearch.reading import DEFAULT_MAX_FILE_SIZE
 from dreamsearch.indexer.stream import Workers, ordered
-from dreamsearch.library import LibraryFolder
+from dreamsearch.layout import LibraryLayout
 from dreamsearch.scan import ScannedFile, scan
 from dreamsearch.vector_index import save_indexes
 
@@ -136,7 +136,7 @@ Progress = Callable[[IndexReport], None]
 
 
 def index_folders(
-    library: LibraryFolder,
+    library: LibraryLayout,
     roots: Sequence[Path],
     models: Sequence[ModelSource],
     options: IndexOptions = IndexOptions(),
@@ -201,7 +201,7 @@ class _Run:
     """One run: the consumer end of the pipeline (this thread), the model thread, and the
     bookkeeping that keeps the catalog and the report right."""
 
-    def __init__(self, catalog: Catalog, library: LibraryFolder, sources: list[ModelSource], options: IndexOptions,
+    def __init__(self, catalog: Catalog, library: LibraryLayout, sources: list[ModelSource], options: IndexOptions,
                  progress: Progress, stop: threading.Event, report: IndexReport) -> None:
         self.catalog, self.library, self.sources = catalog, library, sources
         self.options, self.progress, self.stop, self.report = options, progress, stop, report

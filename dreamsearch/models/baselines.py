@@ -5,6 +5,7 @@ crop), not DreamSim's squash."""
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 import torch
@@ -31,7 +32,12 @@ def build_clip(spec: ModelSpec, root: Path, device: torch.device) -> Embedder:
 
     path = root / spec.files[0].path
     try:
-        model = open_clip.load_openai_model(str(path), precision="fp32", device="cpu")
+        with warnings.catch_warnings():
+            # OpenAI's checkpoint is a TorchScript archive, which open_clip can only read with
+            # torch.jit.load; that call is deprecated and warned on every run. Only that
+            # warning is hidden; the load itself is open_clip's, as tested on the real file.
+            warnings.filterwarnings("ignore", message=r".*torch\.jit\.load.*", category=FutureWarning)
+            model = open_clip.load_openai_model(str(path), precision="fp32", device="cpu")
     except Exception as exc:  # JIT/torch.load raise many types for damaged files
         raise WeightsError(f"{path}: not an OpenAI CLIP checkpoint ({exc})") from None
     visual = model.visual.float()

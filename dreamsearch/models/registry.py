@@ -7,6 +7,7 @@ official package works as a weights directory unchanged.
 
 from __future__ import annotations
 
+import difflib
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -44,7 +45,6 @@ class ModelSpec:
     name: str
     dim: int
     branches: tuple[str, ...]
-    summary: str
     files: tuple[WeightFile, ...]
     builder: str
     dreamsim_type: str = ""
@@ -114,12 +114,10 @@ def _dreamsim_spec(name: str, dreamsim_type: str, branches: tuple[str, ...], tag
     for branch in branches:
         backbone = BACKBONES[branch]
         files.append(WeightFile(backbone.checkpoint, backbone.url or archive))
-    kind = "ensemble of " + " + ".join(branches) if len(branches) > 1 else branches[0]
     return ModelSpec(
         name=name,
         dim=sum(BACKBONES[b].dim for b in branches),
         branches=branches,
-        summary=f"DreamSim {kind} (official '{dreamsim_type}')",
         files=tuple(files),
         builder="dreamsearch.models.dreamsim:build",
         dreamsim_type=dreamsim_type,
@@ -133,7 +131,6 @@ MODELS["clip"] = ModelSpec(
     name="clip",
     dim=512,
     branches=("openai_clip_vitb32",),
-    summary="baseline: OpenAI CLIP ViT-B/32 image embedding",
     files=(WeightFile("baselines/ViT-B-32.pt", OPENAI_CLIP_URL, OPENAI_CLIP_SHA256),),
     builder="dreamsearch.models.baselines:build_clip",
     duplicate_distance=0.02,
@@ -143,7 +140,6 @@ MODELS["resnet50"] = ModelSpec(
     name="resnet50",
     dim=2048,
     branches=("resnet50",),
-    summary="baseline: torchvision ResNet50 (ImageNet V1), pooled features",
     files=(WeightFile("baselines/resnet50-0676ba61.pth", RESNET50_URL, "0676ba61"),),
     builder="dreamsearch.models.baselines:build_resnet50",
     duplicate_distance=0.02,
@@ -155,9 +151,12 @@ DEFAULT_MODEL = "dreamsim"
 
 
 def get_spec(name: str) -> ModelSpec:
-    """Look a model up by name, with the list of valid names in the error."""
+    """Look a model up by name. Every command and API call that names a model asks here
+    first, so a typo fails before anything is opened, with the closest name (or, when
+    none is close, the list of names)."""
     try:
         return MODELS[name]
     except KeyError:
-        known = ", ".join(MODELS)
-        raise DreamsearchError(f"unknown model '{name}' (known models: {known})") from None
+        close = difflib.get_close_matches(name, MODELS, n=1)
+        hint = f"did you mean '{close[0]}'?" if close else "known models: " + ", ".join(MODELS)
+        raise DreamsearchError(f"unknown model '{name}'; {hint}") from None

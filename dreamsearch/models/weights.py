@@ -9,6 +9,7 @@ it is published, zip CRCs or a full ``torch.load``), then renamed into place.
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import shutil
 import tempfile
@@ -20,12 +21,15 @@ from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from dreamsearch.atomic import staged_file, write_atomically
 from dreamsearch.errors import WeightsError
-from dreamsearch.paths import configured_path
+from dreamsearch.display import configured_path
 from dreamsearch.models.registry import ModelSpec, WeightFile
 
 ENV_WEIGHTS = "DREAMSEARCH_WEIGHTS"
 ENV_OFFLINE = "DREAMSEARCH_OFFLINE"
+#: In the weights folder: the files imported with ``--no-verify`` (relpath -> sha256).
+UNVERIFIED = "unverified.json"
 _CHUNK = 1 << 20
 
 
@@ -45,7 +49,10 @@ def installed_size(spec: ModelSpec, root: Path) -> int:
 
 def fingerprint(spec: ModelSpec, root: Path) -> str:
     """Identifies the exact weights cheaply (name, size, first and last MiB of each file),
-    so a library never mixes vectors from different weights under one model name."""
+    so a library never mixes vectors from different weights under one model name. A file
+    imported with ``--no-verify`` adds its full sha256: fine-tuned weights that share
+    their first and last MiB with the published ones still get vectors of their own."""
+    unverified = unverified_files(root)
     digest = hashlib.sha256(spec.name.encode())
     for weight in spec.files:
         path = root / weight.path
@@ -55,7 +62,35 @@ def fingerprint(spec: ModelSpec, root: Path) -> str:
             digest.update(handle.read(_CHUNK))
             handle.seek(max(0, size - _CHUNK))
             digest.update(handle.read(_CHUNK))
+        if weight.path in unverified:
+            digest.update(f"not published:{unverified[weight.path]}".encode())
     return digest.hexdigest()
+
+
+def unverified_files(root: Path) -> dict[str, str]:
+    """The weight files imported with ``--no-verify`` (not the published weights), by
+    relative path, with their sha256."""
+    try:
+        return json.loads((root / UNVERIFIED).read_text())
+    except FileNotFoundError:
+        return {}
+    except (OSError, ValueError) as exc:
+        raise WeightsError(f"{root / UNVERIFIED}: unreadable ({exc})") from None
+
+
+def _record_provenance(root: Path, written: list[Path], verified: bool) -> None:
+    """Note the files just written as published (checked) or not, for ``fingerprint``."""
+    record = unverified_files(root)
+    before = dict(record)
+    for path in written:
+        relpath = path.relative_to(root).as_posix()
+        if verified:
+            record.pop(relpath, None)
+        else:
+            record[relpath] = _sha256(path)
+    if record == before:
+        return
+    write_atomically(root / UNVERIFIED, json.dumps(record, indent=1))
 
 
 def offline() -> bool:
@@ -96,42 +131,50 @@ class _NetworkError(Exception):
 
 
 def fetch(spec: ModelSpec, root: Path, progress: bool = True) -> list[Path]:
-    """Download every missing file of ``spec`` into ``root``; returns the paths written."""
-    root.mkdir(parents=True, exist_ok=True)
+    """Download every missing file of ``spec`` into ``root``; returns the paths written.
+    ``root`` is created only once a server answers: a failed download (offline, when a
+    query or ``embed`` needs weights) leaves no empty folder behind."""
     written: list[Path] = []
     missing = missing_files(spec, root)
     for url in dict.fromkeys(f.url for f in missing):
         wanted = [f for f in missing if f.url == url]
-        with tempfile.TemporaryDirectory(dir=root, prefix=".download-") as tmp:
-            target = Path(tmp) / url.rsplit("/", 1)[-1]
-            _download(url, target, progress)
-            if wanted[0].in_archive:
-                written += _install_from_zip(target, wanted, root, url)
-            else:
-                _check_file(target, wanted[0], url)
-                written.append(_move_into_place(target, root / wanted[0].path))
+        with _connect(url) as response:
+            root.mkdir(parents=True, exist_ok=True)
+            with tempfile.TemporaryDirectory(dir=root, prefix=".download-") as tmp:
+                target = Path(tmp) / url.rsplit("/", 1)[-1]
+                _download(response, url, target, progress)
+                if wanted[0].in_archive:
+                    written += _install_from_zip(target, wanted, root, url)
+                else:
+                    _check_file(target, wanted[0], url)
+                    written.append(_move_into_place(target, root / wanted[0].path))
+    _record_provenance(root, written, verified=True)
     return written
 
 
-def _download(url: str, target: Path, progress: bool) -> None:
+def _connect(url: str):
+    """The server's answer to a GET of ``url``; no answer is a ``_NetworkError``."""
     try:
-        response = urllib.request.urlopen(url, timeout=60)
+        return urllib.request.urlopen(url, timeout=60)
     except (urllib.error.URLError, OSError) as exc:
         reason = getattr(exc, "reason", exc)
         raise _NetworkError(f"cannot download {url} ({reason})") from None
-    with response:
-        expected = int(response.headers.get("Content-Length") or 0)
-        received = 0
-        with _progress_bar(progress, url.rsplit("/", 1)[-1], expected) as advance, target.open("wb") as out:
-            try:
-                while chunk := response.read(_CHUNK):
-                    out.write(chunk)
-                    received += len(chunk)
-                    advance(len(chunk))
-            except (OSError, urllib.error.URLError) as exc:
-                raise WeightsError(f"download of {url} broke off after {received:,} bytes ({exc})") from None
-            out.flush()
-            os.fsync(out.fileno())
+
+
+def _download(response, url: str, target: Path, progress: bool) -> None:
+    """Save an answering server's ``response`` to ``target``, refusing a short or broken one."""
+    expected = int(response.headers.get("Content-Length") or 0)
+    received = 0
+    with _progress_bar(progress, url.rsplit("/", 1)[-1], expected) as advance, target.open("wb") as out:
+        try:
+            while chunk := response.read(_CHUNK):
+                out.write(chunk)
+                received += len(chunk)
+                advance(len(chunk))
+        except (OSError, urllib.error.URLError) as exc:
+            raise WeightsError(f"download of {url} broke off after {received:,} bytes ({exc})") from None
+        out.flush()
+        os.fsync(out.fileno())
     if expected and received != expected:
         raise WeightsError(f"download of {url} is incomplete: {received:,} of {expected:,} bytes")
 
@@ -151,13 +194,15 @@ def _progress_bar(enabled: bool, label: str, total: int) -> Iterator[Callable[[i
         yield lambda n: bar.advance(task, n)
 
 
-def _check_file(path: Path, expected: WeightFile, origin: str) -> None:
-    """Refuse a file that is not the complete, readable checkpoint it claims to be."""
-    if expected.sha256_prefix:
+def _check_file(path: Path, expected: WeightFile, origin: str, verify: bool = True, hint: str = "") -> None:
+    """Refuse a file that is not the complete, readable checkpoint it claims to be: the
+    published sha256 where there is one (unless ``verify`` is off: one's own weights),
+    else a full read. ``hint`` ends a checksum mismatch's message."""
+    if expected.sha256_prefix and verify:
         digest = _sha256(path)
         if not digest.startswith(expected.sha256_prefix):
             raise WeightsError(
-                f"{origin}: sha256 {digest[:16]}… does not match the published {expected.sha256_prefix[:16]}…"
+                f"{origin}: sha256 {digest[:16]}… does not match the published {expected.sha256_prefix[:16]}…{hint}"
             )
         return
     if path.name.endswith(".json"):
@@ -248,17 +293,23 @@ def _find_member(table: dict[str, str], relpath: str):
 
 def _move_into_place(source: Path, destination: Path) -> Path:
     destination.parent.mkdir(parents=True, exist_ok=True)
-    staged = destination.with_name(f".{destination.name}.partial")
-    shutil.move(str(source), staged)
-    with staged.open("rb") as handle:
-        os.fsync(handle.fileno())
-    os.replace(staged, destination)
+    with staged_file(destination) as staged:
+        shutil.move(str(source), staged)
     return destination
 
 
-def import_weights(spec: ModelSpec, root: Path, source: Path) -> list[Path]:
+def import_weights(spec: ModelSpec, root: Path, source: Path, verify: bool = True) -> list[Path]:
     """Copy the files ``spec`` needs from ``source`` (a zip, a single file, or a folder such
-    as an official DreamSim ``cache_dir``) into ``root``; returns the paths written."""
+    as an official DreamSim ``cache_dir``) into ``root``; returns the paths written.
+    ``verify=False`` (``--no-verify``) takes weights that are not the published ones (one's
+    own, fine-tuned): no published checksum is asked of them, and they are recorded as
+    such, so their vectors are kept apart from those of the published weights."""
+    written = _import(spec, root, source, verify)
+    _record_provenance(root, written, verify)
+    return written
+
+
+def _import(spec: ModelSpec, root: Path, source: Path, verify: bool) -> list[Path]:
     source = Path(source).expanduser()
     if not source.exists():
         raise WeightsError(f"{source}: no such file or folder")
@@ -269,9 +320,10 @@ def import_weights(spec: ModelSpec, root: Path, source: Path) -> list[Path]:
     # A torch checkpoint is a zip too, so only a ``.zip`` name marks a release archive.
     if source.is_file() and source.suffix.lower() == ".zip":
         return _install_from_zip_partial(source, missing, root)
-    candidates: dict[str, Path] = (
-        _folder_candidates(source) if source.is_dir() else {source.name: source}
-    )
+    if source.is_dir():
+        candidates = _folder_candidates(source)
+    else:  # a model of one file takes it whatever its name (my-finetune.pt)
+        candidates = {spec.files[0].path if len(spec.files) == 1 else source.name: source}
     written = []
     for wanted in missing:
         found = _find_member(candidates, wanted.path)
@@ -280,7 +332,8 @@ def import_weights(spec: ModelSpec, root: Path, source: Path) -> list[Path]:
         with tempfile.TemporaryDirectory(dir=root, prefix=".import-") as tmp:
             staged = Path(tmp) / found.name
             shutil.copyfile(found, staged)
-            _check_file(staged, wanted, str(found))
+            _check_file(staged, wanted, str(found), verify, hint=(
+                f"; if they are your own (fine-tuned) weights: `dreamsearch models import {spec.name} PATH --no-verify`"))
             written.append(_move_into_place(staged, root / wanted.path))
     if not written:
         raise WeightsError(

@@ -10,13 +10,14 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+from dreamsearch.defaults import DEFAULT_NPROBE
+
 #: Up to this many vectors, exact search stays under ~15 ms even at 1792-d (measured:
 #: 71 ms at 100k x 1792 and 24 ms at 100k x 768, linear in N); above it IVF answers in
 #: about 1 ms with recall@25 of 1.000 on clustered data (docs/index-policy.md).
 FLAT_MAX = 20_000
 #: Up to this many, IVF with full vectors; above, PQ codes plus exact re-ranking.
 IVF_FLAT_MAX = 2_000_000
-DEFAULT_NPROBE = 16
 RERANK_FACTOR = 4
 #: k-means wants at least this many training points per centroid (FAISS warns below 39).
 TRAIN_POINTS_PER_LIST = 39

@@ -14,7 +14,7 @@ from sqlalchemy import text
 from dreamsearch.catalog import Catalog, FileEntry
 from dreamsearch.catalog.database import SchemaTooNewError, create_catalog_engine, head_revision, upgrade
 from dreamsearch.errors import DreamsearchError
-from dreamsearch.library import LibraryFolder
+from dreamsearch.layout import LibraryLayout
 from dreamsearch.vector_index import open_index
 
 DIM = 8
@@ -199,17 +199,17 @@ def test_killed_mid_batch_loses_only_that_batch_and_resumes(tmp_path, die_after_
 
 
 def test_library_folder_manifest(tmp_path):
-    folder = LibraryFolder.prepare(tmp_path / "lib")
+    folder = LibraryLayout.prepare(tmp_path / "lib")
     assert folder.manifest_path.exists() and folder.index_dir.is_dir()
-    assert LibraryFolder.prepare(tmp_path / "lib") == folder
+    assert LibraryLayout.prepare(tmp_path / "lib") == folder
     (tmp_path / "photos").mkdir()
     (tmp_path / "photos" / "x.jpg").write_bytes(b"x")
     with pytest.raises(DreamsearchError, match="not a dreamsearch library"):
-        LibraryFolder.prepare(tmp_path / "photos")
+        LibraryLayout.prepare(tmp_path / "photos")
 
 
 def test_library_location_flag_then_environment_then_user_folder(tmp_path, monkeypatch):
-    from dreamsearch.library import library_dir
+    from dreamsearch.layout import library_dir
 
     monkeypatch.setenv("DREAMSEARCH_LIBRARY", str(tmp_path / "env"))
     assert library_dir(tmp_path / "flag") == tmp_path / "flag"

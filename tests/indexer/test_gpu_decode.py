@@ -15,22 +15,11 @@ from PIL import Image
 
 from dreamsearch.images import Preprocess, decode
 from dreamsearch.indexer.gpu_decode import MIN_DEVICE_SIDE, JpegBatchDecoder, gpu_route
+from tests.helpers.images import photo_like
 
 SQUASH = Preprocess(224)
 CROP = Preprocess(224, 256, Image.BILINEAR)
 SIZES = [(640, 480), (1600, 1200), (3000, 2000), (480, 640), (200, 150)]
-
-
-def photo_like(width: int, height: int, seed: int) -> Image.Image:
-    """Smooth structure plus noise, so JPEG coding and resampling behave as on photos."""
-    rng = np.random.default_rng(seed)
-    y, x = np.mgrid[0:height, 0:width].astype(np.float32)
-    channels = []
-    for _ in range(3):
-        fx, fy = rng.uniform(0.005, 0.05, 2)
-        channels.append(127 + 100 * np.sin(fx * x + fy * y + rng.uniform(0, 6.28)))
-    pixels = np.stack(channels, axis=-1) + rng.normal(0, 12, (height, width, 3))
-    return Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8))
 
 
 def encode(img: Image.Image, fmt: str = "JPEG", **save) -> bytes:

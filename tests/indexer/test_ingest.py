@@ -25,13 +25,13 @@ from dreamsearch.catalog import Catalog
 from dreamsearch.cli import main
 from dreamsearch.indexer import IndexOptions, index_folders
 from dreamsearch.indexer.gpu_decode import JpegBatchDecoder
-from dreamsearch.library import LibraryFolder
+from dreamsearch.layout import LibraryLayout
 from dreamsearch.models import PendingModel
 from dreamsearch.scan import ScannedFile
-from tests.conftest import photo_folder, photo_like
+from tests.helpers.images import photo_folder, photo_like
 
 
-def stored_vectors(library: LibraryFolder) -> dict[str, np.ndarray]:
+def stored_vectors(library: LibraryLayout) -> dict[str, np.ndarray]:
     """file name -> stored vector."""
     with Catalog(library.catalog_path) as catalog:
         model = catalog.model("dreamsim-dino")
@@ -50,8 +50,8 @@ def test_a_first_run_reads_each_photo_once(tmp_path, tiny_model):
     shutil.copy(folder / "p00.jpg", folder / "copy.jpg")
     on_disk = sum(p.stat().st_size for p in folder.iterdir())
     warm_up = photo_folder(tmp_path / "warm-up", 1, (160, 120), 1, "w.jpg")  # imports read .py files once
-    index_folders(LibraryFolder.prepare(tmp_path / "warm-lib"), [warm_up], [tiny_model], IndexOptions(workers=1))
-    library = LibraryFolder.prepare(tmp_path / "lib")
+    index_folders(LibraryLayout.prepare(tmp_path / "warm-lib"), [warm_up], [tiny_model], IndexOptions(workers=1))
+    library = LibraryLayout.prepare(tmp_path / "lib")
     Catalog(library.catalog_path).close()  # migrations read their scripts: not the photos' cost
     before = bytes_read_by_this_process()
     report = index_folders(library, [folder], [tiny_model], IndexOptions(workers=1, batch_size=4))
@@ -63,7 +63,7 @@ def test_a_first_run_reads_each_photo_once(tmp_path, tiny_model):
 
 def test_the_first_batch_is_committed_before_the_folder_is_read(tmp_path, tiny_model):
     folder = photo_folder(tmp_path / "photos", 30, (160, 120), 60, "p{:02d}.jpg")
-    library = LibraryFolder.prepare(tmp_path / "lib")
+    library = LibraryLayout.prepare(tmp_path / "lib")
     seen = []
 
     def progress(report) -> None:
@@ -91,7 +91,7 @@ def test_a_fifo_and_a_huge_sparse_file_are_recorded_and_the_photos_indexed(tmp_p
         yield ScannedFile("swapped.jpg", 1000, 1)
 
     monkeypatch.setattr(run_module, "scan", scan_then_swap)
-    library = LibraryFolder.prepare(tmp_path / "lib")
+    library = LibraryLayout.prepare(tmp_path / "lib")
     report = index_folders(library, [folder], [tiny_model], IndexOptions(workers=1, batch_size=2))
     reasons = {Path(p).name: r for p, r in report.failures}
     assert reasons == {
@@ -112,7 +112,7 @@ def test_a_decoder_that_never_returns_costs_its_file_only(tmp_path, tiny_model, 
         return real_decode(path, *args)
 
     monkeypatch.setattr(pipeline, "decode_bytes", decode)
-    library = LibraryFolder.prepare(tmp_path / "lib")
+    library = LibraryLayout.prepare(tmp_path / "lib")
     report = index_folders(library, [folder], [tiny_model], IndexOptions(workers=1, batch_size=2, decode_timeout_s=1))
     release.set()
     assert report.failures == [(str(folder / "p2.jpg"), "reading and decoding took longer than 1 s")]
@@ -121,7 +121,7 @@ def test_a_decoder_that_never_returns_costs_its_file_only(tmp_path, tiny_model, 
 
 def test_no_model_is_loaded_when_nothing_needs_embedding(tmp_path, tiny_weights, monkeypatch):
     folder = photo_folder(tmp_path / "photos", 4, (160, 120), 100, "p{}.jpg")
-    library = LibraryFolder.prepare(tmp_path / "lib")
+    library = LibraryLayout.prepare(tmp_path / "lib")
     first = PendingModel("dreamsim-dino", weights_dir=tiny_weights, device="cpu")
     assert index_folders(library, [folder], [first], IndexOptions(workers=1)).embedded == 4
 
@@ -158,7 +158,7 @@ class SlowModel:
 def test_the_first_ctrl_c_is_answered_while_the_model_is_still_busy(tmp_path, tiny_model):
     assert threading.current_thread() is threading.main_thread()
     folder = photo_folder(tmp_path / "photos", 8, (160, 120), 110, "p{}.jpg")
-    library = LibraryFolder.prepare(tmp_path / "lib")
+    library = LibraryLayout.prepare(tmp_path / "lib")
     model = SlowModel(tiny_model)
     heard_while_busy = []
 
@@ -205,7 +205,7 @@ def mixed_jpeg_folder(folder: Path) -> Path:
 
 def test_batched_jpeg_decoding_agrees_with_the_cpu_path(tmp_path, tiny_model, decode_device):
     folder = mixed_jpeg_folder(tmp_path / "photos")
-    cpu, batched = LibraryFolder.prepare(tmp_path / "cpu"), LibraryFolder.prepare(tmp_path / "batched")
+    cpu, batched = LibraryLayout.prepare(tmp_path / "cpu"), LibraryLayout.prepare(tmp_path / "batched")
     index_folders(cpu, [folder], [tiny_model], IndexOptions(workers=1, batch_size=4))
     report = index_folders(batched, [folder], [tiny_model], IndexOptions(workers=1, batch_size=4, gpu_decode=decode_device))
     assert report.embedded == 11 and report.failed == 0
@@ -235,7 +235,7 @@ def test_a_file_the_batched_decoder_fails_on_goes_to_the_cpu_and_order_is_kept(
         return real(self, tensors)
 
     monkeypatch.setattr(JpegBatchDecoder, "_decode_jpeg", flaky)
-    cpu, batched = LibraryFolder.prepare(tmp_path / "cpu"), LibraryFolder.prepare(tmp_path / "batched")
+    cpu, batched = LibraryLayout.prepare(tmp_path / "cpu"), LibraryLayout.prepare(tmp_path / "batched")
     index_folders(cpu, [folder], [tiny_model], IndexOptions(workers=1, batch_size=4))
     report = index_folders(batched, [folder], [tiny_model], IndexOptions(workers=1, batch_size=4, gpu_decode=decode_device))
     assert report.embedded == 11 and report.failed == 0
@@ -272,7 +272,7 @@ def test_by_default_jpegs_are_batch_decoded_when_the_models_run_on_cuda(tmp_path
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(JpegBatchDecoder, "_decode_jpeg", on_this_cpu)
     folder = mixed_jpeg_folder(tmp_path / "photos")
-    library = LibraryFolder.prepare(tmp_path / "lib")
+    library = LibraryLayout.prepare(tmp_path / "lib")
     report = index_folders(library, [folder], [ClaimsDevice(tiny_model, device)], IndexOptions(workers=1, batch_size=4))
     assert report.embedded == 11 and report.failed == 0
     assert set(decoded_on) == ({"cuda"} if batched else set())
@@ -305,7 +305,7 @@ def test_copies_of_a_file_whose_decoder_hung_are_recorded_too(tmp_path, tiny_mod
         return real_decode(path, *args)
 
     monkeypatch.setattr(pipeline, "decode_bytes", decode)
-    report = index_folders(LibraryFolder.prepare(tmp_path / "lib"), [folder], [tiny_model],
+    report = index_folders(LibraryLayout.prepare(tmp_path / "lib"), [folder], [tiny_model],
                            IndexOptions(workers=workers, batch_size=2, decode_timeout_s=1))
     release.set()
     reasons = {Path(p).name: r for p, r in report.failures}
@@ -319,7 +319,7 @@ def test_a_move_whose_old_path_gets_new_content_keeps_its_vector(tmp_path, tiny_
     """``mv a.jpg b.jpg; cp other a.jpg``: a.jpg's new content is committed first and its old
     content has no file for a moment; b.jpg, read meanwhile as "known", keeps the vector."""
     folder = photo_folder(tmp_path / "photos", 4, (160, 120), 170, "a{}.jpg")
-    library = LibraryFolder.prepare(tmp_path / "lib")
+    library = LibraryLayout.prepare(tmp_path / "lib")
     index_folders(library, [folder], [tiny_model], IndexOptions(workers=1))
     before = stored_vectors(library)
     for i in range(4):
@@ -339,7 +339,7 @@ def test_a_folder_that_stops_answering_is_left_after_three_files(tmp_path, tiny_
     folder = photo_folder(tmp_path / "photos", 8, (160, 120), 190, "p{}.jpg")
     release = threading.Event()
     monkeypatch.setattr(pipeline, "read_file", lambda *args: release.wait(30))  # a share that hung
-    report = index_folders(LibraryFolder.prepare(tmp_path / "lib"), [folder], [tiny_model],
+    report = index_folders(LibraryLayout.prepare(tmp_path / "lib"), [folder], [tiny_model],
                            IndexOptions(workers=1, batch_size=2, decode_timeout_s=0.5))
     release.set()
     assert report.failures[-1] == (str(folder), "stopped reading this folder: 3 files in a row took longer "
@@ -357,7 +357,7 @@ def test_in_the_calling_thread_of_a_worker_thread_the_time_limit_still_holds(tmp
                         real_decode(path, *args))
     reports = []
     worker = threading.Thread(target=lambda: reports.append(index_folders(
-        LibraryFolder.prepare(tmp_path / "lib"), [folder], [tiny_model],
+        LibraryLayout.prepare(tmp_path / "lib"), [folder], [tiny_model],
         IndexOptions(workers=0, batch_size=2, decode_timeout_s=1))))
     worker.start()
     worker.join(20)
@@ -368,7 +368,7 @@ def test_in_the_calling_thread_of_a_worker_thread_the_time_limit_still_holds(tmp
 def test_a_dry_run_leaves_no_thread_behind(tmp_path, tiny_model):
     folder = photo_folder(tmp_path / "photos", 2, (160, 120), 210, "p{}.jpg")
     for _ in range(3):
-        index_folders(LibraryFolder.prepare(tmp_path / "lib"), [folder], [tiny_model], IndexOptions(dry_run=True))
+        index_folders(LibraryLayout.prepare(tmp_path / "lib"), [folder], [tiny_model], IndexOptions(dry_run=True))
     time.sleep(0.3)
     assert not [t for t in threading.enumerate() if t.name.startswith("dreamsearch-")]
 

@@ -10,7 +10,7 @@ from PIL import Image
 
 from dreamsearch.errors import WeightsError
 from dreamsearch.models import load_model
-from tests.models.official_layout import write_clip_checkpoint, write_resnet50_checkpoint
+from tests.helpers.official_layout import write_clip_checkpoint, write_resnet50_checkpoint
 
 
 def _reference_vectors(model, transform, paths) -> np.ndarray:

@@ -10,9 +10,9 @@ import pytest
 import torch
 from PIL import Image
 
-from dreamsearch.embedding import embed_files
+from dreamsearch.batch_embed import embed_files
 from dreamsearch.models import load_model
-from tests.models.official_layout import official_model
+from tests.helpers.official_layout import official_model
 
 TYPES = {
     "dreamsim": "ensemble",

@@ -17,7 +17,7 @@ from PIL import Image
 from dreamsearch.api import Library
 from dreamsearch.server.app import create_app
 from dreamsearch.server.security import Settings
-from tests.conftest import photo_like
+from tests.helpers.images import photo_like
 
 MODEL = "dreamsim-dino"
 ROUTES = {

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from dreamsearch.api import Library
-from tests.conftest import photo_like
+from tests.helpers.images import photo_like
 from tests.server.serving import MODEL, running_server
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage"]
 ALL_THUMBNAILS_DECODED = """sel => {

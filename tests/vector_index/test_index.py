@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 
 from dreamsearch.catalog import Catalog, FileEntry
 from dreamsearch.vector_index import IndexMeta, VectorIndex, open_index, rebuild, with_kind
-from dreamsearch.vector_index.evaluation import clustered_unit_vectors, recall_at_k
+from dreamsearch.vector_index.recall import clustered_unit_vectors, recall_at_k
 from dreamsearch.vector_index.sync import needs_retraining, outgrown_or_drifted
 
 DIM = 32

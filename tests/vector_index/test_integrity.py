@@ -10,10 +10,10 @@ import numpy as np
 import pytest
 
 from dreamsearch.catalog import Catalog, FileEntry
-from dreamsearch.library import LibraryFolder
+from dreamsearch.layout import LibraryLayout
 from dreamsearch.status import library_status, status_lines
 from dreamsearch.vector_index import IndexFileError, VectorIndex, open_index
-from dreamsearch.vector_index.evaluation import clustered_unit_vectors
+from dreamsearch.vector_index.recall import clustered_unit_vectors
 from dreamsearch.vector_index.sync import load_checked
 
 DIM = 32
@@ -101,7 +101,7 @@ def test_an_index_of_a_deleted_and_recreated_catalog_is_rebuilt(tmp_path, vector
 def saved(tmp_path):
     """A library of 3,000 vectors (a flat index of ~400 KiB) with its index saved."""
     data = clustered_unit_vectors(3000, DIM, centres=20, seed=3)
-    library = LibraryFolder.prepare(tmp_path / "library")
+    library = LibraryLayout.prepare(tmp_path / "library")
     catalog = Catalog(library.catalog_path)
     model = catalog.ensure_model("m", DIM, "fp")
     catalog.commit_batch(catalog.attach(tmp_path).id, *entries(0, 3000, data))

@@ -359,12 +359,10 @@ async function loadDuplicates() {
 
 function renderDuplicates(data) {
   const groups = data.groups || [];
-  // A byte copy can sit in an identical group and in a similar one: count each path once.
-  const keepers = new Set(groups.map((g) => g.keeper.path));
-  const spare = [...new Map(groups.flatMap((g) => g.others).filter((f) => !keepers.has(f.path)).map((f) => [f.path, f])).values()];
-  const freed = spare.reduce((sum, f) => sum + (f.size || 0), 0);
+  // The server counts each file once (a content's copies are listed in its identical group only).
+  const { removable_files: spare, removable_bytes: freed } = data.summary;
   $("#dup-summary").textContent = groups.length
-    ? `${plural(groups.length, "group", "groups")} · ${plural(spare.length, "file", "files")} could go, ${humanBytes(freed)} · ${data.model}, max distance ${data.max_distance}`
+    ? `${plural(groups.length, "group", "groups")} · ${plural(spare, "file", "files")} could go, ${humanBytes(freed)} · ${data.model}, max distance ${data.max_distance}`
     : `No duplicates found (${data.model}, max distance ${data.max_distance}).`;
   $("#dup-distance").placeholder = String(data.max_distance);
   $("#dup-groups").replaceChildren(...groups.map((g) => (g.kind === "identical" ? identicalCard(g) : similarCard(g))));

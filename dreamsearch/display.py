@@ -48,6 +48,40 @@ def display_path(path: str | os.PathLike[str]) -> str:
     return text
 
 
+def short_path(path: str | os.PathLike[str], width: int | None = None) -> str:
+    """``path`` for a table cell, where the file name is what matters: relative to the
+    current folder or ``~/``, whichever is shorter (absolute under neither), through
+    :func:`display_path`; past ``width`` terminal cells, folders from the middle give way to
+    ``…`` (the file name is never cut; a shortened path names no file, so machine formats
+    keep whole paths)."""
+    from rich.cells import cell_len
+
+    text = _nearest(os.fspath(path))
+    shown = display_path(text)
+    *folders, name = text.split("/")
+    for dropped in range(1, len(folders) + 1):
+        if width is None or cell_len(shown) <= width:
+            break
+        head = (len(folders) - dropped + 1) // 2
+        shown = display_path("/".join([*folders[:head], "…", *folders[head + dropped:], name]))
+    return shown
+
+
+def _nearest(path: str) -> str:
+    """``path`` relative to the current folder or to ``~/`` when under one (the shorter)."""
+    forms = [path]
+    try:
+        here = os.path.join(os.getcwd(), "")
+    except OSError:  # the current folder was removed
+        here = None
+    if here and path.startswith(here):
+        forms.append(path[len(here):])
+    home = os.path.join(os.path.expanduser("~"), "")
+    if os.path.isabs(home) and path.startswith(home):
+        forms.append("~/" + path[len(home):])
+    return min(forms, key=len)
+
+
 _NAMED_ESCAPES = {"\\": "\\\\", "'": "\\'", "\t": "\\t", "\n": "\\n", "\r": "\\r"}
 
 

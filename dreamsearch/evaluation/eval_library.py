@@ -14,15 +14,15 @@ import numpy as np
 
 from dreamsearch.catalog import Catalog
 from dreamsearch.indexer import IndexOptions, IndexReport, Progress, index_folders
-from dreamsearch.library import LibraryFolder
+from dreamsearch.layout import LibraryLayout
 from dreamsearch.models.base import Embedder
 
 
-def eval_library(library: LibraryFolder) -> LibraryFolder:
-    return LibraryFolder.prepare(library.root / "eval")
+def eval_library(library: LibraryLayout) -> LibraryLayout:
+    return LibraryLayout.prepare(library.root / "eval")
 
 
-def embed_folders(library: LibraryFolder, folders: Sequence[Path], embedder: Embedder, batch_size: int = 32,
+def embed_folders(library: LibraryLayout, folders: Sequence[Path], embedder: Embedder, batch_size: int = 32,
                   only: frozenset[str] | None = None, progress: Progress | None = None) -> IndexReport:
     """Make sure every image under ``folders`` (or only the relative paths ``only``) has an
     ``embedder`` vector in the eval library."""
@@ -30,7 +30,7 @@ def embed_folders(library: LibraryFolder, folders: Sequence[Path], embedder: Emb
     return index_folders(eval_library(library), [Path(f) for f in folders], [embedder], options, progress)
 
 
-def folder_vectors(library: LibraryFolder, folder: Path, model: str) -> dict[str, np.ndarray]:
+def folder_vectors(library: LibraryLayout, folder: Path, model: str) -> dict[str, np.ndarray]:
     """``{path relative to folder (posix): unit vector}`` for the images of an embedded folder."""
     with Catalog(eval_library(library).catalog_path) as catalog:
         info = catalog.model(model)

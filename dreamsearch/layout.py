@@ -14,8 +14,9 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from dreamsearch import __version__
+from dreamsearch.atomic import write_atomically
 from dreamsearch.errors import DreamsearchError
-from dreamsearch.paths import configured_path
+from dreamsearch.display import configured_path
 
 ENV_LIBRARY = "DREAMSEARCH_LIBRARY"
 MANIFEST_FORMAT = 1
@@ -27,7 +28,7 @@ def library_dir(explicit: str | os.PathLike | None = None) -> Path:
 
 
 @dataclass(frozen=True)
-class LibraryFolder:
+class LibraryLayout:
     root: Path
 
     @property
@@ -43,7 +44,7 @@ class LibraryFolder:
         return self.root / "manifest.json"
 
     @classmethod
-    def prepare(cls, root: Path) -> LibraryFolder:
+    def prepare(cls, root: Path) -> LibraryLayout:
         """The library at ``root`` for a writer: created (private to this user, 0700) if
         new; a folder that is something else, or a newer library, is refused."""
         folder = cls(Path(root))
@@ -60,15 +61,13 @@ class LibraryFolder:
             folder.index_dir.mkdir(exist_ok=True)
             manifest = {"format": MANIFEST_FORMAT, "created_by": f"dreamsearch {__version__}",
                         "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds")}
-            staged = folder.root / ".manifest.json.partial"
-            staged.write_text(json.dumps(manifest, indent=1))
-            os.replace(staged, folder.manifest_path)
+            write_atomically(folder.manifest_path, json.dumps(manifest, indent=1))
         except OSError as exc:
             raise DreamsearchError(f"{folder.root}: cannot create a library there ({exc.strerror or exc})") from None
         return folder
 
     @classmethod
-    def existing(cls, root: Path) -> LibraryFolder:
+    def existing(cls, root: Path) -> LibraryLayout:
         """The library at ``root`` for a reader: it must exist, and nothing is created."""
         folder = cls(Path(root))
         if not folder.catalog_path.is_file():
