@@ -8,7 +8,6 @@ import shutil
 import subprocess
 import sys
 import textwrap
-from html.parser import HTMLParser
 from pathlib import Path
 
 import numpy as np
@@ -26,6 +25,7 @@ from dreamsearch.display import human_bytes
 from dreamsearch.search import Searcher
 from dreamsearch.vector_index import save_indexes
 from tests.helpers.images import photo_folder
+from tests.helpers.pages import Links
 
 #: The tiny random-weight model squeezes all distances below ~3e-3; on the planted library
 #: re-encodes and resizes sit below 5e-6 from their originals and distinct photos above 6e-5.
@@ -98,7 +98,7 @@ def test_table_html_and_api_agree(planted, tmp_path, tiny_weights):
     assert table.exit_code == 0, table.output
     assert "2 identical and 2 similar groups" in table.stdout and "keep" in table.stdout
     assert "5 files could go" in table.stdout and "×2 identical: identical group" in table.stdout
-    links = _Hrefs()
+    links = Links()
     links.feed(page.read_text(encoding="utf-8"))
     assert len(links.hrefs) == 2 + 2 + 3 + 2
 
@@ -106,16 +106,6 @@ def test_table_html_and_api_agree(planted, tmp_path, tiny_weights):
         groups = lib.duplicates("dreamsim-dino", max_distance=float(TINY_DISTANCE))
     assert [(g.kind, len(g.files)) for g in groups] == [("identical", 2), ("identical", 2), ("similar", 3), ("similar", 2)]
     assert Library.default_duplicate_distance("dreamsim") == 0.05
-
-
-class _Hrefs(HTMLParser):
-    def __init__(self) -> None:
-        super().__init__()
-        self.hrefs: list[str] = []
-
-    def handle_starttag(self, tag, attrs) -> None:
-        if tag == "a":
-            self.hrefs.append(dict(attrs)["href"])
 
 
 #: Synthetic vectors: consecutive steps along a circle are 0.03 apart, two steps 0.118.
@@ -210,7 +200,7 @@ def test_the_cli_reports_complete_groups_and_counts_each_file_once(synthetic, tm
     assert f"7 files could go, freeing {human_bytes(document['summary']['removable_bytes'])}" in text
     assert "KEEP · ×2 identical · 64x48" in text and "0.0300 · 32x24" in text
     assert text.count("<img") == 1 + 2 * 6  # an identical group is one thumbnail
-    links = _Hrefs()
+    links = Links()
     links.feed(text)
     assert len(links.hrefs) == 2 + 2 * 6 and (photos / "backup" / "x.png").as_uri() in links.hrefs
 

@@ -8,7 +8,6 @@ import io
 import json
 import re
 import shutil
-from html.parser import HTMLParser
 from urllib.parse import unquote, urlparse
 
 import pytest
@@ -28,6 +27,7 @@ from dreamsearch.display import short_path
 from dreamsearch.search import Match
 from tests.helpers.images import photo_folder, photo_like
 from tests.helpers.official_layout import write_tiny_cache
+from tests.helpers.pages import Links
 
 DEEP = ("photos-of-2024", "holiday-in-the-mountains", "wallpapers")
 NAME = "146_contents_1234567890_{:02d}.jpg"
@@ -129,7 +129,7 @@ def test_query_page_lists_each_results_copies(library, tmp_path):
     page = tmp_path / "query.html"
     outcome = query(library, "-k", "2", "--json", "--html", str(page))
     assert outcome.exit_code == 0, outcome.output
-    links = _Links()
+    links = Links()
     links.feed(page.read_text(encoding="utf-8"))
     linked = {unquote(urlparse(href).path) for href in links.hrefs}
     copies = {path for r in json.loads(outcome.stdout)["queries"][0]["results"] for path in r["also_at"]}
@@ -179,13 +179,3 @@ def test_eval_copies_embeds_each_original_and_copy_once(tmp_path, tiny_weights, 
     again = CliRunner().invoke(main, args)
     assert again.exit_code == 0, again.output
     assert sum(embedded) == 0
-
-
-class _Links(HTMLParser):
-    def __init__(self) -> None:
-        super().__init__()
-        self.hrefs: list[str] = []
-
-    def handle_starttag(self, tag, attrs) -> None:
-        if tag == "a":
-            self.hrefs.append(dict(attrs)["href"])

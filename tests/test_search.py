@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import shutil
-from html.parser import HTMLParser
 from pathlib import Path
 from urllib.parse import unquote, urlparse
 
@@ -17,6 +16,7 @@ from dreamsearch.cli import main
 from dreamsearch.indexer import IndexOptions, index_folders
 from dreamsearch.layout import LibraryLayout
 from tests.helpers.images import photo_folder
+from tests.helpers.pages import Links
 
 
 @pytest.fixture(scope="module")
@@ -95,7 +95,7 @@ def test_grid_and_html_show_the_query_and_every_result(indexed, tiny_weights, tm
         assert sheet.format == "PNG" and sheet.width >= 5 * 160 and sheet.height >= 2 * 160
         assert len(np.unique(np.asarray(sheet).reshape(-1, 3), axis=0)) > 100  # real thumbnails, not blank cells
 
-    links = _Links()
+    links = Links()
     links.feed(page.read_text(encoding="utf-8"))
     linked = {unquote(urlparse(href).path) for href in links.hrefs}
     wanted = {r["path"] for block in blocks for r in block["results"]}
@@ -112,28 +112,6 @@ def test_grid_with_an_unknown_picture_type_is_refused(indexed, tiny_weights, tmp
     assert outcome.exit_code == 1
     assert "sheet.xyz: unknown picture type '.xyz'" in outcome.stderr
     assert not list(tmp_path.iterdir())
-
-
-class _Links(HTMLParser):
-    def __init__(self) -> None:
-        super().__init__()
-        self.hrefs: list[str] = []
-        self.images: list[str] = []
-
-    def handle_starttag(self, tag, attrs) -> None:
-        if tag == "a":
-            self.hrefs.append(dict(attrs)["href"])
-        elif tag == "img":
-            self.images.append(dict(attrs)["src"])
-
-def test_removed_files_are_never_returned(tmp_path, tiny_model, tiny_weights):
-    photos = photo_folder(tmp_path / "photos", 4, (120, 90), 700, "{}.jpg")
-    library = LibraryLayout.prepare(tmp_path / "lib")
-    index_folders(library, [photos], [tiny_model], IndexOptions(workers=0))
-    (photos / "2.jpg").unlink()
-    index_folders(library, [photos], [tiny_model], IndexOptions(workers=0))
-    found = results(query(library, tiny_weights, str(photos / "0.jpg"), "-k", "10", "--json"))
-    assert sorted(r["path"] for r in found) == [str(photos / "1.jpg"), str(photos / "3.jpg")]
 
 
 def test_helpful_errors(indexed, tiny_weights, tmp_path):
