@@ -298,6 +298,10 @@ class Library:
             raise NotFoundError(f"no indexed file has id {file_id} (or it changed on disk since it was indexed)")
         return detail, tuple(d.path for d in copies.get(detail.content_id, []) if d.id != detail.id)
 
+    def folders(self) -> list[str]:
+        """The indexed folders (roots), as stored."""
+        return list(self._reader().roots().values())
+
     def status(self, show_failed: bool = False) -> LibraryStatus:
         """Folders, counts per model, the state of each saved index, and unreadable files."""
         return library_status(self.folder.root, show_failed)

@@ -248,7 +248,7 @@ def _servable(library: Library, file_id: int):
     once links are resolved (a photo swapped for a symlink to elsewhere is refused)."""
     detail, _copies = library.file(file_id)
     real = Path(detail.path).resolve()
-    roots = [Path(f.path).resolve() for f in library.status().folders]
+    roots = [Path(root).resolve() for root in library.folders()]
     if not any(real.is_relative_to(root) for root in roots):
         raise NotFoundError(f"file {file_id} now points outside the indexed folders")
     return detail
