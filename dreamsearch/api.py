@@ -28,7 +28,8 @@ from dreamsearch.models import PendingModel
 from dreamsearch.models.base import Embedder
 from dreamsearch.models.registry import DEFAULT_MODEL, get_spec
 from dreamsearch.display import display_path
-from dreamsearch.search import Match, Searcher
+from dreamsearch.reading import read_file
+from dreamsearch.search import Match, Searcher, picture_pixels
 from dreamsearch.status import LibraryStatus, library_status
 from dreamsearch.vector_index import save_indexes
 from dreamsearch.vector_index.policy import DEFAULT_NPROBE
@@ -200,13 +201,13 @@ class Library:
     def vector_query(self, vector: Sequence[float] | np.ndarray, model: str = DEFAULT_MODEL) -> Query:
         """A query from a vector a caller computed (``embed``): checked and made unit norm."""
         searcher = self._searcher(model)
-        vector = np.asarray(vector, dtype=np.float32).reshape(-1)
+        vector = np.asarray(vector, dtype=np.float64).reshape(-1)  # float64: 1e30s neither overflow nor vanish
         if vector.shape[0] != searcher.model.dim:
             raise DreamsearchError(f"the vector has {vector.shape[0]} numbers; model '{model}' needs {searcher.model.dim}")
-        norm = float(np.linalg.norm(vector))
-        if not np.isfinite(vector).all() or norm == 0.0:
+        unit = vector / np.linalg.norm(vector) if np.isfinite(vector).all() else vector
+        if not np.isfinite(unit).all() or not unit.any():
             raise DreamsearchError("the vector must be finite and not all zeros")
-        return Query(model, ("vector",), vector / norm)
+        return Query(model, ("vector",), unit.astype(np.float32))
 
     @staticmethod
     def mean_query(queries: Sequence[Query]) -> Query:
@@ -234,8 +235,17 @@ class Library:
         return self.search(self.stored_query(path, model), k).matches
 
     def embed(self, image: ImageInput, model: str = DEFAULT_MODEL, name: str = "upload") -> np.ndarray:
-        """The unit-norm vector of a picture, as the library's vectors were made."""
-        return self.image_query(image, model, name).vector
+        """The unit-norm vector of a picture, decoded as the indexer decodes; needs no
+        library and no indexed vectors."""
+        embedder = self.model(model)
+        if isinstance(image, (str, os.PathLike)):
+            pixels = picture_pixels(embedder, str(image), read_file(str(image)))
+        elif isinstance(image, (bytes, bytearray)):
+            pixels = picture_pixels(embedder, name, bytes(image))
+        else:
+            picture = image if isinstance(image, Image.Image) else Image.fromarray(np.asarray(image, dtype=np.uint8))
+            pixels = embedder.preprocess(to_rgb(picture))
+        return embedder.embed(pixels[None])[0]
 
     def compare(self, image: ImageInput | None, models: Sequence[str], k: int = 25, include_self: bool = False,
                 name: str = "upload", keep_models: bool = True, like: str | os.PathLike | None = None) -> Comparison:
@@ -332,9 +342,10 @@ class Library:
         if searcher is not None and searcher.catalog.last_seq(searcher.model) == searcher.index.meta.seq:
             return searcher  # the common case: checked without holding the lock
         with self._lock:
-            if self._searchers.get(model) is searcher:  # no other thread replaced it meanwhile
-                self._searchers[model] = Searcher(self.folder, model, self.nprobe)
-            return self._searchers[model]
+            current = self._searchers.get(model)
+            if current is None or current is searcher:  # stale or dropped, and not yet replaced
+                current = self._searchers[model] = Searcher(self.folder, model, self.nprobe)
+            return current
 
     def _forget_searchers(self) -> None:
         """After a write, the next read opens the caught-up index."""

@@ -5,10 +5,11 @@ Two tiers:
   whatever the model.
 - ``similar``: contents within ``max_distance`` of a keeper. Every vector asks the model's
   FAISS index for its ``neighbours`` nearest, a chunk of queries at a time, and the pairs
-  within the distance are kept. Then star grouping: in keeper order, each content not yet
-  in a group takes its neighbours not yet in one. So every member is within the distance
-  of its keeper (no chaining: A~B and B~C do not put A with C under A), the keeper is the
-  best file of its group, and a content is in at most one group. A content is one item
+  within the distance are kept. Then, in keeper order, each content not yet in a group
+  takes its neighbours not yet in one, nearest first, each only if it is within the
+  distance of every member taken before it (complete linkage). So every two files of a
+  group are within the distance (no chaining: A~B and B~C never put A with C), the keeper
+  is the best file of its group, and a content is in at most one group. A content is one item
   here, shown by its best file: its byte-identical copies are in its identical group, so
   no file is counted twice. Memory: the index, one chunk of queries and answers, and the
   close pairs.
@@ -117,7 +118,9 @@ def _all_within(catalog: Catalog, model: ModelInfo, keeper: int, members: list[t
     vector = {int(i): v.astype(np.float64) for i, v in zip(ids, vectors)}
     taken: list[tuple[FileDetail, float]] = []
     for member, d in members:
-        mine = vector[member.content_id]
+        mine = vector.get(member.content_id)
+        if mine is None:  # its vector went since the pairs were found (an index run)
+            continue
         if all(1.0 - float(mine @ vector[other.content_id]) <= max_distance for other, _d in taken):
             taken.append((member, d))
     return taken

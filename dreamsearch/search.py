@@ -20,7 +20,7 @@ from dreamsearch.catalog import Catalog, ModelInfo
 from dreamsearch.errors import DreamsearchError, ImageError, NotFoundError, PixelLimitError
 from dreamsearch.images import DEFAULT_MAX_PIXELS
 from dreamsearch.decoding import DECODE_TIMEOUT_S, TimeLimitExceeded, decode_bytes, time_limit, too_slow
-from dreamsearch.reading import content_hash, read_file
+from dreamsearch.reading import FileBytes, content_hash, read_file
 from dreamsearch.layout import LibraryLayout
 from dreamsearch.models.base import Embedder
 from dreamsearch.vector_index import open_index
@@ -84,10 +84,8 @@ class Searcher:
 
     def embed_bytes(self, embedder: Embedder, name: str, data: bytes) -> tuple[np.ndarray, int | None]:
         """``embed_file`` for the bytes of an image file (an upload), ``name`` labelling it."""
-        decoded = decode_bytes(name, data, (embedder.preprocess_spec,), DEFAULT_MAX_PIXELS, draft=True)
-        if decoded.error:
-            raise (PixelLimitError if decoded.too_large else ImageError)(name, decoded.error)
-        return self.embed_pixels(embedder, decoded.pixels[0]), self.catalog.content_id_of_hash(content_hash(data))
+        pixels = picture_pixels(embedder, name, data)
+        return self.embed_pixels(embedder, pixels), self.catalog.content_id_of_hash(content_hash(data))
 
     def embed_pixels(self, embedder: Embedder, pixels: np.ndarray) -> np.ndarray:
         """The query vector of preprocessed pixels, refusing an embedder whose weights differ
@@ -154,6 +152,19 @@ class Searcher:
                 matches.append(Match(0, distance, first.path, first.size, tuple(d.path for d in places[1:]),
                                      first.id, first.width, first.height))
         return matches
+
+
+def picture_pixels(embedder: Embedder, name: str, data: bytes | FileBytes) -> np.ndarray:
+    """The model input of an image file's bytes, decoded exactly as the indexer decodes
+    (JPEG draft included), or :class:`ImageError` naming ``name`` and the reason."""
+    if isinstance(data, FileBytes):
+        if data.error:
+            raise ImageError(name, data.error)
+        data = data.data
+    decoded = decode_bytes(name, data, (embedder.preprocess_spec,), DEFAULT_MAX_PIXELS, draft=True)
+    if decoded.error:
+        raise (PixelLimitError if decoded.too_large else ImageError)(name, decoded.error)
+    return decoded.pixels[0]
 
 
 def _inside(path: str, folders: tuple[Path, ...]) -> bool:

@@ -54,3 +54,20 @@ def test_queries_from_threads_and_arrays(tmp_path, tiny_weights):
         for thread in threads:
             thread.join()
         assert errors == [] and all(outcome == expected for outcome in outcomes)
+
+
+def test_a_search_racing_a_write_gets_a_fresh_searcher(tmp_path, tiny_weights, monkeypatch):
+    """A reader that finds its searcher stale while a write drops every searcher (an index
+    job finishing in the server) opens a new one instead of failing."""
+    photos = _photos(tmp_path / "photos")
+    with Library.open(tmp_path / "lib", weights_dir=tiny_weights, device="cpu") as library:
+        library.index([photos], models=["dreamsim-dino"], workers=0)
+        stale = library._searcher("dreamsim-dino")
+
+        def moved_on_while_a_write_finished(model):
+            library._forget_searchers()
+            return -1
+
+        monkeypatch.setattr(stale.catalog, "last_seq", moved_on_while_a_write_finished)
+        fresh = library._searcher("dreamsim-dino")
+        assert fresh is not stale and fresh.search(stale.stored_vector(photos / "city.jpg")[0], 1)[0].path.endswith("city.jpg")

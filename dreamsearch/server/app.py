@@ -2,8 +2,9 @@
 JSON (or a file). Errors are ``{"detail": "..."}`` with the status a client can act on;
 bad input never gives a 500.
 
-Routes are plain ``def`` functions: FastAPI runs them in its thread pool, so a search
-never waits for another, nor for an index job (which runs in its own thread).
+Work never runs on the event loop: ``def`` routes run in FastAPI's thread pool, and the
+``async`` ones (uploads) hand their decoding and embedding to a thread, so a search never
+waits for another, nor for an index job (which runs in its own thread).
 """
 
 from __future__ import annotations
@@ -34,6 +35,8 @@ from dreamsearch.server.thumbnails import SIZES, thumbnail
 
 STATIC = Path(__file__).parent / "static"
 MAX_K = 1000
+#: Deepest result a page may reach (offset + k): paging further is a scan, not a search.
+MAX_DEPTH = 10_000
 FileId = Annotated[int, PathParam(ge=1, le=2**63 - 1, description="The file's catalog id")]
 
 
@@ -81,8 +84,8 @@ def create_app(library: Library, models: list[str], settings: Settings = Setting
     def check_k(k: int, offset: int = 0, max_distance: float | None = None) -> None:
         if not 1 <= k <= MAX_K:
             raise DreamsearchError(f"k must be between 1 and {MAX_K}")
-        if offset < 0:
-            raise DreamsearchError("offset must be 0 or more")
+        if not 0 <= offset <= MAX_DEPTH - k:
+            raise DreamsearchError(f"offset must be between 0 and {MAX_DEPTH} - k")
         if max_distance is not None and not 0 <= max_distance <= 2:  # NaN fails this too
             raise DreamsearchError("max_distance must be between 0 and 2")
 
@@ -151,8 +154,14 @@ def create_app(library: Library, models: list[str], settings: Settings = Setting
         check_k(k)
         name, data = await upload_bytes(image)
         idle.touch()
-        names = [n.strip() for n in (models_wanted or "").split(",") if n.strip()] or sorted(library.vector_counts())
-        comparison = await asyncio.to_thread(library.compare, data, list(dict.fromkeys(names)), k, include_self, name)
+
+        def run():
+            names = [n.strip() for n in (models_wanted or "").split(",") if n.strip()] or sorted(library.vector_counts())
+            # models the server was not started with are let go after the comparison
+            return library.compare(data, list(dict.fromkeys(names)), k, include_self, name,
+                                   keep_models=set(names) <= set(models))
+
+        comparison = await asyncio.to_thread(run)
         document = comparison_document(comparison.query, comparison.k, comparison.results, comparison.overlaps)
         for results in document["models"].values():
             results[:] = [_with_links(r) for r in results]
@@ -204,14 +213,16 @@ def create_app(library: Library, models: list[str], settings: Settings = Setting
     def job_events(job_id: str) -> StreamingResponse:
         job = _job(jobs, job_id)
 
-        def stream():
+        async def stream():  # polls on the event loop: an open stream holds no thread
             seen = -1
             while True:
-                seen = job.wait_for_news(seen, timeout=15.0)
-                document = job.document()
-                yield f"data: {json.dumps(document)}\n\n"
-                if document["state"] in FINAL_STATES:
-                    return
+                if job.version != seen:
+                    seen = job.version
+                    document = job.document()
+                    yield f"data: {json.dumps(document)}\n\n"
+                    if document["state"] in FINAL_STATES:
+                        return
+                await asyncio.sleep(0.25)
 
         return StreamingResponse(stream(), media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
 

@@ -26,23 +26,17 @@ class Job:
         self.counts = dict.fromkeys(COUNTS, 0)
         self.error: str | None = None
         self.version = 0  # bumped on every change: the event stream sends only news
-        self.changed = threading.Condition()
+        self._lock = threading.Lock()
 
     def document(self) -> dict:
         return {"id": self.id, "state": self.state, "folders": self.folders, "models": self.models,
                 "counts": dict(self.counts), "error": self.error}
 
     def _update(self, **fields) -> None:
-        with self.changed:
+        with self._lock:
             for key, value in fields.items():
                 setattr(self, key, value)
             self.version += 1
-            self.changed.notify_all()
-
-    def wait_for_news(self, seen: int, timeout: float) -> int:
-        with self.changed:
-            self.changed.wait_for(lambda: self.version != seen, timeout)
-            return self.version
 
 
 class Jobs:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import ipaddress
 import secrets
+from urllib.parse import urlsplit
 from dataclasses import dataclass
 
 from starlette.responses import JSONResponse
@@ -68,6 +69,13 @@ class Guard:
             name = _host_name(headers.get("host", ""))
             if not is_loopback(name):
                 return 400, f"unexpected Host header {headers.get('host', '')!r}: this server answers to localhost only"
+        origin = headers.get("origin")
+        if origin and origin not in self.settings.cors_origins:  # "null" (sandboxed pages) too
+            origin_host = _host_name(urlsplit(origin).netloc)
+            if not (is_loopback(origin_host) or origin_host == _host_name(headers.get("host", ""))):
+                # a page elsewhere posting to this server (a "simple" CORS request needs no
+                # preflight): refused, unless --cors-origin names it
+                return 403, f"cross-site request from {origin} refused (allow it with --cors-origin)"
         if self.settings.token and scope["path"].startswith("/api"):
             scheme, _, given = headers.get("authorization", "").partition(" ")
             if scheme.lower() != "bearer" or not secrets.compare_digest(given.strip().encode(), self.settings.token.encode()):

@@ -27,6 +27,9 @@ def thumbnail(cache: Path, detail: FileDetail, size: int) -> bytes:
     buffer = io.BytesIO()
     picture.save(buffer, "JPEG", quality=85)
     data = buffer.getvalue()
-    target.parent.mkdir(parents=True, exist_ok=True)
-    write_atomically(target, data)
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        write_atomically(target, data)
+    except OSError:  # a read-only library or a full disk: serve it uncached
+        pass
     return data

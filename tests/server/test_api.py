@@ -285,3 +285,28 @@ def test_cors_only_for_the_origins_given(indexed):
         other = client.get("/api/health", headers={"Origin": "http://evil.example"})
     assert allowed.headers["access-control-allow-origin"] == "http://photos.example"
     assert "access-control-allow-origin" not in other.headers
+
+
+def test_review_findings_stay_fixed(client, indexed):
+    """A vector of huge numbers is a direction like any other; paging past the deepest
+    allowed result is refused; a page elsewhere cannot post to the API."""
+    _lib, photos, _w = indexed
+    embedded = client.post("/api/embed", files=upload(photos / "p2.jpg")).json()["vector"]
+    huge = client.post("/api/search/vector", json={"vector": [x * 1e30 for x in embedded], "k": 1}).json()
+    assert huge["results"][0]["path"] == str(photos / "p2.jpg") and huge["results"][0]["distance"] < 1e-4
+    deep = client.post("/api/search", files=upload(photos / "p1.jpg"), data={"offset": str(10**30)})
+    assert deep.status_code in (400, 422)
+    cross = client.post("/api/search", files=upload(photos / "p1.jpg"), headers={"Origin": "https://evil.example"})
+    assert cross.status_code == 403 and "cross-site" in cross.json()["detail"]
+    same = client.post("/api/search", files=upload(photos / "p1.jpg"), headers={"Origin": "http://127.0.0.1:8000"})
+    assert same.status_code == 200
+
+
+def test_embed_needs_no_library(tmp_path, tiny_weights, indexed):
+    _lib, photos, _w = indexed
+    app = create_app(Library.open(tmp_path / "empty", weights_dir=tiny_weights, device="cpu"), [MODEL])
+    with TestClient(app, base_url="http://127.0.0.1") as client:
+        embedded = client.post("/api/embed", files=upload(photos / "p2.jpg"))
+        assert embedded.status_code == 200 and embedded.json()["dim"] == 64
+        assert client.get("/api/health").json()["vectors"] == {}
+    assert not (tmp_path / "empty").exists()
