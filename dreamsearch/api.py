@@ -15,26 +15,22 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
 
 from dreamsearch.catalog import Catalog, FileDetail
 from dreamsearch.compare import Overlap, overlaps
 from dreamsearch.duplicates import DuplicateGroup, find_duplicates
 from dreamsearch.errors import DreamsearchError, NotFoundError
-from dreamsearch.images import to_rgb
 from dreamsearch.indexer import IndexOptions, IndexReport, Progress, index_folders
 from dreamsearch.layout import LibraryLayout, library_dir
 from dreamsearch.models import PendingModel
 from dreamsearch.models.base import Embedder
 from dreamsearch.models.registry import DEFAULT_MODEL, get_spec
 from dreamsearch.display import display_path
-from dreamsearch.reading import read_file
-from dreamsearch.search import Match, Searcher, picture_pixels
+from dreamsearch.search import Match, QueryImage, Searcher, model_input
 from dreamsearch.status import LibraryStatus, library_status
 from dreamsearch.vector_index import save_indexes
 from dreamsearch.vector_index.policy import DEFAULT_NPROBE
 
-ImageInput = str | os.PathLike | bytes | Image.Image | np.ndarray
 
 
 @dataclass(frozen=True)
@@ -173,19 +169,14 @@ class Library:
 
     # queries ----------------------------------------------------------------------------
 
-    def image_query(self, image: ImageInput, model: str = DEFAULT_MODEL, name: str = "upload") -> Query:
+    def image_query(self, image: QueryImage, model: str = DEFAULT_MODEL, name: str = "upload") -> Query:
         """A query from a picture: a file path, the bytes of an image file (``name`` labels
         it in errors), a PIL image, or a ``uint8 [H, W, 3]`` array. A file whose bytes are
         in the library knows its content, so it can be left out of its own results."""
         searcher, embedder = self._searcher(model), self.model(model)
-        if isinstance(image, (str, os.PathLike)):
-            vector, own = searcher.embed_file(embedder, Path(image))
-            return Query(model, (str(image),), vector, () if own is None else (own,))
-        if isinstance(image, (bytes, bytearray)):
-            vector, own = searcher.embed_bytes(embedder, name, bytes(image))
-            return Query(model, (name,), vector, () if own is None else (own,))
-        picture = image if isinstance(image, Image.Image) else Image.fromarray(np.asarray(image, dtype=np.uint8))
-        return Query(model, (name,), searcher.embed_pixels(embedder, embedder.preprocess(to_rgb(picture))))
+        pixels, data = model_input(embedder, image, name)
+        own = searcher.content_of(data)
+        return Query(model, (_label(image, name),), searcher.embed_pixels(embedder, pixels), () if own is None else (own,))
 
     def stored_query(self, file: str | os.PathLike | int, model: str = DEFAULT_MODEL) -> Query:
         """A query from the stored vector of an indexed file, by path or catalog id: no
@@ -225,7 +216,7 @@ class Library:
         more = len(found) > k
         return Page(query.model, found[:k], offset + k if more else None)
 
-    def query(self, image: ImageInput, k: int = 25, model: str = DEFAULT_MODEL,
+    def query(self, image: QueryImage, k: int = 25, model: str = DEFAULT_MODEL,
               include_self: bool = False, max_distance: float | None = None) -> list[Match]:
         """The ``k`` most similar indexed images to ``image`` (see ``image_query``)."""
         return self.search(self.image_query(image, model), k, include_self, max_distance).matches
@@ -234,20 +225,14 @@ class Library:
         """Neighbours of an indexed file (path or id), from its stored vector (no model is loaded)."""
         return self.search(self.stored_query(path, model), k).matches
 
-    def embed(self, image: ImageInput, model: str = DEFAULT_MODEL, name: str = "upload") -> np.ndarray:
+    def embed(self, image: QueryImage, model: str = DEFAULT_MODEL, name: str = "upload") -> np.ndarray:
         """The unit-norm vector of a picture, decoded as the indexer decodes; needs no
         library and no indexed vectors."""
         embedder = self.model(model)
-        if isinstance(image, (str, os.PathLike)):
-            pixels = picture_pixels(embedder, str(image), read_file(str(image)))
-        elif isinstance(image, (bytes, bytearray)):
-            pixels = picture_pixels(embedder, name, bytes(image))
-        else:
-            picture = image if isinstance(image, Image.Image) else Image.fromarray(np.asarray(image, dtype=np.uint8))
-            pixels = embedder.preprocess(to_rgb(picture))
+        pixels, _data = model_input(embedder, image, name)
         return embedder.embed(pixels[None])[0]
 
-    def compare(self, image: ImageInput | None, models: Sequence[str], k: int = 25, include_self: bool = False,
+    def compare(self, image: QueryImage | None, models: Sequence[str], k: int = 25, include_self: bool = False,
                 name: str = "upload", keep_models: bool = True, like: str | os.PathLike | None = None) -> Comparison:
         """``image``, or the indexed file ``like``, through each of ``models`` side by side.
         Every model must be indexed (checked before any is loaded). ``like`` uses each model's
@@ -270,9 +255,7 @@ class Library:
             if not keep_models and not loaded_before:
                 with self._lock:
                     self._models.pop(model, None)
-        source = image if like is None else like
-        label = str(source) if isinstance(source, (str, os.PathLike)) else name
-        return Comparison(label, k, results, overlaps(results, k))
+        return Comparison(_label(image if like is None else like, name), k, results, overlaps(results, k))
 
     def _like_query(self, file: str | os.PathLike, model: str) -> Query:
         """The stored vector of an indexed file, or, for a model that has none (the file was
@@ -351,6 +334,11 @@ class Library:
         """After a write, the next read opens the caught-up index."""
         with self._lock:
             self._searchers.clear()
+
+
+def _label(image: QueryImage, name: str) -> str:
+    """How a query picture is named in results: its path, or ``name`` for pixels and bytes."""
+    return str(image) if isinstance(image, (str, os.PathLike)) else name
 
 
 __all__ = ["Comparison", "DuplicateGroup", "Library", "Match", "Page", "Query"]

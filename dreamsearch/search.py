@@ -15,16 +15,20 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
+from PIL import Image
 
 from dreamsearch.catalog import Catalog, ModelInfo
 from dreamsearch.errors import DreamsearchError, ImageError, NotFoundError, PixelLimitError
-from dreamsearch.images import DEFAULT_MAX_PIXELS
+from dreamsearch.images import DEFAULT_MAX_PIXELS, to_rgb
 from dreamsearch.decoding import DECODE_TIMEOUT_S, TimeLimitExceeded, decode_bytes, time_limit, too_slow
-from dreamsearch.reading import FileBytes, content_hash, read_file
+from dreamsearch.reading import content_hash, read_file
 from dreamsearch.layout import LibraryLayout
 from dreamsearch.models.base import Embedder
 from dreamsearch.vector_index import open_index
 from dreamsearch.vector_index.policy import DEFAULT_NPROBE
+
+
+QueryImage = str | os.PathLike | bytes | Image.Image | np.ndarray
 
 
 @dataclass(frozen=True)
@@ -70,22 +74,10 @@ class Searcher:
     def __exit__(self, *exc) -> None:
         self.close()
 
-    def embed_file(self, embedder: Embedder, path: Path) -> tuple[np.ndarray, int | None]:
-        """The query vector of an image file and, if the library holds the same bytes, that
-        content's id (to leave the query itself out of its results)."""
-        try:
-            with time_limit(DECODE_TIMEOUT_S):
-                read = read_file(str(path))
-                if read.error:
-                    raise ImageError(path, read.error)
-                return self.embed_bytes(embedder, str(path), read.data)
-        except TimeLimitExceeded:
-            raise ImageError(path, too_slow(DECODE_TIMEOUT_S)) from None
-
-    def embed_bytes(self, embedder: Embedder, name: str, data: bytes) -> tuple[np.ndarray, int | None]:
-        """``embed_file`` for the bytes of an image file (an upload), ``name`` labelling it."""
-        pixels = picture_pixels(embedder, name, data)
-        return self.embed_pixels(embedder, pixels), self.catalog.content_id_of_hash(content_hash(data))
+    def content_of(self, data: bytes | None) -> int | None:
+        """The library's content with exactly these bytes, if any (a query that is an
+        indexed file is then left out of its own results)."""
+        return None if data is None else self.catalog.content_id_of_hash(content_hash(data))
 
     def embed_pixels(self, embedder: Embedder, pixels: np.ndarray) -> np.ndarray:
         """The query vector of preprocessed pixels, refusing an embedder whose weights differ
@@ -154,13 +146,28 @@ class Searcher:
         return matches
 
 
-def picture_pixels(embedder: Embedder, name: str, data: bytes | FileBytes) -> np.ndarray:
-    """The model input of an image file's bytes, decoded exactly as the indexer decodes
-    (JPEG draft included), or :class:`ImageError` naming ``name`` and the reason."""
-    if isinstance(data, FileBytes):
-        if data.error:
-            raise ImageError(name, data.error)
-        data = data.data
+def model_input(embedder: Embedder, image: QueryImage, name: str = "upload") -> tuple[np.ndarray, bytes | None]:
+    """The model input of a picture (a file path, the bytes of an image file labelled
+    ``name``, a PIL image or a ``uint8 [H, W, 3]`` array), decoded exactly as the indexer
+    decodes (JPEG draft included), and the file's bytes when there are any (what names its
+    content in the library). A file is read and decoded under the decode time limit; a bad
+    one raises :class:`ImageError` with the reason."""
+    if isinstance(image, (str, os.PathLike)):
+        try:
+            with time_limit(DECODE_TIMEOUT_S):
+                read = read_file(str(image))
+                if read.error:
+                    raise ImageError(image, read.error)
+                return _decoded(embedder, str(image), read.data), read.data
+        except TimeLimitExceeded:
+            raise ImageError(image, too_slow(DECODE_TIMEOUT_S)) from None
+    if isinstance(image, (bytes, bytearray)):
+        return _decoded(embedder, name, bytes(image)), bytes(image)
+    picture = image if isinstance(image, Image.Image) else Image.fromarray(np.asarray(image, dtype=np.uint8))
+    return embedder.preprocess(to_rgb(picture)), None
+
+
+def _decoded(embedder: Embedder, name: str, data: bytes) -> np.ndarray:
     decoded = decode_bytes(name, data, (embedder.preprocess_spec,), DEFAULT_MAX_PIXELS, draft=True)
     if decoded.error:
         raise (PixelLimitError if decoded.too_large else ImageError)(name, decoded.error)
