@@ -20,7 +20,7 @@ from dreamsearch.catalog import Catalog, FileDetail
 from dreamsearch.compare import Overlap, overlaps
 from dreamsearch.duplicates import DuplicateGroup, find_duplicates
 from dreamsearch.errors import DreamsearchError, NotFoundError
-from dreamsearch.indexer import IndexOptions, IndexReport, Progress, index_folders
+from dreamsearch.indexer import IndexOptions, IndexReport, Progress, check_engine, index_folders
 from dreamsearch.layout import LibraryLayout, library_dir
 from dreamsearch.models import PendingModel
 from dreamsearch.models.base import Embedder
@@ -133,9 +133,11 @@ class Library:
     def index(self, paths: Sequence[str | os.PathLike], models: Sequence[str] = (DEFAULT_MODEL,),
               progress: Progress | None = None, **options) -> IndexReport:
         """Index folders (see ``dreamsearch index``); ``options`` are ``IndexOptions`` fields."""
-        handles = [self.model_handle(m) for m in models]  # a wrong name or missing weights: before creating
-        report = index_folders(LibraryLayout.prepare(self.folder.root), [Path(p) for p in paths], handles,
-                               IndexOptions(**options), progress)
+        settings = IndexOptions(**options)
+        check_engine(settings)  # before creating anything, as a wrong name or missing weights
+        handles = [self.model_handle(m) for m in models]
+        report = index_folders(LibraryLayout.prepare(self.folder.root), [Path(p) for p in paths], handles, settings,
+                               progress)
         self._forget_searchers()
         return report
 

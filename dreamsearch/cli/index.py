@@ -34,6 +34,11 @@ from dreamsearch.models.registry import DEFAULT_MODEL
 @click.option("--gpu-decode/--no-gpu-decode", default=None,
               help="Decode baseline JPEGs in batches on the GPU (default: when the model runs on CUDA).")
 @click.option("--compile/--no-compile", "compile_model", default=False, help="torch.compile the model (for long runs).")
+@click.option("--engine", type=click.Choice(["local", "ray"]), default="local", show_default=True,
+              help="Read, decode and embed in this process, or on a Ray cluster (pip install 'dreamsearch[ray]'; "
+                   "this process still scans and commits).")
+@click.option("--ray-address", metavar="auto|HOST:PORT", default=None,
+              help="The Ray cluster to use with --engine ray (default: $RAY_ADDRESS, else one started on this machine).")
 @click.option("--dry-run", is_flag=True, help="Only scan and report what would change.")
 @click.option("--prune", is_flag=True,
               help="Forget files gone from disk even when a folder lost all or most of them "
@@ -42,17 +47,24 @@ from dreamsearch.models.registry import DEFAULT_MODEL
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON summary at the end.")
 @weights_dir_option
 def index_command(folders, model_names, library_path, batch_size, workers, device, threads, exclude, follow_symlinks,
-                  no_draft, max_pixels, max_file_size, gpu_decode, compile_model, dry_run, prune, quiet, as_json,
-                  weights_dir) -> None:
+                  no_draft, max_pixels, max_file_size, gpu_decode, compile_model, engine, ray_address, dry_run, prune,
+                  quiet, as_json, weights_dir) -> None:
     """Add FOLDERS to the library: embed new and changed images, reuse vectors of copies
     and moves, forget deleted files. Hidden files and folders and junk folders (@eaDir,
     node_modules, $RECYCLE.BIN, ...) are skipped. Interrupt with Ctrl-C at any time: work
     done so far is kept and the next run resumes."""
     import json
 
-    from dreamsearch.indexer import IndexOptions, index_folders
+    from dreamsearch.indexer import IndexOptions, check_engine, index_folders
     from dreamsearch.layout import LibraryLayout, library_dir
 
+    if ray_address is not None and engine != "ray":
+        raise click.UsageError("--ray-address needs --engine ray")
+    options = IndexOptions(batch_size=batch_size, exclude=tuple(exclude), follow_symlinks=follow_symlinks,
+                           draft=not no_draft, max_pixels=max_pixels, max_file_size=max_file_size, dry_run=dry_run,
+                           prune=prune, gpu_decode={None: "auto", True: "cuda", False: None}[gpu_decode],
+                           engine=engine, ray_address=ray_address, **({} if workers is None else {"workers": workers}))
+    check_engine(options)
     library = LibraryLayout.prepare(library_dir(library_path))
     models = []
     if not dry_run:
@@ -63,10 +75,6 @@ def index_command(folders, model_names, library_path, batch_size, workers, devic
 
             set_threads(threads)
         models = [PendingModel(n, weights_dir=weights_dir, device=device, compile=compile_model) for n in model_names]
-    options = IndexOptions(batch_size=batch_size, exclude=tuple(exclude), follow_symlinks=follow_symlinks,
-                           draft=not no_draft, max_pixels=max_pixels, max_file_size=max_file_size, dry_run=dry_run,
-                           prune=prune, gpu_decode={None: "auto", True: "cuda", False: None}[gpu_decode],
-                           **({} if workers is None else {"workers": workers}))
     with progress_display(quiet) as progress:
         report = index_folders(library, list(folders), models, options, progress)
     if not quiet:

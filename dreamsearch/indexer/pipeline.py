@@ -17,6 +17,8 @@ import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
+import numpy as np
+
 from dreamsearch.catalog import Catalog, ModelInfo, StoredFile
 from dreamsearch.images import Preprocess
 from dreamsearch.decoding import Decoded, TimeLimitExceeded, decode_bytes, time_limit, too_slow
@@ -55,6 +57,14 @@ class Outcome:
     data: bytes = b""  # FOR_GPU only
     error: str | None = None
     gave_up: bool = False  # its thread did not answer in time
+    #: Each model's vector, when the file was embedded where it was decoded (Ray engine).
+    vectors: tuple[np.ndarray, ...] | None = None
+
+    def __post_init__(self) -> None:
+        """Known content at the path that held it: only the file's mtime changed."""
+        previous = self.candidate.previous
+        if self.kind is Kind.KNOWN and previous is not None and previous.content_hash == self.content_hash:
+            self.kind = Kind.SAME
 
 
 class Contents:
@@ -79,7 +89,7 @@ class Contents:
         with self._lock:
             if path in self._abandoned:  # its thread came back after the run gave up on it
                 return Kind.FAILED, self._abandoned[path]
-            if content_hash in self._claimed:
+            if self._claimed.get(content_hash, path) != path:  # its own claim: a retried file
                 return Kind.COPY, None
             if content_hash in self._failed:
                 return Kind.FAILED, self._failed[content_hash]
@@ -137,8 +147,6 @@ class FileProcessor:
                     return Outcome(candidate, Kind.FAILED, error=read.error)
                 content_hash = read.content_hash
                 kind, reason = self.contents.classify(content_hash, candidate.path)
-                if kind is Kind.KNOWN and candidate.previous and candidate.previous.content_hash == content_hash:
-                    kind = Kind.SAME
                 if kind is not None:
                     return Outcome(candidate, kind, content_hash, error=reason)
                 if self.gpu_route is not None and self.gpu_route(read.data) is None:

@@ -48,6 +48,7 @@ from dreamsearch.scan import ScannedFile, scan
 from dreamsearch.vector_index import save_indexes
 
 if TYPE_CHECKING:  # pragma: no cover
+    from dreamsearch.indexer.ray_engine import RayEngine, RemoteContents
     from dreamsearch.models.base import Embedder
 
 SAVE_INDEX_EVERY = 50  # batches
@@ -130,6 +131,12 @@ class IndexOptions:
     #: end to end on an H100, docs/indexing.md). ``"cpu"`` runs the same batched path on
     #: torchvision's CPU decoder (tests, comparisons). ``None``: everything on the CPU threads.
     gpu_decode: str | None = "auto"
+    #: Where files are read, decoded and embedded: ``"local"`` (threads of this process) or
+    #: ``"ray"`` (a Ray cluster; this process still scans and commits, docs/scale-out.md).
+    engine: str = "local"
+    #: The Ray cluster to join (``"auto"``, ``"HOST:PORT"``); ``None``: ``$RAY_ADDRESS`` or
+    #: a cluster of this machine started for the run.
+    ray_address: str | None = None
 
 
 Progress = Callable[[IndexReport], None]
@@ -147,6 +154,7 @@ def index_folders(
     for root in roots:
         if not Path(root).is_dir():
             raise DreamsearchError(f"{root}: not a folder")
+    check_engine(options)
     progress = progress or (lambda report: None)
     report = IndexReport()
 
@@ -158,6 +166,19 @@ def index_folders(
           _stop_on_interrupt(on_first_interrupt) as stop):
         run = _Run(catalog, library, list(models), options, progress, stop, report)
         return run.execute(outermost(Path(r).resolve() for r in roots))
+
+
+def check_engine(options: IndexOptions) -> None:
+    """Refuse engine settings that cannot work (Ray not installed, ...), before anything
+    is opened or created."""
+    if options.engine not in ("local", "ray"):
+        raise DreamsearchError(f"unknown engine {options.engine!r}: use 'local' or 'ray'")
+    if options.engine == "ray" and not options.dry_run:
+        if options.gpu_decode not in (None, "auto"):
+            raise DreamsearchError("--gpu-decode is for the local engine: with --engine ray, CPU tasks decode")
+        from dreamsearch.indexer.ray_engine import require_ray
+
+        require_ray()
 
 
 def outermost(folders: Iterable[Path]) -> list[Path]:
@@ -216,6 +237,7 @@ class _Run:
         self.gpu_decoder = None
         self.gpu_decoder_chosen = False
         self.gpu_decoder_lock = threading.Lock()
+        self.cluster: RayEngine | None = None
 
     def execute(self, roots: list[Path]) -> IndexReport:
         started = time.perf_counter()
@@ -228,6 +250,8 @@ class _Run:
             self.model_thread.close()
             if self.readers is not None:
                 self.readers.close()
+            if self.cluster is not None:
+                self.cluster.close()
         self.report.missing_roots = [p for p in self.catalog.roots().values() if not Path(p).is_dir()]
         self.report.interrupted = self.stop.is_set()
         self.report.seconds = time.perf_counter() - started
@@ -247,11 +271,17 @@ class _Run:
 
     def _index(self, roots: list[Path]) -> None:
         self.models = [self._register(i) for i in range(len(self.sources))]
-        if self.options.gpu_decode not in (None, "auto"):
-            self._batched_decoder()  # asked for by name: fail now if that device is missing
-        # Off the main thread there is no SIGALRM, so "in this thread" gets one timed thread.
-        workers = self.options.workers or (0 if threading.current_thread() is threading.main_thread() else 1)
-        self.readers = Workers(workers, "dreamsearch-read") if workers else None
+        if self.options.engine == "ray":
+            from dreamsearch.indexer.ray_engine import RayEngine
+
+            self.cluster = RayEngine.for_run(self.options.ray_address, self.library.catalog_path, self.models,
+                                             self.sources, self.options)
+        else:
+            if self.options.gpu_decode not in (None, "auto"):
+                self._batched_decoder()  # asked for by name: fail now if that device is missing
+            # Off the main thread there is no SIGALRM, so "in this thread" gets one timed thread.
+            workers = self.options.workers or (0 if threading.current_thread() is threading.main_thread() else 1)
+            self.readers = Workers(workers, "dreamsearch-read") if workers else None
         sweep_everything = self.catalog.defer_orphans()
         plans = []
         for root in roots:
@@ -355,13 +385,9 @@ class _Run:
     def _add(self, plan: _Plan) -> None:
         """Stream the folder's files through the reading threads as the scan finds them;
         embed and commit as results arrive, in order."""
-        contents = Contents(self.catalog, self.models)
-        processor = FileProcessor(contents, self.recipes, self.options.max_file_size, self.options.max_pixels,
-                                  self.options.draft, self.options.decode_timeout_s, self._gpu_route())
+        contents, outcomes = self._stream(plan)
         pending = _Pending()
         in_a_row = 0
-        outcomes = ordered(self.readers, processor, self._candidates(plan), self._ahead,
-                           self.options.decode_timeout_s, lambda candidate: self._gave_up(contents, candidate))
         try:
             for outcome in outcomes:
                 self.report.read += 1
@@ -389,6 +415,17 @@ class _Run:
                 self._fail(plan.place.id, ScannedFile(relpath, 0, 0), path, f"cannot list or open: {reason}")
         self.report.unchanged += plan.unchanged
         self.progress(self.report)
+
+    def _stream(self, plan: _Plan) -> tuple[Contents | RemoteContents, Iterator[Outcome]]:
+        """The run's claims on contents, and the outcomes of the folder's candidates: from
+        this process's reading threads, in order, or from the Ray cluster."""
+        if self.cluster is not None:
+            return self.cluster.contents, self.cluster.outcomes(self._candidates(plan))
+        contents = Contents(self.catalog, self.models)
+        processor = FileProcessor(contents, self.recipes, self.options.max_file_size, self.options.max_pixels,
+                                  self.options.draft, self.options.decode_timeout_s, self._gpu_route())
+        return contents, ordered(self.readers, processor, self._candidates(plan), self._ahead,
+                                 self.options.decode_timeout_s, lambda candidate: self._gave_up(contents, candidate))
 
     def _gave_up(self, contents: Contents, candidate: Candidate) -> Outcome:
         """The outcome of a file whose thread did not answer in time (its copies fail too)."""
@@ -470,7 +507,9 @@ class _Run:
         for i, (source, model) in enumerate(zip(self.sources, self.models)):
             have = self.catalog.hashes_with_vectors([model], [o.content_hash for o in good])
             todo = [o for o in good if o.content_hash not in have]
-            if todo:
+            if todo and todo[0].vectors is not None:  # embedded where it was decoded
+                vectors[source.name] = {o.content_hash: o.vectors[i] for o in todo}
+            elif todo:
                 pixels = np.stack([o.decoded.pixels[i] for o in todo])
                 embedded = self.model_thread.call(self._embed, i, pixels)
                 vectors[source.name] = dict(zip((o.content_hash for o in todo), embedded))

@@ -152,6 +152,48 @@ def ordered(
         _join([feeder], 2.0)  # it polls ``closed``: gone within a poll, unless a scan is stuck
 
 
+def prefetched(items: Iterable[Item], limit: int) -> Iterator[Item]:
+    """``items``, produced by a thread that keeps up to ``limit`` of them ready (the Ray
+    engine scans the next chunk while the cluster works on this one). Closing the
+    iterator stops the thread within a poll."""
+    ready: queue.Queue = queue.Queue(max(1, limit))
+    closed = threading.Event()
+    done = object()
+
+    def put(entry: tuple) -> bool:
+        while not closed.is_set():
+            try:
+                ready.put(entry, timeout=_POLL_S)
+                return True
+            except queue.Full:
+                pass
+        return False
+
+    def feed() -> None:
+        try:
+            for item in items:
+                if not put((item, None)):
+                    return
+        except BaseException as exc:  # the consumer re-raises it
+            put((done, exc))
+            return
+        put((done, None))
+
+    feeder = threading.Thread(target=feed, name="dreamsearch-prefetch", daemon=True)
+    feeder.start()
+    try:
+        while True:
+            item, error = _take(ready)
+            if error is not None:
+                raise error
+            if item is done:
+                return
+            yield item
+    finally:
+        closed.set()
+        _join([feeder], 2.0)
+
+
 def wait(future: Future, timeout_s: float | None = None) -> Any:
     """``future.result(timeout_s)``, waiting in short slices. A signal sent to the process
     may land on any thread; Python runs its handler in the main thread only when that
@@ -167,7 +209,7 @@ def wait(future: Future, timeout_s: float | None = None) -> Any:
                 raise
 
 
-def _take(source: queue.SimpleQueue) -> Any:
+def _take(source: queue.SimpleQueue | queue.Queue) -> Any:
     """``source.get()``, in short slices for the same reason as :func:`wait`."""
     while True:
         try:

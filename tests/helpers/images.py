@@ -3,6 +3,9 @@ behave as on real photos (importable without conftest's side effects)."""
 
 from __future__ import annotations
 
+import io
+import os
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -29,3 +32,54 @@ def photo_folder(folder: Path, count: int, size: tuple[int, int], seed: int, nam
     for i in range(start, start + count):
         photo_like(*size, seed + i).save(folder / name.format(i), **save)
     return folder
+
+
+def exif(orientation: int) -> Image.Exif:
+    data = Image.Exif()
+    data[0x0112] = orientation
+    return data
+
+
+def make_messy_folder(folder: Path) -> dict[str, str]:
+    """Good files of every kind, and bad ones; returns {bad file name: expected reason}."""
+    folder.mkdir(parents=True, exist_ok=True)
+    photo_like(320, 240, 1).save(folder / "plain.jpg", quality=90)
+    photo_like(320, 240, 2).save(folder / "rot6.jpg", exif=exif(6))
+    photo_like(320, 240, 3).save(folder / "rot8.jpg", exif=exif(8))
+    photo_like(320, 240, 4).save(folder / "progressive.jpg", progressive=True)
+    photo_like(200, 150, 5).convert("RGBA").save(folder / "alpha.png")
+    photo_like(200, 150, 6).convert("P", palette=Image.Palette.ADAPTIVE).save(folder / "palette.png", transparency=0)
+    Image.fromarray((np.arange(256 * 64).reshape(64, 256) % 65536).astype(np.uint16)).save(folder / "deep16.png")
+    photo_like(200, 150, 7).convert("CMYK").save(folder / "cmyk.jpg")
+    photo_like(200, 150, 8).convert("L").save(folder / "grey.jpg")
+    frames = [photo_like(64, 64, s) for s in (9, 10)]
+    frames[0].save(folder / "anim.gif", save_all=True, append_images=frames[1:], loop=0)
+    photo_like(200, 150, 11).save(folder / "photo.webp")
+    from pillow_heif import register_heif_opener
+
+    register_heif_opener()
+    photo_like(200, 150, 12).save(folder / "phone.heic")
+    photo_like(120, 90, 13).save(folder / "old.bmp")
+    photo_like(120, 90, 14).save(folder / "scan.tiff")
+    photo_like(120, 90, 15).save(folder / "no_extension", format="PNG")  # found by its bytes
+    (folder / "ラーメン.jpg").write_bytes((folder / "plain.jpg").read_bytes()[:-1] + b"\xd9")
+    photo_like(100, 80, 16).save(folder / "unicode-é.png")
+    with open(os.fsencode(folder) + b"/latin1-caf\xe9.jpg", "wb") as handle:
+        photo_like(100, 80, 17).save(handle, "JPEG")
+    buffer = io.BytesIO()
+    photo_like(640, 480, 18).save(buffer, "JPEG", quality=95)
+    (folder / "truncated.jpg").write_bytes(buffer.getvalue()[: len(buffer.getvalue()) // 3])
+    (folder / "empty.jpg").write_bytes(b"")
+    (folder / "notes.png").write_text("not a picture")
+    Image.new("1", (16000, 14000)).save(folder / "bomb.png")
+    (folder / "readme.txt").write_text("ignored silently")
+    os.symlink("loop", folder / "loop")  # a link to itself
+    (folder / ".hidden.jpg").write_bytes((folder / "plain.jpg").read_bytes())
+    (folder / "@eaDir").mkdir()
+    shutil.copy(folder / "plain.jpg", folder / "@eaDir" / "thumb.jpg")
+    return {
+        "truncated.jpg": "cannot decode",
+        "empty.jpg": "empty file",
+        "notes.png": "not an image",
+        "bomb.png": "decompression bomb",
+    }

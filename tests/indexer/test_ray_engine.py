@@ -1,0 +1,226 @@
+"""``--engine ray`` on a local Ray cluster (2 CPUs, started here): the same library as the
+local engine, file for file and vector for vector, through copies, moves, changes, bad
+files, a killed worker, a decoder crash and a killed driver."""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import signal
+import sqlite3
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import ray
+from click.testing import CliRunner
+from PIL import Image
+
+from dreamsearch.api import Library
+from dreamsearch.cli import main
+from dreamsearch.errors import DreamsearchError
+from dreamsearch.indexer import IndexOptions, index_folders
+from dreamsearch.indexer.ray_engine import DECODE_TRIES
+from dreamsearch.layout import LibraryLayout
+from dreamsearch.models import PendingModel
+from tests.helpers.crashing_decoder import MARKER
+from tests.helpers.images import make_messy_folder, photo_folder, photo_like
+from tests.test_indexer import _vectors_in, library_state
+
+REPO = Path(__file__).resolve().parents[2]
+MODEL = "dreamsim-dino"
+
+
+@pytest.fixture(scope="module")
+def cluster() -> str:
+    """A Ray cluster of this machine; its workers can crash on ``crashing_decoder.MARKER``."""
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, logging_level=logging.ERROR,
+             runtime_env={"worker_process_setup_hook": "tests.helpers.crashing_decoder.install",
+                          "env_vars": {"PYTHONPATH": str(REPO)}})
+    yield ray.get_runtime_context().gcs_address
+    ray.shutdown()
+
+
+def index(library: LibraryLayout, folder: Path, weights: Path, engine: str, progress=None, **options):
+    models = [PendingModel(MODEL, weights_dir=weights, device="cpu")]
+    settings = IndexOptions(**dict(batch_size=4, workers=1, engine=engine, max_pixels=200_000_000) | options)
+    return index_folders(library, [folder], models, settings, progress)
+
+
+def files_table(library: LibraryLayout) -> list[tuple]:
+    """Every file row with its content's facts: what ``status`` and searches read."""
+    with sqlite3.connect(f"file:{library.catalog_path}?mode=ro", uri=True) as connection:
+        return connection.execute(
+            "SELECT f.relpath, f.size, f.mtime_ns, f.status, f.error, c.hash, c.size, c.width, c.height, c.format "
+            "FROM files f LEFT JOIN contents c ON c.id = f.content_id ORDER BY f.relpath").fetchall()
+
+
+def assert_same_library(got: LibraryLayout, expected: LibraryLayout) -> None:
+    assert files_table(got) == files_table(expected)
+    got_state, expected_state = library_state(got), library_state(expected)
+    assert got_state.keys() == expected_state.keys()
+    for path, value in expected_state.items():
+        if isinstance(value, str):
+            assert got_state[path] == value, path
+        else:
+            assert np.abs(got_state[path] - value).max() <= 1e-6, path
+
+
+def assert_same_answers(got: LibraryLayout, expected: LibraryLayout, weights: Path, queries: list[Path]) -> None:
+    for query in queries:
+        answers = [[(m.path, round(m.distance, 6)) for m in Library.open(lib.root, weights, "cpu").query(
+            query, model=MODEL, k=10)] for lib in (got, expected)]
+        assert answers[0] == answers[1] and len(answers[0]) == 10
+
+
+def counts(report) -> dict:
+    return {k: v for k, v in report.summary().items() if k != "seconds"}
+
+
+def test_ray_builds_the_library_the_local_engine_builds_and_keeps_it_in_step(cluster, tmp_path, tiny_weights):
+    folder = tmp_path / "photos"
+    bad = make_messy_folder(folder)
+    photo_folder(folder / "trip", 16, (640, 480), 50, "t{:02d}.jpg", quality=90)
+    shutil.copy(folder / "trip" / "t00.jpg", folder / "copy-of-t00.jpg")
+    local, on_ray = LibraryLayout.prepare(tmp_path / "local"), LibraryLayout.prepare(tmp_path / "ray")
+
+    first = index(local, folder, tiny_weights, "local"), index(on_ray, folder, tiny_weights, "ray")
+    assert counts(first[1]) == counts(first[0]) and first[1].copied == 2  # copy-of-t00, ラーメン.jpg
+    assert sorted(first[1].failures) == sorted(first[0].failures)
+    assert {Path(p).name for p, _ in first[1].failures} == set(bad)
+    assert_same_library(on_ray, local)
+    assert_same_answers(on_ray, local, tiny_weights, [folder / "plain.jpg", folder / "trip" / "t03.jpg"])
+
+    (folder / "trip" / "t01.jpg").rename(folder / "moved-t01.jpg")
+    shutil.copy(folder / "trip" / "t02.jpg", folder / "trip" / "t02-again.jpg")
+    photo_like(640, 480, 999).save(folder / "trip" / "t03.jpg", quality=90)  # changed
+    (folder / "trip" / "t04.jpg").unlink()
+    (folder / "trip" / "broken.jpg").write_bytes((folder / "trip" / "t05.jpg").read_bytes()[:900])
+    os.utime(folder / "trip" / "t06.jpg", ns=(1, 1))  # touched only
+
+    second = index(local, folder, tiny_weights, "local"), index(on_ray, folder, tiny_weights, "ray")
+    assert counts(second[1]) == counts(second[0])
+    moves = second[1].moved, second[1].copied, second[1].changed, second[1].removed, second[1].failed
+    assert moves == (1, 1, 1, 2, 1)  # removed: t04 and the moved file's old path
+    assert_same_library(on_ray, local)
+
+
+def embed_actor_pids() -> set[int]:
+    """Processes Ray titled as our embed actors (``ray::MapWorker(MapBatches(Embedders))``)."""
+    pids = set()
+    for entry in Path("/proc").iterdir():
+        try:
+            if entry.name.isdigit() and b"Embedders" in (entry / "cmdline").read_bytes():
+                pids.add(int(entry.name))
+        except OSError:
+            pass
+    return pids
+
+
+def test_a_killed_embed_worker_is_restarted_and_the_library_is_complete(cluster, tmp_path, tiny_weights):
+    folder = photo_folder(tmp_path / "photos", 48, (640, 480), 300, "p{:02d}.jpg", quality=90)
+    seen: set[int] = set()
+    watching = threading.Event()
+    watching.set()
+
+    def watch() -> None:
+        while watching.is_set():
+            seen.update(embed_actor_pids())
+            time.sleep(0.02)
+
+    killed = []
+
+    def kill_on_first_result(report) -> None:
+        if report.read and not killed:
+            for pid in embed_actor_pids():
+                os.kill(pid, signal.SIGKILL)
+                killed.append((pid, report.read))
+
+    watcher = threading.Thread(target=watch, daemon=True)
+    watcher.start()
+    on_ray = LibraryLayout.prepare(tmp_path / "ray")
+    try:
+        report = index(on_ray, folder, tiny_weights, "ray", kill_on_first_result, batch_size=1)
+    finally:
+        watching.clear()
+        watcher.join()
+    assert killed and all(read < 48 for _pid, read in killed), "the kill should land mid-run"
+    assert len(seen) >= 2, "Ray should have started another embed actor"
+    assert (report.embedded, report.failed) == (48, 0)
+    clean = LibraryLayout.prepare(tmp_path / "clean")
+    index(clean, folder, tiny_weights, "local")
+    assert_same_library(on_ray, clean)
+
+
+def test_a_file_that_crashes_its_decoder_is_recorded_failed_not_retried_forever(cluster, tmp_path, tiny_weights):
+    folder = photo_folder(tmp_path / "photos", 20, (320, 240), 400, "p{:02d}.jpg", quality=90)
+    photo_like(320, 240, 7).save(folder / "crash.jpg", comment=MARKER)
+    shutil.copy(folder / "crash.jpg", folder / "crash-copy.jpg")
+    on_ray = LibraryLayout.prepare(tmp_path / "ray")
+    report = index(on_ray, folder, tiny_weights, "ray")
+    reasons = {Path(path).name: reason for path, reason in report.failures}
+    assert reasons.keys() == {"crash.jpg", "crash-copy.jpg"}
+    assert f"died {DECODE_TRIES} times" in reasons["crash.jpg"] and reasons["crash-copy.jpg"] == reasons["crash.jpg"]
+    assert (report.embedded, report.failed) == (20, 2)
+    assert len([v for v in library_state(on_ray).values() if not isinstance(v, str)]) == 20
+
+
+def test_a_killed_driver_loses_only_batches_in_flight_and_the_rerun_completes(cluster, tmp_path, tiny_weights):
+    folder = photo_folder(tmp_path / "photos", 120, (800, 600), 500, "p{:03d}.jpg", quality=90)
+    (folder / "broken.jpg").write_bytes(b"\xff\xd8\xff garbage")
+    killed = LibraryLayout.prepare(tmp_path / "killed")
+    command = [sys.executable, "-m", "dreamsearch", "index", str(folder), "--library", str(killed.root),
+               "--weights-dir", str(tiny_weights), "-m", MODEL, "--device", "cpu", "--batch-size", "2", "--quiet",
+               "--engine", "ray", "--ray-address", cluster]
+    child = subprocess.Popen(command)
+    deadline = time.time() + 120
+    while time.time() < deadline and child.poll() is None and _vectors_in(killed) < 4:
+        time.sleep(0.02)
+    child.send_signal(signal.SIGKILL)
+    child.wait()
+    assert 4 <= _vectors_in(killed) < 120, "the kill should land mid-run"
+
+    subprocess.run(command, check=True, timeout=300)
+    clean = LibraryLayout.prepare(tmp_path / "clean")
+    index(clean, folder, tiny_weights, "local")
+    assert_same_library(killed, clean)
+
+
+def test_a_node_without_the_weights_fails_fast_with_the_usual_message(cluster, tmp_path, tiny_weights):
+    weights = tmp_path / "weights"
+    shutil.copytree(tiny_weights, weights)
+    library = Library.open(tmp_path / "lib", weights, "cpu")
+    library.index([photo_folder(tmp_path / "first", 2, (200, 150), 1, "a{}.jpg")], [MODEL])
+    weights.rename(tmp_path / "elsewhere")  # the driver knows the model; the workers find no weights
+    started = time.monotonic()
+    with pytest.raises(DreamsearchError, match=r"^on node .*: model 'dreamsim-dino' needs weights missing from .*"
+                                               r"`dreamsearch models import"):
+        library.index([photo_folder(tmp_path / "second", 2, (200, 150), 5, "b{}.jpg")], [MODEL], engine="ray")
+    assert time.monotonic() - started < 60
+
+
+def test_without_ray_installed_the_engine_says_how_to_install_it(tmp_path, tiny_weights, monkeypatch):
+    monkeypatch.setitem(sys.modules, "ray", None)  # what ``import ray`` does when it is not installed
+    folder = photo_folder(tmp_path / "photos", 1, (200, 150), 1, "a{}.jpg")
+    result = CliRunner().invoke(main, ["index", str(folder), "--library", str(tmp_path / "lib"), "--engine", "ray",
+                                       "--weights-dir", str(tiny_weights), "-m", MODEL])
+    assert result.exit_code != 0
+    assert result.output.strip().splitlines()[-1].endswith("pip install 'dreamsearch[ray]'")
+    assert not (tmp_path / "lib").exists()
+    with pytest.raises(DreamsearchError, match=r"pip install 'dreamsearch\[ray\]'"):
+        Library.open(tmp_path / "lib", tiny_weights).index([folder], [MODEL], engine="ray")
+    assert not (tmp_path / "lib").exists()
+
+
+def test_ray_address_without_the_ray_engine_is_a_usage_error(tmp_path):
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    Image.new("RGB", (8, 8)).save(folder / "a.png")
+    result = CliRunner().invoke(main, ["index", str(folder), "--library", str(tmp_path / "lib"),
+                                       "--ray-address", "auto"])
+    assert result.exit_code == 2 and "--ray-address needs --engine ray" in result.output
