@@ -16,6 +16,10 @@ phone HEIC (2000x1500), PNG screenshots (1920x1080) and web JPEGs (1200x800, q80
 
     python benchmarks/index_throughput.py --camera 1000 --mixed 300            # CPU
     python benchmarks/index_throughput.py --camera 5000 --mixed 1000 --device cuda --gpu-decode
+    python benchmarks/index_throughput.py --engine ray --models dreamsim-dino --camera 400 --mixed 0 --naive 0 --rss ''
+
+``--engine ray`` runs each end-to-end case twice, on the local engine and on a Ray cluster of
+this machine that the run starts itself (start-up included), and prints Ray / local.
 """
 
 from __future__ import annotations
@@ -161,12 +165,13 @@ def pure_embedding(model, batch_size: int, device: str) -> float:
     return rounds * batch_size / (time.perf_counter() - began)
 
 
-def end_to_end(folder: Path, weights: Path, model: str, args, library: Path, gpu_decode: bool = False) -> dict:
+def end_to_end(folder: Path, weights: Path, model: str, args, library: Path, gpu_decode: bool = False,
+               engine: str = "local") -> dict:
     """``index_folders`` in a child process; its own peak RSS and timings come back."""
     command = [sys.executable, __file__, "--child", json.dumps({
         "folder": str(folder), "weights": str(weights), "model": model, "library": str(library),
         "device": args.device, "batch_size": args.batch_size, "workers": args.workers,
-        "gpu_decode": args.device if gpu_decode else None})]
+        "gpu_decode": args.device if gpu_decode else None, "engine": engine})]
     output = subprocess.run(command, check=True, capture_output=True, text=True).stdout
     return json.loads(output.strip().splitlines()[-1])
 
@@ -178,7 +183,7 @@ def child(spec: dict) -> None:
     from dreamsearch.models import PendingModel
 
     handle = PendingModel(spec["model"], weights_dir=spec["weights"], device=spec["device"])
-    options = IndexOptions(batch_size=spec["batch_size"], gpu_decode=spec["gpu_decode"],
+    options = IndexOptions(batch_size=spec["batch_size"], gpu_decode=spec["gpu_decode"], engine=spec["engine"],
                            **({} if spec["workers"] is None else {"workers": spec["workers"]}))
     first: list[tuple[float, int]] = []
 
@@ -264,6 +269,8 @@ def main() -> None:
     parser.add_argument("--naive", type=int, default=30, help="camera images for the official naive loop (0 skips)")
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     parser.add_argument("--gpu-decode", action="store_true")
+    parser.add_argument("--engine", default="local", choices=["local", "ray"],
+                        help="ray: also run each end-to-end case on a Ray cluster of this machine")
     parser.add_argument("--workers", type=int, default=None)
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--work-dir", type=Path, default=None, help="keep corpora and weights between runs")
@@ -307,19 +314,29 @@ def main() -> None:
             if args.gpu_decode:
                 print("  " + gpu_agreement(paths[:128], model, args.device))
             best = 0.0
-            for batched in (False, True) if args.gpu_decode else (False,):
+            cases = [("local", False)] + [("local", True)] * args.gpu_decode + [("ray", False)] * (args.engine == "ray")
+            results = {}
+            for engine, batched in cases:
                 library = Path(tempfile.mkdtemp(prefix="lib-", dir=work))
-                result = end_to_end(work / kind, weights, name, args, library, gpu_decode=batched)
+                result = results[engine, batched] = end_to_end(work / kind, weights, name, args, library, batched,
+                                                               engine)
                 seconds = result["seconds"]
                 best = max(best, result["embedded"] / seconds)
                 ceiling = min(many + (gpu if batched else 0.0), embed_rate)
                 busy = f", GPU busy {result['gpu_busy']:.0f}%" if result["gpu_busy"] is not None else ""
                 label = f"{kind}, {'batched JPEG decoder + CPU threads' if batched else 'CPU decode threads'}"
+                if engine == "ray":
+                    label = f"{kind}, Ray engine (decode tasks + one embed actor)"
                 print(f"  {label}: end to end {result['embedded'] / seconds:.2f} img/s overall, steady "
                       f"{result['steady_img_s']:.2f} img/s after {result['startup_s']:.1f} s start-up; "
                       f"read {size / seconds / 1e9:.3f} GB/s; peak RSS {result['peak_rss_mib']:.0f} MiB{busy}")
                 print(f"  {label}: steady / pure embedding = {result['steady_img_s'] / embed_rate:.2f}; "
                       f"steady / min(decode, embedding) = {result['steady_img_s'] / ceiling:.2f}")
+            if ("ray", False) in results:
+                local, ray = results["local", False], results["ray", False]
+                print(f"  {kind}: Ray / local = {local['seconds'] / ray['seconds']:.2f} end to end "
+                      f"({ray['seconds']:.1f} s against {local['seconds']:.1f} s), "
+                      f"{ray['steady_img_s'] / local['steady_img_s']:.2f} in steady state")
             if kind == "camera" and args.naive:
                 naive = naive_loop(weights, OFFICIAL_TYPES[name], paths[: args.naive], args.device)
                 print(f"  camera: naive official loop {naive:.2f} img/s ({args.naive} images); "

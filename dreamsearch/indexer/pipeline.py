@@ -1,5 +1,5 @@
-"""What happens to one new or changed file, in a reading thread: read it once, hash the
-bytes, and decide from the hash whether it needs decoding at all.
+"""What happens to a new or changed file, in a reading thread (or a Ray decode task): read
+it once, hash the bytes, and decide from the hash whether it needs decoding at all.
 
     read bytes ─► hash ─┬─ content already has vectors ─► KNOWN / SAME (no decode)
                         ├─ content being decoded for another file ─► COPY (waits for it)
@@ -7,13 +7,15 @@ bytes, and decide from the hash whether it needs decoding at all.
                         └─ new content ─┬─ baseline JPEG, GPU decoding on ─► FOR_GPU (bytes)
                                         └─ otherwise: decode on this CPU thread ─► DECODED
 
-The outcome goes back, in order, to the thread that embeds and commits.
+The outcome goes back to the thread that embeds and commits. A Ray task processes a few
+files at a time and asks about all their hashes at once (one round trip to the registry).
 """
 
 from __future__ import annotations
 
 import enum
 import threading
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -22,7 +24,7 @@ import numpy as np
 from dreamsearch.catalog import Catalog, ModelInfo, StoredFile
 from dreamsearch.images import Preprocess
 from dreamsearch.decoding import Decoded, TimeLimitExceeded, decode_bytes, time_limit, too_slow
-from dreamsearch.reading import read_file
+from dreamsearch.reading import FileBytes, read_file
 from dreamsearch.scan import ScannedFile
 
 
@@ -83,20 +85,26 @@ class Contents:
         self._failed: dict[str, str] = {}
         self._abandoned: dict[str, str] = {}  # path -> why the run stopped waiting for it
 
-    def classify(self, content_hash: str, path: str) -> tuple[Kind | None, str | None]:
-        """``(KNOWN|COPY|FAILED, reason)`` or ``(None, None)`` when ``path`` now owns the
-        content and must decode it."""
+    def classify(self, files: Sequence[tuple[str, str]]) -> list[tuple[Kind | None, str | None]]:
+        """For each ``(content hash, path)``: ``(KNOWN|COPY|FAILED, reason)``, or ``(None,
+        None)`` when ``path`` now owns the content and must decode it. One catalog query for
+        all of them: a Ray decode task asks once per batch."""
         with self._lock:
-            if path in self._abandoned:  # its thread came back after the run gave up on it
-                return Kind.FAILED, self._abandoned[path]
-            if self._claimed.get(content_hash, path) != path:  # its own claim: a retried file
-                return Kind.COPY, None
-            if content_hash in self._failed:
-                return Kind.FAILED, self._failed[content_hash]
-            if self._catalog.hashes_with_vectors(self._models, [content_hash]):
-                return Kind.KNOWN, None
-            self._claimed[content_hash] = path
-            return None, None
+            open_hashes = [h for h, _path in files if h not in self._claimed and h not in self._failed]
+            known = self._catalog.hashes_with_vectors(self._models, open_hashes) if open_hashes else set()
+            return [self._classify_one(content_hash, path, known) for content_hash, path in files]
+
+    def _classify_one(self, content_hash: str, path: str, known: set[str]) -> tuple[Kind | None, str | None]:
+        if path in self._abandoned:  # its thread came back after the run gave up on it
+            return Kind.FAILED, self._abandoned[path]
+        if self._claimed.get(content_hash, path) != path:  # its own claim: a retried file
+            return Kind.COPY, None
+        if content_hash in self._failed:
+            return Kind.FAILED, self._failed[content_hash]
+        if content_hash in known:
+            return Kind.KNOWN, None
+        self._claimed[content_hash] = path
+        return None, None
 
     def settle(self, content_hash: str, error: str | None = None) -> None:
         """Close ``content_hash``'s claim: committed (``error`` None) or failed."""
@@ -128,7 +136,8 @@ class Contents:
 
 @dataclass(frozen=True)
 class FileProcessor:
-    """Reads, hashes, routes and (on the CPU) decodes one candidate; never raises."""
+    """Reads, hashes, routes and (on the CPU) decodes candidates; never raises. Each file
+    gets ``timeout_s`` in all for its read and its decode."""
 
     contents: Contents
     recipes: tuple[Preprocess, ...]
@@ -139,19 +148,39 @@ class FileProcessor:
     gpu_route: Callable[[bytes], str | None] | None = None  # None: no GPU decoding
 
     def __call__(self, candidate: Candidate) -> Outcome:
-        content_hash = None
+        return self.process([candidate])[0]
+
+    def process(self, candidates: Sequence[Candidate]) -> list[Outcome]:
+        """Read and hash each file, ask ``contents`` about all of them at once, then decode
+        those that own a new content."""
+        outcomes: dict[int, Outcome] = {}
+        reads = []  # (position, candidate, content hash, bytes, seconds spent reading)
+        for i, candidate in enumerate(candidates):
+            started = time.monotonic()
+            read = self._read(candidate)
+            if read.error:
+                outcomes[i] = Outcome(candidate, Kind.FAILED, error=read.error)
+            else:
+                reads.append((i, candidate, read.content_hash, read.data, time.monotonic() - started))
+        answers = self.contents.classify([(content_hash, candidate.path) for _i, candidate, content_hash, *_ in reads])
+        for (i, candidate, content_hash, data, spent), (kind, reason) in zip(reads, answers):
+            outcomes[i] = (Outcome(candidate, kind, content_hash, error=reason) if kind is not None
+                           else self._decode(candidate, content_hash, data, self.timeout_s - spent))
+        return [outcomes[i] for i in range(len(candidates))]
+
+    def _read(self, candidate: Candidate) -> FileBytes:
         try:
             with time_limit(self.timeout_s):
-                read = read_file(candidate.path, self.max_file_size)
-                if read.error:
-                    return Outcome(candidate, Kind.FAILED, error=read.error)
-                content_hash = read.content_hash
-                kind, reason = self.contents.classify(content_hash, candidate.path)
-                if kind is not None:
-                    return Outcome(candidate, kind, content_hash, error=reason)
-                if self.gpu_route is not None and self.gpu_route(read.data) is None:
-                    return Outcome(candidate, Kind.FOR_GPU, content_hash, data=read.data)
-                decoded = decode_bytes(candidate.path, read.data, self.recipes, self.max_pixels, self.draft)
+                return read_file(candidate.path, self.max_file_size)
+        except TimeLimitExceeded:
+            return FileBytes(error=too_slow(self.timeout_s))
+
+    def _decode(self, candidate: Candidate, content_hash: str, data: bytes, seconds_left: float) -> Outcome:
+        if self.gpu_route is not None and self.gpu_route(data) is None:
+            return Outcome(candidate, Kind.FOR_GPU, content_hash, data=data)
+        try:
+            with time_limit(max(seconds_left, 0.001)):
+                decoded = decode_bytes(candidate.path, data, self.recipes, self.max_pixels, self.draft)
         except TimeLimitExceeded:
             return Outcome(candidate, Kind.FAILED, content_hash, error=too_slow(self.timeout_s))
         if decoded.error:

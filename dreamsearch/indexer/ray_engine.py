@@ -223,8 +223,8 @@ class RemoteContents:
     def __init__(self, actor: Any) -> None:
         self.actor = actor
 
-    def classify(self, content_hash: str, path: str) -> tuple[Kind | None, str | None]:
-        return self._ask("classify", content_hash, path)
+    def classify(self, files: Sequence[tuple[str, str]]) -> list[tuple[Kind | None, str | None]]:
+        return self._ask("classify", files)
 
     def settle(self, content_hash: str, error: str | None = None) -> None:
         self.actor.call.remote("settle", content_hash, error)
@@ -261,9 +261,9 @@ def _decode(batch: dict[str, np.ndarray], registry: Any, settings: _DecodeSettin
     """A decode task: the local engine's ``FileProcessor`` on each file of the batch."""
     processor = FileProcessor(RemoteContents(registry), settings.recipes, settings.max_file_size,
                               settings.max_pixels, settings.draft, settings.timeout_s)
-    outcomes = [processor(Candidate(ScannedFile(str(relpath), int(size), int(mtime_ns)), None, str(path)))
-                for path, relpath, size, mtime_ns in zip(batch["path"], batch["relpath"], batch["size"],
-                                                         batch["mtime_ns"])]
+    outcomes = processor.process([
+        Candidate(ScannedFile(str(relpath), int(size), int(mtime_ns)), None, str(path))
+        for path, relpath, size, mtime_ns in zip(batch["path"], batch["relpath"], batch["size"], batch["mtime_ns"])])
     decoded = [o.decoded if o.kind is Kind.DECODED else Decoded() for o in outcomes]
     columns = {
         "path": batch["path"],
