@@ -90,7 +90,9 @@ class RayEngine:
         self._address, self._catalog_path, self._models = address, catalog_path, list(models)
         self._on_nodes, self._settings, self._batch_size = list(on_nodes), settings, batch_size
         self._started_ray = False
-        self._contents: RemoteContents | None = None
+        self._registry: Any = None
+        #: The run's claims, as the driver asks about them.
+        self.contents = _DriverContents(self)
 
     @classmethod
     def for_run(cls, address: str | None, catalog_path: Path, models: Sequence[ModelInfo], sources: Sequence,
@@ -108,20 +110,19 @@ class RayEngine:
                                    options.max_pixels, options.draft, options.decode_timeout_s)
         return cls(address, catalog_path, models, on_nodes, settings, options.batch_size)
 
-    @property
-    def contents(self) -> RemoteContents:
-        """The run's ``Contents``, held by the registry actor (started on first use)."""
-        if self._contents is None:
+    def registry(self) -> Any:
+        """The registry actor, started on the driver's node when first needed: a run with
+        nothing to read starts no Ray at all."""
+        if self._registry is None:
             self._connect()
             ray = self._ray
             from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
             here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=False)
-            registry = ray.remote(_Registry).options(
+            self._registry = ray.remote(_Registry).options(
                 num_cpus=0, scheduling_strategy=here, max_restarts=-1, max_task_retries=-1,
             ).remote(str(self._catalog_path), self._models)
-            self._contents = RemoteContents(registry)
-        return self._contents
+        return self._registry
 
     def outcomes(self, candidates: Iterator[Candidate]) -> Iterator[Outcome]:
         """Each candidate's outcome (in no particular order), chunk by chunk; the scan
@@ -136,9 +137,9 @@ class RayEngine:
             ahead.close()
 
     def close(self) -> None:
-        if self._contents is not None:
-            self._ray.get(self._contents.actor.ping.remote())  # after this caller's settles, which it answers first
-            self._ray.kill(self._contents.actor)
+        if self._registry is not None:
+            self._ray.get(self._registry.ping.remote())  # after this caller's settles, which it answers first
+            self._ray.kill(self._registry)
         if self._started_ray:
             self._ray.shutdown()
 
@@ -153,7 +154,6 @@ class RayEngine:
     def _chunk_outcomes(self, chunk: list[Candidate]) -> Iterator[Outcome]:
         """Outcomes of one chunk; files whose decode task kept dying are tried alone, and
         those that still kill it fail."""
-        contents = self.contents
         waiting = {c.path: c for c in chunk}
         for alone in (False, True):
             for row in self._rows(list(waiting.values()), alone):
@@ -164,7 +164,7 @@ class RayEngine:
                 return
         for candidate in waiting.values():
             reason = f"the process decoding it died {DECODE_TRIES} times (a decoder crash?)"
-            yield Outcome(candidate, Kind.FAILED, contents.abandon(candidate.path, reason), error=reason)
+            yield Outcome(candidate, Kind.FAILED, self.contents.abandon(candidate.path, reason), error=reason)
 
     def _rows(self, candidates: list[Candidate], alone: bool) -> Iterator[dict[str, Any]]:
         """Run candidates through decode tasks and embed actors; a block whose task died
@@ -179,7 +179,7 @@ class RayEngine:
             dataset = dataset.map_batches(
                 _decode, batch_size=per_task, batch_format="numpy", num_cpus=1,
                 max_retries=1 if alone else DECODE_TRIES - 1,
-                fn_kwargs={"registry": self.contents.actor, "settings": self._settings},
+                fn_kwargs={"registry": self.registry(), "settings": self._settings},
             )
         dataset = dataset.map_batches(_embedders_for(self._on_nodes), batch_size=self._batch_size,
                                       batch_format="numpy", **self._actor_resources())
@@ -221,7 +221,11 @@ class RemoteContents:
     sends without waiting is seen by its next question."""
 
     def __init__(self, actor: Any) -> None:
-        self.actor = actor
+        self._actor = actor
+
+    @property
+    def actor(self) -> Any:
+        return self._actor
 
     def classify(self, files: Sequence[tuple[str, str]]) -> list[tuple[Kind | None, str | None]]:
         return self._ask("classify", files)
@@ -242,6 +246,18 @@ class RemoteContents:
         import ray
 
         return ray.get(self.actor.call.remote(method, *args))
+
+
+class _DriverContents(RemoteContents):
+    """The driver's side, which starts the registry only when first asked."""
+
+    def __init__(self, engine: RayEngine) -> None:
+        super().__init__(None)
+        self._engine = engine
+
+    @property
+    def actor(self) -> Any:
+        return self._engine.registry()
 
 
 class _Registry:

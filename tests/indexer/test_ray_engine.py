@@ -25,7 +25,7 @@ from dreamsearch.api import Library
 from dreamsearch.cli import main
 from dreamsearch.errors import DreamsearchError
 from dreamsearch.indexer import IndexOptions, index_folders
-from dreamsearch.indexer.ray_engine import DECODE_TRIES
+from dreamsearch.indexer.ray_engine import DECODE_TRIES, RayEngine
 from dreamsearch.layout import LibraryLayout
 from dreamsearch.models import PendingModel
 from tests.helpers.crashing_decoder import MARKER
@@ -202,6 +202,19 @@ def test_a_node_without_the_weights_fails_fast_with_the_usual_message(cluster, t
                                                r"`dreamsearch models import"):
         library.index([photo_folder(tmp_path / "second", 2, (200, 150), 5, "b{}.jpg")], [MODEL], engine="ray")
     assert time.monotonic() - started < 60
+
+
+def test_a_run_with_nothing_to_read_starts_nothing_on_the_cluster(tmp_path, tiny_weights, monkeypatch):
+    folder = photo_folder(tmp_path / "photos", 3, (200, 150), 1, "a{}.jpg")
+    library = LibraryLayout.prepare(tmp_path / "lib")
+    index(library, folder, tiny_weights, "local")
+
+    def refuse(self):
+        raise AssertionError("Ray was started for a run with nothing to read")
+
+    monkeypatch.setattr(RayEngine, "_connect", refuse)
+    report = index(library, folder, tiny_weights, "ray")
+    assert (report.unchanged, report.read) == (3, 0)
 
 
 def test_without_ray_installed_the_engine_says_how_to_install_it(tmp_path, tiny_weights, monkeypatch):
