@@ -167,8 +167,10 @@ class RayEngine:
             yield Outcome(candidate, Kind.FAILED, self.contents.abandon(candidate.path, reason), error=reason)
 
     def _rows(self, candidates: list[Candidate], alone: bool) -> Iterator[dict[str, Any]]:
-        """Run candidates through decode tasks and embed actors; a block whose task died
-        every time is dropped (the caller sees its files missing)."""
+        """Run candidates through decode tasks and embed actors. A block whose task died
+        every time is dropped (the caller sees its files missing); an exception is not a
+        file's fault (bad files are outcomes), so it comes back as ``run_error`` and stops
+        the run rather than mark good files failed."""
         ray = self._ray
         items = [{"path": c.path, "relpath": c.found.relpath, "size": c.found.size, "mtime_ns": c.found.mtime_ns}
                  for c in candidates]
@@ -186,8 +188,8 @@ class RayEngine:
         dataset.context.max_errored_blocks = -1
         dataset.context.enable_progress_bars = False
         for batch in dataset.iter_batches(batch_size=None, batch_format="numpy"):
-            errors = [e for e in batch["embed_error"] if e]
-            if errors:  # the model or its weights, not a file: the run stops, as a local one would
+            errors = [e for e in batch["run_error"] if e]
+            if errors:  # the model, its weights or a bug, not a file: the run stops, as a local one would
                 raise DreamsearchError(errors[0])
             columns = list(batch)
             for i in range(len(batch["path"])):
@@ -197,6 +199,9 @@ class RayEngine:
         """One actor per GPU when the cluster has GPUs and the models may use them; else
         one CPU actor per node (its torch threads use the node's cores)."""
         resources = self._ray.cluster_resources()
+        if resources.get("CPU", 0) < 2:  # an actor holding the only CPU would starve every decode task
+            raise DreamsearchError(f"--engine ray needs 2 CPUs or more in the cluster (it has "
+                                   f"{resources.get('CPU', 0):g}): one for the model, the others to decode")
         gpus = int(resources.get("GPU", 0))
         devices = {m.device for m in self._on_nodes}
         if gpus and devices != {"cpu"}:
@@ -277,11 +282,17 @@ def _decode(batch: dict[str, np.ndarray], registry: Any, settings: _DecodeSettin
     """A decode task: the local engine's ``FileProcessor`` on each file of the batch."""
     processor = FileProcessor(RemoteContents(registry), settings.recipes, settings.max_file_size,
                               settings.max_pixels, settings.draft, settings.timeout_s)
-    outcomes = processor.process([
-        Candidate(ScannedFile(str(relpath), int(size), int(mtime_ns)), None, str(path))
-        for path, relpath, size, mtime_ns in zip(batch["path"], batch["relpath"], batch["size"], batch["mtime_ns"])])
+    candidates = [Candidate(ScannedFile(str(relpath), int(size), int(mtime_ns)), None, str(path))
+                  for path, relpath, size, mtime_ns in zip(batch["path"], batch["relpath"], batch["size"],
+                                                           batch["mtime_ns"])]
+    try:
+        outcomes, run_error = processor.process(candidates), ""
+    except Exception as exc:  # not a file's fault (those are outcomes): a bug, or the registry gone
+        outcomes = [Outcome(c, Kind.FAILED) for c in candidates]
+        run_error = f"a decode task failed: {type(exc).__name__}: {exc}".splitlines()[0]
     decoded = [o.decoded if o.kind is Kind.DECODED else Decoded() for o in outcomes]
     columns = {
+        "run_error": _objects(run_error for _ in outcomes),
         "path": batch["path"],
         "kind": _objects(o.kind.name for o in outcomes),
         "content_hash": _objects(o.content_hash or "" for o in outcomes),
@@ -329,7 +340,8 @@ class _Embedders:
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         columns = {name: values for name, values in batch.items() if not name.startswith("pixels_")}
         decoded = np.flatnonzero(batch["kind"] == Kind.DECODED.name)
-        columns["embed_error"] = _objects(self._unable or "" for _ in batch["path"])
+        if self._unable:
+            columns["run_error"] = _objects(self._unable for _ in batch["path"])
         for i, model in enumerate(self._models):
             vectors = _objects(b"" for _ in batch["path"])
             if len(decoded):
@@ -339,7 +351,8 @@ class _Embedders:
                 try:
                     embedded = model.embed(pixels)
                 except Exception as exc:  # the model, not a file: the driver stops the run
-                    columns["embed_error"][:] = f"{model.name}: {type(exc).__name__}: {exc}".splitlines()[0]
+                    error = f"{model.name} on node {os.uname().nodename}: {type(exc).__name__}: {exc}"
+                    columns["run_error"] = _objects(error.splitlines()[0] for _ in batch["path"])
                     embedded = np.zeros((len(decoded), 0), np.float32)
                 for j, vector in zip(decoded, embedded):
                     vectors[j] = np.ascontiguousarray(vector, np.float32).tobytes()

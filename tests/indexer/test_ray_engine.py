@@ -25,7 +25,8 @@ from dreamsearch.api import Library
 from dreamsearch.cli import main
 from dreamsearch.errors import DreamsearchError
 from dreamsearch.indexer import IndexOptions, index_folders
-from dreamsearch.indexer.ray_engine import DECODE_TRIES, RayEngine
+from dreamsearch.images import Preprocess
+from dreamsearch.indexer.ray_engine import DECODE_TRIES, RayEngine, _decode, _DecodeSettings
 from dreamsearch.layout import LibraryLayout
 from dreamsearch.models import PendingModel
 from tests.helpers.crashing_decoder import MARKER
@@ -202,6 +203,23 @@ def test_a_node_without_the_weights_fails_fast_with_the_usual_message(cluster, t
                                                r"`dreamsearch models import"):
         library.index([photo_folder(tmp_path / "second", 2, (200, 150), 5, "b{}.jpg")], [MODEL], engine="ray")
     assert time.monotonic() - started < 60
+
+
+def test_a_decode_task_that_raises_stops_the_run_rather_than_fail_its_files(tmp_path):
+    class Unreachable:  # a registry whose every call raises, as a bug would
+        class call:
+            @staticmethod
+            def remote(*args):
+                raise RuntimeError("registry unreachable")
+
+    folder = photo_folder(tmp_path / "photos", 2, (200, 150), 1, "a{}.jpg")
+    paths = sorted(folder.iterdir())
+    batch = {"path": np.array([str(p) for p in paths], object), "relpath": np.array([p.name for p in paths], object),
+             "size": np.array([p.stat().st_size for p in paths]), "mtime_ns": np.array([0, 0])}
+    settings = _DecodeSettings((Preprocess(224),), 1 << 30, 10**8, True, 60.0)
+    columns = _decode(batch, Unreachable(), settings)
+    assert list(columns["run_error"]) == ["a decode task failed: RuntimeError: registry unreachable"] * 2
+    assert list(columns["error"]) == ["", ""]
 
 
 def test_a_run_with_nothing_to_read_starts_nothing_on_the_cluster(tmp_path, tiny_weights, monkeypatch):
