@@ -7,7 +7,8 @@ The order is chosen so nothing is lost or redone (docs/indexing.md has the diagr
 2. new or changed files stream, as the scan finds them, through reading threads
    (``pipeline``): each is read once, hashed, and either recognised as a copy or move of
    indexed content (no decode) or decoded from the same bytes, a bounded number of files
-   ahead of the model;
+   ahead of the model (with ``engine="ray"``, Ray tasks and actors do this and the
+   embedding, and send back outcomes with vectors: ``ray_engine``);
 3. this thread embeds decoded files in batches with every model and commits each batch
    (files, contents, vectors) in one transaction, so a killed run loses at most the batch
    in flight, and the first batch is committed seconds after the start;
@@ -383,8 +384,8 @@ class _Run:
     # read, decode, embed, commit ----------------------------------------------------
 
     def _add(self, plan: _Plan) -> None:
-        """Stream the folder's files through the reading threads as the scan finds them;
-        embed and commit as results arrive, in order."""
+        """Stream the folder's files through the reading threads (or the Ray cluster) as
+        the scan finds them; embed and commit as results arrive."""
         contents, outcomes = self._stream(plan)
         pending = _Pending()
         in_a_row = 0
