@@ -223,13 +223,7 @@ def test_sigkill_mid_run_then_resume_equals_an_uninterrupted_run(tmp_path, tiny_
     (folder / "broken.jpg").write_bytes(b"\xff\xd8\xff garbage")
     killed = LibraryLayout.prepare(tmp_path / "killed")
     command = [sys.executable, "-c", KILL_SCRIPT, str(tiny_weights), str(killed.root), str(folder)]
-    child = subprocess.Popen(command)
-    deadline = time.time() + 120
-    while time.time() < deadline and _vectors_in(killed) < 10:
-        time.sleep(0.05)
-    child.send_signal(signal.SIGKILL)
-    child.wait()
-    assert 10 <= _vectors_in(killed) < 60, "the kill should land mid-run"
+    assert 10 <= kill_at_vectors(command, killed, 10) < 60, "the kill should land mid-run"
 
     subprocess.run(command, check=True, timeout=300)
     whole = LibraryLayout.prepare(tmp_path / "whole")
@@ -241,6 +235,18 @@ def test_sigkill_mid_run_then_resume_equals_an_uninterrupted_run(tmp_path, tiny_
             assert resumed_state[path] == value
         else:
             np.testing.assert_allclose(resumed_state[path], value, atol=1e-6)
+
+
+def kill_at_vectors(command: list[str], library: LibraryLayout, vectors: int) -> int:
+    """Run ``command`` and SIGKILL it once ``library`` holds ``vectors`` vectors (or it
+    ended, or 2 minutes passed); returns how many it held when killed."""
+    child = subprocess.Popen(command)
+    deadline = time.time() + 120
+    while time.time() < deadline and child.poll() is None and _vectors_in(library) < vectors:
+        time.sleep(0.02)
+    child.send_signal(signal.SIGKILL)
+    child.wait()
+    return _vectors_in(library)
 
 
 def _vectors_in(library: LibraryLayout) -> int:

@@ -31,7 +31,7 @@ from dreamsearch.layout import LibraryLayout
 from dreamsearch.models import PendingModel
 from tests.helpers.crashing_decoder import MARKER
 from tests.helpers.images import make_messy_folder, photo_folder, photo_like
-from tests.test_indexer import _vectors_in, library_state
+from tests.test_indexer import kill_at_vectors, library_state
 
 REPO = Path(__file__).resolve().parents[2]
 MODEL = "dreamsim-dino"
@@ -178,13 +178,7 @@ def test_a_killed_driver_loses_only_batches_in_flight_and_the_rerun_completes(cl
     command = [sys.executable, "-m", "dreamsearch", "index", str(folder), "--library", str(killed.root),
                "--weights-dir", str(tiny_weights), "-m", MODEL, "--device", "cpu", "--batch-size", "2", "--quiet",
                "--engine", "ray", "--ray-address", cluster]
-    child = subprocess.Popen(command)
-    deadline = time.time() + 120
-    while time.time() < deadline and child.poll() is None and _vectors_in(killed) < 4:
-        time.sleep(0.02)
-    child.send_signal(signal.SIGKILL)
-    child.wait()
-    assert 4 <= _vectors_in(killed) < 120, "the kill should land mid-run"
+    assert 4 <= kill_at_vectors(command, killed, 4) < 120, "the kill should land mid-run"
 
     subprocess.run(command, check=True, timeout=300)
     clean = LibraryLayout.prepare(tmp_path / "clean")
