@@ -11,6 +11,7 @@ Decisions (see docs/models.md):
 from __future__ import annotations
 
 import io
+import re
 import threading
 import warnings
 from dataclasses import dataclass
@@ -73,7 +74,7 @@ def decode(
         with Image.open(io.BytesIO(data) if data is not None else path) as img:
             width, height = img.size
             if width * height > max_pixels:
-                raise PixelLimitError(path, f"{width}x{height} pixels is over the limit of {max_pixels:,} (a decompression bomb?)")
+                raise PixelLimitError(path, _over_the_limit(f"{width}x{height}", max_pixels))
             file_format = img.format or "unknown"
             if img.getexif().get(0x0112, 1) in (5, 6, 7, 8):
                 width, height = height, width
@@ -92,9 +93,18 @@ def decode(
         empty = data == b"" if data is not None else _is_empty(path)
         raise ImageError(path, "empty file" if empty else "not an image Pillow can read") from None
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
-        raise PixelLimitError(path, f"refused as a decompression bomb ({exc})") from None
+        # Pillow's own check ran first (its limit is never below ``max_pixels``): say it in
+        # the same words, with our limit rather than Pillow's.
+        size = re.search(r"\((\d+) pixels\)", str(exc))
+        raise PixelLimitError(path, _over_the_limit(f"{int(size[1]):,}" if size else None, max_pixels)) from None
     except (OSError, SyntaxError, ValueError, EOFError) as exc:
         raise ImageError(path, f"cannot decode: {exc}") from None
+
+
+def _over_the_limit(pixels: str | None, max_pixels: int) -> str:
+    if pixels is None:
+        return f"over the limit of {max_pixels:,} pixels (a decompression bomb?)"
+    return f"{pixels} pixels is over the limit of {max_pixels:,} (a decompression bomb?)"
 
 
 def _raise_pillow_limit(max_pixels: int) -> None:

@@ -12,6 +12,7 @@ import shutil
 import subprocess
 import sys
 import unicodedata
+import warnings
 import zipfile
 from pathlib import Path
 
@@ -206,6 +207,20 @@ def test_max_pixels_above_pillows_own_limit_is_honoured(tmp_path, monkeypatch):
     Image.new("1", (16000, 14000)).save(bomb)
     with pytest.raises(ImageError, match="decompression bomb"):
         decode(bomb)
+
+
+def test_a_bomb_gets_the_same_words_whichever_check_sees_it_first(tmp_path, monkeypatch):
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", Image.MAX_IMAGE_PIXELS)
+    bomb = tmp_path / "bomb.png"
+    Image.new("1", (20_000, 15_000)).save(bomb)  # 300 MP
+    with pytest.raises(ImageError) as ours:
+        decode(bomb, max_pixels=200_000_000)  # Pillow's warning is not an error here: our check
+    with warnings.catch_warnings():  # as in a CLI or server process, where it is
+        warnings.filterwarnings("error", category=Image.DecompressionBombWarning)
+        with pytest.raises(ImageError) as pillows:
+            decode(bomb, max_pixels=200_000_000)
+    assert "20000x15000 pixels is over the limit of 200,000,000 (a decompression bomb?)" in str(ours.value)
+    assert "300,000,000 pixels is over the limit of 200,000,000 (a decompression bomb?)" in str(pillows.value)
 
 
 def _dino_zip(tiny_weights: Path) -> bytes:
