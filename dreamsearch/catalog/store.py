@@ -446,21 +446,22 @@ class Catalog:
                 yield self._decode(rows, dtype, model.dim)
 
     def vectors_for(self, model: ModelInfo, ids: Sequence[int]) -> tuple[np.ndarray, np.ndarray]:
-        """The stored vectors of ``ids`` that exist, as ``(ids, float32 [n, dim])``."""
+        """The stored vectors of ``ids`` that exist, as ``(ids, float32 [n, dim])``. Filled
+        in place: a training sample of millions of vectors is held once, not twice."""
         dtype = STORAGE_DTYPES[model.storage_dtype]
-        found_ids, found = [], []
+        wanted = [int(i) for i in ids]
+        found_ids, found = np.empty(len(wanted), np.int64), np.empty((len(wanted), model.dim), np.float32)
+        filled = 0
         with self.engine.connect() as connection:
-            for chunk in _chunks([int(i) for i in ids]):
+            for chunk in _chunks(wanted):
                 rows = connection.execute(
                     select(Vector.content_id, Vector.data).where(
                         Vector.model_id == model.id, Vector.content_id.in_(chunk))
                 ).all()
                 got_ids, got = self._decode(rows, dtype, model.dim)
-                found_ids.append(got_ids)
-                found.append(got)
-        if not found:
-            return np.empty(0, np.int64), np.empty((0, model.dim), np.float32)
-        return np.concatenate(found_ids), np.concatenate(found)
+                found_ids[filled : filled + len(rows)], found[filled : filled + len(rows)] = got_ids, got
+                filled += len(rows)
+        return found_ids[:filled], found[:filled]
 
     @staticmethod
     def _decode(rows, dtype, dim: int) -> tuple[np.ndarray, np.ndarray]:

@@ -135,20 +135,27 @@ def rebuild(
     catalog: Catalog, model: ModelInfo, plan: IndexPlan | None = None, nprobe: int = DEFAULT_NPROBE, seed: int = 1234
 ) -> VectorIndex:
     """A fresh index of every vector the catalog holds for ``model``, trained on a seeded
-    uniform sample and filled chunk by chunk (memory: the index plus one chunk)."""
+    uniform sample and filled chunk by chunk. Memory: the ids and the sample while training,
+    then only the index plus one chunk (``benchmarks/ann.py --catalog-build``)."""
     seq = catalog.last_seq(model)  # read first: later changes are replayed, never lost
     ids = catalog.vector_ids(model)
     plan = plan or plan_for(len(ids), model.dim, nprobe)
-    training = np.empty((0, model.dim), np.float32)
-    if plan.needs_training:
-        limit = plan.nlist * MAX_TRAIN_POINTS_PER_LIST
-        pick = ids if len(ids) <= limit else np.random.default_rng(seed).choice(ids, size=limit, replace=False)
-        training = catalog.vectors_for(model, np.sort(pick))[1]
-    index = VectorIndex.create(plan, IndexMeta(model.name, model.fingerprint, model.dim, plan, seq=seq), training,
-                               len(ids), seed)
+    meta = IndexMeta(model.name, model.fingerprint, model.dim, plan, seq=seq)
+    # The sample is only an argument, so it is freed as soon as training is done.
+    index = VectorIndex.create(plan, meta, _training_vectors(catalog, model, ids, plan, seed), len(ids), seed)
+    del ids  # 8 bytes per vector, not needed for adding
     for chunk_ids, chunk in catalog.iter_vectors(model):
         index.add(chunk_ids, chunk)
     return index
+
+
+def _training_vectors(catalog: Catalog, model: ModelInfo, ids: np.ndarray, plan: IndexPlan, seed: int) -> np.ndarray:
+    """The seeded uniform sample of ``ids`` that k-means trains on (none for flat plans)."""
+    if not plan.needs_training:
+        return np.empty((0, model.dim), np.float32)
+    limit = plan.nlist * MAX_TRAIN_POINTS_PER_LIST
+    pick = ids if len(ids) <= limit else np.random.default_rng(seed).choice(ids, size=limit, replace=False)
+    return catalog.vectors_for(model, np.sort(pick))[1]
 
 
 def _rebuild(catalog: Catalog, model: ModelInfo, folder: Path, writable: bool, nprobe: int) -> VectorIndex:
