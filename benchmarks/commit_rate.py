@@ -4,8 +4,8 @@ indexing process can feed.
 Each run writes ``--files`` synthetic files (relative path, size, mtime, a 64-hex content
 hash, picture details) with one vector each through the real ``Catalog.commit_batch``, one
 transaction per batch as the indexer commits (``drop_orphans=False``), into a fresh library.
-With ``--save`` it also catches the FAISS index up (``save_indexes``) every
-``SAVE_INDEX_EVERY`` batches, as ``dreamsearch index`` does; that time is reported apart.
+With ``--save`` it also catches the FAISS index up (``save_indexes``) when the indexer's
+``SaveSchedule`` says so, as ``dreamsearch index`` does; that time is reported apart.
 Vector generation is outside the timed part (a pool of clustered vectors is reused).
 Reported: files/s and MB/s of vector data overall, the rate in the first and last tenth (does
 it slow as the catalog grows?) and the catalog's size on disk.
@@ -32,7 +32,7 @@ import numpy as np  # noqa: E402
 from benchmarks.ann import MODEL_OF_DIM, clustered_chunks  # noqa: E402
 from benchmarks.index_throughput import machine  # noqa: E402
 from dreamsearch.catalog import Catalog, FileEntry  # noqa: E402
-from dreamsearch.indexer.run import SAVE_INDEX_EVERY  # noqa: E402
+from dreamsearch.indexer.run import SaveSchedule  # noqa: E402
 from dreamsearch.layout import LibraryLayout  # noqa: E402
 from dreamsearch.vector_index import save_indexes  # noqa: E402
 
@@ -55,10 +55,11 @@ def run(folder: Path, files: int, dim: int, batch: int, save: bool) -> dict:
     tenth = max(batch, files // 10)
     marks: list[tuple[int, float]] = []  # (files committed, commit seconds so far)
     commit_s = save_s = 0.0
+    schedule, saves = SaveSchedule(), 0
     with Catalog(layout.catalog_path) as catalog:
         model = catalog.ensure_model(name, dim, f"synthetic-{dim}")
         root = catalog.attach(folder / "photos").id
-        for number, first in enumerate(range(0, files, batch), start=1):
+        for first in range(0, files, batch):
             batch_files = entries(first, min(batch, files - first))
             rows = np.arange(first, first + len(batch_files)) % POOL
             vectors = {name: dict(zip((f.content_hash for f in batch_files), pool[rows]))}
@@ -68,16 +69,18 @@ def run(folder: Path, files: int, dim: int, batch: int, save: bool) -> dict:
             done = first + len(batch_files)
             if done // tenth != first // tenth or done == files:
                 marks.append((done, commit_s))
-            if save and number % SAVE_INDEX_EVERY == 0:
+            if save and schedule.due():
                 began = time.perf_counter()
                 save_indexes(catalog, layout.index_dir, [model])
-                save_s += time.perf_counter() - began
+                schedule.saved(time.perf_counter() - began)
+                save_s, saves = save_s + time.perf_counter() - began, saves + 1
         if save:
             began = time.perf_counter()
             save_indexes(catalog, layout.index_dir, [model])
             save_s += time.perf_counter() - began
     (n0, t0), (n9, t9) = marks[0], marks[-2] if len(marks) > 1 else (0, 0.0)
     return {"files": files, "dim": dim, "batch": batch, "save": save, "commit_s": commit_s, "save_s": save_s,
+            "saves": saves,
             "first_tenth": n0 / t0, "last_tenth": (files - n9) / (commit_s - t9),
             "catalog_bytes": sum(p.stat().st_size for p in folder.glob("catalog.sqlite*")),
             "index_bytes": sum(p.stat().st_size for p in layout.index_dir.glob("*.faiss"))}
@@ -88,7 +91,7 @@ def main() -> None:
     parser.add_argument("--files", type=int, default=200_000)
     parser.add_argument("--dims", default="1792,768")
     parser.add_argument("--batches", default="32,64,256")
-    parser.add_argument("--save", action="store_true", help=f"save_indexes every {SAVE_INDEX_EVERY} batches too")
+    parser.add_argument("--save", action="store_true", help="save_indexes during the run as the indexer does")
     parser.add_argument("--threads", type=int, default=2, help="FAISS threads (with --save)")
     parser.add_argument("--work-dir", type=Path, default=Path(tempfile.gettempdir()) / "dreamsearch-commit-rate")
     args = parser.parse_args()
@@ -101,7 +104,7 @@ def main() -> None:
     for dim in map(int, args.dims.split(",")):
         for batch in map(int, args.batches.split(",")):
             r = run(args.work_dir / f"lib-{dim}-{batch}", args.files, dim, batch, args.save)
-            line = (f"{dim:>5}{batch:>6} {'every ' + str(SAVE_INDEX_EVERY) if args.save else 'none':<12}"
+            line = (f"{dim:>5}{batch:>6} {str(r['saves']) + ' + final' if args.save else 'none':<12}"
                     f"{r['files'] / r['commit_s']:>9,.0f}{r['files'] * dim * 4 / r['commit_s'] / 1e6:>7.1f}"
                     f"{r['first_tenth']:>9,.0f}{r['last_tenth']:>9,.0f}{r['commit_s']:>9.1f}{r['save_s']:>8.1f}"
                     f"{r['files'] / (r['commit_s'] + r['save_s']):>19,.0f}{r['catalog_bytes'] / 1e9:>11.2f}"

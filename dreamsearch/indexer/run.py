@@ -15,7 +15,8 @@ The order is chosen so nothing is lost or redone (docs/indexing.md has the diagr
 4. only then are files gone from disk removed (a move keeps its vectors: its new path was
    committed before the old one goes), unless the folder looks unmounted: a folder that
    lost every file, or more than half of them, keeps them until ``prune``;
-5. the FAISS indexes catch up from the catalog and are saved (also every few batches).
+5. the FAISS indexes catch up from the catalog and are saved (also during the run: see
+   ``SaveSchedule``).
 Ctrl-C stops after the current batch (the model runs in its own thread, so the signal is
 answered at once); a second Ctrl-C stops at once. No model is loaded unless a file needs
 embedding.
@@ -52,7 +53,13 @@ if TYPE_CHECKING:  # pragma: no cover
     from dreamsearch.indexer.ray_engine import RayEngine, RemoteContents
     from dreamsearch.models.base import Embedder
 
-SAVE_INDEX_EVERY = 50  # batches
+#: A run saves its FAISS indexes as it goes (so the next start after a kill replays less of
+#: the catalog's log) at most this often, and spends at most ``SAVE_INDEX_SHARE`` of its
+#: time on it: each save rewrites the whole index file (11.6 s at 2M vectors), and saving
+#: every 50 batches made one writer commit 494 files/s instead of 4,129 at 100k 1792-d
+#: vectors (``benchmarks/commit_rate.py --save``).
+SAVE_INDEX_EVERY_S = 60.0
+SAVE_INDEX_SHARE = 0.1
 #: Files recorded without decoding (copies, moves, touched files) are committed this many
 #: at a time, or after ``COMMIT_EVERY_S``, whichever comes first.
 REUSE_BATCH = 500
@@ -63,6 +70,20 @@ MAX_TIMEOUTS_IN_A_ROW = 3
 #: A folder that loses more than this share of its indexed files in one run keeps them
 #: (an unmounted drive or share looks like a folder whose photos were all deleted).
 MAX_LOSS_WITHOUT_PRUNE = 0.5
+
+
+class SaveSchedule:
+    """When the next save of the indexes is due: ``SAVE_INDEX_EVERY_S`` after the last one,
+    or ten times as long as it took, whichever is later."""
+
+    def __init__(self) -> None:
+        self._next = time.monotonic() + SAVE_INDEX_EVERY_S
+
+    def due(self) -> bool:
+        return time.monotonic() >= self._next
+
+    def saved(self, seconds: float) -> None:
+        self._next = time.monotonic() + max(SAVE_INDEX_EVERY_S, seconds / SAVE_INDEX_SHARE)
 
 
 class ModelSource(Protocol):
@@ -230,7 +251,7 @@ class _Run:
         self.recipes = tuple(s.preprocess_spec for s in sources)
         self.models: list[ModelInfo] = []
         self.embedders: list[Embedder | None] = [None] * len(sources)
-        self.batches_since_save = 0
+        self.saves = SaveSchedule()
         self.reused: list[str] = []  # contents recorded as copies or moves (a move if its old path is gone)
         self.replaced: set[int] = set()  # contents whose files changed: dropped at the end if orphaned
         self.model_thread = Workers(1, "dreamsearch-model")  # closed at the end of execute
@@ -496,10 +517,8 @@ class _Run:
         self.report.embedded += len(good)
         self.report.copied += len(copies)
         pending.files, pending.since = [], time.monotonic()
-        if good:
-            self.batches_since_save += 1
-            if self.batches_since_save >= SAVE_INDEX_EVERY:
-                self._save_indexes()
+        if good and self.saves.due():
+            self._save_indexes()
 
     def _embed_lacking(self, good: list[Outcome]) -> dict[str, dict[str, np.ndarray]]:
         """Vectors for the decoded files, from each model that has none for their content
@@ -626,8 +645,9 @@ class _Run:
         self.replaced |= self.catalog.commit_batch(root_id, [entry], drop_orphans=False)
 
     def _save_indexes(self) -> None:
+        started = time.monotonic()
         save_indexes(self.catalog, self.library.index_dir, self.models)
-        self.batches_since_save = 0
+        self.saves.saved(time.monotonic() - started)
 
 
 def _entry(found: ScannedFile, content_hash: str, decoded: Decoded | None = None) -> FileEntry:
