@@ -386,3 +386,18 @@ def test_reading_reserves_the_file_not_the_size_limit(tmp_path):
         "print(read.error or len(read.data))\n")
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
     assert result.stdout.strip() == "5003", result.stderr
+
+
+def test_indexes_are_saved_at_most_once_a_minute_and_within_a_tenth_of_the_time(monkeypatch):
+    now = [1000.0]
+    monkeypatch.setattr(run_module.time, "monotonic", lambda: now[0])
+    schedule = run_module.SaveSchedule()
+    now[0] += 59
+    assert not schedule.due()
+    now[0] += 1
+    assert schedule.due()
+    schedule.saved(20.0)  # a save of a big index: the next one waits ten times as long
+    now[0] += 199
+    assert not schedule.due()
+    now[0] += 1
+    assert schedule.due()
