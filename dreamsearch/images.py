@@ -74,7 +74,7 @@ def decode(
         with Image.open(io.BytesIO(data) if data is not None else path) as img:
             width, height = img.size
             if width * height > max_pixels:
-                raise PixelLimitError(path, _over_the_limit(f"{width}x{height}", max_pixels))
+                raise PixelLimitError(path, _over_the_limit(f"{width * height:,}", max_pixels))
             file_format = img.format or "unknown"
             if img.getexif().get(0x0112, 1) in (5, 6, 7, 8):
                 width, height = height, width
@@ -94,7 +94,8 @@ def decode(
         raise ImageError(path, "empty file" if empty else "not an image Pillow can read") from None
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
         # Pillow's own check ran first (its limit is never below ``max_pixels``): say it in
-        # the same words, with our limit rather than Pillow's.
+        # the same words, with our limit rather than Pillow's. Which check runs first depends
+        # on the process's warning filters, so the reason must not (Ray workers, tests).
         size = re.search(r"\((\d+) pixels\)", str(exc))
         raise PixelLimitError(path, _over_the_limit(f"{int(size[1]):,}" if size else None, max_pixels)) from None
     except (OSError, SyntaxError, ValueError, EOFError) as exc:

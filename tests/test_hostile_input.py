@@ -219,8 +219,8 @@ def test_a_bomb_gets_the_same_words_whichever_check_sees_it_first(tmp_path, monk
         warnings.filterwarnings("error", category=Image.DecompressionBombWarning)
         with pytest.raises(ImageError) as pillows:
             decode(bomb, max_pixels=200_000_000)
-    assert "20000x15000 pixels is over the limit of 200,000,000 (a decompression bomb?)" in str(ours.value)
-    assert "300,000,000 pixels is over the limit of 200,000,000 (a decompression bomb?)" in str(pillows.value)
+    assert str(ours.value) == str(pillows.value)
+    assert str(ours.value).endswith("300,000,000 pixels is over the limit of 200,000,000 (a decompression bomb?)")
 
 
 def _dino_zip(tiny_weights: Path) -> bytes:

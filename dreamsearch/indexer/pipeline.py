@@ -82,6 +82,7 @@ class Contents:
         self._catalog, self._models = catalog, list(models)
         self._lock = threading.Lock()
         self._claimed: dict[str, str] = {}  # content hash -> path of the file decoding it
+        self._owned: dict[str, str] = {}  # path -> the content it claimed
         self._failed: dict[str, str] = {}
         self._abandoned: dict[str, str] = {}  # path -> why the run stopped waiting for it
 
@@ -103,13 +104,26 @@ class Contents:
             return Kind.FAILED, self._failed[content_hash]
         if content_hash in known:
             return Kind.KNOWN, None
+        self._release(path)  # read again (a retried Ray task), it may hold other bytes now
         self._claimed[content_hash] = path
+        self._owned[path] = content_hash
         return None, None
+
+    def release(self, path: str) -> None:
+        """``path`` failed before it was hashed (read again and unreadable now): its
+        earlier claim, if any, is open again."""
+        with self._lock:
+            self._release(path)
+
+    def _release(self, path: str) -> None:
+        owned = self._owned.pop(path, None)
+        if owned is not None and self._claimed.get(owned) == path:
+            del self._claimed[owned]
 
     def settle(self, content_hash: str, error: str | None = None) -> None:
         """Close ``content_hash``'s claim: committed (``error`` None) or failed."""
         with self._lock:
-            self._claimed.pop(content_hash, None)
+            self._owned.pop(self._claimed.pop(content_hash, ""), None)
             if error is not None:
                 self._failed[content_hash] = error
 
@@ -118,9 +132,9 @@ class Contents:
         fails with ``reason``, and if its thread ever comes back it claims nothing."""
         with self._lock:
             self._abandoned[path] = reason
-            owned = next((h for h, owner in self._claimed.items() if owner == path), None)
+            owned = self._owned.get(path)
+            self._release(path)
             if owned is not None:
-                del self._claimed[owned]
                 self._failed[owned] = reason
             return owned
 

@@ -32,7 +32,7 @@ from typing import Any
 import numpy as np
 
 from dreamsearch.catalog import Catalog, ModelInfo
-from dreamsearch.decoding import Decoded
+from dreamsearch.decoding import Decoded, too_slow
 from dreamsearch.errors import DreamsearchError, WeightsError
 from dreamsearch.images import Preprocess
 from dreamsearch.indexer.pipeline import Candidate, Contents, FileProcessor, Kind, Outcome
@@ -45,8 +45,10 @@ FIRST_CHUNK = 1024
 MAX_CHUNK = 65_536
 #: Files per decode task: short tasks keep every CPU busy and make a retry cheap.
 DECODE_BATCH = 8
-#: How many times a decode task is run when its worker process dies.
+#: How many times a decode task is run when its worker process dies; then its files are
+#: run one per task, ``ALONE_TRIES`` times each.
 DECODE_TRIES = 3
+ALONE_TRIES = 2
 INSTALL_HINT = "--engine ray needs Ray: pip install 'dreamsearch[ray]'"
 
 
@@ -90,6 +92,7 @@ class RayEngine:
         self._address, self._catalog_path, self._models = address, catalog_path, list(models)
         self._on_nodes, self._settings, self._batch_size = list(on_nodes), settings, batch_size
         self._started_ray = False
+        self._too_slow = too_slow(settings.timeout_s)
         self._registry: Any = None
         #: The run's claims, as the driver asks about them.
         self.contents = _DriverContents(self)
@@ -119,8 +122,10 @@ class RayEngine:
             from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
             here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=False)
+            # No restarts: a new registry would know none of the run's claims (RemoteContents
+            # stops the run instead, and the next run resumes).
             self._registry = ray.remote(_Registry).options(
-                num_cpus=0, scheduling_strategy=here, max_restarts=-1, max_task_retries=-1,
+                num_cpus=0, scheduling_strategy=here, max_restarts=0, max_task_retries=0,
             ).remote(str(self._catalog_path), self._models)
         return self._registry
 
@@ -137,11 +142,17 @@ class RayEngine:
             ahead.close()
 
     def close(self) -> None:
-        if self._registry is not None:
-            self._ray.get(self._registry.ping.remote())  # after this caller's settles, which it answers first
-            self._ray.kill(self._registry)
-        if self._started_ray:
-            self._ray.shutdown()
+        """Stop the registry and, if this run started Ray, Ray; also after an error."""
+        try:
+            if self._registry is not None:
+                try:  # its queued settles first, so Ray reports no failed calls after the kill
+                    self._ray.get(self._registry.ping.remote(), timeout=10)
+                except Exception:  # noqa: BLE001 - gone or slow: it is killed either way
+                    pass
+                self._ray.kill(self._registry)
+        finally:
+            if self._started_ray:
+                self._ray.shutdown()
 
     def _connect(self) -> None:
         ray = self._ray
@@ -149,7 +160,9 @@ class RayEngine:
             ray.init(address=self._address, include_dashboard=False, log_to_driver=False,
                      logging_level=logging.ERROR)
             self._started_ray = True
-        logging.getLogger("ray.data").setLevel(logging.ERROR)
+        for handler in logging.getLogger("ray.data").handlers:  # the console, not Ray's log file
+            if isinstance(handler, logging.StreamHandler) and not isinstance(handler, logging.FileHandler):
+                handler.setLevel(logging.CRITICAL)  # a dropped block is logged with a traceback
 
     def _chunk_outcomes(self, chunk: list[Candidate]) -> Iterator[Outcome]:
         """Outcomes of one chunk; files whose decode task kept dying are tried alone, and
@@ -163,7 +176,7 @@ class RayEngine:
             if not waiting:
                 return
         for candidate in waiting.values():
-            reason = f"the process decoding it died {DECODE_TRIES} times (a decoder crash?)"
+            reason = f"the process decoding it died {DECODE_TRIES + ALONE_TRIES} times (a decoder crash?)"
             yield Outcome(candidate, Kind.FAILED, self.contents.abandon(candidate.path, reason), error=reason)
 
     def _rows(self, candidates: list[Candidate], alone: bool) -> Iterator[dict[str, Any]]:
@@ -180,7 +193,7 @@ class RayEngine:
             warnings.simplefilter("ignore", DeprecationWarning)
             dataset = dataset.map_batches(
                 _decode, batch_size=per_task, batch_format="numpy", num_cpus=1,
-                max_retries=1 if alone else DECODE_TRIES - 1,
+                max_retries=(ALONE_TRIES if alone else DECODE_TRIES) - 1,
                 fn_kwargs={"registry": self.registry(), "settings": self._settings},
             )
         dataset = dataset.map_batches(_embedders_for(self._on_nodes), batch_size=self._batch_size,
@@ -213,8 +226,8 @@ class RayEngine:
         kind = Kind[row["kind"]]
         content_hash = row["content_hash"] or None
         error = row["error"] or None
-        if kind is not Kind.DECODED:
-            return Outcome(candidate, kind, content_hash, error=error)
+        if kind is not Kind.DECODED:  # a file over the time limit counts toward a hung folder's
+            return Outcome(candidate, kind, content_hash, error=error, gave_up=error == self._too_slow)
         decoded = Decoded(int(row["width"]), int(row["height"]), str(row["format"]))
         vectors = tuple(np.frombuffer(row[f"vector_{i}"], np.float32) for i in range(len(self._on_nodes)))
         return Outcome(candidate, kind, content_hash, decoded, vectors=vectors)
@@ -238,6 +251,9 @@ class RemoteContents:
     def settle(self, content_hash: str, error: str | None = None) -> None:
         self.actor.call.remote("settle", content_hash, error)
 
+    def release(self, path: str) -> None:
+        self.actor.call.remote("release", path)
+
     def abandon(self, path: str, reason: str) -> str | None:
         return self._ask("abandon", path, reason)
 
@@ -250,7 +266,11 @@ class RemoteContents:
     def _ask(self, method: str, *args: Any) -> Any:
         import ray
 
-        return ray.get(self.actor.call.remote(method, *args))
+        try:
+            return ray.get(self.actor.call.remote(method, *args))
+        except ray.exceptions.RayActorError:
+            raise DreamsearchError("the run's registry actor (on the driver's node) died; committed batches are "
+                                   "kept: run the same command again to resume") from None
 
 
 class _DriverContents(RemoteContents):
@@ -279,21 +299,30 @@ class _Registry:
 
 
 def _decode(batch: dict[str, np.ndarray], registry: Any, settings: _DecodeSettings) -> dict[str, np.ndarray]:
-    """A decode task: the local engine's ``FileProcessor`` on each file of the batch."""
-    processor = FileProcessor(RemoteContents(registry), settings.recipes, settings.max_file_size,
-                              settings.max_pixels, settings.draft, settings.timeout_s)
-    candidates = [Candidate(ScannedFile(str(relpath), int(size), int(mtime_ns)), None, str(path))
-                  for path, relpath, size, mtime_ns in zip(batch["path"], batch["relpath"], batch["size"],
-                                                           batch["mtime_ns"])]
+    """A decode task: the local engine's ``FileProcessor`` on each file of the batch. Bad
+    files are outcomes; an exception is not a file's fault (a bug, the registry gone), so
+    it comes back as ``run_error``, which stops the run, and never drops the block (whose
+    files would then be tried alone and recorded as crashing their decoder)."""
+    paths = batch["path"]
     try:
-        outcomes, run_error = processor.process(candidates), ""
-    except Exception as exc:  # not a file's fault (those are outcomes): a bug, or the registry gone
-        outcomes = [Outcome(c, Kind.FAILED) for c in candidates]
-        run_error = f"a decode task failed: {type(exc).__name__}: {exc}".splitlines()[0]
+        processor = FileProcessor(RemoteContents(registry), settings.recipes, settings.max_file_size,
+                                  settings.max_pixels, settings.draft, settings.timeout_s)
+        outcomes = processor.process([
+            Candidate(ScannedFile(str(relpath), int(size), int(mtime_ns)), None, str(path))
+            for path, relpath, size, mtime_ns in zip(paths, batch["relpath"], batch["size"], batch["mtime_ns"])])
+        return _decoded_columns(paths, outcomes, len(settings.recipes))
+    except Exception as exc:
+        return _decoded_columns(paths, [None] * len(paths), len(settings.recipes), _one_line("a decode task", exc))
+
+
+def _decoded_columns(paths: np.ndarray, outcomes: list[Outcome | None], recipes: int,
+                     run_error: str = "") -> dict[str, np.ndarray]:
+    """The decode stage's rows (the same columns whatever happened: Ray joins blocks)."""
+    outcomes = [o or Outcome(Candidate(ScannedFile("", 0, 0), None, ""), Kind.FAILED) for o in outcomes]
     decoded = [o.decoded if o.kind is Kind.DECODED else Decoded() for o in outcomes]
     columns = {
         "run_error": _objects(run_error for _ in outcomes),
-        "path": batch["path"],
+        "path": paths,
         "kind": _objects(o.kind.name for o in outcomes),
         "content_hash": _objects(o.content_hash or "" for o in outcomes),
         "error": _objects(o.error or "" for o in outcomes),
@@ -301,9 +330,13 @@ def _decode(batch: dict[str, np.ndarray], registry: Any, settings: _DecodeSettin
         "height": np.array([d.height for d in decoded], np.int64),
         "format": _objects(d.format for d in decoded),
     }
-    for i in range(len(settings.recipes)):
+    for i in range(recipes):
         columns[f"pixels_{i}"] = _objects(d.pixels[i].tobytes() if d.pixels else b"" for d in decoded)
     return columns
+
+
+def _one_line(where: str, exc: BaseException) -> str:
+    return f"{where} on node {os.uname().nodename} failed: {type(exc).__name__}: {exc}".splitlines()[0]
 
 
 def _embedders_for(on_nodes: list[ModelOnNode]) -> type:
@@ -338,25 +371,26 @@ class _Embedders:
             self._unable = f"on node {node}: {exc}"
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Vectors for the decoded rows; any failure here is the model's or the node's, not
+        a file's, so it comes back as ``run_error`` (see ``_decode``)."""
         columns = {name: values for name, values in batch.items() if not name.startswith("pixels_")}
-        decoded = np.flatnonzero(batch["kind"] == Kind.DECODED.name)
-        if self._unable:
-            columns["run_error"] = _objects(self._unable for _ in batch["path"])
-        for i, model in enumerate(self._models):
-            vectors = _objects(b"" for _ in batch["path"])
-            if len(decoded):
-                side = model.preprocess_spec.size
-                pixels = np.stack([np.frombuffer(batch[f"pixels_{i}"][j], np.uint8).reshape(side, side, 3)
-                                   for j in decoded])
-                try:
-                    embedded = model.embed(pixels)
-                except Exception as exc:  # the model, not a file: the driver stops the run
-                    error = f"{model.name} on node {os.uname().nodename}: {type(exc).__name__}: {exc}"
-                    columns["run_error"] = _objects(error.splitlines()[0] for _ in batch["path"])
-                    embedded = np.zeros((len(decoded), 0), np.float32)
-                for j, vector in zip(decoded, embedded):
-                    vectors[j] = np.ascontiguousarray(vector, np.float32).tobytes()
-            columns[f"vector_{i}"] = vectors
+        for i in range(len(self.on_nodes)):
+            columns[f"vector_{i}"] = _objects(b"" for _ in batch["path"])
+        try:
+            if self._unable:
+                raise DreamsearchError(self._unable)
+            decoded = np.flatnonzero(batch["kind"] == Kind.DECODED.name)
+            for i, model in enumerate(self._models):
+                if len(decoded):
+                    side = model.preprocess_spec.size
+                    pixels = np.stack([np.frombuffer(batch[f"pixels_{i}"][j], np.uint8).reshape(side, side, 3)
+                                       for j in decoded])
+                    for j, vector in zip(decoded, model.embed(pixels)):
+                        columns[f"vector_{i}"][j] = np.ascontiguousarray(vector, np.float32).tobytes()
+        except DreamsearchError as exc:
+            columns["run_error"] = _objects(str(exc) for _ in batch["path"])
+        except Exception as exc:
+            columns["run_error"] = _objects(_one_line("embedding", exc) for _ in batch["path"])
         return columns
 
 

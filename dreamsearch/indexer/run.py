@@ -430,6 +430,11 @@ class _Run:
         finally:
             outcomes.close()
         self._commit(plan.place, contents, pending)  # the batch in flight, also after Ctrl-C
+        for copy in (c for waiting in pending.copies.values() for c in waiting):
+            # Its original was read again by a retried Ray task and had changed: not recorded,
+            # so the next run indexes it.
+            self.report.failures.append((copy.candidate.path, "not indexed in this run: the file it copies changed "
+                                                              "while being read; the next run indexes it"))
         for relpath, path, reason in plan.scan_errors:
             if relpath == plan.place.prefix + ".":  # the folder itself: nothing to record under it
                 self.report.failures.append((path, reason))
@@ -487,7 +492,9 @@ class _Run:
     def _failed(self, place: RootPlace, contents: Contents, pending: _Pending, outcome: Outcome, reason: str) -> None:
         """Record a file that failed, and the byte copies waiting for it."""
         self._fail(place.id, outcome.candidate.found, outcome.candidate.path, reason)
-        if outcome.content_hash:
+        if not outcome.content_hash:
+            contents.release(outcome.candidate.path)  # a retried Ray task: it may have claimed before
+        else:
             contents.settle(outcome.content_hash, reason)
             for copy in pending.copies.pop(outcome.content_hash, []):
                 self._count_found(copy)

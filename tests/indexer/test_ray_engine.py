@@ -22,11 +22,13 @@ from click.testing import CliRunner
 from PIL import Image
 
 from dreamsearch.api import Library
+from dreamsearch.catalog import Catalog
 from dreamsearch.cli import main
 from dreamsearch.errors import DreamsearchError
 from dreamsearch.indexer import IndexOptions, index_folders
+from dreamsearch.indexer.pipeline import Contents, Kind
 from dreamsearch.images import Preprocess
-from dreamsearch.indexer.ray_engine import DECODE_TRIES, RayEngine, _decode, _DecodeSettings
+from dreamsearch.indexer.ray_engine import ALONE_TRIES, DECODE_TRIES, RayEngine, _decode, _DecodeSettings
 from dreamsearch.layout import LibraryLayout
 from dreamsearch.models import PendingModel
 from tests.helpers.crashing_decoder import MARKER
@@ -166,7 +168,7 @@ def test_a_file_that_crashes_its_decoder_is_recorded_failed_not_retried_forever(
     report = index(on_ray, folder, tiny_weights, "ray")
     reasons = {Path(path).name: reason for path, reason in report.failures}
     assert reasons.keys() == {"crash.jpg", "crash-copy.jpg"}
-    assert f"died {DECODE_TRIES} times" in reasons["crash.jpg"] and reasons["crash-copy.jpg"] == reasons["crash.jpg"]
+    assert f"died {DECODE_TRIES + ALONE_TRIES} times" in reasons["crash.jpg"] and reasons["crash-copy.jpg"] == reasons["crash.jpg"]
     assert (report.embedded, report.failed) == (20, 2)
     assert len([v for v in library_state(on_ray).values() if not isinstance(v, str)]) == 20
 
@@ -212,7 +214,9 @@ def test_a_decode_task_that_raises_stops_the_run_rather_than_fail_its_files(tmp_
              "size": np.array([p.stat().st_size for p in paths]), "mtime_ns": np.array([0, 0])}
     settings = _DecodeSettings((Preprocess(224),), 1 << 30, 10**8, True, 60.0)
     columns = _decode(batch, Unreachable(), settings)
-    assert list(columns["run_error"]) == ["a decode task failed: RuntimeError: registry unreachable"] * 2
+    assert len(columns["run_error"]) == 2 and all(
+        e.startswith("a decode task on node ") and e.endswith(" failed: RuntimeError: registry unreachable")
+        for e in columns["run_error"])
     assert list(columns["error"]) == ["", ""]
 
 
@@ -249,3 +253,18 @@ def test_ray_address_without_the_ray_engine_is_a_usage_error(tmp_path):
     result = CliRunner().invoke(main, ["index", str(folder), "--library", str(tmp_path / "lib"),
                                        "--ray-address", "auto"])
     assert result.exit_code == 2 and "--ray-address needs --engine ray" in result.output
+
+
+def test_a_file_read_again_with_other_bytes_lets_go_of_its_first_claim(tmp_path):
+    """A retried decode task reads its files again: one that changed, or became unreadable,
+    must not keep the content it claimed the first time (its copies would wait forever)."""
+    with Catalog(tmp_path / "catalog.sqlite") as catalog:
+        contents = Contents(catalog, [catalog.ensure_model(MODEL, 8, "fp")])
+        assert contents.classify([("h1", "/a.jpg")]) == [(None, None)]
+        assert contents.classify([("h1", "/copy.jpg"), ("h1", "/a.jpg")]) == [(Kind.COPY, None), (None, None)]
+        assert contents.classify([("h2", "/a.jpg")]) == [(None, None)]  # a.jpg changed between tries
+        assert not contents.is_claimed("h1") and contents.is_claimed("h2")
+        contents.release("/a.jpg")  # then could not be read at all
+        assert not contents.is_claimed("h2")
+        assert contents.classify([("h2", "/b.jpg")]) == [(None, None)]
+        assert contents.abandon("/b.jpg", "too slow") == "h2" and contents.failure("h2") == "too slow"
