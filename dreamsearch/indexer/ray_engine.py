@@ -13,8 +13,10 @@ loses only the batches in flight. Which contents a run has claimed lives in the 
 ``Contents``, held by a registry actor on the driver's node that reads the catalog.
 
 A decode task whose worker dies is run again by Ray; files whose task died
-``DECODE_TRIES`` times are then tried one per task, and a file that still kills its worker
-is recorded as failed (a decoder that segfaults on it), never retried forever.
+``DECODE_TRIES`` times are then tried one per task (``ALONE_TRIES`` times), and a file that
+still kills its worker is recorded as failed (a decoder that segfaults on it), never
+retried forever. Any other failure in a task or actor is not a file's fault: it stops the
+run with a one-line error (``run_error``).
 """
 
 from __future__ import annotations
