@@ -28,6 +28,7 @@ from dreamsearch.errors import DreamsearchError
 from dreamsearch.indexer import IndexOptions, index_folders
 from dreamsearch.indexer.pipeline import Contents, Kind
 from dreamsearch.images import Preprocess
+from dreamsearch.indexer import ray_engine
 from dreamsearch.indexer.ray_engine import ALONE_TRIES, DECODE_TRIES, RayEngine, _decode, _DecodeSettings
 from dreamsearch.layout import LibraryLayout
 from dreamsearch.models import PendingModel
@@ -111,6 +112,24 @@ def test_ray_builds_the_library_the_local_engine_builds_and_keeps_it_in_step(clu
     moves = second[1].moved, second[1].copied, second[1].changed, second[1].removed, second[1].failed
     assert moves == (1, 1, 1, 2, 1)  # removed: t04 and the moved file's old path
     assert_same_library(on_ray, local)
+
+
+def test_small_chunks_and_two_folders_give_the_same_library(cluster, tmp_path, tiny_weights, monkeypatch):
+    monkeypatch.setattr(ray_engine, "FIRST_CHUNK", 4)  # a byte copy and its original land in different chunks
+    monkeypatch.setattr(ray_engine, "MAX_CHUNK", 8)
+    first = photo_folder(tmp_path / "first", 10, (320, 240), 700, "f{:02d}.jpg", quality=90)
+    second = photo_folder(tmp_path / "second", 6, (320, 240), 800, "s{:02d}.jpg", quality=90)
+    for name in ("zz-copy-a.jpg", "zz-copy-b.jpg"):
+        shutil.copy(first / "f00.jpg", first / name)
+    shutil.copy(first / "f01.jpg", second / "from-first.jpg")
+    (second / "broken.jpg").write_bytes(b"\xff\xd8\xff not really")
+    libraries = {engine: LibraryLayout.prepare(tmp_path / engine) for engine in ("local", "ray")}
+    reports = {engine: index_folders(library, [first, second], [PendingModel(MODEL, weights_dir=tiny_weights,
+                                     device="cpu")], IndexOptions(batch_size=3, workers=1, engine=engine))
+               for engine, library in libraries.items()}
+    assert counts(reports["ray"]) == counts(reports["local"])
+    assert (reports["ray"].copied, reports["ray"].failed, reports["ray"].embedded) == (3, 1, 16)
+    assert_same_library(libraries["ray"], libraries["local"])
 
 
 def embed_actor_pids() -> set[int]:
