@@ -106,8 +106,27 @@ def ordered(
     if workers is None:
         yield from map(function, items)
         return
-    submitted: queue.SimpleQueue = queue.SimpleQueue()
-    slots = threading.Semaphore(max(1, ahead))  # items submitted and not yet taken
+    submitted = prefetched(items, ahead, make=lambda item: (item, workers.submit(function, item)),
+                           drop=lambda entry: entry[1].cancel())
+    try:
+        for item, future in submitted:
+            try:
+                yield wait(future, timeout_s)
+            except FutureTimeout:
+                workers.give_up(future)
+                yield on_timeout(item)
+    finally:
+        submitted.close()
+
+
+def prefetched(items: Iterable[Item], ahead: int, make: Callable[[Item], Any] | None = None,
+               drop: Callable[[Any], None] | None = None) -> Iterator[Any]:
+    """``make(item)`` (or the item itself) for each of ``items``, made by a thread that is
+    at most ``ahead`` entries ahead of the consumer: ``ordered`` submits work this way, and
+    the Ray engine scans its next chunk while the cluster works on this one. Closing the
+    iterator stops the thread within a poll and hands ``drop`` what was made and not taken."""
+    made: queue.SimpleQueue = queue.SimpleQueue()
+    slots = threading.Semaphore(max(1, ahead))  # entries made and not yet taken
     closed = threading.Event()
     done = object()
 
@@ -119,79 +138,33 @@ def ordered(
                         return
                 if closed.is_set():
                     return
-                submitted.put((item, workers.submit(function, item)))
+                made.put((make(item) if make else item, None))
         except BaseException as exc:  # the consumer re-raises it
-            submitted.put((exc, None))
+            made.put((done, exc))
             return
-        submitted.put((done, None))
+        made.put((done, None))
 
     feeder = threading.Thread(target=feed, name="dreamsearch-feed", daemon=True)
     feeder.start()
     try:
         while True:
-            item, future = _take(submitted)
+            entry, error = _take(made)
             slots.release()
-            if item is done:
-                return
-            if future is None:
-                raise item
-            try:
-                yield wait(future, timeout_s)
-            except FutureTimeout:
-                workers.give_up(future)
-                yield on_timeout(item)
-    finally:
-        closed.set()
-        while True:  # drop what the feeder had submitted
-            try:
-                _item, future = submitted.get_nowait()
-            except queue.Empty:
-                break
-            if future is not None:
-                future.cancel()
-        _join([feeder], 2.0)  # it polls ``closed``: gone within a poll, unless a scan is stuck
-
-
-def prefetched(items: Iterable[Item], limit: int) -> Iterator[Item]:
-    """``items``, produced by a thread that keeps up to ``limit`` of them ready (the Ray
-    engine scans the next chunk while the cluster works on this one). Closing the
-    iterator stops the thread within a poll."""
-    ready: queue.Queue = queue.Queue(max(1, limit))
-    closed = threading.Event()
-    done = object()
-
-    def put(entry: tuple) -> bool:
-        while not closed.is_set():
-            try:
-                ready.put(entry, timeout=_POLL_S)
-                return True
-            except queue.Full:
-                pass
-        return False
-
-    def feed() -> None:
-        try:
-            for item in items:
-                if not put((item, None)):
-                    return
-        except BaseException as exc:  # the consumer re-raises it
-            put((done, exc))
-            return
-        put((done, None))
-
-    feeder = threading.Thread(target=feed, name="dreamsearch-prefetch", daemon=True)
-    feeder.start()
-    try:
-        while True:
-            item, error = _take(ready)
             if error is not None:
                 raise error
-            if item is done:
+            if entry is done:
                 return
-            yield item
+            yield entry
     finally:
         closed.set()
-        _join([feeder], 2.0)
+        while True:  # what the feeder had made
+            try:
+                entry, _error = made.get_nowait()
+            except queue.Empty:
+                break
+            if drop is not None and entry is not done:
+                drop(entry)
+        _join([feeder], 2.0)  # it polls ``closed``: gone within a poll, unless a scan is stuck
 
 
 def wait(future: Future, timeout_s: float | None = None) -> Any:
@@ -209,7 +182,7 @@ def wait(future: Future, timeout_s: float | None = None) -> Any:
                 raise
 
 
-def _take(source: queue.SimpleQueue | queue.Queue) -> Any:
+def _take(source: queue.SimpleQueue) -> Any:
     """``source.get()``, in short slices for the same reason as :func:`wait`."""
     while True:
         try:
