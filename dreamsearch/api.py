@@ -17,15 +17,17 @@ from pathlib import Path
 import numpy as np
 
 from dreamsearch.catalog import Catalog, FileDetail
+from dreamsearch.catalog.backup import CatalogCopy, backup_catalog, backup_file, restore_catalog
 from dreamsearch.compare import Overlap, overlaps
 from dreamsearch.duplicates import DuplicateGroup, find_duplicates
-from dreamsearch.errors import DreamsearchError, NotFoundError
+from dreamsearch.errors import ChangedOnDiskError, DreamsearchError, NotFoundError
 from dreamsearch.indexer import IndexOptions, IndexReport, Progress, check_engine, index_folders
 from dreamsearch.layout import LibraryLayout, library_dir
 from dreamsearch.models import PendingModel
 from dreamsearch.models.base import Embedder
 from dreamsearch.models.registry import DEFAULT_MODEL, get_spec
 from dreamsearch.display import display_path
+from dreamsearch.file_state import one_name_per_file
 from dreamsearch.search import Match, QueryImage, Searcher, model_input
 from dreamsearch.status import LibraryStatus, library_status
 from dreamsearch.vector_index import save_indexes
@@ -169,6 +171,27 @@ class Library:
         self._forget_searchers()
         return removed
 
+    def backup(self, dest: str | os.PathLike) -> CatalogCopy:
+        """Copy the catalog to ``dest`` (a file, or a folder to hold ``catalog.sqlite``) as
+        one consistent snapshot. A reader: an index run goes on meanwhile. Never ``cp`` a
+        live catalog instead: commits may still sit in its ``-wal``. The FAISS files are
+        rebuilt from the catalog, so they need no backup."""
+        return backup_catalog(LibraryLayout.existing(self.folder.root).catalog_path, Path(dest).expanduser())
+
+    def restore(self, backup: str | os.PathLike) -> CatalogCopy:
+        """Replace the catalog with ``backup`` (a file written by ``backup``, or the folder it
+        was written to) and bring the indexes in line with it. A file that is not an intact
+        catalog changes nothing; refused while another process writes. Stale ``-wal`` and
+        ``-shm`` files, which SQLite would replay over the restored file, are removed."""
+        source = backup_file(Path(backup).expanduser())  # checked before a new library's folder is made
+        library = LibraryLayout.prepare(self.folder.root)
+        with library.writer_lock():
+            self.close()  # this object's readers hold the old file open
+            restored = restore_catalog(source, library.catalog_path)
+            with Catalog(library.catalog_path) as catalog:  # the chain check finds indexes from other states
+                save_indexes(catalog, library.index_dir)
+        return restored
+
     # queries ----------------------------------------------------------------------------
 
     def image_query(self, image: QueryImage, model: str = DEFAULT_MODEL, name: str = "upload") -> Query:
@@ -185,7 +208,7 @@ class Library:
         model is loaded, nothing is decoded."""
         searcher = self._searcher(model)
         if isinstance(file, int):
-            detail, _copies = self.file(file)
+            detail, _copies, _links = self.file(file)
             vector, content_id = searcher.stored_vector_of(detail.content_id)
             return Query(model, (detail.path,), vector, (content_id,))
         vector, content_id = searcher.stored_vector(Path(file))
@@ -264,8 +287,10 @@ class Library:
         indexed without it), the file embedded by that model."""
         try:
             return self.stored_query(file, model)
+        except ChangedOnDiskError:
+            raise
         except NotFoundError:
-            if self._searcher(model).catalog.content_id_at(Path(file)) is None:
+            if self._searcher(model).catalog.indexed_file_at(Path(file)) is None:
                 raise  # not in the library at all
             return self.image_query(file, model)
 
@@ -283,15 +308,18 @@ class Library:
 
     # the library itself -----------------------------------------------------------------
 
-    def file(self, file_id: int) -> tuple[FileDetail, tuple[str, ...]]:
-        """An indexed file by catalog id, if it is on disk now as it was indexed, and the
-        other paths of the same content."""
+    def file(self, file_id: int) -> tuple[FileDetail, tuple[str, ...], tuple[str, ...]]:
+        """An indexed file by catalog id, if it is on disk now as it was indexed; the other
+        files with the same content; and the other paths of this same file on disk (hard
+        links, a bind mount, a followed symlink), which are not copies."""
         catalog = self._reader()
         detail = catalog.file_detail(file_id)
-        copies = catalog.file_details([detail.content_id]) if detail is not None else {}
         if detail is None:
             raise NotFoundError(f"no indexed file has id {file_id} (or it changed on disk since it was indexed)")
-        return detail, tuple(d.path for d in copies.get(detail.content_id, []) if d.id != detail.id)
+        same = catalog.file_details([detail.content_id]).get(detail.content_id, [])
+        copies = tuple(d.path for d, _names in one_name_per_file(same) if d.file_key != detail.file_key)
+        links = tuple(d.path for d in same if d.file_key == detail.file_key and d.id != detail.id)
+        return detail, copies, links
 
     def folders(self) -> list[str]:
         """The indexed folders (roots), as stored."""

@@ -13,10 +13,13 @@ if TYPE_CHECKING:  # pragma: no cover
 
 
 def result_document(match: Match) -> dict:
-    """``{"rank", "distance", "path", "size", "also_at", "id", "width", "height"}``."""
+    """``{"rank", "distance", "path", "size", "also_at", "id", "width", "height", "links"}``:
+    ``also_at`` holds the other files with the same bytes, ``links`` the other paths of
+    those same files (hard links, bind mounts, followed symlinks)."""
     result = asdict(match)
     result["distance"] = round(match.distance, 6)
     result["also_at"] = list(match.also_at)
+    result["links"] = list(match.links)
     return result
 
 
@@ -35,8 +38,9 @@ def comparison_document(query: str, k: int, results: dict[str, list[Match]], ove
 def duplicates_document(groups: list[DuplicateGroup], model: str, max_distance: float) -> dict:
     """``{"model", "max_distance", "groups": [{"kind", "keeper": FILE, "others": [FILE, ...]}],
     "summary": {"identical_groups", "similar_groups", "removable_files", "removable_bytes"}}``,
-    FILE being ``{"id", "path", "size", "width", "height", "mtime_ns", "distance"}``; the
-    summary counts each non-keeper once."""
+    FILE being ``{"id", "path", "size", "width", "height", "mtime_ns", "distance", "links"}``
+    (``links``: other paths of the same file on disk, which free nothing); the summary
+    counts each non-keeper file once."""
     from dreamsearch.duplicates import summarize
 
     return {"model": model, "max_distance": max_distance, "groups": [
@@ -46,5 +50,7 @@ def duplicates_document(groups: list[DuplicateGroup], model: str, max_distance: 
 
 def _file(f: DuplicateFile) -> dict:
     result = asdict(f)
+    del result["file_key"]
     result["distance"] = round(f.distance, 6)
+    result["links"] = list(f.links)
     return result

@@ -15,17 +15,21 @@ Two tiers:
   close pairs.
 
 Each group names a keeper, the file to keep: the most pixels, then the oldest (mtime),
-then the first path. See docs/duplicates.md for the default distances.
+then the first path. A file reachable by several paths (hard links, a bind mount, a
+followed symlink) is one file: it is never a copy of itself, it is shown by the name
+that needs no symlink, and its other names are listed as ``links`` (``file_state``). See
+docs/duplicates.md for the default distances.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
 from dreamsearch.catalog import Catalog, FileDetail, ModelInfo
+from dreamsearch.file_state import one_name_per_file
 from dreamsearch.vector_index.index import VectorIndex
 
 NEIGHBOURS = 16
@@ -42,6 +46,11 @@ class DuplicateFile:
     mtime_ns: int
     #: Distance to the keeper (0 for the keeper and in an identical group).
     distance: float
+    #: Other paths of this same file on disk (hard links, bind mounts, followed symlinks):
+    #: removing one of them frees nothing.
+    links: tuple[str, ...] = ()
+    #: The file on disk (device and inode): what the bytes freed are counted by.
+    file_key: tuple = field(default=(), repr=False, compare=False)
 
     @property
     def dimensions(self) -> str:
@@ -76,12 +85,19 @@ def find_duplicates(catalog: Catalog, model: ModelInfo, index: VectorIndex, max_
     return identical_groups(catalog) + similar_groups(catalog, model, index, max_distance, neighbours)
 
 
+#: A file by its chosen name, with its other names (``file_state.one_name_per_file``).
+Named = tuple[FileDetail, tuple[str, ...]]
+
+
 def identical_groups(catalog: Catalog) -> list[DuplicateGroup]:
-    """Byte-identical copies: one group per content found at more than one path."""
-    files = catalog.file_details(catalog.shared_contents())
-    keepers = {cid: min(same, key=_keeper_key) for cid, same in files.items() if len(same) > 1}
-    return _ordered([_group("identical", keeper, [(f, 0.0) for f in files[cid] if f is not keeper])
-                     for cid, keeper in keepers.items()])
+    """Byte-identical copies: one group per content found in more than one file on disk."""
+    groups = []
+    for same in catalog.file_details(catalog.shared_contents()).values():
+        files = one_name_per_file(same)
+        if len(files) > 1:
+            keeper = min(files, key=_keeper_key)
+            groups.append(_group("identical", keeper, [(f, 0.0) for f in files if f is not keeper]))
+    return _ordered(groups)
 
 
 def similar_groups(catalog: Catalog, model: ModelInfo, index: VectorIndex, max_distance: float,
@@ -90,7 +106,8 @@ def similar_groups(catalog: Catalog, model: ModelInfo, index: VectorIndex, max_d
     built around keepers in keeper order, one file per content."""
     a, b, distance = _close_pairs(catalog, model, index, max_distance, neighbours)
     # each content stands for its copies by its best file (its identical group's keeper)
-    best = {cid: min(files, key=_keeper_key) for cid, files in catalog.file_details(np.unique(a)).items()}
+    best = {cid: min(one_name_per_file(files), key=_keeper_key)
+            for cid, files in catalog.file_details(np.unique(a)).items()}
     grouped: set[int] = set()
     groups = []
     for keeper in sorted(best, key=lambda cid: _keeper_key(best[cid])):
@@ -101,34 +118,34 @@ def similar_groups(catalog: Catalog, model: ModelInfo, index: VectorIndex, max_d
                    if m in best and m not in grouped]
         members = _all_within(catalog, model, keeper, members, max_distance)
         if members:
-            grouped.update([keeper, *(f.content_id for f, _d in members)])
+            grouped.update([keeper, *(f.content_id for (f, _links), _d in members)])
             groups.append(_group("similar", best[keeper], members))
     return _ordered(groups)
 
 
-def _all_within(catalog: Catalog, model: ModelInfo, keeper: int, members: list[tuple[FileDetail, float]],
-                max_distance: float) -> list[tuple[FileDetail, float]]:
+def _all_within(catalog: Catalog, model: ModelInfo, keeper: int, members: list[tuple[Named, float]],
+                max_distance: float) -> list[tuple[Named, float]]:
     """The members, nearest to the keeper first, that are also within ``max_distance`` of
     every member taken before them: a chain A-B-C with A-C too far never shares a group,
     whichever of them is the keeper. Distances from the stored vectors, in float64."""
     if len(members) < 2:
         return members
-    members = sorted(members, key=lambda fd: (fd[1], fd[0].path))
-    ids, vectors = catalog.vectors_for(model, [f.content_id for f, _d in members])
+    members = sorted(members, key=lambda fd: (fd[1], fd[0][0].path))
+    ids, vectors = catalog.vectors_for(model, [f.content_id for (f, _links), _d in members])
     vector = {int(i): v.astype(np.float64) for i, v in zip(ids, vectors)}
-    taken: list[tuple[FileDetail, float]] = []
+    taken: list[tuple[Named, float]] = []
     for member, d in members:
-        mine = vector.get(member.content_id)
+        mine = vector.get(member[0].content_id)
         if mine is None:  # its vector went since the pairs were found (an index run)
             continue
-        if all(1.0 - float(mine @ vector[other.content_id]) <= max_distance for other, _d in taken):
+        if all(1.0 - float(mine @ vector[other.content_id]) <= max_distance for (other, _links), _d in taken):
             taken.append((member, d))
     return taken
 
 
 def summarize(groups: Sequence[DuplicateGroup]) -> DuplicateSummary:
-    """What acting on ``groups`` frees, each non-keeper counted once."""
-    removable = {f.id: f.size for g in groups for f in g.others}
+    """What acting on ``groups`` frees, each non-keeper file on disk counted once."""
+    removable = {f.file_key: f.size for g in groups for f in g.others}
     identical = sum(g.kind == "identical" for g in groups)
     return DuplicateSummary(identical, len(groups) - identical, len(removable), sum(removable.values()))
 
@@ -161,15 +178,16 @@ def _close_pairs(catalog: Catalog, model: ModelInfo, index: VectorIndex, max_dis
     return pair[first, 0], pair[first, 1], distance[first]
 
 
-def _group(kind: str, keeper: FileDetail, others: list[tuple[FileDetail, float]]) -> DuplicateGroup:
+def _group(kind: str, keeper: Named, others: list[tuple[Named, float]]) -> DuplicateGroup:
     """``keeper``, then the ``others`` (with their distance to it) nearest first."""
-    as_files = [DuplicateFile(f.id, f.path, f.size, f.width, f.height, f.mtime_ns, d)
-                for f, d in [(keeper, 0.0), *sorted(others, key=lambda fd: (fd[1], fd[0].path))]]
+    as_files = [DuplicateFile(f.id, f.path, f.size, f.width, f.height, f.mtime_ns, d, links, f.file_key)
+                for (f, links), d in [(keeper, 0.0), *sorted(others, key=lambda fd: (fd[1], fd[0][0].path))]]
     return DuplicateGroup(kind, as_files[0], tuple(as_files[1:]))
 
 
-def _keeper_key(detail: FileDetail) -> tuple:
+def _keeper_key(named: Named) -> tuple:
     """Most pixels first, then oldest, then by path (so the choice is stable)."""
+    detail = named[0]
     return (-((detail.width or 0) * (detail.height or 0)), detail.mtime_ns, detail.path)
 
 

@@ -26,5 +26,10 @@ class NotFoundError(DreamsearchError):
     """Something asked for by id or path that the library does not hold (HTTP 404)."""
 
 
+class ChangedOnDiskError(NotFoundError):
+    """A file named by path or id is in the library, but is not on disk as it was
+    indexed: its stored vector is of another picture (HTTP 404, as a file that is gone)."""
+
+
 class WeightsError(DreamsearchError):
     """Model weights that are missing, incomplete or unreadable."""

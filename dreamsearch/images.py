@@ -10,18 +10,23 @@ Decisions (see docs/models.md):
 
 from __future__ import annotations
 
+import errno
 import io
+import os
 import re
+import stat
 import threading
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from dreamsearch.defaults import DEFAULT_MAX_PIXELS
 from dreamsearch.errors import ImageError, PixelLimitError
+from dreamsearch.reading import NOT_REGULAR_FILE
 
 
 _HEIF_REGISTERED = False
@@ -71,7 +76,7 @@ def decode(
     _raise_pillow_limit(max_pixels)
     path = Path(path)
     try:
-        with Image.open(io.BytesIO(data) if data is not None else path) as img:
+        with _source(path, data) as source, Image.open(source) as img:
             width, height = img.size
             if width * height > max_pixels:
                 raise PixelLimitError(path, _over_the_limit(f"{width * height:,}", max_pixels))
@@ -100,6 +105,29 @@ def decode(
         raise PixelLimitError(path, _over_the_limit(f"{int(size[1]):,}" if size else None, max_pixels)) from None
     except (OSError, SyntaxError, ValueError, EOFError) as exc:
         raise ImageError(path, f"cannot decode: {exc}") from None
+
+
+def _source(path: Path, data: bytes | None) -> BinaryIO:
+    """``data``, or the file at ``path`` if it is a regular file. It is opened without
+    blocking and checked before reading: a FIFO would otherwise wait for a writer forever."""
+    if data is not None:
+        return io.BytesIO(data)
+    try:
+        descriptor = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
+    except OSError as exc:
+        if exc.errno == errno.ENXIO:  # a socket
+            raise ImageError(path, NOT_REGULAR_FILE) from None
+        raise
+    try:
+        mode = os.fstat(descriptor).st_mode
+        if stat.S_ISDIR(mode):
+            raise IsADirectoryError(errno.EISDIR, "Is a directory", str(path))
+        if not stat.S_ISREG(mode):
+            raise ImageError(path, NOT_REGULAR_FILE)
+        return open(descriptor, "rb")
+    except BaseException:
+        os.close(descriptor)
+        raise
 
 
 def _over_the_limit(pixels: str | None, max_pixels: int) -> str:

@@ -87,7 +87,8 @@ class LibraryLayout:
     @contextmanager
     def writer_lock(self) -> Iterator[None]:
         """Held by every command that changes the library (``index``, ``forget``, API
-        writes): one writer at a time across processes; readers never wait for it."""
+        writes): one writer at a time across processes; readers never wait for it. Taking
+        it removes what a writer killed mid-save left behind (see ``remove_leftovers``)."""
         try:
             handle = open(self.root / ".writer.lock", "a")
         except OSError as exc:
@@ -100,4 +101,17 @@ class LibraryLayout:
             except BlockingIOError:
                 raise DreamsearchError(f"another dreamsearch is changing {self.root} (indexing?); "
                                        "try again when it ends") from None
+            self.remove_leftovers()
             yield
+
+    def remove_leftovers(self) -> None:
+        """Delete the temporary files (``atomic.staged_file``: ``.NAME.HEX.partial``) of index
+        saves and catalog restores that a killed writer left. Only writers make them, so with
+        the writer lock held none is being written. Thumbnails, written by readers, live
+        elsewhere and are left alone."""
+        leftovers = [*self.index_dir.glob(".*.partial"), *self.root.glob(f".{self.catalog_path.name}.*.partial*")]
+        for path in leftovers:
+            try:
+                path.unlink()
+            except OSError:  # gone already, or not ours to remove: harmless either way
+                pass

@@ -8,8 +8,9 @@
   result's query, rank, distance and size and its path in ``copy_of``: every line one file
 - ``null``: result paths separated by NUL
 
-where RESULT is ``{"rank", "distance", "path", "size", "also_at", "id", "width", "height"}``
-(``id``: the file's catalog id, as the HTTP API uses it; ``width``/``height``: pixels).
+where RESULT is ``{"rank", "distance", "path", "size", "also_at", "id", "width", "height", "links"}``
+(``id``: the file's catalog id, as the HTTP API uses it; ``width``/``height``: pixels;
+``links``: other paths of the same files on disk, such as hard links, which are not copies).
 
 Any file name survives every format (docs/output.md): JSON and JSONL are UTF-8 with the
 bytes of a name that are not UTF-8 written as ``\\udcXX`` escapes (``os.fsencode`` of
@@ -110,6 +111,8 @@ def _path_cell(m: Match, width: int, verbose: bool) -> str:
         lines += [f"  also {short_path(p, width - len('  also '))}" for p in m.also_at]
     elif m.also_at:
         lines.append(f"  +{len(m.also_at)} copies")
+    if verbose:
+        lines += [f"  link {short_path(p, width - len('  link '))}" for p in m.links]
     return "\n".join(lines)
 
 
@@ -171,8 +174,9 @@ def render_duplicates(groups: list[DuplicateGroup], model: str, max_distance: fl
     """``duplicates``' output. JSON: ``{"model", "max_distance", "groups": [{"kind":
     "identical"|"similar", "keeper": FILE, "others": [FILE, ...]}], "summary": {"identical_groups",
     "similar_groups", "removable_files", "removable_bytes"}}``, FILE being ``{"id", "path", "size",
-    "width", "height", "mtime_ns", "distance"}`` (distance to the keeper). The table notes, under
-    a similar group's file, the identical group that lists its byte-identical copies."""
+    "width", "height", "mtime_ns", "distance", "links"}`` (distance to the keeper; links: other
+    paths of the same file on disk). The table notes, under a similar group's file, the
+    identical group that lists its byte-identical copies, and under any file its links."""
     if as_json:
         _write_json_lines([duplicates_document(groups, model, max_distance)])
         return
@@ -189,6 +193,7 @@ def render_duplicates(groups: list[DuplicateGroup], model: str, max_distance: fl
             note = ""
             if group.kind == "similar" and f.id in copies:
                 note = "\n  ×{1} identical: identical group {0}".format(*copies[f.id])
+            note += "".join(f"\n  link (the same file): {display_path(link)}" for link in f.links)
             table.add_row("keep" if f is group.keeper else "", f"{f.distance:.4f}", f.dimensions, human_bytes(f.size),
                           _literal(display_path(f.path) + note))
         console.print(table)

@@ -9,6 +9,7 @@ would otherwise end in ``MemoryError``), and every failure is a one-line reason.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import os
 import stat
@@ -18,6 +19,8 @@ from dreamsearch.display import human_bytes
 
 #: Files larger than this are recorded as failed unread (``--max-file-size``).
 DEFAULT_MAX_FILE_SIZE = 2 * 1024**3
+#: The reason given for a FIFO, socket or device wherever a file is expected.
+NOT_REGULAR_FILE = "not a regular file (a pipe, socket or device)"
 
 
 @dataclass(frozen=True)
@@ -50,7 +53,7 @@ def read_file(path: str, max_size: int = DEFAULT_MAX_FILE_SIZE) -> FileBytes:
         if stat.S_ISDIR(info.st_mode):
             return FileBytes(error="is a folder, not a file")
         if not stat.S_ISREG(info.st_mode):
-            return FileBytes(error="not a regular file (a pipe, socket or device)")
+            return FileBytes(error=NOT_REGULAR_FILE)
         if info.st_size > max_size:
             return FileBytes(error=f"{human_bytes(info.st_size)} is over the file size limit of {human_bytes(max_size)} "
                                    "(--max-file-size)")
@@ -79,5 +82,7 @@ def read_failure(exc: OSError) -> str:
         return "vanished before it could be read"
     if isinstance(exc, PermissionError):
         return "permission denied"
+    if exc.errno == errno.ENXIO:  # what opening a socket (or a device with no driver) says
+        return NOT_REGULAR_FILE
     return f"cannot read: {exc.strerror or exc}"
 

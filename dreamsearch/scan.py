@@ -15,6 +15,8 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from dreamsearch.file_state import mtime_problem, observed
+
 IMAGE_EXTENSIONS = {
     ".jpg", ".jpeg", ".jpe", ".jfif", ".png", ".gif", ".webp", ".bmp", ".dib", ".tif", ".tiff",
     ".heic", ".heif", ".hif", ".avif",
@@ -28,9 +30,16 @@ _HEIF_BRANDS = {b"heic", b"heix", b"hevc", b"hevx", b"heim", b"heis", b"mif1", b
 
 @dataclass(frozen=True)
 class ScannedFile:
+    """A candidate file and its state on disk (``dreamsearch.file_state``); ``problem``
+    says why it cannot be indexed faithfully (a modification time past 2262)."""
+
     relpath: str
     size: int
     mtime_ns: int
+    inode: int | None = None
+    device: int | None = None
+    ctime_ns: int | None = None
+    problem: str | None = None
 
 
 def sniff_image(head: bytes) -> bool:
@@ -49,7 +58,7 @@ def scan(
     follow_symlinks: bool = False,
     on_error: Callable[[str, str], None] = lambda path, reason: None,
 ) -> Iterator[ScannedFile]:
-    """Yield candidate image files under ``root`` with size and mtime. Unreadable folders
+    """Yield candidate image files under ``root`` with their state. Unreadable folders
     and broken links are reported through ``on_error(path, reason)`` and skipped."""
     root = Path(root)
     seen_dirs: set[tuple[int, int]] = set()
@@ -81,7 +90,8 @@ def scan(
             if stat.S_ISDIR(info.st_mode):
                 stack.append(Path(entry.path))
             elif stat.S_ISREG(info.st_mode) and _looks_like_image(entry.path, entry.name):
-                yield ScannedFile(relpath, info.st_size, info.st_mtime_ns)
+                state = observed(info)
+                yield ScannedFile(relpath, *state, mtime_problem(state, info))
 
 
 def _looks_like_image(path: str, name: str) -> bool:

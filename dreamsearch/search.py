@@ -19,6 +19,7 @@ from PIL import Image
 
 from dreamsearch.catalog import Catalog, ModelInfo
 from dreamsearch.errors import DreamsearchError, ImageError, NotFoundError, PixelLimitError
+from dreamsearch.file_state import one_name_per_file
 from dreamsearch.images import DEFAULT_MAX_PIXELS, to_rgb
 from dreamsearch.decoding import DECODE_TIMEOUT_S, TimeLimitExceeded, decode_bytes, time_limit, too_slow
 from dreamsearch.reading import content_hash, read_file
@@ -33,8 +34,10 @@ QueryImage = str | os.PathLike | bytes | Image.Image | np.ndarray
 
 @dataclass(frozen=True)
 class Match:
-    """One result. ``also_at`` lists the other places the same content lives; ``id`` is
-    the catalog id of the file at ``path`` (what the HTTP API serves files by)."""
+    """One result. ``also_at`` lists the other files with the same content, ``links`` the
+    other paths of those same files on disk (hard links, a bind mount, a followed
+    symlink: not copies); ``id`` is the catalog id of the file at ``path`` (what the HTTP
+    API serves files by)."""
 
     rank: int
     distance: float
@@ -44,6 +47,7 @@ class Match:
     id: int = 0
     width: int | None = None
     height: int | None = None
+    links: tuple[str, ...] = ()
 
 
 class Searcher:
@@ -81,17 +85,21 @@ class Searcher:
 
     def embed_pixels(self, embedder: Embedder, pixels: np.ndarray) -> np.ndarray:
         """The query vector of preprocessed pixels, refusing an embedder whose weights differ
-        from those that made the library's vectors (distances would be meaningless)."""
-        if embedder.name != self.model.name or embedder.fingerprint != self.model.fingerprint:
+        from those that made the library's vectors (distances would be meaningless). A
+        library made before whole-file fingerprints holds the legacy fingerprint of the
+        same weights until its next ``index`` re-stamps it."""
+        same = self.model.fingerprint in (embedder.fingerprint, getattr(embedder, "legacy_fingerprint", None))
+        if embedder.name != self.model.name or not same:
             raise DreamsearchError(f"the library's '{self.model.name}' vectors come from other weights than {embedder.name}")
         return embedder.embed(pixels[None])[0]
 
     def stored_vector(self, path: Path) -> tuple[np.ndarray, int]:
-        """The stored vector of an indexed file (``--like``): no model, no decoding."""
-        content_id = self.catalog.content_id_at(path)
-        if content_id is None:
+        """The stored vector of an indexed file (``--like``): no model, no decoding. A
+        file changed on disk since it was indexed is refused (``ChangedOnDiskError``)."""
+        indexed = self.catalog.indexed_file_at(path)
+        if indexed is None:
             raise NotFoundError(f"{path} is not in the library (index its folder first, or query it as a file)")
-        return self.stored_vector_of(content_id)
+        return self.stored_vector_of(indexed.content_id)
 
     def stored_vector_of(self, content_id: int) -> tuple[np.ndarray, int]:
         ids, vectors = self.catalog.vectors_for(self.model, [content_id])
@@ -140,9 +148,10 @@ class Searcher:
                 break  # scores are sorted
             places = [d for d in details.get(content_id, []) if under is None or _inside(d.path, under)]
             if places:  # no places: removed since the index was read, or outside ``under``
-                first = places[0]
-                matches.append(Match(0, distance, first.path, first.size, tuple(d.path for d in places[1:]),
-                                     first.id, first.width, first.height))
+                files = one_name_per_file(places)
+                (first, _), links = files[0], tuple(link for _f, names in files for link in names)
+                matches.append(Match(0, distance, first.path, first.size, tuple(f.path for f, _names in files[1:]),
+                                     first.id, first.width, first.height, links))
         return matches
 
 

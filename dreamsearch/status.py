@@ -7,7 +7,8 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 
-from dreamsearch.catalog import Catalog
+from dreamsearch.catalog import Catalog, FailedFile
+from dreamsearch.failures import PERMANENT, TRANSIENT_TRIES
 from dreamsearch.layout import LibraryLayout
 from dreamsearch.display import display_path, human_bytes, problem_line
 from dreamsearch.vector_index.index import IndexFileError, meta_path, read_meta
@@ -36,7 +37,7 @@ class LibraryStatus:
     size_bytes: int
     folders: list[FolderStatus] = field(default_factory=list)
     models: list[ModelStatus] = field(default_factory=list)
-    failed: list[tuple[str, str]] = field(default_factory=list)  # (path, reason), if asked for
+    failed: list[FailedFile] = field(default_factory=list)  # if asked for
 
 
 def library_status(root: Path, show_failed: bool = False) -> LibraryStatus:
@@ -62,8 +63,18 @@ def status_lines(status: LibraryStatus) -> list[str]:
         lines.append(f"  {display_path(folder.path)}: {folder.images} images, {folder.unreadable} unreadable{missing}")
     for model in status.models:
         lines.append(f"model {model.name}: {model.vectors} vectors, dim {model.dim}, {model.index}")
-    lines += [f"failed {problem_line(path, reason)}" for path, reason in status.failed]
+    lines += [f"failed {problem_line(failed.path, failed.reason)} [{retry_note(failed)}]" for failed in status.failed]
     return lines
+
+
+def retry_note(failed: FailedFile) -> str:
+    """Whether and when ``index`` tries the file again (``dreamsearch.failures``)."""
+    if failed.kind == PERMANENT:
+        return "permanent: retried when the file changes, or with index --retry-failed"
+    if failed.runs >= TRANSIENT_TRIES:
+        return (f"transient, {failed.runs} runs in a row: retried when the file changes, "
+                "or with index --retry-failed")
+    return "transient: retried by the next index run"
 
 
 def _index_line(library: LibraryLayout, catalog: Catalog, model) -> str:

@@ -81,7 +81,7 @@ def test_planted_groups_are_found_with_their_keepers(planted):
     assert b["keeper"]["path"] == str(photos / "p05.jpg")  # same pixels; the copies were written later
     assert groups["identical", frozenset({"p05.jpg", "backup/p05.jpg"})]["keeper"]["path"] == b["keeper"]["path"]
     assert document["summary"]["removable_files"] == 1 + 1 + 2 + 1  # backup/p05 once
-    assert set(b["keeper"]) == {"id", "path", "size", "width", "height", "mtime_ns", "distance"}  # stable schema
+    assert set(b["keeper"]) == {"id", "path", "size", "width", "height", "mtime_ns", "distance", "links"}  # stable schema
     assert [g["kind"] for g in document["groups"]] == ["identical", "identical", "similar", "similar"]
 
 

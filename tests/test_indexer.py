@@ -36,7 +36,7 @@ def library_state(library: LibraryLayout) -> dict:
         model = catalog.model("dreamsim-dino")
         ids, vectors = catalog.vectors_for(model, catalog.vector_ids(model))
         by_id = dict(zip(ids.tolist(), vectors))
-        state = {path: reason for path, reason in catalog.failed_files()}
+        state = {failed.path: failed.reason for failed in catalog.failed_files()}
         for content_id, paths in catalog.paths_of(list(by_id)).items():
             for path in paths:
                 state[path] = by_id[content_id]

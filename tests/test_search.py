@@ -46,7 +46,7 @@ def test_an_indexed_image_finds_itself_and_its_copies_first(indexed, tiny_weight
     assert found[0]["distance"] < 1e-5
     assert {found[0]["path"], *found[0]["also_at"]} == {str(photos / "p03.jpg"), str(photos / "trip" / "p03-copy.jpg")}
     assert [r["rank"] for r in found] == [1, 2, 3]
-    assert set(found[0]) == {"rank", "distance", "path", "size", "also_at", "id", "width", "height"}  # stable schema
+    assert set(found[0]) == {"rank", "distance", "path", "size", "also_at", "id", "width", "height", "links"}  # stable schema
     assert found[0]["size"] == (photos / "p03.jpg").stat().st_size
     assert found[1]["distance"] >= found[0]["distance"] and found[2]["distance"] >= found[1]["distance"]
 

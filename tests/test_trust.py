@@ -123,7 +123,8 @@ def test_files_in_a_folder_that_cannot_be_listed_are_kept_and_reported(tmp_path,
     assert report.removed == 0 and report.kept == 0
     assert len(stored_paths(library)) == 6  # 5 photos and the folder's failure
     with Catalog(library.catalog_path) as catalog:
-        assert catalog.failed_files() == [(str(photos / "locked"), "cannot list or open: Permission denied")]
+        assert [(f.path, f.reason, f.kind) for f in catalog.failed_files()] == [
+            (str(photos / "locked"), "cannot list or open: Permission denied", "transient")]
 
 
 def test_an_indexed_folder_that_cannot_be_listed_keeps_its_files_even_with_prune(tmp_path, tiny_model, monkeypatch):
@@ -151,7 +152,7 @@ def test_byte_copies_of_an_undecodable_file_are_recorded_on_the_first_run(tmp_pa
     report = index(library, photos, tiny_model)
     assert report.failed == 2
     with Catalog(library.catalog_path) as catalog:
-        assert [Path(p).name for p, _reason in catalog.failed_files()] == ["broken-copy.jpg", "broken.jpg"]
+        assert [Path(f.path).name for f in catalog.failed_files()] == ["broken-copy.jpg", "broken.jpg"]
 
 
 # results name only files on disk ------------------------------------------------------------
@@ -356,4 +357,5 @@ def test_a_newline_in_a_file_name_cannot_forge_a_record(tmp_path, tiny_model, ti
     assert skipped == [f"skipped $'{photos}/x.jpg\\nskipped passwd: forged.jpg': not an image Pillow can read"]
     failed = [line for line in cli(tiny_weights, library.root, "status", "--failed").stdout.splitlines()
               if line.startswith("failed")]
-    assert failed == [f"failed $'{photos}/x.jpg\\nskipped passwd: forged.jpg': not an image Pillow can read"]
+    assert failed == [f"failed $'{photos}/x.jpg\\nskipped passwd: forged.jpg': not an image Pillow can read "
+                      "[permanent: retried when the file changes, or with index --retry-failed]"]

@@ -58,6 +58,15 @@ class File(Base):
     content_id: Mapped[int | None] = mapped_column(ForeignKey("contents.id", ondelete="SET NULL"))
     status: Mapped[str] = mapped_column(String(8))
     error: Mapped[str | None]
+    #: With size and mtime, what says the file is unchanged, and which paths are one file
+    #: (``dreamsearch.file_state``); NULL in rows from before revision 0004.
+    inode: Mapped[int | None]
+    device: Mapped[int | None]
+    ctime_ns: Mapped[int | None]
+    #: For a failed file: ``permanent`` or ``transient`` (``dreamsearch.failures``), and how
+    #: many runs in a row it failed for the same reason.
+    failure_kind: Mapped[str | None] = mapped_column(String(9))
+    failed_runs: Mapped[int] = mapped_column(default=0, server_default="0")
     first_seen: Mapped[datetime]
     updated_at: Mapped[datetime]
 

@@ -14,14 +14,15 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
-from sqlalchemy import Connection, bindparam, case, delete, func, insert, literal, select, update
+from sqlalchemy import Connection, and_, bindparam, case, delete, func, insert, literal, select, update
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import aliased
 
 from dreamsearch.catalog.chain import next_chain
 from dreamsearch.catalog.database import CatalogOutdatedError, create_catalog_engine, upgrade
 from dreamsearch.catalog.schema import CatalogInfo, Content, File, Model, Root, Vector, VectorLogEntry
-from dreamsearch.errors import DreamsearchError
+from dreamsearch.errors import ChangedOnDiskError, DreamsearchError
+from dreamsearch.file_state import on_disk_as_stored
 
 #: How vectors are stored, by the name in ``models.storage_dtype`` (float32 only, so far).
 STORAGE_DTYPES = {"float32": np.float32}
@@ -41,7 +42,7 @@ class ModelInfo:
 @dataclass(frozen=True)
 class FileEntry:
     """A file as the indexer saw it. ``content_hash`` is None for a file that failed,
-    with ``error`` saying why."""
+    with ``error`` saying why and ``failure_kind`` whether that can pass."""
 
     relpath: str
     size: int
@@ -51,14 +52,26 @@ class FileEntry:
     height: int | None = None
     format: str | None = None
     error: str | None = None
+    inode: int | None = None
+    device: int | None = None
+    ctime_ns: int | None = None
+    failure_kind: str | None = None
 
 
 @dataclass(frozen=True)
 class StoredFile:
+    """What the catalog holds of a path: its state on disk when indexed
+    (``dreamsearch.file_state``) and what came of it."""
+
     size: int
     mtime_ns: int
     status: str
     content_hash: str | None
+    inode: int | None = None
+    device: int | None = None
+    ctime_ns: int | None = None
+    failure_kind: str | None = None
+    failed_runs: int = 0
 
 
 @dataclass(frozen=True)
@@ -73,6 +86,26 @@ class FileDetail:
     mtime_ns: int
     width: int | None
     height: int | None
+    inode: int | None = None
+    device: int | None = None
+    ctime_ns: int | None = None
+
+    @property
+    def file_key(self) -> tuple:
+        """The same for every name of one file on disk (device and inode), and for no
+        other file; a row from before inodes were stored is a file of its own."""
+        return ("inode", self.device, self.inode) if self.inode is not None else ("row", self.id)
+
+
+@dataclass(frozen=True)
+class FailedFile:
+    """A file that could not be indexed: why, whether that can pass (``permanent`` or
+    ``transient``; None in rows from before 0004) and for how many runs in a row."""
+
+    path: str
+    reason: str
+    kind: str | None
+    runs: int
 
 
 @dataclass(frozen=True)
@@ -128,12 +161,9 @@ def _append_log(connection: Connection, model_id: int, entries: Sequence[tuple[i
     connection.execute(insert(VectorLogEntry), rows)
 
 
-def _on_disk_as_indexed(path: str, size: int, mtime_ns: int) -> bool:
-    try:
-        info = os.stat(path)
-    except OSError:
-        return False
-    return (info.st_size, info.st_mtime_ns) == (size, mtime_ns)
+def _short(fingerprint: str) -> str:
+    """A fingerprint as people compare them: 12 hex digits, without its scheme prefix."""
+    return fingerprint.rpartition(":")[2][:12]
 
 
 def _now() -> datetime:
@@ -191,8 +221,8 @@ class Catalog:
         info = ModelInfo(row.id, row.name, row.dim, row.fingerprint, row.storage_dtype)
         if (info.dim, info.fingerprint) != (dim, fingerprint):
             raise DreamsearchError(
-                f"this library holds '{name}' vectors from other weights ({info.fingerprint[:12]}, "
-                f"dim {info.dim}); they cannot be mixed with {fingerprint[:12]} (dim {dim})"
+                f"this library holds '{name}' vectors from other weights ({_short(info.fingerprint)}, "
+                f"dim {info.dim}); they cannot be mixed with {_short(fingerprint)} (dim {dim})"
             )
         return info
 
@@ -243,6 +273,13 @@ class Catalog:
         connection.execute(delete(Root).where(Root.id == inner_id))
         self._drop_orphans(connection, previous)
 
+    def restamp_model(self, name: str, old: str, new: str) -> ModelInfo | None:
+        """Replace model ``name``'s fingerprint ``old`` by ``new``, the same weights named by
+        a newer rule (only if it is still ``old``: two writers re-stamp once); the row now."""
+        with self._write() as connection:
+            connection.execute(update(Model).where(Model.name == name, Model.fingerprint == old).values(fingerprint=new))
+        return self.model(name)
+
     # writes ---------------------------------------------------------------------------
 
     def commit_batch(
@@ -264,13 +301,21 @@ class Catalog:
             content_ids = self._upsert_contents(connection, files)
             if files:
                 upsert = sqlite_insert(File)
-                changing = ("size", "mtime_ns", "content_id", "status", "error", "updated_at")
+                changing = ("size", "mtime_ns", "inode", "device", "ctime_ns", "content_id", "status", "error",
+                            "failure_kind", "updated_at")
+                new = upsert.excluded
+                # one more run in a row when it failed again for the same reason
+                again = case((and_(new.status == "failed", File.status == "failed", File.error == new.error),
+                              File.failed_runs + 1), else_=new.failed_runs)
                 connection.execute(
                     upsert.on_conflict_do_update(index_elements=[File.root_id, File.relpath],
-                                                 set_={name: upsert.excluded[name] for name in changing}),
+                                                 set_={**{name: new[name] for name in changing}, "failed_runs": again}),
                     [dict(root_id=root_id, relpath=entry.relpath, first_seen=now, size=entry.size,
-                          mtime_ns=entry.mtime_ns, content_id=content_ids.get(entry.content_hash),
-                          status="ok" if entry.content_hash else "failed", error=entry.error, updated_at=now)
+                          mtime_ns=entry.mtime_ns, inode=entry.inode, device=entry.device, ctime_ns=entry.ctime_ns,
+                          content_id=content_ids.get(entry.content_hash),
+                          status="ok" if entry.content_hash else "failed", error=entry.error,
+                          failure_kind=None if entry.content_hash else entry.failure_kind,
+                          failed_runs=0 if entry.content_hash else 1, updated_at=now)
                      for entry in files],
                 )
             for model_name, by_hash in vectors.items():
@@ -473,11 +518,12 @@ class Catalog:
         """What the catalog knows of each file under ``root_id``, by relative path."""
         with self.engine.connect() as connection:
             rows = connection.execute(
-                select(File.relpath, File.size, File.mtime_ns, File.status, Content.hash)
+                select(File.relpath, File.size, File.mtime_ns, File.status, Content.hash, File.inode, File.device,
+                       File.ctime_ns, File.failure_kind, File.failed_runs)
                 .outerjoin(Content, Content.id == File.content_id)
                 .where(File.root_id == root_id)
             ).all()
-        return {row.relpath: StoredFile(row.size, row.mtime_ns, row.status, row.hash) for row in rows}
+        return {row[0]: StoredFile(*row[1:]) for row in rows}
 
     def vectors_under(self, root_id: int, model: ModelInfo) -> tuple[list[str], np.ndarray]:
         """``(relative paths, float32 [n, dim])`` of every file under ``root_id`` that has a
@@ -521,13 +567,33 @@ class Catalog:
             ).all()
         return [(path_from_db(path), ok, failed) for path, ok, failed in rows]
 
-    def failed_files(self) -> list[tuple[str, str]]:
+    def failed_files(self) -> list[FailedFile]:
         with self.engine.connect() as connection:
             rows = connection.execute(
-                select(Root.path, File.relpath, File.error).join(Root, Root.id == File.root_id)
+                select(Root.path, File.relpath, File.error, File.failure_kind, File.failed_runs)
+                .join(Root, Root.id == File.root_id)
                 .where(File.status == "failed").order_by(Root.path, File.relpath)
             ).all()
-        return [(str(Path(path_from_db(root)) / path_from_db(relpath)), error or "") for root, relpath, error in rows]
+        return [FailedFile(str(Path(path_from_db(root)) / path_from_db(relpath)), error or "", kind, runs)
+                for root, relpath, error, kind, runs in rows]
+
+    def indexed_file_at(self, path: Path) -> FileDetail | None:
+        """The indexed file at ``path`` (as written or with links resolved), None if the
+        library does not hold it. One that changed on disk since it was indexed (size,
+        mtime, inode, device or ctime) raises :class:`ChangedOnDiskError`: its stored vector
+        is of another picture."""
+        for root_id, relpath in self.locate(path):
+            with self.engine.connect() as connection:
+                row = connection.execute(_DETAIL_COLUMNS.where(
+                    File.root_id == root_id, File.relpath == relpath, File.status == "ok")).first()
+            if row is not None:
+                detail = _detail(row)
+                if detail is None:
+                    raise ChangedOnDiskError(
+                        f"{path} changed since it was indexed: run `dreamsearch index` on its folder, "
+                        "or query the file itself")
+                return detail
+        return None
 
     def content_id_of_hash(self, content_hash: str) -> int | None:
         with self.engine.connect() as connection:
@@ -540,17 +606,6 @@ class Catalog:
         found = {(root_id, path_to_db(form.relative_to(root).as_posix()))
                  for root_id, root in self.roots().items() for form in forms if form.is_relative_to(root)}
         return sorted(found)
-
-    def content_id_at(self, path: Path) -> int | None:
-        """The content of the indexed file at ``path``, if it is in the library."""
-        for root_id, relpath in self.locate(path):
-            with self.engine.connect() as connection:
-                found = connection.execute(
-                    select(File.content_id).where(File.root_id == root_id, File.relpath == relpath)
-                ).scalar()
-            if found is not None:
-                return found
-        return None
 
     def roots(self, connection: Connection | None = None) -> dict[int, str]:
         """Every root's absolute path by id (inside ``connection``'s transaction if given)."""
@@ -605,7 +660,8 @@ class Catalog:
 
 
 _DETAIL_COLUMNS = (
-    select(File.id, File.content_id, Root.path, File.relpath, File.size, File.mtime_ns, Content.width, Content.height)
+    select(File.id, File.content_id, Root.path, File.relpath, File.size, File.mtime_ns, Content.width, Content.height,
+           File.inode, File.device, File.ctime_ns)
     .join(Root, Root.id == File.root_id).join(Content, Content.id == File.content_id)
 )
 
@@ -613,8 +669,6 @@ _DETAIL_COLUMNS = (
 def _detail(row) -> FileDetail | None:
     """A ``_DETAIL_COLUMNS`` row as a ``FileDetail``, or None if the file is no longer on
     disk as it was indexed (so nothing names a deleted or changed file)."""
-    file_id, content_id, root, relpath, size, mtime_ns, width, height = row
-    path = str(Path(path_from_db(root)) / path_from_db(relpath))
-    if not _on_disk_as_indexed(path, size, mtime_ns):
-        return None
-    return FileDetail(file_id, content_id, path, size, mtime_ns, width, height)
+    file_id, content_id, root, relpath, *state = row
+    detail = FileDetail(file_id, content_id, str(Path(path_from_db(root)) / path_from_db(relpath)), *state)
+    return detail if on_disk_as_stored(detail.path, detail) else None

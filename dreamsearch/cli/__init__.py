@@ -15,7 +15,7 @@ from dreamsearch.cli.common import CommandGroup
 from dreamsearch.cli.embed import embed
 from dreamsearch.cli.eval import eval_group
 from dreamsearch.cli.index import index_command
-from dreamsearch.cli.library import forget, status
+from dreamsearch.cli.library import backup, forget, restore, status
 from dreamsearch.cli.models import models
 from dreamsearch.cli.search import compare, duplicates, query
 from dreamsearch.cli.serve import serve
@@ -27,5 +27,6 @@ def main() -> None:
     """Find the images in your folders that look most like a given one (DreamSim)."""
 
 
-for command in (index_command, query, compare, duplicates, status, forget, embed, models, eval_group, serve):
+for command in (index_command, query, compare, duplicates, status, forget, backup, restore, embed, models, eval_group,
+                serve):
     main.add_command(command)

@@ -11,6 +11,7 @@ import click
 
 from dreamsearch.errors import DreamsearchError
 from dreamsearch.display import printable
+from dreamsearch.low_memory import out_of_memory_message
 
 DEVICE_CHOICES = click.Choice(["auto", "cpu", "cuda"])
 
@@ -37,7 +38,8 @@ class ByteSize(click.ParamType):
 
 
 class CommandGroup(click.Group):
-    """Turns expected failures into one line on stderr and a non-zero exit, no traceback."""
+    """Turns expected failures (and running out of memory) into one line on stderr and a
+    non-zero exit, no traceback."""
 
     def invoke(self, ctx: click.Context):
         try:
@@ -45,9 +47,14 @@ class CommandGroup(click.Group):
         except DreamsearchError as exc:
             click.echo(f"error: {printable(str(exc))}", err=True)
             ctx.exit(1)
-        except OSError as exc:  # a full disk, a file that went away: say which, in one line
-            where = f"{exc.filename}: " if exc.filename else ""
-            click.echo(f"error: {printable(where + (exc.strerror or str(exc)))}", err=True)
+        except (MemoryError, ImportError, RuntimeError, OSError) as exc:
+            message = out_of_memory_message(exc)
+            if message is None and not isinstance(exc, OSError):
+                raise  # a bug: the traceback is what helps
+            if message is None:  # a full disk, a file that went away: say which, in one line
+                where = f"{exc.filename}: " if exc.filename else ""
+                message = where + (exc.strerror or str(exc))
+            click.echo(f"error: {printable(message)}", err=True)
             ctx.exit(1)
         except KeyboardInterrupt:
             click.echo("interrupted", err=True)

@@ -43,12 +43,15 @@ from dreamsearch.models.registry import DEFAULT_MODEL
 @click.option("--prune", is_flag=True,
               help="Forget files gone from disk even when a folder lost all or most of them "
                    "(without it they are kept: an unmounted drive looks the same).")
+@click.option("--retry-failed", is_flag=True,
+              help="Read every failed file again (by default only failures that can pass, such as a permission, "
+                   "are retried, up to 3 runs in a row).")
 @click.option("-q", "--quiet", is_flag=True, help="No progress display or per-file messages (for cron).")
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON summary at the end.")
 @weights_dir_option
 def index_command(folders, model_names, library_path, batch_size, workers, device, threads, exclude, follow_symlinks,
                   no_draft, max_pixels, max_file_size, gpu_decode, compile_model, engine, ray_address, dry_run, prune,
-                  quiet, as_json, weights_dir) -> None:
+                  retry_failed, quiet, as_json, weights_dir) -> None:
     """Add FOLDERS to the library: embed new and changed images, reuse vectors of copies
     and moves, forget deleted files. Hidden files and folders and junk folders (@eaDir,
     node_modules, $RECYCLE.BIN, ...) are skipped. Interrupt with Ctrl-C at any time: work
@@ -62,7 +65,7 @@ def index_command(folders, model_names, library_path, batch_size, workers, devic
         raise click.UsageError("--ray-address needs --engine ray")
     options = IndexOptions(batch_size=batch_size, exclude=tuple(exclude), follow_symlinks=follow_symlinks,
                            draft=not no_draft, max_pixels=max_pixels, max_file_size=max_file_size, dry_run=dry_run,
-                           prune=prune, gpu_decode={None: "auto", True: "cuda", False: None}[gpu_decode],
+                           prune=prune, retry_failed=retry_failed, gpu_decode={None: "auto", True: "cuda", False: None}[gpu_decode],
                            engine=engine, ray_address=ray_address, **({} if workers is None else {"workers": workers}))
     check_engine(options)
     library = LibraryLayout.prepare(library_dir(library_path))

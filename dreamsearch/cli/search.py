@@ -11,14 +11,22 @@ from dreamsearch.cli.common import (DEVICE_CHOICES, library_option, model_list, 
 from dreamsearch.errors import DreamsearchError
 from dreamsearch.defaults import DEFAULT_NPROBE
 from dreamsearch.models.registry import DEFAULT_MODEL
+from dreamsearch.reading import NOT_REGULAR_FILE
 
 
 def _check_image_file(path: Path) -> None:
     """A query image must be a file; a folder gets told what to pass instead."""
     if path.is_dir():
         raise DreamsearchError(f"{path} is a folder: give an image file (or `dreamsearch index {path}` to add the folder)")
+    _check_not_special(path)
     if not path.is_file():
         raise DreamsearchError(f"{path}: no such file")
+
+
+def _check_not_special(path: Path) -> None:
+    """A pipe, socket or device is named as such (``stat`` only: opening a FIFO would wait)."""
+    if path.exists() and not path.is_dir() and not path.is_file():
+        raise DreamsearchError(f"{path}: {NOT_REGULAR_FILE}")
 
 
 @click.command()
@@ -60,6 +68,8 @@ def query(images, k, model_name, like, include_self, max_distance, under, combin
         raise DreamsearchError("give at least one query image (a file, '-' for stdin, or --like PATH)")
     for path in files:
         _check_image_file(path)
+    for path in like:
+        _check_not_special(path)
     with Library.open(library_path, weights_dir=weights_dir, device=device, nprobe=nprobe) as library:
         queries = [library.stored_query(path, model_name) for path in like]
         queries += [library.image_query(path, model_name) for path in files]
@@ -101,6 +111,8 @@ def compare(image, like, k, names, include_self, as_json, grid, html_out, device
         raise DreamsearchError("give one query: an image file, or --like PATH (an indexed file)")
     if image is not None:
         _check_image_file(image)
+    if like is not None:
+        _check_not_special(like)
     if len(names) < 2:
         raise DreamsearchError("--models needs at least two model names, separated by commas")
     with Library.open(library_path, weights_dir=weights_dir, device=device) as library:

@@ -170,6 +170,9 @@ class FileProcessor:
         outcomes: dict[int, Outcome] = {}
         reads = []  # (position, candidate, content hash, bytes, seconds spent reading)
         for i, candidate in enumerate(candidates):
+            if candidate.found.problem:  # not read: it could not be recorded as it is
+                outcomes[i] = Outcome(candidate, Kind.FAILED, error=candidate.found.problem)
+                continue
             started = time.monotonic()
             read = self._read(candidate)
             if read.error:

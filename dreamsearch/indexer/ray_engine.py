@@ -187,8 +187,8 @@ class RayEngine:
         file's fault (bad files are outcomes), so it comes back as ``run_error`` and stops
         the run rather than mark good files failed."""
         ray = self._ray
-        items = [{"path": c.path, "relpath": c.found.relpath, "size": c.found.size, "mtime_ns": c.found.mtime_ns}
-                 for c in candidates]
+        items = [{"path": c.path, "relpath": c.found.relpath, "size": c.found.size, "mtime_ns": c.found.mtime_ns,
+                  "problem": c.found.problem or ""} for c in candidates]
         per_task = 1 if alone else DECODE_BATCH
         dataset = ray.data.from_items(items, override_num_blocks=math.ceil(len(items) / per_task))
         with warnings.catch_warnings():  # Ray 2.60 has no other way to bound a task's retries
@@ -310,8 +310,9 @@ def _decode(batch: dict[str, np.ndarray], registry: Any, settings: _DecodeSettin
         processor = FileProcessor(RemoteContents(registry), settings.recipes, settings.max_file_size,
                                   settings.max_pixels, settings.draft, settings.timeout_s)
         outcomes = processor.process([
-            Candidate(ScannedFile(str(relpath), int(size), int(mtime_ns)), None, str(path))
-            for path, relpath, size, mtime_ns in zip(paths, batch["relpath"], batch["size"], batch["mtime_ns"])])
+            Candidate(ScannedFile(str(relpath), int(size), int(mtime_ns), problem=str(problem) or None), None, str(path))
+            for path, relpath, size, mtime_ns, problem in zip(paths, batch["relpath"], batch["size"], batch["mtime_ns"],
+                                                              batch["problem"])])
         return _decoded_columns(paths, outcomes, len(settings.recipes))
     except Exception as exc:
         return _decoded_columns(paths, [None] * len(paths), len(settings.recipes), _one_line("a decode task", exc))

@@ -1,9 +1,10 @@
 """Bring a library up to date with folders on disk: one run of ``dreamsearch index``.
 
 The order is chosen so nothing is lost or redone (docs/indexing.md has the diagram):
-1. each folder is scanned in the thread that feeds the readers; files whose size and
-   mtime match the catalog are skipped unread. A folder inside an indexed root joins that
-   root (one file on disk is one file here);
+1. each folder is scanned in the thread that feeds the readers; files whose size, mtime,
+   inode, device and ctime all match the catalog are skipped unread (``file_state``), as
+   are failed files, unless their failure can pass (``failures``). A folder inside an
+   indexed root joins that root (one file on disk is one file here);
 2. new or changed files stream, as the scan finds them, through reading threads
    (``pipeline``): each is read once, hashed, and either recognised as a copy or move of
    indexed content (no decode) or decoded from the same bytes, a bounded number of files
@@ -32,7 +33,7 @@ from collections import defaultdict
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import TimeoutError as FutureTimeout
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
 
@@ -40,6 +41,8 @@ import numpy as np
 
 from dreamsearch.catalog import Catalog, FileEntry, ModelInfo, RootPlace, StoredFile, path_from_db, path_to_db
 from dreamsearch.errors import DreamsearchError
+from dreamsearch.failures import TRANSIENT, TRANSIENT_TRIES, failure_kind
+from dreamsearch.file_state import unchanged
 from dreamsearch.images import DEFAULT_MAX_PIXELS, Preprocess
 from dreamsearch.decoding import DECODE_TIMEOUT_S, Decoded, TimeLimitExceeded, decode_bytes, time_limit, too_slow
 from dreamsearch.indexer.pipeline import Candidate, Contents, FileProcessor, Kind, Outcome
@@ -148,6 +151,9 @@ class IndexOptions:
     only: frozenset[str] | None = None
     #: Forget gone files even when a folder lost all or most of them in one run.
     prune: bool = False
+    #: Read every failed file again, also those whose failure is permanent or came back
+    #: ``TRANSIENT_TRIES`` runs in a row (by default only transient ones are retried).
+    retry_failed: bool = False
     #: Decode baseline JPEGs in batches on this device (``"cuda"``), the rest on the CPU
     #: threads. ``"auto"``: on the models' device when that is CUDA (measured 2.6x faster
     #: end to end on an H100, docs/indexing.md). ``"cpu"`` runs the same batched path on
@@ -324,9 +330,14 @@ class _Run:
 
     def _register(self, i: int) -> ModelInfo:
         """The catalog's record of model ``i``. A model the library already holds with the
-        same weights needs no loading; a new one is loaded to learn its vector size."""
+        same weights needs no loading; a new one is loaded to learn its vector size. A
+        library made before whole-file fingerprints names the same weights by their legacy
+        fingerprint: it is re-stamped."""
         source = self.sources[i]
         known = self.catalog.model(source.name)
+        if known is not None and known.fingerprint != source.fingerprint \
+                and known.fingerprint == getattr(source, "legacy_fingerprint", None):
+            known = self.catalog.restamp_model(source.name, known.fingerprint, source.fingerprint)
         if known is not None and known.fingerprint == source.fingerprint:
             return known
         dim = known.dim if known is not None else self.model_thread.call(self._load, i).dim
@@ -365,10 +376,11 @@ class _Run:
             plan.seen.add(relpath)
             if self.options.only is not None and found.relpath not in self.options.only:
                 continue
-            found = ScannedFile(relpath, found.size, found.mtime_ns)
+            if place.prefix:
+                found = replace(found, relpath=relpath)
             self.report.found += 1
             known = plan.stored.get(relpath)
-            if known and (known.size, known.mtime_ns) == (found.size, found.mtime_ns):
+            if known and unchanged(known, found) and not self._worth_retrying(known):
                 same.append((found, known))
                 continue
             self.report.to_read += 1
@@ -377,6 +389,11 @@ class _Run:
             self.report.to_read += 1
             yield Candidate(found, known, str(place.path / found.relpath))
         plan.gone = sorted(g for g in set(plan.stored) - plan.seen if not g.startswith(tuple(plan.unreadable)))
+
+    def _worth_retrying(self, known: StoredFile) -> bool:
+        """A failed file whose cause may have passed (any failed file with ``retry_failed``)."""
+        return known.status == "failed" and (self.options.retry_failed or (
+            known.failure_kind == TRANSIENT and known.failed_runs < TRANSIENT_TRIES))
 
     def _lacking_vectors(self, plan: _Plan, same: list) -> list:
         """Of the files unchanged on disk, those whose content lacks a vector of one of this
@@ -514,18 +531,47 @@ class _Run:
         copies = [c for o in good for c in pending.copies.pop(o.content_hash, [])]
         files = pending.files + [_entry(o.candidate.found, o.content_hash, o.decoded) for o in good]
         files += [_entry(c.candidate.found, c.content_hash) for c in copies]
+        lost: dict[str, str] = {}
         if files:
-            vectors = self._embed_lacking(good) if good else None
-            self.replaced |= self.catalog.commit_batch(place.id, files, vectors, drop_orphans=False)
+            lost = self._record(place, files, self._embed_lacking(good) if good else None)
         for outcome in good:
-            contents.settle(outcome.content_hash)
+            contents.settle(outcome.content_hash, lost.get(path_to_db(outcome.candidate.found.relpath)))
         for copy in copies:
             self._count_found(copy)
-        self.report.embedded += len(good)
-        self.report.copied += len(copies)
+        self.report.embedded += sum(path_to_db(o.candidate.found.relpath) not in lost for o in good)
+        self.report.copied += sum(path_to_db(c.candidate.found.relpath) not in lost for c in copies)
         pending.files, pending.since = [], time.monotonic()
         if good and self.saves.due():
             self._save_indexes()
+
+    def _record(self, place: RootPlace, files: list[FileEntry],
+                vectors: dict[str, dict[str, np.ndarray]] | None) -> dict[str, str]:
+        """Commit ``files`` and ``vectors`` in one transaction. An unexpected error (a bug, a
+        value SQLite cannot hold) costs only the file that causes it: the batch is committed
+        again file by file, and a file that fails alone is recorded as failed with the error.
+        Returns ``{relpath: reason}`` of those. The catalog's own errors (a full disk, a
+        damaged catalog) are not a file's fault: they stop the run."""
+        try:
+            self.replaced |= self.catalog.commit_batch(place.id, files, vectors, drop_orphans=False)
+            return {}
+        except DreamsearchError:
+            raise
+        except Exception:  # noqa: BLE001 - retried file by file below, each error kept
+            pass
+        lost = {}
+        for entry in files:
+            own = {name: {h: v for h, v in by_hash.items() if h == entry.content_hash}
+                   for name, by_hash in (vectors or {}).items()}
+            try:
+                self.replaced |= self.catalog.commit_batch(place.id, [entry], own, drop_orphans=False)
+            except DreamsearchError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - this file's own fault: recorded, the run goes on
+                lost[entry.relpath] = f"could not be recorded: {type(exc).__name__}: {exc}".splitlines()[0]
+                self._fail(place.id, ScannedFile(path_from_db(entry.relpath), entry.size, entry.mtime_ns, entry.inode,
+                                                 entry.device, entry.ctime_ns),
+                           str(place.path / path_from_db(entry.relpath)), lost[entry.relpath])
+        return lost
 
     def _embed_lacking(self, good: list[Outcome]) -> dict[str, dict[str, np.ndarray]]:
         """Vectors for the decoded files, from each model that has none for their content
@@ -645,11 +691,21 @@ class _Run:
             self.report.changed += 1
 
     def _fail(self, root_id: int, found: ScannedFile, path: str, reason: str | None) -> None:
+        """Report and record a file that failed. A file whose failure cannot be recorded
+        either (its values break the catalog) is only reported: not stored, it is read
+        again by the next run."""
         reason = reason or "unknown error"
         self.report.failed += 1
         self.report.failures.append((path, reason))
-        entry = FileEntry(path_to_db(found.relpath), found.size, found.mtime_ns, None, error=reason)
-        self.replaced |= self.catalog.commit_batch(root_id, [entry], drop_orphans=False)
+        entry = FileEntry(path_to_db(found.relpath), found.size, found.mtime_ns, None, error=reason,
+                          inode=found.inode, device=found.device, ctime_ns=found.ctime_ns,
+                          failure_kind=failure_kind(reason))
+        try:
+            self.replaced |= self.catalog.commit_batch(root_id, [entry], drop_orphans=False)
+        except DreamsearchError:
+            raise
+        except Exception:  # noqa: BLE001 - reported above; nothing more can be kept
+            pass
 
     def _save_indexes(self) -> None:
         started = time.monotonic()
@@ -658,10 +714,10 @@ class _Run:
 
 
 def _entry(found: ScannedFile, content_hash: str, decoded: Decoded | None = None) -> FileEntry:
-    if decoded is None:
-        return FileEntry(path_to_db(found.relpath), found.size, found.mtime_ns, content_hash)
-    return FileEntry(path_to_db(found.relpath), found.size, found.mtime_ns, content_hash,
-                     decoded.width, decoded.height, decoded.format)
+    """The catalog row of a file that was read (with the picture's facts if decoded)."""
+    picture = {} if decoded is None else {"width": decoded.width, "height": decoded.height, "format": decoded.format}
+    return FileEntry(path_to_db(found.relpath), found.size, found.mtime_ns, content_hash, inode=found.inode,
+                     device=found.device, ctime_ns=found.ctime_ns, **picture)
 
 
 @contextmanager

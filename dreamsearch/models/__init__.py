@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib
 import os
 import threading
+from functools import cached_property
 from typing import TYPE_CHECKING
 
 from dreamsearch.models.registry import DEFAULT_MODEL, MODELS, ModelSpec, get_spec
@@ -32,6 +33,14 @@ class PendingModel:
         self._embedder: Embedder | None = None
         self._lock = threading.Lock()
 
+    @cached_property
+    def legacy_fingerprint(self) -> str:
+        """What a library made before whole-file fingerprints stored for these weights
+        (computed on demand: only such a library asks for it)."""
+        from dreamsearch.models.weights import legacy_fingerprint
+
+        return legacy_fingerprint(self.spec, self.root)
+
     @property
     def loaded(self) -> bool:
         return self._embedder is not None
@@ -47,6 +56,7 @@ class PendingModel:
                 embedder = builder(self.spec, self.root, resolve_device(self.device))
                 embedder.compile = self.compile
                 embedder.fingerprint = self.fingerprint
+                embedder.legacy_fingerprint = self.legacy_fingerprint
                 self._embedder = embedder
             return self._embedder
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import warnings
 from collections.abc import Callable, Sequence
 
@@ -52,6 +53,15 @@ def set_threads(threads: int | None) -> None:
         torch.set_num_threads(threads)
 
 
+def _one_thread_after_fork() -> None:
+    """A child forked after torch ran in parallel hangs in its first parallel operation
+    (its OpenMP pool's threads stayed in the parent): it runs on one thread instead."""
+    torch.set_num_threads(1)
+
+
+os.register_at_fork(after_in_child=_one_thread_after_fork)
+
+
 class Embedder:
     """Images in, unit-norm float32 vectors out.
 
@@ -76,6 +86,7 @@ class Embedder:
         self.network = network.eval().requires_grad_(False).to(device)
         self.preprocess_spec = preprocess
         self.fingerprint = ""  # identifies the weights; set by load_model
+        self.legacy_fingerprint = ""  # how older libraries name them; set by load_model
         self.autocast_dtype = _autocast_dtype(device) if autocast else None
         self.compile = False  # see _run; load_model(compile=True) turns it on
         self._compiled: tuple[int, Callable] | None = None

@@ -30,7 +30,13 @@ ENV_WEIGHTS = "DREAMSEARCH_WEIGHTS"
 ENV_OFFLINE = "DREAMSEARCH_OFFLINE"
 #: In the weights folder: the files imported with ``--no-verify`` (relpath -> sha256).
 UNVERIFIED = "unverified.json"
+#: In the weights folder: each file's sha256, with the stat it was read at (a cache).
+HASHES = "sha256.json"
+#: What starts a :func:`fingerprint` (a :func:`legacy_fingerprint` has no prefix).
+FINGERPRINT_SCHEME = "sha256:"
 _CHUNK = 1 << 20
+#: ``(path, size, mtime_ns, ctime_ns, inode) -> sha256`` of the weight files hashed here.
+_hashed: dict[tuple, str] = {}
 
 
 def weights_dir(explicit: str | os.PathLike | None = None) -> Path:
@@ -48,10 +54,24 @@ def installed_size(spec: ModelSpec, root: Path) -> int:
 
 
 def fingerprint(spec: ModelSpec, root: Path) -> str:
-    """Identifies the exact weights cheaply (name, size, first and last MiB of each file),
-    so a library never mixes vectors from different weights under one model name. A file
-    imported with ``--no-verify`` adds its full sha256: fine-tuned weights that share
-    their first and last MiB with the published ones still get vectors of their own."""
+    """Identifies the exact weights by every byte of their files, so a library never mixes
+    vectors from different weights under one model name (``Catalog.ensure_model`` refuses
+    them): ``sha256:`` and a digest of the model's name and each file's sha256 (computed
+    once, see :func:`file_sha256`). A file imported with ``--no-verify`` is marked as such:
+    one's own weights are kept apart even from byte-identical published ones."""
+    unverified = unverified_files(root)
+    digest = hashlib.sha256(spec.name.encode())
+    for weight in spec.files:
+        digest.update(f"{weight.path}:{file_sha256(root, weight.path)}".encode())
+        if weight.path in unverified:
+            digest.update(f"not published:{unverified[weight.path]}".encode())
+    return FINGERPRINT_SCHEME + digest.hexdigest()
+
+
+def legacy_fingerprint(spec: ModelSpec, root: Path) -> str:
+    """The fingerprint libraries made before whole-file hashing store (name, size, first
+    and last MiB of each file). It cannot tell apart files that differ only in the middle,
+    so it only recognises those libraries, which are then re-stamped with :func:`fingerprint`."""
     unverified = unverified_files(root)
     digest = hashlib.sha256(spec.name.encode())
     for weight in spec.files:
@@ -65,6 +85,41 @@ def fingerprint(spec: ModelSpec, root: Path) -> str:
         if weight.path in unverified:
             digest.update(f"not published:{unverified[weight.path]}".encode())
     return digest.hexdigest()
+
+
+def file_sha256(root: Path, relpath: str) -> str:
+    """The sha256 of weight file ``root/relpath``, read once: kept in ``root/HASHES`` (and
+    in this process) under the file's size, mtime, ctime and inode, so the next process
+    does not read hundreds of MB again, and a file written, touched or replaced is hashed
+    again. A weights folder that cannot be written is hashed once per process."""
+    path = root / relpath
+    stat = path.stat()
+    key = [stat.st_size, stat.st_mtime_ns, stat.st_ctime_ns, stat.st_ino]
+    memo = (str(path), *key)
+    if memo in _hashed:
+        return _hashed[memo]
+    cache = _hash_cache(root)
+    entry = cache.get(relpath)
+    if isinstance(entry, dict) and entry.get("stat") == key and isinstance(entry.get("sha256"), str):
+        digest = entry["sha256"]
+    else:
+        digest = _sha256(path)
+        cache[relpath] = {"stat": key, "sha256": digest}
+        try:
+            write_atomically(root / HASHES, json.dumps(cache, indent=1))
+        except OSError:
+            pass  # a read-only weights folder: hashed again by the next process
+    _hashed[memo] = digest
+    return digest
+
+
+def _hash_cache(root: Path) -> dict:
+    """``root/HASHES``, or nothing when it is missing or unreadable (it is only a cache)."""
+    try:
+        cache = json.loads((root / HASHES).read_text())
+    except (OSError, ValueError):
+        return {}
+    return cache if isinstance(cache, dict) else {}
 
 
 def unverified_files(root: Path) -> dict[str, str]:

@@ -32,6 +32,7 @@ from dreamsearch.models.registry import get_spec
 from dreamsearch.server.jobs import FINAL_STATES, JobRunning, Jobs
 from dreamsearch.server.security import BodyTooLarge, Guard, Settings
 from dreamsearch.server.thumbnails import SIZES, thumbnail
+from dreamsearch.status import retry_note
 
 STATIC = Path(__file__).parent / "static"
 MAX_K = 1000
@@ -111,7 +112,8 @@ def create_app(library: Library, models: list[str], settings: Settings = Setting
         report = library.status(failed)
         return {"library": report.library, "size_bytes": report.size_bytes,
                 "folders": [vars(f) for f in report.folders], "models": [vars(m) for m in report.models],
-                "failed": [{"path": path, "reason": reason} for path, reason in report.failed]}
+                "failed": [{"path": f.path, "reason": f.reason, "kind": f.kind, "runs": f.runs, "retry": retry_note(f)}
+                           for f in report.failed]}
 
     @app.post("/api/search")
     async def search(image: Annotated[UploadFile, File()], k: Annotated[int, Form()] = 25,
@@ -179,9 +181,9 @@ def create_app(library: Library, models: list[str], settings: Settings = Setting
 
     @app.get("/api/files/{file_id}")
     def file_info(file_id: FileId) -> dict:
-        detail, copies = library.file(file_id)
+        detail, copies, links = library.file(file_id)
         return _with_links({"id": detail.id, "path": detail.path, "size": detail.size, "width": detail.width,
-                            "height": detail.height, "also_at": list(copies)}) | {
+                            "height": detail.height, "also_at": list(copies), "links": list(links)}) | {
             "original": f"/api/files/{detail.id}/original"}
 
     @app.get("/api/files/{file_id}/thumbnail")
@@ -257,7 +259,7 @@ def _folder_filter(under: str | None) -> Path | None:
 def _servable(library: Library, file_id: int):
     """An indexed file that may be sent: on disk as indexed, and inside an indexed folder
     once links are resolved (a photo swapped for a symlink to elsewhere is refused)."""
-    detail, _copies = library.file(file_id)
+    detail, _copies, _links = library.file(file_id)
     real = Path(detail.path).resolve()
     roots = [Path(root).resolve() for root in library.folders()]
     if not any(real.is_relative_to(root) for root in roots):

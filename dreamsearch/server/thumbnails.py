@@ -16,8 +16,9 @@ SIZES = range(32, 1025)
 
 def thumbnail(cache: Path, detail: FileDetail, size: int) -> bytes:
     """The file's picture fitted in ``size``×``size`` pixels, as JPEG. Cached under the
-    file's id, size and mtime, so a changed file gets a new thumbnail."""
-    target = cache / str(size) / f"{detail.id}-{detail.size}-{detail.mtime_ns}.jpg"
+    file's id and its state on disk (size, mtime, inode, ctime), so a changed file gets a
+    new thumbnail, also one rewritten with its size and mtime kept."""
+    target = cache / str(size) / f"{detail.id}-{detail.size}-{detail.mtime_ns}-{detail.inode}-{detail.ctime_ns}.jpg"
     try:
         return target.read_bytes()
     except FileNotFoundError:

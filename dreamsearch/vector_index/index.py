@@ -18,6 +18,7 @@ import hashlib
 import json
 import os
 import secrets
+import sys
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
@@ -67,6 +68,18 @@ def _faiss():
     import faiss
 
     return faiss
+
+
+def _one_thread_after_fork() -> None:
+    """A child forked after FAISS searched inherits its OpenMP pool without the pool's
+    threads, and its first parallel search waits for them forever (faiss issue 5206).
+    On one thread there is no pool to wait for; ``spawn`` gives a child all of them."""
+    faiss = sys.modules.get("faiss")
+    if faiss is not None:
+        faiss.omp_set_num_threads(1)
+
+
+os.register_at_fork(after_in_child=_one_thread_after_fork)
 
 
 class VectorIndex:

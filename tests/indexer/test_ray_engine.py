@@ -230,7 +230,8 @@ def test_a_decode_task_that_raises_stops_the_run_rather_than_fail_its_files(tmp_
     folder = photo_folder(tmp_path / "photos", 2, (200, 150), 1, "a{}.jpg")
     paths = sorted(folder.iterdir())
     batch = {"path": np.array([str(p) for p in paths], object), "relpath": np.array([p.name for p in paths], object),
-             "size": np.array([p.stat().st_size for p in paths]), "mtime_ns": np.array([0, 0])}
+             "size": np.array([p.stat().st_size for p in paths]), "mtime_ns": np.array([0, 0]),
+             "problem": np.array(["", ""], object)}
     settings = _DecodeSettings((Preprocess(224),), 1 << 30, 10**8, True, 60.0)
     columns = _decode(batch, Unreachable(), settings)
     assert len(columns["run_error"]) == 2 and all(

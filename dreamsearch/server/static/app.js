@@ -428,8 +428,9 @@ function renderStatus(data, showFailed) {
   if (showFailed) {
     const failed = data.failed || [];
     parts.push(el("h3", { text: `Unreadable files (${numbers.format(failed.length)})` }),
-      failed.length ? table(["File", "Reason"], failed.map((f) => el("tr", {},
-        el("td", { class: "path", title: f.path, text: f.path }), el("td", { text: f.reason }))))
+      failed.length ? table(["File", "Reason", "Retried"], failed.map((f) => el("tr", {},
+        el("td", { class: "path", title: f.path, text: f.path }), el("td", { text: f.reason }),
+        el("td", { class: "muted", text: f.retry ?? "" }))))
         : el("p", { class: "muted", text: "None." }));
   }
   $("#status-body").replaceChildren(...parts);
