@@ -3,16 +3,19 @@ server: one ``Library`` object over a library folder.
 
 Reads (queries, ``status``, ``duplicates``) are thread-safe and never block an indexing
 process; writes (``index``, ``remove``, ``forget``) take the library's writer lock, one at
-a time across processes. Models are loaded once per ``Library`` and kept.
+a time across processes. Models are loaded once per ``Library`` and kept (at most
+``max_loaded_models``, least recently used let go first; see ``model_pool``).
 """
 
 from __future__ import annotations
 
 import os
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -22,7 +25,9 @@ from dreamsearch.compare import Overlap, overlaps
 from dreamsearch.duplicates import DuplicateGroup, find_duplicates
 from dreamsearch.errors import ChangedOnDiskError, DreamsearchError, NotFoundError
 from dreamsearch.indexer import IndexOptions, IndexReport, Progress, check_engine, index_folders
+from dreamsearch.defaults import DEFAULT_MAX_PIXELS
 from dreamsearch.layout import LibraryLayout, library_dir
+from dreamsearch.model_pool import KeyedLocks, ModelPool
 from dreamsearch.models import PendingModel
 from dreamsearch.models.base import Embedder
 from dreamsearch.models.registry import DEFAULT_MODEL, get_spec
@@ -32,6 +37,11 @@ from dreamsearch.search import Match, QueryImage, Searcher, model_input
 from dreamsearch.status import LibraryStatus, library_status
 from dreamsearch.vector_index import save_indexes
 from dreamsearch.vector_index.policy import DEFAULT_NPROBE
+
+if TYPE_CHECKING:  # pragma: no cover
+    from PIL import Image
+
+    from dreamsearch.scan import ScannedFile
 
 
 
@@ -74,22 +84,25 @@ class Library:
     data folder; use it as a context manager or call ``close()``."""
 
     def __init__(self, folder: LibraryLayout, weights_dir: str | os.PathLike | None = None, device: str = "auto",
-                 nprobe: int = DEFAULT_NPROBE) -> None:
+                 nprobe: int = DEFAULT_NPROBE, max_loaded_models: int | None = None) -> None:
         self.folder = folder
         self.weights_dir = weights_dir
         self.device = device
         self.nprobe = nprobe
-        self._models: dict[str, PendingModel] = {}
+        self._models = ModelPool(lambda name: PendingModel(name, weights_dir=self.weights_dir, device=self.device),
+                                 max_loaded_models)
         self._searchers: dict[str, Searcher] = {}
+        self._opening = KeyedLocks()  # one searcher opened at a time per model, never under ``_lock``
         self._catalog: Catalog | None = None  # read-only, opened on first use, shared by threads
-        self._lock = threading.Lock()
+        self._lock = threading.Lock()  # guards the two fields above; held only to look up or swap
 
     @classmethod
     def open(cls, path: str | os.PathLike | None = None, weights_dir: str | os.PathLike | None = None,
-             device: str = "auto", nprobe: int = DEFAULT_NPROBE) -> Library:
+             device: str = "auto", nprobe: int = DEFAULT_NPROBE, max_loaded_models: int | None = None) -> Library:
         """The library at ``path``; nothing is created until the first ``index``. ``nprobe``:
-        IVF lists searched per query (more: slower, closer to exhaustive)."""
-        return cls(LibraryLayout(library_dir(path)), weights_dir, device, nprobe)
+        IVF lists searched per query (more: slower, closer to exhaustive). ``max_loaded_models``:
+        models kept loaded at most (default: every model used)."""
+        return cls(LibraryLayout(library_dir(path)), weights_dir, device, nprobe, max_loaded_models)
 
     def close(self) -> None:
         with self._lock:
@@ -110,36 +123,37 @@ class Library:
 
     def model(self, name: str = DEFAULT_MODEL) -> Embedder:
         """The embedder ``name``, loaded once and shared."""
-        return self.model_handle(name).load()
+        with self._models.use(name) as embedder:
+            return embedder
 
     def loaded_models(self) -> list[str]:
-        with self._lock:
-            return sorted(name for name, handle in self._models.items() if handle.loaded)
+        return self._models.loaded()
 
-    def unload_models(self) -> None:
-        """Let every loaded model go (the next query loads it again)."""
-        with self._lock:
-            self._models.clear()
+    def unload_models(self, idle_for: float = 0.0) -> list[str]:
+        """Let go of the models unused for ``idle_for`` seconds (the next query loads them
+        again); a model a call is using now stays. Returns the names let go."""
+        return self._models.unload(idle_for)
 
     def model_handle(self, name: str) -> PendingModel:
         """``name``'s weights, found and checked once (a missing file fails here, with the
         usual message); built on first use (``index`` builds it only if some file needs
         embedding)."""
-        with self._lock:
-            if name not in self._models:
-                self._models[name] = PendingModel(name, weights_dir=self.weights_dir, device=self.device)
-            return self._models[name]
+        return self._models.handle(name)
 
     # writes -----------------------------------------------------------------------------
 
     def index(self, paths: Sequence[str | os.PathLike], models: Sequence[str] = (DEFAULT_MODEL,),
-              progress: Progress | None = None, **options) -> IndexReport:
-        """Index folders (see ``dreamsearch index``); ``options`` are ``IndexOptions`` fields."""
+              progress: Progress | None = None, stop: threading.Event | None = None,
+              on_picture: Callable[[ScannedFile, Image.Image], None] | None = None, **options) -> IndexReport:
+        """Index folders (see ``dreamsearch index``); ``options`` are ``IndexOptions`` fields.
+        Setting ``stop`` ends the run after the batch in flight (``interrupted``);
+        ``on_picture(file, picture)`` sees each picture decoded (``index_folders``)."""
         settings = IndexOptions(**options)
         check_engine(settings)  # before creating anything, as a wrong name or missing weights
-        handles = [self.model_handle(m) for m in models]
-        report = index_folders(LibraryLayout.prepare(self.folder.root), [Path(p) for p in paths], handles, settings,
-                               progress)
+        with ExitStack() as held:  # in use for the run: never let go (and loaded again) meanwhile
+            handles = [held.enter_context(self._models.held(m)) for m in models]
+            report = index_folders(LibraryLayout.prepare(self.folder.root), [Path(p) for p in paths], handles,
+                                   settings, progress, stop, on_picture)
         self._forget_searchers()
         return report
 
@@ -194,14 +208,21 @@ class Library:
 
     # queries ----------------------------------------------------------------------------
 
-    def image_query(self, image: QueryImage, model: str = DEFAULT_MODEL, name: str = "upload") -> Query:
+    def image_query(self, image: QueryImage, model: str = DEFAULT_MODEL, name: str = "upload",
+                    max_pixels: int = DEFAULT_MAX_PIXELS) -> Query:
         """A query from a picture: a file path, the bytes of an image file (``name`` labels
-        it in errors), a PIL image, or a ``uint8 [H, W, 3]`` array. A file whose bytes are
-        in the library knows its content, so it can be left out of its own results."""
-        searcher, embedder = self._searcher(model), self.model(model)
-        pixels, data = model_input(embedder, image, name)
+        it in errors), a PIL image, or a ``uint8 [H, W, 3]`` array; a larger file than
+        ``max_pixels`` is refused. A file whose bytes are in the library knows its content,
+        so it can be left out of its own results."""
+        return self._image_query(image, model, name, max_pixels)
+
+    def _image_query(self, image: QueryImage, model: str, name: str, max_pixels: int, keep: bool = True) -> Query:
+        searcher = self._searcher(model)
+        with self._models.use(model, keep) as embedder:
+            pixels, data = model_input(embedder, image, name, max_pixels)
+            vector = searcher.embed_pixels(embedder, pixels)
         own = searcher.content_of(data)
-        return Query(model, (_label(image, name),), searcher.embed_pixels(embedder, pixels), () if own is None else (own,))
+        return Query(model, (_label(image, name),), vector, () if own is None else (own,))
 
     def stored_query(self, file: str | os.PathLike | int, model: str = DEFAULT_MODEL) -> Query:
         """A query from the stored vector of an indexed file, by path or catalog id: no
@@ -217,12 +238,14 @@ class Library:
     def vector_query(self, vector: Sequence[float] | np.ndarray, model: str = DEFAULT_MODEL) -> Query:
         """A query from a vector a caller computed (``embed``): checked and made unit norm."""
         searcher = self._searcher(model)
-        vector = np.asarray(vector, dtype=np.float64).reshape(-1)  # float64: 1e30s neither overflow nor vanish
+        vector = np.asarray(vector, dtype=np.float64).reshape(-1)
         if vector.shape[0] != searcher.model.dim:
             raise DreamsearchError(f"the vector has {vector.shape[0]} numbers; model '{model}' needs {searcher.model.dim}")
-        unit = vector / np.linalg.norm(vector) if np.isfinite(vector).all() else vector
-        if not np.isfinite(unit).all() or not unit.any():
+        largest = np.abs(vector).max() if np.isfinite(vector).all() else 0.0
+        if not largest:
             raise DreamsearchError("the vector must be finite and not all zeros")
+        scaled = vector / largest  # first: the squares of 1e200s overflow and those of 1e-200s vanish
+        unit = scaled / np.linalg.norm(scaled)
         return Query(model, ("vector",), unit.astype(np.float32))
 
     @staticmethod
@@ -250,20 +273,23 @@ class Library:
         """Neighbours of an indexed file (path or id), from its stored vector (no model is loaded)."""
         return self.search(self.stored_query(path, model), k).matches
 
-    def embed(self, image: QueryImage, model: str = DEFAULT_MODEL, name: str = "upload") -> np.ndarray:
+    def embed(self, image: QueryImage, model: str = DEFAULT_MODEL, name: str = "upload",
+              max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
         """The unit-norm vector of a picture, decoded as the indexer decodes; needs no
         library and no indexed vectors."""
-        embedder = self.model(model)
-        pixels, _data = model_input(embedder, image, name)
-        return embedder.embed(pixels[None])[0]
+        with self._models.use(model) as embedder:
+            pixels, _data = model_input(embedder, image, name, max_pixels)
+            return embedder.embed(pixels[None])[0]
 
     def compare(self, image: QueryImage | None, models: Sequence[str], k: int = 25, include_self: bool = False,
-                name: str = "upload", keep_models: bool = True, like: str | os.PathLike | None = None) -> Comparison:
+                name: str = "upload", keep_models: bool = True, like: str | os.PathLike | None = None,
+                max_pixels: int = DEFAULT_MAX_PIXELS) -> Comparison:
         """``image``, or the indexed file ``like``, through each of ``models`` side by side.
         Every model must be indexed (checked before any is loaded). ``like`` uses each model's
         stored vector of the file (no model load), embedding the file only for a model that
         has none. With ``keep_models=False`` each model loaded here is let go before the next
-        loads, so the peak memory is that of the largest."""
+        loads, so the peak memory is that of the largest; a model that another call is using
+        or wants kept stays."""
         if (image is None) == (like is None):
             raise DreamsearchError("compare needs one query: an image, or an indexed file (like)")
         if len(models) < 2:
@@ -274,15 +300,12 @@ class Library:
             self._searcher(model)
         results = {}
         for model in models:
-            loaded_before = model in self.loaded_models()
-            query = self.image_query(image, model, name) if like is None else self._like_query(like, model)
+            query = (self._image_query(image, model, name, max_pixels, keep_models) if like is None
+                     else self._like_query(like, model, keep_models))
             results[model] = self.search(query, k, include_self).matches
-            if not keep_models and not loaded_before:
-                with self._lock:
-                    self._models.pop(model, None)
         return Comparison(_label(image if like is None else like, name), k, results, overlaps(results, k))
 
-    def _like_query(self, file: str | os.PathLike, model: str) -> Query:
+    def _like_query(self, file: str | os.PathLike, model: str, keep: bool = True) -> Query:
         """The stored vector of an indexed file, or, for a model that has none (the file was
         indexed without it), the file embedded by that model."""
         try:
@@ -292,7 +315,7 @@ class Library:
         except NotFoundError:
             if self._searcher(model).catalog.indexed_file_at(Path(file)) is None:
                 raise  # not in the library at all
-            return self.image_query(file, model)
+            return self._image_query(file, model, "upload", DEFAULT_MAX_PIXELS, keep)
 
     def duplicates(self, model: str = DEFAULT_MODEL, max_distance: float | None = None) -> list[DuplicateGroup]:
         """Groups of identical files, then of images within ``max_distance`` of each other
@@ -336,6 +359,13 @@ class Library:
         catalog = self._reader()
         return {name: catalog.count_vectors(catalog.model(name)) for name in catalog.model_names()}
 
+    def vector_dims(self) -> dict[str, int]:
+        """Each indexed model's vector length (what ``/api/search/vector`` accepts)."""
+        if not self.folder.catalog_path.exists():
+            return {}
+        catalog = self._reader()
+        return {name: catalog.model(name).dim for name in catalog.model_names()}
+
     def _reader(self) -> Catalog:
         """The library's catalog, read-only, opened once (each opening checks the schema:
         ~10 ms that a by-id request should not pay). It sees every commit as it lands."""
@@ -354,10 +384,13 @@ class Library:
             searcher = self._searchers.get(model)
         if searcher is not None and searcher.catalog.last_seq(searcher.model) == searcher.index.meta.seq:
             return searcher  # the common case: checked without holding the lock
-        with self._lock:
-            current = self._searchers.get(model)
+        with self._opening(model):  # opening a large index takes seconds: other models' readers go on
+            with self._lock:
+                current = self._searchers.get(model)
             if current is None or current is searcher:  # stale or dropped, and not yet replaced
-                current = self._searchers[model] = Searcher(self.folder, model, self.nprobe)
+                current = Searcher(self.folder, model, self.nprobe)
+                with self._lock:
+                    self._searchers[model] = current
             return current
 
     def _forget_searchers(self) -> None:

@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import signal
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 
 import numpy as np
+from PIL import Image
 
 from dreamsearch.errors import ImageError, PixelLimitError
 from dreamsearch.images import Preprocess, decode
@@ -44,10 +45,12 @@ class TimeLimitExceeded(BaseException):
     """A BaseException, like KeyboardInterrupt: no decoder's ``except Exception`` hides it."""
 
 
-def decode_bytes(path: str, data: bytes, recipes: tuple[Preprocess, ...], max_pixels: int, draft: bool) -> Decoded:
+def decode_bytes(path: str, data: bytes, recipes: tuple[Preprocess, ...], max_pixels: int, draft: bool,
+                 on_picture: Callable[[Image.Image], None] | None = None) -> Decoded:
     """Decode ``data`` (the content of ``path``) and preprocess it for each model. With
     ``draft``, JPEGs decode at the smallest DCT scale that keeps twice each model's input
-    size (see docs/indexing.md for the measured error)."""
+    size (see docs/indexing.md for the measured error). ``on_picture`` gets the decoded
+    RGB picture (the server makes its thumbnails from it: the file is not read again)."""
     draft_size = max(r.draft_size for r in recipes) if draft else 0
     try:
         picture = decode(path, data=data, max_pixels=max_pixels, draft_size=draft_size)
@@ -58,6 +61,11 @@ def decode_bytes(path: str, data: bytes, recipes: tuple[Preprocess, ...], max_pi
         return Decoded(error="not enough memory to decode")
     except Exception as exc:  # a plugin's own error type (struct.error, KeyError, ...): one file, not the run
         return Decoded(error=f"cannot decode: {type(exc).__name__}: {exc}".splitlines()[0])
+    if on_picture is not None:
+        try:
+            on_picture(picture.image)
+        except Exception:  # noqa: BLE001 - a by-product: never fails the file; made again on demand
+            pass
     return Decoded(picture.width, picture.height, picture.format, pixels)
 
 

@@ -22,6 +22,10 @@ ENV_LIBRARY = "DREAMSEARCH_LIBRARY"
 MANIFEST_FORMAT = 1
 
 
+class WriterBusy(DreamsearchError):
+    """Another process holds the library's writer lock (``dreamsearch index``, ``forget``)."""
+
+
 def library_dir(explicit: str | os.PathLike | None = None) -> Path:
     """``explicit`` (``--library``), else ``$DREAMSEARCH_LIBRARY``, else the user data folder."""
     return configured_path(explicit, ENV_LIBRARY, "data", "library")
@@ -99,8 +103,8 @@ class LibraryLayout:
             try:
                 fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
-                raise DreamsearchError(f"another dreamsearch is changing {self.root} (indexing?); "
-                                       "try again when it ends") from None
+                raise WriterBusy(f"another dreamsearch is changing {self.root} (indexing?); "
+                                 "try again when it ends") from None
             self.remove_leftovers()
             yield
 

@@ -10,7 +10,7 @@ indexed file queried by path finds itself at distance ~0.
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -30,6 +30,14 @@ from dreamsearch.vector_index.policy import DEFAULT_NPROBE
 
 
 QueryImage = str | os.PathLike | bytes | Image.Image | np.ndarray
+#: A query's results come in stages (``Searcher._ranked``): the first re-ranks 128
+#: candidates (128 results, or 32 of IVF-PQ's, which re-ranks 4 per result), each next one
+#: 8 times as many. Measured (benchmarks/paging.py, 20k x 768, IVF): page 1 costs 1 ms more
+#: than a search just as deep as it needs; a page at offset 100 about the same.
+FIRST_STAGE = 128
+STAGE_GROWTH = 8
+#: Fewest results joined with the catalog (one query, a stat per file) at a time.
+MIN_JOIN = 16
 
 
 @dataclass(frozen=True)
@@ -61,7 +69,7 @@ class Searcher:
         if model is None or self.catalog.count_vectors(model) == 0:
             indexed = ", ".join(self.catalog.model_names()) or "none"
             self.catalog.close()
-            raise DreamsearchError(
+            raise NotFoundError(  # the model's vectors are what is not there (HTTP: 404)
                 f"nothing is indexed with model '{model_name}' (indexed: {indexed}); "
                 f"run `dreamsearch index --model {model_name} FOLDER` first"
             )
@@ -123,61 +131,104 @@ class Searcher:
             raise DreamsearchError("k must be at least 1")
         if offset < 0:
             raise DreamsearchError("offset must be 0 or more")
-        wanted = min(offset + k, max(len(self.index), 1))  # no more results than vectors, whatever was asked
         if under is not None:  # as written (through a followed symlink) and with links resolved
             folders = [under] if isinstance(under, (str, os.PathLike)) else under
             under = tuple({form for u in folders for form in (Path(os.path.abspath(u)), Path(u).resolve())})
-        depth = wanted + len(exclude)
-        while True:
-            scores, ids = self.index.search(
-                np.asarray(vector, np.float32)[None], depth, nprobe=self.nprobe,
-                fetch=lambda wanted: self.catalog.vectors_for(self.model, wanted))
-            matches = self._join(scores[0], ids[0], set(exclude), max_distance, under)
-            exhausted = (ids[0] < 0).any() or depth >= len(self.index)
-            if len(matches) >= wanted or exhausted:
-                return [replace(m, rank=rank) for rank, m in enumerate(matches[offset:wanted], offset + 1)]
-            depth *= 4
+        wanted, exclude, matches, farther = offset + k, set(exclude), [], False
+        stages, scores, ids = self._ranked(vector), [], []
+        while len(matches) < wanted and not farther:
+            need = max(wanted - len(matches), MIN_JOIN)  # stat about as many files as the page needs, at once
+            while len(ids) < need and (stage := next(stages, None)) is not None:
+                scores, ids = scores + stage[0], ids + stage[1]
+            if not ids:
+                break
+            found, farther = self._join(scores[:need], ids[:need], exclude, max_distance, under)
+            matches, scores, ids = matches + found, scores[need:], ids[need:]
+        return [replace(m, rank=rank) for rank, m in enumerate(matches[offset:wanted], offset + 1)]
 
-    def _join(self, scores, ids, exclude: set[int], max_distance, under: tuple[Path, ...] | None) -> list[Match]:
+    def _ranked(self, vector: np.ndarray) -> Iterator[tuple[list[float], list[int]]]:
+        """The one ranked list of contents for ``vector``, best first, in stages of
+        ``(scores, content ids)``; every page is a slice of it.
+
+        Why stages of fixed depths: how deep an approximate search goes changes what it
+        finds (IVF-PQ re-ranks 4 x depth candidates; at the edge of any search FAISS keeps
+        some of several tied results), so pages searched as deep as each needed (offset + k)
+        showed some results twice and skipped others (issue 21: runs of identical vectors,
+        one photo saved twice with other metadata, repeated a result on most pages). Stage
+        ``j`` searches ``FIRST_STAGE * STAGE_GROWTH**j`` candidates deep and adds the best
+        results the earlier stages did not give, up to that many in all; ties go by content
+        id. The depths depend on the index only, never on the page asked for."""
+        query = np.asarray(vector, np.float32)[None]
+        given: set[int] = set()
+        stored: dict[int, np.ndarray] = {}  # each stage re-ranks from stored vectors: read each once
+
+        def fetch(wanted: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+            missing = [i for i in wanted.tolist() if i not in stored]
+            if missing:
+                found_ids, found = self.catalog.vectors_for(self.model, missing)
+                stored.update(zip(found_ids.tolist(), found))
+            have = [i for i in wanted.tolist() if i in stored]
+            return np.array(have, np.int64), np.array([stored[i] for i in have], np.float32).reshape(-1, self.model.dim)
+
+        depth = max(1, FIRST_STAGE // max(1, self.index.plan.rerank))
+        while True:
+            scores, ids = self.index.search(query, depth, nprobe=self.nprobe, fetch=fetch)
+            last = bool((ids[0] < 0).any()) or depth >= len(self.index)
+            fresh = sorted(((-float(s), int(i)) for s, i in zip(scores[0], ids[0]) if i >= 0 and int(i) not in given))
+            fresh = fresh if last else fresh[:depth - len(given)]
+            given.update(i for _s, i in fresh)
+            yield [-s for s, _i in fresh], [i for _s, i in fresh]
+            if last:
+                return
+            depth *= STAGE_GROWTH
+
+    def _join(self, scores, ids, exclude: set[int], max_distance,
+              under: tuple[Path, ...] | None) -> tuple[list[Match], bool]:
+        """The files of these contents, and whether one was farther than ``max_distance``
+        (the list is sorted: none after it is wanted)."""
         keep = [(float(s), int(i)) for s, i in zip(scores, ids) if i >= 0 and int(i) not in exclude]
         details = self.catalog.file_details([i for _s, i in keep])
         matches = []
         for score, content_id in keep:
             distance = max(0.0, 1.0 - score)
             if max_distance is not None and distance > max_distance:
-                break  # scores are sorted
+                return matches, True
             places = [d for d in details.get(content_id, []) if under is None or _inside(d.path, under)]
             if places:  # no places: removed since the index was read, or outside ``under``
                 files = one_name_per_file(places)
                 (first, _), links = files[0], tuple(link for _f, names in files for link in names)
                 matches.append(Match(0, distance, first.path, first.size, tuple(f.path for f, _names in files[1:]),
                                      first.id, first.width, first.height, links))
-        return matches
+        return matches, False
 
 
-def model_input(embedder: Embedder, image: QueryImage, name: str = "upload") -> tuple[np.ndarray, bytes | None]:
+def model_input(embedder: Embedder, image: QueryImage, name: str = "upload",
+                max_pixels: int = DEFAULT_MAX_PIXELS) -> tuple[np.ndarray, bytes | None]:
     """The model input of a picture (a file path, the bytes of an image file labelled
     ``name``, a PIL image or a ``uint8 [H, W, 3]`` array), decoded exactly as the indexer
     decodes (JPEG draft included), and the file's bytes when there are any (what names its
-    content in the library). A file is read and decoded under the decode time limit; a bad
-    one raises :class:`ImageError` with the reason."""
-    if isinstance(image, (str, os.PathLike)):
-        try:
-            with time_limit(DECODE_TIMEOUT_S):
-                read = read_file(str(image))
-                if read.error:
-                    raise ImageError(image, read.error)
-                return _decoded(embedder, str(image), read.data), read.data
-        except TimeLimitExceeded:
-            raise ImageError(image, too_slow(DECODE_TIMEOUT_S)) from None
-    if isinstance(image, (bytes, bytearray)):
-        return _decoded(embedder, name, bytes(image)), bytes(image)
-    picture = image if isinstance(image, Image.Image) else Image.fromarray(np.asarray(image, dtype=np.uint8))
-    return embedder.preprocess(to_rgb(picture)), None
+    content in the library). A file over ``max_pixels`` is refused before it is decoded
+    (:class:`PixelLimitError`). Files and bytes are read and decoded under the decode time
+    limit when called in the main thread (a signal; the server limits its worker threads
+    itself); a bad one raises :class:`ImageError` with the reason."""
+    if not isinstance(image, (str, os.PathLike, bytes, bytearray)):
+        picture = image if isinstance(image, Image.Image) else Image.fromarray(np.asarray(image, dtype=np.uint8))
+        return embedder.preprocess(to_rgb(picture)), None
+    label = str(image) if isinstance(image, (str, os.PathLike)) else name
+    try:
+        with time_limit(DECODE_TIMEOUT_S):
+            if isinstance(image, (bytes, bytearray)):
+                return _decoded(embedder, name, bytes(image), max_pixels), bytes(image)
+            read = read_file(str(image))
+            if read.error:
+                raise ImageError(image, read.error)
+            return _decoded(embedder, str(image), read.data, max_pixels), read.data
+    except TimeLimitExceeded:
+        raise ImageError(label, too_slow(DECODE_TIMEOUT_S)) from None
 
 
-def _decoded(embedder: Embedder, name: str, data: bytes) -> np.ndarray:
-    decoded = decode_bytes(name, data, (embedder.preprocess_spec,), DEFAULT_MAX_PIXELS, draft=True)
+def _decoded(embedder: Embedder, name: str, data: bytes, max_pixels: int) -> np.ndarray:
+    decoded = decode_bytes(name, data, (embedder.preprocess_spec,), max_pixels, draft=True)
     if decoded.error:
         raise (PixelLimitError if decoded.too_large else ImageError)(name, decoded.error)
     return decoded.pixels[0]

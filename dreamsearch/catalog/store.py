@@ -89,6 +89,8 @@ class FileDetail:
     inode: int | None = None
     device: int | None = None
     ctime_ns: int | None = None
+    #: The format the decoder found when it was indexed (``JPEG``, ``PNG``...; None in old rows).
+    format: str | None = None
 
     @property
     def file_key(self) -> tuple:
@@ -661,7 +663,7 @@ class Catalog:
 
 _DETAIL_COLUMNS = (
     select(File.id, File.content_id, Root.path, File.relpath, File.size, File.mtime_ns, Content.width, Content.height,
-           File.inode, File.device, File.ctime_ns)
+           File.inode, File.device, File.ctime_ns, Content.format)
     .join(Root, Root.id == File.root_id).join(Content, Content.id == File.content_id)
 )
 

@@ -18,8 +18,10 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from functools import partial
 
 import numpy as np
+from PIL import Image
 
 from dreamsearch.catalog import Catalog, ModelInfo, StoredFile
 from dreamsearch.images import Preprocess
@@ -160,6 +162,8 @@ class FileProcessor:
     draft: bool
     timeout_s: float
     gpu_route: Callable[[bytes], str | None] | None = None  # None: no GPU decoding
+    #: Called with each file decoded here and its picture (``index_folders``' ``on_picture``).
+    on_picture: Callable[[ScannedFile, Image.Image], None] | None = None
 
     def __call__(self, candidate: Candidate) -> Outcome:
         return self.process([candidate])[0]
@@ -197,7 +201,8 @@ class FileProcessor:
             return Outcome(candidate, Kind.FOR_GPU, content_hash, data=data)
         try:
             with time_limit(max(seconds_left, 0.001)):
-                decoded = decode_bytes(candidate.path, data, self.recipes, self.max_pixels, self.draft)
+                seen = None if self.on_picture is None else partial(self.on_picture, candidate.found)
+                decoded = decode_bytes(candidate.path, data, self.recipes, self.max_pixels, self.draft, seen)
         except TimeLimitExceeded:
             return Outcome(candidate, Kind.FAILED, content_hash, error=too_slow(self.timeout_s))
         if decoded.error:

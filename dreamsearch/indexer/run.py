@@ -47,12 +47,14 @@ from dreamsearch.images import DEFAULT_MAX_PIXELS, Preprocess
 from dreamsearch.decoding import DECODE_TIMEOUT_S, Decoded, TimeLimitExceeded, decode_bytes, time_limit, too_slow
 from dreamsearch.indexer.pipeline import Candidate, Contents, FileProcessor, Kind, Outcome
 from dreamsearch.reading import DEFAULT_MAX_FILE_SIZE
-from dreamsearch.indexer.stream import Workers, ordered
+from dreamsearch.indexer.stream import Stalled, Workers, ordered
 from dreamsearch.layout import LibraryLayout
 from dreamsearch.scan import ScannedFile, scan
 from dreamsearch.vector_index import save_indexes
 
 if TYPE_CHECKING:  # pragma: no cover
+    from PIL import Image
+
     from dreamsearch.indexer.ray_engine import RayEngine, RemoteContents
     from dreamsearch.models.base import Embedder
 
@@ -176,9 +178,14 @@ def index_folders(
     models: Sequence[ModelSource],
     options: IndexOptions = IndexOptions(),
     progress: Progress | None = None,
+    stop: threading.Event | None = None,
+    on_picture: Callable[[ScannedFile, Image.Image], None] | None = None,
 ) -> IndexReport:
     """Index ``roots`` into ``library`` with every one of ``models`` (loaded embedders, or
-    ``dreamsearch.models.PendingModel`` handles that load only if something needs it)."""
+    ``dreamsearch.models.PendingModel`` handles that load only if something needs it).
+    Setting ``stop`` ends the run as a first Ctrl-C does (the batch in flight is committed,
+    the report says ``interrupted``). ``on_picture(file, picture)`` is called in a reading
+    thread with each picture decoded on the CPU (not with the Ray engine)."""
     for root in roots:
         if not Path(root).is_dir():
             raise DreamsearchError(f"{root}: not a folder")
@@ -191,8 +198,8 @@ def index_folders(
         progress(report)
 
     with (library.writer_lock(), Catalog(library.catalog_path) as catalog,
-          _stop_on_interrupt(on_first_interrupt) as stop):
-        run = _Run(catalog, library, list(models), options, progress, stop, report)
+          _stop_on_interrupt(on_first_interrupt, stop) as stop):
+        run = _Run(catalog, library, list(models), options, progress, stop, report, on_picture)
         return run.execute(outermost(Path(r).resolve() for r in roots))
 
 
@@ -251,9 +258,11 @@ class _Run:
     bookkeeping that keeps the catalog and the report right."""
 
     def __init__(self, catalog: Catalog, library: LibraryLayout, sources: list[ModelSource], options: IndexOptions,
-                 progress: Progress, stop: threading.Event, report: IndexReport) -> None:
+                 progress: Progress, stop: threading.Event, report: IndexReport,
+                 on_picture: Callable[[ScannedFile, Image.Image], None] | None = None) -> None:
         self.catalog, self.library, self.sources = catalog, library, sources
         self.options, self.progress, self.stop, self.report = options, progress, stop, report
+        self.on_picture = on_picture
         self.recipes = tuple(s.preprocess_spec for s in sources)
         self.models: list[ModelInfo] = []
         self.embedders: list[Embedder | None] = [None] * len(sources)
@@ -351,7 +360,7 @@ class _Run:
                   if relpath.startswith(place.prefix)}
         return _Plan(place, folder, stored)
 
-    def _candidates(self, plan: _Plan) -> Iterator[Candidate]:
+    def _candidates(self, plan: _Plan, watch: _ScanWatch | None = None) -> Iterator[Candidate]:
         """Scan the plan's folder and yield its new and changed files as they are found,
         then those whose content lacks a vector of one of the run's models; finally note
         what is gone. Runs in the stream's feeder thread, so it only reads the catalog and
@@ -369,7 +378,9 @@ class _Run:
                 plan.unreadable.append(relpath + "/")
             plan.scan_errors.append((relpath, path, reason))
 
-        for found in scan(folder, self.options.exclude, self.options.follow_symlinks, scan_error):
+        watch = watch or _ScanWatch(0)
+        for found in scan(folder, self.options.exclude, self.options.follow_symlinks, scan_error, watch.step):
+            watch.pause()  # until the scan's next step, the time is the consumer's
             if self.stop.is_set():
                 return
             relpath = place.prefix + found.relpath
@@ -385,6 +396,7 @@ class _Run:
                 continue
             self.report.to_read += 1
             yield Candidate(found, known, str(place.path / relpath))
+        watch.pause()
         for found, known in self._lacking_vectors(plan, same):
             self.report.to_read += 1
             yield Candidate(found, known, str(place.path / found.relpath))
@@ -444,6 +456,9 @@ class _Run:
                     self.report.failures.append((str(plan.folder), plan.stopped_reading))
                 if self.stop.is_set() or plan.stopped_reading:
                     break
+        except Stalled as exc:  # its thread is left behind; the run, and the writer lock, go on
+            plan.stopped_reading = f"stopped reading this folder: {exc}"
+            self.report.failures.append((str(plan.folder), plan.stopped_reading))
         finally:
             outcomes.close()
         self._commit(plan.place, contents, pending)  # the batch in flight, also after Ctrl-C
@@ -467,9 +482,11 @@ class _Run:
             return self.cluster.contents, self.cluster.outcomes(self._candidates(plan))
         contents = Contents(self.catalog, self.models)
         processor = FileProcessor(contents, self.recipes, self.options.max_file_size, self.options.max_pixels,
-                                  self.options.draft, self.options.decode_timeout_s, self._gpu_route())
-        return contents, ordered(self.readers, processor, self._candidates(plan), self._ahead,
-                                 self.options.decode_timeout_s, lambda candidate: self._gave_up(contents, candidate))
+                                  self.options.draft, self.options.decode_timeout_s, self._gpu_route(), self.on_picture)
+        watch = _ScanWatch(self.options.decode_timeout_s)
+        return contents, ordered(self.readers, processor, self._candidates(plan, watch), self._ahead,
+                                 self.options.decode_timeout_s, lambda candidate: self._gave_up(contents, candidate),
+                                 watch.stalled)
 
     def _gave_up(self, contents: Contents, candidate: Candidate) -> Outcome:
         """The outcome of a file whose thread did not answer in time (its copies fail too)."""
@@ -720,11 +737,37 @@ def _entry(found: ScannedFile, content_hash: str, decoded: Decoded | None = None
                      device=found.device, ctime_ns=found.ctime_ns, **picture)
 
 
+class _ScanWatch:
+    """Whether a folder's scan stopped answering: no ``step`` (a folder listed, a file's
+    status or first bytes asked for) for ``limit_s`` while it scans. A read stuck in a hung
+    drive, a FUSE or network share, or a kernel file cannot be interrupted, but the run
+    need not wait for it, holding the writer lock (issue 21). The time the scan spends
+    waiting for the consumer (``pause``) does not count."""
+
+    def __init__(self, limit_s: float) -> None:
+        self.limit_s = limit_s
+        self.since: float | None = None  # None: not scanning
+        self.at = ""
+
+    def step(self, path: str) -> None:
+        self.since, self.at = time.monotonic(), path
+
+    def pause(self) -> None:
+        self.since = None
+
+    def stalled(self) -> str | None:
+        since = self.since
+        if since is not None and time.monotonic() - since > self.limit_s:
+            return f"the scan stopped answering for {self.limit_s:g} s at {self.at} (a hung drive or share?)"
+        return None
+
+
 @contextmanager
-def _stop_on_interrupt(on_first: Callable[[], None]) -> Iterator[threading.Event]:
-    """First Ctrl-C sets the event (finish the batch, commit, save) and says so through
-    ``on_first``; a second one aborts."""
-    stop = threading.Event()
+def _stop_on_interrupt(on_first: Callable[[], None],
+                       stop: threading.Event | None = None) -> Iterator[threading.Event]:
+    """First Ctrl-C sets the event (``stop``, or a new one: finish the batch, commit, save)
+    and says so through ``on_first``; a second one aborts."""
+    stop = stop or threading.Event()
     if threading.current_thread() is not threading.main_thread():
         yield stop
         return

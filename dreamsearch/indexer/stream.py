@@ -5,8 +5,10 @@ Two properties the indexer relies on:
   so memory does not depend on how many items there are, while the threads keep working
   when the consumer is busy (embedding a batch);
 - nothing can stall the run: an item not done ``timeout_s`` after the consumer asked for
-  it is given up (``on_timeout``) and its thread replaced. Threads are daemons, so a thread
-  stuck in a read or a decoder does not keep the process alive either.
+  it is given up (``on_timeout``) and its thread replaced, and a feeder that ``stalled()``
+  says stopped answering (a scan stuck in a hung drive) raises :class:`Stalled` in the
+  consumer. Threads are daemons, so a thread stuck in a read or a decoder does not keep
+  the process alive either.
 """
 
 from __future__ import annotations
@@ -23,6 +25,10 @@ Item = TypeVar("Item")
 Result = TypeVar("Result")
 
 _POLL_S = 0.1
+
+
+class Stalled(Exception):
+    """The items stopped coming: ``stalled()`` gave this reason. The feeder is abandoned."""
 
 
 class Workers:
@@ -100,14 +106,16 @@ def ordered(
     ahead: int,
     timeout_s: float,
     on_timeout: Callable[[Item], Result],
+    stalled: Callable[[], str | None] | None = None,
 ) -> Iterator[Result]:
     """``function(item)`` for each item, in order. ``workers=None`` runs them in the
-    calling thread, one at a time (``function`` must then time itself)."""
+    calling thread, one at a time (``function`` must then time itself). ``stalled``: see
+    :func:`prefetched`."""
     if workers is None:
         yield from map(function, items)
         return
     submitted = prefetched(items, ahead, make=lambda item: (item, workers.submit(function, item)),
-                           drop=lambda entry: entry[1].cancel())
+                           drop=lambda entry: entry[1].cancel(), stalled=stalled)
     try:
         for item, future in submitted:
             try:
@@ -120,11 +128,15 @@ def ordered(
 
 
 def prefetched(items: Iterable[Item], ahead: int, make: Callable[[Item], Any] | None = None,
-               drop: Callable[[Any], None] | None = None) -> Iterator[Any]:
+               drop: Callable[[Any], None] | None = None,
+               stalled: Callable[[], str | None] | None = None) -> Iterator[Any]:
     """``make(item)`` (or the item itself) for each of ``items``, made by a thread that is
     at most ``ahead`` entries ahead of the consumer: ``ordered`` submits work this way, and
     the Ray engine scans its next chunk while the cluster works on this one. Closing the
-    iterator stops the thread within a poll and hands ``drop`` what was made and not taken."""
+    iterator stops the thread within a poll and hands ``drop`` what was made and not taken.
+    While the consumer waits for the next entry, ``stalled()`` is asked every poll; a reason
+    raises :class:`Stalled` (the items' own clock: the thread may be stuck in a system
+    call, which nothing in Python can interrupt, but the consumer need not wait for it)."""
     made: queue.SimpleQueue = queue.SimpleQueue()
     slots = threading.Semaphore(max(1, ahead))  # entries made and not yet taken
     closed = threading.Event()
@@ -148,7 +160,7 @@ def prefetched(items: Iterable[Item], ahead: int, make: Callable[[Item], Any] | 
     feeder.start()
     try:
         while True:
-            entry, error = _take(made)
+            entry, error = _take(made, stalled)
             slots.release()
             if error is not None:
                 raise error
@@ -182,13 +194,14 @@ def wait(future: Future, timeout_s: float | None = None) -> Any:
                 raise
 
 
-def _take(source: queue.SimpleQueue) -> Any:
+def _take(source: queue.SimpleQueue, stalled: Callable[[], str | None] | None = None) -> Any:
     """``source.get()``, in short slices for the same reason as :func:`wait`."""
     while True:
         try:
             return source.get(timeout=_POLL_S)
         except queue.Empty:
-            pass
+            if stalled is not None and (reason := stalled()) is not None:
+                raise Stalled(reason) from None
 
 
 def _join(threads: list[threading.Thread], wait_s: float) -> None:

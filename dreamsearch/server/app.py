@@ -2,9 +2,10 @@
 JSON (or a file). Errors are ``{"detail": "..."}`` with the status a client can act on;
 bad input never gives a 500.
 
-Work never runs on the event loop: ``def`` routes run in FastAPI's thread pool, and the
-``async`` ones (uploads) hand their decoding and embedding to a thread, so a search never
-waits for another, nor for an index job (which runs in its own thread).
+Work never runs on the event loop: light ``def`` routes run in FastAPI's thread pool, and
+heavy work (decoding, embedding, index searches) runs in bounded lanes of its own
+(``limits.py``), so light routes answer while heavy ones are saturated, and a search never
+waits for an index job (which runs in its own thread).
 """
 
 from __future__ import annotations
@@ -12,206 +13,276 @@ from __future__ import annotations
 import asyncio
 import json
 import threading
-import time
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Annotated
 
-from fastapi import FastAPI, File, Form, HTTPException, Query, Request, UploadFile
+from fastapi import FastAPI, File, Form, Query, Request, UploadFile
 from fastapi import Path as PathParam
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse, Response, StreamingResponse
 from fastapi.staticfiles import StaticFiles
-from pydantic import BaseModel
+from starlette.exceptions import HTTPException
+import fastapi_offline
 
 from dreamsearch import __version__
 from dreamsearch.api import Library, Page
 from dreamsearch.documents import comparison_document, duplicates_document, result_document
 from dreamsearch.errors import DreamsearchError, ImageError, NotFoundError, PixelLimitError
-from dreamsearch.models.registry import get_spec
+from dreamsearch.models.registry import MODELS, get_spec
+from dreamsearch.models.weights import weights_dir
+from dreamsearch.server import schemas
+from dreamsearch.server.schemas import MAX_DEPTH, MAX_K, IndexRequest, VectorSearch
 from dreamsearch.server.jobs import FINAL_STATES, JobRunning, Jobs
-from dreamsearch.server.security import BodyTooLarge, Guard, Settings
-from dreamsearch.server.thumbnails import SIZES, thumbnail
+from dreamsearch.server.limits import Busy, Lane, Limits, TooSlow, answer_busy
+from dreamsearch.server.files import ORIGINAL_POLICY, FileSent, OpenedFile, open_indexed
+from dreamsearch.server.headers import SecurityHeaders
+from dreamsearch.server.redaction import Redactor, library_redactor
+from dreamsearch.server.security import BodyTooLarge, FolderNotAllowed, Guard, Settings, check_folder_allowed
+from dreamsearch.server.responses import JSONDocument
+from dreamsearch.server.thumbnails import (DEFAULT_CACHE_BYTES, GRID_SIZE, REQUESTABLE, ThumbnailCache, fixed_size,
+                                           thumbnail)
 from dreamsearch.status import retry_note
 
 STATIC = Path(__file__).parent / "static"
-MAX_K = 1000
-#: Deepest result a page may reach (offset + k): paging further is a scan, not a search.
-MAX_DEPTH = 10_000
+#: Swagger UI's script and style, as the fastapi-offline wheel ships them (pinned in pyproject).
+SWAGGER_UI = Path(fastapi_offline.__file__).parent / "static"
 FileId = Annotated[int, PathParam(ge=1, le=2**63 - 1, description="The file's catalog id")]
 
 
-class VectorSearch(BaseModel):
-    vector: list[float]
-    k: int = 25
-    model: str | None = None
-    offset: int = 0
-
-
-class IndexRequest(BaseModel):
-    folders: list[str]
-    models: list[str] | None = None
-
-
 def create_app(library: Library, models: list[str], settings: Settings = Settings(),
-               unload_after: float | None = None) -> FastAPI:
+               unload_after: float | None = None, limits: Limits = Limits(),
+               thumbnail_cache: int = DEFAULT_CACHE_BYTES) -> FastAPI:
     """The app over ``library``; ``models[0]`` is the default model, and all of them are
-    loaded at start-up (and again on first use after ``unload_after`` idle seconds)."""
-    jobs = Jobs(library)
+    loaded at start-up (and again on first use after ``unload_after`` idle seconds).
+    Requests may name only these models, unless ``limits.load_models_on_request``."""
+    thumbnails = ThumbnailCache(library.folder.root / "thumbnails", thumbnail_cache)
+    redact = library_redactor(library.folder.root, weights_dir(library.weights_dir))
+    jobs = Jobs(library, thumbnails.keep_grid, redact.error)  # a job makes the grid's thumbnails as it decodes
     idle = _IdleUnloader(library, unload_after)
+    served = {get_spec(name).name for name in models}
+    heavy = Lane("decoding", limits.heavy_slots, limits.queue, limits.wait_s)
+    searching = Lane("searching", limits.search_slots, limits.queue, limits.wait_s)
+
+    dims: dict[str, int] = {}  # vector length of each model loaded at start-up
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
-        await asyncio.to_thread(_preload, library, models)
+        dims.update(await asyncio.to_thread(_preload, library, models))
         idle.start()
         yield
         idle.stop()
+        for lane in (heavy, searching):
+            lane.close()
         library.close()
 
-    app = FastAPI(title="dreamsearch", version=__version__, lifespan=lifespan,
+    app = FastAPI(title="dreamsearch", version=__version__, lifespan=lifespan, default_response_class=JSONDocument,
+                  docs_url=None, redoc_url=None,  # /docs is served below, from the package
                   description="Reverse image search over your photo folders (DreamSim). See docs/serve.md.")
     app.add_middleware(Guard, settings=settings)
     if settings.cors_origins:
         from fastapi.middleware.cors import CORSMiddleware
 
         app.add_middleware(CORSMiddleware, allow_origins=list(settings.cors_origins),
-                           allow_methods=["GET", "POST"], allow_headers=["Authorization", "Content-Type"])
-    _error_handlers(app)
+                           allow_methods=["GET", "POST", "DELETE"], allow_headers=["Authorization", "Content-Type"])
+    app.add_middleware(SecurityHeaders, cross_origin=bool(settings.cors_origins))  # added last: wraps all
+    _error_handlers(app, redact)
+    app.add_exception_handler(Busy, answer_busy)
 
     def model_of(name: str | None) -> str:
-        idle.touch()
-        return name or models[0]
+        """The model a request names (default: the first of ``models``), if this server may
+        use it: each model loaded takes 0.3-1.7 GB (issue 21: five names took 1.28 -> 4.89 GB)."""
+        chosen = name or models[0]
+        if not limits.load_models_on_request and get_spec(chosen).name not in served:
+            raise DreamsearchError(f"model '{chosen}' is not served here (served: {', '.join(models)}); "
+                                   f"start the server with it in --models, or with --load-models-on-request")
+        return chosen
+
+    async def upload_work(lane: Lane, image: UploadFile, work):
+        """``work(name, data)`` in ``lane`` under the upload time limit. The upload is read
+        once a slot is free: until then it waits in its spooled file, not in memory."""
+        def run():
+            name, data = upload_bytes(image)
+            return work(name, data)
+        try:
+            return await lane.run(run, time_limit=limits.upload_time_limit_s)
+        except TooSlow as exc:
+            raise ImageError(Path(image.filename or "upload").name, f"decoding and embedding {exc}") from None
 
     def check_k(k: int, offset: int = 0, max_distance: float | None = None) -> None:
+        """The declared limits (schemas.py), for callers that bypass validation."""
         if not 1 <= k <= MAX_K:
             raise DreamsearchError(f"k must be between 1 and {MAX_K}")
-        if not 0 <= offset <= MAX_DEPTH - k:
-            raise DreamsearchError(f"offset must be between 0 and {MAX_DEPTH} - k")
+        if not 0 <= offset < MAX_DEPTH:
+            raise DreamsearchError(f"offset must be between 0 and {MAX_DEPTH - 1}")
         if max_distance is not None and not 0 <= max_distance <= 2:  # NaN fails this too
             raise DreamsearchError("max_distance must be between 0 and 2")
 
-    async def upload_bytes(image: UploadFile) -> tuple[str, bytes]:
-        data = await image.read(settings.max_body + 1)
+    def upload_bytes(image: UploadFile) -> tuple[str, bytes]:
+        image.file.seek(0)
+        data = image.file.read(settings.max_body + 1)
         if len(data) > settings.max_body:
             raise BodyTooLarge(f"upload is over the limit of {settings.max_body:,} bytes")
         return Path(image.filename or "upload").name, data
 
     def page_document(page: Page) -> dict:
+        """A page never starts at or past ``MAX_DEPTH``: that one is the last."""
+        more = page.next_offset is not None and page.next_offset < MAX_DEPTH
         return {"model": page.model, "results": [_with_links(result_document(m)) for m in page.matches],
-                "next_offset": page.next_offset}
+                "next_offset": page.next_offset if more else None}
 
-    @app.get("/api/health")
+    @app.get("/api/health", response_model=schemas.Health, responses=schemas.errors())
     def health() -> dict:
         running = jobs.running()
         return {"status": "ok", "version": __version__, "models_loaded": library.loaded_models(),
                 "default_model": models[0], "vectors": library.vector_counts(),
                 "job": None if running is None else running.document()}
 
-    @app.get("/api/status")
-    def status(failed: bool = False) -> dict:
+    @app.get("/api/status", response_model=schemas.Status, responses=schemas.errors(422))
+    def status(failed: schemas.QueryBool = False) -> dict:
         report = library.status(failed)
         return {"library": report.library, "size_bytes": report.size_bytes,
                 "folders": [vars(f) for f in report.folders], "models": [vars(m) for m in report.models],
                 "failed": [{"path": f.path, "reason": f.reason, "kind": f.kind, "runs": f.runs, "retry": retry_note(f)}
                            for f in report.failed]}
 
-    @app.post("/api/search")
-    async def search(image: Annotated[UploadFile, File()], k: Annotated[int, Form()] = 25,
-                     model: Annotated[str | None, Form()] = None, max_distance: Annotated[float | None, Form()] = None,
-                     under: Annotated[str | None, Form()] = None, offset: Annotated[int, Form()] = 0,
-                     include_self: Annotated[bool, Form()] = True) -> dict:
+    @app.post("/api/search", response_model=schemas.Page, responses=schemas.errors(404, 413, 415, 422, 503))
+    async def search(image: Annotated[UploadFile, File()], k: schemas.FormK = 25,
+                     model: Annotated[str | None, Form()] = None, max_distance: schemas.FormDistance = None,
+                     under: schemas.FormUnder = None, offset: schemas.FormOffset = 0,
+                     include_self: schemas.FormBool = True) -> dict:
         check_k(k, offset, max_distance)
-        name, data = await upload_bytes(image)
-        folder = _folder_filter(under)
+        folder, chosen = _folder_filter(under), model_of(model)
 
-        def run() -> Page:
-            query = library.image_query(data, model_of(model), name)
+        def run(name: str, data: bytes) -> Page:
+            query = library.image_query(data, chosen, name, limits.max_upload_pixels)
             return library.search(query, k, include_self, max_distance, folder, offset)
 
-        return page_document(await asyncio.to_thread(run))
+        return page_document(await upload_work(heavy, image, run))
 
-    @app.get("/api/files/{file_id}/similar")
-    def similar(file_id: FileId, k: int = 25, model: str | None = None, offset: int = 0,
-                max_distance: float | None = None) -> dict:
+    @app.get("/api/files/{file_id}/similar", response_model=schemas.Page, responses=schemas.errors(404, 422, 503))
+    async def similar(file_id: FileId, k: schemas.QueryK = 25, model: str | None = None,
+                      offset: schemas.QueryOffset = 0, max_distance: schemas.QueryDistance = None) -> dict:
         check_k(k, offset, max_distance)
-        query = library.stored_query(file_id, model_of(model))
-        return page_document(library.search(query, k, False, max_distance, None, offset))
-
-    @app.post("/api/search/vector")
-    def search_vector(body: VectorSearch) -> dict:
-        check_k(body.k, body.offset)
-        query = library.vector_query(body.vector, model_of(body.model))
-        return page_document(library.search(query, body.k, True, None, None, body.offset))
-
-    @app.post("/api/embed")
-    async def embed(image: Annotated[UploadFile, File()], model: Annotated[str | None, Form()] = None) -> dict:
-        name, data = await upload_bytes(image)
         chosen = model_of(model)
-        vector = await asyncio.to_thread(library.embed, data, chosen, name)
+
+        def run() -> Page:
+            return library.search(library.stored_query(file_id, chosen), k, False, max_distance, None, offset)
+
+        return page_document(await searching.run(run))
+
+    @app.post("/api/search/vector", response_model=schemas.Page, responses=schemas.errors(404, 413, 422, 503))
+    async def search_vector(body: VectorSearch) -> dict:
+        check_k(body.k, body.offset)
+        chosen = model_of(body.model)
+
+        def run() -> Page:
+            return library.search(library.vector_query(body.vector, chosen), body.k, True, None, None, body.offset)
+
+        return page_document(await searching.run(run))
+
+    @app.post("/api/embed", response_model=schemas.Embedding, responses=schemas.errors(413, 415, 422, 503))
+    async def embed(image: Annotated[UploadFile, File()], model: Annotated[str | None, Form()] = None) -> dict:
+        chosen = model_of(model)
+        vector = await upload_work(heavy, image, lambda name, data: library.embed(data, chosen, name,
+                                                                                 limits.max_upload_pixels))
         return {"model": chosen, "dim": int(vector.shape[0]), "vector": [float(x) for x in vector]}
 
-    @app.post("/api/compare")
+    @app.post("/api/compare", response_model=schemas.Comparison, responses=schemas.errors(404, 413, 415, 422, 503))
     async def compare(image: Annotated[UploadFile, File()], models_wanted: Annotated[str | None, Form(alias="models")] = None,
-                      k: Annotated[int, Form()] = 25, include_self: Annotated[bool, Form()] = True) -> dict:
+                      k: schemas.FormK = 25, include_self: schemas.FormBool = True) -> dict:
         check_k(k)
-        name, data = await upload_bytes(image)
-        idle.touch()
+        names = [model_of(n.strip()) for n in (models_wanted or "").split(",") if n.strip()] or [
+            n for n in sorted(library.vector_counts()) if limits.load_models_on_request or n in served]
 
-        def run():
-            names = [n.strip() for n in (models_wanted or "").split(",") if n.strip()] or sorted(library.vector_counts())
+        def run(name: str, data: bytes):
             # models the server was not started with are let go after the comparison
             return library.compare(data, list(dict.fromkeys(names)), k, include_self, name,
-                                   keep_models=set(names) <= set(models))
+                                   keep_models={get_spec(n).name for n in names} <= served,
+                                   max_pixels=limits.max_upload_pixels)
 
-        comparison = await asyncio.to_thread(run)
+        comparison = await upload_work(heavy, image, run)
         document = comparison_document(comparison.query, comparison.k, comparison.results, comparison.overlaps)
         for results in document["models"].values():
             results[:] = [_with_links(r) for r in results]
         return document
 
-    @app.get("/api/duplicates")
-    def duplicates(model: str | None = None, max_distance: Annotated[float | None, Query(ge=0, le=2)] = None) -> dict:
+    @app.get("/api/duplicates", response_model=schemas.Duplicates, responses=schemas.errors(404, 422, 503))
+    async def duplicates(model: str | None = None,
+                         max_distance: schemas.QueryDistance = None) -> dict:
         chosen = model_of(model)
         distance = library.default_duplicate_distance(chosen) if max_distance is None else max_distance
-        document = duplicates_document(library.duplicates(chosen, distance), chosen, distance)
+        groups = await heavy.run(library.duplicates, chosen, distance)  # a scan of the whole index
+        document = duplicates_document(groups, chosen, distance)
         for group in document["groups"]:
             group["keeper"] = _with_links(group["keeper"])
             group["others"] = [_with_links(f) for f in group["others"]]
         return document
 
-    @app.get("/api/files/{file_id}")
+    @app.get("/api/files/{file_id}", response_model=schemas.FileInfo, responses=schemas.errors(404, 422))
     def file_info(file_id: FileId) -> dict:
         detail, copies, links = library.file(file_id)
         return _with_links({"id": detail.id, "path": detail.path, "size": detail.size, "width": detail.width,
                             "height": detail.height, "also_at": list(copies), "links": list(links)}) | {
             "original": f"/api/files/{detail.id}/original"}
 
-    @app.get("/api/files/{file_id}/thumbnail")
-    def file_thumbnail(file_id: FileId, size: int = 256) -> Response:
-        if size not in SIZES:
-            raise DreamsearchError(f"size must be between {SIZES.start} and {SIZES.stop - 1}")
-        detail = _servable(library, file_id)
-        data = thumbnail(library.folder.root / "thumbnails", detail, size)
+    @app.get("/api/files/{file_id}/thumbnail", response_class=Response,
+             responses=schemas.binary("image/jpeg", description="A JPEG fitted in size x size")
+             | schemas.errors(404, 422, 503))
+    async def file_thumbnail(file_id: FileId, size: Annotated[int, Query(
+            ge=REQUESTABLE.start, le=REQUESTABLE.stop - 1, description="Fits in size x size")] = GRID_SIZE) -> Response:
+        if size not in REQUESTABLE:
+            raise DreamsearchError(f"size must be between {REQUESTABLE.start} and {REQUESTABLE.stop - 1}")
+
+        def make() -> bytes:  # in the decoding lane: 64 large originals at once once starved every route
+            with _servable(library, file_id) as opened:
+                # the next fixed size up (the browser scales it), decoded from the opened file
+                return thumbnail(thumbnails, opened.detail, fixed_size(size), opened.read)
+
+        data = await heavy.run(make)
         return Response(data, media_type="image/jpeg", headers={"Cache-Control": "private, max-age=3600"})
 
-    @app.get("/api/files/{file_id}/original")
-    def file_original(file_id: FileId) -> FileResponse:
-        detail = _servable(library, file_id)
-        return FileResponse(detail.path, filename=Path(detail.path).name, content_disposition_type="inline")
+    @app.get("/api/files/{file_id}/original", response_class=Response,
+             responses=schemas.binary(*schemas.IMAGE_TYPES, "application/octet-stream", description="The file's bytes")
+             | schemas.errors(404, 422))
+    def file_original(file_id: FileId) -> FileSent:
+        """The file's bytes, as an image type only if the decoder found one (never from the
+        name: a JPEG that is also HTML must not run), else a download; sandboxed either way."""
+        return FileSent(_servable(library, file_id), headers={"Content-Security-Policy": ORIGINAL_POLICY,
+                                                              "Cache-Control": "private, max-age=3600"})
 
-    @app.post("/api/index", status_code=202)
+    @app.post("/api/index", status_code=202, response_model=schemas.JobStarted,
+              responses=schemas.errors(404, 409, 413, 422))
     def start_index(body: IndexRequest) -> dict:
         if not body.folders:
             raise DreamsearchError("give at least one folder")
-        wanted = [get_spec(name).name for name in body.models or models]  # unknown names: 400 now
+        wanted = [get_spec(model_of(name)).name for name in body.models or models]  # unknown or not served: 400 now
+        indexed = library.folders() if library.folder.catalog_path.exists() else []
+        for folder in body.folders:
+            check_folder_allowed(folder, [*indexed, *settings.allow_folders])
         job = jobs.start(body.folders, wanted)
         return {"job": job.id}
 
-    @app.get("/api/jobs/{job_id}")
+    @app.get("/api/jobs/{job_id}", response_model=schemas.JobDocument, responses=schemas.errors(404, 422))
     def job_state(job_id: str) -> dict:
         return _job(jobs, job_id).document()
 
-    @app.get("/api/jobs/{job_id}/events")
+    @app.delete("/api/jobs/{job_id}", status_code=202, response_model=schemas.JobDocument,
+                responses={200: {"model": schemas.JobDocument, "description": "The job had already ended"}}
+                | schemas.errors(404, 422))
+    def stop_job(job_id: str, response: Response) -> dict:
+        """Stop a running job: it commits the batch in flight and ends ``interrupted`` (202).
+        A job that already ended is left as it is (200)."""
+        job = jobs.stop(job_id)
+        if job is None:
+            raise NotFoundError(f"no job {job_id!r}")
+        document = job.document()
+        if document["state"] in FINAL_STATES:
+            response.status_code = 200
+        return document
+
+    @app.get("/api/jobs/{job_id}/events", response_class=StreamingResponse,
+             responses=schemas.event_stream() | schemas.errors(404, 422))
     def job_events(job_id: str) -> StreamingResponse:
         job = _job(jobs, job_id)
 
@@ -232,15 +303,22 @@ def create_app(library: Library, models: list[str], settings: Settings = Setting
     def home() -> FileResponse:
         return FileResponse(STATIC / "index.html")
 
+    @app.get("/docs", include_in_schema=False)
+    def docs() -> FileResponse:
+        return FileResponse(STATIC / "docs.html")
+
+    app.mount("/docs/assets", StaticFiles(directory=SWAGGER_UI), name="docs-assets")
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
+    schemas.publish(app, list(MODELS) if limits.load_models_on_request else models, models[0],
+                    bool(settings.token), lambda: dims | library.vector_dims())
     return app
 
 
-def _preload(library: Library, models: list[str]) -> None:
+def _preload(library: Library, models: list[str]) -> dict[str, int]:
     """Load the models a photo app will ask for, so the first query is warm. A model the
-    library has no vectors for is still loaded (``embed`` works without vectors)."""
-    for name in models:
-        library.model(name)
+    library has no vectors for is still loaded (``embed`` works without vectors). Returns
+    each one's vector length: what the schema says a vector search of it takes."""
+    return {name: library.model(name).dim for name in models}
 
 
 def _with_links(document: dict) -> dict:
@@ -250,21 +328,19 @@ def _with_links(document: dict) -> dict:
 def _folder_filter(under: str | None) -> Path | None:
     if not under:
         return None
+    if len(under) > schemas.MAX_PATH:
+        raise DreamsearchError(f"under: a path of {len(under):,} characters is too long (at most {schemas.MAX_PATH:,})")
     path = Path(under)
     if "\x00" in under or not path.is_absolute() or ".." in path.parts:
         raise DreamsearchError(f"under: {under!r} must be an absolute folder path without '..'")
     return path
 
 
-def _servable(library: Library, file_id: int):
-    """An indexed file that may be sent: on disk as indexed, and inside an indexed folder
-    once links are resolved (a photo swapped for a symlink to elsewhere is refused)."""
+def _servable(library: Library, file_id: int) -> OpenedFile:
+    """An indexed file opened for sending, judged on what was opened (``files.py``): the
+    file indexed there, unchanged, inside an indexed folder as that folder was indexed."""
     detail, _copies, _links = library.file(file_id)
-    real = Path(detail.path).resolve()
-    roots = [Path(root).resolve() for root in library.folders()]
-    if not any(real.is_relative_to(root) for root in roots):
-        raise NotFoundError(f"file {file_id} now points outside the indexed folders")
-    return detail
+    return open_indexed(detail, library.folders())
 
 
 def _job(jobs: Jobs, job_id: str):
@@ -274,39 +350,40 @@ def _job(jobs: Jobs, job_id: str):
     return job
 
 
-def _error_handlers(app: FastAPI) -> None:
-    """Expected failures become ``{"detail": "..."}`` with a status a client can act on."""
+def _error_handlers(app: FastAPI, redact: Redactor) -> None:
+    """Expected failures become ``{"detail": "..."}`` with a status a client can act on,
+    naming nothing of the server's own folders (``redaction.py``)."""
 
     def answer(status: int):
         async def handler(request: Request, exc: Exception) -> JSONResponse:
-            return JSONResponse({"detail": str(exc)}, status_code=status)
+            return JSONDocument({"detail": redact.error(exc)}, status_code=status)
         return handler
 
     # Starlette picks the handler of the most specific class, so the order does not matter.
     for error, status in ((NotFoundError, 404), (PixelLimitError, 413), (ImageError, 415), (JobRunning, 409),
-                          (DreamsearchError, 400), (BodyTooLarge, 413)):
+                          (DreamsearchError, 400), (BodyTooLarge, 413), (FolderNotAllowed, 403)):
         app.add_exception_handler(error, answer(status))
 
     @app.exception_handler(RequestValidationError)
     async def invalid(request: Request, exc: RequestValidationError):
         problems = "; ".join(f"{'.'.join(str(p) for p in e['loc'][1:]) or e['loc'][0]}: {e['msg']}" for e in exc.errors())
-        return JSONResponse({"detail": problems or "invalid request"}, status_code=422)
+        return JSONDocument({"detail": problems or "invalid request"}, status_code=422)
 
-    @app.exception_handler(HTTPException)
+    @app.exception_handler(HTTPException)  # Starlette's: routing's 404 and 405 too, not only FastAPI's
     async def http_error(request: Request, exc: HTTPException):
-        return JSONResponse({"detail": str(exc.detail)}, status_code=exc.status_code)
+        headers = dict(exc.headers or {})
+        if exc.status_code == 405:  # every method of the path, not only those of the first route that matched it
+            headers["Allow"] = ", ".join(schemas.methods_at(app.router.routes, request.scope))
+        return JSONDocument({"detail": str(exc.detail)}, status_code=exc.status_code, headers=headers)
 
 
 class _IdleUnloader:
-    """Frees the models after ``seconds`` without a request that needs one."""
+    """Frees each model ``seconds`` after its last use ended; a model a request is using
+    stays (``Library.unload_models``), and CUDA's cached blocks go back to the driver."""
 
     def __init__(self, library: Library, seconds: float | None) -> None:
         self.library, self.seconds = library, seconds
-        self.last = time.monotonic()
         self.done = threading.Event()
-
-    def touch(self) -> None:
-        self.last = time.monotonic()
 
     def start(self) -> None:
         if self.seconds:
@@ -317,5 +394,4 @@ class _IdleUnloader:
 
     def _loop(self) -> None:
         while not self.done.wait(min(self.seconds, 5.0)):
-            if time.monotonic() - self.last >= self.seconds and self.library.loaded_models():
-                self.library.unload_models()
+            self.library.unload_models(idle_for=self.seconds)

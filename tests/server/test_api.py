@@ -6,6 +6,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import tempfile
 import time
 from pathlib import Path
 
@@ -49,7 +50,8 @@ def indexed(tmp_path_factory, tiny_weights):
 @pytest.fixture()
 def client(indexed):
     lib, _photos, weights = indexed
-    app = create_app(Library.open(lib, weights_dir=weights, device="cpu"), [MODEL], Settings(max_body=2_000_000))
+    app = create_app(Library.open(lib, weights_dir=weights, device="cpu"), [MODEL],
+                     Settings(max_body=2_000_000, allow_folders=(tempfile.gettempdir(),)))  # index jobs of tmp_path
     with TestClient(app, base_url="http://127.0.0.1") as client:
         yield client
 
@@ -118,7 +120,7 @@ def test_files_thumbnails_and_originals(client, indexed):
     found = client.post("/api/search", files=upload(photos / "p4.jpg"), data={"k": "1"}).json()["results"][0]
     thumb = client.get(found["thumbnail"], params={"size": 64})
     assert thumb.status_code == 200 and thumb.headers["content-type"] == "image/jpeg"
-    assert max(Image.open(io.BytesIO(thumb.content)).size) == 64
+    assert max(Image.open(io.BytesIO(thumb.content)).size) == 128  # the next fixed size up (issue 21)
     assert client.get(found["thumbnail"], params={"size": 64}).content == thumb.content  # cached
     original = client.get(f"/api/files/{found['id']}/original")
     assert original.status_code == 200 and original.content == (photos / "p4.jpg").read_bytes()

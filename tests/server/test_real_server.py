@@ -105,7 +105,8 @@ def test_searches_stay_correct_while_an_index_job_adds_and_removes_files(library
         return state
 
     threads = [threading.Thread(target=search_loop) for _ in range(3)]
-    with running_server(lib, weights) as url, httpx.Client(base_url=url, timeout=60) as client:
+    with running_server(lib, weights, "--allow-folder", str(incoming)) as url, \
+            httpx.Client(base_url=url, timeout=60) as client:
         for thread in threads:
             thread.start()
         try:

@@ -440,6 +440,7 @@ function renderStatus(data, showFailed) {
 
 let stopFollowing = null;
 let followedJob = null;
+let stoppingJob = null; // the job whose Stop was pressed: "Stopping…" until it ends
 
 async function startIndex(event) {
   event.preventDefault();
@@ -496,9 +497,28 @@ function pollJob(id) {
   tick();
 }
 
+// Stop: the job commits the batch in flight and ends "interrupted".
+async function stopJob() {
+  const id = followedJob;
+  if (!id) return;
+  stoppingJob = id;
+  $("#job-stop").disabled = true;
+  $("#job-state").textContent = "Stopping…";
+  try {
+    await api(`/api/jobs/${encodeURIComponent(id)}`, { method: "DELETE" });
+  } catch (error) {
+    stoppingJob = null;
+    $("#job-stop").disabled = false;
+    showError(error.message);
+  }
+}
+
 function renderJob(job) {
   const c = job.counts || {};
-  $("#job-state").textContent = job.state === "running" ? "Indexing…" : `Index job ${job.state}`;
+  const running = job.state === "running";
+  $("#job-state").textContent = running ? (stoppingJob === job.id ? "Stopping…" : "Indexing…") : `Index job ${job.state}`;
+  $("#job-stop").hidden = !running;
+  $("#job-stop").disabled = stoppingJob === job.id;
   $("#job-state").className = `state-${job.state}`;
   $("#job-folders").textContent = (job.folders || []).join(", ");
   const bar = $("#job-progress");
@@ -519,7 +539,9 @@ function renderJob(job) {
 
 function jobEnded() {
   followedJob = null;
+  stoppingJob = null;
   stopFollowing = null;
+  $("#job-stop").hidden = true;
   $("#index-start").disabled = false;
   duplicatesLoaded = false; // the library changed: reload these views on their next visit
   refreshHealth();
@@ -617,6 +639,7 @@ async function main() {
   $("#show-failed").addEventListener("change", loadStatus);
   $("#status-refresh").addEventListener("click", loadStatus);
   $("#index-form").addEventListener("submit", startIndex);
+  $("#job-stop").addEventListener("click", stopJob);
 
   // Ctrl-V of a picture: the query of the search or compare view, whichever is open.
   document.addEventListener("paste", (event) => {
