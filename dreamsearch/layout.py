@@ -15,7 +15,7 @@ from pathlib import Path
 
 from dreamsearch import __version__
 from dreamsearch.atomic import write_atomically
-from dreamsearch.errors import DreamsearchError
+from dreamsearch.errors import DreamsearchError, NotFoundError
 from dreamsearch.display import configured_path
 
 ENV_LIBRARY = "DREAMSEARCH_LIBRARY"
@@ -75,7 +75,7 @@ class LibraryLayout:
         """The library at ``root`` for a reader: it must exist, and nothing is created."""
         folder = cls(Path(root))
         if not folder.catalog_path.is_file():
-            raise DreamsearchError(f"{folder.root} holds no library yet; run `dreamsearch index FOLDER` first")
+            raise NotFoundError(f"{folder.root} holds no library yet; run `dreamsearch index FOLDER` first")
         if folder.manifest_path.exists():
             folder._check_manifest()
         return folder

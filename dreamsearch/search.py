@@ -126,7 +126,8 @@ class Searcher:
     ) -> list[Match]:
         """The ``k`` nearest files to ``vector`` after the first ``offset`` (exact
         distances), leaving out contents in ``exclude``, farther than ``max_distance``, or
-        outside the folder(s) ``under``."""
+        outside the folder(s) ``under``: a slice of one list per query (``_ranked``), so
+        pages never repeat nor skip a result."""
         if k <= 0:
             raise DreamsearchError("k must be at least 1")
         if offset < 0:

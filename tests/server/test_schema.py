@@ -114,18 +114,30 @@ def test_a_served_model_with_nothing_indexed_is_a_404_as_the_schema_says(library
         assert f"nothing is indexed with model '{unindexed}'" in answer.json()["detail"]
 
 
+def test_a_library_not_made_yet_is_a_404_for_what_it_does_not_hold_yet(tmp_path, tiny_weights):
+    """Before the first index job there is nothing to search or list (404), not a request
+    the client got wrong (400); health and embed work."""
+    app = create_app(Library.open(tmp_path / "not yet", weights_dir=tiny_weights, device="cpu"), [PAGED_MODEL])
+    with TestClient(app, base_url="http://127.0.0.1") as client:
+        answers = [client.get("/api/status"), client.get("/api/duplicates"), client.get("/api/files/1"),
+                   client.get("/api/files/1/similar"), client.post("/api/search/vector", json={"vector": [1.0] * 64})]
+        assert [a.status_code for a in answers] == [404] * len(answers), [a.text for a in answers]
+        assert all("no library yet" in a.json()["detail"] for a in answers)
+        assert client.get("/api/health").status_code == 200
+    assert not (tmp_path / "not yet").exists()
+
+
 def test_a_vector_of_numbers_near_the_float_limit_is_a_direction_like_any_other(library):
     """Found by Schemathesis: JSON numbers up to 1.8e308 fit the schema; their squares
     overflowed, and such a vector was refused as 'all zeros'."""
     lib, photos, weights = library
     app = create_app(Library.open(lib, weights_dir=weights, device="cpu"), list(INDEXED))
     with TestClient(app, base_url="http://127.0.0.1") as client:
-        stored = client.get("/api/files/1/similar", params={"k": 1}).json()["results"][0]
-        vector = client.post("/api/embed", files={"image": ("q.jpg", Path(stored["path"]).read_bytes())}).json()["vector"]
+        vector = client.post("/api/embed", files={"image": ("q.jpg", (photos / "p2.jpg").read_bytes())}).json()["vector"]
         for scale in (1e300, 1e-300):
             found = client.post("/api/search/vector", json={"vector": [x * scale for x in vector], "k": 1})
             assert found.status_code == 200, found.text
-            assert found.json()["results"][0]["id"] == stored["id"]
+            assert found.json()["results"][0]["path"] == str(photos / "p2.jpg")
 
 
 # pages -----------------------------------------------------------------------------------
