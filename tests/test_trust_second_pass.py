@@ -11,7 +11,6 @@ import shutil
 from pathlib import Path
 
 import pytest
-from PIL import Image
 
 from dreamsearch.api import Library
 from dreamsearch.catalog import Catalog

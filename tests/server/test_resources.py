@@ -5,12 +5,9 @@ never stalls the others. Only 127.0.0.1 is contacted."""
 from __future__ import annotations
 
 import io
-import os
 import queue
 import resource
 import socket
-import subprocess
-import sys
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -27,7 +24,7 @@ from dreamsearch.api import Library
 from dreamsearch.search import Searcher
 from dreamsearch.server.app import create_app
 from tests.helpers.official_layout import write_tiny_cache
-from tests.server.serving import _printed_url, _wait_until_it_answers
+from tests.server.serving import running_server
 from tests.server.test_api import make_photos, upload
 
 DINO, CLIP = "dreamsim-dino", "dreamsim-clip"
@@ -325,36 +322,14 @@ def served(two_models, *options: str, open_files: int | None = None):
     """``dreamsearch serve`` in a subprocess (optionally under ``ulimit -n``); yields its
     URL and its output lines so far."""
     lib, _photos, weights = two_models
-    command = [sys.executable, "-m", "dreamsearch", "serve", "--port", "0", "--library", str(lib),
-               "--weights-dir", str(weights), "--models", DINO, "--device", "cpu", *options]
 
     def limit() -> None:
         if open_files:
             resource.setrlimit(resource.RLIMIT_NOFILE, (open_files, open_files))
 
-    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, preexec_fn=limit,
-                               env={**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1"})
-    lines: queue.Queue[str] = queue.Queue()
     output: list[str] = []
-
-    def drain() -> None:
-        for line in process.stdout:
-            output.append(line)
-            lines.put(line)
-
-    threading.Thread(target=drain, daemon=True).start()
-    try:
-        url = _printed_url(process, lines)
-        assert url is not None, "".join(output)
-        _wait_until_it_answers(url)
+    with running_server(lib, weights, *options, preexec_fn=limit, log=output) as url:
         yield url, output
-    finally:
-        process.terminate()
-        try:
-            process.wait(10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
 
 
 def closed_by_server(connection: socket.socket) -> bool:
