@@ -90,6 +90,15 @@ def start_server(command: list[str], log: Path) -> tuple[subprocess.Popen, str]:
     return server, url
 
 
+def stop_server(server: subprocess.Popen) -> None:
+    """Ask the server to end (its lifespan closes the library), then make sure it has."""
+    server.terminate()
+    try:
+        server.wait(timeout=15)
+    except subprocess.TimeoutExpired:
+        server.kill()
+
+
 def timed(operation: Callable[[], None]) -> float:
     began = time.perf_counter()
     operation()
@@ -180,11 +189,7 @@ def main() -> None:
         rates = {(op, n): throughput(request, n, args.seconds)
                  for op, request in (("similar", similar), ("upload", upload)) for n in (1, 4, 16)}
     finally:
-        server.terminate()
-        try:
-            server.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            server.kill()
+        stop_server(server)
     cli = [CLI, "query", str(library_dir / "photos" / jpeg.name), "-k", str(K), "-m", name, *common]
     cold = [timed_run(cli) for _ in range(args.cold)]
 

@@ -39,7 +39,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks.query_latency import ROOT, TYPES  # noqa: E402
-from benchmarks.serve_latency import prepare_library  # noqa: E402
+from benchmarks.serve_latency import prepare_library, stop_server  # noqa: E402
 
 import httpx  # noqa: E402
 
@@ -289,11 +289,7 @@ def measure(tree: Path, library: Path, weights: Path, work: Path, seconds: float
         burst(f"uploads, 16 clients, {seconds:g} s", upload_burst)
         rss.done.set()
     finally:
-        server.terminate()
-        try:
-            server.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            server.kill()
+        stop_server(server)
     return lines
 
 
