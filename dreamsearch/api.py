@@ -34,7 +34,7 @@ from dreamsearch.models.registry import DEFAULT_MODEL, get_spec
 from dreamsearch.display import display_path
 from dreamsearch.file_state import one_name_per_file
 from dreamsearch.search import Match, QueryImage, Searcher, model_input
-from dreamsearch.status import LibraryStatus, library_status
+from dreamsearch.status import LibraryStatus, catalog_status
 from dreamsearch.vector_index import save_indexes
 from dreamsearch.vector_index.policy import DEFAULT_NPROBE
 
@@ -348,9 +348,11 @@ class Library:
         """The indexed folders (roots), as stored."""
         return list(self._reader().roots().values())
 
-    def status(self, show_failed: bool = False) -> LibraryStatus:
-        """Folders, counts per model, the state of each saved index, and unreadable files."""
-        return library_status(self.folder.root, show_failed)
+    def status(self, show_failed: bool = False, verify: str = "full",
+               thumbnail_bytes: int | None = None) -> LibraryStatus:
+        """Folders, counts per model, the state of each saved index, and unreadable files
+        (``verify`` and ``thumbnail_bytes``: see :func:`dreamsearch.status.catalog_status`)."""
+        return catalog_status(self.folder, self._reader(), show_failed, verify, thumbnail_bytes)
 
     def vector_counts(self) -> dict[str, int]:
         """Vectors per model (what ``/api/health`` reports)."""

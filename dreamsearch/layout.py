@@ -19,6 +19,10 @@ from dreamsearch.errors import DreamsearchError, NotFoundError
 from dreamsearch.display import configured_path
 
 ENV_LIBRARY = "DREAMSEARCH_LIBRARY"
+#: The thumbnail cache's folder in a library (``dreamsearch.server.thumbnails``).
+THUMBNAILS = "thumbnails"
+#: The folders dreamsearch makes in a library: saved indexes, thumbnails, the evaluation library.
+OWN_FOLDERS = ("index", THUMBNAILS, "eval")
 MANIFEST_FORMAT = 1
 
 
@@ -46,6 +50,22 @@ class LibraryLayout:
     @property
     def manifest_path(self) -> Path:
         return self.root / "manifest.json"
+
+    def bytes_on_disk(self, thumbnails: int | None = None) -> int:
+        """Bytes of what dreamsearch keeps here: the files at the top and its own folders
+        (``OWN_FOLDERS``), not whatever else a user put in the folder (a benchmark's 100k
+        photos made ``/api/status`` take 1 s). ``thumbnails``, when given, is the size of
+        ``thumbnails/``: the server's cache keeps a tally, so a 2 GB cache is not walked."""
+        total = 0
+        with os.scandir(self.root) as entries:
+            for entry in entries:
+                if entry.is_file(follow_symlinks=False):
+                    total += entry.stat(follow_symlinks=False).st_size
+                elif entry.name == THUMBNAILS and thumbnails is not None:
+                    total += thumbnails
+                elif entry.name in OWN_FOLDERS and entry.is_dir(follow_symlinks=False):
+                    total += _folder_bytes(entry.path)
+        return total
 
     @classmethod
     def prepare(cls, root: Path) -> LibraryLayout:
@@ -119,3 +139,14 @@ class LibraryLayout:
                 path.unlink()
             except OSError:  # gone already, or not ours to remove: harmless either way
                 pass
+
+
+def _folder_bytes(folder: str) -> int:
+    total = 0
+    for parent, _folders, files in os.walk(folder):
+        for name in files:
+            try:
+                total += os.lstat(os.path.join(parent, name)).st_size
+            except OSError:  # removed meanwhile (a thumbnail evicted, an index replaced)
+                pass
+    return total

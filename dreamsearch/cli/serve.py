@@ -94,4 +94,5 @@ def serve(library_path, host, port, token, names, unload_after, cors_origins, ma
                             http=guarded_protocol(request_timeout), limit_concurrency=connections)
     limit_noisy_logs()  # after uvicorn's Config, which sets its loggers up
     server = uvicorn.Server(config)
+    import sys; sys.setswitchinterval(0.001)
     server.run(sockets=[listener])

@@ -29,6 +29,7 @@ from dreamsearch import __version__
 from dreamsearch.api import Library, Page
 from dreamsearch.documents import comparison_document, duplicates_document, result_document
 from dreamsearch.errors import DreamsearchError, ImageError, NotFoundError, PixelLimitError
+from dreamsearch.layout import THUMBNAILS
 from dreamsearch.models.registry import MODELS, get_spec
 from dreamsearch.models.weights import weights_dir
 from dreamsearch.server import schemas
@@ -56,12 +57,12 @@ def create_app(library: Library, models: list[str], settings: Settings = Setting
     """The app over ``library``; ``models[0]`` is the default model, and all of them are
     loaded at start-up (and again on first use after ``unload_after`` idle seconds).
     Requests may name only these models, unless ``limits.load_models_on_request``."""
-    thumbnails = ThumbnailCache(library.folder.root / "thumbnails", thumbnail_cache)
+    thumbnails = ThumbnailCache(library.folder.root / THUMBNAILS, thumbnail_cache)
     redact = library_redactor(library.folder.root, weights_dir(library.weights_dir))
     jobs = Jobs(library, thumbnails.keep_grid, redact.error)  # a job makes the grid's thumbnails as it decodes
     idle = _IdleUnloader(library, unload_after)
     served = {get_spec(name).name for name in models}
-    heavy = Lane("decoding", limits.heavy_slots, limits.queue, limits.wait_s)
+    heavy = Lane("decoding", limits.heavy_slots, limits.queue, limits.wait_s, background=True)
     searching = Lane("searching", limits.search_slots, limits.queue, limits.wait_s)
 
     dims: dict[str, int] = {}  # vector length of each model loaded at start-up
@@ -140,7 +141,7 @@ def create_app(library: Library, models: list[str], settings: Settings = Setting
 
     @app.get("/api/status", response_model=schemas.Status, responses=schemas.errors(422))
     def status(failed: schemas.QueryBool = False) -> dict:
-        report = library.status(failed)
+        report = library.status(failed, verify="quick", thumbnail_bytes=thumbnails.total_bytes())
         return {"library": report.library, "size_bytes": report.size_bytes,
                 "folders": [vars(f) for f in report.folders], "models": [vars(m) for m in report.models],
                 "failed": [{"path": f.path, "reason": f.reason, "kind": f.kind, "runs": f.runs, "retry": retry_note(f)}

@@ -200,6 +200,30 @@ def test_light_routes_answer_while_64_heavy_requests_of_each_kind_are_stuck(two_
     assert statuses <= {200, 503}
 
 
+def test_status_reads_neither_every_index_byte_nor_folders_that_are_not_the_librarys(two_models, tmp_path):
+    """``/api/status`` took 1.5 s on a 100k library: it hashed the whole saved index and
+    walked every file under the library folder (photos a user keeps there included). It
+    now checks the index quickly, counts the thumbnail cache from its tally and counts only
+    dreamsearch's own files; ``dreamsearch status`` still hashes every byte."""
+    import shutil
+
+    lib, _photos, weights = two_models
+    copy = tmp_path / "lib"
+    shutil.copytree(lib, copy)
+    (copy / "my photos").mkdir()
+    (copy / "my photos" / "big.raw").write_bytes(b"x" * 5_000_000)
+    with Library.open(copy, weights_dir=weights, device="cpu") as library, client_of(library) as client:
+        own = library.status().size_bytes
+        assert own < 5_000_000
+        assert all("checksum ok" in m.index for m in library.status().models)
+        client.get(f"/api/files/{client.get('/api/files/1').json()['id']}/thumbnail")  # one thumbnail cached
+        thumbnails = sum(p.stat().st_size for p in (copy / "thumbnails").rglob("*.jpg"))
+        report = client.get("/api/status").json()
+    assert thumbnails > 0 and report["size_bytes"] == own + thumbnails
+    assert [m["index"].split(", ")[1].split(" (")[0] for m in report["models"]] == \
+        ["size and edge digests ok"] * 2
+
+
 # 9. models the operator did not choose ------------------------------------------------------
 
 def test_a_model_not_in_models_is_refused_and_not_loaded(two_models):

@@ -11,12 +11,18 @@ import pytest
 
 from dreamsearch.catalog import Catalog, FileEntry
 from dreamsearch.layout import LibraryLayout
-from dreamsearch.status import library_status, status_lines
+from dreamsearch.status import catalog_status, status_lines
 from dreamsearch.vector_index import IndexFileError, VectorIndex, open_index
 from dreamsearch.vector_index.recall import clustered_unit_vectors
 from dreamsearch.vector_index.sync import load_checked
 
 DIM = 32
+
+
+def status_of(library: LibraryLayout) -> list[str]:
+    """What ``dreamsearch status`` prints about ``library`` (every index byte checked)."""
+    with Catalog(library.catalog_path, read_only=True) as catalog:
+        return status_lines(catalog_status(library, catalog))
 
 
 def entries(start: int, count: int, vectors: np.ndarray, tag: str = "") -> tuple[list[FileEntry], dict]:
@@ -120,10 +126,10 @@ def test_one_negated_vector_inside_the_file_is_found_by_writers_and_status(saved
     faiss_file.write_bytes(bytes(raw))
     assert VectorIndex.load(library.index_dir, "m").search(data[victim], 1)[1][0, 0] != victim + 1  # really wrong
 
-    assert any("checksum mismatch" in line for line in status_lines(library_status(library.root)))
+    assert any("checksum mismatch" in line for line in status_of(library))
     index = open_index(catalog, model, library.index_dir, writable=True)
     assert index.search(data[victim], 1)[1][0, 0] == catalog.vectors_for(model, [victim + 1])[0][0]
-    assert not any("NOT USABLE" in line for line in status_lines(library_status(library.root)))
+    assert not any("NOT USABLE" in line for line in status_of(library))
 
 
 @pytest.mark.parametrize("damage", ["garbage", "truncated", "deleted", "header"])
@@ -138,14 +144,14 @@ def test_damaged_files_are_noticed_by_readers_too_and_rebuilt(saved, damage):
         faiss_file.write_bytes(raw[:8] + b"\xff\xff\xff\x7f" + raw[12:])  # ntotal
     else:
         faiss_file.unlink()
-    status = "\n".join(status_lines(library_status(library.root)))
+    status = "\n".join(status_of(library))
     assert "NOT USABLE" in status and "checksum ok" not in status
     reader = open_index(catalog, model, library.index_dir)
     assert_answers_for(catalog, model, reader)
     found = reader.search(data, 20)[1]
     assert (found >= 0).all()  # the issue saw 4 results instead of 20
     open_index(catalog, model, library.index_dir, writable=True)
-    assert "checksum ok" in "\n".join(status_lines(library_status(library.root)))
+    assert "checksum ok" in "\n".join(status_of(library))
 
 
 def test_a_full_disk_while_saving_an_index_is_one_error_and_leaves_nothing(saved, monkeypatch):
