@@ -137,3 +137,57 @@ def test_jpeg_draft_also_applies_to_jpegs_with_extra_pictures(file_format):
     assert picture.format == file_format
     assert (picture.width, picture.height) == (2000, 1500)  # as the file says
     assert picture.image.size == (1000, 750)  # decoded at 1/2 scale, the smallest keeping 448 px
+
+
+def webp_bytes(picture: Image.Image, **options) -> bytes:
+    buffer = io.BytesIO()
+    picture.save(buffer, "WEBP", quality=90, **options)
+    return buffer.getvalue()
+
+
+def at_model_input(picture: Image.Image) -> np.ndarray:
+    return resize_squash(picture, 224).astype(np.float64)
+
+
+def test_a_large_webp_decodes_reduced_close_to_its_full_decode():
+    """Pillow decodes a WebP whole (a 414 KB 16383x12000 upload took 3 GB, issue 21). With
+    a draft size it decodes at 1/2, 1/4 or 1/8 scale, like a JPEG, and what reaches the
+    model differs from the full decode about as much as a JPEG draft does."""
+    from dreamsearch.images import decode
+
+    photo = photo_like(4000, 3000, 3)
+    data = webp_bytes(photo)
+    full = decode("big.webp", data=data).image
+    picture = decode("big.webp", data=data, draft_size=448)
+    assert (picture.width, picture.height, picture.format) == (4000, 3000, "WEBP")
+    assert picture.image.size == (1000, 750)  # 1/4: the smallest scale keeping 448 px on each side
+    difference = np.abs(at_model_input(full) - at_model_input(picture.image))
+    assert difference.mean() <= 1.0 and difference.max() <= 8, (difference.mean(), difference.max())
+    small = decode("small.webp", data=webp_bytes(photo_like(800, 600, 4)), draft_size=448).image
+    assert small.size == (800, 600)  # too small to reduce: decoded whole
+
+
+def test_a_reduced_webp_is_turned_as_its_exif_says_and_its_transparency_is_white():
+    from dreamsearch.images import decode
+
+    photo = photo_like(2000, 1000, 5).convert("RGBA")
+    photo.putalpha(Image.new("L", photo.size, 0))  # wholly transparent
+    exif = Image.Exif()
+    exif[0x0112] = 6  # shown turned 90 degrees clockwise
+    picture = decode("turned.webp", data=webp_bytes(photo, exif=exif.tobytes(), lossless=True), draft_size=448)
+    assert (picture.width, picture.height) == (1000, 2000)
+    assert picture.image.size == (500, 1000)  # reduced 1/2, then turned
+    assert np.asarray(picture.image).min() == 255  # transparent pixels on white
+
+
+def test_an_animated_or_broken_webp_is_not_reduced_and_fails_with_a_reason():
+    from dreamsearch.images import decode
+
+    frames = [photo_like(1800, 1800, seed) for seed in (6, 7)]
+    buffer = io.BytesIO()
+    frames[0].save(buffer, "WEBP", save_all=True, append_images=frames[1:])
+    first = decode("moving.webp", data=buffer.getvalue(), draft_size=448).image
+    assert first.size == (1800, 1800)  # the first frame, through Pillow
+    data = webp_bytes(photo_like(2000, 2000, 8))
+    with pytest.raises(ImageError, match="broken.webp: cannot decode"):
+        decode("broken.webp", data=data[: len(data) // 2], draft_size=448)
