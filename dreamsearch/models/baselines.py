@@ -1,11 +1,10 @@
 """Baselines the DreamSim paper compares against, behind the same interface: OpenAI CLIP
-ViT-B/32 (image tower via open_clip) and torchvision's ImageNet ResNet50 (pooled
-features). Each uses its authors' evaluation preprocessing (short-side resize + centre
-crop), not DreamSim's squash."""
+ViT-B/32 (its image tower on our ViT, see ``openai_clip.py``) and torchvision's ImageNet
+ResNet50 (pooled features). Each uses its authors' evaluation preprocessing (short-side
+resize + centre crop), not DreamSim's squash."""
 
 from __future__ import annotations
 
-import warnings
 from pathlib import Path
 
 import torch
@@ -13,6 +12,7 @@ from torch import nn
 
 from dreamsearch.errors import WeightsError
 from dreamsearch.models.base import IMAGENET_MEAN, IMAGENET_STD, OPENAI_CLIP_MEAN, OPENAI_CLIP_STD, Embedder, Normalized
+from dreamsearch.models.openai_clip import load_image_tower
 from dreamsearch.models.registry import ModelSpec
 
 
@@ -28,20 +28,8 @@ class ChannelsLast(nn.Module):
 
 
 def build_clip(spec: ModelSpec, root: Path, device: torch.device) -> Embedder:
-    import open_clip
-
-    path = root / spec.files[0].path
-    try:
-        with warnings.catch_warnings():
-            # OpenAI's checkpoint is a TorchScript archive, which open_clip can only read with
-            # torch.jit.load; that call is deprecated and warned on every run. Only that
-            # warning is hidden; the load itself is open_clip's, as tested on the real file.
-            warnings.filterwarnings("ignore", message=r".*torch\.jit\.load.*", category=FutureWarning)
-            model = open_clip.load_openai_model(str(path), precision="fp32", device="cpu")
-    except Exception as exc:  # JIT/torch.load raise many types for damaged files
-        raise WeightsError(f"{path}: not an OpenAI CLIP checkpoint ({exc})") from None
-    visual = model.visual.float()
-    return Embedder(spec.name, Normalized(visual, OPENAI_CLIP_MEAN, OPENAI_CLIP_STD), visual.output_dim,
+    vit = load_image_tower(root / spec.files[0].path, spec.input_size)
+    return Embedder(spec.name, Normalized(vit, OPENAI_CLIP_MEAN, OPENAI_CLIP_STD), vit.cfg.out_dim,
                     spec.preprocess(), device)
 
 

@@ -21,10 +21,9 @@ from torch import nn
 from dreamsearch.errors import WeightsError
 from dreamsearch.models.base import IMAGENET_MEAN, IMAGENET_STD, OPENAI_CLIP_MEAN, OPENAI_CLIP_STD, Embedder, Normalized
 from dreamsearch.models.registry import BACKBONES, ModelSpec, lora_dir
-from dreamsearch.models.vit import ViTConfig, VisionTransformer, resample_pos_embed
+from dreamsearch.models.vit import ViTConfig, VisionTransformer, load_vit, resample_pos_embed
 
 IMAGE_SIZE = 224
-HEAD_DIM = 64  # every ViT DreamSim uses has 64-wide heads (ViT-B: 768 / 12)
 
 
 class DreamSimNetwork(nn.Module):
@@ -68,13 +67,10 @@ def load_backbone(branch: str, path: Path) -> VisionTransformer:
     if cfg.feature == "cls":
         state = {k: v for k, v in state.items() if not k.startswith("norm.")}
     state.pop("mask_token", None)
-    vit = VisionTransformer(cfg)
     try:
-        vit.load_state_dict(state, strict=True)
-    except RuntimeError as exc:
-        first_line = str(exc).splitlines()[1].strip() if "\n" in str(exc) else str(exc)
-        raise WeightsError(f"{path}: not a {branch} checkpoint ({first_line})") from None
-    return vit
+        return load_vit(cfg, state)
+    except ValueError as exc:
+        raise WeightsError(f"{path}: not a {branch} checkpoint ({exc})") from None
 
 
 def _torch_load(path: Path) -> dict:
@@ -100,28 +96,18 @@ def _backbone_state(branch: str, raw: dict) -> dict[str, torch.Tensor]:
 
 
 def _config_from_state(branch: str, state: dict[str, torch.Tensor], path: Path) -> ViTConfig:
+    clip_like = "clip" in branch
     try:
-        conv = state["patch_embed.proj.weight"]
-        depth = 1 + max(int(k.split(".")[1]) for k in state if k.startswith("blocks."))
-        hidden = state["blocks.0.mlp.fc1.weight"].shape[0]
+        return ViTConfig.from_state(
+            state,
+            feature="cls_proj" if clip_like else "cls",
+            norm_eps=1e-5 if clip_like else 1e-6,
+            quick_gelu=branch.startswith("clip"),
+            ln_pre=clip_like,
+            image_size=IMAGE_SIZE,
+        )
     except (KeyError, ValueError):
         raise WeightsError(f"{path}: not a ViT checkpoint in the DreamSim layout") from None
-    width, patch = conv.shape[0], conv.shape[-1]
-    clip_like = "clip" in branch
-    return ViTConfig(
-        patch_size=patch,
-        feature="cls_proj" if clip_like else "cls",
-        width=width,
-        depth=depth,
-        heads=max(1, width // HEAD_DIM),
-        mlp_ratio=hidden / width,
-        norm_eps=1e-5 if clip_like else 1e-6,
-        quick_gelu=branch.startswith("clip"),
-        ln_pre=clip_like,
-        layer_scale="blocks.0.ls1.gamma" in state,
-        proj_dim=state["proj"].shape[1] if clip_like else 0,
-        image_size=IMAGE_SIZE,
-    )
 
 
 class _Adapter:

@@ -238,6 +238,39 @@ def write_clip_checkpoint(root: Path, seed: int = 3):
     return reference, transform
 
 
+def write_openai_clip(root: Path, seed: int = 5, archive: bool = True) -> Path:
+    """A random OpenAI CLIP ViT-B/32 saved where the ``clip`` baseline looks, in a layout
+    its loader reads; returns the file. ``archive``: as OpenAI publishes it, a scripted
+    TorchScript archive holding OpenAI's names, float16 where OpenAI's file is (conv, linear
+    and attention weights, the projections) and the causal mask as a plain attribute (not
+    in its state dict). Otherwise a float32 fine-tune's ``torch.save(state_dict)``, with
+    values float16 cannot hold. LayerNorms are random too (open_clip starts them at 1 and 0,
+    which would hide one loaded in the wrong place)."""
+    import warnings
+
+    import open_clip
+
+    torch.manual_seed(seed)
+    model = open_clip.create_model("ViT-B-32-quickgelu", pretrained=None).eval()
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if ".ln_" in f".{name}":
+                param.add_(torch.randn_like(param) * (0.1 if name.endswith("weight") else 0.02))
+    mask = model.attn_mask
+    del model.attn_mask
+    model.attn_mask = mask
+    path = root / "baselines" / "ViT-B-32.pt"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if not archive:
+        torch.save(model.state_dict(), path)
+        return path
+    open_clip.model.convert_weights_to_fp16(model)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # torch.jit.script is deprecated
+        torch.jit.save(torch.jit.script(model), path)
+    return path
+
+
 def write_resnet50_checkpoint(root: Path, seed: int = 4):
     """A random torchvision ResNet50 (with non-trivial batch-norm statistics) saved where the
     ``resnet50`` baseline looks; returns the model (the reference)."""
