@@ -23,13 +23,12 @@ from dreamsearch.catalog import Catalog, FileDetail
 from dreamsearch.catalog.backup import CatalogCopy, backup_catalog, backup_file, restore_catalog
 from dreamsearch.compare import Overlap, overlaps
 from dreamsearch.duplicates import DuplicateGroup, find_duplicates
-from dreamsearch.errors import ChangedOnDiskError, DreamsearchError, NotFoundError
+from dreamsearch.errors import ChangedOnDiskError, DreamsearchError, ImageError, NotFoundError
 from dreamsearch.indexer import IndexOptions, IndexReport, Progress, check_engine, index_folders
 from dreamsearch.defaults import DEFAULT_MAX_PIXELS
 from dreamsearch.layout import LibraryLayout, library_dir
 from dreamsearch.model_pool import KeyedLocks, ModelPool
 from dreamsearch.models import PendingModel
-from dreamsearch.models.base import Embedder
 from dreamsearch.models.registry import DEFAULT_MODEL, get_spec
 from dreamsearch.display import display_path
 from dreamsearch.file_state import one_name_per_file
@@ -37,10 +36,13 @@ from dreamsearch.search import Match, QueryImage, Searcher, model_input
 from dreamsearch.status import LibraryStatus, catalog_status
 from dreamsearch.vector_index import save_indexes
 from dreamsearch.vector_index.policy import DEFAULT_NPROBE
+from dreamsearch.reading import read_file
+from dreamsearch.warm import WarmServer
 
 if TYPE_CHECKING:  # pragma: no cover
     from PIL import Image
 
+    from dreamsearch.models.base import Embedder  # imports torch: status, forget and --like need none
     from dreamsearch.scan import ScannedFile
 
 
@@ -84,8 +86,11 @@ class Library:
     data folder; use it as a context manager or call ``close()``."""
 
     def __init__(self, folder: LibraryLayout, weights_dir: str | os.PathLike | None = None, device: str = "auto",
-                 nprobe: int = DEFAULT_NPROBE, max_loaded_models: int | None = None) -> None:
+                 nprobe: int = DEFAULT_NPROBE, max_loaded_models: int | None = None, *,
+                 use_server: bool = False) -> None:
         self.folder = folder
+        self.use_server = use_server
+        self._server: WarmServer | None = None  # found on the first query that embeds
         self.weights_dir = weights_dir
         self.device = device
         self.nprobe = nprobe
@@ -98,11 +103,15 @@ class Library:
 
     @classmethod
     def open(cls, path: str | os.PathLike | None = None, weights_dir: str | os.PathLike | None = None,
-             device: str = "auto", nprobe: int = DEFAULT_NPROBE, max_loaded_models: int | None = None) -> Library:
+             device: str = "auto", nprobe: int = DEFAULT_NPROBE, max_loaded_models: int | None = None, *,
+             use_server: bool = False) -> Library:
         """The library at ``path``; nothing is created until the first ``index``. ``nprobe``:
         IVF lists searched per query (more: slower, closer to exhaustive). ``max_loaded_models``:
-        models kept loaded at most (default: every model used)."""
-        return cls(LibraryLayout(library_dir(path)), weights_dir, device, nprobe, max_loaded_models)
+        models kept loaded at most (default: every model used). ``use_server``: queries from
+        picture files are embedded by a running ``dreamsearch serve`` of this library when
+        there is one (``dreamsearch.warm``), else here."""
+        return cls(LibraryLayout(library_dir(path)), weights_dir, device, nprobe, max_loaded_models,
+                   use_server=use_server)
 
     def close(self) -> None:
         with self._lock:
@@ -112,6 +121,9 @@ class Library:
             if self._catalog is not None:
                 self._catalog.close()
                 self._catalog = None
+            if self._server is not None:
+                self._server.close()
+                self._server = None
 
     def __enter__(self) -> Library:
         return self
@@ -218,11 +230,37 @@ class Library:
 
     def _image_query(self, image: QueryImage, model: str, name: str, max_pixels: int, keep: bool = True) -> Query:
         searcher = self._searcher(model)
-        with self._models.use(model, keep) as embedder:
-            pixels, data = model_input(embedder, image, name, max_pixels)
-            vector = searcher.embed_pixels(embedder, pixels)
+        served = self._served_query(searcher, image, model)
+        if served is not None:
+            return served
+        with self._models.held(model, keep) as handle:
+            # decoded before the model loads: a file that is not an image is told without torch
+            pixels, data = model_input(handle.preprocess_spec, image, name, max_pixels)
+            with self._models.use(model, keep) as embedder:
+                vector = searcher.embed_pixels(embedder, pixels)
         own = searcher.content_of(data)
         return Query(model, (_label(image, name),), vector, () if own is None else (own,))
+
+    def _served_query(self, searcher: Searcher, image: QueryImage, model: str) -> Query | None:
+        """The query of a picture file embedded by a running server (``use_server``), or
+        None to embed it here: no server, or one that cannot stand in for this process."""
+        if not self.use_server or not isinstance(image, (str, os.PathLike)):
+            return None
+        with self._lock:
+            if self._server is None:
+                self._server = WarmServer.find(self.folder.serve_socket_path)
+                self.use_server = self._server is not None  # looked for once
+            server = self._server
+        if server is None:
+            return None
+        read = read_file(str(image))
+        if read.error:
+            raise ImageError(image, read.error)
+        vector = server.embed(str(image), read.data, model, searcher.model.fingerprint)
+        if vector is None:
+            return None
+        own = searcher.content_of(read.data)
+        return Query(model, (str(image),), vector, () if own is None else (own,))
 
     def stored_query(self, file: str | os.PathLike | int, model: str = DEFAULT_MODEL) -> Query:
         """A query from the stored vector of an indexed file, by path or catalog id: no
@@ -277,9 +315,10 @@ class Library:
               max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
         """The unit-norm vector of a picture, decoded as the indexer decodes; needs no
         library and no indexed vectors."""
-        with self._models.use(model) as embedder:
-            pixels, _data = model_input(embedder, image, name, max_pixels)
-            return embedder.embed(pixels[None])[0]
+        with self._models.held(model) as handle:
+            pixels, _data = model_input(handle.preprocess_spec, image, name, max_pixels)  # before the model loads
+            with self._models.use(model) as embedder:
+                return embedder.embed(pixels[None])[0]
 
     def compare(self, image: QueryImage | None, models: Sequence[str], k: int = 25, include_self: bool = False,
                 name: str = "upload", keep_models: bool = True, like: str | os.PathLike | None = None,

@@ -51,6 +51,11 @@ class LibraryLayout:
     def manifest_path(self) -> Path:
         return self.root / "manifest.json"
 
+    @property
+    def serve_socket_path(self) -> Path:
+        """Where a running ``dreamsearch serve`` listens for this user's CLI."""
+        return self.root / "serve.sock"
+
     def bytes_on_disk(self, thumbnails: int | None = None) -> int:
         """Bytes of what dreamsearch keeps here: the files at the top and its own folders
         (``OWN_FOLDERS``), not whatever else a user put in the folder (a benchmark's 100k

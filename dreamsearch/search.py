@@ -13,6 +13,7 @@ import os
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 from PIL import Image
@@ -20,13 +21,15 @@ from PIL import Image
 from dreamsearch.catalog import Catalog, ModelInfo
 from dreamsearch.errors import DreamsearchError, ImageError, NotFoundError, PixelLimitError
 from dreamsearch.file_state import one_name_per_file
-from dreamsearch.images import DEFAULT_MAX_PIXELS, to_rgb
+from dreamsearch.images import DEFAULT_MAX_PIXELS, Preprocess, to_rgb
 from dreamsearch.decoding import DECODE_TIMEOUT_S, TimeLimitExceeded, decode_bytes, time_limit, too_slow
 from dreamsearch.reading import content_hash, read_file
 from dreamsearch.layout import LibraryLayout
-from dreamsearch.models.base import Embedder
 from dreamsearch.vector_index import open_index
 from dreamsearch.vector_index.policy import DEFAULT_NPROBE
+
+if TYPE_CHECKING:  # pragma: no cover
+    from dreamsearch.models.base import Embedder  # imports torch: a stored-vector query needs none
 
 
 QueryImage = str | os.PathLike | bytes | Image.Image | np.ndarray
@@ -203,33 +206,35 @@ class Searcher:
         return matches, False
 
 
-def model_input(embedder: Embedder, image: QueryImage, name: str = "upload",
+def model_input(recipe: Preprocess, image: QueryImage, name: str = "upload",
                 max_pixels: int = DEFAULT_MAX_PIXELS) -> tuple[np.ndarray, bytes | None]:
-    """The model input of a picture (a file path, the bytes of an image file labelled
-    ``name``, a PIL image or a ``uint8 [H, W, 3]`` array), decoded exactly as the indexer
-    decodes (JPEG draft included), and the file's bytes when there are any (what names its
-    content in the library). A file over ``max_pixels`` is refused before it is decoded
-    (:class:`PixelLimitError`). Files and bytes are read and decoded under the decode time
-    limit when called in the main thread (a signal; the server limits its worker threads
-    itself); a bad one raises :class:`ImageError` with the reason."""
+    """The input, for a model of input ``recipe``, of a picture (a file path, the bytes of
+    an image file labelled ``name``, a PIL image or a ``uint8 [H, W, 3]`` array), decoded
+    exactly as the indexer decodes (JPEG draft included), and the file's bytes when there
+    are any (what names its content in the library). The recipe is known before the model
+    is built, so a bad picture is told without loading it (nor importing torch). A file
+    over ``max_pixels`` is refused before it is decoded (:class:`PixelLimitError`). Files
+    and bytes are read and decoded under the decode time limit when called in the main
+    thread (a signal; the server limits its worker threads itself); a bad one raises
+    :class:`ImageError` with the reason."""
     if not isinstance(image, (str, os.PathLike, bytes, bytearray)):
         picture = image if isinstance(image, Image.Image) else Image.fromarray(np.asarray(image, dtype=np.uint8))
-        return embedder.preprocess(to_rgb(picture)), None
+        return recipe(to_rgb(picture)), None
     label = str(image) if isinstance(image, (str, os.PathLike)) else name
     try:
         with time_limit(DECODE_TIMEOUT_S):
             if isinstance(image, (bytes, bytearray)):
-                return _decoded(embedder, name, bytes(image), max_pixels), bytes(image)
+                return _decoded(recipe, name, bytes(image), max_pixels), bytes(image)
             read = read_file(str(image))
             if read.error:
                 raise ImageError(image, read.error)
-            return _decoded(embedder, str(image), read.data, max_pixels), read.data
+            return _decoded(recipe, str(image), read.data, max_pixels), read.data
     except TimeLimitExceeded:
         raise ImageError(label, too_slow(DECODE_TIMEOUT_S)) from None
 
 
-def _decoded(embedder: Embedder, name: str, data: bytes, max_pixels: int) -> np.ndarray:
-    decoded = decode_bytes(name, data, (embedder.preprocess_spec,), max_pixels, draft=True)
+def _decoded(recipe: Preprocess, name: str, data: bytes, max_pixels: int) -> np.ndarray:
+    decoded = decode_bytes(name, data, (recipe,), max_pixels, draft=True)
     if decoded.error:
         raise (PixelLimitError if decoded.too_large else ImageError)(name, decoded.error)
     return decoded.pixels[0]

@@ -33,7 +33,7 @@ def dino_weights(official_cache):
 
 
 @pytest.mark.slow
-def test_embed_npy_keeps_input_order_and_reports_bad_files(tmp_path, sample_images, dino_weights):
+def test_embed_keeps_a_row_per_input_nan_for_bad_files_and_reports_them(tmp_path, sample_images, dino_weights):
     bad = tmp_path / "notes.png"
     bad.write_text("not an image")
     inputs = [sample_images[2], bad, sample_images[0], sample_images[1]]
@@ -45,12 +45,19 @@ def test_embed_npy_keeps_input_order_and_reports_bad_files(tmp_path, sample_imag
     assert result.exit_code == 1
     assert f"skipped {bad}: not an image" in result.stderr
     vectors = np.load(out)
-    assert vectors.dtype == np.float32 and vectors.shape == (3, 768)
+    assert vectors.dtype == np.float32 and vectors.shape == (4, 768)  # row i is inputs[i]
+    assert np.isnan(vectors[1]).all() and not np.isnan(vectors[[0, 2, 3]]).any()
     expected = embed_files(
         load_model("dreamsim-dino", weights_dir=dino_weights, device="cpu"),
         [sample_images[2], sample_images[0], sample_images[1]],
     ).vectors
-    np.testing.assert_allclose(vectors, expected, atol=1e-6)
+    np.testing.assert_allclose(vectors[[0, 2, 3]], expected, atol=1e-6)
+    as_json = CliRunner().invoke(main, ["embed", *map(str, inputs), "-m", "dreamsim-dino", "--weights-dir",
+                                        str(dino_weights), "-o", "-", "--device", "cpu"])
+    rows = json.loads(as_json.stdout)["embeddings"]
+    assert as_json.exit_code == 1 and [row["path"] for row in rows] == list(map(str, inputs))
+    assert rows[1]["vector"] is None and rows[1]["error"] == "not an image Pillow can read"
+    np.testing.assert_allclose([rows[i]["vector"] for i in (0, 2, 3)], expected, atol=1e-6)
 
 
 @pytest.mark.slow
@@ -136,3 +143,25 @@ def test_index_status_and_forget_commands(tmp_path, tiny_weights):
     assert "no folders indexed yet" in status.stdout and "0 vectors" in status.stdout
     missing = runner.invoke(main, ["forget", str(photos), *common])
     assert missing.exit_code == 1 and "not an indexed folder" in missing.stderr
+
+
+def test_a_torchvision_built_for_another_torch_is_one_line_naming_what_to_install(tmp_path, sample_images,
+                                                                                   dino_weights, monkeypatch):
+    """What a mismatched pair raises when torchvision is imported (issue 23): a traceback
+    that named neither version."""
+    import importlib.metadata
+
+    from dreamsearch.models import PendingModel
+
+    def mismatched(self):
+        raise RuntimeError("operator torchvision::nms does not exist")
+
+    real_version = importlib.metadata.version
+    monkeypatch.setattr(PendingModel, "load", mismatched)
+    monkeypatch.setattr(importlib.metadata, "version",
+                        lambda name: {"torch": "2.14.1", "torchvision": "0.27.0"}.get(name) or real_version(name))
+    result = CliRunner().invoke(main, ["embed", str(sample_images[0]), "-m", "dreamsim-dino", "--weights-dir",
+                                       str(dino_weights), "-o", str(tmp_path / "v.npy"), "--device", "cpu"])
+    assert result.exit_code == 1 and result.exception is None or isinstance(result.exception, SystemExit)
+    assert result.stderr.strip() == ("error: torchvision 0.27.0 was not built for torch 2.14.1: install the "
+                                     "torchvision release made for this torch (pip install 'torchvision==0.29.*')")

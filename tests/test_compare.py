@@ -68,6 +68,19 @@ def test_compare_three_models_side_by_side(three_models, tmp_path):
     assert "agreement between models" in table.stdout and "dreamsim vs clip" in table.stdout
 
 
+def test_compare_without_models_compares_every_indexed_model_and_needs_two(three_models, tmp_path):
+    """It used to default to dreamsim,clip,resnet50 and fail on a library without one of
+    them ("nothing is indexed with model 'clip'"); the web UI already compared what is there."""
+    photos, library, weights = three_models
+    document = json.loads(run(library, weights, "compare", str(photos / "c02.jpg"), "-k", "2", "--json").stdout)
+    assert list(document["models"]) == list(THREE)
+    one = LibraryLayout.prepare(tmp_path / "one")
+    index_folders(one, [photos], [load_model("clip", weights_dir=weights, device="cpu")], IndexOptions(workers=0))
+    outcome = run(one, weights, "compare", str(photos / "c02.jpg"))
+    assert outcome.exit_code == 1
+    assert "compare needs two indexed models and this library has only 'clip'" in outcome.stderr
+
+
 def test_compare_names_a_model_that_is_not_indexed(three_models):
     photos, library, weights = three_models
     outcome = run(library, weights, "compare", str(photos / "c01.jpg"), "--models", "dreamsim,dreamsim-dino")

@@ -98,6 +98,21 @@ def _alembic_config(connection):
     return config
 
 
+def newest_revision() -> str:
+    """The newest migration's revision id, read from the file names (``NNNN_what.py`` holds
+    revision ``NNNN``; a test keeps this equal to Alembic's head)."""
+    return max(path.name[:4] for path in (MIGRATIONS / "versions").glob("[0-9][0-9][0-9][0-9]_*.py"))
+
+
+def _stamped_revision(engine: Engine) -> str | None:
+    """The revision the catalog says it is at, read with plain SQL (None if unstamped)."""
+    with engine.connect() as connection:
+        if connection.exec_driver_sql(
+                "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'alembic_version'").first() is None:
+            return None
+        return connection.exec_driver_sql("SELECT version_num FROM alembic_version").scalar()
+
+
 def head_revision() -> str:
     from alembic.script import ScriptDirectory
 
@@ -110,6 +125,8 @@ def upgrade(engine: Engine, path: Path, target: str = "head", read_only: bool = 
     The revision is read without a write lock first, so opening an up-to-date catalog
     never waits for a process that is indexing into it. A ``read_only`` opener only
     checks: an outdated catalog is refused with a way forward."""
+    if target == "head" and _stamped_revision(engine) == newest_revision():
+        return  # up to date: Alembic (0.18 s to import, a quarter of a cold `status`) is not needed
     from alembic import command
     from alembic.script import ScriptDirectory
 

@@ -1,8 +1,9 @@
 """The ``dreamsearch`` command. Thin: each command parses its options, calls the
 ``Library`` service layer (``dreamsearch.api``), and renders the result.
 
-Heavy modules (torch, open_clip) are imported inside the commands that embed, so
-``dreamsearch --help`` and ``dreamsearch models list`` answer at once. Each command lives
+Heavy modules (torch, open_clip) are imported only when a model is built, and each
+command checks its arguments before importing the library layer, so ``--help``,
+``status``, ``query --like`` and every mistake answer at once (tests/test_cold_start.py). Each command lives
 in its own module, importing only ``common``: no module here imports another's commands.
 """
 

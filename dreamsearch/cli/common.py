@@ -48,7 +48,7 @@ class CommandGroup(click.Group):
             click.echo(f"error: {printable(str(exc))}", err=True)
             ctx.exit(1)
         except (MemoryError, ImportError, RuntimeError, OSError) as exc:
-            message = out_of_memory_message(exc)
+            message = out_of_memory_message(exc) or mismatched_torchvision_message(exc)
             if message is None and not isinstance(exc, OSError):
                 raise  # a bug: the traceback is what helps
             if message is None:  # a full disk, a file that went away: say which, in one line
@@ -59,6 +59,24 @@ class CommandGroup(click.Group):
         except KeyboardInterrupt:
             click.echo("interrupted", err=True)
             ctx.exit(130)
+
+
+def mismatched_torchvision_message(exc: BaseException) -> str | None:
+    """One line for a torchvision built for another torch: it fails on import with
+    "operator torchvision::nms does not exist", a traceback that names neither package's
+    version. torchvision 0.(N+15) goes with torch 2.N."""
+    if not isinstance(exc, RuntimeError) or "torchvision::" not in str(exc):
+        return None
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        torch_version, vision_version = version("torch"), version("torchvision")
+    except PackageNotFoundError:
+        return None
+    major, minor = (int(part) for part in torch_version.split("+")[0].split(".")[:2])
+    wanted = f" (pip install 'torchvision=={major - 2}.{minor + 15}.*')" if major == 2 else ""
+    return (f"torchvision {vision_version} was not built for torch {torch_version}: install the torchvision "
+            f"release made for this torch{wanted}")
 
 
 def weights_dir_option(func):
@@ -88,16 +106,21 @@ def model_names(ctx: click.Context, param: click.Parameter, value):
     return value
 
 
-def model_list(ctx: click.Context, param: click.Parameter, value: str) -> list[str]:
-    """Click callback for a comma-separated ``--models``: the checked names, without repeats."""
+def model_list(ctx: click.Context, param: click.Parameter, value: str | None) -> list[str]:
+    """Click callback for a comma-separated ``--models``: the checked names, without repeats
+    (none when the option is not given)."""
+    if value is None:
+        return []
     return model_names(ctx, param, list(dict.fromkeys(name.strip() for name in value.split(",") if name.strip())))
 
 
 @contextmanager
 def progress_display(quiet: bool):
-    """Yield the indexer's progress callback: a rich bar on stderr, per image, with what
-    each stage has done (only on a terminal: logs stay clean), and the note that Ctrl-C
-    was heard, at once, unless ``quiet``."""
+    """Yield the indexer's progress callback: a rich bar on stderr of the images embedded
+    out of those to embed (files already indexed, copies and moves are no work), "counting…"
+    while the scan still finds files, the model's rate and the time left (only on a
+    terminal: logs stay clean), and the note that Ctrl-C was heard, at once, unless
+    ``quiet``."""
     from rich.console import Console
 
     console = Console(stderr=True)
@@ -107,27 +130,42 @@ def progress_display(quiet: bool):
         nonlocal heard
         if report.stopping and not heard and not quiet:
             heard = True
-            console.print("stopping: finishing the current batch and saving (Ctrl-C again to stop at once)")
+            console.print("stopping: saving what the model has embedded (Ctrl-C again to stop at once)")
 
     if quiet or not console.is_terminal:
         yield note_stop
         return
     import time
+    from collections import deque
+    from datetime import timedelta
 
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+    from rich.progress import BarColumn, Progress, TextColumn
 
-    started = time.perf_counter()
-    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-               TextColumn("{task.fields[rate]:.1f} img/s"), TimeRemainingColumn())
+    columns = (TextColumn("embedded"), BarColumn(), TextColumn("{task.fields[counts]}"),
+               TextColumn("{task.fields[pace]}"), TextColumn("{task.description}"))
+    # The rate is the embedded count's over the last 5 minutes, from the first commit on:
+    # the model's pace, not the scan's or the disk's. (rich's own speed restarts whenever
+    # the total changes, which it does until the scan ends: the ETA was almost always
+    # -:--:--.)
+    commits: deque[tuple[float, int]] = deque()
     with Progress(*columns, console=console, transient=True) as bar:
-        task = bar.add_task("scanning", total=None, rate=0.0)
+        task = bar.add_task("", total=None, counts="scanning…", pace="")
 
         def update(report) -> None:
             note_stop(report)
-            bar.update(task, total=report.to_read, completed=report.read,
-                       rate=report.embedded / max(time.perf_counter() - started, 1e-9),
-                       description=f"read {report.read} · embedded {report.embedded} · "
-                                   f"copies {report.copied + report.moved} · failed {report.failed}")
+            now = time.monotonic()
+            if report.embedded and (not commits or commits[-1][1] != report.embedded):
+                commits.append((now, report.embedded))
+            while len(commits) > 2 and now - commits[0][0] > 300:
+                commits.popleft()
+            (first, done_then), (last, done) = (commits[0], commits[-1]) if commits else ((0.0, 0), (0.0, 0))
+            per_s = (done - done_then) / (last - first) if last > first else 0.0
+            counting = report.scanning > 0  # the total still grows: the time left is a lower bound
+            left = str(timedelta(seconds=round((report.to_embed - report.embedded) / per_s))) if per_s else "-:--:--"
+            bar.update(task, total=report.to_embed or None, completed=report.embedded,
+                       counts=f"{report.embedded}/{report.to_embed}{' counting…' if counting else ''}",
+                       pace=f"{per_s:.2f} img/s, {'at least ' if counting and per_s else ''}{left} left",
+                       description=f"copies {report.copied + report.moved} · failed {report.failed}")
 
         yield update
 

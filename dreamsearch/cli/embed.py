@@ -28,28 +28,33 @@ from dreamsearch.models.registry import DEFAULT_MODEL
               help="torch.compile the model: 15-60 s once, then 10-35% faster on CPU; for many images.")
 @weights_dir_option
 def embed(images, model_name, output, fmt, batch_size, device, threads, compile_model, weights_dir) -> None:
-    """Embed IMAGES with one model and save the vectors (unit norm, input order).
+    """Embed IMAGES with one model and save the vectors (unit norm, one row per image in
+    input order).
 
     Each image is decoded fully (no JPEG draft), EXIF orientation applied and alpha
-    composited on white. Files that cannot be read are reported one line each; the
-    others are still embedded and the command then exits with status 1.
+    composited on white. Files that cannot be read are reported one line each and get a
+    row of NaN (JSON: a null vector); the others are still embedded and the command then
+    exits with status 1.
     """
     from dreamsearch.batch_embed import embed_files, write_embeddings
-    from dreamsearch.models import load_model
-    from dreamsearch.models.base import set_threads
+    from dreamsearch.models import PendingModel
 
     fmt = fmt or ("json" if str(output).endswith(".json") or str(output) == "-" else "npy")
     if fmt == "npy" and str(output) == "-":
         raise DreamsearchError("npy output needs a file name; use --format json for stdout")
+    model = PendingModel(model_name, weights_dir=weights_dir, device=device, compile=compile_model)  # weights checked
+    from dreamsearch.models.base import set_threads  # imports torch: after the options and the weights are checked
+
     set_threads(threads)
-    embedder = load_model(model_name, weights_dir=weights_dir, device=device, compile=compile_model)
+    embedder = model.load()
     result = embed_files(embedder, list(images), batch_size=batch_size)
     for failure in result.failures:
         click.echo(f"skipped {problem_line(failure.path, failure.reason)}", err=True)
-    if not result.paths:
+    if len(result.failures) == len(result.paths):
         raise DreamsearchError("none of the images could be read; nothing written")
     write_embeddings(result, output, fmt, embedder.name)
     if str(output) != "-":
-        click.echo(f"wrote {len(result.paths)} x {embedder.dim} embeddings to {output}", err=True)
+        skipped = f" ({len(result.failures)} rows of NaN: the files skipped)" if result.failures else ""
+        click.echo(f"wrote {len(result.paths)} x {embedder.dim} embeddings to {output}{skipped}", err=True)
     if result.failures:
         sys.exit(1)

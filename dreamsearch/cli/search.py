@@ -51,16 +51,15 @@ def _check_not_special(path: Path) -> None:
               help="Also write a self-contained HTML page of the results.")
 @click.option("-v", "--verbose", is_flag=True, help="Table: list every copy of a result, not their count.")
 @click.option("--nprobe", default=DEFAULT_NPROBE, show_default=True, type=click.IntRange(1), help="IVF lists to search.")
+@click.option("--no-server", is_flag=True,
+              help="Embed here even when a `dreamsearch serve` of this library is running (it is used by default).")
 @click.option("--device", default="auto", show_default=True, type=DEVICE_CHOICES)
 @library_option
 @weights_dir_option
 def query(images, k, model_name, like, include_self, max_distance, under, combine, fmt, grid, html_out, verbose,
-          nprobe, device, library_path, weights_dir) -> None:
+          nprobe, no_server, device, library_path, weights_dir) -> None:
     """Find the images in the library most similar to IMAGES (files, or '-' to read paths
     from stdin). Distances are DreamSim distances (1 - cosine), exact."""
-    from dreamsearch.api import Library
-    from dreamsearch.output import render
-
     if k <= 0:
         raise DreamsearchError("-k must be at least 1")
     files = [Path(line) for arg in images for line in (stdin_paths() if str(arg) == "-" else [arg])]
@@ -70,7 +69,11 @@ def query(images, k, model_name, like, include_self, max_distance, under, combin
         _check_image_file(path)
     for path in like:
         _check_not_special(path)
-    with Library.open(library_path, weights_dir=weights_dir, device=device, nprobe=nprobe) as library:
+    from dreamsearch.api import Library  # after the checks: a mistake is told before the catalog's imports
+    from dreamsearch.output import render
+
+    with Library.open(library_path, weights_dir=weights_dir, device=device, nprobe=nprobe,
+                      use_server=not no_server) as library:
         queries = [library.stored_query(path, model_name) for path in like]
         queries += [library.image_query(path, model_name) for path in files]
         if combine == "mean":
@@ -84,38 +87,56 @@ def query(images, k, model_name, like, include_self, max_distance, under, combin
                      grid, html_out, f"dreamsearch query ({model_name})")
 
 
+def _indexed_models(library) -> list[str]:
+    """What ``compare`` compares when no --models is given: every model the library holds
+    vectors of, as the web UI does, in ``models list`` order (DreamSim first)."""
+    from dreamsearch.models.registry import MODELS
+
+    counts = library.vector_counts()
+    indexed = [name for name in MODELS if counts.get(name)]
+    if len(indexed) < 2:
+        held = f"only '{indexed[0]}'" if indexed else "no model yet"
+        raise DreamsearchError(f"compare needs two indexed models and this library has {held}: "
+                               "index with another (e.g. `dreamsearch index FOLDER -m clip`), or give --models")
+    return indexed
+
+
 @click.command()
 @click.argument("image", required=False, type=click.Path(path_type=Path))
 @click.option("--like", type=click.Path(path_type=Path), default=None,
               help="Query with the stored vectors of an indexed file instead of IMAGE (no model is loaded for "
                    "the models that have its vector).")
 @click.option("-k", "k", default=25, show_default=True, type=click.IntRange(1), help="How many results per model.")
-@click.option("--models", "names", default="dreamsim,clip,resnet50", show_default=True, callback=model_list,
-              help="Comma-separated models to compare (each must be indexed).")
+@click.option("--models", "names", default=None, callback=model_list,
+              help="Comma-separated models to compare (each must be indexed)  [default: every indexed model].")
 @click.option("--include-self", is_flag=True, help="Keep the query's own content in the results.")
 @click.option("--json", "as_json", is_flag=True, help="One JSON document (results and agreement).")
 @click.option("--grid", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Also draw the results, one row per model (PNG).")
 @click.option("--html", "html_out", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Also write a self-contained HTML page, one section per model.")
+@click.option("--no-server", is_flag=True,
+              help="Embed here even when a `dreamsearch serve` of this library is running (it is used by default).")
 @click.option("--device", default="auto", show_default=True, type=DEVICE_CHOICES)
 @library_option
 @weights_dir_option
-def compare(image, like, k, names, include_self, as_json, grid, html_out, device, library_path, weights_dir) -> None:
+def compare(image, like, k, names, include_self, as_json, grid, html_out, no_server, device, library_path,
+            weights_dir) -> None:
     """Query IMAGE (or the indexed file --like PATH) through several models side by side,
     with how much their top-k agree (Jaccard overlap and Spearman rank correlation)."""
-    from dreamsearch.api import Library
-    from dreamsearch.output import render_comparison
-
     if (image is None) == (like is None):
         raise DreamsearchError("give one query: an image file, or --like PATH (an indexed file)")
     if image is not None:
         _check_image_file(image)
     if like is not None:
         _check_not_special(like)
-    if len(names) < 2:
+    if len(names) == 1:
         raise DreamsearchError("--models needs at least two model names, separated by commas")
-    with Library.open(library_path, weights_dir=weights_dir, device=device) as library:
+    from dreamsearch.api import Library  # after the checks: a mistake is told before the catalog's imports
+    from dreamsearch.output import render_comparison
+
+    with Library.open(library_path, weights_dir=weights_dir, device=device, use_server=not no_server) as library:
+        names = names or _indexed_models(library)
         comparison = library.compare(image, names, k, include_self, keep_models=False, like=like)
     render_comparison(comparison.query, comparison.k, comparison.results, comparison.overlaps, as_json)
     if grid or html_out:

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import os
+import signal
 import socket
 import sys
+from dataclasses import replace
 
 import click
 from click.core import ParameterSource
@@ -66,6 +68,7 @@ def serve(library_path, host, port, token, names, unload_after, cors_origins, ma
     from dreamsearch.server.connections import backlog_for, default_connection_limit, guarded_protocol
     from dreamsearch.server.limits import Limits, heavy_slots
     from dreamsearch.server.logs import limit_noisy_logs
+    from dreamsearch.server.private_socket import PrivateSocket
     from dreamsearch.server.security import Settings, check_bind, read_token_file
 
     if token_file is not None:
@@ -88,6 +91,10 @@ def serve(library_path, host, port, token, names, unload_after, cors_origins, ma
         library.model_handle(name)  # weights present? fail now, with the usual message
     limits = Limits(heavy_slots=heavy_slots(device), max_upload_pixels=max_upload_pixels,
                     load_models_on_request=load_models_on_request)
+    private = PrivateSocket(library.folder.serve_socket_path)
+    if private.skipped:
+        click.echo(f"note: {private.skipped}", err=True)
+    settings = replace(settings, private_socket=private.path if private.listener else None)
     app = create_app(library, names, settings, unload_after, limits, thumbnail_cache=thumbnail_cache)
     listener = socket.create_server((host, port), family=socket.AF_INET6 if ":" in host else socket.AF_INET)
     # Answers go out at once: asyncio sets TCP_NODELAY only on sockets made with proto=TCP,
@@ -103,4 +110,8 @@ def serve(library_path, host, port, token, names, unload_after, cors_origins, ma
     limit_noisy_logs()  # after uvicorn's Config, which sets its loggers up
     server = uvicorn.Server(config)
     sys.setswitchinterval(GIL_SWITCH_INTERVAL_S)
-    server.run(sockets=[listener])
+    signal.signal(signal.SIGTERM, private.remove_then_terminate)
+    try:
+        server.run(sockets=[listener] + ([private.listener] if private.listener else []))
+    finally:
+        private.remove()  # Ctrl-C (KeyboardInterrupt) and a normal end

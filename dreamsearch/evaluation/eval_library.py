@@ -9,13 +9,16 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from dreamsearch.catalog import Catalog
 from dreamsearch.indexer import IndexOptions, IndexReport, Progress, index_folders
 from dreamsearch.layout import LibraryLayout
-from dreamsearch.models.base import Embedder
+
+if TYPE_CHECKING:  # pragma: no cover
+    from dreamsearch.models.base import Embedder  # imports torch: `eval` checks its folder and weights first
 
 
 def eval_library(library: LibraryLayout) -> LibraryLayout:

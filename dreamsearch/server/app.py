@@ -187,7 +187,8 @@ def create_app(library: Library, models: list[str], settings: Settings = Setting
         chosen = model_of(model)
         vector = await upload_work(heavy, image, lambda name, data: library.embed(data, chosen, name,
                                                                                  limits.max_upload_pixels))
-        return {"model": chosen, "dim": int(vector.shape[0]), "vector": [float(x) for x in vector]}
+        return {"model": chosen, "dim": int(vector.shape[0]), "vector": [float(x) for x in vector],
+                "fingerprint": library.model_handle(chosen).fingerprint}
 
     @app.post("/api/compare", response_model=schemas.Comparison, responses=schemas.errors(404, 413, 415, 422, 503))
     async def compare(image: Annotated[UploadFile, File()], models_wanted: Annotated[str | None, Form(alias="models")] = None,

@@ -313,6 +313,7 @@ class Embedding(Strict):
     model: str
     dim: int
     vector: list[float] = Field(description="Unit norm")
+    fingerprint: str = Field(description="Of the weights that made it: vectors of other weights do not compare")
 
 
 class Overlap(Strict):

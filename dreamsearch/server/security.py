@@ -10,11 +10,13 @@ import secrets
 from collections.abc import Iterable
 from urllib.parse import urlsplit
 from dataclasses import dataclass
+from pathlib import Path
 
 from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from dreamsearch.errors import DreamsearchError
+from dreamsearch.server.private_socket import came_through
 
 LOOPBACK_NAMES = frozenset({"localhost", "127.0.0.1", "::1"})
 #: Longest path the system opens (Linux's PATH_MAX).
@@ -33,6 +35,8 @@ class Settings:
     max_body: int = 50 * 1024**2
     #: Folders that index jobs may name (with their sub-folders), besides the indexed ones.
     allow_folders: tuple[str, ...] = ()
+    #: The library owner's Unix socket (``private_socket``): requests through it need no token.
+    private_socket: Path | None = None
 
 
 def is_loopback(host: str) -> bool:
@@ -128,7 +132,7 @@ class Guard:
                 # a page elsewhere posting to this server (a "simple" CORS request needs no
                 # preflight): refused, unless --cors-origin names it
                 return 403, f"cross-site request from {origin} refused (allow it with --cors-origin)"
-        if self.settings.token and scope["path"].startswith("/api"):
+        if self.settings.token and scope["path"].startswith("/api") and not came_through(scope, self.settings.private_socket):
             scheme, _, given = headers.get("authorization", "").partition(" ")
             if scheme.lower() != "bearer" or not secrets.compare_digest(given.strip().encode(), self.settings.token.encode()):
                 return 401, "missing or wrong bearer token"

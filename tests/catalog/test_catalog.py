@@ -238,3 +238,23 @@ def test_nested_roots_left_by_an_older_version_merge_when_the_parent_is_indexed(
     assert sorted(catalog.files_under(outer)) == ["inner/img0000.jpg", "inner/img0001.jpg", "inner/img0002.jpg",
                                                   "inner/only-here.jpg"]
     assert catalog.count_vectors(catalog.model("m")) == 4
+
+
+def test_the_newest_migration_file_is_alembics_head():
+    """Opening an up-to-date catalog compares its stamp with the newest file's revision, so
+    Alembic is imported only to migrate: the file names must name the head."""
+    from dreamsearch.catalog.database import newest_revision
+
+    assert newest_revision() == head_revision()
+
+
+def test_opening_an_up_to_date_catalog_does_not_import_alembic(tmp_path):
+    import subprocess
+    import sys
+
+    Catalog(tmp_path / "catalog.sqlite").close()  # made and migrated here
+    probe = ("import sys; from pathlib import Path; from dreamsearch.catalog import Catalog\n"
+             f"Catalog(Path({str(tmp_path / 'catalog.sqlite')!r}), read_only=True).close()\n"
+             "print('alembic' in sys.modules)")
+    assert subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True,
+                          check=True).stdout.strip() == "False"
