@@ -37,6 +37,7 @@ from dreamsearch.catalog import Catalog, ModelInfo
 from dreamsearch.decoding import Decoded, too_slow
 from dreamsearch.errors import DreamsearchError, WeightsError
 from dreamsearch.images import Preprocess
+from dreamsearch.indexer.pace import DEFAULT_BATCH
 from dreamsearch.indexer.pipeline import Candidate, Contents, FileProcessor, Kind, Outcome
 from dreamsearch.indexer.stream import prefetched
 from dreamsearch.scan import ScannedFile
@@ -113,7 +114,7 @@ class RayEngine:
                                         source.fingerprint))
         settings = _DecodeSettings(tuple(s.preprocess_spec for s in sources), options.max_file_size,
                                    options.max_pixels, options.draft, options.decode_timeout_s)
-        return cls(address, catalog_path, models, on_nodes, settings, options.batch_size)
+        return cls(address, catalog_path, models, on_nodes, settings, options.batch_size or DEFAULT_BATCH)
 
     def registry(self) -> Any:
         """The registry actor, started on the driver's node when first needed: a run with

@@ -18,9 +18,11 @@ The order is chosen so nothing is lost or redone (docs/indexing.md has the diagr
    lost every file, or more than half of them, keeps them until ``prune``;
 5. the FAISS indexes catch up from the catalog and are saved (also during the run: see
    ``SaveSchedule``).
-Ctrl-C stops after the current batch (the model runs in its own thread, so the signal is
-answered at once); a second Ctrl-C stops at once. No model is loaded unless a file needs
-embedding.
+On a CPU the model takes a few seconds of images at a time (``pace``), so the first commit
+comes as soon as one image is embedded and Ctrl-C ends the run within seconds: the model
+call in flight finishes, what is embedded is committed, the rest is left for the next run
+(the model runs in its own thread, so the signal is heard at once); a second Ctrl-C stops
+at once. No model is loaded unless a file needs embedding.
 """
 
 from __future__ import annotations
@@ -45,6 +47,7 @@ from dreamsearch.failures import TRANSIENT, TRANSIENT_TRIES, failure_kind
 from dreamsearch.file_state import unchanged
 from dreamsearch.images import DEFAULT_MAX_PIXELS, Preprocess
 from dreamsearch.decoding import DECODE_TIMEOUT_S, Decoded, TimeLimitExceeded, decode_bytes, time_limit, too_slow
+from dreamsearch.indexer.pace import DEFAULT_BATCH, Pace
 from dreamsearch.indexer.pipeline import Candidate, Contents, FileProcessor, Kind, Outcome
 from dreamsearch.reading import DEFAULT_MAX_FILE_SIZE
 from dreamsearch.indexer.stream import Stalled, Workers, ordered
@@ -118,9 +121,13 @@ class IndexReport:
     #: New or changed files to read (known after each folder's scan) and read so far.
     to_read: int = 0
     read: int = 0
+    #: Files decoded and waiting for the model.
+    waiting: int = 0
+    #: Folders whose scan has not ended: while above 0, ``to_read`` and ``to_embed`` grow.
+    scanning: int = 0
     seconds: float = 0.0
     interrupted: bool = False
-    #: Set the moment Ctrl-C is pressed: the batch in flight is being finished.
+    #: Set the moment Ctrl-C is pressed: the model call in flight is being finished.
     stopping: bool = False
     kept: int = 0
     failures: list[tuple[str, str]] = field(default_factory=list)
@@ -128,6 +135,13 @@ class IndexReport:
     #: ``(folder, files gone from disk, files indexed there)`` for folders whose gone files
     #: were kept because the folder looks unmounted (see ``IndexOptions.prune``).
     kept_folders: list[tuple[str, int, int]] = field(default_factory=list)
+
+    @property
+    def to_embed(self) -> int:
+        """The work of the run, in images: those embedded, those waiting for the model, and
+        those not read yet (a file read later may turn out a copy, and not count any more).
+        Files already indexed, copies and moves are not counted."""
+        return self.embedded + self.waiting + self.to_read - self.read
 
     def summary(self) -> dict:
         keys = ("found", "unchanged", "new", "changed", "moved", "copied", "removed", "kept", "failed", "embedded",
@@ -138,7 +152,11 @@ class IndexReport:
 
 @dataclass(frozen=True)
 class IndexOptions:
-    batch_size: int = 32
+    #: Images per commit. ``None``: on a CPU, as many as the model embeds in about 5 s
+    #: (the first one alone, so the first commit comes fast: ``pace``); on CUDA, with a
+    #: compiled model or with the Ray engine, 32. Given or not, a CPU model (uncompiled)
+    #: takes about 5 s of images at a time, so a stop is answered within seconds.
+    batch_size: int | None = None
     #: CPU threads that read, hash and decode; 0 does it all in the calling thread.
     workers: int = max(1, min(8, (os.cpu_count() or 2) - 1))
     exclude: tuple[str, ...] = ()
@@ -183,8 +201,8 @@ def index_folders(
 ) -> IndexReport:
     """Index ``roots`` into ``library`` with every one of ``models`` (loaded embedders, or
     ``dreamsearch.models.PendingModel`` handles that load only if something needs it).
-    Setting ``stop`` ends the run as a first Ctrl-C does (the batch in flight is committed,
-    the report says ``interrupted``). ``on_picture(file, picture)`` is called in a reading
+    Setting ``stop`` ends the run as a first Ctrl-C does (what the model embedded is
+    committed, the report says ``interrupted``). ``on_picture(file, picture)`` is called in a reading
     thread with each picture decoded on the CPU (not with the Ray engine)."""
     for root in roots:
         if not Path(root).is_dir():
@@ -267,6 +285,8 @@ class _Run:
         self.models: list[ModelInfo] = []
         self.embedders: list[Embedder | None] = [None] * len(sources)
         self.saves = SaveSchedule()
+        self.pace = Pace()
+        self.paced: bool | None = None  # decided when the first file waits for the model
         self.reused: list[str] = []  # contents recorded as copies or moves (a move if its old path is gone)
         self.replaced: set[int] = set()  # contents whose files changed: dropped at the end if orphaned
         self.model_thread = Workers(1, "dreamsearch-model")  # closed at the end of execute
@@ -321,11 +341,12 @@ class _Run:
             self.readers = Workers(workers, "dreamsearch-read") if workers else None
         sweep_everything = self.catalog.defer_orphans()
         plans = []
-        for root in roots:
+        self.report.scanning = len(roots)
+        for i, root in enumerate(roots):
             if self.stop.is_set():
                 break
             plans.append(self._plan(self.catalog.attach(root), root))
-            self._add(plans[-1])
+            self._add(plans[-1], later=len(roots) - i - 1)
         self.catalog.drop_orphans(None if sweep_everything else self.replaced)
         if not self.stop.is_set():
             for plan in plans:
@@ -433,9 +454,10 @@ class _Run:
 
     # read, decode, embed, commit ----------------------------------------------------
 
-    def _add(self, plan: _Plan) -> None:
+    def _add(self, plan: _Plan, later: int) -> None:
         """Stream the folder's files through the reading threads (or the Ray cluster) as
-        the scan finds them; embed and commit as results arrive."""
+        the scan finds them; embed and commit as results arrive. ``later``: folders after
+        this one (their scans have not started)."""
         contents, outcomes = self._stream(plan)
         pending = _Pending()
         in_a_row = 0
@@ -443,12 +465,13 @@ class _Run:
             for outcome in outcomes:
                 self.report.read += 1
                 self._take(plan.place, contents, pending, outcome)
-                if len(pending.batch) >= self.options.batch_size:
+                if pending.batch and len(pending.batch) >= self._batch_size():
+                    self._progress(plan, later)  # shown while the model works
                     self._commit(plan.place, contents, pending)
                 elif len(pending.files) >= REUSE_BATCH or (
                         pending.files and time.monotonic() - pending.since > COMMIT_EVERY_S):
                     self._commit(plan.place, contents, pending, embed=False)
-                self.progress(self.report)
+                self._progress(plan, later)
                 in_a_row = in_a_row + 1 if outcome.gave_up else 0
                 if in_a_row >= MAX_TIMEOUTS_IN_A_ROW:
                     plan.stopped_reading = (f"stopped reading this folder: {in_a_row} files in a row took longer "
@@ -461,7 +484,7 @@ class _Run:
             self.report.failures.append((str(plan.folder), plan.stopped_reading))
         finally:
             outcomes.close()
-        self._commit(plan.place, contents, pending)  # the batch in flight, also after Ctrl-C
+        self._commit(plan.place, contents, pending)  # after Ctrl-C: only what the model already embedded
         for copy in (c for waiting in pending.copies.values() for c in waiting):
             # Its original was read again by a retried Ray task and had changed: not recorded,
             # so the next run indexes it.
@@ -473,6 +496,12 @@ class _Run:
             else:
                 self._fail(plan.place.id, ScannedFile(relpath, 0, 0), path, f"cannot list or open: {reason}")
         self.report.unchanged += plan.unchanged
+        self._progress(plan, later)
+
+    def _progress(self, plan: _Plan, later: int) -> None:
+        """Tell the caller, with the folders still being scanned: this one until its scan
+        ended (or the run gave up on it), and those after it."""
+        self.report.scanning = later + (plan.gone is None and plan.stopped_reading is None)
         self.progress(self.report)
 
     def _stream(self, plan: _Plan) -> tuple[Contents | RemoteContents, Iterator[Outcome]]:
@@ -498,16 +527,18 @@ class _Run:
         if outcome.kind is Kind.COPY:
             self._take_copy(place, contents, pending, outcome)
             return
+        if outcome.kind in (Kind.DECODED, Kind.FOR_GPU):  # counted when embedded (or failed): _embed_batch
+            pending.batch.append(outcome)
+            self.report.waiting = len(pending.batch)
+            return
         self._count_found(outcome)
         if outcome.kind in (Kind.SAME, Kind.KNOWN):
             if outcome.kind is Kind.KNOWN:
                 self.report.copied += 1  # or moved: settled at the end, once all gone files are known
                 self.reused.append(outcome.content_hash)
             pending.files.append(_entry(outcome.candidate.found, outcome.content_hash))
-        elif outcome.kind is Kind.FAILED:
-            self._failed(place, contents, pending, outcome, outcome.error)
         else:
-            pending.batch.append(outcome)
+            self._failed(place, contents, pending, outcome, outcome.error)
 
     def _take_copy(self, place: RootPlace, contents: Contents, pending: _Pending, outcome: Outcome) -> None:
         """A byte copy of a content another file claimed: it shares that file's vectors or
@@ -535,22 +566,16 @@ class _Run:
                 self._fail(place.id, copy.candidate.found, copy.candidate.path, reason)
 
     def _commit(self, place: RootPlace, contents: Contents, pending: _Pending, embed: bool = True) -> None:
-        """Commit the files recorded without decoding and, with ``embed``, the embedded
-        batch and the byte copies of its contents, in one transaction."""
-        good = []
-        if embed:
-            for outcome in self._decode_on_device(pending.batch):
-                if outcome.decoded.error:
-                    self._failed(place, contents, pending, outcome, outcome.decoded.error)
-                else:
-                    good.append(outcome)
-            pending.batch = []
+        """Commit the files recorded without decoding and, with ``embed``, the batch (what
+        of it is embedded: see ``_embed_batch``) and the byte copies of its contents, in one
+        transaction."""
+        good, vectors = self._embed_batch(place, contents, pending) if embed else ([], {})
         copies = [c for o in good for c in pending.copies.pop(o.content_hash, [])]
         files = pending.files + [_entry(o.candidate.found, o.content_hash, o.decoded) for o in good]
         files += [_entry(c.candidate.found, c.content_hash) for c in copies]
         lost: dict[str, str] = {}
         if files:
-            lost = self._record(place, files, self._embed_lacking(good) if good else None)
+            lost = self._record(place, files, vectors if good else None)
         for outcome in good:
             contents.settle(outcome.content_hash, lost.get(path_to_db(outcome.candidate.found.relpath)))
         for copy in copies:
@@ -558,6 +583,7 @@ class _Run:
         self.report.embedded += sum(path_to_db(o.candidate.found.relpath) not in lost for o in good)
         self.report.copied += sum(path_to_db(c.candidate.found.relpath) not in lost for c in copies)
         pending.files, pending.since = [], time.monotonic()
+        self.report.waiting = len(pending.batch)
         if good and self.saves.due():
             self._save_indexes()
 
@@ -590,10 +616,39 @@ class _Run:
                            str(place.path / path_from_db(entry.relpath)), lost[entry.relpath])
         return lost
 
+    def _embed_batch(self, place: RootPlace, contents: Contents,
+                     pending: _Pending) -> tuple[list[Outcome], dict[str, dict[str, np.ndarray]]]:
+        """The batch's files that decode, embedded a step at a time (``_step_size``), and
+        their vectors by model. After Ctrl-C (or ``stop``) no model call starts: the files
+        not embedded yet are left for the next run (their claims reopened, the byte copies
+        waiting for them not recorded), so a stop waits for one step, not for the batch."""
+        todo, pending.batch = pending.batch, []
+        good: list[Outcome] = []
+        vectors: dict[str, dict[str, np.ndarray]] = {source.name: {} for source in self.sources}
+        while todo and not (self.stop.is_set() and todo[0].vectors is None):
+            size = self._step_size()
+            step, todo = todo[:size], todo[size:]
+            decoded = []
+            for outcome in self._decode_on_device(step):
+                self._count_found(outcome)
+                if outcome.decoded.error:
+                    self._failed(place, contents, pending, outcome, outcome.decoded.error)
+                else:
+                    decoded.append(outcome)
+            for name, found in self._embed_lacking(decoded).items():
+                vectors[name].update(found)
+            good += decoded
+        for outcome in todo:
+            contents.release(outcome.candidate.path)
+            pending.copies.pop(outcome.content_hash, None)
+        return good, vectors
+
     def _embed_lacking(self, good: list[Outcome]) -> dict[str, dict[str, np.ndarray]]:
         """Vectors for the decoded files, from each model that has none for their content
-        yet: a model added to an indexed folder does not recompute the others."""
+        yet: a model added to an indexed folder does not recompute the others. The time the
+        models took sets the pace of the next step."""
         vectors = {}
+        spent = None
         for i, (source, model) in enumerate(zip(self.sources, self.models)):
             have = self.catalog.hashes_with_vectors([model], [o.content_hash for o in good])
             todo = [o for o in good if o.content_hash not in have]
@@ -601,13 +656,19 @@ class _Run:
                 vectors[source.name] = {o.content_hash: o.vectors[i] for o in todo}
             elif todo:
                 pixels = np.stack([o.decoded.pixels[i] for o in todo])
-                embedded = self.model_thread.call(self._embed, i, pixels)
+                embedded, seconds = self.model_thread.call(self._embed, i, pixels)
                 vectors[source.name] = dict(zip((o.content_hash for o in todo), embedded))
+                spent = (spent or 0.0) + seconds
+        if spent is not None:
+            self.pace.took(len(good), spent)
         return vectors
 
-    def _embed(self, i: int, pixels: np.ndarray) -> np.ndarray:
-        """In the model thread: the model is loaded the first time it is needed."""
-        return self._load(i).embed(pixels)
+    def _embed(self, i: int, pixels: np.ndarray) -> tuple[np.ndarray, float]:
+        """In the model thread: the vectors and the seconds the model took (its loading,
+        the first time it is needed, not counted)."""
+        model = self._load(i)
+        started = time.perf_counter()
+        return model.embed(pixels), time.perf_counter() - started
 
     def _load(self, i: int) -> Embedder:
         if self.embedders[i] is None:
@@ -693,7 +754,19 @@ class _Run:
     def _ahead(self) -> int:
         """Files read and not yet taken: two batches, so the threads keep decoding while
         the model embeds one; bounded, so memory does not depend on the folder's size."""
-        return 2 * self.options.batch_size + 2 * max(1, self.options.workers)
+        return 2 * (self.options.batch_size or DEFAULT_BATCH) + 2 * max(1, self.options.workers)
+
+    def _batch_size(self) -> int:
+        """Images per commit: ``batch_size`` if given, else one step."""
+        return self.options.batch_size or self._step_size()
+
+    def _step_size(self) -> int:
+        """Images per model call: on a CPU, about ``pace.STEP_SECONDS`` of them; on CUDA,
+        with a compiled network (it serves one batch size) or on Ray, the whole batch."""
+        if self.paced is None:
+            self.paced = (self.cluster is None and not any(getattr(s, "compile", False) for s in self.sources)
+                          and self._models_cuda_device() is None)
+        return self.pace.step() if self.paced else self.options.batch_size or DEFAULT_BATCH
 
     # bookkeeping --------------------------------------------------------------------
 
@@ -765,7 +838,7 @@ class _ScanWatch:
 @contextmanager
 def _stop_on_interrupt(on_first: Callable[[], None],
                        stop: threading.Event | None = None) -> Iterator[threading.Event]:
-    """First Ctrl-C sets the event (``stop``, or a new one: finish the batch, commit, save)
+    """First Ctrl-C sets the event (``stop``, or a new one: finish the model call, commit, save)
     and says so through ``on_first``; a second one aborts."""
     stop = stop or threading.Event()
     if threading.current_thread() is not threading.main_thread():

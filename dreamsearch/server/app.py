@@ -273,7 +273,7 @@ def create_app(library: Library, models: list[str], settings: Settings = Setting
                 responses={200: {"model": schemas.JobDocument, "description": "The job had already ended"}}
                 | schemas.errors(404, 422))
     def stop_job(job_id: str, response: Response) -> dict:
-        """Stop a running job: it commits the batch in flight and ends ``interrupted`` (202).
+        """Stop a running job: it commits what is embedded and ends ``interrupted`` (202).
         A job that already ended is left as it is (200)."""
         job = jobs.stop(job_id)
         if job is None:

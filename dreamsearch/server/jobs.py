@@ -27,7 +27,12 @@ from dreamsearch.scan import PSEUDO_FILE_SYSTEMS, ScannedFile, file_system_types
 
 #: The server's log (uvicorn's, set up by ``serve``).
 log = logging.getLogger("uvicorn.error")
-COUNTS = ("read", "to_read", "embedded", "copied", "moved", "failed", "unchanged", "removed", "new", "changed")
+#: A job's progress: ``embedded`` out of ``to_embed`` is the web UI's bar (files already
+#: indexed, copies and moves are no work); ``scanning`` is how many folders are still being
+#: scanned (while above 0, the totals grow). Sent as they change: on a CPU a batch is about
+#: 5 s of the model's work (``indexer.pace``), so the counts move at least that often.
+COUNTS = ("read", "to_read", "embedded", "to_embed", "scanning", "copied", "moved", "failed", "unchanged", "removed",
+          "new", "changed")
 FINAL_STATES = ("done", "failed", "interrupted")
 #: Finished jobs kept for ``GET /api/jobs/{id}``, most recent first.
 KEEP_FINISHED = 100
@@ -41,10 +46,10 @@ class Job:
     def __init__(self, job_id: str, folders: list[str], models: list[str]) -> None:
         self.id, self.folders, self.models = job_id, folders, models
         self.state = "running"
-        self.counts = dict.fromkeys(COUNTS, 0)
+        self.counts = dict.fromkeys(COUNTS, 0) | {"scanning": len(folders)}  # nothing counted yet
         self.error: str | None = None
         self.version = 0  # bumped on every change: the event stream sends only news
-        self.stopping = threading.Event()  # set: the run ends after the batch in flight
+        self.stopping = threading.Event()  # set: the run commits what the model embedded and ends
         self._lock = threading.Lock()
 
     def document(self) -> dict:
@@ -91,7 +96,7 @@ class Jobs:
             return self.jobs.get(job_id)
 
     def stop(self, job_id: str) -> Job | None:
-        """Ask the job to stop: it commits the batch in flight and ends ``interrupted``."""
+        """Ask the job to stop: it commits what the model embedded and ends ``interrupted``."""
         job = self.get(job_id)
         if job is not None:
             job.stopping.set()

@@ -521,12 +521,15 @@ function renderJob(job) {
   $("#job-stop").disabled = stoppingJob === job.id;
   $("#job-state").className = `state-${job.state}`;
   $("#job-folders").textContent = (job.folders || []).join(", ");
+  // The bar is the images embedded out of those to embed (copies, moves and files already
+  // indexed are no work), as the terminal's; the total grows while a scan still counts.
   const bar = $("#job-progress");
-  if (c.to_read) { bar.max = c.to_read; bar.value = c.read || 0; }
-  else if (job.state === "running") bar.removeAttribute("value"); // indeterminate until the scan counts
+  if (c.to_embed) { bar.max = c.to_embed; bar.value = c.embedded || 0; }
+  else if (job.state === "running") bar.removeAttribute("value"); // indeterminate until there is work
   else { bar.max = 1; bar.value = 1; }
-  const counts = [["Read", `${numbers.format(c.read || 0)} / ${numbers.format(c.to_read || 0)}`],
-    ["Embedded", c.embedded], ["Copies", c.copied], ["Moved", c.moved], ["Unchanged", c.unchanged],
+  const counting = running && c.scanning ? " (counting…)" : "";
+  const counts = [["Embedded", `${numbers.format(c.embedded || 0)} / ${numbers.format(c.to_embed || 0)}${counting}`],
+    ["Read", c.read], ["Copies", c.copied], ["Moved", c.moved], ["Unchanged", c.unchanged],
     ["Removed", c.removed], ["Failed", c.failed]];
   $("#job-counts").replaceChildren(...counts.map(([label, value]) => el("div", {},
     el("dt", { text: label }),
