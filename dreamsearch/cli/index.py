@@ -39,7 +39,7 @@ class _ThreadCappedModel(PendingModel):
 @click.option("--batch-size", type=click.IntRange(1), default=None,
               help="Images per commit (default: about 5 s of work on a CPU, the first image alone; 32 on CUDA).")
 @click.option("--workers", type=click.IntRange(0), default=None,
-              help="Threads that read and decode files (default: cores - 1; 0 does it in the main thread).")
+              help="Threads that read and decode files (default: one per core, at most 8; 0 does it in the main thread).")
 @click.option("--device", default="auto", show_default=True, type=DEVICE_CHOICES)
 @click.option("--threads", type=click.IntRange(1), default=None, help="CPU threads for torch.")
 @click.option("--exclude", multiple=True, metavar="GLOB", help="Skip paths or names matching GLOB (repeatable).")

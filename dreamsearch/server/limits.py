@@ -25,6 +25,8 @@ from typing import TypeVar
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 
+from dreamsearch.defaults import usable_cores
+
 Result = TypeVar("Result")
 
 #: Largest upload the server decodes, in pixels (width × height). The library's own limit
@@ -32,22 +34,14 @@ Result = TypeVar("Result")
 DEFAULT_MAX_UPLOAD_PIXELS = 50_000_000
 
 
-def cores() -> int:
-    """CPU cores this process may run on (a container's cpuset, not the host's count)."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except (AttributeError, OSError):  # pragma: no cover - not Linux
-        return os.cpu_count() or 1
-
-
 @dataclass(frozen=True)
 class Limits:
     """How much work the server takes on at once (docs/serve.md, "Limits")."""
 
     #: Uploads decoded and embedded at once (and thumbnails made, duplicates searched).
-    heavy_slots: int = field(default_factory=cores)
+    heavy_slots: int = field(default_factory=usable_cores)
     #: Index searches (by id, by vector) run at once: FAISS already uses every core for one.
-    search_slots: int = field(default_factory=cores)
+    search_slots: int = field(default_factory=usable_cores)
     #: Requests that may wait for a slot, per lane; more get 503 at once.
     queue: int = 64
     #: Longest wait for a slot before 503.
@@ -195,8 +189,8 @@ def heavy_slots(device: str) -> int:
     """Heavy lane slots for ``device``: the cores; on CUDA at most 4 (each forward pass in
     flight holds its activations in GPU memory, and one GPU runs them one after another)."""
     if device == "cpu":
-        return cores()
+        return usable_cores()
     import torch  # the server loads its models at start-up anyway
 
     on_gpu = torch.cuda.is_available() if device == "auto" else device.startswith("cuda")
-    return min(cores(), 4) if on_gpu else cores()
+    return min(usable_cores(), 4) if on_gpu else usable_cores()
