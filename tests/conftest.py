@@ -1,4 +1,7 @@
-"""Shared fixtures: offline mode for every test, and a folder of real encoded images."""
+"""Shared fixtures: offline mode for every test, and a folder of real encoded images.
+
+Model fixtures import ``official_layout`` (torch, the official package) only when used: a
+test that needs no model starts without paying seconds for torch."""
 
 from __future__ import annotations
 
@@ -6,12 +9,15 @@ import os
 
 os.environ["HF_HUB_OFFLINE"] = "1"  # every hub lookup would otherwise wait ~50 s here
 os.environ["DREAMSEARCH_OFFLINE"] = "1"
+# Models run on torch in the tests, as where OpenVINO is not installed; the OpenVINO path
+# has its own gate (tests/models/test_openvino.py), which asks for it. Converting every
+# test's model took 10-60 s each and would cover the torch path nowhere.
+os.environ["DREAMSEARCH_BACKEND"] = "torch"
 
 from pathlib import Path  # noqa: E402
 
 import pytest  # noqa: E402
 
-from tests.helpers import official_layout  # noqa: E402
 from tests.helpers.images import photo_like  # noqa: E402
 
 
@@ -33,6 +39,8 @@ def sample_images(tmp_path_factory) -> list[Path]:
 def official_cache(tmp_path_factory):
     """``official_cache(type)`` → a folder the official package loads offline as
     ``dreamsim(cache_dir=..., dreamsim_type=type)``; all types share one folder."""
+    from tests.helpers import official_layout
+
     root = tmp_path_factory.mktemp("official_cache")
     written: set[str] = set()
 
@@ -55,6 +63,8 @@ def decode_device() -> str:
 @pytest.fixture(scope="session")
 def tiny_weights(tmp_path_factory) -> Path:
     """A small DreamSim-DINO in the official layout (64 wide, 2 blocks) for pipeline tests."""
+    from tests.helpers import official_layout
+
     return official_layout.write_tiny_cache(tmp_path_factory.mktemp("tiny_weights"))
 
 

@@ -17,14 +17,14 @@ import textwrap
 from pathlib import Path
 
 import pytest
-from click.testing import CliRunner
 
 from dreamsearch.api import Library
-from dreamsearch.cli import main
 from dreamsearch.layout import LibraryLayout
+from tests.helpers.cli import invoke_as_user
 from tests.helpers.images import photo_folder
-from tests.test_trust import MODEL, cli, index, stored_paths
+from tests.helpers.indexing import index, stored_paths
 
+MODEL = "dreamsim-dino"
 REPO = Path(__file__).resolve().parents[1]
 
 
@@ -39,7 +39,7 @@ def two_folders(tmp_path: Path, tiny_model) -> tuple[LibraryLayout, Path, Path]:
 
 
 def like_results(tiny_weights: Path, library: LibraryLayout, path: Path) -> set[str]:
-    result = cli(tiny_weights, library.root, "query", "--like", str(path), "-m", MODEL, "-k", "20", "-0")
+    result = invoke_as_user(tiny_weights, library.root, "query", "--like", str(path), "-m", MODEL, "-k", "20", "-0")
     assert result.exit_code == 0, result.stderr
     return {os.fsdecode(p) for p in result.stdout_bytes.split(b"\0")[:-1]}
 
@@ -62,7 +62,7 @@ def leftovers(library: LibraryLayout) -> list[str]:
 def test_restore_drops_a_stale_wal_so_the_library_holds_exactly_the_backup(tmp_path, tiny_model, tiny_weights):
     library, a, b = two_folders(tmp_path, tiny_model)
     backup = tmp_path / "backup.sqlite"
-    result = cli(tiny_weights, library.root, "backup", str(backup))
+    result = invoke_as_user(tiny_weights, library.root, "backup", str(backup))
     assert result.exit_code == 0, result.stderr
     assert result.stdout.count("\n") == 1 and str(backup) in result.stdout and "2 folders, 6 files" in result.stdout
     assert "need no backup" in result.stdout
@@ -92,22 +92,22 @@ def test_restore_drops_a_stale_wal_so_the_library_holds_exactly_the_backup(tmp_p
     shutil.copyfile(backup, copied / "catalog.sqlite")
     assert files_in(copied / "catalog.sqlite") == 5  # A and C: not the backup
 
-    result = cli(tiny_weights, library.root, "restore", str(backup))
+    result = invoke_as_user(tiny_weights, library.root, "restore", str(backup))
     assert result.exit_code == 0, result.stderr
     assert result.stdout.count("\n") == 1 and "2 folders, 6 files" in result.stdout
     assert stored_paths(library) == backed_up
-    status = cli(tiny_weights, library.root, "status").stdout
+    status = invoke_as_user(tiny_weights, library.root, "status").stdout
     assert f"{a}: 4 images" in status and f"{b}: 2 images" in status and str(c) not in status
     expected = set(backed_up) - {str(a / "a0.jpg")}
     assert like_results(tiny_weights, library, a / "a0.jpg") == expected
-    result = cli(tiny_weights, library.root, "query", str(c / "c0.jpg"), "-m", MODEL, "-k", "20", "-0")
+    result = invoke_as_user(tiny_weights, library.root, "query", str(c / "c0.jpg"), "-m", MODEL, "-k", "20", "-0")
     assert {os.fsdecode(p) for p in result.stdout_bytes.split(b"\0")[:-1]} == set(backed_up)
 
     # The newer index put back (same catalog id, a later log): the chain check refuses it,
     # so readers answer from the restored catalog, never from that index.
     shutil.rmtree(library.index_dir)
     shutil.copytree(newer_index, library.index_dir)
-    assert "built from another state of the catalog" in cli(tiny_weights, library.root, "status").stdout
+    assert "built from another state of the catalog" in invoke_as_user(tiny_weights, library.root, "status").stdout
     assert like_results(tiny_weights, library, a / "a0.jpg") == expected
 
 
@@ -126,8 +126,8 @@ def test_backup_is_one_consistent_file_while_another_process_holds_the_writer_lo
         """)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
     try:
         assert writer.stdout.readline() == "writing\n"
-        assert cli(tiny_weights, library.root, "forget", str(a)).exit_code == 1  # the lock is really held
-        result = cli(tiny_weights, library.root, "backup", str(tmp_path))  # a folder: catalog.sqlite in it
+        assert invoke_as_user(tiny_weights, library.root, "forget", str(a)).exit_code == 1  # the lock is really held
+        result = invoke_as_user(tiny_weights, library.root, "backup", str(tmp_path))  # a folder: catalog.sqlite in it
         assert result.exit_code == 0, result.stderr
     finally:
         writer.communicate("", timeout=60)
@@ -138,7 +138,7 @@ def test_backup_is_one_consistent_file_while_another_process_holds_the_writer_lo
     connection.close()
     assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(("catalog", ".catalog"))) == ["catalog.sqlite"]
     assert stat.S_IMODE(backup.stat().st_mode) == 0o600  # it lists every photo path
-    result = cli(tiny_weights, library.root, "restore", str(tmp_path))  # the folder it was written to
+    result = invoke_as_user(tiny_weights, library.root, "restore", str(tmp_path))  # the folder it was written to
     assert result.exit_code == 0 and "2 folders, 6 files" in result.stdout, result.stderr
 
 
@@ -146,7 +146,7 @@ def test_backup_refuses_to_write_over_the_library_catalog_itself(tmp_path, tiny_
     library, _a, _b = two_folders(tmp_path, tiny_model)
     before = library.catalog_path.read_bytes()
     for dest in (library.root, library.catalog_path):
-        result = cli(tiny_weights, library.root, "backup", str(dest))
+        result = invoke_as_user(tiny_weights, library.root, "backup", str(dest))
         assert result.exit_code == 1 and result.stderr.count("\n") == 1 and "own catalog" in result.stderr
     assert library.catalog_path.read_bytes() == before
 
@@ -181,10 +181,10 @@ def test_restore_of_a_file_that_is_not_an_intact_catalog_is_one_line_and_changes
         tmp_path, tiny_model, tiny_weights, kind, reason):
     library, a, _b = two_folders(tmp_path, tiny_model)
     backup = tmp_path / "backup.sqlite"
-    assert cli(tiny_weights, library.root, "backup", str(backup)).exit_code == 0
+    assert invoke_as_user(tiny_weights, library.root, "backup", str(backup)).exit_code == 0
     bad = not_a_catalog(tmp_path, kind, backup)
     before = library.catalog_path.read_bytes()
-    result = cli(tiny_weights, library.root, "restore", str(bad))
+    result = invoke_as_user(tiny_weights, library.root, "restore", str(bad))
     assert result.exit_code == 1
     assert result.stderr.startswith(f"error: {bad}") and result.stderr.count("\n") == 1, result.stderr
     assert reason in result.stderr
@@ -195,12 +195,12 @@ def test_restore_of_a_file_that_is_not_an_intact_catalog_is_one_line_and_changes
 def test_restore_refuses_while_an_index_run_holds_the_library(tmp_path, tiny_model, tiny_weights):
     library, _a, b = two_folders(tmp_path, tiny_model)
     backup = tmp_path / "backup.sqlite"
-    assert cli(tiny_weights, library.root, "backup", str(backup)).exit_code == 0
+    assert invoke_as_user(tiny_weights, library.root, "backup", str(backup)).exit_code == 0
     with Library.open(library.root) as api:
         api.forget(b)
     before = library.catalog_path.read_bytes()
     with library.writer_lock():
-        result = cli(tiny_weights, library.root, "restore", str(backup))
+        result = invoke_as_user(tiny_weights, library.root, "restore", str(backup))
     assert result.exit_code == 1 and result.stderr.count("\n") == 1
     assert result.stderr.startswith("error: another dreamsearch is changing")
     assert library.catalog_path.read_bytes() == before
@@ -214,7 +214,7 @@ def test_a_writer_killed_while_saving_leaves_a_partial_file_that_the_next_index_
         tmp_path, tiny_model, tiny_weights, killed_in):
     library, a, b = two_folders(tmp_path, tiny_model)
     backup = tmp_path / "backup.sqlite"
-    assert cli(tiny_weights, library.root, "backup", str(backup)).exit_code == 0
+    assert invoke_as_user(tiny_weights, library.root, "backup", str(backup)).exit_code == 0
     if killed_in == "restore":
         with Library.open(library.root) as api:
             api.forget(b)
@@ -238,7 +238,7 @@ def test_a_writer_killed_while_saving_leaves_a_partial_file_that_the_next_index_
     if killed_in == "restore":
         assert stored_paths(library) == before  # the library is as it was
 
-    result = cli(tiny_weights, library.root, "index", str(a), "-m", MODEL)
+    result = invoke_as_user(tiny_weights, library.root, "index", str(a), "-m", MODEL)
     assert result.exit_code == 0, result.stderr
     assert leftovers(library) == []
 
@@ -294,11 +294,8 @@ ENTRY_POINTS = {
 
 
 def run(tiny_weights: Path, library: Path, *args: str):
-    """``cli``, for every command: ``embed`` needs no library, so it has no ``--library``."""
-    if args[0] != "embed":
-        return cli(tiny_weights, library, *args)
-    return CliRunner().invoke(main, list(args), env={"DREAMSEARCH_WEIGHTS": str(tiny_weights)},
-                              catch_exceptions=False)
+    """Any command: ``embed`` needs no library, so it has no ``--library``."""
+    return invoke_as_user(tiny_weights, None if args[0] == "embed" else library, *args)
 
 
 @pytest.mark.parametrize("special_file", ["fifo", "socket", "device"], indirect=True)

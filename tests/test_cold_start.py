@@ -21,36 +21,17 @@ import pytest
 from dreamsearch import Library
 from dreamsearch.indexer import IndexOptions, index_folders
 from dreamsearch.layout import LibraryLayout
+from tests.helpers.cli import Probed, probe
 from tests.helpers.images import photo_folder
 
 MODEL = "dreamsim-dino"
 #: Never imported by a command that embeds nothing.
 MODEL_MODULES = frozenset({"torch", "open_clip", "timm", "torchvision"})
-#: Runs ``dreamsearch ARGS`` and, as the interpreter exits, prints the watched modules it
-#: imported as the last line on stderr.
-PROBE = f"""
-import atexit, json, sys
-atexit.register(lambda: print(json.dumps([m for m in {sorted(MODEL_MODULES | {"faiss"})!r} if m in sys.modules]),
-                              file=sys.stderr))
-from dreamsearch.cli import main
-main(prog_name="dreamsearch")
-"""
 
 
-@dataclass(frozen=True)
-class Run:
-    code: int
-    stdout: str
-    stderr: str
-    imported: frozenset[str]
-
-
-def cold(*args: str | Path) -> Run:
-    """``dreamsearch ARGS`` in a fresh interpreter."""
-    result = subprocess.run([sys.executable, "-c", PROBE, *map(str, args)], capture_output=True, text=True,
-                            env={**os.environ, "COLUMNS": "200"})
-    *stderr, imported = result.stderr.splitlines()
-    return Run(result.returncode, result.stdout, "\n".join(stderr), frozenset(json.loads(imported)))
+def cold(*args: str | Path) -> Probed:
+    """``dreamsearch ARGS`` in a fresh interpreter, with the heavy modules it imported."""
+    return probe(*args, env={"COLUMNS": "200"})
 
 
 @dataclass(frozen=True)

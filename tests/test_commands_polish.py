@@ -12,17 +12,16 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from click.testing import CliRunner
 from PIL import Image
 
 from dreamsearch.api import Library, Query
-from dreamsearch.cli import main
 from dreamsearch.errors import DreamsearchError, WeightsError
 from dreamsearch.indexer import IndexOptions, index_folders
 from dreamsearch.layout import LibraryLayout
 from dreamsearch.models import load_model
 from dreamsearch.models.registry import MODELS, get_spec
 from dreamsearch.models.weights import fingerprint, import_weights
+from tests.helpers.cli import invoke
 from tests.helpers.images import photo_folder
 from tests.helpers.official_layout import write_clip_checkpoint, write_tiny_cache
 
@@ -44,10 +43,6 @@ def two_models(tmp_path_factory):
     index_folders(library, [photos], [dino, clip], IndexOptions(workers=0))
     index_folders(library, [more], [dino], IndexOptions(workers=0))
     return photos, more, library, weights
-
-
-def invoke(*args: str):
-    return CliRunner().invoke(main, list(args))
 
 
 # 1. model names -------------------------------------------------------------------------
@@ -211,7 +206,7 @@ def test_import_own_weights_with_no_verify_keeps_their_vectors_apart(tmp_path):
     assert (f"warning: {mine} are not the published weights of 'clip'; their vectors are kept apart from "
             f"the published ones") in imported.stderr
     assert (weights / "baselines" / "ViT-B-32.pt").read_bytes() == mine.read_bytes()
-    listing = CliRunner().invoke(main, ["models", "list", "--weights-dir", str(weights)], env={"COLUMNS": "200"})
+    listing = invoke("models", "list", "--weights-dir", str(weights), env={"COLUMNS": "200"})
     assert "yes (not published)" in next(line for line in listing.stdout.splitlines() if "openai_clip_vitb32" in line)
 
     same_bytes = tmp_path / "same"  # the same bytes, as if they were the published file

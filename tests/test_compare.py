@@ -5,15 +5,14 @@ from __future__ import annotations
 import json
 
 import pytest
-from click.testing import CliRunner
 from PIL import Image
 
-from dreamsearch.cli import main
 from dreamsearch.compare import Overlap, overlaps, spearman
 from dreamsearch.indexer import IndexOptions, index_folders
 from dreamsearch.layout import LibraryLayout
 from dreamsearch.models import load_model
 from dreamsearch.search import Match
+from tests.helpers.cli import invoke_in
 from tests.helpers.images import photo_folder
 from tests.helpers.official_layout import write_clip_checkpoint, write_resnet50_checkpoint, write_tiny_cache
 
@@ -34,20 +33,17 @@ def three_models(tmp_path_factory):
     return photos, library, weights
 
 
-def run(library, weights, *args):
-    return CliRunner().invoke(main, [*args, "--library", str(library.root), "--weights-dir", str(weights),
-                                     "--device", "cpu"])
-
-
+@pytest.mark.slow
 def test_compare_three_models_side_by_side(three_models, tmp_path):
     photos, library, weights = three_models
     grid = tmp_path / "compare.png"
-    outcome = run(library, weights, "compare", str(photos / "c04.jpg"), "-k", "5", "--json", "--grid", str(grid))
+    outcome = invoke_in(library.root, weights, "compare", str(photos / "c04.jpg"), "-k", "5", "--json",
+                        "--grid", str(grid))
     assert outcome.exit_code == 0, outcome.output
     document = json.loads(outcome.stdout)
     assert list(document["models"]) == list(THREE) and document["k"] == 5
     for name in THREE:  # each row is exactly what `query` answers with that model
-        alone = run(library, weights, "query", str(photos / "c04.jpg"), "-k", "5", "-m", name, "--json")
+        alone = invoke_in(library.root, weights, "query", str(photos / "c04.jpg"), "-k", "5", "-m", name, "--json")
         assert document["models"][name] == json.loads(alone.stdout)["queries"][0]["results"]
         assert all("c04" not in r["path"] for r in document["models"][name])
 
@@ -63,27 +59,30 @@ def test_compare_three_models_side_by_side(three_models, tmp_path):
     with Image.open(grid) as sheet:  # the query, then a block per model: its 5 results
         assert sheet.width >= 5 * 160 and sheet.height >= 4 * 160
 
-    table = run(library, weights, "compare", str(photos / "c04.jpg"), "-k", "3")
+    table = invoke_in(library.root, weights, "compare", str(photos / "c04.jpg"), "-k", "3")
     assert table.exit_code == 0, table.output
     assert "agreement between models" in table.stdout and "dreamsim vs clip" in table.stdout
 
 
+@pytest.mark.slow
 def test_compare_without_models_compares_every_indexed_model_and_needs_two(three_models, tmp_path):
     """It used to default to dreamsim,clip,resnet50 and fail on a library without one of
     them ("nothing is indexed with model 'clip'"); the web UI already compared what is there."""
     photos, library, weights = three_models
-    document = json.loads(run(library, weights, "compare", str(photos / "c02.jpg"), "-k", "2", "--json").stdout)
+    document = json.loads(invoke_in(library.root, weights, "compare", str(photos / "c02.jpg"), "-k", "2",
+                                    "--json").stdout)
     assert list(document["models"]) == list(THREE)
     one = LibraryLayout.prepare(tmp_path / "one")
     index_folders(one, [photos], [load_model("clip", weights_dir=weights, device="cpu")], IndexOptions(workers=0))
-    outcome = run(one, weights, "compare", str(photos / "c02.jpg"))
+    outcome = invoke_in(one.root, weights, "compare", str(photos / "c02.jpg"))
     assert outcome.exit_code == 1
     assert "compare needs two indexed models and this library has only 'clip'" in outcome.stderr
 
 
+@pytest.mark.slow
 def test_compare_names_a_model_that_is_not_indexed(three_models):
     photos, library, weights = three_models
-    outcome = run(library, weights, "compare", str(photos / "c01.jpg"), "--models", "dreamsim,dreamsim-dino")
+    outcome = invoke_in(library.root, weights, "compare", str(photos / "c01.jpg"), "--models", "dreamsim,dreamsim-dino")
     assert outcome.exit_code == 1
     assert "nothing is indexed with model 'dreamsim-dino'" in outcome.stderr
     assert "dreamsearch index --model dreamsim-dino" in outcome.stderr

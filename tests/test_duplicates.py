@@ -12,18 +12,17 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from click.testing import CliRunner
 from PIL import Image
 
 from dreamsearch import Library
 from dreamsearch.catalog import Catalog, FileEntry
-from dreamsearch.cli import main
 from dreamsearch.duplicates import find_duplicates, summarize
 from dreamsearch.indexer import IndexOptions, index_folders
 from dreamsearch.layout import LibraryLayout
 from dreamsearch.display import human_bytes
 from dreamsearch.search import Searcher
 from dreamsearch.vector_index import save_indexes
+from tests.helpers.cli import invoke
 from tests.helpers.images import photo_folder
 from tests.helpers.pages import Links
 
@@ -56,7 +55,7 @@ def planted(tmp_path_factory, tiny_model):
 
 
 def run(library, *args):
-    return CliRunner().invoke(main, ["duplicates", "-m", "dreamsim-dino", "--library", str(library.root), *args])
+    return invoke("duplicates", "-m", "dreamsim-dino", "--library", str(library.root), *args)
 
 
 def test_planted_groups_are_found_with_their_keepers(planted):
@@ -180,7 +179,7 @@ def test_the_cli_reports_complete_groups_and_counts_each_file_once(synthetic, tm
     keeper, a and c (and l and r) never together, and 7 files that could go (x's copy once)."""
     photos, library = synthetic
     args = ["duplicates", "-m", HAND_PLACED, "--library", str(library.root), "--max-distance", str(THRESHOLD)]
-    document = json.loads(CliRunner().invoke(main, [*args, "--json"]).stdout)
+    document = json.loads(invoke(*args, "--json").stdout)
     for group in document["groups"]:
         names = {Path(f["path"]).name for f in [group["keeper"], *group["others"]]}
         assert not {"a.png", "c.png"} <= names and not {"s0.png", "s2.png"} <= names
@@ -192,7 +191,7 @@ def test_the_cli_reports_complete_groups_and_counts_each_file_once(synthetic, tm
     assert len({f["id"] for f in spare}) == 7
 
     page = tmp_path / "dups.html"
-    table = CliRunner().invoke(main, [*args, "--html", str(page)])
+    table = invoke(*args, "--html", str(page))
     assert table.exit_code == 0, table.output
     assert "1 identical and 6 similar groups" in table.stdout
     assert f"7 files could go, freeing {human_bytes(document['summary']['removable_bytes'])}" in table.stdout

@@ -8,14 +8,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from click.testing import CliRunner
 from PIL import Image
 
 from dreamsearch.catalog import Catalog
-from dreamsearch.cli import main
 from dreamsearch.evaluation.nights import triplet_scores
 from dreamsearch.evaluation.retrieval import ranking_metrics
 from dreamsearch.images import open_rgb
+from tests.helpers.cli import invoke
 from tests.helpers.images import photo_like
 
 HEADER = "id,left_vote,right_vote,votes,ref_path,left_path,right_path,split,is_imagenet,prompt"
@@ -66,10 +65,6 @@ def nights_folder(tmp_path_factory) -> Path:
     return root
 
 
-def run(*args):
-    return CliRunner().invoke(main, ["eval", *args])
-
-
 def test_official_score_formula():
     d0, d1 = np.array([0.1, 0.3, 0.2, 0.2]), np.array([0.2, 0.1, 0.2, 0.3])
     votes = np.array([0.0, 1.0, 1.0, 0.25])
@@ -77,8 +72,8 @@ def test_official_score_formula():
 
 
 def test_pixel_baselines_score_the_known_answers(nights_folder, tmp_path):
-    outcome = run("nights", str(nights_folder), "-m", "psnr", "-m", "ssim", "--split", "all", "--json",
-                  "--library", str(tmp_path / "lib"))
+    outcome = invoke("eval", "nights", str(nights_folder), "-m", "psnr", "-m", "ssim", "--split", "all", "--json",
+                     "--library", str(tmp_path / "lib"))
     assert outcome.exit_code == 0, outcome.output
     document = json.loads(outcome.stdout)
     assert document["too_few_votes"] == 2 and document["malformed_rows"] == 2
@@ -93,15 +88,15 @@ def test_pixel_baselines_score_the_known_answers(nights_folder, tmp_path):
         assert splits["train"] == {"accuracy": 0.5, "ci95": [0.5, 0.5], "triplets": 2}  # ties score exactly 0.5
     assert "line 23: missing values" in outcome.stderr and "missing.png: no such file" in outcome.stderr
 
-    only_test = json.loads(run("nights", str(nights_folder), "-m", "psnr", "--json",
-                               "--library", str(tmp_path / "lib")).stdout)
+    only_test = json.loads(invoke("eval", "nights", str(nights_folder), "-m", "psnr", "--json",
+                                  "--library", str(tmp_path / "lib")).stdout)
     assert set(only_test["models"]["psnr"]["splits"]) == {"test_imagenet", "test_no_imagenet", "test"}
 
 
 def test_embedding_models_use_dreamsim_distance_and_cache_vectors(nights_folder, tmp_path, tiny_weights, tiny_model):
     args = ["nights", str(nights_folder), "-m", "dreamsim-dino", "--json", "--library", str(tmp_path / "lib"),
             "--weights-dir", str(tiny_weights), "--device", "cpu"]
-    first = run(*args)
+    first = invoke("eval", *args)
     assert first.exit_code == 0, first.output
     splits = json.loads(first.stdout)["models"]["dreamsim-dino"]["splits"]
     # the same protocol by hand, embedding with the model directly
@@ -123,7 +118,7 @@ def test_embedding_models_use_dreamsim_distance_and_cache_vectors(nights_folder,
         model = catalog.model("dreamsim-dino")
         assert catalog.count_vectors(model) == 36
         written = catalog.last_seq(model)
-    again = run(*args)  # cached: same answer, nothing embedded again
+    again = invoke("eval", *args)  # cached: same answer, nothing embedded again
     assert json.loads(again.stdout) == json.loads(first.stdout)
     with Catalog(catalog_path) as catalog:
         assert catalog.last_seq(catalog.model("dreamsim-dino")) == written
@@ -131,12 +126,12 @@ def test_embedding_models_use_dreamsim_distance_and_cache_vectors(nights_folder,
 
 def test_a_folder_that_is_not_nights_is_refused(tmp_path):
     (tmp_path / "data.csv").write_text("a,b\n1,2\n")
-    outcome = run("nights", str(tmp_path), "-m", "psnr")
+    outcome = invoke("eval", "nights", str(tmp_path), "-m", "psnr")
     assert outcome.exit_code == 1
     assert "is not a NIGHTS folder" in outcome.stderr and len(outcome.stderr.strip().splitlines()) == 1
     (tmp_path / "ref").mkdir()
     (tmp_path / "distort").mkdir()
-    outcome = run("nights", str(tmp_path), "-m", "psnr")
+    outcome = invoke("eval", "nights", str(tmp_path), "-m", "psnr")
     assert "is not a NIGHTS data.csv (no column id, right_vote" in outcome.stderr
 
 
@@ -157,8 +152,8 @@ def test_retrieval_on_class_folders(tmp_path, tiny_weights):
         for quality in (95, 80, 65):
             base.save(folder / f"class{label}" / f"q{quality}.jpg", quality=quality)
     photo_like(160, 120, 399).save(folder / "unlabelled.jpg")  # a distractor, never a query
-    outcome = run("retrieval", str(folder), "-m", "dreamsim-dino", "-k", "2", "--json", "--library",
-                  str(tmp_path / "lib"), "--weights-dir", str(tiny_weights), "--device", "cpu")
+    outcome = invoke("eval", "retrieval", str(folder), "-m", "dreamsim-dino", "-k", "2", "--json", "--library",
+                     str(tmp_path / "lib"), "--weights-dir", str(tiny_weights), "--device", "cpu")
     assert outcome.exit_code == 0, outcome.output
     scores = json.loads(outcome.stdout)["models"]["dreamsim-dino"]
     assert scores["queries"] == 9 and scores["k"] == 2
@@ -168,13 +163,13 @@ def test_retrieval_on_class_folders(tmp_path, tiny_weights):
     groups = tmp_path / "groups.csv"  # labels from a CSV: two groups of two, the rest distractors
     groups.write_text(f"path,group\nclass0/q95.jpg,a\n{folder / 'class0' / 'q80.jpg'},a\n"
                       "class1/q95.jpg,b\nclass1/q65.jpg,b\n")
-    by_csv = run("retrieval", str(folder), "-m", "dreamsim-dino", "-k", "1", "--groups", str(groups), "--json",
-                 "--library", str(tmp_path / "lib"), "--weights-dir", str(tiny_weights), "--device", "cpu")
+    by_csv = invoke("eval", "retrieval", str(folder), "-m", "dreamsim-dino", "-k", "1", "--groups", str(groups),
+                    "--json", "--library", str(tmp_path / "lib"), "--weights-dir", str(tiny_weights), "--device", "cpu")
     assert by_csv.exit_code == 0, by_csv.output
     assert json.loads(by_csv.stdout)["models"]["dreamsim-dino"]["queries"] == 4
     groups.write_text("path,group\n/elsewhere/x.jpg,a\n")
-    outside = run("retrieval", str(folder), "-m", "dreamsim-dino", "--groups", str(groups), "--library",
-                  str(tmp_path / "lib"), "--weights-dir", str(tiny_weights), "--device", "cpu")
+    outside = invoke("eval", "retrieval", str(folder), "-m", "dreamsim-dino", "--groups", str(groups), "--library",
+                     str(tmp_path / "lib"), "--weights-dir", str(tiny_weights), "--device", "cpu")
     assert outside.exit_code == 1 and "/elsewhere/x.jpg is not inside" in outside.stderr
 
 
@@ -187,7 +182,7 @@ def test_copies_harness(tmp_path, tiny_weights):
     (folder / "broken.jpg").write_bytes(b"\xff\xd8\xff garbage")
     args = ["copies", str(folder), "-m", "dreamsim-dino", "-k", "5", "--json", "--library", str(tmp_path / "lib"),
             "--weights-dir", str(tiny_weights), "--device", "cpu"]
-    outcome = run(*args)
+    outcome = invoke("eval", *args)
     assert outcome.exit_code == 0, outcome.output
     assert "broken.jpg" in outcome.stderr
     document = json.loads(outcome.stdout)
@@ -204,6 +199,6 @@ def test_copies_harness(tmp_path, tiny_weights):
     with Image.open(made / "flip" / "o1.jpg.jpg") as flipped, Image.open(folder / "o1.jpg") as original:
         assert flipped.size == original.size
     stamps = [f.stat().st_mtime_ns for f in files]
-    assert run(*args).exit_code == 0
+    assert invoke("eval", *args).exit_code == 0
     assert [f.stat().st_mtime_ns for f in files] == stamps  # copies are made once
     shutil.rmtree(made)

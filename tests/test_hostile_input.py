@@ -10,17 +10,14 @@ import json
 import os
 import shutil
 import subprocess
-import sys
 import unicodedata
 import warnings
 import zipfile
 from pathlib import Path
 
 import pytest
-from click.testing import CliRunner
 from PIL import Image
 
-from dreamsearch.cli import main
 from dreamsearch.compare import Overlap
 from dreamsearch.errors import ImageError
 from dreamsearch.images import decode
@@ -29,6 +26,7 @@ from dreamsearch.layout import LibraryLayout
 from dreamsearch.output import render_comparison
 from dreamsearch.display import display_path
 from dreamsearch.search import Match
+from tests.helpers.cli import invoke, run_module
 from tests.helpers.images import photo_folder, photo_like
 
 LATIN1 = b"caf\xe9.jpg"  # a Latin-1 name: not valid UTF-8
@@ -63,8 +61,7 @@ def cli(*args: str | bytes) -> subprocess.CompletedProcess:
     """``python -m dreamsearch ARGS`` under a UTF-8 locale, arguments passed as raw bytes."""
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONIOENCODING", "PYTHONUTF8")}
     env.update(LC_ALL="C.UTF-8", HF_HUB_OFFLINE="1")
-    command = [os.fsencode(sys.executable), b"-m", b"dreamsearch", *(os.fsencode(a) for a in args)]
-    return subprocess.run(command, capture_output=True, env=env)
+    return run_module(*map(os.fsencode, args), env=env, text=False)
 
 
 def query_like(library: LibraryLayout, *paths: str | bytes, args: tuple[str, ...] = ()) -> subprocess.CompletedProcess:
@@ -119,8 +116,8 @@ def test_query_output_gives_back_the_exact_file_name_bytes(hostile, fmt, parse):
 
 def test_csv_keeps_a_newline_inside_one_quoted_field(hostile):
     photos, library = hostile
-    outcome = CliRunner().invoke(main, ["query", "--like", str(photos / NEWLINE), "-m", "dreamsim-dino", "--library",
-                                        str(library.root), "-k", "20", "--include-self", "--csv"])
+    outcome = invoke("query", "--like", str(photos / NEWLINE), "-m", "dreamsim-dino", "--library", str(library.root),
+                     "-k", "20", "--include-self", "--csv")
     assert outcome.exit_code == 0, outcome.output
     rows = list(csv.reader(io.StringIO(outcome.stdout_bytes.decode("utf-8", "surrogateescape"), newline="")))
     assert rows[0] == ["query", "rank", "distance", "path", "size", "copy_of"] and len(rows) == 1 + 9  # a row a file
@@ -153,15 +150,14 @@ def test_compare_json_gives_back_the_exact_file_name_bytes(capsysbinary):
 
 def test_tables_show_every_name_on_its_own_line_and_literally(hostile):
     photos, library = hostile
-    runner = CliRunner(env={"COLUMNS": "500"})
     common = ["-m", "dreamsim-dino", "--library", str(library.root)]
-    table = runner.invoke(main, ["query", "--like", str(photos / "p00.jpg"), "-k", "20", *common])
+    table = invoke("query", "--like", str(photos / "p00.jpg"), "-k", "20", *common, env={"COLUMNS": "500"})
     assert table.exit_code == 0, table.output
     for name in (LATIN1, BYTE_FF, NEWLINE.encode()):
         shown = display_path(os.fsdecode(os.fsencode(photos) + b"/" + name))
         assert shown.startswith("$'") and shown in table.stdout
     assert str(photos / MARKUP) in table.stdout and str(photos / RAMEN) in table.stdout
-    dupes = runner.invoke(main, ["duplicates", "--max-distance", "0", *common])
+    dupes = invoke("duplicates", "--max-distance", "0", *common, env={"COLUMNS": "500"})
     assert dupes.exit_code == 0, dupes.output
     assert display_path(os.fsdecode(os.fsencode(photos) + b"/" + LATIN1)) in dupes.stdout
 

@@ -149,6 +149,7 @@ def at_model_input(picture: Image.Image) -> np.ndarray:
     return resize_squash(picture, 224).astype(np.float64)
 
 
+@pytest.mark.slow
 def test_a_large_webp_decodes_reduced_close_to_its_full_decode():
     """Pillow decodes a WebP whole (a 414 KB 16383x12000 upload took 3 GB, issue 21). With
     a draft size it decodes at 1/2, 1/4 or 1/8 scale, like a JPEG, and what reaches the

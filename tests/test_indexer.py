@@ -6,7 +6,6 @@ from __future__ import annotations
 import os
 import shutil
 import signal
-import sqlite3
 import subprocess
 import sys
 import time
@@ -22,27 +21,13 @@ from dreamsearch.layout import LibraryLayout
 from dreamsearch.scan import ScannedFile
 from dreamsearch.vector_index import open_index
 from tests.helpers.images import exif, make_messy_folder, photo_folder, photo_like
+from tests.helpers.indexing import INDEX_SCRIPT, kill_at_vectors, library_state, vectors_in
 
 ONE_WORKER = IndexOptions(batch_size=4, workers=1)
 
 
 def run_index(library: LibraryLayout, folder: Path, model, options: IndexOptions = ONE_WORKER):
     return index_folders(library, [folder], [model], options)
-
-
-def library_state(library: LibraryLayout) -> dict:
-    """path -> stored vector (or failure reason): the library's observable content."""
-    with Catalog(library.catalog_path) as catalog:
-        model = catalog.model("dreamsim-dino")
-        ids, vectors = catalog.vectors_for(model, catalog.vector_ids(model))
-        by_id = dict(zip(ids.tolist(), vectors))
-        state = {failed.path: failed.reason for failed in catalog.failed_files()}
-        for content_id, paths in catalog.paths_of(list(by_id)).items():
-            for path in paths:
-                state[path] = by_id[content_id]
-        index = open_index(catalog, model, library.index_dir)
-        assert index.ids().tolist() == sorted(by_id)
-    return state
 
 
 def test_messy_folder(tmp_path, tiny_model):
@@ -205,24 +190,13 @@ def test_a_model_added_to_an_indexed_folder_embeds_every_file(tmp_path, tiny_mod
         assert {name: catalog.last_seq(catalog.model(name)) for name in before} == before
         assert catalog.count_vectors(catalog.model("dreamsim-open-clip")) == 5
 
-KILL_SCRIPT = """
-import sys
-from pathlib import Path
-from dreamsearch.indexer import IndexOptions, index_folders
-from dreamsearch.layout import LibraryLayout
-from dreamsearch.models import load_model
 
-model = load_model("dreamsim-dino", weights_dir=sys.argv[1], device="cpu")
-index_folders(LibraryLayout.prepare(Path(sys.argv[2])), [Path(sys.argv[3])], [model],
-              IndexOptions(batch_size=2, workers=1))
-"""
-
-
+@pytest.mark.slow
 def test_sigkill_mid_run_then_resume_equals_an_uninterrupted_run(tmp_path, tiny_weights, tiny_model):
     folder = photo_folder(tmp_path / "photos", 60, (480, 360), 100, "img{:02d}.jpg", quality=90)
     (folder / "broken.jpg").write_bytes(b"\xff\xd8\xff garbage")
     killed = LibraryLayout.prepare(tmp_path / "killed")
-    command = [sys.executable, "-c", KILL_SCRIPT, str(tiny_weights), str(killed.root), str(folder)]
+    command = [sys.executable, "-c", INDEX_SCRIPT, str(tiny_weights), str(killed.root), str(folder)]
     assert 10 <= kill_at_vectors(command, killed, 10) < 60, "the kill should land mid-run"
 
     subprocess.run(command, check=True, timeout=300)
@@ -237,26 +211,7 @@ def test_sigkill_mid_run_then_resume_equals_an_uninterrupted_run(tmp_path, tiny_
             np.testing.assert_allclose(resumed_state[path], value, atol=1e-6)
 
 
-def kill_at_vectors(command: list[str], library: LibraryLayout, vectors: int) -> int:
-    """Run ``command`` and SIGKILL it once ``library`` holds ``vectors`` vectors (or it
-    ended, or 2 minutes passed); returns how many it held when killed."""
-    child = subprocess.Popen(command)
-    deadline = time.time() + 120
-    while time.time() < deadline and child.poll() is None and _vectors_in(library) < vectors:
-        time.sleep(0.02)
-    child.send_signal(signal.SIGKILL)
-    child.wait()
-    return _vectors_in(library)
-
-
-def _vectors_in(library: LibraryLayout) -> int:
-    try:
-        with sqlite3.connect(f"file:{library.catalog_path}?mode=ro", uri=True, timeout=1) as connection:
-            return connection.execute("SELECT count(*) FROM vectors").fetchone()[0]
-    except sqlite3.Error:
-        return 0
-
-
+@pytest.mark.slow
 def test_ctrl_c_stops_after_the_batch_and_the_next_run_completes(tmp_path, tiny_weights):
     folder = photo_folder(tmp_path / "photos", 60, (480, 360), 300, "img{:02d}.jpg", quality=90)
     library = LibraryLayout.prepare(tmp_path / "lib")
@@ -264,13 +219,13 @@ def test_ctrl_c_stops_after_the_batch_and_the_next_run_completes(tmp_path, tiny_
                str(tiny_weights), "--library", str(library.root), "--batch-size", "2", "--workers", "1", "--quiet"]
     child = subprocess.Popen(command, stderr=subprocess.PIPE, text=True)
     deadline = time.time() + 120
-    while time.time() < deadline and _vectors_in(library) < 6:
+    while time.time() < deadline and vectors_in(library) < 6:
         time.sleep(0.05)
     child.send_signal(signal.SIGINT)
     _, stderr = child.communicate(timeout=120)
     assert child.returncode == 130, stderr
     assert "interrupted" in stderr and "Traceback" not in stderr
-    stopped_at = _vectors_in(library)
+    stopped_at = vectors_in(library)
     assert 6 <= stopped_at < 60
     with Catalog(library.catalog_path) as catalog:  # what was committed is indexed too
         model = catalog.model("dreamsim-dino")
@@ -278,4 +233,4 @@ def test_ctrl_c_stops_after_the_batch_and_the_next_run_completes(tmp_path, tiny_
 
         assert len(VectorIndex.load(library.index_dir, "dreamsim-dino")) == catalog.count_vectors(model)
     subprocess.run(command, check=True, timeout=300)
-    assert _vectors_in(library) == 60
+    assert vectors_in(library) == 60

@@ -9,6 +9,7 @@ import functools
 import tracemalloc
 
 import faiss  # noqa: F401 - imported before measuring: its modules are not the build's memory
+import pytest
 
 from dreamsearch.catalog import Catalog, FileEntry
 from dreamsearch.vector_index import IndexPlan, VectorIndex, rebuild
@@ -20,6 +21,7 @@ CHUNK = 500
 PLAN = IndexPlan("ivf", "IVF128,Flat", nlist=128, nprobe=16)  # trains on 128 x 50 = 6,400 vectors
 
 
+@pytest.mark.slow
 def test_rebuild_memory_is_the_sample_or_one_chunk_not_the_collection(tmp_path, monkeypatch):
     vectors = clustered_unit_vectors(N, DIM, centres=64, seed=3)
     data_bytes = vectors.nbytes

@@ -11,10 +11,8 @@ import shutil
 from urllib.parse import unquote, urlparse
 
 import pytest
-from click.testing import CliRunner
 from PIL import Image
 
-from dreamsearch.cli import main
 from dreamsearch.compare import Overlap
 from dreamsearch.contact_sheet import Row, Tile, write_png
 from dreamsearch.evaluation.copies import TRANSFORMS
@@ -25,6 +23,7 @@ from dreamsearch.models.base import Embedder
 from dreamsearch.output import render_comparison
 from dreamsearch.display import short_path
 from dreamsearch.search import Match
+from tests.helpers.cli import invoke, invoke_in
 from tests.helpers.images import photo_folder, photo_like
 from tests.helpers.official_layout import write_tiny_cache
 from tests.helpers.pages import Links
@@ -54,8 +53,7 @@ def library(tmp_path_factory):
 
 def cli(library, *args):
     _base, _photos, lib, weights = library
-    return CliRunner().invoke(main, [*args, "--library", str(lib.root), "--weights-dir", str(weights),
-                                     "--device", "cpu"], env={"COLUMNS": "80"})
+    return invoke_in(lib.root, weights, *args, env={"COLUMNS": "80"})
 
 
 def query(library, *args):
@@ -170,12 +168,12 @@ def test_eval_copies_embeds_each_original_and_copy_once(tmp_path, tiny_weights, 
     monkeypatch.setattr(Embedder, "embed", lambda self, batch: embedded.append(len(batch)) or real_embed(self, batch))
     args = ["eval", "copies", str(folder), "-m", "dreamsim-dino", "--library", str(tmp_path / "lib"),
             "--weights-dir", str(tiny_weights), "--device", "cpu"]
-    first = CliRunner().invoke(main, args)
+    first = invoke(*args)
     assert first.exit_code == 0, first.output
     edited = 3 * len(TRANSFORMS)
     assert sum(embedded) == 3 + edited  # the originals once, then their copies
     assert f"3 originals + {edited} edited copies" in first.stderr  # what the progress total of {3 + edited} is
     embedded.clear()
-    again = CliRunner().invoke(main, args)
+    again = invoke(*args)
     assert again.exit_code == 0, again.output
     assert sum(embedded) == 0

@@ -9,12 +9,11 @@ from urllib.parse import unquote, urlparse
 
 import numpy as np
 import pytest
-from click.testing import CliRunner
 from PIL import Image
 
-from dreamsearch.cli import main
 from dreamsearch.indexer import IndexOptions, index_folders
 from dreamsearch.layout import LibraryLayout
+from tests.helpers.cli import invoke, invoke_in
 from tests.helpers.images import photo_folder
 from tests.helpers.pages import Links
 
@@ -31,8 +30,7 @@ def indexed(tmp_path_factory, tiny_model):
 
 
 def query(library, tiny_weights, *args):
-    common = ["-m", "dreamsim-dino", "--library", str(library.root), "--weights-dir", str(tiny_weights), "--device", "cpu"]
-    return CliRunner().invoke(main, ["query", *args, *common])
+    return invoke_in(library.root, tiny_weights, "query", *args, "-m", "dreamsim-dino")
 
 
 def results(outcome) -> list[dict]:
@@ -123,19 +121,20 @@ def test_helpful_errors(indexed, tiny_weights, tmp_path):
     ]:
         outcome = query(library, tiny_weights, *args)
         assert outcome.exit_code == 1 and message in outcome.stderr, outcome.output
-    other = CliRunner().invoke(main, ["query", str(photos / "p01.jpg"), "-m", "clip", "--library", str(library.root)])
+    other = invoke("query", str(photos / "p01.jpg"), "-m", "clip", "--library", str(library.root))
     assert other.exit_code == 1 and "run `dreamsearch index --model clip FOLDER` first" in other.stderr
-    empty = CliRunner().invoke(main, ["query", str(photos / "p01.jpg"), "--library", str(tmp_path / "new")])
+    empty = invoke("query", str(photos / "p01.jpg"), "--library", str(tmp_path / "new"))
     assert empty.exit_code == 1 and "dreamsearch index" in empty.stderr
 
 
+@pytest.mark.slow
 def test_queries_while_an_index_run_commits(tmp_path, tiny_weights, tiny_model):
     """A query during indexing succeeds and only returns files that exist."""
     import subprocess
     import sys
     import time
 
-    from tests.test_indexer import KILL_SCRIPT, _vectors_in
+    from tests.helpers.indexing import INDEX_SCRIPT, vectors_in
 
     photos = photo_folder(tmp_path / "photos", 40, (320, 240), 900, "{:02d}.jpg")
     library = LibraryLayout.prepare(tmp_path / "lib")
@@ -143,11 +142,11 @@ def test_queries_while_an_index_run_commits(tmp_path, tiny_weights, tiny_model):
     for i in range(10):
         (photos / f"{i:02d}.jpg").unlink()
     photo_folder(photos, 40, (320, 240), 900, "{:02d}.jpg", start=40)
-    writer = subprocess.Popen([sys.executable, "-c", KILL_SCRIPT, str(tiny_weights), str(library.root), str(photos)])
+    writer = subprocess.Popen([sys.executable, "-c", INDEX_SCRIPT, str(tiny_weights), str(library.root), str(photos)])
     seen_counts = set()
     try:
         while writer.poll() is None:
-            seen_counts.add(_vectors_in(library))
+            seen_counts.add(vectors_in(library))
             found = results(query(library, tiny_weights, str(photos / "20.jpg"), "-k", "80", "--json"))
             missing = [r["path"] for r in found if not Path(r["path"]).exists()]
             assert missing == [] or all(int(Path(p).stem) < 10 for p in missing)  # only files being removed

@@ -12,33 +12,17 @@ import textwrap
 from pathlib import Path
 
 import pytest
-from click.testing import CliRunner
 
 from dreamsearch.api import Library
 from dreamsearch.catalog import Catalog
-from dreamsearch.cli import main
 from dreamsearch.errors import DreamsearchError
-from dreamsearch.indexer import IndexOptions, index_folders
 from dreamsearch.layout import LibraryLayout
+from tests.helpers.cli import SHELL_COMMAND, invoke_as_user
 from tests.helpers.images import photo_folder
+from tests.helpers.indexing import index, stored_paths
+from tests.helpers.mounts import in_mount_namespace
 
 MODEL = "dreamsim-dino"
-
-
-def index(library: LibraryLayout, folder: Path, model, **options):
-    return index_folders(library, [folder], [model], IndexOptions(workers=1, **options))
-
-
-def cli(tiny_weights: Path, library: Path, *args: str):
-    """Run a command in-process; ``result.stderr`` holds what a user would read."""
-    return CliRunner().invoke(main, [*args, "--library", str(library)],
-                              env={"DREAMSEARCH_WEIGHTS": str(tiny_weights)}, catch_exceptions=False)
-
-
-def stored_paths(library: LibraryLayout) -> list[str]:
-    with Catalog(library.catalog_path) as catalog:
-        return sorted(str(Path(root) / rel) for root_id, root in catalog.roots().items()
-                      for rel in catalog.files_under(root_id))
 
 
 # nested roots --------------------------------------------------------------------------
@@ -90,7 +74,7 @@ def test_a_folder_that_lost_its_files_keeps_them_until_prune(tmp_path, tiny_mode
     photos.rename(aside)
     photos.mkdir()  # an empty file system mounted over the folder
 
-    result = cli(tiny_weights, library.root, "index", str(photos), "-m", MODEL, "--json")
+    result = invoke_as_user(tiny_weights, library.root, "index", str(photos), "-m", MODEL, "--json")
     assert result.exit_code == 0
     assert '"removed": 0' in result.stdout and '"kept": 6' in result.stdout
     assert f"{photos}: 6 of its 6 indexed files are gone" in result.stderr and "--prune" in result.stderr
@@ -182,7 +166,7 @@ def test_k_is_capped_at_the_library_size(tmp_path, tiny_model, tiny_weights):
     photos = photo_folder(tmp_path / "photos", 4, (96, 72), 1, "p{}.jpg")
     library = LibraryLayout.prepare(tmp_path / "lib")
     index(library, photos, tiny_model)
-    result = cli(tiny_weights, library.root, "query", "--like", str(photos / "p1.jpg"), "-m", MODEL,
+    result = invoke_as_user(tiny_weights, library.root, "query", "--like", str(photos / "p1.jpg"), "-m", MODEL,
                  "-k", "1000000000000", "--jsonl")
     assert result.exit_code == 0 and len(result.stdout.splitlines()) == 3
 
@@ -196,7 +180,7 @@ def test_like_and_under_accept_paths_through_a_followed_symlink(tmp_path, tiny_m
     through_link = photos / "linked" / "e1.jpg"
     with Library.open(library.root) as api:
         assert str(through_link) in [m.path for m in api.similar_to(photos / "p0.jpg", k=10, model=MODEL)]
-    result = cli(tiny_weights, library.root, "query", "--like", str(through_link), "-m", MODEL,
+    result = invoke_as_user(tiny_weights, library.root, "query", "--like", str(through_link), "-m", MODEL,
                  "--under", str(photos / "linked"), "-0")
     assert result.exit_code == 0, result.stderr
     assert sorted(result.stdout_bytes.split(b"\0")[:-1]) == [os.fsencode(photos / "linked" / f"e{i}.jpg") for i in (0, 2)]
@@ -210,18 +194,19 @@ def test_forget_and_remove_refuse_while_an_index_run_holds_the_library(tmp_path,
     library = LibraryLayout.prepare(tmp_path / "lib")
     index(library, photos, tiny_model)
     with library.writer_lock():  # what `dreamsearch index` holds for its whole run
-        result = cli(tiny_weights, library.root, "forget", str(photos))
+        result = invoke_as_user(tiny_weights, library.root, "forget", str(photos))
         assert result.exit_code == 1
         assert result.stderr.startswith("error: another dreamsearch is changing") and result.stderr.count("\n") == 1
         with Library.open(library.root) as api, pytest.raises(DreamsearchError, match="another dreamsearch"):
             api.remove([photos / "p1.jpg"])
     assert len(stored_paths(library)) == 2
-    assert cli(tiny_weights, library.root, "forget", str(photos)).exit_code == 0
+    assert invoke_as_user(tiny_weights, library.root, "forget", str(photos)).exit_code == 0
 
 
 # the Python API from a plain script ---------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_the_readme_api_example_runs_as_a_script_without_a_main_guard(tmp_path, tiny_weights):
     photo_folder(tmp_path / "photos", 5, (96, 72), 1, "p{}.jpg")
     photo_folder(tmp_path, 1, (96, 72), 99, "ramen.jpg")
@@ -261,7 +246,7 @@ def test_a_damaged_catalog_is_one_line_for_every_command(tmp_path, tiny_model, t
     library.catalog_path.write_bytes(damaged)
     for command in (["status"], ["query", "--like", str(photos / "p1.jpg"), "-m", MODEL],
                     ["index", str(photos), "-m", MODEL], ["duplicates", "-m", MODEL]):
-        result = cli(tiny_weights, library.root, *command)
+        result = invoke_as_user(tiny_weights, library.root, *command)
         assert result.exit_code == 1, (command, result.stdout)
         assert result.stderr.count("\n") == 1 and str(library.catalog_path) in result.stderr, (command, result.stderr)
         assert ("empty file" if damage == "empty" else "damaged") in result.stderr
@@ -271,7 +256,7 @@ def test_a_damaged_catalog_is_one_line_for_every_command(tmp_path, tiny_model, t
 def test_an_unwritable_library_location_is_one_line(tmp_path, tiny_weights):
     photos = photo_folder(tmp_path / "photos", 1, (96, 72), 1, "p{}.jpg")
     (tmp_path / "file").write_text("a file, not a folder")
-    result = cli(tiny_weights, tmp_path / "file" / "lib", "index", str(photos), "-m", MODEL)
+    result = invoke_as_user(tiny_weights, tmp_path / "file" / "lib", "index", str(photos), "-m", MODEL)
     assert result.exit_code == 1 and result.stderr.startswith("error: ") and result.stderr.count("\n") == 1
 
 
@@ -279,36 +264,21 @@ def test_a_folder_name_that_is_not_utf8_is_indexed(tmp_path, tiny_model, tiny_we
     folder = Path(os.fsdecode(os.fsencode(tmp_path) + b"/bad\xff"))
     photo_folder(folder, 2, (96, 72), 1, "p{}.jpg")
     library = LibraryLayout.prepare(tmp_path / "lib")
-    result = cli(tiny_weights, library.root, "index", str(folder), "-m", MODEL)
+    result = invoke_as_user(tiny_weights, library.root, "index", str(folder), "-m", MODEL)
     assert result.exit_code == 0, result.stderr
-    assert cli(tiny_weights, library.root, "status").stdout.count("2 images") == 1
-    result = cli(tiny_weights, library.root, "query", "--like", str(folder / "p1.jpg"), "-m", MODEL, "-0")
+    assert invoke_as_user(tiny_weights, library.root, "status").stdout.count("2 images") == 1
+    result = invoke_as_user(tiny_weights, library.root, "query", "--like", str(folder / "p1.jpg"), "-m", MODEL, "-0")
     assert result.stdout_bytes == os.fsencode(folder / "p0.jpg") + b"\0"
 
 
 # read-only and full file systems (real mounts in a private mount namespace) -----------------
 
 
-def in_mount_namespace(script: str) -> subprocess.CompletedProcess:
-    """Run a bash ``script`` in a private mount namespace (its mounts vanish with it)."""
-    if shutil.which("unshare") is None:
-        pytest.skip("needs unshare (util-linux)")
-    probe = subprocess.run(["unshare", "-m", "true"], capture_output=True)
-    args = ["unshare", "-m"] if probe.returncode == 0 else ["unshare", "-rm"]
-    if subprocess.run([*args, "true"], capture_output=True).returncode != 0:
-        pytest.skip("cannot make a mount namespace here")
-    return subprocess.run([*args, "bash", "-euo", "pipefail", "-c", script], capture_output=True, text=True, timeout=300)
-
-
-def dreamsearch_command() -> str:
-    return f"{sys.executable} -m dreamsearch"
-
-
 def test_a_read_only_library_answers_queries_and_status_and_refuses_index(tmp_path, tiny_model, tiny_weights):
     photos = photo_folder(tmp_path / "photos", 3, (96, 72), 1, "p{}.jpg")
     library = LibraryLayout.prepare(tmp_path / "lib")
     index(library, photos, tiny_model)
-    ds = dreamsearch_command()
+    ds = SHELL_COMMAND
     lib = f"--library {library.root}"
     done = in_mount_namespace(f"""
         mount --bind {library.root} {library.root}
@@ -325,11 +295,12 @@ def test_a_read_only_library_answers_queries_and_status_and_refuses_index(tmp_pa
     assert error.count("\n") == 1 and "read-only" in error
 
 
+@pytest.mark.slow
 def test_a_full_disk_during_index_is_one_line_and_the_library_recovers(tmp_path, tiny_weights):
     photos = photo_folder(tmp_path / "photos", 40, (256, 192), 1, "p{}.png")
     lib = tmp_path / "lib"
     lib.mkdir()
-    ds = dreamsearch_command()
+    ds = SHELL_COMMAND
     options = f"-m {MODEL} --weights-dir {tiny_weights} --library {lib} --batch-size 4"
     done = in_mount_namespace(f"""
         mount -t tmpfs -o size=300k tmpfs {lib}
@@ -351,11 +322,11 @@ def test_a_newline_in_a_file_name_cannot_forge_a_record(tmp_path, tiny_model, ti
     photos = photo_folder(tmp_path / "photos", 1, (96, 72), 1, "p{}.jpg")
     (photos / "x.jpg\nskipped passwd: forged.jpg").write_bytes(b"not a picture")
     library = LibraryLayout.prepare(tmp_path / "lib")
-    result = cli(tiny_weights, library.root, "index", str(photos), "-m", MODEL)
+    result = invoke_as_user(tiny_weights, library.root, "index", str(photos), "-m", MODEL)
     assert result.exit_code == 0
     skipped = [line for line in result.stderr.splitlines() if line.startswith("skipped")]
     assert skipped == [f"skipped $'{photos}/x.jpg\\nskipped passwd: forged.jpg': not an image Pillow can read"]
-    failed = [line for line in cli(tiny_weights, library.root, "status", "--failed").stdout.splitlines()
+    failed = [line for line in invoke_as_user(tiny_weights, library.root, "status", "--failed").stdout.splitlines()
               if line.startswith("failed")]
     assert failed == [f"failed $'{photos}/x.jpg\\nskipped passwd: forged.jpg': not an image Pillow can read "
                       "[permanent: retried when the file changes, or with index --retry-failed]"]

@@ -17,8 +17,12 @@ from dreamsearch.catalog import Catalog
 from dreamsearch.duplicates import summarize
 from dreamsearch.errors import NotFoundError
 from dreamsearch.layout import LibraryLayout
+from tests.helpers.cli import SHELL_COMMAND, invoke_as_user
 from tests.helpers.images import photo_folder, photo_like
-from tests.test_trust import MODEL, cli, dreamsearch_command, in_mount_namespace, index
+from tests.helpers.indexing import index
+from tests.helpers.mounts import in_mount_namespace
+
+MODEL = "dreamsim-dino"
 
 
 def same_size_jpeg(seed: int, size: int) -> bytes:
@@ -86,7 +90,7 @@ def test_a_query_like_a_file_edited_since_it_was_indexed_refuses_the_old_vector(
     for args in (["query", "--like", str(photos / "p0.jpg"), "-m", MODEL],
                  ["query", "--like", str(photos / "p0.jpg"), "--like", str(photos / "p1.jpg"), "--combine", "mean",
                   "-m", MODEL]):
-        result = cli(tiny_weights, library.root, *args)
+        result = invoke_as_user(tiny_weights, library.root, *args)
         assert result.exit_code != 0, args
         assert result.stderr.count("\n") == 1 and "changed since it was indexed" in result.stderr, result.stderr
     with Library.open(library.root) as api:
@@ -152,17 +156,18 @@ def test_a_followed_symlink_is_never_a_copy_nor_the_keeper(tmp_path, tiny_model,
         assert group.keeper.path == str(photos / "p0.jpg")  # the target, never the link
         assert group.keeper.links == (str(photos / "0-link.jpg"),)
         assert [f.path for f in group.others] == [str(photos / "z-copy.jpg")]
-    result = cli(tiny_weights, library.root, "duplicates", "-m", MODEL, "--max-distance", "0", "--json")
+    result = invoke_as_user(tiny_weights, library.root, "duplicates", "-m", MODEL, "--max-distance", "0", "--json")
     document = json.loads(result.stdout)
     assert document["summary"]["removable_files"] == 1
     assert document["groups"][0]["keeper"]["path"] == str(photos / "p0.jpg")
 
 
+@pytest.mark.slow
 def test_a_folder_indexed_through_a_bind_mount_too_has_no_duplicates(tmp_path, tiny_model, tiny_weights):
     photos = photo_folder(tmp_path / "photos", 2, (96, 72), 1, "p{}.jpg")
     (tmp_path / "mirror").mkdir()
     library = LibraryLayout.prepare(tmp_path / "lib")
-    ds, lib = dreamsearch_command(), f"--library {library.root} --weights-dir {tiny_weights}"
+    ds, lib = SHELL_COMMAND, f"--library {library.root} --weights-dir {tiny_weights}"
     done = in_mount_namespace(f"""
         mount --bind {photos} {tmp_path}/mirror
         {ds} index {photos} {tmp_path}/mirror -m {MODEL} {lib} > /dev/null
@@ -227,7 +232,7 @@ def test_a_file_that_could_not_be_read_is_retried_on_the_next_run(tmp_path, tiny
     with monkeypatch.context() as patched:
         refuse_reading(patched, "p1.jpg", "permission denied")
         assert index(library, photos, tiny_model).failed == 1
-    result = cli(tiny_weights, library.root, "status", "--failed")
+    result = invoke_as_user(tiny_weights, library.root, "status", "--failed")
     assert "permission denied" in result.stdout and "retried" in result.stdout, result.stdout
     report = index(library, photos, tiny_model)  # the permission was fixed; size and mtime did not change
     assert (report.read, report.embedded, report.failed) == (1, 1, 0)
@@ -252,7 +257,7 @@ def test_a_permanent_failure_is_not_retried_unless_asked(tmp_path, tiny_model, t
     library = LibraryLayout.prepare(tmp_path / "lib")
     assert index(library, photos, tiny_model).failed == 1
     assert index(library, photos, tiny_model).read == 0
-    result = cli(tiny_weights, library.root, "status", "--failed")
+    result = invoke_as_user(tiny_weights, library.root, "status", "--failed")
     assert "broken.jpg" in result.stdout and "permanent" in result.stdout, result.stdout
-    result = cli(tiny_weights, library.root, "index", str(photos), "-m", MODEL, "--retry-failed", "--json")
+    result = invoke_as_user(tiny_weights, library.root, "index", str(photos), "-m", MODEL, "--retry-failed", "--json")
     assert result.exit_code == 0 and '"read": 1' in result.stdout, result.stdout

@@ -15,30 +15,23 @@ from pathlib import Path
 
 import pytest
 import torch
-from click.testing import CliRunner
 
 import dreamsearch.models.weights as weights_module
 from dreamsearch.api import Library
 from dreamsearch.catalog import Catalog
-from dreamsearch.cli import main
 from dreamsearch.errors import DreamsearchError
 from dreamsearch.layout import LibraryLayout
 from dreamsearch.low_memory import out_of_memory_message
 from dreamsearch.models.registry import get_spec
 from dreamsearch.models.weights import fingerprint
 from tests.helpers import official_layout
+from tests.helpers.cli import invoke_as_user
 from tests.helpers.images import photo_folder
 
 MODEL = "dreamsim-dino"
 BACKBONE = "checkpoints/dino_vitbase16_pretrain.pth"
 MIB = 1 << 20
 REPO = Path(__file__).resolve().parents[1]
-
-
-def cli(weights: Path, library: Path, *args: str):
-    """Run a command in-process; ``result.stderr`` holds what a user would read."""
-    return CliRunner().invoke(main, [*args, "--library", str(library)],
-                              env={"DREAMSEARCH_WEIGHTS": str(weights)}, catch_exceptions=False)
 
 
 def matches(found) -> list[tuple[str, float]]:
@@ -93,7 +86,7 @@ def test_a_library_refuses_to_index_or_query_with_weights_that_differ_in_the_mid
             library.query(photos / "p0.jpg", k=1, model=MODEL, include_self=True)
 
     for command in (["index", str(photos), "-m", MODEL], ["query", str(photos / "p0.jpg"), "-m", MODEL]):
-        result = cli(other, tmp_path / "lib", *command)
+        result = invoke_as_user(other, tmp_path / "lib", *command)
         assert result.exit_code == 1
         assert len(result.stderr.splitlines()) == 1 and "other weights" in result.stderr
     with Catalog(LibraryLayout(tmp_path / "lib").catalog_path) as catalog:

@@ -50,6 +50,7 @@ class PendingModel:
         with self._lock:
             if self._embedder is None:
                 from dreamsearch.models.base import resolve_device
+                from dreamsearch.models.openvino_backend import attach
 
                 module_name, function = self.spec.builder.split(":")
                 builder = getattr(importlib.import_module(module_name), function)
@@ -57,6 +58,7 @@ class PendingModel:
                 embedder.compile = self.compile
                 embedder.fingerprint = self.fingerprint
                 embedder.legacy_fingerprint = self.legacy_fingerprint
+                attach(embedder, self.root, self.fingerprint)
                 self._embedder = embedder
             return self._embedder
 

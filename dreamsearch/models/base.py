@@ -90,6 +90,9 @@ class Embedder:
         self.autocast_dtype = _autocast_dtype(device) if autocast else None
         self.compile = False  # see _run; load_model(compile=True) turns it on
         self._compiled: tuple[int, Callable] | None = None
+        # what ``embed`` runs on; openvino_backend.attach swaps in OpenVINO on a CPU
+        self.backend = "torch"
+        self.runner: Callable[[np.ndarray], np.ndarray] | None = None
 
     def preprocess(self, image: Image.Image) -> np.ndarray:
         return self.preprocess_spec(image)
@@ -100,6 +103,8 @@ class Embedder:
 
     def embed(self, batch: np.ndarray) -> np.ndarray:
         """``uint8 [B, S, S, 3]`` → ``float32 [B, dim]``, unit norm."""
+        if self.runner is not None:
+            return self.runner(batch)
         pixels = torch.from_numpy(np.require(batch, requirements=["C", "W"]))  # copies only read-only input
         if self.device.type == "cuda":
             pixels = pixels.pin_memory().to(self.device, non_blocking=True)
@@ -138,7 +143,7 @@ class Embedder:
         return out
 
     def __repr__(self) -> str:
-        return f"<Embedder {self.name} dim={self.dim} on {self.device}>"
+        return f"<Embedder {self.name} dim={self.dim} on {self.device} ({self.backend})>"
 
 
 def _autocast_dtype(device: torch.device) -> torch.dtype | None:

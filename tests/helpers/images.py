@@ -34,6 +34,11 @@ def photo_folder(folder: Path, count: int, size: tuple[int, int], seed: int, nam
     return folder
 
 
+def make_photos(folder: Path, count: int = 6, size: tuple[int, int] = (200, 150), seed: int = 0) -> Path:
+    """``p0.jpg`` .. ``p{count-1}.jpg`` at JPEG quality 90: the server tests' photo folder."""
+    return photo_folder(folder, count, size, seed, "p{}.jpg", quality=90)
+
+
 def exif(orientation: int) -> Image.Exif:
     data = Image.Exif()
     data[0x0112] = orientation

@@ -101,6 +101,7 @@ def test_a_fifo_and_a_huge_sparse_file_are_recorded_and_the_photos_indexed(tmp_p
     assert report.embedded == 3
 
 
+@pytest.mark.slow
 def test_a_decoder_that_never_returns_costs_its_file_only(tmp_path, tiny_model, monkeypatch):
     folder = photo_folder(tmp_path / "photos", 5, (160, 120), 90, "p{}.jpg")
     release = threading.Event()
@@ -292,6 +293,7 @@ def test_progress_on_a_terminal_draws_and_says_nothing_broke(tmp_path, tiny_weig
         assert outcome.exception is None
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("workers", [1, 2])
 def test_copies_of_a_file_whose_decoder_hung_are_recorded_too(tmp_path, tiny_model, monkeypatch, workers):
     folder = photo_folder(tmp_path / "photos", 2, (160, 120), 160, "p{}.jpg")
@@ -335,6 +337,7 @@ def test_a_move_whose_old_path_gets_new_content_keeps_its_vector(tmp_path, tiny_
         np.testing.assert_array_equal(after[f"b{i}.jpg"], before[f"a{i}.jpg"])
 
 
+@pytest.mark.slow
 def test_a_folder_that_stops_answering_is_left_after_three_files(tmp_path, tiny_model, monkeypatch):
     folder = photo_folder(tmp_path / "photos", 8, (160, 120), 190, "p{}.jpg")
     release = threading.Event()
@@ -348,6 +351,7 @@ def test_a_folder_that_stops_answering_is_left_after_three_files(tmp_path, tiny_
     assert report.removed == 0  # nothing of a folder left half-read is forgotten
 
 
+@pytest.mark.slow
 def test_in_the_calling_thread_of_a_worker_thread_the_time_limit_still_holds(tmp_path, tiny_model, monkeypatch):
     folder = photo_folder(tmp_path / "photos", 3, (160, 120), 200, "p{}.jpg")
     release = threading.Event()

@@ -18,12 +18,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 import ray
-from click.testing import CliRunner
 from PIL import Image
 
 from dreamsearch.api import Library
 from dreamsearch.catalog import Catalog
-from dreamsearch.cli import main
 from dreamsearch.errors import DreamsearchError
 from dreamsearch.indexer import IndexOptions, index_folders
 from dreamsearch.indexer.pipeline import Contents, Kind
@@ -32,9 +30,10 @@ from dreamsearch.indexer import ray_engine
 from dreamsearch.indexer.ray_engine import ALONE_TRIES, DECODE_TRIES, RayEngine, _decode, _DecodeSettings
 from dreamsearch.layout import LibraryLayout
 from dreamsearch.models import PendingModel
+from tests.helpers.cli import invoke
 from tests.helpers.crashing_decoder import MARKER
 from tests.helpers.images import make_messy_folder, photo_folder, photo_like
-from tests.test_indexer import kill_at_vectors, library_state
+from tests.helpers.indexing import kill_at_vectors, library_state
 
 REPO = Path(__file__).resolve().parents[2]
 MODEL = "dreamsim-dino"
@@ -86,6 +85,7 @@ def counts(report) -> dict:
     return {k: v for k, v in report.summary().items() if k != "seconds"}
 
 
+@pytest.mark.ray
 def test_ray_builds_the_library_the_local_engine_builds_and_keeps_it_in_step(cluster, tmp_path, tiny_weights):
     folder = tmp_path / "photos"
     bad = make_messy_folder(folder)
@@ -114,6 +114,7 @@ def test_ray_builds_the_library_the_local_engine_builds_and_keeps_it_in_step(clu
     assert_same_library(on_ray, local)
 
 
+@pytest.mark.ray
 def test_small_chunks_and_two_folders_give_the_same_library(cluster, tmp_path, tiny_weights, monkeypatch):
     monkeypatch.setattr(ray_engine, "FIRST_CHUNK", 4)  # a byte copy and its original land in different chunks
     monkeypatch.setattr(ray_engine, "MAX_CHUNK", 8)
@@ -144,6 +145,7 @@ def embed_actor_pids() -> set[int]:
     return pids
 
 
+@pytest.mark.ray
 def test_a_killed_embed_worker_is_restarted_and_the_library_is_complete(cluster, tmp_path, tiny_weights):
     folder = photo_folder(tmp_path / "photos", 48, (640, 480), 300, "p{:02d}.jpg", quality=90)
     seen: set[int] = set()
@@ -179,6 +181,7 @@ def test_a_killed_embed_worker_is_restarted_and_the_library_is_complete(cluster,
     assert_same_library(on_ray, clean)
 
 
+@pytest.mark.ray
 def test_a_file_that_crashes_its_decoder_is_recorded_failed_not_retried_forever(cluster, tmp_path, tiny_weights):
     folder = photo_folder(tmp_path / "photos", 20, (320, 240), 400, "p{:02d}.jpg", quality=90)
     photo_like(320, 240, 7).save(folder / "crash.jpg", comment=MARKER)
@@ -192,6 +195,7 @@ def test_a_file_that_crashes_its_decoder_is_recorded_failed_not_retried_forever(
     assert len([v for v in library_state(on_ray).values() if not isinstance(v, str)]) == 20
 
 
+@pytest.mark.ray
 def test_a_killed_driver_loses_only_batches_in_flight_and_the_rerun_completes(cluster, tmp_path, tiny_weights):
     folder = photo_folder(tmp_path / "photos", 120, (800, 600), 500, "p{:03d}.jpg", quality=90)
     (folder / "broken.jpg").write_bytes(b"\xff\xd8\xff garbage")
@@ -207,6 +211,7 @@ def test_a_killed_driver_loses_only_batches_in_flight_and_the_rerun_completes(cl
     assert_same_library(killed, clean)
 
 
+@pytest.mark.ray
 def test_a_node_without_the_weights_fails_fast_with_the_usual_message(cluster, tmp_path, tiny_weights):
     weights = tmp_path / "weights"
     shutil.copytree(tiny_weights, weights)
@@ -256,8 +261,8 @@ def test_a_run_with_nothing_to_read_starts_nothing_on_the_cluster(tmp_path, tiny
 def test_without_ray_installed_the_engine_says_how_to_install_it(tmp_path, tiny_weights, monkeypatch):
     monkeypatch.setitem(sys.modules, "ray", None)  # what ``import ray`` does when it is not installed
     folder = photo_folder(tmp_path / "photos", 1, (200, 150), 1, "a{}.jpg")
-    result = CliRunner().invoke(main, ["index", str(folder), "--library", str(tmp_path / "lib"), "--engine", "ray",
-                                       "--weights-dir", str(tiny_weights), "-m", MODEL])
+    result = invoke("index", str(folder), "--library", str(tmp_path / "lib"), "--engine", "ray",
+                    "--weights-dir", str(tiny_weights), "-m", MODEL)
     assert result.exit_code != 0
     assert result.output.strip().splitlines()[-1].endswith("pip install 'dreamsearch[ray]'")
     assert not (tmp_path / "lib").exists()
@@ -270,8 +275,7 @@ def test_ray_address_without_the_ray_engine_is_a_usage_error(tmp_path):
     folder = tmp_path / "photos"
     folder.mkdir()
     Image.new("RGB", (8, 8)).save(folder / "a.png")
-    result = CliRunner().invoke(main, ["index", str(folder), "--library", str(tmp_path / "lib"),
-                                       "--ray-address", "auto"])
+    result = invoke("index", str(folder), "--library", str(tmp_path / "lib"), "--ray-address", "auto")
     assert result.exit_code == 2 and "--ray-address needs --engine ray" in result.output
 
 

@@ -16,7 +16,6 @@ import signal
 import sqlite3
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 
@@ -31,7 +30,7 @@ from dreamsearch.layout import LibraryLayout
 from dreamsearch.models.base import Embedder
 from tests.helpers.images import photo_folder
 from tests.helpers.slowed_model import slowed_embed
-from tests.server.test_jobs_and_thumbnails import MODEL, app_over
+from tests.helpers.http_api import MODEL, app_over
 
 SLOWED_CLI = Path(__file__).resolve().parents[1] / "helpers" / "slowed_model.py"
 REPO = Path(__file__).resolve().parents[2]
@@ -71,6 +70,7 @@ def commits_of(library: LibraryLayout):
 # batches sized by time ---------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_on_a_cpu_the_first_commit_is_one_image_and_the_next_ones_a_step_of_work(tmp_path, tiny_model, monkeypatch):
     folder = photo_folder(tmp_path / "photos", 14, (64, 48), 10, "p{:02d}.jpg")
     library = LibraryLayout.prepare(tmp_path / "lib")
@@ -109,6 +109,7 @@ def test_on_cuda_batches_stay_at_32(tmp_path, tiny_weights, monkeypatch):
 # Ctrl-C ------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_ctrl_c_on_a_slow_model_exits_within_seconds_keeping_what_is_embedded(tmp_path, tiny_weights):
     """A real ``dreamsearch index`` at 0.2 images/s (5 s per image, the ensemble on two
     cores). It used to finish the batch in flight after Ctrl-C (32 images: minutes)."""
@@ -167,6 +168,7 @@ def test_progress_counts_images_to_embed_and_says_when_the_scan_still_counts(tmp
     assert [embedded for embedded, *_ in seen] == sorted(embedded for embedded, *_ in seen)
 
 
+@pytest.mark.slow
 def test_the_terminal_bar_shows_embedded_of_to_embed_counting_and_the_models_rate(tmp_path, tiny_weights,
                                                                                monkeypatch):
     folder = photo_folder(tmp_path / "photos", 70, (64, 48), 130, "p{:02d}.jpg")
@@ -187,6 +189,7 @@ def test_the_terminal_bar_shows_embedded_of_to_embed_counting_and_the_models_rat
 # the job's event stream and the web UI's bar -----------------------------------------
 
 
+@pytest.mark.slow
 def test_an_index_job_streams_its_counts_while_it_embeds(tmp_path, tiny_weights, monkeypatch):
     """It used to send two events, start and done, around a bar that sat full."""
     photos = photo_folder(tmp_path / "photos", 9, (64, 48), 160, "p{}.jpg")
@@ -202,43 +205,25 @@ def test_an_index_job_streams_its_counts_while_it_embeds(tmp_path, tiny_weights,
     assert events[-1]["state"] == "done" and events[-1]["counts"]["embedded"] == events[-1]["counts"]["to_embed"] == 9
 
 
+@pytest.mark.browser
+@pytest.mark.server
 def test_the_web_ui_bar_is_images_embedded_out_of_images_to_embed(tmp_path, tiny_weights, monkeypatch):
     """In Debian's Chromium, against the app served by uvicorn in this process (so the model
     can be slowed): mid-job, the bar and the "Embedded" count say the same."""
-    import socket
+    from playwright.sync_api import expect
 
-    import uvicorn
-    from playwright.sync_api import expect, sync_playwright
+    from tests.helpers.browser import index_page
 
-    from tests.server.test_browser import CHROMIUM_ARGS, chromium
-
-    executable = chromium()
     photos = photo_folder(tmp_path / "photos", 10, (64, 48), 190, "p{}.jpg")
     slow_model(monkeypatch, seconds_per_image=0.5, step_seconds=0.5)
-    listener = socket.create_server(("127.0.0.1", 0))
-    server = uvicorn.Server(uvicorn.Config(app_over(tmp_path / "lib", tiny_weights), log_level="warning"))
-    serving = threading.Thread(target=server.run, kwargs={"sockets": [listener]}, daemon=True)
-    serving.start()
-    try:
-        expect.set_options(timeout=30_000)
-        with sync_playwright() as p:
-            browser = p.chromium.launch(executable_path=executable, args=CHROMIUM_ARGS)
-            try:
-                page = browser.new_page()
-                page.goto(f"http://127.0.0.1:{listener.getsockname()[1]}/#index")
-                expect(page.locator(f"#index-models input[value='{MODEL}']")).to_be_checked()
-                page.fill("#index-folders", str(photos))
-                page.click("#index-start")
-                counts = page.locator("#job-counts div").filter(has_text="Embedded").locator("dd")
-                expect(counts).to_have_text(re.compile(r"^[1-8] / 10$"))  # mid-job, the scan done
-                bar = page.eval_on_selector("#job-progress", "bar => [bar.value, bar.max]")
-                shown = page.evaluate("() => document.querySelector('#job-counts').textContent")
-                assert bar[1] == 10 and 1 <= bar[0] <= 9, (bar, shown)
-                expect(page.locator("#job-state")).to_have_text("Index job done")
-                expect(counts).to_have_text("10 / 10")
-                assert page.eval_on_selector("#job-progress", "bar => [bar.value, bar.max]") == [10, 10]
-            finally:
-                browser.close()
-    finally:
-        server.should_exit = True
-        serving.join(10)
+    with index_page(app_over(tmp_path / "lib", tiny_weights), timeout_ms=30_000) as page:
+        page.fill("#index-folders", str(photos))
+        page.click("#index-start")
+        counts = page.locator("#job-counts div").filter(has_text="Embedded").locator("dd")
+        expect(counts).to_have_text(re.compile(r"^[1-8] / 10$"))  # mid-job, the scan done
+        bar = page.eval_on_selector("#job-progress", "bar => [bar.value, bar.max]")
+        shown = page.evaluate("() => document.querySelector('#job-counts').textContent")
+        assert bar[1] == 10 and 1 <= bar[0] <= 9, (bar, shown)
+        expect(page.locator("#job-state")).to_have_text("Index job done")
+        expect(counts).to_have_text("10 / 10")
+        assert page.eval_on_selector("#job-progress", "bar => [bar.value, bar.max]") == [10, 10]

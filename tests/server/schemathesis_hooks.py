@@ -2,7 +2,7 @@
 ``$SCHEMATHESIS_HOOKS`` by the runs of ``tests/server/test_schema.py``.
 
 - An upload is a picture. The schema can only say "bytes"; random bytes get 415 (tested
-  in test_api.py), so valid uploads are real pictures of every format the decoder takes,
+  in test_http_api.py), so valid uploads are real pictures of every format the decoder takes,
   and the search, embed and compare answers are checked against their schemas too.
 - The models of a comparison are different ones ("a,a" is one model: 400).
 - A form field is never an empty list: that sends no part at all (the field is absent).

@@ -7,15 +7,17 @@ from __future__ import annotations
 import json
 import os
 import re
-import shutil
 from pathlib import Path
 
 import pytest
 
 from dreamsearch.api import Library
+from tests.helpers.browser import CHROMIUM_ARGS, chromium
 from tests.helpers.images import photo_like
 from tests.server.serving import MODEL, running_server
-CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage"]
+
+pytestmark = [pytest.mark.browser, pytest.mark.server]
+
 ALL_THUMBNAILS_DECODED = """sel => {
     const imgs = [...document.querySelectorAll(sel)];
     return imgs.length > 0 && imgs.every(img => img.complete && img.naturalWidth > 0);
@@ -30,15 +32,6 @@ FILES_ON_PAGE = """() => [...document.querySelectorAll('#results .tile')].map(t 
 
 def boxes(locator) -> list[dict]:
     return [locator.nth(i).bounding_box() for i in range(locator.count())]
-
-
-def chromium() -> str:
-    path = shutil.which("chromium") or shutil.which("chromium-browser")
-    if path:
-        return path
-    if os.environ.get("DREAMSEARCH_REQUIRE_BROWSER") == "1":
-        pytest.fail("DREAMSEARCH_REQUIRE_BROWSER=1 but Debian chromium is not installed: apt install chromium")
-    pytest.skip("Debian chromium not installed: apt install chromium")
 
 
 @pytest.fixture(scope="module")

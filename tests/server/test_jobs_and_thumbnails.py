@@ -20,21 +20,13 @@ from PIL import Image
 
 from dreamsearch.api import Library
 from dreamsearch.layout import LibraryLayout
-from dreamsearch.server.app import create_app
-from dreamsearch.server.security import Settings
-from tests.helpers.images import photo_like
+from tests.helpers.http_api import MODEL, app_over, upload
+from tests.helpers.images import make_photos, photo_like
 
-MODEL = "dreamsim-dino"
+SIZE = (400, 300)  # the photos' size where a test does not say
 LATIN1 = b"caf\xe9.jpg"  # a Latin-1 name: not valid UTF-8
 BROKEN = b"\xff broken.jpg"  # not UTF-8 either, and not a picture: listed as failed
 FINAL = ("done", "failed", "interrupted")
-
-
-def make_photos(folder: Path, count: int, size: tuple[int, int] = (400, 300), seed: int = 0) -> Path:
-    folder.mkdir(parents=True, exist_ok=True)
-    for i in range(count):
-        photo_like(*size, seed + i).save(folder / f"p{i}.jpg", quality=90)
-    return folder
 
 
 @pytest.fixture(scope="module")
@@ -42,7 +34,7 @@ def indexed(tmp_path_factory, tiny_weights):
     """A library over six photos, one large one, a byte copy of p1 named ``caf\\xe9.jpg``
     and an unreadable ``\\xff broken.jpg``."""
     root = tmp_path_factory.mktemp("part_t")
-    photos = make_photos(root / "photos", 6)
+    photos = make_photos(root / "photos", 6, SIZE)
     photo_like(1200, 900, 99).save(photos / "big.jpg", quality=90)
     raw = os.fsencode(photos)
     with open(raw + b"/" + LATIN1, "wb") as handle:
@@ -54,22 +46,11 @@ def indexed(tmp_path_factory, tiny_weights):
     return root / "lib", photos, tiny_weights
 
 
-def app_over(lib: Path, weights: Path, **options):
-    """The app, allowed to index any folder (``--allow-folder /``): these tests are about
-    what jobs do, and a pseudo file system must be refused even then."""
-    return create_app(Library.open(lib, weights_dir=weights, device="cpu"), [MODEL],
-                      Settings(max_body=2_000_000, allow_folders=("/",)), **options)
-
-
 @pytest.fixture()
 def client(indexed):
     lib, _photos, weights = indexed
     with TestClient(app_over(lib, weights), base_url="http://127.0.0.1") as client:
         yield client
-
-
-def upload(path: Path) -> dict:
-    return {"image": (path.name, path.read_bytes(), "application/octet-stream")}
 
 
 def file_id(client: TestClient, path: Path) -> int:
@@ -164,7 +145,7 @@ def test_an_index_job_makes_the_grid_thumbnails_from_the_pixels_it_decoded(tmp_p
 def test_a_scan_that_follows_links_skips_proc_sys_and_dev(tmp_path):
     from dreamsearch.scan import scan
 
-    photos = make_photos(tmp_path / "photos", 1)
+    photos = make_photos(tmp_path / "photos", 1, SIZE)
     for name in ("proc", "sys", "dev"):
         (photos / f"link-to-{name}").symlink_to(f"/{name}")
     found, errors = [], []
@@ -189,10 +170,11 @@ def test_indexing_a_pseudo_file_system_over_http_is_refused(tmp_path, tiny_weigh
         assert client.get("/api/health").json()["job"] is None
 
 
+@pytest.mark.slow
 def test_a_scan_read_that_never_returns_frees_the_writer_lock(tmp_path, tiny_weights, monkeypatch):
     import dreamsearch.scan as scan_module
 
-    photos = make_photos(tmp_path / "photos", 2)
+    photos = make_photos(tmp_path / "photos", 2, SIZE)
     (photos / "notes.bin").write_bytes(b"not an image extension: its first bytes are read")
     never = threading.Event()
     monkeypatch.setattr(scan_module, "_looks_like_image", lambda path, name: never.wait())
@@ -277,7 +259,7 @@ def test_a_path_too_long_for_the_file_system_is_a_400(client, indexed):
 
 def test_an_index_job_while_another_process_writes_is_409(client, indexed, tmp_path):
     lib, _photos, _w = indexed
-    more = make_photos(tmp_path / "more", 1, seed=70)
+    more = make_photos(tmp_path / "more", 1, SIZE, seed=70)
     with LibraryLayout(lib).writer_lock():  # what `dreamsearch index` holds while it runs
         response = client.post("/api/index", json={"folders": [str(more)], "models": [MODEL]})
         assert response.status_code == 409, response.text
@@ -318,7 +300,7 @@ def test_a_file_name_that_is_not_utf8_is_found_listed_and_served_by_id(client, i
 
 def test_an_index_job_over_a_folder_whose_name_is_not_utf8_is_reported(tmp_path, tiny_weights):
     folder = os.fsdecode(os.fsencode(tmp_path) + b"/caf\xe9")
-    make_photos(Path(folder), 2, seed=80)
+    make_photos(Path(folder), 2, SIZE, seed=80)
     with TestClient(app_over(tmp_path / "lib", tiny_weights), base_url="http://127.0.0.1") as client:
         started = client.post("/api/index", content=json.dumps({"folders": [folder], "models": [MODEL]}),
                               headers={"content-type": "application/json"})  # the name as \udce9, as the API writes it
@@ -334,6 +316,7 @@ def test_an_index_job_over_a_folder_whose_name_is_not_utf8_is_reported(tmp_path,
 # item 15: stopping a job -------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_deleting_a_running_job_stops_it_and_it_ends_interrupted(tmp_path, tiny_weights, monkeypatch):
     import dreamsearch.indexer.pipeline as pipeline
 
@@ -358,44 +341,24 @@ def test_deleting_a_running_job_stops_it_and_it_ends_interrupted(tmp_path, tiny_
         assert client.get("/api/health").json()["vectors"] == {MODEL: 12}
 
 
+@pytest.mark.browser
+@pytest.mark.server
 def test_the_stop_button_of_the_web_ui_stops_a_running_job(tmp_path, tiny_weights, monkeypatch):
     """In Debian's Chromium, against the app served by uvicorn in this process (so the
     disk can be made slow): Start, then Stop, and the job ends interrupted."""
-    import socket
-
-    import uvicorn
-    from playwright.sync_api import expect, sync_playwright
+    from playwright.sync_api import expect
 
     import dreamsearch.indexer.pipeline as pipeline
-    from tests.server.test_browser import CHROMIUM_ARGS, chromium
+    from tests.helpers.browser import index_page
 
-    executable = chromium()
     photos = make_photos(tmp_path / "photos", 40, (96, 64), seed=120)
     real_read = pipeline.read_file
     monkeypatch.setattr(pipeline, "read_file", lambda *a: time.sleep(0.25) or real_read(*a))
-    listener = socket.create_server(("127.0.0.1", 0))
-    server = uvicorn.Server(uvicorn.Config(app_over(tmp_path / "lib", tiny_weights),
-                                           log_level="warning"))
-    serving = threading.Thread(target=server.run, kwargs={"sockets": [listener]}, daemon=True)
-    serving.start()
-    url = f"http://127.0.0.1:{listener.getsockname()[1]}"
-    try:
-        expect.set_options(timeout=20_000)
-        with sync_playwright() as p:
-            browser = p.chromium.launch(executable_path=executable, args=CHROMIUM_ARGS)
-            try:
-                page = browser.new_page()
-                page.goto(url + "/#index")
-                expect(page.locator(f"#index-models input[value='{MODEL}']")).to_be_checked()
-                page.fill("#index-folders", str(photos))
-                page.click("#index-start")
-                expect(page.locator("#job-state")).to_have_text("Indexing…")
-                page.click("#job-stop")
-                expect(page.locator("#job-state")).to_have_text("Index job interrupted")
-                expect(page.locator("#job-stop")).to_be_hidden()
-                expect(page.locator("#index-start")).to_be_enabled()
-            finally:
-                browser.close()
-    finally:
-        server.should_exit = True
-        serving.join(10)
+    with index_page(app_over(tmp_path / "lib", tiny_weights), timeout_ms=20_000) as page:
+        page.fill("#index-folders", str(photos))
+        page.click("#index-start")
+        expect(page.locator("#job-state")).to_have_text("Indexing…")
+        page.click("#job-stop")
+        expect(page.locator("#job-state")).to_have_text("Index job interrupted")
+        expect(page.locator("#job-stop")).to_be_hidden()
+        expect(page.locator("#index-start")).to_be_enabled()

@@ -14,8 +14,11 @@ import httpx
 import pytest
 
 from dreamsearch.api import Library
+from tests.helpers.images import make_photos
 from tests.server.serving import MODEL, running_server
-from tests.server.test_api import make_photos
+
+pytestmark = pytest.mark.server
+
 
 def listening_addresses(port: int) -> set[str]:
     """Local addresses with a socket listening on ``port`` (from /proc/net/tcp and tcp6)."""
@@ -42,6 +45,7 @@ def library(tmp_path_factory, tiny_weights):
     return root / "lib", photos, tiny_weights
 
 
+@pytest.mark.slow
 def test_it_prints_its_url_and_binds_loopback_only(library):
     lib, photos, weights = library
     with running_server(lib, weights) as url:

@@ -23,9 +23,10 @@ import dreamsearch.search
 from dreamsearch.api import Library
 from dreamsearch.search import Searcher
 from dreamsearch.server.app import create_app
+from tests.helpers.http_api import upload
+from tests.helpers.images import make_photos
 from tests.helpers.official_layout import write_tiny_cache
 from tests.server.serving import running_server
-from tests.server.test_api import make_photos, upload
 
 DINO, CLIP = "dreamsim-dino", "dreamsim-clip"
 #: How long a test waits for something that must happen at once (it hangs otherwise).
@@ -284,6 +285,7 @@ def test_a_slow_model_load_or_index_open_does_not_stall_other_requests(two_model
     assert library.loaded_models() == [CLIP, DINO]
 
 
+@pytest.mark.slow
 def test_idle_unloading_waits_for_requests_in_flight_and_empties_the_cuda_cache(two_models, monkeypatch):
     import torch
 
@@ -367,6 +369,8 @@ def closed_by_server(connection: socket.socket) -> bool:
         return False
 
 
+@pytest.mark.slow
+@pytest.mark.server
 def test_half_sent_requests_are_closed_after_the_request_timeout(two_models):
     with served(two_models, "--request-timeout", "1") as (url, _output):
         port = int(url.rsplit(":", 1)[1])
@@ -383,6 +387,8 @@ def test_half_sent_requests_are_closed_after_the_request_timeout(two_models):
         assert httpx.get(url + "/api/health").status_code == 200
 
 
+@pytest.mark.slow
+@pytest.mark.server
 def test_past_the_descriptor_limit_health_still_answers_and_the_log_stays_short(two_models):
     """300 slow connections against ``ulimit -n 256``: before, accept failed with EMFILE,
     health never answered and the log grew by a traceback per failed accept."""

@@ -36,9 +36,9 @@ from dreamsearch.layout import LibraryLayout
 from dreamsearch.server.app import create_app
 from dreamsearch.vector_index import rebuild, with_kind
 from dreamsearch.vector_index.recall import clustered_unit_vectors
+from tests.helpers.images import make_photos
 from tests.helpers.official_layout import write_tiny_cache
 from tests.server.serving import running_server
-from tests.server.test_api import make_photos
 
 ROOT = Path(__file__).resolve().parents[2]
 INDEXED = ("dreamsim-dino", "dreamsim-synclr")  # two, so that compare has something to compare
@@ -79,6 +79,8 @@ def schemathesis_run(url: str, photos: Path, token: str | None) -> subprocess.Co
     return subprocess.run(command, capture_output=True, text=True, timeout=300, cwd=ROOT, env=environment)
 
 
+@pytest.mark.slow
+@pytest.mark.server
 @pytest.mark.parametrize("token", [None, TOKEN], ids=["without a token", "with a token"])
 def test_schemathesis_finds_no_answer_the_schema_does_not_describe(library, token, tmp_path):
     lib, photos, weights = library
@@ -169,7 +171,7 @@ def paged_library(root: Path, kind: str, n: int = 3000, tie: int = 3) -> Path:
     return library.root
 
 
-@pytest.mark.parametrize("kind", ["ivf", "ivfpq"])
+@pytest.mark.parametrize("kind", ["ivf", pytest.param("ivfpq", marks=pytest.mark.slow)])
 def test_following_next_offset_never_repeats_nor_skips_a_result(tmp_path, tiny_weights, kind):
     lib = paged_library(tmp_path, kind)
     queries = clustered_unit_vectors(6, DIM, centres=20, seed=3) + 0.05

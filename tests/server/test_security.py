@@ -120,6 +120,8 @@ def served(library):
         yield url, root
 
 
+@pytest.mark.slow
+@pytest.mark.server
 def test_a_folder_swapped_for_a_symlink_in_a_loop_never_serves_a_byte_from_elsewhere(served):
     """The attack of issue 21: a local user who owns an indexed folder flips sub/ between the
     real folder and a symbolic link to another user's folder, whose key and private picture
@@ -307,6 +309,7 @@ def wait_for_job(client: TestClient, job: str) -> dict:
     return state
 
 
+@pytest.mark.server
 def test_the_token_can_come_from_a_file_that_only_its_owner_can_read(library, tmp_path):
     root, weights = library
     token_file = tmp_path / "token"
@@ -366,10 +369,12 @@ CSP_LOG = """document.addEventListener('securitypolicyviolation',
     e => (window.__violations = window.__violations || []).push(e.violatedDirective + ' ' + e.blockedURI));"""
 
 
+@pytest.mark.browser
+@pytest.mark.server
 def test_in_chromium_a_polyglot_photo_runs_no_script_and_the_ui_and_docs_break_no_policy(served):
     from playwright.sync_api import expect, sync_playwright
 
-    from tests.server.test_browser import CHROMIUM_ARGS, chromium
+    from tests.helpers.browser import CHROMIUM_ARGS, chromium
 
     url, root = served
     polyglot_id = ids_by_path(url, root)[str(root / "photos" / "holiday.html")]

@@ -14,15 +14,14 @@ import httpx
 import pytest
 
 from dreamsearch.api import Library
+from tests.helpers.cli import Probed, probe
+from tests.helpers.images import make_photos
 from tests.helpers.official_layout import write_tiny_cache
 from tests.server.serving import running_server
-from tests.server.test_api import make_photos
+
+pytestmark = pytest.mark.server
 
 DINO, CLIP = "dreamsim-dino", "dreamsim-clip"
-#: Runs the CLI, then says on stderr whether torch was imported: only a model load does.
-CLI = ("import sys; from dreamsearch.cli import main\n"
-       "try:\n    main(sys.argv[1:], prog_name='dreamsearch')\n"
-       "finally:\n    print('torch imported:', 'torch' in sys.modules, file=sys.stderr)")
 
 
 @pytest.fixture(scope="module")
@@ -30,49 +29,49 @@ def library(tmp_path_factory):
     root = tmp_path_factory.mktemp("warm")
     weights = write_tiny_cache(root / "weights", "dino_vitb16")
     write_tiny_cache(weights, "clip_vitb32", seed=1)
-    photos = make_photos(root / "photos", 6)
+    photos = make_photos(root / "photos")
     (photos / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 not really a JPEG" * 10)
     with Library.open(root / "lib", weights_dir=weights, device="cpu") as opened:
         opened.index([photos], models=[DINO, CLIP], workers=1)
     return root / "lib", photos, weights
 
 
-def cli(library, *args: str) -> subprocess.CompletedProcess:
+def cli(library, *args: str) -> Probed:
+    """``dreamsearch ARGS`` on the library in a fresh interpreter: only a model load imports torch."""
     lib, _photos, weights = library
-    command = [sys.executable, "-c", CLI, *args, "--library", str(lib), "--weights-dir", str(weights)]
-    return subprocess.run(command, capture_output=True, text=True, timeout=300,
-                          env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    return probe(*args, "--library", str(lib), "--weights-dir", str(weights))
 
 
-def printed(run: subprocess.CompletedProcess) -> tuple[int, str, str]:
-    """Exit code, stdout and stderr without the import probe's line."""
-    errors = "".join(line for line in run.stderr.splitlines(keepends=True) if not line.startswith("torch imported"))
-    return run.returncode, run.stdout, errors
+def printed(run: Probed) -> tuple[int, str, str]:
+    """What the user saw: exit code, stdout and stderr."""
+    return run.code, run.stdout, run.stderr
 
 
+@pytest.mark.slow
 def test_a_query_through_a_running_server_prints_the_same_without_loading_a_model(library):
     lib, photos, weights = library
     query = ("query", str(photos / "p1.jpg"), str(photos / "p3.jpg"), "-k", "4", "-m", DINO)
     alone = cli(library, *query)
-    assert alone.returncode == 0 and "torch imported: True" in alone.stderr, alone.stderr
+    assert alone.code == 0 and "torch" in alone.imported, alone.stderr
     with running_server(lib, weights, "--models", DINO):
         socket_path = lib / "serve.sock"
         assert stat.S_ISSOCK(socket_path.stat().st_mode) and stat.S_IMODE(socket_path.stat().st_mode) == 0o600
         warm = cli(library, *query)
         forced = cli(library, *query, "--no-server")
     assert printed(warm) == printed(alone)
-    assert "torch imported: False" in warm.stderr, warm.stderr  # the server embedded
-    assert printed(forced) == printed(alone) and "torch imported: True" in forced.stderr
+    assert "torch" not in warm.imported, warm.stderr  # the server embedded
+    assert printed(forced) == printed(alone) and "torch" in forced.imported
     assert not socket_path.exists()  # the server took its socket away when it stopped
 
 
+@pytest.mark.slow
 def test_a_bad_picture_is_told_the_same_through_the_server(library):
     lib, photos, weights = library
     query = ("query", str(photos / "broken.jpg"), "-m", DINO)
     alone = cli(library, *query)
     with running_server(lib, weights, "--models", DINO):
         warm = cli(library, *query)
-    assert alone.returncode == warm.returncode == 1
+    assert alone.code == warm.code == 1
     assert printed(warm)[2] == printed(alone)[2] and str(photos / "broken.jpg") in alone.stderr
 
 
@@ -81,19 +80,21 @@ def test_the_private_socket_needs_no_token_and_the_port_still_does(library):
     with running_server(lib, weights, "--models", DINO, env={"DREAMSEARCH_TOKEN": "s3cret"}) as url:
         assert httpx.get(f"{url}/api/health").status_code == 401
         warm = cli(library, "query", str(photos / "p2.jpg"), "-k", "2", "-m", DINO)
-    assert warm.returncode == 0 and "torch imported: False" in warm.stderr, warm.stderr
+    assert warm.code == 0 and "torch" not in warm.imported, warm.stderr
     assert "p2.jpg" in warm.stdout
 
 
+@pytest.mark.slow
 def test_a_model_the_server_does_not_serve_is_embedded_by_the_cli_itself(library):
     lib, photos, weights = library
     query = ("compare", str(photos / "p4.jpg"), "--models", f"{DINO},{CLIP}", "-k", "3")
     alone = cli(library, *query)
     with running_server(lib, weights, "--models", DINO):
         warm = cli(library, *query)
-    assert alone.returncode == 0 and printed(warm) == printed(alone)
+    assert alone.code == 0 and printed(warm) == printed(alone)
 
 
+@pytest.mark.slow
 def test_a_socket_left_by_a_killed_server_is_replaced_and_never_trusted(library):
     lib, photos, weights = library
     query = ("query", str(photos / "p1.jpg"), "-k", "3", "-m", DINO)
@@ -111,4 +112,4 @@ def test_a_socket_left_by_a_killed_server_is_replaced_and_never_trusted(library)
     assert printed(cli(library, *query)) == printed(alone)  # done here instead
     with running_server(lib, weights, "--models", DINO):  # a new server takes its place
         warm = cli(library, *query)
-    assert printed(warm) == printed(alone) and "torch imported: False" in warm.stderr
+    assert printed(warm) == printed(alone) and "torch" not in warm.imported

@@ -29,7 +29,7 @@ def build(kind: str, vectors: np.ndarray, ids: np.ndarray | None = None) -> Vect
     return VectorIndex.build(ids, vectors, plan, IndexMeta("m", "fp", DIM, plan))
 
 
-@pytest.mark.parametrize("kind", ["flat", "ivf", "ivfpq"])
+@pytest.mark.parametrize("kind", ["flat", "ivf", pytest.param("ivfpq", marks=pytest.mark.slow)])
 def test_every_kind_finds_exact_duplicates_first(data, kind):
     ids = np.arange(len(data), dtype=np.int64) * 3 + 7
     index = build(kind, data, ids)

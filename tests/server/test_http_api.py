@@ -18,7 +18,8 @@ from PIL import Image
 from dreamsearch.api import Library
 from dreamsearch.server.app import create_app
 from dreamsearch.server.security import Settings
-from tests.helpers.images import photo_like
+from tests.helpers.http_api import upload
+from tests.helpers.images import make_photos
 
 MODEL = "dreamsim-dino"
 ROUTES = {
@@ -27,13 +28,6 @@ ROUTES = {
     ("get", "/api/files/{file_id}"), ("get", "/api/files/{file_id}/thumbnail"), ("get", "/api/files/{file_id}/original"),
     ("post", "/api/index"), ("get", "/api/jobs/{job_id}"), ("get", "/api/jobs/{job_id}/events"),
 }
-
-
-def make_photos(folder: Path, count: int = 6, seed: int = 0) -> Path:
-    folder.mkdir(parents=True, exist_ok=True)
-    for i in range(count):
-        photo_like(200, 150, seed + i).save(folder / f"p{i}.jpg", quality=90)
-    return folder
 
 
 @pytest.fixture(scope="module")
@@ -54,11 +48,6 @@ def client(indexed):
                      Settings(max_body=2_000_000, allow_folders=(tempfile.gettempdir(),)))  # index jobs of tmp_path
     with TestClient(app, base_url="http://127.0.0.1") as client:
         yield client
-
-
-def upload(path_or_bytes, name: str = "query.jpg") -> dict:
-    data = path_or_bytes.read_bytes() if isinstance(path_or_bytes, Path) else path_or_bytes
-    return {"image": (name, data, "application/octet-stream")}
 
 
 def test_every_route_is_in_the_openapi_schema(client):
