@@ -10,6 +10,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 pytest.importorskip("openvino", reason="openvino is not installed (pip install 'dreamsearch[openvino]')")
+pytestmark = pytest.mark.slow  # each test converts a model through OpenVINO: 5-10 s on 2 cores
 
 from dreamsearch import Library  # noqa: E402
 from dreamsearch.batch_embed import embed_files  # noqa: E402
@@ -52,7 +53,6 @@ def _load(name, root, monkeypatch, backend: str | None = None, **kwargs) -> Embe
     return load_model(name, weights_dir=root, device="cpu", allow_download=False, **kwargs)
 
 
-@pytest.mark.slow
 @pytest.mark.parametrize("name", TYPES)
 def test_openvino_matches_the_official_package(name, official_cache, sample_images):
     root = official_cache(TYPES[name])
