@@ -158,8 +158,9 @@ class Library:
               progress: Progress | None = None, stop: threading.Event | None = None,
               on_picture: Callable[[ScannedFile, Image.Image], None] | None = None, **options) -> IndexReport:
         """Index folders (see ``dreamsearch index``); ``options`` are ``IndexOptions`` fields.
-        Setting ``stop`` ends the run once the model call in flight returns: what is embedded is committed (``interrupted``);
-        ``on_picture(file, picture)`` sees each picture decoded (``index_folders``)."""
+        Setting ``stop`` ends the run once the model call in flight returns; what is embedded
+        is committed (``interrupted``). ``on_picture(file, picture)`` sees each picture
+        decoded (``index_folders``)."""
         settings = IndexOptions(**options)
         check_engine(settings)  # before creating anything, as a wrong name or missing weights
         with ExitStack() as held:  # in use for the run: never let go (and loaded again) meanwhile

@@ -13,7 +13,6 @@ import json
 import re
 import shutil
 import signal
-import sqlite3
 import subprocess
 import sys
 import time
@@ -29,20 +28,12 @@ from dreamsearch.indexer import IndexOptions, index_folders
 from dreamsearch.layout import LibraryLayout
 from dreamsearch.models.base import Embedder
 from tests.helpers.images import photo_folder
+from tests.helpers.indexing import vectors_in
 from tests.helpers.slowed_model import slowed_embed
 from tests.helpers.http_api import MODEL, app_over
 
 SLOWED_CLI = Path(__file__).resolve().parents[1] / "helpers" / "slowed_model.py"
 REPO = Path(__file__).resolve().parents[2]
-
-
-def vectors_in(library: LibraryLayout) -> int:
-    """Vectors committed to the catalog (read by another connection, as a reader would)."""
-    try:
-        with sqlite3.connect(f"file:{library.catalog_path}?mode=ro", uri=True, timeout=1) as connection:
-            return connection.execute("SELECT count(*) FROM vectors").fetchone()[0]
-    except sqlite3.Error:
-        return 0
 
 
 def slow_model(monkeypatch, seconds_per_image: float, step_seconds: float) -> list[int]:
