@@ -14,7 +14,6 @@ upload limits (413), does not serve the model (400) or is gone leaves the work t
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
@@ -75,6 +74,6 @@ def _reason(answer, name: str) -> str:
     """The server's reason, without the file name it puts first (the CLI names the path)."""
     try:
         detail = str(answer.json()["detail"])
-    except (ValueError, KeyError, TypeError, json.JSONDecodeError):
+    except (ValueError, KeyError, TypeError):  # not JSON, or not an error document
         return f"the server could not read it (HTTP {answer.status_code})"
     return detail.removeprefix(f"{name}: ")
