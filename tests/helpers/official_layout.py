@@ -181,6 +181,16 @@ def official_model(root: Path, dreamsim_type: str, device: str = "cpu"):
     return model, preprocess
 
 
+def official_embeddings(root: Path, dreamsim_type: str, paths: list[Path]):
+    """What the official package embeds ``paths`` as (``float32 [N, dim]``): the reference
+    every backend's conformance test compares with."""
+    from PIL import Image
+
+    model, preprocess = official_model(root, dreamsim_type)
+    with torch.no_grad():
+        return torch.cat([model.embed(preprocess(Image.open(path))) for path in paths]).numpy()
+
+
 def write_tiny_cache(root: Path, dreamsim_type: str = "dino_vitb16", width: int = 64, depth: int = 2, seed: int = 0) -> Path:
     """A small ViT (same layout and file names, ``width``/``depth`` shrunk) for pipeline
     tests: our loader reads shapes from the checkpoint, so the whole real code path runs

@@ -7,12 +7,10 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-import torch
-from PIL import Image
 
 from dreamsearch.batch_embed import embed_files
 from dreamsearch.models import load_model
-from tests.helpers.official_layout import official_model
+from tests.helpers.official_layout import official_embeddings
 
 TYPES = {
     "dreamsim": "ensemble",
@@ -28,9 +26,7 @@ TYPES = {
 @pytest.mark.parametrize("name", TYPES)
 def test_embeddings_match_official_package(name, official_cache, sample_images):
     root = official_cache(TYPES[name])
-    model, preprocess = official_model(root, TYPES[name])
-    with torch.no_grad():
-        expected = torch.cat([model.embed(preprocess(Image.open(p))) for p in sample_images]).numpy()
+    expected = official_embeddings(root, TYPES[name], sample_images)
 
     ours = load_model(name, weights_dir=root, device="cpu", allow_download=False)
     result = embed_files(ours, sample_images, batch_size=3)

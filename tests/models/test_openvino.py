@@ -18,7 +18,7 @@ from dreamsearch.errors import DreamsearchError  # noqa: E402
 from dreamsearch.models import load_model, openvino_backend  # noqa: E402
 from dreamsearch.models.base import Embedder  # noqa: E402
 from tests.helpers.images import photo_like  # noqa: E402
-from tests.helpers.official_layout import official_model, write_tiny_cache  # noqa: E402
+from tests.helpers.official_layout import official_embeddings, write_tiny_cache  # noqa: E402
 
 TYPES = {"dreamsim-dino": "dino_vitb16", "dreamsim": "ensemble"}
 
@@ -56,9 +56,7 @@ def _load(name, root, monkeypatch, backend: str | None = None, **kwargs) -> Embe
 @pytest.mark.parametrize("name", TYPES)
 def test_openvino_matches_the_official_package(name, official_cache, sample_images):
     root = official_cache(TYPES[name])
-    model, preprocess = official_model(root, TYPES[name])
-    with torch.no_grad():
-        expected = torch.cat([model.embed(preprocess(Image.open(p))) for p in sample_images]).numpy()
+    expected = official_embeddings(root, TYPES[name], sample_images)
 
     ours = load_model(name, weights_dir=root, device="cpu", allow_download=False)
     result = embed_files(ours, sample_images, batch_size=3)
