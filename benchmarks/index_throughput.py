@@ -20,6 +20,15 @@ phone HEIC (2000x1500), PNG screenshots (1920x1080) and web JPEGs (1200x800, q80
 
 ``--engine ray`` runs each end-to-end case twice, on the local engine and on a Ray cluster of
 this machine that the run starts itself (start-up included), and prints Ray / local.
+
+``--backends torch openvino int8`` runs each end-to-end case once per way of computing the
+vectors, in turns for ``--rounds`` rounds: float32 torch (what ``main`` ran before the
+OpenVINO backend), float32 OpenVINO, and ``--precision int8``; it prints the medians and
+their ratios to torch, the OpenVINO fidelity (max |diff| to torch) and the int8 gates
+(``dreamsearch.models.agreement``) on the corpus's first 40 pictures:
+
+    python benchmarks/index_throughput.py --models dreamsim --camera 60 --mixed 0 --naive 0 --rss '' \
+        --backends torch openvino int8 --rounds 2
 """
 
 from __future__ import annotations
@@ -166,23 +175,25 @@ def pure_embedding(model, batch_size: int, device: str) -> float:
 
 
 def end_to_end(folder: Path, weights: Path, model: str, args, library: Path, gpu_decode: bool = False,
-               engine: str = "local") -> dict:
+               engine: str = "local", backend: str = "torch") -> dict:
     """``index_folders`` in a child process; its own peak RSS and timings come back."""
     command = [sys.executable, __file__, "--child", json.dumps({
         "folder": str(folder), "weights": str(weights), "model": model, "library": str(library),
         "device": args.device, "batch_size": args.batch_size, "workers": args.workers,
-        "gpu_decode": args.device if gpu_decode else None, "engine": engine})]
+        "gpu_decode": args.device if gpu_decode else None, "engine": engine, "backend": backend})]
     output = subprocess.run(command, check=True, capture_output=True, text=True).stdout
     return json.loads(output.strip().splitlines()[-1])
 
 
 def child(spec: dict) -> None:
     began = time.perf_counter()
+    os.environ["DREAMSEARCH_BACKEND"] = "torch" if spec["backend"] == "torch" else "openvino"
     from dreamsearch.indexer import IndexOptions, index_folders
     from dreamsearch.layout import LibraryLayout
     from dreamsearch.models import PendingModel
 
-    handle = PendingModel(spec["model"], weights_dir=spec["weights"], device=spec["device"])
+    handle = PendingModel(spec["model"], weights_dir=spec["weights"], device=spec["device"],
+                          precision="int8" if spec["backend"] == "int8" else "fp32")
     options = IndexOptions(batch_size=spec["batch_size"], gpu_decode=spec["gpu_decode"], engine=spec["engine"],
                            **({} if spec["workers"] is None else {"workers": spec["workers"]}))
     first: list[tuple[float, int]] = []
@@ -249,6 +260,59 @@ def naive_loop(weights: Path, dreamsim_type: str, paths: list[Path], device: str
     return len(paths) / (time.perf_counter() - began)
 
 
+BACKENDS = {"torch": ("torch", "fp32"), "openvino": ("openvino", "fp32"), "int8": ("openvino", "int8")}
+
+
+def compare_backends(args, work: Path, corpora: dict) -> None:
+    """Each model and corpus end to end once per backend, in turns; medians and ratios."""
+    from dreamsearch.models import PendingModel
+    from dreamsearch.models.agreement import in_batches, measure
+    from tests.helpers.official_layout import write_official_cache
+
+    for name in args.models:
+        weights = work / f"weights-{name}"
+        write_official_cache(weights, OFFICIAL_TYPES[name], seed=3)
+        for kind, (paths, _size) in corpora.items():
+            handles = {}
+            for backend in args.backends:  # converts and saves each graph once, before any timing
+                os.environ["DREAMSEARCH_BACKEND"], precision = BACKENDS[backend]
+                handles[backend] = PendingModel(name, weights_dir=weights, device="cpu", precision=precision)
+                handles[backend].load()
+            recipe = handles[args.backends[0]].preprocess_spec
+            pixels = np.stack([recipe(Image.open(path).convert("RGB")) for path in paths[:40]])
+            reference = handles[args.backends[0]].torch_reference()
+            for backend, handle in handles.items():
+                vectors, expected = handle.load().embed(pixels[:8]), reference.embed(pixels[:8])
+                diff = np.abs(vectors - expected).max()
+                line = f"  {name}, {backend} ({handle.load().backend}): max |diff| to torch {diff:.1e}"
+                if backend == "int8" and len(pixels) >= 40:
+                    gates = measure(in_batches(reference.embed, pixels), handle.load().embed, pixels,
+                                    handle.spec.duplicate_distance)
+                    line += f"; int8 gates on {len(pixels)} pictures: {gates}; failing: {gates.failures() or 'none'}"
+                print(line)
+            del handles, reference
+            runs: dict[str, list[dict]] = {backend: [] for backend in args.backends}
+            for round_number in range(args.rounds):
+                for backend in args.backends:
+                    library = Path(tempfile.mkdtemp(prefix="lib-", dir=work))
+                    result = end_to_end(work / kind, weights, name, args, library, backend=backend)
+                    runs[backend].append(result)
+                    print(f"  round {round_number + 1}, {backend}: {result['embedded'] / result['seconds']:.2f} img/s "
+                          f"overall ({result['seconds']:.1f} s), steady {result['steady_img_s']:.2f} img/s, "
+                          f"peak RSS {result['peak_rss_mib']:.0f} MiB; load average {_loadavg()}")
+            overall = {b: float(np.median([r["embedded"] / r["seconds"] for r in rs])) for b, rs in runs.items()}
+            steady = {b: float(np.median([r["steady_img_s"] for r in rs])) for b, rs in runs.items()}
+            base = args.backends[0]
+            print(f"\n== {name}, {kind} ({len(paths)} files), medians of {args.rounds} rounds, ratios to {base}:")
+            for backend in args.backends:
+                print(f"  {backend:<9} overall {overall[backend]:6.2f} img/s ({overall[backend] / overall[base]:.2f}x), "
+                      f"steady {steady[backend]:6.2f} img/s ({steady[backend] / steady[base]:.2f}x)")
+
+
+def _loadavg() -> str:
+    return " ".join(Path("/proc/loadavg").read_text().split()[:3])
+
+
 def machine() -> str:
     try:
         info = Path("/proc/cpuinfo").read_text()
@@ -273,6 +337,9 @@ def main() -> None:
                         help="ray: also run each end-to-end case on a Ray cluster of this machine")
     parser.add_argument("--workers", type=int, default=None)
     parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--backends", nargs="+", choices=list(BACKENDS), default=None,
+                        help="compare these ways of computing the vectors end to end (see above)")
+    parser.add_argument("--rounds", type=int, default=2, help="turns per backend with --backends")
     parser.add_argument("--work-dir", type=Path, default=None, help="keep corpora and weights between runs")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -294,6 +361,9 @@ def main() -> None:
             corpora[kind] = (paths, size)
             print(f"corpus {kind}: {count} files, {size / count / 1e6:.2f} MB each (made in "
                   f"{time.perf_counter() - began:.0f} s)")
+    if args.backends:
+        compare_backends(args, work, corpora)
+        return
     for name in args.models:
         weights = work / f"weights-{name}"
         write_official_cache(weights, OFFICIAL_TYPES[name], seed=3)

@@ -28,7 +28,7 @@ import torch  # noqa: E402
 from benchmarks.embed_throughput import NAMES, interleaved_rates  # noqa: E402
 from dreamsearch.models import load_model  # noqa: E402
 from dreamsearch.models.base import set_threads  # noqa: E402
-from dreamsearch.models.openvino_backend import ENV  # noqa: E402
+from dreamsearch.models.precision import ENV  # noqa: E402
 from tests.helpers.official_layout import write_official_cache  # noqa: E402
 
 

@@ -22,7 +22,7 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 if TYPE_CHECKING:  # pragma: no cover
     from dreamsearch.api import Library
-    from dreamsearch.models.base import Embedder
+    from dreamsearch.models.embedder import Embedder
 
 
 def load_model(name: str = DEFAULT_MODEL, **kwargs) -> "Embedder":

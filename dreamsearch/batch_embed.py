@@ -14,7 +14,7 @@ from dreamsearch.errors import ImageError
 from dreamsearch.images import open_rgb
 
 if TYPE_CHECKING:  # pragma: no cover
-    from dreamsearch.models.base import Embedder  # imports torch: `embed` checks its options and weights first
+    from dreamsearch.models.embedder import Embedder
 
 
 @dataclass

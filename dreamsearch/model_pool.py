@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:  # pragma: no cover
     from dreamsearch.models import PendingModel
-    from dreamsearch.models.base import Embedder
+    from dreamsearch.models.embedder import Embedder
 
 
 class KeyedLocks:

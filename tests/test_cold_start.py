@@ -155,3 +155,20 @@ def test_threads_are_set_when_a_model_loads(indexed, tmp_path):
                              "--library", str(indexed.copy(tmp_path))], capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
     assert result.stdout.split() == [str(threads)]
+
+
+def test_a_query_runs_without_torch_once_the_models_openvino_graph_is_saved(indexed, tmp_path):
+    """The first query on OpenVINO converts the model (torch) and saves its graph; later
+    ones read the graph alone, with the same answer."""
+    pytest.importorskip("openvino")
+    weights = Path(shutil.copytree(indexed.weights, tmp_path / "weights"))
+    args = ("query", indexed.photos / "p1.jpg", "-m", MODEL, "-k", "2", "--json", "--no-server",
+            "--weights-dir", weights, "--library", indexed.library)
+    first = probe(*args, env={"DREAMSEARCH_BACKEND": "openvino"})
+    assert first.code == 0, first.stderr
+    assert "torch" in first.imported  # converted here
+    again = probe(*args, env={"DREAMSEARCH_BACKEND": "openvino"})
+    assert again.code == 0, again.stderr
+    assert not again.imported & MODEL_MODULES
+    assert json.loads(again.stdout) == json.loads(first.stdout)
+    assert len(json.loads(again.stdout)["queries"][0]["results"]) == 2

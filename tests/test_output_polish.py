@@ -19,7 +19,7 @@ from dreamsearch.evaluation.copies import TRANSFORMS
 from dreamsearch.indexer import IndexOptions, index_folders
 from dreamsearch.layout import LibraryLayout
 from dreamsearch.models import load_model
-from dreamsearch.models.base import Embedder
+from dreamsearch.models.embedder import Embedder
 from dreamsearch.output import render_comparison
 from dreamsearch.display import short_path
 from dreamsearch.search import Match

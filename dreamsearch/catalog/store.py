@@ -164,8 +164,10 @@ def _append_log(connection: Connection, model_id: int, entries: Sequence[tuple[i
 
 
 def _short(fingerprint: str) -> str:
-    """A fingerprint as people compare them: 12 hex digits, without its scheme prefix."""
-    return fingerprint.rpartition(":")[2][:12]
+    """A fingerprint as people compare them: 12 hex digits, without its scheme prefix, and
+    any qualifier after ``+`` (the precision of int8 vectors: ``…+int8``)."""
+    digest, plus, qualifier = fingerprint.rpartition(":")[2].partition("+")
+    return digest[:12] + plus + qualifier
 
 
 def _now() -> datetime:
@@ -223,7 +225,7 @@ class Catalog:
         info = ModelInfo(row.id, row.name, row.dim, row.fingerprint, row.storage_dtype)
         if (info.dim, info.fingerprint) != (dim, fingerprint):
             raise DreamsearchError(
-                f"this library holds '{name}' vectors from other weights ({_short(info.fingerprint)}, "
+                f"this library holds '{name}' vectors from other weights or precision ({_short(info.fingerprint)}, "
                 f"dim {info.dim}); they cannot be mixed with {_short(fingerprint)} (dim {dim})"
             )
         return info

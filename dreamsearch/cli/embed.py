@@ -7,7 +7,7 @@ from pathlib import Path
 
 import click
 
-from dreamsearch.cli.common import DEVICE_CHOICES, model_names, weights_dir_option
+from dreamsearch.cli.common import DEVICE_CHOICES, model_names, precision_option, weights_dir_option
 from dreamsearch.errors import DreamsearchError
 from dreamsearch.display import problem_line
 from dreamsearch.models.registry import DEFAULT_MODEL
@@ -26,8 +26,9 @@ from dreamsearch.models.registry import DEFAULT_MODEL
 @click.option("--threads", type=click.IntRange(1), default=None, help="CPU threads for torch (default: all cores).")
 @click.option("--compile/--no-compile", "compile_model", default=False, show_default=True,
               help="torch.compile the model: 15-60 s once, then 10-35% faster on CPU; for many images.")
+@precision_option("fp32")
 @weights_dir_option
-def embed(images, model_name, output, fmt, batch_size, device, threads, compile_model, weights_dir) -> None:
+def embed(images, model_name, output, fmt, batch_size, device, threads, compile_model, precision, weights_dir) -> None:
     """Embed IMAGES with one model and save the vectors (unit norm, one row per image in
     input order).
 
@@ -42,10 +43,8 @@ def embed(images, model_name, output, fmt, batch_size, device, threads, compile_
     fmt = fmt or ("json" if str(output).endswith(".json") or str(output) == "-" else "npy")
     if fmt == "npy" and str(output) == "-":
         raise DreamsearchError("npy output needs a file name; use --format json for stdout")
-    model = PendingModel(model_name, weights_dir=weights_dir, device=device, compile=compile_model)  # weights checked
-    from dreamsearch.models.base import set_threads  # imports torch: after the options and the weights are checked
-
-    set_threads(threads)
+    model = PendingModel(model_name, weights_dir=weights_dir, device=device, compile=compile_model,
+                         precision=precision, threads=threads)  # weights checked
     embedder = model.load()
     result = embed_files(embedder, list(images), batch_size=batch_size)
     for failure in result.failures:

@@ -7,28 +7,12 @@ from pathlib import Path
 
 import click
 
-from dreamsearch.cli.common import (DEVICE_CHOICES, ByteSize, library_option, model_names, progress_display,
-                                    weights_dir_option)
+from dreamsearch.cli.common import (DEVICE_CHOICES, ByteSize, library_option, model_names, precision_option,
+                                    progress_display, weights_dir_option)
 from dreamsearch.display import display_path, problem_line
 from dreamsearch.defaults import DEFAULT_MAX_PIXELS
 from dreamsearch.models import PendingModel
 from dreamsearch.models.registry import DEFAULT_MODEL
-
-
-class _ThreadCappedModel(PendingModel):
-    """A model that caps torch's CPU threads (``--threads``) as it loads, not before: a run
-    with nothing to embed never imports torch (setting them at start made a no-op re-index
-    on 2 cores take 4 CPU s and 685 MB instead of 1.1 s and 92 MB)."""
-
-    def __init__(self, name: str, threads: int | None, **kwargs) -> None:
-        super().__init__(name, **kwargs)
-        self.threads = threads
-
-    def load(self):
-        from dreamsearch.models.base import set_threads  # imports torch: only once a file needs embedding
-
-        set_threads(self.threads)
-        return super().load()
 
 
 @click.command("index")
@@ -42,6 +26,7 @@ class _ThreadCappedModel(PendingModel):
               help="Threads that read and decode files (default: one per core, at most 8; 0 does it in the main thread).")
 @click.option("--device", default="auto", show_default=True, type=DEVICE_CHOICES)
 @click.option("--threads", type=click.IntRange(1), default=None, help="CPU threads for torch.")
+@precision_option(None)
 @click.option("--exclude", multiple=True, metavar="GLOB", help="Skip paths or names matching GLOB (repeatable).")
 @click.option("--follow-symlinks", is_flag=True, help="Follow symbolic links (loops are detected).")
 @click.option("--no-draft", is_flag=True, help="Decode JPEGs at full size (slower; draft changes pixels by <1/255 on average).")
@@ -67,15 +52,16 @@ class _ThreadCappedModel(PendingModel):
 @click.option("-q", "--quiet", is_flag=True, help="No progress display or per-file messages (for cron).")
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON summary at the end.")
 @weights_dir_option
-def index_command(folders, model_names, library_path, batch_size, workers, device, threads, exclude, follow_symlinks,
-                  no_draft, max_pixels, max_file_size, gpu_decode, compile_model, engine, ray_address, dry_run, prune,
-                  retry_failed, quiet, as_json, weights_dir) -> None:
+def index_command(folders, model_names, library_path, batch_size, workers, device, threads, precision, exclude,
+                  follow_symlinks, no_draft, max_pixels, max_file_size, gpu_decode, compile_model, engine, ray_address,
+                  dry_run, prune, retry_failed, quiet, as_json, weights_dir) -> None:
     """Add FOLDERS to the library: embed new and changed images, reuse vectors of copies
     and moves, forget deleted files. Hidden files and folders and junk folders (@eaDir,
     node_modules, $RECYCLE.BIN, ...) are skipped. Interrupt with Ctrl-C at any time: work
     done so far is kept and the next run resumes."""
     import json
 
+    from dreamsearch.api import stored_precision
     from dreamsearch.indexer import IndexOptions, check_engine, index_folders
     from dreamsearch.layout import LibraryLayout, library_dir
 
@@ -89,7 +75,10 @@ def index_command(folders, model_names, library_path, batch_size, workers, devic
     library = LibraryLayout.prepare(library_dir(library_path))
     models = []
     if not dry_run:
-        models = [_ThreadCappedModel(n, threads, weights_dir=weights_dir, device=device, compile=compile_model)
+        # --threads applies as a model loads, not before: a run with nothing to embed never
+        # imports torch (setting them at start made a no-op re-index take 4 CPU s, not 1.1)
+        models = [PendingModel(n, weights_dir=weights_dir, device=device, compile=compile_model,
+                               precision=precision or stored_precision(library, n), threads=threads)
                   for n in model_names]
     with progress_display(quiet) as progress:
         report = index_folders(library, list(folders), models, options, progress)

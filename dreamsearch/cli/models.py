@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from dreamsearch.cli.common import CommandGroup, model_names, weights_dir_option
+from dreamsearch.cli.common import CommandGroup, model_names, precision_option, weights_dir_option
 from dreamsearch.errors import DreamsearchError
 from dreamsearch.display import human_bytes
 
@@ -85,3 +85,72 @@ def models_import(name: str, path: Path, no_verify: bool, weights_dir: Path | No
             f"{name} still needs: " + ", ".join(f.path for f in still) + " (import them too)"
         )
     click.echo(f"{name}: installed in {root}")
+
+
+@models.command("check")
+@click.argument("name", callback=model_names)
+@click.argument("folder", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@precision_option("fp32")
+@click.option("--limit", type=click.IntRange(40), default=200, show_default=True,
+              help="Pictures to compare on at most (the first ones found, in name order).")
+@click.option("--threads", type=click.IntRange(1), default=None, help="CPU threads (default: all cores).")
+@weights_dir_option
+def models_check(name: str, folder: Path, precision: str, limit: int, threads: int | None,
+                 weights_dir: Path | None) -> None:
+    """Compare how this install computes NAME's vectors (OpenVINO where installed;
+    --precision int8) with float32 torch, on your photos in FOLDER and your weights: cosine,
+    distances, duplicate decisions, top 10 and batch invariance, each against its gate.
+    Exits 1 when a gate fails (then keep --precision fp32)."""
+    from dreamsearch.models import PendingModel
+
+    handle = PendingModel(name, weights_dir=weights_dir, device="cpu", allow_download=False, precision=precision,
+                          threads=threads)
+    pixels = _pictures(folder, handle.preprocess_spec, limit)
+    from dreamsearch.models.agreement import GATES, MIN_PICTURES, in_batches, measure
+
+    if len(pixels) < MIN_PICTURES:
+        raise DreamsearchError(f"{folder}: {len(pixels)} readable pictures; the check needs at least {MIN_PICTURES}")
+    candidate = handle.load()
+    expected = in_batches(handle.torch_reference().embed, pixels)
+    agreement = measure(expected, candidate.embed, pixels, handle.spec.duplicate_distance)
+    _print_agreement(f"{name} on {candidate.backend} against float32 torch, {agreement.pictures} pictures "
+                     f"from {folder}", agreement, GATES)
+    failures = agreement.failures()
+    if failures:
+        raise DreamsearchError(f"{name} on {candidate.backend} fails {len(failures)} of {len(GATES)} gates on these "
+                               f"pictures: keep --precision fp32")
+    click.echo(f"{name} on {candidate.backend}: every gate holds on these pictures")
+
+
+def _pictures(folder: Path, recipe, limit: int):
+    """The model inputs of the first ``limit`` readable pictures under ``folder`` (an
+    unreadable one is named and skipped)."""
+    import numpy as np
+
+    from dreamsearch.display import problem_line
+    from dreamsearch.errors import ImageError
+    from dreamsearch.images import open_rgb
+    from dreamsearch.scan import scan
+
+    pixels = []
+    for path in sorted(folder / found.relpath for found in scan(folder)):
+        if len(pixels) == limit:
+            break
+        try:
+            pixels.append(recipe(open_rgb(path)))
+        except ImageError as exc:
+            click.echo(f"skipped {problem_line(path, exc.reason)}", err=True)
+    return np.stack(pixels) if pixels else np.zeros((0,), np.uint8)
+
+
+def _print_agreement(title: str, agreement, gates) -> None:
+    from rich.console import Console
+
+    from dreamsearch.output import new_table
+
+    table = new_table(title, ("measure", "value", "gate", "holds"), right=("value",))
+    for key, gate in gates.items():
+        value = getattr(agreement, key)
+        table.add_row(gate.label, f"{value:.8g}", gate.describe(), "yes" if gate.holds(value) else "NO")
+    table.add_row("pairs near the duplicate distance (either decision holds)", str(agreement.borderline_pairs), "", "")
+    Console().print(table)

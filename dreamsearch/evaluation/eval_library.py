@@ -18,7 +18,7 @@ from dreamsearch.indexer import IndexOptions, IndexReport, Progress, index_folde
 from dreamsearch.layout import LibraryLayout
 
 if TYPE_CHECKING:  # pragma: no cover
-    from dreamsearch.models.base import Embedder  # imports torch: `eval` checks its folder and weights first
+    from dreamsearch.models.embedder import Embedder
 
 
 def eval_library(library: LibraryLayout) -> LibraryLayout:

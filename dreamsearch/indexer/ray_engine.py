@@ -40,6 +40,7 @@ from dreamsearch.images import Preprocess
 from dreamsearch.indexer.pace import DEFAULT_BATCH
 from dreamsearch.indexer.pipeline import Candidate, Contents, FileProcessor, Kind, Outcome
 from dreamsearch.indexer.stream import prefetched
+from dreamsearch.models.precision import DEFAULT_PRECISION
 from dreamsearch.scan import ScannedFile
 
 #: Candidates per Ray dataset: the first is small so the first batch commits soon; later
@@ -74,6 +75,7 @@ class ModelOnNode:
     weights_dir: str
     device: str
     fingerprint: str
+    precision: str = DEFAULT_PRECISION
 
 
 @dataclass(frozen=True)
@@ -111,7 +113,7 @@ class RayEngine:
                 raise DreamsearchError(f"--engine ray builds {source.name} on each node from its weights folder: "
                                        f"give the model by name, not as a loaded embedder")
             on_nodes.append(ModelOnNode(source.name, str(weights), str(getattr(source, "device", "auto")),
-                                        source.fingerprint))
+                                        source.fingerprint, getattr(source, "precision", DEFAULT_PRECISION)))
         settings = _DecodeSettings(tuple(s.preprocess_spec for s in sources), options.max_file_size,
                                    options.max_pixels, options.draft, options.decode_timeout_s)
         return cls(address, catalog_path, models, on_nodes, settings, options.batch_size or DEFAULT_BATCH)
@@ -366,7 +368,8 @@ class _Embedders:
         node = os.uname().nodename
         try:
             for wanted in self.on_nodes:
-                handle = PendingModel(wanted.name, wanted.weights_dir, wanted.device, allow_download=False)
+                handle = PendingModel(wanted.name, wanted.weights_dir, wanted.device, allow_download=False,
+                                      precision=wanted.precision)
                 if handle.fingerprint != wanted.fingerprint:
                     raise WeightsError(f"{wanted.name}: the weights in {wanted.weights_dir} differ from the "
                                        f"driver's; give every node the same files")

@@ -1,18 +1,18 @@
-"""The one interface every embedder offers, and the device plumbing they share."""
+"""Embedders built from a torch network, and the device plumbing they share."""
 
 from __future__ import annotations
 
 import os
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from PIL import Image
 
 from dreamsearch.errors import DreamsearchError
 from dreamsearch.images import Preprocess
+from dreamsearch.models.embedder import Embedder
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -62,14 +62,9 @@ def _one_thread_after_fork() -> None:
 os.register_at_fork(after_in_child=_one_thread_after_fork)
 
 
-class Embedder:
-    """Images in, unit-norm float32 vectors out.
-
-    ``preprocess`` turns a decoded RGB picture into ``uint8 [S, S, 3]`` (cheap to send
-    between processes); ``embed`` takes a stack of those and returns ``float32 [B, dim]``
-    with unit L2 norm, so cosine similarity is a plain inner product. Scaling to [0, 1] and
-    per-model normalisation happen inside ``network`` on the device.
-    """
+class TorchEmbedder(Embedder):
+    """An :class:`Embedder` whose runner is a torch ``network`` on ``device``: scaling to
+    [0, 1] and per-model normalisation happen inside the network, on the device."""
 
     def __init__(
         self,
@@ -80,31 +75,14 @@ class Embedder:
         device: torch.device,
         autocast: bool = True,
     ) -> None:
-        self.name = name
-        self.dim = dim
+        super().__init__(name, dim, preprocess, self._torch_run, "torch")
         self.device = device
         self.network = network.eval().requires_grad_(False).to(device)
-        self.preprocess_spec = preprocess
-        self.fingerprint = ""  # identifies the weights; set by load_model
-        self.legacy_fingerprint = ""  # how older libraries name them; set by load_model
         self.autocast_dtype = _autocast_dtype(device) if autocast else None
         self.compile = False  # see _run; load_model(compile=True) turns it on
         self._compiled: tuple[int, Callable] | None = None
-        # what ``embed`` runs on; openvino_backend.attach swaps in OpenVINO on a CPU
-        self.backend = "torch"
-        self.runner: Callable[[np.ndarray], np.ndarray] | None = None
 
-    def preprocess(self, image: Image.Image) -> np.ndarray:
-        return self.preprocess_spec(image)
-
-    def load(self) -> Embedder:
-        """Already loaded (the indexer also takes ``PendingModel`` handles)."""
-        return self
-
-    def embed(self, batch: np.ndarray) -> np.ndarray:
-        """``uint8 [B, S, S, 3]`` → ``float32 [B, dim]``, unit norm."""
-        if self.runner is not None:
-            return self.runner(batch)
+    def _torch_run(self, batch: np.ndarray) -> np.ndarray:
         pixels = torch.from_numpy(np.require(batch, requirements=["C", "W"]))  # copies only read-only input
         if self.device.type == "cuda":
             pixels = pixels.pin_memory().to(self.device, non_blocking=True)
@@ -133,14 +111,6 @@ class Embedder:
                 warnings.warn(f"torch.compile failed, running uncompiled: {exc}".splitlines()[0])
                 self.compile, self._compiled = False, None
         return self.network(x)
-
-    def embed_images(self, images: Sequence[Image.Image], batch_size: int = 32) -> np.ndarray:
-        """Embed RGB PIL images in order, ``batch_size`` at a time."""
-        out = np.empty((len(images), self.dim), dtype=np.float32)
-        for start in range(0, len(images), batch_size):
-            chunk = images[start : start + batch_size]
-            out[start : start + len(chunk)] = self.embed(np.stack([self.preprocess(i) for i in chunk]))
-        return out
 
     def __repr__(self) -> str:
         return f"<Embedder {self.name} dim={self.dim} on {self.device} ({self.backend})>"

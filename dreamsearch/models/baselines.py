@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from dreamsearch.errors import WeightsError
-from dreamsearch.models.base import IMAGENET_MEAN, IMAGENET_STD, OPENAI_CLIP_MEAN, OPENAI_CLIP_STD, Embedder, Normalized
+from dreamsearch.models.base import IMAGENET_MEAN, IMAGENET_STD, OPENAI_CLIP_MEAN, OPENAI_CLIP_STD, Normalized, TorchEmbedder
 from dreamsearch.models.openai_clip import load_image_tower
 from dreamsearch.models.registry import ModelSpec
 
@@ -27,13 +27,13 @@ class ChannelsLast(nn.Module):
         return self.network(x.contiguous(memory_format=torch.channels_last))
 
 
-def build_clip(spec: ModelSpec, root: Path, device: torch.device) -> Embedder:
+def build_clip(spec: ModelSpec, root: Path, device: torch.device) -> TorchEmbedder:
     vit = load_image_tower(root / spec.files[0].path, spec.input_size)
-    return Embedder(spec.name, Normalized(vit, OPENAI_CLIP_MEAN, OPENAI_CLIP_STD), vit.cfg.out_dim,
+    return TorchEmbedder(spec.name, Normalized(vit, OPENAI_CLIP_MEAN, OPENAI_CLIP_STD), vit.cfg.out_dim,
                     spec.preprocess(), device)
 
 
-def build_resnet50(spec: ModelSpec, root: Path, device: torch.device) -> Embedder:
+def build_resnet50(spec: ModelSpec, root: Path, device: torch.device) -> TorchEmbedder:
     from torchvision.models import resnet50
 
     path = root / spec.files[0].path
@@ -43,7 +43,7 @@ def build_resnet50(spec: ModelSpec, root: Path, device: torch.device) -> Embedde
     except Exception as exc:  # torch.load / load_state_dict raise many types
         raise WeightsError(f"{path}: not a torchvision ResNet50 checkpoint ({exc})") from None
     model.fc = nn.Identity()
-    return Embedder(
+    return TorchEmbedder(
         spec.name,
         Normalized(ChannelsLast(model), IMAGENET_MEAN, IMAGENET_STD),
         2048,

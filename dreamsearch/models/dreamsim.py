@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 from dreamsearch.errors import WeightsError
-from dreamsearch.models.base import IMAGENET_MEAN, IMAGENET_STD, OPENAI_CLIP_MEAN, OPENAI_CLIP_STD, Embedder, Normalized
+from dreamsearch.models.base import IMAGENET_MEAN, IMAGENET_STD, OPENAI_CLIP_MEAN, OPENAI_CLIP_STD, Normalized, TorchEmbedder
 from dreamsearch.models.registry import BACKBONES, ModelSpec, lora_dir
 from dreamsearch.models.vit import ViTConfig, VisionTransformer, load_vit, resample_pos_embed
 
@@ -29,7 +29,7 @@ IMAGE_SIZE = 224
 class DreamSimNetwork(nn.Module):
     """Images in [0, 1] → concatenated branch features (each branch normalising its input
     its own way) with their mean removed.
-    (:class:`Embedder` does the final L2 normalisation.)"""
+    (:class:`TorchEmbedder` does the final L2 normalisation.)"""
 
     def __init__(self, branches: list[Normalized]) -> None:
         super().__init__()
@@ -40,7 +40,7 @@ class DreamSimNetwork(nn.Module):
         return features - features.mean(dim=-1, keepdim=True)
 
 
-def build(spec: ModelSpec, root: Path, device: torch.device) -> Embedder:
+def build(spec: ModelSpec, root: Path, device: torch.device) -> TorchEmbedder:
     """Load the backbones and LoRA adapter of ``spec`` from ``root`` (official layout)."""
     adapter = _read_adapter(root / lora_dir(spec.dreamsim_type))
     branches = []
@@ -55,7 +55,7 @@ def build(spec: ModelSpec, root: Path, device: torch.device) -> Embedder:
         raise WeightsError(f"{adapter.path}: unexpected adapter tensors {sorted(adapter.unused)[:3]}")
     network = DreamSimNetwork(branches)
     dim = sum(branch.network.cfg.out_dim for branch in branches)
-    return Embedder(spec.name, network, dim, spec.preprocess(), device)
+    return TorchEmbedder(spec.name, network, dim, spec.preprocess(), device)
 
 
 def load_backbone(branch: str, path: Path) -> VisionTransformer:

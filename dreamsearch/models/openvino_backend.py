@@ -9,59 +9,48 @@ The whole step ``uint8 [B, S, S, 3]`` → unit vectors (scaling, the network, th
 normalisation) is converted from the torch module once, with a dynamic batch size.
 Converting costs 10-60 s on 2 cores (the ensemble: 10 s lightly loaded, 56 s busy) and
 reading the converted model back and compiling it ~1 s, so it is saved under
-``<weights>/openvino/``, keyed by the weights fingerprint, the OpenVINO and torch versions
-and the source of ``dreamsearch.models`` (a code change never reuses a stale graph). A
+``<weights>/openvino/`` (``saved_graph.graph_path``: a code or version change never reuses
+a stale graph), and later processes run it without torch (``saved_graph.load_saved``). A
 read-only weights folder keeps the conversion in memory for the process.
 
-``DREAMSEARCH_BACKEND=torch`` turns it off (an environment variable rather than an option:
-models are built by the CLI, the server, the Python API and Ray workers alike, and each
-reads it the same way); ``openvino`` insists on it; unset uses it where installed.
+``DREAMSEARCH_BACKEND=torch`` turns it off (``precision.chosen_backend``); ``openvino``
+insists on it; unset uses it where installed. ``--precision int8`` always runs here: the
+network with its LayerNorm scales folded into the next weights (``vit.fold_norm_scales``),
+converted, its weights compressed to int8 by NNCF, and saved beside the float32 graph.
 """
 
 from __future__ import annotations
 
-import hashlib
-import importlib.util
+import contextlib
+import logging
 import os
 import tempfile
 import warnings
 from collections.abc import Callable
 from pathlib import Path
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 
-from dreamsearch.errors import DreamsearchError
-from dreamsearch.models.base import Embedder
-
-ENV = "DREAMSEARCH_BACKEND"
-CACHE_FOLDER = "openvino"
-
-
-def chosen_backend() -> str:
-    """``torch`` or ``openvino``: what ``DREAMSEARCH_BACKEND`` asks for, else OpenVINO when installed."""
-    wanted = os.environ.get(ENV, "").strip().lower()
-    installed = importlib.util.find_spec("openvino") is not None
-    if wanted in ("", "auto"):
-        return "openvino" if installed else "torch"
-    if wanted not in ("torch", "openvino"):
-        raise DreamsearchError(f"{ENV}={wanted!r} is not a backend (use torch or openvino)")
-    if wanted == "openvino" and not installed:
-        raise DreamsearchError(f"{ENV}=openvino, but openvino is not installed (pip install 'dreamsearch[openvino]')")
-    return wanted
+from dreamsearch.models import saved_graph
+from dreamsearch.models.base import TorchEmbedder
+from dreamsearch.models.embedder import Runner
+from dreamsearch.models.precision import DEFAULT_PRECISION, chosen_backend
+from dreamsearch.models.vit import fold_norm_scales
 
 
-def attach(embedder: Embedder, root: Path, fingerprint: str) -> None:
-    """Route ``embedder``'s float32 CPU calls through OpenVINO when that is the chosen
-    backend; CUDA (and any autocast) stays on torch, and so does a model asked to be
+def attach(embedder: TorchEmbedder, root: Path, fingerprint: str, precision: str = DEFAULT_PRECISION) -> None:
+    """Route ``embedder``'s CPU calls through OpenVINO when that is the chosen backend, or
+    int8 is asked for (``precision.check_precision`` has made sure it can run); float32 on
+    CUDA (and any autocast) stays on torch, and so does a model asked to be
     ``torch.compile``d (an explicit request wins over a default)."""
-    if chosen_backend() != "openvino":  # first: a misspelt DREAMSEARCH_BACKEND is told on any device
-        return
-    if embedder.device.type != "cpu" or embedder.autocast_dtype is not None or embedder.compile:
-        return
-    embedder.runner = _compiled(embedder, root, fingerprint)
-    embedder.backend = "openvino"
+    if precision == DEFAULT_PRECISION:
+        if chosen_backend() != "openvino":  # first: a misspelt DREAMSEARCH_BACKEND is told on any device
+            return
+        if embedder.device.type != "cpu" or embedder.autocast_dtype is not None or embedder.compile:
+            return
+    embedder.runner = _compiled(embedder, root, fingerprint, precision)
+    embedder.backend = "openvino" if precision == DEFAULT_PRECISION else f"openvino {precision}"
 
 
 class _Whole(torch.nn.Module):
@@ -76,35 +65,37 @@ class _Whole(torch.nn.Module):
         return F.normalize(self.network(x).float(), dim=-1)
 
 
-def _compiled(embedder: Embedder, root: Path, fingerprint: str) -> Callable[[np.ndarray], np.ndarray]:
+def _compiled(embedder: TorchEmbedder, root: Path, fingerprint: str, precision: str) -> Runner:
+    saved_graph.without_telemetry()
     import openvino as ov
 
-    size = embedder.preprocess_spec.size
-    path = root / CACHE_FOLDER / f"{embedder.name}-{_cache_key(fingerprint)}.xml"
-    model = _read(ov, path)
+    size, path = embedder.preprocess_spec.size, saved_graph.graph_path(root, embedder.name, precision, fingerprint)
+    if precision == DEFAULT_PRECISION:
+        model = _saved(ov, path, lambda: _convert(ov, embedder.network, size))
+    else:
+        model = _saved(ov, path, lambda: _int8_weights(_convert(ov, fold_norm_scales(embedder.network), size)))
+    return saved_graph.runner(model, precision, torch.get_num_threads())
+
+
+def _saved(ov, path: Path, make: Callable):
+    """The graph saved at ``path``, made by ``make`` and saved there first if need be."""
+    model = saved_graph.read(path)
     if model is None:
-        model = _convert(ov, embedder.network, size)
-        _save(ov, model, path, embedder.name)
+        model = make()
+        _save(ov, model, path)
         # as later runs will (the saved graph compiles slightly differently: ~1e-7)
-        model = _read(ov, path) or model
-    # f32 explicitly: OpenVINO may pick bf16 on CPUs with AMX or AVX512-BF16 (far from 1e-5).
-    config = {"INFERENCE_PRECISION_HINT": "f32", "INFERENCE_NUM_THREADS": torch.get_num_threads()}
-    compiled = ov.Core().compile_model(model, "CPU", config)
-
-    def run(batch: np.ndarray) -> np.ndarray:
-        # a request per call: ModelPool shares one embedder between threads
-        return compiled.create_infer_request().infer({0: np.ascontiguousarray(batch)})[0]
-
-    return run
+        model = saved_graph.read(path) or model
+    return model
 
 
-def _cache_key(fingerprint: str) -> str:
-    import openvino as ov
+def _int8_weights(model):
+    """``model`` with int8 weights, one scale and zero point per output channel (NNCF's
+    default int8 scheme; asymmetric kept a little closer to float32 than symmetric here)."""
+    import nncf
 
-    digest = hashlib.sha256(f"{fingerprint}|{ov.__version__}|{torch.__version__}".encode())
-    for source in sorted(Path(__file__).parent.glob("*.py")):
-        digest.update(source.read_bytes())
-    return digest.hexdigest()[:16]
+    nncf.set_log_level(logging.ERROR)  # its statistics table would go to stdout (and `--json`)
+    with open(os.devnull, "w") as sink, contextlib.redirect_stdout(sink):  # and so would its progress bar
+        return nncf.compress_weights(model, mode=nncf.CompressWeightsMode.INT8_ASYM)
 
 
 def _convert(ov, network: torch.nn.Module, size: int):
@@ -115,17 +106,7 @@ def _convert(ov, network: torch.nn.Module, size: int):
                                 input=[(ov.PartialShape([-1, size, size, 3]), ov.Type.u8)])
 
 
-def _read(ov, path: Path):
-    """The saved conversion, or None when there is none (or it cannot be read: converted again)."""
-    if not path.exists():
-        return None
-    try:
-        return ov.Core().read_model(str(path))
-    except Exception:  # OpenVINO raises RuntimeError subclasses for damaged files
-        return None
-
-
-def _save(ov, model, path: Path, name: str) -> None:
+def _save(ov, model, path: Path) -> None:
     """Write ``path`` (.xml + .bin) atomically and drop older conversions of this model;
     a folder we may not write keeps the conversion in memory only."""
     try:
@@ -135,6 +116,7 @@ def _save(ov, model, path: Path, name: str) -> None:
             ov.save_model(model, str(staged), compress_to_fp16=False)  # the default would halve the weights
             os.replace(staged.with_suffix(".bin"), path.with_suffix(".bin"))
             os.replace(staged, path)  # the .xml last: it is what marks the pair complete
+        name = path.stem.rsplit("-", 1)[0]  # the model (and precision) before the key
         for old in path.parent.glob(f"{name}-*"):
             if old.stem.rsplit("-", 1)[0] == name and old.stem != path.stem and old.suffix in (".xml", ".bin"):
                 old.unlink(missing_ok=True)

@@ -39,6 +39,21 @@ def make_photos(folder: Path, count: int = 6, size: tuple[int, int] = (200, 150)
     return photo_folder(folder, count, size, seed, "p{}.jpg", quality=90)
 
 
+def pictures_with_near_copies(count: int, seed: int = 0) -> list[Image.Image]:
+    """``count`` pictures, a quarter of them near copies of others (re-encoded at JPEG
+    quality 40, or cropped by 1%), so duplicate decisions have pairs on both sides."""
+    copies = count // 4
+    pictures = [photo_like(320, 240, seed + i) for i in range(count - copies)]
+    for i, original in enumerate(pictures[:copies]):
+        if i % 2:
+            buffer = io.BytesIO()
+            original.save(buffer, "JPEG", quality=40)
+            pictures.append(Image.open(io.BytesIO(buffer.getvalue())).convert("RGB"))
+        else:
+            pictures.append(original.crop((2, 1, 318, 239)))
+    return pictures
+
+
 def exif(orientation: int) -> Image.Exif:
     data = Image.Exif()
     data[0x0112] = orientation

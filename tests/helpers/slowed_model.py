@@ -19,7 +19,7 @@ import numpy as np
 def slowed_embed(seconds_per_image: float, sizes: list[int] | None = None) -> Callable:
     """``Embedder.embed``, sleeping ``seconds_per_image`` per image first; appends each
     call's batch size to ``sizes``."""
-    from dreamsearch.models.base import Embedder
+    from dreamsearch.models.embedder import Embedder
 
     real = Embedder.embed
 
@@ -34,7 +34,7 @@ def slowed_embed(seconds_per_image: float, sizes: list[int] | None = None) -> Ca
 
 if __name__ == "__main__":
     from dreamsearch.cli import main
-    from dreamsearch.models.base import Embedder
+    from dreamsearch.models.embedder import Embedder
 
     Embedder.embed = slowed_embed(float(sys.argv.pop(1)))
     main(prog_name="dreamsearch")

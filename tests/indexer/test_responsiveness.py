@@ -26,7 +26,7 @@ import dreamsearch.indexer.pace as pace
 from dreamsearch.cli import main
 from dreamsearch.indexer import IndexOptions, index_folders
 from dreamsearch.layout import LibraryLayout
-from dreamsearch.models.base import Embedder
+from dreamsearch.models.embedder import Embedder
 from tests.helpers.images import photo_folder
 from tests.helpers.indexing import vectors_in
 from tests.helpers.slowed_model import slowed_embed

@@ -15,8 +15,8 @@ pytestmark = pytest.mark.slow  # each test converts a model through OpenVINO: 5-
 from dreamsearch import Library  # noqa: E402
 from dreamsearch.batch_embed import embed_files  # noqa: E402
 from dreamsearch.errors import DreamsearchError  # noqa: E402
-from dreamsearch.models import load_model, openvino_backend  # noqa: E402
-from dreamsearch.models.base import Embedder  # noqa: E402
+from dreamsearch.models import load_model, openvino_backend, precision, saved_graph  # noqa: E402
+from dreamsearch.models.embedder import Embedder  # noqa: E402
 from tests.helpers.images import photo_like  # noqa: E402
 from tests.helpers.official_layout import official_embeddings, write_tiny_cache  # noqa: E402
 
@@ -25,7 +25,7 @@ TYPES = {"dreamsim-dino": "dino_vitb16", "dreamsim": "ensemble"}
 
 @pytest.fixture(autouse=True)
 def default_backend(monkeypatch):
-    monkeypatch.delenv(openvino_backend.ENV, raising=False)
+    monkeypatch.delenv(precision.ENV, raising=False)
 
 
 @pytest.fixture(scope="module")
@@ -47,9 +47,9 @@ def _pixels(count: int, seed: int = 0) -> np.ndarray:
 
 def _load(name, root, monkeypatch, backend: str | None = None, **kwargs) -> Embedder:
     if backend:
-        monkeypatch.setenv(openvino_backend.ENV, backend)
+        monkeypatch.setenv(precision.ENV, backend)
     else:
-        monkeypatch.delenv(openvino_backend.ENV, raising=False)
+        monkeypatch.delenv(precision.ENV, raising=False)
     return load_model(name, weights_dir=root, device="cpu", allow_download=False, **kwargs)
 
 
@@ -93,9 +93,9 @@ def test_backend_torch_runs_the_torch_network(tmp_path, monkeypatch):
     pixels = _pixels(2)
     with torch.inference_mode():
         expected = F.normalize(model.network(torch.from_numpy(pixels).permute(0, 3, 1, 2).float().div(255)), dim=-1)
-    assert model.backend == "torch" and model.runner is None
+    assert model.backend == "torch"
     np.testing.assert_array_equal(model.embed(pixels), expected.numpy())
-    assert not (root / openvino_backend.CACHE_FOLDER).exists()
+    assert not (root / saved_graph.FOLDER).exists()
 
 
 def test_a_misspelt_backend_is_one_clear_error(tiny, monkeypatch):
@@ -110,7 +110,7 @@ def test_a_model_to_torch_compile_stays_on_torch(tiny, monkeypatch):
 def test_the_conversion_is_saved_and_reused(tmp_path, monkeypatch):
     root = write_tiny_cache(tmp_path / "weights")
     first = _load("dreamsim-dino", root, monkeypatch).embed(_pixels(2))
-    saved = sorted(p.suffix for p in (root / openvino_backend.CACHE_FOLDER).iterdir())
+    saved = sorted(p.suffix for p in (root / saved_graph.FOLDER).iterdir())
     assert saved == [".bin", ".xml"]
 
     def no_conversion(*args):
@@ -129,13 +129,13 @@ def test_replaced_weights_are_converted_again(tmp_path, monkeypatch):
     new = _load("dreamsim-dino", root, monkeypatch).embed(_pixels(2))
     expected = _load("dreamsim-dino", root, monkeypatch, backend="torch").embed(_pixels(2))
     assert np.abs(new - expected).max() <= 1e-5 < np.abs(old - expected).max()
-    assert len(list((root / openvino_backend.CACHE_FOLDER).glob("*.xml"))) == 1  # the old one is gone
+    assert len(list((root / saved_graph.FOLDER).glob("*.xml"))) == 1  # the old one is gone
 
 
 def test_a_damaged_conversion_is_converted_again(tmp_path, monkeypatch):
     root = write_tiny_cache(tmp_path / "weights")
     _load("dreamsim-dino", root, monkeypatch)
-    (saved,) = (root / openvino_backend.CACHE_FOLDER).glob("*.xml")
+    (saved,) = (root / saved_graph.FOLDER).glob("*.xml")
     saved.write_text("<net>cut")
     model = _load("dreamsim-dino", root, monkeypatch)
     expected = _load("dreamsim-dino", root, monkeypatch, backend="torch").embed(_pixels(2))
@@ -144,7 +144,7 @@ def test_a_damaged_conversion_is_converted_again(tmp_path, monkeypatch):
 
 def test_a_weights_folder_it_cannot_write_keeps_the_conversion_in_memory(tmp_path, monkeypatch):
     root = write_tiny_cache(tmp_path / "weights")
-    (root / openvino_backend.CACHE_FOLDER).write_text("")  # a file where the folder would go
+    (root / saved_graph.FOLDER).write_text("")  # a file where the folder would go
     model = _load("dreamsim-dino", root, monkeypatch)
     expected = _load("dreamsim-dino", root, monkeypatch, backend="torch").embed(_pixels(2))
     assert model.backend == "openvino" and np.abs(model.embed(_pixels(2)) - expected).max() <= 1e-5
@@ -166,7 +166,7 @@ def test_index_and_query_run_on_openvino(tmp_path, tiny, monkeypatch):
     assert found[0].path == str(photos / "dune.jpg") and found[0].distance < 1e-5
 
     # vectors indexed through OpenVINO answer a torch query as they answer their own
-    monkeypatch.setenv(openvino_backend.ENV, "torch")
+    monkeypatch.setenv(precision.ENV, "torch")
     with Library.open(tmp_path / "lib", weights_dir=tiny("dreamsim-dino"), device="cpu") as library:
         again = library.query(Image.open(photos / "dune.jpg"), k=3, model="dreamsim-dino")
     assert backends[-1] == "torch"
