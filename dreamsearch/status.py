@@ -13,6 +13,7 @@ from dreamsearch.layout import LibraryLayout
 from dreamsearch.display import display_path, human_bytes, problem_line
 from dreamsearch.vector_index.index import IndexFileError, meta_path, read_meta
 from dreamsearch.vector_index.sync import load_checked
+from dreamsearch.watcher import notices
 
 
 #: How each ``verify`` level reports a saved index that passed.
@@ -42,6 +43,8 @@ class LibraryStatus:
     folders: list[FolderStatus] = field(default_factory=list)
     models: list[ModelStatus] = field(default_factory=list)
     failed: list[FailedFile] = field(default_factory=list)  # if asked for
+    #: What the watchers running now (``dreamsearch watch``, ``serve --watch``) warn about.
+    watch_warnings: list[str] = field(default_factory=list)
 
 
 def catalog_status(library: LibraryLayout, catalog: Catalog, show_failed: bool = False, verify: str = "full",
@@ -57,7 +60,8 @@ def catalog_status(library: LibraryLayout, catalog: Catalog, show_failed: bool =
         models.append(ModelStatus(name, catalog.count_vectors(model), model.dim,
                                   _index_line(library, catalog, model, verify)))
     failed = catalog.failed_files() if show_failed else []
-    return LibraryStatus(str(library.root), library.bytes_on_disk(thumbnail_bytes), folders, models, failed)
+    return LibraryStatus(str(library.root), library.bytes_on_disk(thumbnail_bytes), folders, models, failed,
+                         notices.current(library.root))
 
 
 def status_lines(status: LibraryStatus) -> list[str]:
@@ -70,7 +74,7 @@ def status_lines(status: LibraryStatus) -> list[str]:
     for model in status.models:
         lines.append(f"model {model.name}: {model.vectors} vectors, dim {model.dim}, {model.index}")
     lines += [f"failed {problem_line(failed.path, failed.reason)} [{retry_note(failed)}]" for failed in status.failed]
-    return lines
+    return lines + [f"watching: {line}" for line in status.watch_warnings]
 
 
 def retry_note(failed: FailedFile) -> str:

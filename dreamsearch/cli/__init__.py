@@ -20,6 +20,7 @@ from dreamsearch.cli.library import backup, forget, restore, status
 from dreamsearch.cli.models import models
 from dreamsearch.cli.search import compare, duplicates, query
 from dreamsearch.cli.serve import serve
+from dreamsearch.cli.watch import watch
 
 
 @click.group(cls=CommandGroup, context_settings={"help_option_names": ["-h", "--help"]})
@@ -29,5 +30,5 @@ def main() -> None:
 
 
 for command in (index_command, query, compare, duplicates, status, forget, backup, restore, embed, models, eval_group,
-                serve):
+                serve, watch):
     main.add_command(command)

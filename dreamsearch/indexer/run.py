@@ -60,7 +60,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from PIL import Image
 
     from dreamsearch.indexer.ray_engine import RayEngine, RemoteContents
-    from dreamsearch.models.base import Embedder
+    from dreamsearch.models.embedder import Embedder
 
 #: A run saves its FAISS indexes as it goes (so the next start after a kill replays less of
 #: the catalog's log) at most this often, and spends at most ``SAVE_INDEX_SHARE`` of its
@@ -354,9 +354,10 @@ class _Run:
             self._add(plans[-1], later=len(roots) - i - 1)
         self.catalog.drop_orphans(None if sweep_everything else self.replaced)
         if not self.stop.is_set():
+            found_again = frozenset(self.reused)
             for plan in plans:
                 if plan.complete:
-                    self._remove_gone(plan)
+                    self._remove_gone(plan, found_again)
         gone_hashes = {plan.stored[g].content_hash for plan in plans for g in plan.gone or ()}
         moved = sum(1 for content_hash in self.reused if content_hash in gone_hashes)
         self.report.moved += moved
@@ -443,13 +444,16 @@ class _Run:
         plan.unchanged = len(same) - len(lacking)
         return lacking
 
-    def _remove_gone(self, plan: _Plan) -> None:
+    def _remove_gone(self, plan: _Plan, found_again: frozenset[str] = frozenset()) -> None:
         """Forget files gone from disk, unless the folder lost so many in one run that it
-        looks unmounted: then keep them and say so (``prune`` removes them anyway)."""
+        looks unmounted: then keep them and say so (``prune`` removes them anyway). Files
+        whose content this run found at another path (``found_again``) moved: a renamed
+        album is not a loss."""
         if not plan.gone:
             return
         folder = str(plan.folder)
-        if not self.options.prune and len(plan.gone) > MAX_LOSS_WITHOUT_PRUNE * len(plan.stored):
+        lost = sum(plan.stored[g].content_hash not in found_again for g in plan.gone)
+        if not self.options.prune and lost > MAX_LOSS_WITHOUT_PRUNE * len(plan.stored):
             self.report.kept += len(plan.gone)
             self.report.kept_folders.append((folder, len(plan.gone), len(plan.stored)))
             return
