@@ -28,7 +28,8 @@ from dreamsearch.indexer import IndexOptions, IndexReport, Progress, check_engin
 from dreamsearch.defaults import DEFAULT_MAX_PIXELS
 from dreamsearch.layout import LibraryLayout, library_dir
 from dreamsearch.model_pool import KeyedLocks, ModelPool
-from dreamsearch.models import PendingModel
+from dreamsearch.models import PendingModel, text_model_spec
+from dreamsearch.models.precision import DEFAULT_PRECISION, precision_of
 from dreamsearch.models.registry import DEFAULT_MODEL, get_spec
 from dreamsearch.display import display_path
 from dreamsearch.file_state import one_name_per_file
@@ -42,7 +43,7 @@ from dreamsearch.warm import WarmServer
 if TYPE_CHECKING:  # pragma: no cover
     from PIL import Image
 
-    from dreamsearch.models.base import Embedder  # imports torch: status, forget and --like need none
+    from dreamsearch.models.embedder import Embedder
     from dreamsearch.scan import ScannedFile
 
 
@@ -56,10 +57,19 @@ class Query:
     sources: tuple[str, ...]
     vector: np.ndarray
     own: tuple[int, ...] = ()
+    #: which of ``sources`` are texts (quoted), not pictures
+    texts: tuple[str, ...] = ()
+    #: what a person should know about how it was made (a text cut to CLIP's length)
+    notes: tuple[str, ...] = ()
 
     @property
     def label(self) -> str:
         return " + ".join(self.sources)
+
+    @property
+    def pictures(self) -> tuple[str, ...]:
+        """The sources that are pictures (what a contact sheet shows as the query)."""
+        return tuple(s for s in self.sources if s not in self.texts)
 
 
 @dataclass(frozen=True)
@@ -81,20 +91,32 @@ class Comparison:
     overlaps: list[Overlap]
 
 
+def stored_precision(folder: LibraryLayout, model: str) -> str:
+    """The precision of the library's ``model`` vectors (``fp32`` when it has none), so
+    that a library indexed with ``--precision int8`` goes on with it unasked."""
+    if not folder.catalog_path.exists():
+        return DEFAULT_PRECISION
+    with Catalog(folder.catalog_path, read_only=True) as catalog:
+        info = catalog.model(model)
+    return DEFAULT_PRECISION if info is None else precision_of(info.fingerprint)
+
+
 class Library:
     """A dreamsearch library. ``Library.open()`` uses ``$DREAMSEARCH_LIBRARY`` or the user
     data folder; use it as a context manager or call ``close()``."""
 
     def __init__(self, folder: LibraryLayout, weights_dir: str | os.PathLike | None = None, device: str = "auto",
                  nprobe: int = DEFAULT_NPROBE, max_loaded_models: int | None = None, *,
-                 use_server: bool = False) -> None:
+                 use_server: bool = False, precision: str | None = None) -> None:
         self.folder = folder
+        self.precision = precision
         self.use_server = use_server
         self._server: WarmServer | None = None  # found on the first query that embeds
         self.weights_dir = weights_dir
         self.device = device
         self.nprobe = nprobe
-        self._models = ModelPool(lambda name: PendingModel(name, weights_dir=self.weights_dir, device=self.device),
+        self._models = ModelPool(lambda name: PendingModel(name, weights_dir=self.weights_dir, device=self.device,
+                                                           precision=self.precision or stored_precision(folder, name)),
                                  max_loaded_models)
         self._searchers: dict[str, Searcher] = {}
         self._opening = KeyedLocks()  # one searcher opened at a time per model, never under ``_lock``
@@ -104,14 +126,15 @@ class Library:
     @classmethod
     def open(cls, path: str | os.PathLike | None = None, weights_dir: str | os.PathLike | None = None,
              device: str = "auto", nprobe: int = DEFAULT_NPROBE, max_loaded_models: int | None = None, *,
-             use_server: bool = False) -> Library:
+             use_server: bool = False, precision: str | None = None) -> Library:
         """The library at ``path``; nothing is created until the first ``index``. ``nprobe``:
         IVF lists searched per query (more: slower, closer to exhaustive). ``max_loaded_models``:
         models kept loaded at most (default: every model used). ``use_server``: queries from
         picture files are embedded by a running ``dreamsearch serve`` of this library when
-        there is one (``dreamsearch.warm``), else here."""
+        there is one (``dreamsearch.warm``), else here. ``precision``: ``fp32`` or ``int8``
+        (``dreamsearch.models.precision``); default: each model's as the library holds it."""
         return cls(LibraryLayout(library_dir(path)), weights_dir, device, nprobe, max_loaded_models,
-                   use_server=use_server)
+                   use_server=use_server, precision=precision)
 
     def close(self) -> None:
         with self._lock:
@@ -263,6 +286,39 @@ class Library:
         own = searcher.content_of(read.data)
         return Query(model, (str(image),), vector, () if own is None else (own,))
 
+    def text_query(self, text: str, model: str = "clip") -> Query:
+        """A query from words, through the model's own text tower (``clip``: CLIP's, aligned
+        with its image vectors; DreamSim has none). The tower is built on the first text
+        query. CLIP reads 77 tokens: a longer text is cut, and the query's ``notes`` say so.
+        Its label is the text in double quotes."""
+        from dreamsearch.models.clip_tokenizer import CONTEXT_LENGTH  # ftfy and regex: only text queries need them
+
+        spec = text_model_spec(model)
+        if not text.strip():
+            raise DreamsearchError("the text is empty: give words to search for")
+        searcher = self._text_searcher(spec.name)
+        with self._models.held(spec.name) as handle:
+            encoder = handle.load_text()
+            searcher.check_weights(encoder)
+            tokens = encoder.tokenize(text)
+            if tokens.empty:
+                raise DreamsearchError("the text is empty once cleaned as CLIP cleans it (only spaces or control characters)")
+            vector = encoder.embed([tokens])[0]
+        label = f'"{text}"'
+        notes = (f"{label[:60]}{'…' if len(label) > 60 else ''} was cut to the {CONTEXT_LENGTH} tokens CLIP reads; "
+                 "the rest is not searched",) if tokens.cut else ()
+        return Query(spec.name, (label,), vector, texts=(label,), notes=notes)
+
+    def _text_searcher(self, model: str) -> Searcher:
+        """The searcher of ``model``'s vectors, or an error saying how to make them."""
+        try:
+            return self._searcher(model)
+        except NotFoundError:
+            if self.vector_counts().get(model):
+                raise
+            raise NotFoundError(f"text search needs the library's '{model}' vectors and it has none: "
+                                f"index your folders with `dreamsearch index FOLDER -m {model}`") from None
+
     def stored_query(self, file: str | os.PathLike | int, model: str = DEFAULT_MODEL) -> Query:
         """A query from the stored vector of an indexed file, by path or catalog id: no
         model is loaded, nothing is decoded."""
@@ -292,7 +348,8 @@ class Library:
         """One query from several of the same model: the normalised mean of their vectors."""
         mean = np.mean([q.vector for q in queries], axis=0)
         return Query(queries[0].model, tuple(s for q in queries for s in q.sources), mean / np.linalg.norm(mean),
-                     tuple(i for q in queries for i in q.own))
+                     tuple(i for q in queries for i in q.own), tuple(t for q in queries for t in q.texts),
+                     tuple(n for q in queries for n in q.notes))
 
     def search(self, query: Query, k: int = 25, include_self: bool = False, max_distance: float | None = None,
                under: str | os.PathLike | None = None, offset: int = 0) -> Page:

@@ -25,11 +25,13 @@ from dreamsearch.images import DEFAULT_MAX_PIXELS, Preprocess, to_rgb
 from dreamsearch.decoding import DECODE_TIMEOUT_S, TimeLimitExceeded, decode_bytes, time_limit, too_slow
 from dreamsearch.reading import content_hash, read_file
 from dreamsearch.layout import LibraryLayout
+from dreamsearch.models.precision import precision_of
 from dreamsearch.vector_index import open_index
 from dreamsearch.vector_index.policy import DEFAULT_NPROBE
 
 if TYPE_CHECKING:  # pragma: no cover
-    from dreamsearch.models.base import Embedder  # imports torch: a stored-vector query needs none
+    from dreamsearch.models.embedder import Embedder
+    from dreamsearch.models.clip_text import TextEncoder
 
 
 QueryImage = str | os.PathLike | bytes | Image.Image | np.ndarray
@@ -99,10 +101,19 @@ class Searcher:
         from those that made the library's vectors (distances would be meaningless). A
         library made before whole-file fingerprints holds the legacy fingerprint of the
         same weights until its next ``index`` re-stamps it."""
+        self.check_weights(embedder)
+        return embedder.embed(pixels[None])[0]
+
+    def check_weights(self, embedder: Embedder | TextEncoder) -> None:
+        """Refuse a model (or its text tower) whose weights are not those that made the
+        library's vectors."""
         same = self.model.fingerprint in (embedder.fingerprint, getattr(embedder, "legacy_fingerprint", None))
+        stored, asked = precision_of(self.model.fingerprint), precision_of(embedder.fingerprint)
+        if embedder.name == self.model.name and stored != asked:
+            raise DreamsearchError(f"the library's '{self.model.name}' vectors are {stored}, not {asked}: "
+                                   f"query with --precision {stored}")
         if embedder.name != self.model.name or not same:
             raise DreamsearchError(f"the library's '{self.model.name}' vectors come from other weights than {embedder.name}")
-        return embedder.embed(pixels[None])[0]
 
     def stored_vector(self, path: Path) -> tuple[np.ndarray, int]:
         """The stored vector of an indexed file (``--like``): no model, no decoding. A

@@ -89,6 +89,26 @@ def weights_dir_option(func):
     )(func)
 
 
+def precision_option(default: str | None):
+    """``--precision``: fp32 or the opt-in int8 (``dreamsearch.models.precision``). ``None``
+    as the default means each model's precision as the library holds it."""
+    held = "Default: as the library's vectors were made (fp32 for a new model)."
+    return click.option(
+        "--precision", type=click.Choice(["fp32", "int8"]), default=default, show_default=default is not None,
+        help="fp32: the official vectors. int8: about 2x faster on a CPU, within cosine 0.995 of fp32 "
+             "(pip install 'dreamsearch[int8]'; check it on your photos with `dreamsearch models check`); "
+             "its vectors are kept apart from fp32 ones. " + ("" if default else held))
+
+
+def watch_options(func):
+    """``--settle`` and ``--rescan-every``: how ``watch`` and ``serve --watch`` follow folders (docs/watch.md)."""
+    func = click.option("--rescan-every", type=click.FloatRange(min=1), default=600.0, show_default=True,
+                        metavar="SECONDS", help="Rescan folders whose changes send no events (network file systems, "
+                                                "or when the inotify watch limit is reached) this often.")(func)
+    return click.option("--settle", type=click.FloatRange(min=0), default=2.0, show_default=True, metavar="SECONDS",
+                        help="Index a changed file once its size and time stayed the same this long.")(func)
+
+
 def library_option(func):
     return click.option(
         "--library", "library_path", type=click.Path(file_okay=False, path_type=Path), envvar="DREAMSEARCH_LIBRARY",

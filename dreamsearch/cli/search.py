@@ -6,12 +6,28 @@ from pathlib import Path
 
 import click
 
-from dreamsearch.cli.common import (DEVICE_CHOICES, library_option, model_list, model_names, stdin_paths,
-                                    weights_dir_option, write_sheets)
+from dreamsearch.cli.common import (DEVICE_CHOICES, library_option, model_list, model_names, precision_option,
+                                    stdin_paths, weights_dir_option, write_sheets)
 from dreamsearch.errors import DreamsearchError
 from dreamsearch.defaults import DEFAULT_NPROBE
-from dreamsearch.models.registry import DEFAULT_MODEL
+from dreamsearch.display import printable
+from dreamsearch.models import text_model_spec
+from dreamsearch.models.registry import DEFAULT_MODEL, get_spec
 from dreamsearch.reading import NOT_REGULAR_FILE
+
+PREVIEW_HELP = ("Also draw each result's thumbnail in the terminal (kitty graphics, iTerm2 or sixel where the "
+                "terminal has them, else coloured half blocks); never when stdout is not a terminal.")
+
+
+def show_previews(blocks) -> None:
+    """The results' thumbnails after the table, when stdout is a terminal (said on stderr
+    otherwise: escape sequences would corrupt a pipe or a file)."""
+    from dreamsearch.previews import draw_previews, stdout_is_terminal
+
+    if stdout_is_terminal():
+        draw_previews(blocks)
+    else:
+        click.echo("note: --preview draws only on a terminal (stdout is not one)", err=True)
 
 
 def _check_image_file(path: Path) -> None:
@@ -32,14 +48,17 @@ def _check_not_special(path: Path) -> None:
 @click.command()
 @click.argument("images", nargs=-1, type=click.Path(path_type=Path, allow_dash=True))
 @click.option("-k", "k", default=25, show_default=True, type=int, help="How many results per query.")
-@click.option("-m", "--model", "model_name", default=DEFAULT_MODEL, show_default=True, callback=model_names)
+@click.option("-m", "--model", "model_name", default=None,
+              help=f"Model whose vectors to search  [default: {DEFAULT_MODEL}; clip with --text].")
+@click.option("--text", "texts", multiple=True, metavar="WORDS",
+              help="Query with words, through CLIP's text tower (searches the library's clip vectors).")
 @click.option("--like", "like", multiple=True, type=click.Path(path_type=Path),
               help="Query with the stored vector of an indexed file (no model is loaded).")
 @click.option("--include-self", is_flag=True, help="Keep the query's own content in its results.")
 @click.option("--max-distance", type=float, default=None, help="Only results at most this far (0..2).")
 @click.option("--under", type=click.Path(path_type=Path), default=None, help="Only results inside this folder.")
 @click.option("--combine", type=click.Choice(["none", "mean"]), default="none", show_default=True,
-              help="mean: one query from the mean of all query images.")
+              help="mean: one query from the mean of all query images and texts.")
 @click.option("--json", "fmt", flag_value="json", help="One JSON document.")
 @click.option("--jsonl", "fmt", flag_value="jsonl", help="One JSON object per result.")
 @click.option("--csv", "fmt", flag_value="csv",
@@ -50,21 +69,29 @@ def _check_not_special(path: Path) -> None:
 @click.option("--html", "html_out", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Also write a self-contained HTML page of the results.")
 @click.option("-v", "--verbose", is_flag=True, help="Table: list every copy of a result, not their count.")
+@click.option("--preview", is_flag=True, help=PREVIEW_HELP)
 @click.option("--nprobe", default=DEFAULT_NPROBE, show_default=True, type=click.IntRange(1), help="IVF lists to search.")
 @click.option("--no-server", is_flag=True,
               help="Embed here even when a `dreamsearch serve` of this library is running (it is used by default).")
 @click.option("--device", default="auto", show_default=True, type=DEVICE_CHOICES)
+@precision_option(None)
 @library_option
 @weights_dir_option
-def query(images, k, model_name, like, include_self, max_distance, under, combine, fmt, grid, html_out, verbose,
-          nprobe, no_server, device, library_path, weights_dir) -> None:
+def query(images, k, model_name, texts, like, include_self, max_distance, under, combine, fmt, grid, html_out,
+          verbose, preview, nprobe, no_server, device, precision, library_path, weights_dir) -> None:
     """Find the images in the library most similar to IMAGES (files, or '-' to read paths
-    from stdin). Distances are DreamSim distances (1 - cosine), exact."""
+    from stdin), or to --text WORDS. Distances are 1 - cosine in the model's space, exact."""
     if k <= 0:
         raise DreamsearchError("-k must be at least 1")
+    model_name = model_name or ("clip" if texts else DEFAULT_MODEL)
+    get_spec(model_name)
+    if texts:
+        text_model_spec(model_name)
+        if not all(text.strip() for text in texts):
+            raise DreamsearchError("--text is empty: give words to search for")
     files = [Path(line) for arg in images for line in (stdin_paths() if str(arg) == "-" else [arg])]
-    if not files and not like:
-        raise DreamsearchError("give at least one query image (a file, '-' for stdin, or --like PATH)")
+    if not files and not like and not texts:
+        raise DreamsearchError("give at least one query image (a file, '-' for stdin, or --like PATH) or --text WORDS")
     for path in files:
         _check_image_file(path)
     for path in like:
@@ -73,17 +100,22 @@ def query(images, k, model_name, like, include_self, max_distance, under, combin
     from dreamsearch.output import render
 
     with Library.open(library_path, weights_dir=weights_dir, device=device, nprobe=nprobe,
-                      use_server=not no_server) as library:
+                      use_server=not no_server, precision=precision) as library:
         queries = [library.stored_query(path, model_name) for path in like]
         queries += [library.image_query(path, model_name) for path in files]
+        queries += [library.text_query(text, model_name) for text in texts]
         if combine == "mean":
             queries = [library.mean_query(queries)]
         results = [(q, library.search(q, k, include_self, max_distance, under).matches) for q in queries]
+    for note in (n for q, _matches in results for n in q.notes):
+        click.echo(f"note: {printable(note)}", err=True)
     render([(q.label, matches) for q, matches in results], fmt, model_name, verbose)
+    if preview:
+        show_previews([(q.label, matches) for q, matches in results])
     if grid or html_out:
         from dreamsearch.contact_sheet import result_row
 
-        write_sheets([result_row(q.label, list(q.sources), matches, model_name) for q, matches in results],
+        write_sheets([result_row(q.label, list(q.pictures), matches, model_name) for q, matches in results],
                      grid, html_out, f"dreamsearch query ({model_name})")
 
 
@@ -118,10 +150,12 @@ def _indexed_models(library) -> list[str]:
 @click.option("--no-server", is_flag=True,
               help="Embed here even when a `dreamsearch serve` of this library is running (it is used by default).")
 @click.option("--device", default="auto", show_default=True, type=DEVICE_CHOICES)
+@precision_option(None)
+@click.option("--preview", is_flag=True, help=PREVIEW_HELP)
 @library_option
 @weights_dir_option
-def compare(image, like, k, names, include_self, as_json, grid, html_out, no_server, device, library_path,
-            weights_dir) -> None:
+def compare(image, like, k, names, include_self, as_json, grid, html_out, no_server, device, precision, preview,
+            library_path, weights_dir) -> None:
     """Query IMAGE (or the indexed file --like PATH) through several models side by side,
     with how much their top-k agree (Jaccard overlap and Spearman rank correlation)."""
     if (image is None) == (like is None):
@@ -135,14 +169,16 @@ def compare(image, like, k, names, include_self, as_json, grid, html_out, no_ser
     from dreamsearch.api import Library  # after the checks: a mistake is told before the catalog's imports
     from dreamsearch.output import render_comparison
 
-    with Library.open(library_path, weights_dir=weights_dir, device=device, use_server=not no_server) as library:
+    with Library.open(library_path, weights_dir=weights_dir, device=device, use_server=not no_server,
+                      precision=precision) as library:
         names = names or _indexed_models(library)
         comparison = library.compare(image, names, k, include_self, keep_models=False, like=like)
     render_comparison(comparison.query, comparison.k, comparison.results, comparison.overlaps, as_json)
+    if preview:
+        show_previews(list(comparison.results.items()))
     if grid or html_out:
         from dreamsearch.contact_sheet import comparison_rows, write_html
         from dreamsearch.output import agreement_rows
-        from dreamsearch.display import printable
 
         source = str(image or like)
         title = f"dreamsearch compare: {source}"

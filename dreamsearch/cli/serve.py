@@ -11,7 +11,9 @@ from dataclasses import replace
 import click
 from click.core import ParameterSource
 
-from dreamsearch.cli.common import DEVICE_CHOICES, ByteSize, library_option, model_list, weights_dir_option
+from dreamsearch.cli.common import (DEVICE_CHOICES, ByteSize, library_option, model_list, precision_option,
+                                    weights_dir_option)
+from dreamsearch.cli.common import watch_options
 from dreamsearch.models.registry import DEFAULT_MODEL
 
 
@@ -24,6 +26,11 @@ GIL_SWITCH_INTERVAL_S = 0.001
 
 @click.command()
 @library_option
+@click.option("--watch", "watch_all", is_flag=True,
+              help="Keep every indexed folder in step as it changes (docs/watch.md); searches see each batch at once.")
+@click.option("--watch-folder", "watch_folders", multiple=True, metavar="DIR",
+              type=click.Path(exists=True, file_okay=False), help="With --watch: watch DIR (repeatable) instead.")
+@watch_options
 @click.option("--host", default="127.0.0.1", show_default=True,
               help="Address to listen on; anything but loopback needs --token.")
 @click.option("--port", default=8000, show_default=True, type=click.IntRange(0, 65535), help="0: any free port.")
@@ -54,10 +61,12 @@ GIL_SWITCH_INTERVAL_S = 0.001
 @click.option("--thumbnail-cache", default="2GB", show_default=True, type=ByteSize(), metavar="SIZE",
               help="Disk kept for thumbnails in the library folder; the least recently used go first.")
 @click.option("--device", default="auto", show_default=True, type=DEVICE_CHOICES)
+@precision_option(None)
 @weights_dir_option
-def serve(library_path, host, port, token, names, unload_after, cors_origins, max_upload, device,
+def serve(library_path, host, port, token, names, unload_after, cors_origins, max_upload, device, precision,
           weights_dir, max_upload_pixels, load_models_on_request, max_loaded_models, limit_concurrency,
-          request_timeout, token_file, allow_folders, thumbnail_cache) -> None:
+          request_timeout, token_file, allow_folders, thumbnail_cache, watch_all, watch_folders, settle,
+          rescan_every) -> None:
     """Serve the library over HTTP: a JSON API for photo apps (OpenAPI at /docs) and a web
     UI at /. Models load once and stay warm; prints the URL it listens on."""
     import uvicorn
@@ -86,7 +95,8 @@ def serve(library_path, host, port, token, names, unload_after, cors_origins, ma
     if max_loaded_models is not None and max_loaded_models < len(names):
         raise DreamsearchError(f"--max-loaded-models {max_loaded_models} is fewer than the {len(names)} --models")
     kept = (max_loaded_models or len(names) + 1) if load_models_on_request else None
-    library = Library.open(library_path, weights_dir=weights_dir, device=device, max_loaded_models=kept)
+    library = Library.open(library_path, weights_dir=weights_dir, device=device, max_loaded_models=kept,
+                           precision=precision)
     for name in names:
         library.model_handle(name)  # weights present? fail now, with the usual message
     limits = Limits(heavy_slots=heavy_slots(device), max_upload_pixels=max_upload_pixels,
@@ -95,7 +105,15 @@ def serve(library_path, host, port, token, names, unload_after, cors_origins, ma
     if private.skipped:
         click.echo(f"note: {private.skipped}", err=True)
     settings = replace(settings, private_socket=private.path if private.listener else None)
-    app = create_app(library, names, settings, unload_after, limits, thumbnail_cache=thumbnail_cache)
+    watcher = None
+    if watch_all or watch_folders:
+        from dreamsearch.watcher.loop import Watcher
+
+        folders = list(watch_folders) or (library.folders() if library.folder.catalog_path.exists() else [])
+        if not folders:
+            raise DreamsearchError("--watch: the library has no indexed folder yet; name one with --watch-folder")
+        watcher = Watcher(library, folders, names, settle, rescan_every, say=lambda line: click.echo(line, err=True))
+    app = create_app(library, names, settings, unload_after, limits, thumbnail_cache=thumbnail_cache, watcher=watcher)
     listener = socket.create_server((host, port), family=socket.AF_INET6 if ":" in host else socket.AF_INET)
     # Answers go out at once: asyncio sets TCP_NODELAY only on sockets made with proto=TCP,
     # and without it each kept-alive response waited ~40 ms for the client's delayed ACK

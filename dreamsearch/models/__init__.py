@@ -6,12 +6,16 @@ import importlib
 import os
 import threading
 from functools import cached_property
+from pathlib import Path
 from typing import TYPE_CHECKING
 
+from dreamsearch.errors import DreamsearchError
+from dreamsearch.models.precision import DEFAULT_PRECISION, check_precision, chosen_backend, with_precision
 from dreamsearch.models.registry import DEFAULT_MODEL, MODELS, ModelSpec, get_spec
 
 if TYPE_CHECKING:  # pragma: no cover
-    from dreamsearch.models.base import Embedder
+    from dreamsearch.models.embedder import Embedder
+    from dreamsearch.models.clip_text import TextEncoder
 
 
 class PendingModel:
@@ -21,16 +25,24 @@ class PendingModel:
     model), so a run that finds nothing new, or only copies and moves, starts at once."""
 
     def __init__(self, name: str = DEFAULT_MODEL, weights_dir: str | os.PathLike | None = None,
-                 device: str = "auto", allow_download: bool = True, compile: bool = False) -> None:
+                 device: str = "auto", allow_download: bool = True, compile: bool = False,
+                 precision: str = DEFAULT_PRECISION, threads: int | None = None) -> None:
         from dreamsearch.models.weights import ensure_weights, fingerprint, weights_dir as resolve_weights_dir
 
+        check_precision(precision, device)
         self.spec = get_spec(name)
         self.root = ensure_weights(self.spec, resolve_weights_dir(weights_dir), allow_download)
         self.name = self.spec.name
-        self.fingerprint = fingerprint(self.spec, self.root)
+        self.precision = precision
+        self.weights_fingerprint = fingerprint(self.spec, self.root)
+        #: of the vectors: the weights' and, for int8, the precision (never mixed in an index)
+        self.fingerprint = with_precision(self.weights_fingerprint, precision)
         self.preprocess_spec = self.spec.preprocess()
-        self.device, self.compile = device, compile
+        # int8 runs on the CPU only (check_precision refused an explicit cuda)
+        self.device, self.compile = "cpu" if precision != DEFAULT_PRECISION else device, compile
+        self.threads = threads  # CPU threads for the model (default: torch's, one per core)
         self._embedder: Embedder | None = None
+        self._text: TextEncoder | None = None
         self._lock = threading.Lock()
 
     @cached_property
@@ -39,28 +51,88 @@ class PendingModel:
         (computed on demand: only such a library asks for it)."""
         from dreamsearch.models.weights import legacy_fingerprint
 
-        return legacy_fingerprint(self.spec, self.root)
+        return with_precision(legacy_fingerprint(self.spec, self.root), self.precision)
 
     @property
     def loaded(self) -> bool:
         return self._embedder is not None
 
     def load(self) -> "Embedder":
-        """Build the embedder once (thread-safe) and keep it."""
+        """Build the embedder once (thread-safe) and keep it: from its saved OpenVINO graph
+        without torch where there is one (``saved_graph``), else from the checkpoint."""
         with self._lock:
             if self._embedder is None:
-                from dreamsearch.models.base import resolve_device
-                from dreamsearch.models.openvino_backend import attach
-
-                module_name, function = self.spec.builder.split(":")
-                builder = getattr(importlib.import_module(module_name), function)
-                embedder = builder(self.spec, self.root, resolve_device(self.device))
-                embedder.compile = self.compile
-                embedder.fingerprint = self.fingerprint
-                embedder.legacy_fingerprint = self.legacy_fingerprint
-                attach(embedder, self.root, self.fingerprint)
-                self._embedder = embedder
+                self._embedder = self._saved() or self._from_checkpoint()
             return self._embedder
+
+    def _saved(self) -> "Embedder | None":
+        from dreamsearch.defaults import usable_cores
+        from dreamsearch.models.saved_graph import load_saved
+
+        if self.compile or not (self.precision != DEFAULT_PRECISION or runs_on_openvino(self.device)):
+            return None
+        embedder = load_saved(self.spec, self.root, self.weights_fingerprint, self.precision,
+                              self.threads or usable_cores())
+        if embedder is not None:
+            embedder.fingerprint, embedder.legacy_fingerprint = self.fingerprint, self.legacy_fingerprint
+        return embedder
+
+    def _from_checkpoint(self) -> "Embedder":
+        from dreamsearch.models.base import set_threads
+        from dreamsearch.models.openvino_backend import attach
+
+        set_threads(self.threads)
+        embedder = self._build(self.device)
+        embedder.compile = self.compile
+        attach(embedder, self.root, self.weights_fingerprint, self.precision)
+        return embedder
+
+    def torch_reference(self) -> "Embedder":
+        """A new float32 torch embedder on the CPU, whatever the backend and precision:
+        what the official package computes, which ``models check`` compares with."""
+        embedder = self._build("cpu")
+        embedder.fingerprint = embedder.legacy_fingerprint = self.weights_fingerprint
+        return embedder
+
+    def _build(self, device: str, builder: str | None = None):
+        """What ``builder`` (``module:function``; default the image model's) makes from the
+        weights on ``device``, labelled with their fingerprints."""
+        from dreamsearch.models.base import resolve_device
+
+        module_name, function = (builder or self.spec.builder).split(":")
+        built = getattr(importlib.import_module(module_name), function)(self.spec, self.root, resolve_device(device))
+        built.fingerprint = self.fingerprint
+        built.legacy_fingerprint = self.legacy_fingerprint
+        return built
+
+    def load_text(self) -> "TextEncoder":
+        """Build the model's text tower once (thread-safe) and keep it, apart from the image
+        model: only a text query pays for it, never an index run."""
+        text_model_spec(self.name)
+        with self._lock:
+            if self._text is None:
+                self._text = self._build(self.device, self.spec.text_builder)
+            return self._text
+
+
+def text_model_spec(name: str) -> ModelSpec:
+    """The spec of ``name`` if it has a text tower; otherwise an error naming those that do
+    (DreamSim's towers are image-only fine-tunes: no text is aligned with their vectors)."""
+    spec = get_spec(name)
+    if not spec.text_builder:
+        having = ", ".join(f"'{n}'" for n, s in MODELS.items() if s.text_builder)
+        raise DreamsearchError(f"model '{spec.name}' has no text tower; text search uses {having} "
+                               f"(`-m clip`, after `dreamsearch index FOLDER -m clip`)")
+    return spec
+
+
+def runs_on_openvino(device: str) -> bool:
+    """Whether a float32 model on ``device`` runs through OpenVINO, told without importing
+    torch: OpenVINO is the backend, and the device is the CPU (``auto`` is, where there is no
+    NVIDIA driver; with one, torch decides on loading)."""
+    if chosen_backend() != "openvino":
+        return False
+    return device == "cpu" or (device == "auto" and not Path("/proc/driver/nvidia/version").exists())
 
 
 def load_model(
@@ -69,12 +141,14 @@ def load_model(
     device: str = "auto",
     allow_download: bool = True,
     compile: bool = False,
+    precision: str = DEFAULT_PRECISION,
 ) -> "Embedder":
     """Build the embedder ``name`` with its weights from ``weights_dir`` (downloading
     missing files when the network allows). Raises :class:`~dreamsearch.errors.WeightsError`
     with instructions when weights are missing offline. ``compile`` trades a one-off
-    15-60 s compilation for 10-35% more images/s on CPU (worth it for long runs)."""
-    return PendingModel(name, weights_dir, device, allow_download, compile).load()
+    15-60 s compilation for 10-35% more images/s on CPU (worth it for long runs);
+    ``precision`` ``int8`` about 2x (``dreamsearch.models.precision``)."""
+    return PendingModel(name, weights_dir, device, allow_download, compile, precision).load()
 
 
-__all__ = ["DEFAULT_MODEL", "MODELS", "ModelSpec", "PendingModel", "get_spec", "load_model"]
+__all__ = ["DEFAULT_MODEL", "MODELS", "ModelSpec", "PendingModel", "get_spec", "load_model", "text_model_spec"]

@@ -56,6 +56,9 @@ class ModelSpec:
     input_size: int = 224
     resize: int = 0
     resample: int = 3
+    #: How to build its text tower (``module:function``), for a model that has one: text
+    #: queries search its vectors (docs/search.md).
+    text_builder: str = ""
 
     def preprocess(self) -> Preprocess:
         """The recipe decode threads apply before the model is even loaded."""
@@ -135,6 +138,7 @@ MODELS["clip"] = ModelSpec(
     builder="dreamsearch.models.baselines:build_clip",
     duplicate_distance=0.02,
     resize=224,
+    text_builder="dreamsearch.models.clip_text:build_text_encoder",
 )
 MODELS["resnet50"] = ModelSpec(
     name="resnet50",

@@ -40,6 +40,7 @@ class ViTConfig:
     patch_bias: bool = True
     proj_dim: int = 0
     image_size: int = 224
+    causal: bool = False  # each token attends only to those before it (CLIP's text tower)
 
     @classmethod
     def from_state(cls, state: Mapping[str, torch.Tensor], **flavour) -> ViTConfig:
@@ -96,9 +97,9 @@ class Mlp(nn.Module):
 
 
 class Attention(nn.Module):
-    def __init__(self, width: int, heads: int) -> None:
+    def __init__(self, width: int, heads: int, causal: bool = False) -> None:
         super().__init__()
-        self.heads = heads
+        self.heads, self.causal = heads, causal
         self.qkv = nn.Linear(width, 3 * width)
         self.proj = nn.Linear(width, width)
 
@@ -110,7 +111,7 @@ class Attention(nn.Module):
         )
         if cls_only:
             q = q[:, :, :1]
-        out = F.scaled_dot_product_attention(q, k, v)
+        out = F.scaled_dot_product_attention(q, k, v, is_causal=self.causal)
         return self.proj(out.transpose(1, 2).reshape(batch, q.shape[2], width))
 
 
@@ -120,7 +121,7 @@ class Block(nn.Module):
     def __init__(self, cfg: ViTConfig) -> None:
         super().__init__()
         self.norm1 = nn.LayerNorm(cfg.width, eps=cfg.norm_eps)
-        self.attn = Attention(cfg.width, cfg.heads)
+        self.attn = Attention(cfg.width, cfg.heads, cfg.causal)
         self.norm2 = nn.LayerNorm(cfg.width, eps=cfg.norm_eps)
         self.mlp = Mlp(cfg.width, int(cfg.width * cfg.mlp_ratio), cfg.quick_gelu)
         self.ls1 = LayerScale(cfg.width) if cfg.layer_scale else nn.Identity()
@@ -207,3 +208,27 @@ def resample_pos_embed(pos_embed: torch.Tensor, grid: int) -> torch.Tensor:
         raise ValueError(f"resampling {side}x{side} positions gave {tuple(patches.shape[-2:])}")
     patches = patches.permute(0, 2, 3, 1).reshape(1, grid * grid, dim)
     return torch.cat((pos_embed[:, :1].float(), patches), dim=1).to(pos_embed.dtype)
+
+
+def fold_norm_scales(network: nn.Module) -> nn.Module:
+    """A copy of ``network`` in which every :class:`Block`'s LayerNorm scale and shift are
+    folded into the Linear that reads the LayerNorm (``W(γ⊙n + β) + b = (W·diag γ)n + (Wβ + b)``):
+    the same function in float32, but a channel that a large γ made an outlier in the
+    activations is now an ordinary one there, and its size sits in the weights, which int8
+    scales per output channel. Done before int8 quantisation (``openvino_backend``)."""
+    import copy
+
+    folded = copy.deepcopy(network)
+    with torch.no_grad():
+        for block in folded.modules():
+            if isinstance(block, Block):
+                _fold(block.norm1, block.attn.qkv)
+                _fold(block.norm2, block.mlp.fc1)
+    return folded
+
+
+def _fold(norm: nn.LayerNorm, linear: nn.Linear) -> None:
+    linear.bias += linear.weight @ norm.bias  # with the weights before scaling
+    linear.weight *= norm.weight
+    norm.weight.fill_(1.0)
+    norm.bias.zero_()

@@ -30,10 +30,11 @@ from dreamsearch.api import Library, Page
 from dreamsearch.documents import comparison_document, duplicates_document, result_document
 from dreamsearch.errors import DreamsearchError, ImageError, NotFoundError, PixelLimitError
 from dreamsearch.layout import THUMBNAILS
+from dreamsearch.models import text_model_spec
 from dreamsearch.models.registry import MODELS, get_spec
 from dreamsearch.models.weights import weights_dir
 from dreamsearch.server import schemas
-from dreamsearch.server.schemas import MAX_DEPTH, MAX_K, IndexRequest, VectorSearch
+from dreamsearch.server.schemas import MAX_DEPTH, MAX_K, IndexRequest, TextSearch, VectorSearch
 from dreamsearch.server.jobs import FINAL_STATES, JobRunning, Jobs
 from dreamsearch.server.limits import Busy, Lane, Limits, TooSlow, answer_busy
 from dreamsearch.server.files import ORIGINAL_POLICY, FileSent, OpenedFile, open_indexed
@@ -44,6 +45,7 @@ from dreamsearch.server.responses import JSONDocument
 from dreamsearch.server.thumbnails import (DEFAULT_CACHE_BYTES, GRID_SIZE, REQUESTABLE, ThumbnailCache, fixed_size,
                                            thumbnail)
 from dreamsearch.status import retry_note
+from dreamsearch.watcher.loop import Watcher
 
 STATIC = Path(__file__).parent / "static"
 #: Swagger UI's script and style, as the fastapi-offline wheel ships them (pinned in pyproject).
@@ -53,10 +55,11 @@ FileId = Annotated[int, PathParam(ge=1, le=2**63 - 1, description="The file's ca
 
 def create_app(library: Library, models: list[str], settings: Settings = Settings(),
                unload_after: float | None = None, limits: Limits = Limits(),
-               thumbnail_cache: int = DEFAULT_CACHE_BYTES) -> FastAPI:
+               thumbnail_cache: int = DEFAULT_CACHE_BYTES, watcher: Watcher | None = None) -> FastAPI:
     """The app over ``library``; ``models[0]`` is the default model, and all of them are
     loaded at start-up (and again on first use after ``unload_after`` idle seconds).
-    Requests may name only these models, unless ``limits.load_models_on_request``."""
+    Requests may name only these models, unless ``limits.load_models_on_request``.
+    ``watcher`` (``serve --watch``) runs in a thread of its own while the app is up."""
     thumbnails = ThumbnailCache(library.folder.root / THUMBNAILS, thumbnail_cache)
     redact = library_redactor(library.folder.root, weights_dir(library.weights_dir))
     jobs = Jobs(library, thumbnails.keep_grid, redact.error)  # a job makes the grid's thumbnails as it decodes
@@ -71,7 +74,11 @@ def create_app(library: Library, models: list[str], settings: Settings = Setting
     async def lifespan(app: FastAPI):
         dims.update(await asyncio.to_thread(_preload, library, models))
         idle.start()
+        following = _follow(watcher)
         yield
+        if following is not None:
+            watcher.stop.set()  # a batch in flight commits what is embedded, then the thread ends
+            await asyncio.to_thread(following.join)
         idle.stop()
         for lane in (heavy, searching):
             lane.close()
@@ -137,7 +144,8 @@ def create_app(library: Library, models: list[str], settings: Settings = Setting
         running = jobs.running()
         return {"status": "ok", "version": __version__, "models_loaded": library.loaded_models(),
                 "default_model": models[0], "vectors": library.vector_counts(),
-                "job": None if running is None else running.document()}
+                "job": None if running is None else running.document(),
+                "watch": None if watcher is None else watcher.document()}
 
     @app.get("/api/status", response_model=schemas.Status, responses=schemas.errors(422))
     def status(failed: schemas.QueryBool = False) -> dict:
@@ -145,7 +153,7 @@ def create_app(library: Library, models: list[str], settings: Settings = Setting
         return {"library": report.library, "size_bytes": report.size_bytes,
                 "folders": [vars(f) for f in report.folders], "models": [vars(m) for m in report.models],
                 "failed": [{"path": f.path, "reason": f.reason, "kind": f.kind, "runs": f.runs, "retry": retry_note(f)}
-                           for f in report.failed]}
+                           for f in report.failed], "watch_warnings": report.watch_warnings}
 
     @app.post("/api/search", response_model=schemas.Page, responses=schemas.errors(404, 413, 415, 422, 503))
     async def search(image: Annotated[UploadFile, File()], k: schemas.FormK = 25,
@@ -181,6 +189,23 @@ def create_app(library: Library, models: list[str], settings: Settings = Setting
             return library.search(library.vector_query(body.vector, chosen), body.k, True, None, None, body.offset)
 
         return page_document(await searching.run(run))
+
+    @app.post("/api/search/text", response_model=schemas.TextPage, responses=schemas.errors(404, 422, 503))
+    async def search_text(body: TextSearch) -> dict:
+        """Words through the model's text tower (CLIP's), searched in its image vectors."""
+        check_k(body.k, body.offset)
+        text_model_spec(body.model or "clip")  # a DreamSim name: 400, naming the models that take text
+        try:
+            chosen = model_of(body.model or "clip")
+        except DreamsearchError as exc:  # no model that takes text is served: nothing here to answer with
+            raise NotFoundError(str(exc)) from None
+
+        def run() -> tuple[list[str], Page]:
+            query = library.text_query(body.text, chosen)
+            return query.notes, library.search(query, body.k, True, None, None, body.offset)
+
+        notes, page = await heavy.run(run)
+        return page_document(page) | {"notice": notes[0] if notes else None}
 
     @app.post("/api/embed", response_model=schemas.Embedding, responses=schemas.errors(413, 415, 422, 503))
     async def embed(image: Annotated[UploadFile, File()], model: Annotated[str | None, Form()] = None) -> dict:
@@ -301,6 +326,29 @@ def create_app(library: Library, models: list[str], settings: Settings = Setting
 
         return StreamingResponse(stream(), media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
 
+    @app.get("/api/events", response_class=StreamingResponse,
+             responses=schemas.library_events() | schemas.errors(404, 422))
+    def library_events(after: Annotated[int, Query(ge=0, description="Send batches numbered above this")] = 0):
+        """The watcher's committed batches (``serve --watch``), as Server-Sent Events, as
+        they land (a client shows "N new photos" and refreshes when asked), and its
+        warnings (``event: warnings``) at the start and whenever they change."""
+        if watcher is None:
+            raise NotFoundError("the server is not watching folders (start it with --watch)")
+
+        async def stream():  # polls on the event loop, as a job's events do: no thread held
+            seq, told = after, None
+            while True:
+                for batch in watcher.batches_after(seq):
+                    seq = batch["seq"]
+                    yield f"data: {json.dumps(batch)}\n\n"
+                warnings = watcher.document()["warnings"]
+                if warnings != told:  # first the current ones, then each change
+                    told = warnings
+                    yield f"event: warnings\ndata: {json.dumps(warnings)}\n\n"
+                await asyncio.sleep(0.25)
+
+        return StreamingResponse(stream(), media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
+
     @app.get("/", include_in_schema=False)
     def home() -> FileResponse:
         return FileResponse(STATIC / "index.html")
@@ -314,6 +362,15 @@ def create_app(library: Library, models: list[str], settings: Settings = Setting
     schemas.publish(app, list(MODELS) if limits.load_models_on_request else models, models[0],
                     bool(settings.token), lambda: dims | library.vector_dims())
     return app
+
+
+def _follow(watcher: Watcher | None) -> threading.Thread | None:
+    """The watcher's loop in a thread of its own (it blocks in watchfiles' Rust code)."""
+    if watcher is None:
+        return None
+    thread = threading.Thread(target=watcher.run, name="dreamsearch-watch", daemon=True)
+    thread.start()
+    return thread
 
 
 def _preload(library: Library, models: list[str]) -> dict[str, int]:

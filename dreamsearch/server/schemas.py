@@ -18,6 +18,7 @@ from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
 from starlette.routing import BaseRoute, Match
 from starlette.types import Scope
 
+from dreamsearch.models.registry import get_spec
 from dreamsearch.server.files import IMAGE_TYPES as DECODED_TYPES
 
 #: Results per page, and the deepest result a page may reach (offset + k): paging further
@@ -87,6 +88,19 @@ class VectorSearch(BaseModel):
     offset: JSONInt = Field(0, **OFFSET_LIMITS)
 
 
+#: Longest text a text search takes. CLIP reads 77 tokens, about 300 characters of English:
+#: far longer text is a mistake, not a query (and would cost tokenising for nothing).
+MAX_TEXT = 2_000
+
+
+class TextSearch(BaseModel):
+    text: str = Field(min_length=1, max_length=MAX_TEXT, pattern=r"\S",
+                      description="Words to search for. CLIP reads 77 tokens: longer text is cut (see notice)")
+    k: JSONInt = Field(25, **K_LIMITS)
+    model: str | None = Field(None, description="A model with a text tower (default: clip)")
+    offset: JSONInt = Field(0, **OFFSET_LIMITS)
+
+
 class IndexRequest(BaseModel):
     folders: list[Annotated[str, Field(json_schema_extra=_PATH)]] = Field(
         min_length=1, description="Absolute folder paths, without '..'")
@@ -144,6 +158,14 @@ def event_stream() -> dict[int | str, dict[str, Any]]:
                   "content": {"text/event-stream": {"schema": {"type": "string"}}}}}
 
 
+def library_events() -> dict[int | str, dict[str, Any]]:
+    """The ``responses`` entry of ``/api/events``: Server-Sent Events of ``WatchBatch``."""
+    return {200: {"description": "Each batch the watcher commits (`WatchBatch` as `data: {...}`), as it lands, "
+                                 "and its warnings (`event: warnings`, `data: [...]`) at the start and on each "
+                                 "change; the stream stays open",
+                  "content": {"text/event-stream": {"schema": {"type": "string"}}}}}
+
+
 def model_list_pattern(names: Sequence[str], at_least: int = 1) -> str:
     """A comma-separated list of ``at_least`` or more of ``names``, or blank for the
     default (the compare form field)."""
@@ -178,6 +200,10 @@ def publish(app: FastAPI, models: Sequence[str], default: str, token: bool,
                 body["properties"] = {name: _field(name, _not_null(field), models, default)
                                       for name, field in body["properties"].items()}
         _describe_vector(components.get("VectorSearch"), models, default, dims())
+        if "TextSearch" in components:  # only models with a text tower take text
+            components["TextSearch"]["properties"]["model"] = {
+                "anyOf": [{"type": "string", "enum": ["", *(m for m in models if get_spec(m).text_builder)]},
+                          {"type": "null"}], "title": "Model", "description": "Empty or null: clip"}
         if "IndexRequest" in components:
             for branch in components["IndexRequest"]["properties"]["models"].get("anyOf", []):
                 if branch.get("type") == "array":
@@ -251,6 +277,37 @@ class JobDocument(Strict):
     error: str | None
 
 
+class WatchedFolder(Strict):
+    path: str
+    mode: str = Field(description="How changes are learnt: events (inotify, ...), and/or rescans every N s")
+    present: bool
+
+
+class WatchBatch(Strict):
+    seq: int = Field(description="Batches are numbered from 1 in the server's life")
+    reason: Literal["catch-up", "changes"]
+    folders: list[str]
+    added: int
+    changed: int
+    removed: int
+    moved: int
+    failed: int
+    embedded: int
+    kept: int = Field(description="Files gone from disk but kept: their folder looks unmounted")
+    seconds: float
+    interrupted: bool
+
+
+class WatchState(Strict):
+    state: Literal["starting", "catching up", "watching", "indexing", "waiting for the writer lock", "stopped"]
+    folders: list[WatchedFolder]
+    pending: int = Field(description="Changed paths settling or waiting for a batch")
+    batches: int = Field(description="The last batch's number")
+    last_batch: WatchBatch | None
+    warnings: list[str] = Field(description="Missing folders, folders that look unmounted, events unavailable")
+    version: int
+
+
 class Health(Strict):
     status: Literal["ok"]
     version: str
@@ -258,6 +315,7 @@ class Health(Strict):
     default_model: str
     vectors: dict[str, int] = Field(description="Vectors per indexed model")
     job: JobDocument | None = Field(description="The index job running now, if any")
+    watch: WatchState | None = Field(description="The folder watcher's state (`serve --watch`), else null")
 
 
 class FolderState(Strict):
@@ -288,6 +346,8 @@ class Status(Strict):
     folders: list[FolderState]
     models: list[ModelState]
     failed: list[FailedFile] = Field(description="Unreadable files and why (with failed=true)")
+    watch_warnings: list[str] = Field(description="What the watchers running on this library warn about "
+                                                  "(`dreamsearch watch`, `serve --watch`)")
 
 
 class Result(Strict):
@@ -307,6 +367,10 @@ class Page(Strict):
     model: str
     results: list[Result]
     next_offset: int | None = Field(description="Where the next page starts; null on the last page")
+
+
+class TextPage(Page):
+    notice: str | None = Field(description="Set when the text was cut to the 77 tokens CLIP reads")
 
 
 class Embedding(Strict):

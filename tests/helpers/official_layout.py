@@ -296,3 +296,40 @@ def write_resnet50_checkpoint(root: Path, seed: int = 4):
     (root / "baselines").mkdir(parents=True, exist_ok=True)
     torch.save(reference.state_dict(), root / "baselines" / "resnet50-0676ba61.pth")
     return reference
+
+
+def write_tiny_openai_clip(root: Path, width: int = 64, depth: int = 2, embed_dim: int = 32, seed: int = 0) -> Path:
+    """A small OpenAI CLIP, both towers (``width``/``depth`` shrunk; CLIP's real vocabulary,
+    77-token context and 32-pixel patches), saved under OpenAI's names where the ``clip``
+    baseline looks, as a float32 fine-tune's ``torch.save(state_dict)``; returns the folder.
+    Text queries run the whole real code path on it in milliseconds. Built from shapes
+    alone (importing open_clip costs ~8 s); the full size is checked against open_clip in
+    tests/models/test_clip_text.py."""
+    g = torch.Generator().manual_seed(seed)
+    shapes = {"visual.conv1.weight": (width, 3, 32, 32), "visual.class_embedding": (width,),
+              "visual.positional_embedding": (50, width), "visual.ln_pre.weight": (width,),
+              "visual.ln_pre.bias": (width,), "visual.ln_post.weight": (width,), "visual.ln_post.bias": (width,),
+              "visual.proj": (width, embed_dim), "token_embedding.weight": (49408, width),
+              "positional_embedding": (77, width), "ln_final.weight": (width,), "ln_final.bias": (width,),
+              "text_projection": (width, embed_dim), "logit_scale": ()}
+    for tower in ("visual.transformer", "transformer"):
+        for block in range(depth):
+            prefix = f"{tower}.resblocks.{block}."
+            shapes |= {prefix + "ln_1.weight": (width,), prefix + "ln_1.bias": (width,),
+                       prefix + "attn.in_proj_weight": (3 * width, width), prefix + "attn.in_proj_bias": (3 * width,),
+                       prefix + "attn.out_proj.weight": (width, width), prefix + "attn.out_proj.bias": (width,),
+                       prefix + "ln_2.weight": (width,), prefix + "ln_2.bias": (width,),
+                       prefix + "mlp.c_fc.weight": (4 * width, width), prefix + "mlp.c_fc.bias": (4 * width,),
+                       prefix + "mlp.c_proj.weight": (width, 4 * width), prefix + "mlp.c_proj.bias": (width,)}
+    state = {}
+    for name, shape in shapes.items():
+        noise = torch.randn(shape, generator=g)
+        if ".ln_" in f".{name}" and name.endswith("weight"):
+            state[name] = 1.0 + 0.1 * noise
+        elif name.endswith(("proj", "projection")):
+            state[name] = noise * shape[0] ** -0.5
+        else:
+            state[name] = 0.02 * noise
+    (root / "baselines").mkdir(parents=True, exist_ok=True)
+    torch.save(state, root / "baselines" / "ViT-B-32.pt")
+    return root

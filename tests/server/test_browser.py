@@ -181,3 +181,64 @@ def test_the_web_ui_against_a_real_server(served, tmp_path):
             assert not page_errors, page_errors
         finally:
             browser.close()
+
+
+@pytest.fixture(scope="module")
+def served_with_text(executable, tmp_path_factory):
+    """A running server of a library indexed with the tiny DreamSim-DINO and a tiny OpenAI
+    CLIP (both towers), serving both: (its URL, the photo folder)."""
+    from tests.helpers.official_layout import write_tiny_cache, write_tiny_openai_clip
+
+    root = tmp_path_factory.mktemp("browser_text")
+    weights = write_tiny_openai_clip(root / "weights")
+    write_tiny_cache(weights, "dino_vitb16")
+    photos = root / "photos"
+    photos.mkdir()
+    for i in range(6):
+        photo_like(220, 160, 60 + i).save(photos / f"t{i}.jpg", quality=90)
+    with Library.open(root / "lib", weights_dir=weights, device="cpu") as library:
+        library.index([photos], models=[MODEL, "clip"], workers=0)
+    with running_server(root / "lib", weights, "--models", f"{MODEL},clip") as url:
+        yield url, photos
+
+
+def test_text_search_then_more_like_this_by_look(served_with_text, executable):
+    """Words in the text box search the clip vectors (the server's order, shown without a
+    query picture); "More like this" on a text result goes on with DreamSim, even when the
+    model menu said clip."""
+    import httpx
+    from playwright.sync_api import expect, sync_playwright
+
+    url, _photos = served_with_text
+    expected = [r["path"] for r in httpx.post(url + "/api/search/text", json={"text": "ramen in a paper bowl"}).json()["results"]]
+    expect.set_options(timeout=15_000)
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=executable, args=CHROMIUM_ARGS)
+        try:
+            page = browser.new_page(viewport={"width": 1280, "height": 900})
+            page_errors: list[str] = []
+            page.on("pageerror", lambda exc: page_errors.append(str(exc)))
+            page.goto(url + "/")
+            expect(page.locator("#model option")).to_have_text(["clip", MODEL])
+            page.select_option("#model", "clip")
+            page.fill("#search-text", "ramen in a paper bowl")
+            page.press("#search-text", "Enter")
+            tiles = page.locator("#results .tile")
+            expect(page.locator("#search-title")).to_have_text("Results for “ramen in a paper bowl”")
+            expect(page.locator("#search-sub")).to_have_text("6 results · clip")
+            expect(page.locator("#search-head .thumb.query")).to_be_hidden()
+            assert [tiles.nth(i).locator(".name").get_attribute("title") for i in range(6)] == expected
+
+            page.fill("#search-text", "a bowl of ramen " * 30)
+            page.click("#search-text-go")
+            expect(page.locator("#search-sub")).to_contain_text("cut to the 77 tokens CLIP reads")
+
+            first = tiles.first.locator(".name").text_content()
+            tiles.first.locator("button.more").click()
+            expect(page.locator("#search-title")).to_have_text(f"More like {first}")
+            expect(page.locator("#search-sub")).to_have_text(f"5 results · {MODEL}")
+            expect(page.locator("#model")).to_have_value(MODEL)
+            expect(page.locator("#search-head .thumb.query")).to_be_visible()
+            assert not page_errors, page_errors
+        finally:
+            browser.close()

@@ -181,7 +181,8 @@ const search = { seq: 0, query: null, next: null, previewUrl: null, k: 0, model:
 
 function tile(result) {
   const name = baseName(result.path);
-  const more = () => moreLike(result);
+  // a text result's "more like this" is by look: the library's DreamSim model, not CLIP
+  const more = () => moreLike(result, search.query?.kind === "text" ? lookModel() : undefined);
   const copies = result.also_at?.length
     ? el("span", { class: "copies", title: result.also_at.join("\n"), text: `+${result.also_at.length} ${result.also_at.length === 1 ? "copy" : "copies"}` })
     : null;
@@ -195,6 +196,12 @@ function tile(result) {
       el("button", { type: "button", class: "more link", text: "More like this", onclick: more }),
       el("button", { type: "button", class: "open link", title: "Open the original", text: "Open ↗",
         onclick: () => openOriginal(result.id) })));
+}
+
+function lookModel() {
+  const indexed = Object.keys(health?.vectors || {});
+  const dreamsim = indexed.filter((name) => name.startsWith("dreamsim"));
+  return dreamsim.includes(health?.default_model) ? health.default_model : dreamsim[0];
 }
 
 function moreLike(file, model) {
@@ -219,6 +226,7 @@ async function runSearch(query, offset = 0) {
         if (model) params.set("model", model);
         return api(`/api/files/${query.id}/similar?${params}`);
       }
+      if (query.kind === "text") return postJson("/api/search/text", { text: query.text, k, offset }); // clip
       const form = new FormData();
       form.append("image", query.file, query.file.name || "pasted.png");
       form.append("k", k);
@@ -244,18 +252,23 @@ async function runSearch(query, offset = 0) {
   search.next = page.next_offset ?? null;
   $("#load-more").hidden = search.next == null;
   $("#search-empty").hidden = grid.children.length > 0;
-  $("#search-sub").textContent = `${plural(grid.children.length, "result", "results")} · ${page.model}`;
+  $("#search-sub").textContent = [`${plural(grid.children.length, "result", "results")} · ${page.model}`, page.notice]
+    .filter(Boolean).join(" · ");
 }
 
 function showQuery(query) {
   $("#search-head").hidden = false;
-  $("#search-title").textContent = query.kind === "similar" ? `More like ${query.name}` : `Results for ${query.file.name || "pasted picture"}`;
+  $("#search-title").textContent = query.kind === "similar" ? `More like ${query.name}`
+    : query.kind === "text" ? `Results for “${query.text}”` : `Results for ${query.file.name || "pasted picture"}`;
   $("#search-sub").textContent = "Searching…";
   const preview = $("#query-preview");
   preview.parentElement.classList.remove("broken");
   if (search.previewUrl) URL.revokeObjectURL(search.previewUrl);
   search.previewUrl = null;
-  if (query.kind === "upload") {
+  preview.parentElement.hidden = query.kind === "text"; // words have no picture
+  if (query.kind === "text") {
+    preview.removeAttribute("src");
+  } else if (query.kind === "upload") {
     preview.src = search.previewUrl = URL.createObjectURL(query.file);
   } else {
     preview.removeAttribute("src");
@@ -433,6 +446,8 @@ function renderStatus(data, showFailed) {
         el("td", { class: "muted", text: f.retry ?? "" }))))
         : el("p", { class: "muted", text: "None." }));
   }
+  const watching = data.watch_warnings || []; // from every watcher of the library, this server's or a CLI's
+  if (watching.length) parts.unshift(el("div", { class: "watch-warnings" }, watching.join("\n")));
   $("#status-body").replaceChildren(...parts);
 }
 
@@ -599,6 +614,63 @@ async function refreshHealth() {
   fillChecks($("#index-models"), known, indexed.length ? indexed : known.slice(0, 1));
   updatePill();
   if (health.job?.state === "running") followJob(health.job.id);
+  followLibrary(); // runs for the page's life
+}
+
+/* ---------- watched folders (serve --watch): "N new photos" ---------- */
+
+let watchedSeq = null; // the last batch seen
+let newPhotos = null; // photos added since the results were refreshed (null: nothing changed)
+
+// The watcher's batches as they land (GET /api/events), read through fetch so that a token
+// goes with it (EventSource cannot send one); after a break, again from the last batch seen.
+async function followLibrary() {
+  if (!health?.watch || watchedSeq !== null) return;
+  watchedSeq = health.watch.batches;
+  showWatchWarnings(health.watch.warnings);
+  for (;;) {
+    try {
+      const response = await request(`/api/events?after=${watchedSeq}`);
+      if (!response.ok) return;
+      const reader = response.body.pipeThrough(new TextDecoderStream()).getReader();
+      let buffered = "";
+      for (;;) {
+        const { value, done } = await reader.read();
+        if (done) break;
+        const events = (buffered + value).split("\n\n");
+        buffered = events.pop();
+        for (const event of events) {
+          const data = JSON.parse(event.slice(event.indexOf("data: ") + 6));
+          if (event.startsWith("event: warnings")) showWatchWarnings(data); else libraryChanged(data);
+        }
+      }
+    } catch { /* the server restarted or the network dropped: try again shortly */ }
+    await new Promise((resolve) => setTimeout(resolve, 5000));
+  }
+}
+
+async function libraryChanged(batch) {
+  watchedSeq = batch.seq;
+  if (batch.added + batch.changed + batch.removed + batch.moved === 0) return;
+  newPhotos = (newPhotos ?? 0) + batch.added;
+  const button = $("#new-photos");
+  button.textContent = newPhotos ? `${plural(newPhotos, "new photo", "new photos")} · refresh` : "library changed · refresh";
+  button.hidden = false;
+  try {
+    health.vectors = (await api("/api/health")).vectors;
+    updatePill();
+  } catch { /* shown by the next request that fails */ }
+}
+
+function showWatchWarnings(warnings) {
+  $("#watch-warnings").textContent = warnings.join("\n");
+  $("#watch-warnings").hidden = warnings.length === 0;
+}
+
+function refreshResults() {
+  newPhotos = null;
+  $("#new-photos").hidden = true;
+  if (search.query) runSearch(search.query);
 }
 
 /* ---------- routing ---------- */
@@ -628,7 +700,11 @@ async function main() {
 
   const searchFile = dropZone($("#search-drop"), (file) => runSearch({ kind: "upload", file }));
   const compareTake = dropZone($("#compare-drop"), (file) => { compareFile = file; runCompare(); });
-  $("#search-form").addEventListener("submit", (event) => event.preventDefault());
+  $("#search-form").addEventListener("submit", (event) => { // Enter in the text box
+    event.preventDefault();
+    const text = $("#search-text").value.trim();
+    if (text) runSearch({ kind: "text", text });
+  });
   // A changed model or k reruns the current query ("change" also fires on blur: skip no-ops).
   const rerun = () => {
     updatePill();
@@ -643,6 +719,7 @@ async function main() {
   $("#status-refresh").addEventListener("click", loadStatus);
   $("#index-form").addEventListener("submit", startIndex);
   $("#job-stop").addEventListener("click", stopJob);
+  $("#new-photos").addEventListener("click", refreshResults);
 
   // Ctrl-V of a picture: the query of the search or compare view, whichever is open.
   document.addEventListener("paste", (event) => {
