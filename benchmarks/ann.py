@@ -29,6 +29,7 @@ import sys
 import tempfile
 import threading
 import time
+from functools import partial
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -36,9 +37,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import faiss  # noqa: E402
 import numpy as np  # noqa: E402
 
+from benchmarks.index_throughput import machine, peak_rss_kib  # noqa: E402
 from dreamsearch.vector_index import IndexMeta, VectorIndex, plan_for, with_kind  # noqa: E402
 from dreamsearch.vector_index.recall import clustered_unit_vectors, recall_at_k  # noqa: E402
-from benchmarks.index_throughput import machine, peak_rss_kib  # noqa: E402
 
 K = 25
 #: The catalog's model for each benchmark dimension (any name works; these read naturally).
@@ -67,8 +68,9 @@ def numpy_search(data: np.ndarray):
     return search
 
 
-def clustered_chunks(n: int, dim: int, chunk: int, start: int = 0, centres: int = 2000, spread: float = 0.6,
-                     seed: int = 0):
+def clustered_chunks(
+    n: int, dim: int, chunk: int, start: int = 0, centres: int = 2000, spread: float = 0.6, seed: int = 0
+):
     """``(first row, float32 [m, dim])`` chunks of ``n`` clustered unit vectors around one
     fixed set of centres (like ``clustered_unit_vectors``, but never all in memory); a chunk
     depends only on its position, so a fill can resume at ``start``."""
@@ -96,10 +98,16 @@ def fill_catalog(folder: Path, n: int, dim: int, chunk: int = 20_000) -> float:
             raise SystemExit(f"{folder} holds {have:,} vectors, more than {n:,}: remove it")
         root = catalog.attach(folder / "photos").id
         for first, vectors in clustered_chunks(n, dim, chunk, start=have):
-            files = [FileEntry(f"{i // 1000:05d}/img{i:09d}.jpg", 1000, 0, f"h{i:09d}", 640, 480, "JPEG")
-                     for i in range(first, first + len(vectors))]
-            catalog.commit_batch(root, files, {name: dict(zip((f.content_hash for f in files), vectors))},
-                                 drop_orphans=False)
+            files = [
+                FileEntry(f"{i // 1000:05d}/img{i:09d}.jpg", 1000, 0, f"h{i:09d}", 640, 480, "JPEG")
+                for i in range(first, first + len(vectors))
+            ]
+            catalog.commit_batch(
+                root,
+                files,
+                {name: dict(zip((f.content_hash for f in files), vectors, strict=True))},
+                drop_orphans=False,
+            )
             print(f"  filled {first + len(vectors):,} / {n:,}", end="\r", file=sys.stderr, flush=True)
     return time.perf_counter() - began
 
@@ -185,43 +193,65 @@ def build_child(folder: Path, kind: str, threads: int) -> None:
     spans = phases.spans
     spans["add"] = (spans["train"][1], spans["save"][0])
     spans["total"] = (began, ended)
-    print(json.dumps({
-        "n": n, "dim": model.dim, "kind": meta["plan"]["kind"], "factory": meta["plan"]["factory"],
-        "catalog_bytes": sum(p.stat().st_size for p in folder.glob("catalog.sqlite*")),
-        "index_bytes": meta["size"], "start_rss": start_rss, "vmhwm": peak_rss_kib() * 1024,
-        "ru_maxrss": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
-        "seconds": {k: b - a for k, (a, b) in spans.items()},
-        "peak_rss": {k: sampler.peak(a, b) for k, (a, b) in spans.items()},
-        "rss_after_add": sampler.peak(spans["save"][0] - 0.06, spans["save"][0]),
-    }))
+    print(
+        json.dumps(
+            {
+                "n": n,
+                "dim": model.dim,
+                "kind": meta["plan"]["kind"],
+                "factory": meta["plan"]["factory"],
+                "catalog_bytes": sum(p.stat().st_size for p in folder.glob("catalog.sqlite*")),
+                "index_bytes": meta["size"],
+                "start_rss": start_rss,
+                "vmhwm": peak_rss_kib() * 1024,
+                "ru_maxrss": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
+                "seconds": {k: b - a for k, (a, b) in spans.items()},
+                "peak_rss": {k: sampler.peak(a, b) for k, (a, b) in spans.items()},
+                "rss_after_add": sampler.peak(spans["save"][0] - 0.06, spans["save"][0]),
+            }
+        )
+    )
 
 
 def catalog_build(sizes: list[int], dim: int, work: Path, kind: str, threads: int) -> None:
     """Fill (or reuse) one catalog per size, build each index in a fresh process, tabulate."""
-    print(f"machine: {machine()}; faiss {faiss.__version__}, {threads} threads; dim {dim}; index kind {kind}; "
-          f"catalogs in {work}")
+    print(
+        f"machine: {machine()}; faiss {faiss.__version__}, {threads} threads; dim {dim}; index kind {kind}; "
+        f"catalogs in {work}"
+    )
     rows = []
     for n in sizes:
         folder = work / f"lib-{n}x{dim}"
         filled = fill_catalog(folder, n, dim)
         print(f"catalog of {n:,} x {dim}: ready in {filled:.0f} s", flush=True)
-        child = subprocess.run([sys.executable, __file__, "--build-child", str(folder), "--catalog-kind", kind,
-                                "--threads", str(threads)], check=True, capture_output=True, text=True)
+        child = subprocess.run(
+            [sys.executable, __file__, "--build-child", str(folder), "--catalog-kind", kind, "--threads", str(threads)],
+            check=True,
+            capture_output=True,
+            text=True,
+        )
         result = json.loads(child.stdout.strip().splitlines()[-1])
         print(json.dumps(result), flush=True)
         rows.append(result)
-    print(f"\n{'N':>10}{'dim':>5} {'index':<18}{'catalog GB':>11}{'index MiB':>10}{'start':>7}{'peak':>7}"
-          f"{'buffer':>8} {'peak MiB in: ids/sample/train/add/save':<38}{'s: ids/sample/train/add/save':>34}{'total s':>9}")
+    print(
+        f"\n{'N':>10}{'dim':>5} {'index':<18}{'catalog GB':>11}{'index MiB':>10}{'start':>7}{'peak':>7}"
+        f"{'buffer':>8} {'peak MiB in: ids/sample/train/add/save':<38}"
+        f"{'s: ids/sample/train/add/save':>34}{'total s':>9}"
+    )
     for r in rows:
         peaks, secs = r["peak_rss"], r["seconds"]
         steps = ("ids", "sample", "train", "add", "save")
         buffer = r["vmhwm"] - r["start_rss"] - r["index_bytes"]
-        print(f"{r['n']:>10,}{r['dim']:>5} {r['factory']:<18}{r['catalog_bytes'] / 1e9:>11.2f}"
-              f"{r['index_bytes'] / MIB:>10.0f}{r['start_rss'] / MIB:>7.0f}{r['vmhwm'] / MIB:>7.0f}{buffer / MIB:>8.0f} "
-              f"{'/'.join(f'{peaks.get(s, 0) / MIB:.0f}' for s in steps):<38}"
-              f"{'/'.join(f'{secs.get(s, 0):.1f}' for s in steps):>34}{secs['total']:>9.1f}")
-    print("start: RSS before the build (Python, FAISS, the open catalog); peak: VmHWM of the build process; "
-          "buffer = peak - start - index file size")
+        print(
+            f"{r['n']:>10,}{r['dim']:>5} {r['factory']:<18}{r['catalog_bytes'] / 1e9:>11.2f}"
+            f"{r['index_bytes'] / MIB:>10.0f}{r['start_rss'] / MIB:>7.0f}{r['vmhwm'] / MIB:>7.0f}{buffer / MIB:>8.0f} "
+            f"{'/'.join(f'{peaks.get(s, 0) / MIB:.0f}' for s in steps):<38}"
+            f"{'/'.join(f'{secs.get(s, 0):.1f}' for s in steps):>34}{secs['total']:>9.1f}"
+        )
+    print(
+        "start: RSS before the build (Python, FAISS, the open catalog); peak: VmHWM of the build process; "
+        "buffer = peak - start - index file size"
+    )
 
 
 def main() -> None:
@@ -241,12 +271,15 @@ def main() -> None:
     if args.build_child:
         return build_child(args.build_child, args.catalog_kind, args.threads)
     if args.catalog_build:
-        return catalog_build([int(n) for n in args.catalog_build.split(",")], args.dim, args.work_dir,
-                             args.catalog_kind, args.threads)
+        return catalog_build(
+            [int(n) for n in args.catalog_build.split(",")], args.dim, args.work_dir, args.catalog_kind, args.threads
+        )
     faiss.omp_set_num_threads(args.threads)
     print(f"faiss {faiss.__version__}, {args.threads} threads, k={K}, cluster spread {args.spread}")
-    rows = [f"{'N':>9}{'dim':>6} {'method':<24}{'build s':>9}{'B/vector':>10}{'1q p50 ms':>11}{'1q p95':>8}"
-            f"{'100q p50 ms':>13}{'100q p95':>10}{'recall@25':>11}{'speed-up':>10}"]
+    rows = [
+        f"{'N':>9}{'dim':>6} {'method':<24}{'build s':>9}{'B/vector':>10}{'1q p50 ms':>11}{'1q p95':>8}"
+        f"{'100q p50 ms':>13}{'100q p95':>10}{'recall@25':>11}{'speed-up':>10}"
+    ]
     for n in map(int, args.sizes.split(",")):
         for dim in map(int, args.dims.split(",")):
             everything = clustered_unit_vectors(n + args.queries, dim, centres=2000, spread=args.spread, seed=n + dim)
@@ -255,26 +288,35 @@ def main() -> None:
             stored16 = data.astype(np.float16)  # what the catalog can hold, for re-ranking
 
             def fetch(wanted):
-                return wanted, stored16[wanted].astype(np.float32)
+                return wanted, stored16[wanted].astype(np.float32)  # noqa: B023 - used in this iteration only
 
             began = time.perf_counter()
             exact = faiss.IndexFlatIP(dim)
             exact.add(data)
             exact_build = time.perf_counter() - began
             truth = exact.search(queries, K)[1]
-            exact_single = latencies(lambda q: exact.search(q, K), queries[:100], 1)
-            exact_batch = latencies(lambda q: exact.search(q, K), queries, 100)
+            exact_single = latencies(partial(exact.search, k=K), queries[:100], 1)
+            exact_batch = latencies(partial(exact.search, k=K), queries, 100)
 
             def row(name, build, per_vector, single, batch, recall):
-                line = (f"{n:>9}{dim:>6} {name:<24}{build:>9.1f}{per_vector:>10.0f}{single[0]:>11.2f}{single[1]:>8.2f}"
-                        f"{batch[0]:>13.1f}{batch[1]:>10.1f}{recall:>11.3f}{exact_single[0] / single[0]:>9.1f}x")
+                # n, dim, exact_single: this iteration's, and row is only called in it
+                line = (
+                    f"{n:>9}{dim:>6} {name:<24}{build:>9.1f}{per_vector:>10.0f}{single[0]:>11.2f}{single[1]:>8.2f}"  # noqa: B023
+                    f"{batch[0]:>13.1f}{batch[1]:>10.1f}{recall:>11.3f}{exact_single[0] / single[0]:>9.1f}x"  # noqa: B023
+                )
                 rows.append(line)
                 print(line, flush=True)
 
             row("exact IndexFlatIP", exact_build, dim * 4, exact_single, exact_batch, 1.0)
             brute = numpy_search(data)
-            row("numpy brute force", 0.0, dim * 4, latencies(brute, queries[:100], 1),
-                latencies(brute, queries, 100), recall_at_k(brute(queries), truth, K))
+            row(
+                "numpy brute force",
+                0.0,
+                dim * 4,
+                latencies(brute, queries[:100], 1),
+                latencies(brute, queries, 100),
+                recall_at_k(brute(queries), truth, K),
+            )
             for kind in args.kinds.split(","):
                 plan = plan_for(n, dim) if kind == "policy" else with_kind(kind, n, dim)
                 began = time.perf_counter()
@@ -282,8 +324,8 @@ def main() -> None:
                 build = time.perf_counter() - began
                 per_vector = len(faiss.serialize_index(index.index)) / n
                 rerank = fetch if plan.rerank else None
-                single = latencies(lambda q: index.search(q, K, fetch=rerank), queries[:100], 1)
-                batch = latencies(lambda q: index.search(q, K, fetch=rerank), queries, 100)
+                single = latencies(partial(index.search, k=K, fetch=rerank), queries[:100], 1)
+                batch = latencies(partial(index.search, k=K, fetch=rerank), queries, 100)
                 found = index.search(queries, K, fetch=rerank)[1]
                 label = f"{kind}: {plan.factory}" + (f" +rerank{plan.rerank}k" if plan.rerank else "")
                 row(label[:24], build, per_vector, single, batch, recall_at_k(found, truth, K))

@@ -61,8 +61,23 @@ def make_library(work: Path, photos: int) -> None:
         if i % 10 == 0:
             shutil.copyfile(folder / f"img{i:05d}.jpg", folder / f"copy{i:05d}.jpg")
     weights = write_tiny_cache(work / "weights")
-    subprocess.run([sys.executable, "-m", "dreamsearch", "index", str(folder), "-m", MODEL, "--weights-dir",
-                    str(weights), "--library", str(work / "library"), "--quiet"], check=True)
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "dreamsearch",
+            "index",
+            str(folder),
+            "-m",
+            MODEL,
+            "--weights-dir",
+            str(weights),
+            "--library",
+            str(work / "library"),
+            "--quiet",
+        ],
+        check=True,
+    )
 
 
 def main() -> None:
@@ -90,9 +105,20 @@ def main() -> None:
             "duplicates": [*cli, "duplicates", "-m", MODEL, "--max-distance", TINY_DISTANCE, *lib],
             "query --like": [*cli, "query", "--like", str(photos / "img00001.jpg"), "-m", MODEL, *lib],
             "models list": [*cli, "models", "list", "--weights-dir", str(weights)],
-            "index, nothing new, --threads 2": [*cli, "index", str(photos), "-m", MODEL, "--weights-dir",
-                                                str(weights), "--threads", "2", "--quiet", "--library",
-                                                str(work / "copy")],
+            "index, nothing new, --threads 2": [
+                *cli,
+                "index",
+                str(photos),
+                "-m",
+                MODEL,
+                "--weights-dir",
+                str(weights),
+                "--threads",
+                "2",
+                "--quiet",
+                "--library",
+                str(work / "copy"),
+            ],
             "error: missing file": [*cli, "query", str(photos / "nope.jpg"), *lib],
             "error: folder as image": [*cli, "query", str(photos), *lib],
             "error: -k 0": [*cli, "query", "-k", "0", str(photos / "img00001.jpg"), *lib],
@@ -109,14 +135,18 @@ def main() -> None:
                 if code != expected.get(name, 0):
                     raise SystemExit(f"{name}: exit status {code}: {first}")
                 runs[name].append((wall, rss))
-        print(f"library: {args.photos} photos + {len(range(0, args.photos, 10))} byte copies, model {MODEL} "
-              f"(tiny, random weights); {args.repeat} runs each, interleaved")
+        print(
+            f"library: {args.photos} photos + {len(range(0, args.photos, 10))} byte copies, model {MODEL} "
+            f"(tiny, random weights); {args.repeat} runs each, interleaved"
+        )
         reference = statistics.median(w for w, _ in runs[next(iter(cases))])
         print(f"{'command':<38} {'median s':>9} {'min s':>7} {'peak RSS':>10} {'vs import torch':>16}")
         for name, measured in runs.items():
             walls = [w for w, _ in measured]
-            print(f"{name:<38} {statistics.median(walls):>9.2f} {min(walls):>7.2f} "
-                  f"{max(r for _, r in measured):>7.0f} MiB {statistics.median(walls) / reference:>15.2f}x")
+            print(
+                f"{name:<38} {statistics.median(walls):>9.2f} {min(walls):>7.2f} "
+                f"{max(r for _, r in measured):>7.0f} MiB {statistics.median(walls) / reference:>15.2f}x"
+            )
     print("load average at end: {:.2f} {:.2f} {:.2f}".format(*os.getloadavg()))
 
 

@@ -41,9 +41,18 @@ POOL = 20_000
 
 def entries(first: int, count: int) -> list[FileEntry]:
     """Files as the indexer records them: realistic path and hash lengths."""
-    return [FileEntry(f"Photos/{i // 1000:04d}/IMG_{i:08d}.JPG", 4_000_000 + i, 1_700_000_000_000_000_000 + i,
-                      hashlib.blake2b(i.to_bytes(8, "little"), digest_size=32).hexdigest(), 4000, 3000, "JPEG")
-            for i in range(first, first + count)]
+    return [
+        FileEntry(
+            f"Photos/{i // 1000:04d}/IMG_{i:08d}.JPG",
+            4_000_000 + i,
+            1_700_000_000_000_000_000 + i,
+            hashlib.blake2b(i.to_bytes(8, "little"), digest_size=32).hexdigest(),
+            4000,
+            3000,
+            "JPEG",
+        )
+        for i in range(first, first + count)
+    ]
 
 
 def run(folder: Path, files: int, dim: int, batch: int, save: bool) -> dict:
@@ -62,7 +71,7 @@ def run(folder: Path, files: int, dim: int, batch: int, save: bool) -> dict:
         for first in range(0, files, batch):
             batch_files = entries(first, min(batch, files - first))
             rows = np.arange(first, first + len(batch_files)) % POOL
-            vectors = {name: dict(zip((f.content_hash for f in batch_files), pool[rows]))}
+            vectors = {name: dict(zip((f.content_hash for f in batch_files), pool[rows], strict=True))}
             began = time.perf_counter()
             catalog.commit_batch(root, batch_files, vectors, drop_orphans=False)
             commit_s += time.perf_counter() - began
@@ -79,11 +88,19 @@ def run(folder: Path, files: int, dim: int, batch: int, save: bool) -> dict:
             save_indexes(catalog, layout.index_dir, [model])
             save_s += time.perf_counter() - began
     (n0, t0), (n9, t9) = marks[0], marks[-2] if len(marks) > 1 else (0, 0.0)
-    return {"files": files, "dim": dim, "batch": batch, "save": save, "commit_s": commit_s, "save_s": save_s,
-            "saves": saves,
-            "first_tenth": n0 / t0, "last_tenth": (files - n9) / (commit_s - t9),
-            "catalog_bytes": sum(p.stat().st_size for p in folder.glob("catalog.sqlite*")),
-            "index_bytes": sum(p.stat().st_size for p in layout.index_dir.glob("*.faiss"))}
+    return {
+        "files": files,
+        "dim": dim,
+        "batch": batch,
+        "save": save,
+        "commit_s": commit_s,
+        "save_s": save_s,
+        "saves": saves,
+        "first_tenth": n0 / t0,
+        "last_tenth": (files - n9) / (commit_s - t9),
+        "catalog_bytes": sum(p.stat().st_size for p in folder.glob("catalog.sqlite*")),
+        "index_bytes": sum(p.stat().st_size for p in layout.index_dir.glob("*.faiss")),
+    }
 
 
 def main() -> None:
@@ -96,19 +113,22 @@ def main() -> None:
     parser.add_argument("--work-dir", type=Path, default=Path(tempfile.gettempdir()) / "dreamsearch-commit-rate")
     args = parser.parse_args()
     faiss.omp_set_num_threads(args.threads)
-    print(f"machine: {machine()}; faiss {faiss.__version__}; {args.files:,} files per run; "
-          f"catalog in {args.work_dir}")
-    header = (f"{'dim':>5}{'batch':>6} {'index saves':<12}{'files/s':>9}{'MB/s':>7}{'1st 10%':>9}{'last 10%':>9}"
-              f"{'commit s':>9}{'save s':>8}{'with saves files/s':>19}{'catalog GB':>11}{'index MB':>9}")
+    print(f"machine: {machine()}; faiss {faiss.__version__}; {args.files:,} files per run; catalog in {args.work_dir}")
+    header = (
+        f"{'dim':>5}{'batch':>6} {'index saves':<12}{'files/s':>9}{'MB/s':>7}{'1st 10%':>9}{'last 10%':>9}"
+        f"{'commit s':>9}{'save s':>8}{'with saves files/s':>19}{'catalog GB':>11}{'index MB':>9}"
+    )
     lines = []
     for dim in map(int, args.dims.split(",")):
         for batch in map(int, args.batches.split(",")):
             r = run(args.work_dir / f"lib-{dim}-{batch}", args.files, dim, batch, args.save)
-            line = (f"{dim:>5}{batch:>6} {str(r['saves']) + ' + final' if args.save else 'none':<12}"
-                    f"{r['files'] / r['commit_s']:>9,.0f}{r['files'] * dim * 4 / r['commit_s'] / 1e6:>7.1f}"
-                    f"{r['first_tenth']:>9,.0f}{r['last_tenth']:>9,.0f}{r['commit_s']:>9.1f}{r['save_s']:>8.1f}"
-                    f"{r['files'] / (r['commit_s'] + r['save_s']):>19,.0f}{r['catalog_bytes'] / 1e9:>11.2f}"
-                    f"{r['index_bytes'] / 1e6:>9.0f}")
+            line = (
+                f"{dim:>5}{batch:>6} {str(r['saves']) + ' + final' if args.save else 'none':<12}"
+                f"{r['files'] / r['commit_s']:>9,.0f}{r['files'] * dim * 4 / r['commit_s'] / 1e6:>7.1f}"
+                f"{r['first_tenth']:>9,.0f}{r['last_tenth']:>9,.0f}{r['commit_s']:>9.1f}{r['save_s']:>8.1f}"
+                f"{r['files'] / (r['commit_s'] + r['save_s']):>19,.0f}{r['catalog_bytes'] / 1e9:>11.2f}"
+                f"{r['index_bytes'] / 1e6:>9.0f}"
+            )
             print(line, flush=True)
             lines.append(line)
             shutil.rmtree(args.work_dir / f"lib-{dim}-{batch}", ignore_errors=True)

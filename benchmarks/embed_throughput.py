@@ -18,6 +18,7 @@ import os
 import sys
 import tempfile
 import time
+from functools import partial
 from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -30,8 +31,14 @@ from dreamsearch.models import load_model  # noqa: E402
 from dreamsearch.models.base import set_threads  # noqa: E402
 from tests.helpers.official_layout import official_model, write_official_cache  # noqa: E402
 
-NAMES = {"ensemble": "dreamsim", "dino_vitb16": "dreamsim-dino", "dinov2_vitb14": "dreamsim-dinov2",
-         "clip_vitb32": "dreamsim-clip", "open_clip_vitb32": "dreamsim-open-clip", "synclr_vitb16": "dreamsim-synclr"}
+NAMES = {
+    "ensemble": "dreamsim",
+    "dino_vitb16": "dreamsim-dino",
+    "dinov2_vitb14": "dreamsim-dinov2",
+    "clip_vitb32": "dreamsim-clip",
+    "open_clip_vitb32": "dreamsim-open-clip",
+    "synclr_vitb16": "dreamsim-synclr",
+}
 
 
 def vit_gmacs(patch: int, image: int = 224, width: int = 768, depth: int = 12) -> float:
@@ -90,15 +97,21 @@ def main() -> None:
     args = parser.parse_args()
 
     set_threads(args.threads)
-    device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available() else
-                          ("cpu" if args.device == "auto" else args.device))
+    device = torch.device(
+        "cuda"
+        if args.device == "auto" and torch.cuda.is_available()
+        else ("cpu" if args.device == "auto" else args.device)
+    )
     if device.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = False  # float32 means float32 for both sides
         torch.backends.cudnn.allow_tf32 = False
     count = args.images or (512 if device.type == "cuda" else 32)
     weights = args.weights_dir or Path(tempfile.mkdtemp(prefix="dreamsearch-bench-"))
-    print(f"device {device}" + (f" ({torch.cuda.get_device_name()})" if device.type == "cuda" else
-                                f", {torch.get_num_threads()} threads") + f", torch {torch.__version__}")
+    print(
+        f"device {device}"
+        + (f" ({torch.cuda.get_device_name()})" if device.type == "cuda" else f", {torch.get_num_threads()} threads")
+        + f", torch {torch.__version__}"
+    )
     peak32 = matmul_peak_gflops(device, torch.float32)
     print(f"matmul peak float32: {peak32:,.0f} GFLOP/s")
     peak16 = matmul_peak_gflops(device, torch.bfloat16) if device.type == "cuda" else None
@@ -107,10 +120,16 @@ def main() -> None:
 
     rng = np.random.default_rng(0)
     variants = [("fp32", False, False)]
-    variants += [("autocast", True, False), ("autocast+compile", True, True)] if device.type == "cuda" else [
-        ("fp32+compile", False, True)]
-    rows = [f"{'type':<14}{'batch':>6}{'official':>10}" + "".join(f"{label:>18}{'ratio':>7}" for label, _, _ in variants)
-            + f"{'best GFLOP/s':>14}{'of peak':>9}{'fp32 max|diff|':>16}"]
+    variants += (
+        [("autocast", True, False), ("autocast+compile", True, True)]
+        if device.type == "cuda"
+        else [("fp32+compile", False, True)]
+    )
+    rows = [
+        f"{'type':<14}{'batch':>6}{'official':>10}"
+        + "".join(f"{label:>18}{'ratio':>7}" for label, _, _ in variants)
+        + f"{'best GFLOP/s':>14}{'of peak':>9}{'fp32 max|diff|':>16}"
+    ]
     for dreamsim_type in args.types.split(","):
         write_official_cache(weights, dreamsim_type, seed=7)
         official, _ = official_model(weights, dreamsim_type, str(device))
@@ -119,11 +138,16 @@ def main() -> None:
             tensor = torch.from_numpy(pixels).permute(0, 3, 1, 2).float().div(255).to(device)
             with torch.no_grad():
                 expected = official.embed(tensor).float().cpu().numpy()
-            steps = {"official": torch.no_grad()(lambda: official.embed(tensor))}
+            steps = {"official": torch.no_grad()(partial(official.embed, tensor))}
             gflop, diffs = 0.0, {}
             for label, autocast, compiled in variants:
-                ours = load_model(NAMES[dreamsim_type], weights_dir=weights, device=str(device),
-                                  allow_download=False, compile=compiled)
+                ours = load_model(
+                    NAMES[dreamsim_type],
+                    weights_dir=weights,
+                    device=str(device),
+                    allow_download=False,
+                    compile=compiled,
+                )
                 autocast_dtype = ours.autocast_dtype
                 if not autocast:
                     ours.autocast_dtype = None
@@ -138,7 +162,7 @@ def main() -> None:
                 if compiled:
                     detail += f", first call (compilation) {setup:.1f} s"
                 print(detail, flush=True)
-                steps[label] = (lambda model: lambda: model.embed(pixels))(ours)
+                steps[label] = partial(ours.embed, pixels)
                 gflop = model_gflop(ours)
             rates = interleaved_rates(steps, batch, count, device)
             line = f"{dreamsim_type:<14}{batch:>6}{rates['official']:>10.2f}"

@@ -47,12 +47,27 @@ def vectors_in(catalog: Path) -> int:
         return 0
 
 
-def one_run(checkout: Path, work: Path, weights: Path, folder: Path, seconds_per_image: float,
-            interrupt_after: float) -> dict:
+def one_run(
+    checkout: Path, work: Path, weights: Path, folder: Path, seconds_per_image: float, interrupt_after: float
+) -> dict:
     """Index ``folder`` with ``checkout``'s dreamsearch; SIGINT at ``interrupt_after`` s."""
     library = work / f"lib-{checkout.name}"
-    command = [sys.executable, str(SLOWED_CLI), str(seconds_per_image), "index", str(folder), "-m", "dreamsim-dino",
-               "--weights-dir", str(weights), "--library", str(library), "--workers", "1", "--json"]
+    command = [
+        sys.executable,
+        str(SLOWED_CLI),
+        str(seconds_per_image),
+        "index",
+        str(folder),
+        "-m",
+        "dreamsim-dino",
+        "--weights-dir",
+        str(weights),
+        "--library",
+        str(library),
+        "--workers",
+        "1",
+        "--json",
+    ]
     env = os.environ | {"PYTHONPATH": str(checkout), "HF_HUB_OFFLINE": "1"}
     started = time.monotonic()
     child = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -70,9 +85,15 @@ def one_run(checkout: Path, work: Path, weights: Path, folder: Path, seconds_per
     summary = json.loads(stdout.strip().splitlines()[-1]) if stdout.strip() else {}
     if first is None and vectors_in(library / "catalog.sqlite") > 0:
         first = ended  # committed in the run's last moments
-    return {"checkout": str(checkout), "first_commit_s": first, "sigint_to_exit_s": None if interrupted is None
-            else ended - interrupted, "exit": child.returncode, "kept": vectors_in(library / "catalog.sqlite"),
-            "embedded": summary.get("embedded"), "stderr_tail": stderr.strip().splitlines()[-1:] if stderr else []}
+    return {
+        "checkout": str(checkout),
+        "first_commit_s": first,
+        "sigint_to_exit_s": None if interrupted is None else ended - interrupted,
+        "exit": child.returncode,
+        "kept": vectors_in(library / "catalog.sqlite"),
+        "embedded": summary.get("embedded"),
+        "stderr_tail": stderr.strip().splitlines()[-1:] if stderr else [],
+    }
 
 
 def batch_throughput(batches: list[int], threads: int, work: Path) -> None:
@@ -97,8 +118,10 @@ def batch_throughput(batches: list[int], threads: int, work: Path) -> None:
                 done += batch
             best[batch] = max(best[batch], done / (time.perf_counter() - started))
     for batch, rate in best.items():
-        print(f"ViT-B/16, {threads} threads, batch {batch:>3}: {rate:.2f} images/s "
-              f"({rate / max(best.values()):.0%} of the best)")
+        print(
+            f"ViT-B/16, {threads} threads, batch {batch:>3}: {rate:.2f} images/s "
+            f"({rate / max(best.values()):.0%} of the best)"
+        )
 
 
 def main() -> None:
@@ -114,23 +137,28 @@ def main() -> None:
         with tempfile.TemporaryDirectory() as scratch:
             batch_throughput([int(b) for b in args.batches.split(",")], args.threads, Path(scratch))
         return
-    print(f"cpu: {os.cpu_count()} cores; model slowed to {args.seconds_per_image} s/image; {args.images} images; "
-          f"SIGINT {args.interrupt_after} s after the start")
+    print(
+        f"cpu: {os.cpu_count()} cores; model slowed to {args.seconds_per_image} s/image; {args.images} images; "
+        f"SIGINT {args.interrupt_after} s after the start"
+    )
     with tempfile.TemporaryDirectory() as scratch:
         work = Path(scratch)
         weights = write_tiny_cache(work / "weights")
         folder = photo_folder(work / "photos", args.images, (160, 120), 1, "p{:03d}.jpg")
         results = []
         for checkout in [c for c in (args.before, ROOT) if c is not None]:
-            results.append(one_run(checkout.resolve(), work, weights, folder, args.seconds_per_image,
-                                   args.interrupt_after))
+            results.append(
+                one_run(checkout.resolve(), work, weights, folder, args.seconds_per_image, args.interrupt_after)
+            )
             print(json.dumps(results[-1]))
     if len(results) == 2:
         before, after = results
         for key in ("first_commit_s", "sigint_to_exit_s"):
             if before[key] and after[key]:
-                print(f"{key}: before {before[key]:.1f} s, after {after[key]:.1f} s, before/after "
-                      f"{before[key] / after[key]:.1f}x")
+                print(
+                    f"{key}: before {before[key]:.1f} s, after {after[key]:.1f} s, before/after "
+                    f"{before[key] / after[key]:.1f}x"
+                )
 
 
 if __name__ == "__main__":

@@ -57,6 +57,7 @@ OFFICIAL_TYPES = {"dreamsim": "ensemble", "dreamsim-dino": "dino_vitb16"}
 
 # corpora -------------------------------------------------------------------------------
 
+
 def _texture(width: int, height: int, seed: int) -> np.ndarray:
     rng = np.random.default_rng(seed)
     small = rng.integers(0, 256, (max(1, height // 64), max(1, width // 64), 3), dtype=np.uint8)
@@ -102,9 +103,10 @@ def make_corpus(folder: Path, kind: str, count: int) -> list[Path]:
 
 # measurements ----------------------------------------------------------------------------
 
+
 def pure_decode(paths: list[Path], recipes, threads: int) -> float:
-    from dreamsearch.images import DEFAULT_MAX_PIXELS
     from dreamsearch.decoding import decode_bytes
+    from dreamsearch.images import DEFAULT_MAX_PIXELS
     from dreamsearch.reading import read_file
 
     def one(path: Path) -> None:
@@ -146,7 +148,7 @@ def gpu_agreement(paths: list[Path], model, device: str) -> str:
     recipes = (model.preprocess_spec,)
     gpu = JpegBatchDecoder(device).decode([b for _p, b in blobs], recipes)
     cpu = [decode_bytes(str(p), b, recipes, DEFAULT_MAX_PIXELS, draft=True).pixels[0] for p, b in blobs]
-    pairs = [(g[2][0], c) for g, c in zip(gpu, cpu) if not isinstance(g, str)]
+    pairs = [(g[2][0], c) for g, c in zip(gpu, cpu, strict=True) if not isinstance(g, str)]
     difference = np.stack([np.abs(g.astype(np.int16) - c.astype(np.int16)) for g, c in pairs])
     ours, reference = model.embed(np.stack([g for g, _c in pairs])), model.embed(np.stack([c for _g, c in pairs]))
     cosine = float(np.min(np.sum(ours * reference, axis=1)))
@@ -155,9 +157,11 @@ def gpu_agreement(paths: list[Path], model, device: str) -> str:
     except OSError:
         engines = ""
     jpeg = "; ".join(line.strip() for line in engines.splitlines() if "JPG" in line or "JPEG" in line) or "not listed"
-    return (f"GPU vs CPU decode on {len(pairs)} JPEGs ({len(gpu) - len(pairs)} fell back): pixels max "
-            f"{difference.max()}/255, mean {difference.mean():.3f}/255; embeddings min cosine {cosine:.6f}; "
-            f"nvidia-smi JPEG lines: {jpeg}")
+    return (
+        f"GPU vs CPU decode on {len(pairs)} JPEGs ({len(gpu) - len(pairs)} fell back): pixels max "
+        f"{difference.max()}/255, mean {difference.mean():.3f}/255; embeddings min cosine {cosine:.6f}; "
+        f"nvidia-smi JPEG lines: {jpeg}"
+    )
 
 
 def pure_embedding(model, batch_size: int, device: str) -> float:
@@ -174,13 +178,36 @@ def pure_embedding(model, batch_size: int, device: str) -> float:
     return rounds * batch_size / (time.perf_counter() - began)
 
 
-def end_to_end(folder: Path, weights: Path, model: str, args, library: Path, gpu_decode: bool = False,
-               engine: str = "local", backend: str = "torch") -> dict:
+def end_to_end(
+    folder: Path,
+    weights: Path,
+    model: str,
+    args,
+    library: Path,
+    gpu_decode: bool = False,
+    engine: str = "local",
+    backend: str = "torch",
+) -> dict:
     """``index_folders`` in a child process; its own peak RSS and timings come back."""
-    command = [sys.executable, __file__, "--child", json.dumps({
-        "folder": str(folder), "weights": str(weights), "model": model, "library": str(library),
-        "device": args.device, "batch_size": args.batch_size, "workers": args.workers,
-        "gpu_decode": args.device if gpu_decode else None, "engine": engine, "backend": backend})]
+    command = [
+        sys.executable,
+        __file__,
+        "--child",
+        json.dumps(
+            {
+                "folder": str(folder),
+                "weights": str(weights),
+                "model": model,
+                "library": str(library),
+                "device": args.device,
+                "batch_size": args.batch_size,
+                "workers": args.workers,
+                "gpu_decode": args.device if gpu_decode else None,
+                "engine": engine,
+                "backend": backend,
+            }
+        ),
+    ]
     output = subprocess.run(command, check=True, capture_output=True, text=True).stdout
     return json.loads(output.strip().splitlines()[-1])
 
@@ -192,10 +219,18 @@ def child(spec: dict) -> None:
     from dreamsearch.layout import LibraryLayout
     from dreamsearch.models import PendingModel
 
-    handle = PendingModel(spec["model"], weights_dir=spec["weights"], device=spec["device"],
-                          precision="int8" if spec["backend"] == "int8" else "fp32")
-    options = IndexOptions(batch_size=spec["batch_size"], gpu_decode=spec["gpu_decode"], engine=spec["engine"],
-                           **({} if spec["workers"] is None else {"workers": spec["workers"]}))
+    handle = PendingModel(
+        spec["model"],
+        weights_dir=spec["weights"],
+        device=spec["device"],
+        precision="int8" if spec["backend"] == "int8" else "fp32",
+    )
+    options = IndexOptions(
+        batch_size=spec["batch_size"],
+        gpu_decode=spec["gpu_decode"],
+        engine=spec["engine"],
+        **({} if spec["workers"] is None else {"workers": spec["workers"]}),
+    )
     first: list[tuple[float, int]] = []
 
     def progress(report) -> None:
@@ -203,15 +238,25 @@ def child(spec: dict) -> None:
             first.append((time.perf_counter(), report.embedded))
 
     sampler = GpuSampler() if spec["device"] == "cuda" else None
-    report = index_folders(LibraryLayout.prepare(Path(spec["library"])), [Path(spec["folder"])], [handle],
-                           options, progress)
+    report = index_folders(
+        LibraryLayout.prepare(Path(spec["library"])), [Path(spec["folder"])], [handle], options, progress
+    )
     ended = time.perf_counter()
     steady = (report.embedded - first[0][1]) / (ended - first[0][0]) if first else 0.0
-    print(json.dumps({
-        "embedded": report.embedded, "failed": report.failed, "seconds": ended - began,
-        "startup_s": first[0][0] - began if first else None, "steady_img_s": steady,
-        "workers": options.workers, "gpu_busy": sampler.stop() if sampler else None,
-        "peak_rss_mib": peak_rss_kib() / 1024}))
+    print(
+        json.dumps(
+            {
+                "embedded": report.embedded,
+                "failed": report.failed,
+                "seconds": ended - began,
+                "startup_s": first[0][0] - began if first else None,
+                "steady_img_s": steady,
+                "workers": options.workers,
+                "gpu_busy": sampler.stop() if sampler else None,
+                "peak_rss_mib": peak_rss_kib() / 1024,
+            }
+        )
+    )
 
 
 def peak_rss_kib() -> int:
@@ -286,8 +331,9 @@ def compare_backends(args, work: Path, corpora: dict) -> None:
                 diff = np.abs(vectors - expected).max()
                 line = f"  {name}, {backend} ({handle.load().backend}): max |diff| to torch {diff:.1e}"
                 if backend == "int8" and len(pixels) >= 40:
-                    gates = measure(in_batches(reference.embed, pixels), handle.load().embed, pixels,
-                                    handle.spec.duplicate_distance)
+                    gates = measure(
+                        in_batches(reference.embed, pixels), handle.load().embed, pixels, handle.spec.duplicate_distance
+                    )
                     line += f"; int8 gates on {len(pixels)} pictures: {gates}; failing: {gates.failures() or 'none'}"
                 print(line)
             del handles, reference
@@ -297,16 +343,20 @@ def compare_backends(args, work: Path, corpora: dict) -> None:
                     library = Path(tempfile.mkdtemp(prefix="lib-", dir=work))
                     result = end_to_end(work / kind, weights, name, args, library, backend=backend)
                     runs[backend].append(result)
-                    print(f"  round {round_number + 1}, {backend}: {result['embedded'] / result['seconds']:.2f} img/s "
-                          f"overall ({result['seconds']:.1f} s), steady {result['steady_img_s']:.2f} img/s, "
-                          f"peak RSS {result['peak_rss_mib']:.0f} MiB; load average {_loadavg()}")
+                    print(
+                        f"  round {round_number + 1}, {backend}: {result['embedded'] / result['seconds']:.2f} img/s "
+                        f"overall ({result['seconds']:.1f} s), steady {result['steady_img_s']:.2f} img/s, "
+                        f"peak RSS {result['peak_rss_mib']:.0f} MiB; load average {_loadavg()}"
+                    )
             overall = {b: float(np.median([r["embedded"] / r["seconds"] for r in rs])) for b, rs in runs.items()}
             steady = {b: float(np.median([r["steady_img_s"] for r in rs])) for b, rs in runs.items()}
             base = args.backends[0]
             print(f"\n== {name}, {kind} ({len(paths)} files), medians of {args.rounds} rounds, ratios to {base}:")
             for backend in args.backends:
-                print(f"  {backend:<9} overall {overall[backend]:6.2f} img/s ({overall[backend] / overall[base]:.2f}x), "
-                      f"steady {steady[backend]:6.2f} img/s ({steady[backend] / steady[base]:.2f}x)")
+                print(
+                    f"  {backend:<9} overall {overall[backend]:6.2f} img/s ({overall[backend] / overall[base]:.2f}x), "
+                    f"steady {steady[backend]:6.2f} img/s ({steady[backend] / steady[base]:.2f}x)"
+                )
 
 
 def _loadavg() -> str:
@@ -333,12 +383,21 @@ def main() -> None:
     parser.add_argument("--naive", type=int, default=30, help="camera images for the official naive loop (0 skips)")
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     parser.add_argument("--gpu-decode", action="store_true")
-    parser.add_argument("--engine", default="local", choices=["local", "ray"],
-                        help="ray: also run each end-to-end case on a Ray cluster of this machine")
+    parser.add_argument(
+        "--engine",
+        default="local",
+        choices=["local", "ray"],
+        help="ray: also run each end-to-end case on a Ray cluster of this machine",
+    )
     parser.add_argument("--workers", type=int, default=None)
     parser.add_argument("--batch-size", type=int, default=32)
-    parser.add_argument("--backends", nargs="+", choices=list(BACKENDS), default=None,
-                        help="compare these ways of computing the vectors end to end (see above)")
+    parser.add_argument(
+        "--backends",
+        nargs="+",
+        choices=list(BACKENDS),
+        default=None,
+        help="compare these ways of computing the vectors end to end (see above)",
+    )
     parser.add_argument("--rounds", type=int, default=2, help="turns per backend with --backends")
     parser.add_argument("--work-dir", type=Path, default=None, help="keep corpora and weights between runs")
     parser.add_argument("--child", help=argparse.SUPPRESS)
@@ -359,8 +418,10 @@ def main() -> None:
             paths = make_corpus(work / kind, kind, count)
             size = sum(p.stat().st_size for p in paths)
             corpora[kind] = (paths, size)
-            print(f"corpus {kind}: {count} files, {size / count / 1e6:.2f} MB each (made in "
-                  f"{time.perf_counter() - began:.0f} s)")
+            print(
+                f"corpus {kind}: {count} files, {size / count / 1e6:.2f} MB each (made in "
+                f"{time.perf_counter() - began:.0f} s)"
+            )
     if args.backends:
         compare_backends(args, work, corpora)
         return
@@ -388,8 +449,9 @@ def main() -> None:
             results = {}
             for engine, batched in cases:
                 library = Path(tempfile.mkdtemp(prefix="lib-", dir=work))
-                result = results[engine, batched] = end_to_end(work / kind, weights, name, args, library, batched,
-                                                               engine)
+                result = results[engine, batched] = end_to_end(
+                    work / kind, weights, name, args, library, batched, engine
+                )
                 seconds = result["seconds"]
                 best = max(best, result["embedded"] / seconds)
                 ceiling = min(many + (gpu if batched else 0.0), embed_rate)
@@ -397,20 +459,28 @@ def main() -> None:
                 label = f"{kind}, {'batched JPEG decoder + CPU threads' if batched else 'CPU decode threads'}"
                 if engine == "ray":
                     label = f"{kind}, Ray engine (decode tasks + one embed actor)"
-                print(f"  {label}: end to end {result['embedded'] / seconds:.2f} img/s overall, steady "
-                      f"{result['steady_img_s']:.2f} img/s after {result['startup_s']:.1f} s start-up; "
-                      f"read {size / seconds / 1e9:.3f} GB/s; peak RSS {result['peak_rss_mib']:.0f} MiB{busy}")
-                print(f"  {label}: steady / pure embedding = {result['steady_img_s'] / embed_rate:.2f}; "
-                      f"steady / min(decode, embedding) = {result['steady_img_s'] / ceiling:.2f}")
+                print(
+                    f"  {label}: end to end {result['embedded'] / seconds:.2f} img/s overall, steady "
+                    f"{result['steady_img_s']:.2f} img/s after {result['startup_s']:.1f} s start-up; "
+                    f"read {size / seconds / 1e9:.3f} GB/s; peak RSS {result['peak_rss_mib']:.0f} MiB{busy}"
+                )
+                print(
+                    f"  {label}: steady / pure embedding = {result['steady_img_s'] / embed_rate:.2f}; "
+                    f"steady / min(decode, embedding) = {result['steady_img_s'] / ceiling:.2f}"
+                )
             if ("ray", False) in results:
                 local, ray = results["local", False], results["ray", False]
-                print(f"  {kind}: Ray / local = {local['seconds'] / ray['seconds']:.2f} end to end "
-                      f"({ray['seconds']:.1f} s against {local['seconds']:.1f} s), "
-                      f"{ray['steady_img_s'] / local['steady_img_s']:.2f} in steady state")
+                print(
+                    f"  {kind}: Ray / local = {local['seconds'] / ray['seconds']:.2f} end to end "
+                    f"({ray['seconds']:.1f} s against {local['seconds']:.1f} s), "
+                    f"{ray['steady_img_s'] / local['steady_img_s']:.2f} in steady state"
+                )
             if kind == "camera" and args.naive:
                 naive = naive_loop(weights, OFFICIAL_TYPES[name], paths[: args.naive], args.device)
-                print(f"  camera: naive official loop {naive:.2f} img/s ({args.naive} images); "
-                      f"end to end overall (the faster above) / naive = {best / naive:.2f}x")
+                print(
+                    f"  camera: naive official loop {naive:.2f} img/s ({args.naive} images); "
+                    f"end to end overall (the faster above) / naive = {best / naive:.2f}x"
+                )
         del model
     sizes = [int(s) for s in args.rss.split(",") if s]
     if sizes:
@@ -420,8 +490,11 @@ def main() -> None:
             folder = work / f"rss{count}"
             make_corpus(folder, "medium", count)
             result = end_to_end(folder, tiny, "dreamsim-dino", args, Path(tempfile.mkdtemp(prefix="lib-", dir=work)))
-            print(f"  {count} files: peak RSS {result['peak_rss_mib']:.0f} MiB, {result['embedded']} embedded in "
-                  f"{result['seconds']:.0f} s")
+            print(
+                f"  {count} files: peak RSS {result['peak_rss_mib']:.0f} MiB, {result['embedded']} embedded in "
+                f"{result['seconds']:.0f} s"
+            )
+
 
 if __name__ == "__main__":
     main()

@@ -72,8 +72,9 @@ SIDES = ("open_clip", "dreamsearch")
 
 
 def load_once(side: str, weights: Path, threads: int) -> dict:
-    result = subprocess.run([sys.executable, "-c", CHILD, side, str(weights), str(threads)],
-                            capture_output=True, text=True, cwd=ROOT)
+    result = subprocess.run(
+        [sys.executable, "-c", CHILD, side, str(weights), str(threads)], capture_output=True, text=True, cwd=ROOT
+    )
     if result.returncode != 0:
         raise SystemExit(f"{side} child failed:\n{result.stderr}")
     return json.loads(result.stdout.strip().splitlines()[-1])
@@ -83,7 +84,7 @@ def init_cost(repeat: int, threads: int) -> tuple[float, float]:
     """Best seconds to build a ViT-B/32 with random initialisation, and on ``meta``."""
     import torch
 
-    from dreamsearch.models.vit import ViTConfig, VisionTransformer
+    from dreamsearch.models.vit import VisionTransformer, ViTConfig
 
     if threads:
         torch.set_num_threads(threads)
@@ -117,15 +118,21 @@ def main() -> None:
                 runs[side].append(load_once(side, weights, args.threads))
     for side in SIDES:
         seconds = [r["seconds"] for r in runs[side]]
-        print(f"{side}: load to ready median {statistics.median(seconds):.2f} s "
-              f"(runs {', '.join(f'{s:.2f}' for s in seconds)}; of which torch + dreamsearch imports "
-              f"{statistics.median(r['imports'] for r in runs[side]):.2f} s), "
-              f"peak RSS median {statistics.median(r['rss_mib'] for r in runs[side]):.0f} MiB")
+        print(
+            f"{side}: load to ready median {statistics.median(seconds):.2f} s "
+            f"(runs {', '.join(f'{s:.2f}' for s in seconds)}; of which torch + dreamsearch imports "
+            f"{statistics.median(r['imports'] for r in runs[side]):.2f} s), "
+            f"peak RSS median {statistics.median(r['rss_mib'] for r in runs[side]):.0f} MiB"
+        )
     before, after = (statistics.median(r["seconds"] for r in runs[s]) for s in SIDES)
     rss_before, rss_after = (statistics.median(r["rss_mib"] for r in runs[s]) for s in SIDES)
     print(f"open_clip / dreamsearch: time {before / after:.2f}x, peak RSS {rss_before / rss_after:.2f}x")
-    diff = max(abs(a - b) for run_a, run_b in zip(runs["open_clip"], runs["dreamsearch"])
-               for row_a, row_b in zip(run_a["vectors"], run_b["vectors"]) for a, b in zip(row_a, row_b))
+    diff = max(
+        abs(a - b)
+        for run_a, run_b in zip(runs["open_clip"], runs["dreamsearch"], strict=True)
+        for row_a, row_b in zip(run_a["vectors"], run_b["vectors"], strict=True)
+        for a, b in zip(row_a, row_b, strict=True)
+    )
     print(f"max |vector difference| between the sides: {diff:.1e}")
     initialised, meta = init_cost(args.repeat, args.threads)
     print(f"one ViT-B/32 built with random initialisation {initialised:.3f} s, on meta {meta:.4f} s")

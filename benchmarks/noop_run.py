@@ -59,9 +59,13 @@ def make_folder(folder: Path, files: int, distinct: int) -> None:
 
 
 def run(checkout: Path, library: Path, folder: Path, weights: Path) -> dict:
-    done = subprocess.run([sys.executable, "-c", CHILD, str(library), str(folder), str(weights)],
-                          capture_output=True, text=True, cwd=checkout, env={"PYTHONPATH": str(checkout),
-                                                                                "PATH": "/usr/bin:/bin"})
+    done = subprocess.run(
+        [sys.executable, "-c", CHILD, str(library), str(folder), str(weights)],
+        capture_output=True,
+        text=True,
+        cwd=checkout,
+        env={"PYTHONPATH": str(checkout), "PATH": "/usr/bin:/bin"},
+    )
     if done.returncode != 0:
         raise SystemExit(f"{checkout}: {done.stderr.strip().splitlines()[-1]}")
     return json.loads(done.stdout.strip().splitlines()[-1])
@@ -91,8 +95,10 @@ def main() -> None:
                 times[name].append(report["seconds"])
         for name, seconds in times.items():
             median = statistics.median(seconds)
-            print(f"{name}: no-op run of {args.files} files: median {median:.2f} s "
-                  f"({1e6 * median / args.files:.1f} µs per file; runs {', '.join(f'{s:.2f}' for s in seconds)})")
+            print(
+                f"{name}: no-op run of {args.files} files: median {median:.2f} s "
+                f"({1e6 * median / args.files:.1f} µs per file; runs {', '.join(f'{s:.2f}' for s in seconds)})"
+            )
         ratio = statistics.median(times["this"]) / statistics.median(times["baseline"])
         print(f"this / baseline: {ratio:.2f}x")
 

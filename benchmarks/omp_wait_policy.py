@@ -78,27 +78,35 @@ def main() -> None:
     burners = [multiprocessing.Process(target=burn, daemon=True) for _ in range(args.burners)]
     for burner in burners:
         burner.start()
-    print(f"{os.cpu_count()} cores, {args.threads} threads, {args.burners} busy processes, "
-          f"load average {os.getloadavg()[0]:.1f}; per image: CPU s / wall s")
+    print(
+        f"{os.cpu_count()} cores, {args.threads} threads, {args.burners} busy processes, "
+        f"load average {os.getloadavg()[0]:.1f}; per image: CPU s / wall s"
+    )
     totals: dict[str, list[dict]] = {"ACTIVE": [], "PASSIVE": []}
     try:
         for round_ in range(args.rounds):
             for policy in totals:
                 command = [sys.executable, __file__, "--child", str(weights), str(args.images), str(args.threads)]
-                out = subprocess.run(command, capture_output=True, text=True, check=True,
-                                     env={**os.environ, "OMP_WAIT_POLICY": policy}).stdout
+                out = subprocess.run(
+                    command, capture_output=True, text=True, check=True, env={**os.environ, "OMP_WAIT_POLICY": policy}
+                ).stdout
                 figures = json.loads(out.splitlines()[-1])
                 totals[policy].append(figures)
-                print(f"round {round_ + 1} {policy:7s} " + "  ".join(
-                    f"batch {b}: {cpu:.3f} / {wall:.3f}" for b, (cpu, wall) in figures.items()), flush=True)
+                print(
+                    f"round {round_ + 1} {policy:7s} "
+                    + "  ".join(f"batch {b}: {cpu:.3f} / {wall:.3f}" for b, (cpu, wall) in figures.items()),
+                    flush=True,
+                )
     finally:
         for burner in burners:
             burner.terminate()
     for batch in ("1", "8"):
         best = {p: min(run[batch][1] for run in runs) for p, runs in totals.items()}
         cpu = {p: min(run[batch][0] for run in runs) for p, runs in totals.items()}
-        print(f"batch {batch}: PASSIVE/ACTIVE best wall {best['PASSIVE'] / best['ACTIVE']:.2f}x, "
-              f"best CPU {cpu['PASSIVE'] / cpu['ACTIVE']:.2f}x")
+        print(
+            f"batch {batch}: PASSIVE/ACTIVE best wall {best['PASSIVE'] / best['ACTIVE']:.2f}x, "
+            f"best CPU {cpu['PASSIVE'] / cpu['ACTIVE']:.2f}x"
+        )
 
 
 if __name__ == "__main__":

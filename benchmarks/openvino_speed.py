@@ -17,6 +17,7 @@ import os
 import sys
 import tempfile
 import time
+from functools import partial
 from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -66,12 +67,14 @@ def main() -> None:
             reference, torch_load = load(name, root, "torch")
             _, first_load = load(name, root, "openvino")
             fast, cached_load = load(name, root, "openvino")
-            print(f"  {name}: load torch {torch_load:.1f} s, openvino first (convert + save) {first_load:.1f} s, "
-                  f"openvino from the saved conversion {cached_load:.1f} s")
+            print(
+                f"  {name}: load torch {torch_load:.1f} s, openvino first (convert + save) {first_load:.1f} s, "
+                f"openvino from the saved conversion {cached_load:.1f} s"
+            )
             for batch in args.batches:
                 pixels = np.random.default_rng(batch).integers(0, 256, (batch, 224, 224, 3), dtype=np.uint8)
                 diff = float(np.abs(fast.embed(pixels) - reference.embed(pixels)).max())
-                steps = {"torch": lambda: reference.embed(pixels), "openvino": lambda: fast.embed(pixels)}
+                steps = {"torch": partial(reference.embed, pixels), "openvino": partial(fast.embed, pixels)}
                 rates = interleaved_rates(steps, batch, args.images, torch.device("cpu"), args.rounds)
                 rows.append((name, batch, rates["torch"], rates["openvino"], diff))
     print(f"load average at end: {loadavg()}")

@@ -62,20 +62,20 @@ with Library.open(library_path) as library:
     files = sum(library.vector_counts().values())
     def query():
         return library.stored_query(int(rng.integers(1, files + 1)), "dreamsim-dino")
-    library.search(query(), 25)  # open the index
+    library.search(query(), k=25)  # open the index
     for offset in (0, 100, 1000):
         times = []
         for _ in range(reps):
             q = query()
             start = time.perf_counter()
-            library.search(q, 25, True, None, None, offset)
+            library.search(q, k=25, include_self=True, offset=offset)
             times.append(time.perf_counter() - start)
         out[f"offset {offset}"] = [float(np.percentile(times, p)) * 1e3 for p in (50, 95)]
     repeated = missed = 0
     for _ in range(queries):
         q, seen, offset = query(), [], 0
         while offset is not None and offset < 150:
-            page = library.search(q, 7, True, None, None, offset)
+            page = library.search(q, k=7, include_self=True, offset=offset)
             seen += [m.path for m in page.matches]
             offset = page.next_offset
         whole = [m.path for m in library.search(q, len(seen), True).matches]
@@ -95,7 +95,7 @@ def build(root: Path, kind: str, files: int, dim: int, tie: int) -> Path:
 
     vectors = clustered_unit_vectors(files, dim, centres=max(20, files // 500), seed=3)
     for start in range(0, files, tie):
-        vectors[start:start + tie] = vectors[start]
+        vectors[start : start + tie] = vectors[start]
     library = LibraryLayout.prepare(root / f"lib-{kind}")
     photos = root / "photos"
     entries = []
@@ -110,17 +110,24 @@ def build(root: Path, kind: str, files: int, dim: int, tie: int) -> Path:
         model = catalog.ensure_model(MODEL, dim, "synthetic")
         root_id = catalog.attach(photos).id
         for start in range(0, files, 5_000):
-            chunk = entries[start:start + 5_000]
-            catalog.commit_batch(root_id, chunk, {MODEL: {e.content_hash: vectors[start + j] for j, e in enumerate(chunk)}})
+            chunk = entries[start : start + 5_000]
+            catalog.commit_batch(
+                root_id, chunk, {MODEL: {e.content_hash: vectors[start + j] for j, e in enumerate(chunk)}}
+            )
         index = rebuild(catalog, model, plan=with_kind(kind, files, dim))
         index.save(library.index_dir, index.meta.seq, catalog.identity(), catalog.chain_at(model, index.meta.seq) or "")
     return library.root
 
 
 def measure(way: str, library: Path, queries: int, reps: int) -> dict:
-    done = subprocess.run([sys.executable, "-c", MEASURE, str(library), str(queries), str(reps), way],
-                          capture_output=True, text=True, check=True,
-                          env={**os.environ, "PYTHONPATH": str(ROOT)}, cwd=ROOT)
+    done = subprocess.run(
+        [sys.executable, "-c", MEASURE, str(library), str(queries), str(reps), way],
+        capture_output=True,
+        text=True,
+        check=True,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        cwd=ROOT,
+    )
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
@@ -134,8 +141,10 @@ def main() -> None:
     parser.add_argument("--reps", type=int, default=60)
     parser.add_argument("--rounds", type=int, default=3, help="alternating runs of each side; the best is shown")
     args = parser.parse_args()
-    print(f"{args.files:,} files, dim {args.dim}, runs of {args.tie} identical vectors; k = 25; "
-          f"p50 / p95 in ms over {args.reps} queries; paging: k = 7 over the first 150, {args.queries} queries")
+    print(
+        f"{args.files:,} files, dim {args.dim}, runs of {args.tie} identical vectors; k = 25; "
+        f"p50 / p95 in ms over {args.reps} queries; paging: k = 7 over the first 150, {args.queries} queries"
+    )
     with tempfile.TemporaryDirectory() as tmp:
         for kind in args.kinds.split(","):
             started = time.perf_counter()
@@ -149,11 +158,15 @@ def main() -> None:
                     results[name][key] = value if best is None or isinstance(value, int) else min(best, value)
             for key in ("offset 0", "offset 100", "offset 1000"):
                 before, now = results["before"][key], results["now"][key]
-                print(f"  {key:>11}: before {before[0]:6.2f} / {before[1]:6.2f}   now {now[0]:6.2f} / {now[1]:6.2f}"
-                      f"   p50 ratio {now[0] / before[0]:.2f}x")
+                print(
+                    f"  {key:>11}: before {before[0]:6.2f} / {before[1]:6.2f}   now {now[0]:6.2f} / {now[1]:6.2f}"
+                    f"   p50 ratio {now[0] / before[0]:.2f}x"
+                )
             for name in ("before", "now"):
-                print(f"  {name:>6}: results shown twice {results[name]['repeated']}, "
-                      f"missed {results[name]['missed']} (following next_offset)")
+                print(
+                    f"  {name:>6}: results shown twice {results[name]['repeated']}, "
+                    f"missed {results[name]['missed']} (following next_offset)"
+                )
 
 
 if __name__ == "__main__":

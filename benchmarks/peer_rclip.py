@@ -73,21 +73,39 @@ from benchmarks import rclip_weights  # noqa: E402
 from benchmarks.index_throughput import machine  # noqa: E402
 
 #: rclip 4.x's extensions (``rclip/const.py``) and the folders it skips by default.
-RCLIP_EXTENSIONS = {"jpg", "jpeg", "png", "webp", "heic", "tiff", "tif", "bmp", "gif", "jp2", "pnm", "pbm", "pgm",
-                    "ppm"}
+RCLIP_EXTENSIONS = {
+    "jpg",
+    "jpeg",
+    "png",
+    "webp",
+    "heic",
+    "tiff",
+    "tif",
+    "bmp",
+    "gif",
+    "jp2",
+    "pnm",
+    "pbm",
+    "pgm",
+    "ppm",
+}
 RCLIP_SKIPPED_DIRS = {"@eaDir", "node_modules", ".git", "System Volume Information"}
 #: Pictures in the small folder that measures each tool's fixed cost (start-up, model load).
 SMALL = 2
 
 #: name -> (picture sizes, (suffix, PIL format, save options) cycle, seed base)
 SETS = {
-    "wallpapers": (((2560, 1440), (3200, 1800), (3840, 2160)),
-                   (("jpg", "JPEG", {"quality": 92}), ("png", "PNG", {}), ("webp", "WEBP", {"quality": 90})), 10_000),
+    "wallpapers": (
+        ((2560, 1440), (3200, 1800), (3840, 2160)),
+        (("jpg", "JPEG", {"quality": 92}), ("png", "PNG", {}), ("webp", "WEBP", {"quality": 90})),
+        10_000,
+    ),
     "camera": (((4000, 3000),), (("jpg", "JPEG", {"quality": 90}),), 20_000),
 }
 
 
 # photo sets --------------------------------------------------------------------------------
+
 
 def _make_picture(job: tuple[str, int, int, int, str, dict]) -> None:
     from tests.helpers.images import photo_like
@@ -119,12 +137,16 @@ def pictures(folder: Path) -> list[Path]:
     found = []
     for directory, subdirs, files in os.walk(folder):
         subdirs[:] = [d for d in subdirs if not d.startswith(".") and d not in RCLIP_SKIPPED_DIRS]
-        found += [Path(directory, f) for f in files
-                  if not f.startswith(".") and f.rsplit(".", 1)[-1].lower() in RCLIP_EXTENSIONS]
+        found += [
+            Path(directory, f)
+            for f in files
+            if not f.startswith(".") and f.rsplit(".", 1)[-1].lower() in RCLIP_EXTENSIONS
+        ]
     return sorted(found)
 
 
 # one measured child -------------------------------------------------------------------------
+
 
 @dataclass(frozen=True)
 class Measure:
@@ -140,8 +162,9 @@ def measure(command: list[str], cpus: set[int], cwd: Path | None = None, env: di
     and its own peak RSS (``VmHWM``, polled every 20 ms: the peak of this process image only)."""
     with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
         began = time.perf_counter()
-        child = subprocess.Popen(command, cwd=cwd, env=env, stdout=out, stderr=err,
-                                 preexec_fn=lambda: os.sched_setaffinity(0, cpus))
+        child = subprocess.Popen(
+            command, cwd=cwd, env=env, stdout=out, stderr=err, preexec_fn=lambda: os.sched_setaffinity(0, cpus)
+        )
         peak_kib = 0
         while True:
             pid, status, usage = os.wait4(child.pid, os.WNOHANG)
@@ -169,6 +192,7 @@ def _vm_hwm_kib(pid: int) -> int:
 
 # the two tools ------------------------------------------------------------------------------
 
+
 @dataclass(frozen=True)
 class Setup:
     rclip: str
@@ -181,8 +205,13 @@ class Setup:
     k: int
 
     def env(self, **extra: str) -> dict:
-        return {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": str(self.threads),
-                "PYTHONPATH": str(ROOT), **extra}
+        return {
+            **os.environ,
+            "HF_HUB_OFFLINE": "1",
+            "OMP_NUM_THREADS": str(self.threads),
+            "PYTHONPATH": str(ROOT),
+            **extra,
+        }
 
 
 def rclip_index(setup: Setup, folder: Path, expected: int) -> tuple[Measure, Path]:
@@ -191,14 +220,23 @@ def rclip_index(setup: Setup, folder: Path, expected: int) -> tuple[Measure, Pat
     datadir = Path(tempfile.mkdtemp(prefix="rclip-data-", dir=setup.work))
     for entry in setup.rclip_model.iterdir():
         (datadir / entry.name).symlink_to(entry)
-    result = measure([setup.rclip, "-f", "-t", "1", str(setup.query)], setup.cpus, cwd=folder,
-                     env=setup.env(RCLIP_DATADIR=str(datadir)))
+    result = measure(
+        [setup.rclip, "-f", "-t", "1", str(setup.query)],
+        setup.cpus,
+        cwd=folder,
+        env=setup.env(RCLIP_DATADIR=str(datadir)),
+    )
     with sqlite3.connect(datadir / "db.sqlite3") as db:
-        indexed = db.execute("SELECT count(*) FROM images WHERE deleted IS NULL AND length(vector) = 2048 "
-                             "AND filepath LIKE ? ESCAPE '\\'", (_like_prefix(folder),)).fetchone()[0]
+        indexed = db.execute(
+            "SELECT count(*) FROM images WHERE deleted IS NULL AND length(vector) = 2048 "
+            "AND filepath LIKE ? ESCAPE '\\'",
+            (_like_prefix(folder),),
+        ).fetchone()[0]
     if indexed != expected:
-        raise SystemExit(f"rclip indexed {indexed} of the {expected} pictures in {folder} "
-                         f"(database {datadir / 'db.sqlite3'}); its messages:\n{result.stderr[-2000:]}")
+        raise SystemExit(
+            f"rclip indexed {indexed} of the {expected} pictures in {folder} "
+            f"(database {datadir / 'db.sqlite3'}); its messages:\n{result.stderr[-2000:]}"
+        )
     return result, datadir
 
 
@@ -216,9 +254,29 @@ def rclip_query(setup: Setup, folder: Path, datadir: Path, check_index: bool) ->
 
 def dreamsearch_index(setup: Setup, folder: Path, model: str, expected: int) -> tuple[Measure, Path]:
     library = Path(tempfile.mkdtemp(prefix="ds-library-", dir=setup.work))
-    result = measure([sys.executable, "-m", "dreamsearch", "index", str(folder), "-m", model, "--library",
-                      str(library), "--weights-dir", str(setup.weights), "--device", "cpu", "--threads",
-                      str(setup.threads), "--json", "-q"], setup.cpus, env=setup.env())
+    result = measure(
+        [
+            sys.executable,
+            "-m",
+            "dreamsearch",
+            "index",
+            str(folder),
+            "-m",
+            model,
+            "--library",
+            str(library),
+            "--weights-dir",
+            str(setup.weights),
+            "--device",
+            "cpu",
+            "--threads",
+            str(setup.threads),
+            "--json",
+            "-q",
+        ],
+        setup.cpus,
+        env=setup.env(),
+    )
     summary = json.loads(result.stdout.strip().splitlines()[-1])
     if summary["new"] != expected or summary["failed"] or summary["found"] != expected:
         raise SystemExit(f"dreamsearch ({model}) did not index the {expected} pictures in {folder}: {summary}")
@@ -226,9 +284,28 @@ def dreamsearch_index(setup: Setup, folder: Path, model: str, expected: int) -> 
 
 
 def dreamsearch_query(setup: Setup, folder: Path, model: str, library: Path) -> Measure:
-    result = measure([sys.executable, "-m", "dreamsearch", "query", str(setup.query), "-k", str(setup.k), "-m",
-                      model, "--library", str(library), "--weights-dir", str(setup.weights), "--device", "cpu",
-                      "--jsonl"], setup.cpus, env=setup.env())
+    result = measure(
+        [
+            sys.executable,
+            "-m",
+            "dreamsearch",
+            "query",
+            str(setup.query),
+            "-k",
+            str(setup.k),
+            "-m",
+            model,
+            "--library",
+            str(library),
+            "--weights-dir",
+            str(setup.weights),
+            "--device",
+            "cpu",
+            "--jsonl",
+        ],
+        setup.cpus,
+        env=setup.env(),
+    )
     _check_hits(len(result.stdout.splitlines()), setup.k, f"dreamsearch ({model})", folder)
     return result
 
@@ -260,8 +337,14 @@ def dreamsearch_round(setup: Setup, folder: Path, count: int, small: Path, model
 
 
 def _row(fixed: Measure, index: Measure, cold: Measure) -> dict:
-    return {"fixed_s": fixed.wall_s, "index_s": index.wall_s, "cpu_s": index.cpu_s, "rss_mib": index.peak_rss_mib,
-            "query_s": cold.wall_s, "query_rss_mib": cold.peak_rss_mib}
+    return {
+        "fixed_s": fixed.wall_s,
+        "index_s": index.wall_s,
+        "cpu_s": index.cpu_s,
+        "rss_mib": index.peak_rss_mib,
+        "query_s": cold.wall_s,
+        "query_rss_mib": cold.peak_rss_mib,
+    }
 
 
 def marginal(row: dict, count: int) -> float:
@@ -270,6 +353,7 @@ def marginal(row: dict, count: int) -> float:
 
 
 # the run ------------------------------------------------------------------------------------
+
 
 def _write_dreamsearch_weights(root: str, models: list[str]) -> None:
     """Seeded random weights in the official layouts (run in a child: torch stays out of here)."""
@@ -299,16 +383,28 @@ def versions(rclip: str) -> str:
     from importlib.metadata import version
 
     python = Path(rclip).with_name("python")
-    rclip_side = subprocess.run(
-        [str(python), "-c", "import importlib.metadata as m; print(m.version('rclip'), m.version('onnxruntime'))"],
-        capture_output=True, text=True).stdout.split() if python.exists() else []
+    rclip_side = (
+        subprocess.run(
+            [str(python), "-c", "import importlib.metadata as m; print(m.version('rclip'), m.version('onnxruntime'))"],
+            capture_output=True,
+            text=True,
+        ).stdout.split()
+        if python.exists()
+        else []
+    )
     rclip_side = rclip_side or ["?", "?"]
-    commit = subprocess.run(["git", "-C", str(ROOT), "describe", "--always", "--dirty"], capture_output=True,
-                            text=True).stdout.strip() or "?"
+    commit = (
+        subprocess.run(
+            ["git", "-C", str(ROOT), "describe", "--always", "--dirty"], capture_output=True, text=True
+        ).stdout.strip()
+        or "?"
+    )
     backend = os.environ.get("DREAMSEARCH_BACKEND", "unset")
     openvino = "installed" if importlib.util.find_spec("openvino") else "not installed"
-    return (f"rclip {rclip_side[0]} (onnxruntime {rclip_side[1]}); dreamsearch {commit} with torch {version('torch')}, "
-            f"DREAMSEARCH_BACKEND {backend}, openvino {openvino}")
+    return (
+        f"rclip {rclip_side[0]} (onnxruntime {rclip_side[1]}); dreamsearch {commit} with torch {version('torch')}, "
+        f"DREAMSEARCH_BACKEND {backend}, openvino {openvino}"
+    )
 
 
 def report(label: str, runs: list[dict], count: int) -> dict:
@@ -318,19 +414,23 @@ def report(label: str, runs: list[dict], count: int) -> dict:
     queries = f"cold query {med['query_s']:.2f} s"
     if "query_checked_s" in med:
         queries += f" (without -n: {med['query_checked_s']:.2f} s)"
-    print(f"  {label:<22} index {med['index_s']:6.1f} s (runs {min(walls):.1f}-{max(walls):.1f}), CPU "
-          f"{med['cpu_s']:6.1f} s, {count / med['index_s']:5.2f} files/s, {med['cpu_s'] / count:.2f} CPU s/file, "
-          f"fixed cost {med['fixed_s']:.1f} s, marginal {marginal(med, count):.2f} files/s, "
-          f"peak RSS {med['rss_mib']:5.0f} MiB; {queries}, query peak RSS {med['query_rss_mib']:.0f} MiB")
+    print(
+        f"  {label:<22} index {med['index_s']:6.1f} s (runs {min(walls):.1f}-{max(walls):.1f}), CPU "
+        f"{med['cpu_s']:6.1f} s, {count / med['index_s']:5.2f} files/s, {med['cpu_s'] / count:.2f} CPU s/file, "
+        f"fixed cost {med['fixed_s']:.1f} s, marginal {marginal(med, count):.2f} files/s, "
+        f"peak RSS {med['rss_mib']:5.0f} MiB; {queries}, query peak RSS {med['query_rss_mib']:.0f} MiB"
+    )
     return med
 
 
 def ratios(ours: dict, rclip: dict, count: int) -> str:
-    return (f"files/s {rclip['index_s'] / ours['index_s']:.2f}x "
-            f"(marginal {marginal(ours, count) / marginal(rclip, count):.2f}x), "
-            f"CPU s/file {ours['cpu_s'] / rclip['cpu_s']:.2f}x, peak RSS {ours['rss_mib'] / rclip['rss_mib']:.2f}x, "
-            f"cold query {ours['query_s'] / rclip['query_s']:.2f}x (against rclip -n; "
-            f"{ours['query_s'] / rclip['query_checked_s']:.2f}x against its default)")
+    return (
+        f"files/s {rclip['index_s'] / ours['index_s']:.2f}x "
+        f"(marginal {marginal(ours, count) / marginal(rclip, count):.2f}x), "
+        f"CPU s/file {ours['cpu_s'] / rclip['cpu_s']:.2f}x, peak RSS {ours['rss_mib'] / rclip['rss_mib']:.2f}x, "
+        f"cold query {ours['query_s'] / rclip['query_s']:.2f}x (against rclip -n; "
+        f"{ours['query_s'] / rclip['query_checked_s']:.2f}x against its default)"
+    )
 
 
 def main() -> None:
@@ -341,22 +441,32 @@ def main() -> None:
     where.add_argument("--set", choices=list(SETS), help="a generated photo set (cached under --work-dir)")
     parser.add_argument("--count", type=int, default=100, help="pictures in a generated --set")
     parser.add_argument("--runs", type=int, default=3)
-    parser.add_argument("--model", action="append", choices=["clip", "dreamsim"],
-                        help="dreamsearch models, in turn against rclip (default: clip and dreamsim)")
+    parser.add_argument(
+        "--model",
+        action="append",
+        choices=["clip", "dreamsim"],
+        help="dreamsearch models, in turn against rclip (default: clip and dreamsim)",
+    )
     parser.add_argument("--threads", type=int, default=2, help="CPUs both tools are pinned to")
     parser.add_argument("--loaded", action="store_true", help="run --burners busy processes meanwhile")
     parser.add_argument("--burners", type=int, default=8)
     parser.add_argument("-k", type=int, default=25)
     parser.add_argument("--work-dir", type=Path, default=Path(tempfile.gettempdir()) / "peer-rclip")
-    parser.add_argument("--rclip-model", type=Path, default=None,
-                        help="rclip's model files (default: WORK/rclip-model; see benchmarks/rclip_weights.py)")
+    parser.add_argument(
+        "--rclip-model",
+        type=Path,
+        default=None,
+        help="rclip's model files (default: WORK/rclip-model; see benchmarks/rclip_weights.py)",
+    )
     args = parser.parse_args()
     models = args.model or ["clip", "dreamsim"]
     work = args.work_dir.resolve()
     rclip_model = (args.rclip_model or work / "rclip-model").resolve()
     if not rclip_weights.is_complete(rclip_model):
-        raise SystemExit(f"{rclip_model}: rclip's model files are missing; write them with "
-                         f"`PYTHONPATH=/tmp/onnx-export-deps python benchmarks/rclip_weights.py {rclip_model}`")
+        raise SystemExit(
+            f"{rclip_model}: rclip's model files are missing; write them with "
+            f"`PYTHONPATH=/tmp/onnx-export-deps python benchmarks/rclip_weights.py {rclip_model}`"
+        )
     allowed = sorted(os.sched_getaffinity(0))
     if args.threads > len(allowed):
         raise SystemExit(f"--threads {args.threads}: only {len(allowed)} CPUs are available")
@@ -382,10 +492,14 @@ def main() -> None:
     size = sum(f.stat().st_size for f in files)
     kinds = sorted({f.suffix.lower() for f in files})
     print(f"machine: {machine()}; load average {load()} (1, 5, 15 min) at the start")
-    print(f"{versions(args.rclip)}; both pinned to CPUs {sorted(setup.cpus)}, {args.threads} threads; "
-          f"{'LOADED: ' + str(args.burners) + ' busy processes' if args.loaded else 'quiet case (no burners)'}")
-    print(f"folder {folder}: {len(files)} pictures ({', '.join(kinds)}), {size / len(files) / 1e6:.1f} MB each; "
-          f"query {query.name} 1920x1080; k {args.k}; {args.runs} runs, tools taking turns")
+    print(
+        f"{versions(args.rclip)}; both pinned to CPUs {sorted(setup.cpus)}, {args.threads} threads; "
+        f"{'LOADED: ' + str(args.burners) + ' busy processes' if args.loaded else 'quiet case (no burners)'}"
+    )
+    print(
+        f"folder {folder}: {len(files)} pictures ({', '.join(kinds)}), {size / len(files) / 1e6:.1f} MB each; "
+        f"query {query.name} 1920x1080; k {args.k}; {args.runs} runs, tools taking turns"
+    )
 
     for path in files:  # page cache: no tool is the first to read from disk
         path.read_bytes()
@@ -403,15 +517,23 @@ def main() -> None:
             results["rclip"].append(rclip_round(setup, folder, len(files), warmup))
             for model in models:
                 results[f"dreamsearch {model}"].append(dreamsearch_round(setup, folder, len(files), warmup, model))
-            print(f"run {run}: " + "; ".join(f"{label} {rows[-1]['index_s']:.1f} s wall, {rows[-1]['cpu_s']:.1f} s CPU"
-                                             for label, rows in results.items()) + f"; load average {load()}")
+            print(
+                f"run {run}: "
+                + "; ".join(
+                    f"{label} {rows[-1]['index_s']:.1f} s wall, {rows[-1]['cpu_s']:.1f} s CPU"
+                    for label, rows in results.items()
+                )
+                + f"; load average {load()}"
+            )
     finally:
         for process in busy:
             process.kill()
             process.wait()
 
-    print(f"\nmedians of {args.runs} runs ({len(files)} pictures; fixed cost = the same index command on a "
-          f"{SMALL}-picture 640x480 folder; marginal = (pictures - {SMALL}) / (index - fixed cost)):")
+    print(
+        f"\nmedians of {args.runs} runs ({len(files)} pictures; fixed cost = the same index command on a "
+        f"{SMALL}-picture 640x480 folder; marginal = (pictures - {SMALL}) / (index - fixed cost)):"
+    )
     medians = {label: report(label, rows, len(files)) for label, rows in results.items()}
     print("\ndreamsearch / rclip (files/s: > 1 is faster; CPU s/file, peak RSS, cold query: < 1 is less):")
     for model in models:

@@ -72,10 +72,12 @@ def build_library(folder: Path, name: str, fingerprint: str, vectors: np.ndarray
         catalog.ensure_model(name, vectors.shape[1], fingerprint)
         root = catalog.attach(folder / "photos").id
         for start in range(0, len(vectors), 20_000):
-            chunk = vectors[start:start + 20_000]
-            files = [FileEntry(f"img{start + i:06d}.jpg", 1000, 0, f"h{start + i}", 640, 480, "JPEG")
-                     for i in range(len(chunk))]
-            catalog.commit_batch(root, files, {name: dict(zip((f.content_hash for f in files), chunk))})
+            chunk = vectors[start : start + 20_000]
+            files = [
+                FileEntry(f"img{start + i:06d}.jpg", 1000, 0, f"h{start + i}", 640, 480, "JPEG")
+                for i in range(len(chunk))
+            ]
+            catalog.commit_batch(root, files, {name: dict(zip((f.content_hash for f in files), chunk, strict=True))})
         save_indexes(catalog, library.index_dir)
 
 
@@ -100,8 +102,8 @@ def main() -> None:
 
     from dreamsearch.api import Library
     from dreamsearch.layout import LibraryLayout
-    from dreamsearch.search import Searcher
     from dreamsearch.models import load_model
+    from dreamsearch.search import Searcher
     from tests.helpers.images import photo_like
     from tests.helpers.official_layout import official_model, write_official_cache
 
@@ -110,8 +112,10 @@ def main() -> None:
     weights = work / "weights"
     query = work / "ramen.jpg"
     photo_like(640, 480, 7).save(query, quality=90)
-    print(f"{args.vectors:,} library vectors, device {args.device}, {os.cpu_count()} cores, torch threads "
-          f"{torch.get_num_threads()}")
+    print(
+        f"{args.vectors:,} library vectors, device {args.device}, {os.cpu_count()} cores, torch threads "
+        f"{torch.get_num_threads()}"
+    )
     rows = []
     for name in args.models.split(","):
         dreamsim_type = TYPES[name]
@@ -125,8 +129,24 @@ def main() -> None:
         np.save(embeddings, vectors)
         del ours
 
-        cli = [sys.executable, "-m", "dreamsearch", "query", str(query), "-k", "25", "-m", name, "--library",
-               str(library_dir), "--weights-dir", str(weights), "--device", args.device, "--json"]
+        cli = [
+            sys.executable,
+            "-m",
+            "dreamsearch",
+            "query",
+            str(query),
+            "-k",
+            "25",
+            "-m",
+            name,
+            "--library",
+            str(library_dir),
+            "--weights-dir",
+            str(weights),
+            "--device",
+            args.device,
+            "--json",
+        ]
         naive = [sys.executable, "-c", NAIVE, str(weights), dreamsim_type, str(embeddings), str(query), args.device]
         cold_ours, cold_naive = [], []
         for _ in range(args.cold):
@@ -136,8 +156,11 @@ def main() -> None:
         official, preprocess = official_model(weights, dreamsim_type, args.device)
         stored = torch.from_numpy(vectors).to(args.device)
         warm_ours, warm_naive, search_ours, search_naive = [], [], [], []
-        with Library.open(library_dir, weights_dir=weights, device=args.device) as library, \
-                Searcher(LibraryLayout.prepare(library_dir), name) as searcher, torch.no_grad():
+        with (
+            Library.open(library_dir, weights_dir=weights, device=args.device) as library,
+            Searcher(LibraryLayout.prepare(library_dir), name) as searcher,
+            torch.no_grad(),
+        ):
             library.query(query, k=25, model=name)  # load the model and open the index
             q = library.model(name).embed(library.model(name).preprocess(Image.open(query).convert("RGB"))[None])[0]
             for _ in range(args.warm):
@@ -160,9 +183,11 @@ def main() -> None:
                     torch.cuda.synchronize()
                 search_naive.append(time.perf_counter() - began)
         del official, stored
-        for label, a, b in (("cold CLI / naive process", cold_ours, cold_naive),
-                            ("warm API / naive in memory", warm_ours, warm_naive),
-                            ("search step only", search_ours, search_naive)):
+        for label, a, b in (
+            ("cold CLI / naive process", cold_ours, cold_naive),
+            ("warm API / naive in memory", warm_ours, warm_naive),
+            ("search step only", search_ours, search_naive),
+        ):
             (p50a, p95a), (p50b, p95b) = percentiles(a), percentiles(b)
             rows.append((name, label, p50a, p95a, p50b, p95b, p50b / p50a))
 

@@ -65,18 +65,29 @@ def export(folder: Path, seed: int = 0) -> Path:
         def forward(self, tokens: torch.Tensor) -> torch.Tensor:
             return self.clip.encode_text(tokens)
 
-    towers = ((VISUAL, model.visual, torch.randn(1, 3, 256, 256)),
-              (TEXTUAL, Text(), torch.zeros(1, 77, dtype=torch.long)))
+    towers = (
+        (VISUAL, model.visual, torch.randn(1, 3, 256, 256)),
+        (TEXTUAL, Text(), torch.zeros(1, 77, dtype=torch.long)),
+    )
     for name, tower, example in towers:
         partial = folder / f"{name}.partial"
-        torch.onnx.export(tower, (example,), str(partial), input_names=["input"], output_names=["output"],
-                          dynamic_axes={"input": {0: "batch"}, "output": {0: "batch"}}, opset_version=18,
-                          dynamo=False)
+        torch.onnx.export(
+            tower,
+            (example,),
+            str(partial),
+            input_names=["input"],
+            output_names=["output"],
+            dynamic_axes={"input": {0: "batch"}, "output": {0: "batch"}},
+            opset_version=18,
+            dynamo=False,
+        )
         partial.replace(folder / name)
     shutil.copyfile(Path(open_clip.__file__).parent / "bpe_simple_vocab_16e6.txt.gz", folder / VOCAB)
     for name in NOTICES:
-        (folder / name).write_text(f"Stand-in for rclip-models' {name}: seeded random weights "
-                                   f"(seed {seed}) written by dreamsearch's benchmarks/rclip_weights.py.\n")
+        (folder / name).write_text(
+            f"Stand-in for rclip-models' {name}: seeded random weights "
+            f"(seed {seed}) written by dreamsearch's benchmarks/rclip_weights.py.\n"
+        )
     return folder
 
 

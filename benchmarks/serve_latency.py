@@ -32,12 +32,13 @@ import tempfile
 import threading
 import time
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from benchmarks.query_latency import ROOT, TYPES, _ms, build_library, clustered, percentiles, timed_run  # noqa: E402
-
 import httpx  # noqa: E402
+
+from benchmarks.query_latency import ROOT, TYPES, _ms, build_library, clustered, percentiles, timed_run  # noqa: E402
 
 K = 25
 CLI = str(Path(sys.executable).with_name("dreamsearch"))
@@ -65,11 +66,12 @@ def prepare_library(folder: Path, weights: Path, name: str, n: int, jpeg: Path, 
     data = jpeg.read_bytes()
     (photos / jpeg.name).write_bytes(data)
     with Library(LibraryLayout(folder), weights_dir=weights, device=device) as library:
-        vector = library.embed(data, name, jpeg.name)
+        vector = library.embed(data, name, name=jpeg.name)
     with Catalog(LibraryLayout.existing(folder).catalog_path) as catalog:
         root = catalog.attach(photos).id
-        entry = FileEntry(jpeg.name, len(data), (photos / jpeg.name).stat().st_mtime_ns, content_hash(data),
-                          640, 480, "JPEG")
+        entry = FileEntry(
+            jpeg.name, len(data), (photos / jpeg.name).stat().st_mtime_ns, content_hash(data), 640, 480, "JPEG"
+        )
         catalog.commit_batch(root, [entry], {name: {entry.content_hash: vector}})
         save_indexes(catalog, LibraryLayout.existing(folder).index_dir)
 
@@ -78,8 +80,13 @@ def start_server(command: list[str], log: Path) -> tuple[subprocess.Popen, str]:
     """Run ``dreamsearch serve --port 0 ...`` (stderr to ``log``); its base URL once the
     models are loaded."""
     with open(log, "w") as stderr:
-        server = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=stderr, text=True,
-                                  env={**os.environ, "PYTHONPATH": str(ROOT), "PYTHONUNBUFFERED": "1"})
+        server = subprocess.Popen(
+            command,
+            stdout=subprocess.PIPE,
+            stderr=stderr,
+            text=True,
+            env={**os.environ, "PYTHONPATH": str(ROOT), "PYTHONUNBUFFERED": "1"},
+        )
     line = server.stdout.readline()
     found = re.search(r"http://127\.0\.0\.1:\d+/", line)
     if not found:
@@ -151,8 +158,10 @@ def main() -> None:
         photo_like(640, 480, 7).save(jpeg, quality=90)
         prepare_library(library_dir, weights, name, args.vectors, jpeg, args.device)
     data = jpeg.read_bytes()
-    print(f"{platform.node()} {platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch threads "
-          f"{torch.get_num_threads()}, device {args.device}")
+    print(
+        f"{platform.node()} {platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch threads "
+        f"{torch.get_num_threads()}, device {args.device}"
+    )
     print(f"model {name}, {args.vectors:,} library vectors, k={K}, {args.warm} warm requests per figure")
 
     common = ["--library", str(library_dir), "--weights-dir", str(weights), "--device", args.device]
@@ -165,9 +174,11 @@ def main() -> None:
             response.raise_for_status()
             assert len(response.json()["results"]) == K, response.text[:300]
 
-        with Library.open(library_dir, weights_dir=weights, device=args.device) as library, \
-                httpx.Client(timeout=120) as client:
-            own = library.search(library.image_query(data, name, jpeg.name), K, include_self=True).matches
+        with (
+            Library.open(library_dir, weights_dir=weights, device=args.device) as library,
+            httpx.Client(timeout=120) as client,
+        ):
+            own = library.search(library.image_query(data, name, name=jpeg.name), k=K, include_self=True).matches
             assert own[0].path.endswith(jpeg.name) and own[0].distance < 1e-3, own[0]
             ids = [m.id for m in own]  # by-id queries cycle through these files
 
@@ -181,13 +192,20 @@ def main() -> None:
             similar(client)
             samples: dict[str, list[float]] = {key: [] for key in ("up api", "up http", "id api", "id http")}
             for i in range(args.warm):  # interleaved, so both sides see the same load
-                samples["up api"].append(timed(lambda: library.search(
-                    library.image_query(data, name, jpeg.name), K, include_self=True)))
+                samples["up api"].append(
+                    timed(
+                        lambda: library.search(library.image_query(data, name, name=jpeg.name), k=K, include_self=True)
+                    )
+                )
                 samples["up http"].append(timed(lambda: upload(client)))
-                samples["id api"].append(timed(lambda: library.search(library.stored_query(ids[i % K], name), K)))
-                samples["id http"].append(timed(lambda: similar(client, i)))
-        rates = {(op, n): throughput(request, n, args.seconds)
-                 for op, request in (("similar", similar), ("upload", upload)) for n in (1, 4, 16)}
+                # timed calls it now, with this iteration's i
+                samples["id api"].append(timed(lambda: library.search(library.stored_query(ids[i % K], name), k=K)))  # noqa: B023
+                samples["id http"].append(timed(partial(similar, client, i)))
+        rates = {
+            (op, n): throughput(request, n, args.seconds)
+            for op, request in (("similar", similar), ("upload", upload))
+            for n in (1, 4, 16)
+        }
     finally:
         stop_server(server)
     cli = [CLI, "query", str(library_dir / "photos" / jpeg.name), "-k", str(K), "-m", name, *common]
@@ -198,13 +216,17 @@ def main() -> None:
     for label, key in (("search by upload (JPEG)", "up"), ("similar by id", "id")):
         (a50, a95), (h50, h95) = stats[f"{key} api"], stats[f"{key} http"]
         print(f"{label:<30}{_ms(a50):>15}{_ms(a95):>9}{_ms(h50):>10}{_ms(h95):>9}{_ms(h50 - a50):>14}")
-    print(f"\ncold CLI `dreamsearch query FILE -k 25`: median {_ms(statistics.median(cold))} of {args.cold} "
-          f"(min {_ms(min(cold))}, max {_ms(max(cold))})")
+    print(
+        f"\ncold CLI `dreamsearch query FILE -k 25`: median {_ms(statistics.median(cold))} of {args.cold} "
+        f"(min {_ms(min(cold))}, max {_ms(max(cold))})"
+    )
 
     print("\ntargets")
     for label, key in (("upload", "up"), ("by id", "id")):
         overhead = stats[f"{key} http"][0] - stats[f"{key} api"][0]
-        print(f"  HTTP overhead p50, {label:<7}<= 10 ms: {_ms(overhead):>9}  {'met' if overhead <= 0.010 else 'NOT met'}")
+        print(
+            f"  HTTP overhead p50, {label:<7}<= 10 ms: {_ms(overhead):>9}  {'met' if overhead <= 0.010 else 'NOT met'}"
+        )
     p95 = stats["id http"][1]
     print(f"  similar by id p95 (HTTP)  <= 30 ms: {_ms(p95):>9}  {'met' if p95 <= 0.030 else 'NOT met'}")
 

@@ -38,10 +38,10 @@ from collections.abc import Callable
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import httpx  # noqa: E402
+
 from benchmarks.query_latency import ROOT, TYPES  # noqa: E402
 from benchmarks.serve_latency import prepare_library, stop_server  # noqa: E402
-
-import httpx  # noqa: E402
 
 MODEL = "dreamsim-dino"
 BIG = 16  # large photos in the library (thumbnails are made from them)
@@ -90,8 +90,9 @@ class Load:
     (``seconds=None``: once each); after a 503 a client waits its ``Retry-After`` (5 s at
     most), as a well-behaved client does."""
 
-    def __init__(self, request: Callable[[httpx.Client, int], httpx.Response], clients: int,
-                 seconds: float | None) -> None:
+    def __init__(
+        self, request: Callable[[httpx.Client, int], httpx.Response], clients: int, seconds: float | None
+    ) -> None:
         self.latencies: list[float] = []
         self.statuses: collections.Counter = collections.Counter()
         self.errors: collections.Counter = collections.Counter()
@@ -129,8 +130,7 @@ class Load:
         p = lambda q: served[min(len(served) - 1, int(q * len(served)))]  # noqa: E731
         codes = ", ".join(f"{code}: {count}" for code, count in sorted(self.statuses.items()))
         errors = f", errors {dict(self.errors)}" if self.errors else ""
-        return (f"p50 {_ms(p(0.5))}, p99 {_ms(p(0.99))}, max {_ms(served[-1])}; {len(served)} answered "
-                f"({codes}{errors})")
+        return f"p50 {_ms(p(0.5))}, p99 {_ms(p(0.99))}, max {_ms(served[-1])}; {len(served)} answered ({codes}{errors})"
 
 
 def _ms(seconds: float) -> str:
@@ -184,12 +184,31 @@ def prepare(work: Path, vectors: int) -> tuple[Path, Path, Path]:
 
 
 def start(tree: Path, library: Path, weights: Path, log: Path) -> tuple[subprocess.Popen, str]:
-    command = [sys.executable, "-m", "dreamsearch", "serve", "--port", "0", "--library", str(library),
-               "--weights-dir", str(weights), "--models", MODEL, "--device", "cpu"]
+    command = [
+        sys.executable,
+        "-m",
+        "dreamsearch",
+        "serve",
+        "--port",
+        "0",
+        "--library",
+        str(library),
+        "--weights-dir",
+        str(weights),
+        "--models",
+        MODEL,
+        "--device",
+        "cpu",
+    ]
     with open(log, "w") as stderr:
-        server = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=stderr, text=True, cwd=tree,
-                                  env={**os.environ, "PYTHONPATH": str(tree), "PYTHONUNBUFFERED": "1",
-                                       "HF_HUB_OFFLINE": "1"})
+        server = subprocess.Popen(
+            command,
+            stdout=subprocess.PIPE,
+            stderr=stderr,
+            text=True,
+            cwd=tree,
+            env={**os.environ, "PYTHONPATH": str(tree), "PYTHONUNBUFFERED": "1", "HF_HUB_OFFLINE": "1"},
+        )
     found = re.search(r"http://127\.0\.0\.1:\d+", server.stdout.readline())
     if not found:
         server.kill()
@@ -202,18 +221,34 @@ def start(tree: Path, library: Path, weights: Path, log: Path) -> tuple[subproce
 CASES = ("similar", "saturated", "uploads")
 
 
-def measure(tree: Path, library: Path, weights: Path, work: Path, seconds: float, bombs: int,
-            args_vectors: int, cases: tuple[str, ...] = CASES) -> list[str]:
+def measure(
+    tree: Path,
+    library: Path,
+    weights: Path,
+    work: Path,
+    seconds: float,
+    bombs: int,
+    args_vectors: int,
+    cases: tuple[str, ...] = CASES,
+) -> list[str]:
     webp, bomb = uploads(work)
     server, url = start(tree, library, weights, work / f"serve-{tree.name}.log")
     lines: list[str] = []
     try:
         rss = RssSampler(server.pid)
         with httpx.Client(base_url=url, timeout=60) as client:
-            ids = [r["id"] for r in client.post("/api/search", files={"image": ("q.jpg", (work / "ramen.jpg").read_bytes())},
-                                                data={"k": "25"}).json()["results"]]
-            big = {client.post("/api/search", files={"image": (p.name, p.read_bytes())}, data={"k": "1"}).json()
-                   ["results"][0]["id"] for p in sorted((work / "big").iterdir())}
+            ids = [
+                r["id"]
+                for r in client.post(
+                    "/api/search", files={"image": ("q.jpg", (work / "ramen.jpg").read_bytes())}, data={"k": "25"}
+                ).json()["results"]
+            ]
+            big = {
+                client.post("/api/search", files={"image": (p.name, p.read_bytes())}, data={"k": "1"}).json()[
+                    "results"
+                ][0]["id"]
+                for p in sorted((work / "big").iterdir())
+            }
         start_rss = settled_rss(server.pid, 2)
         lines.append(f"RSS at start (warm, one search and one upload of each big photo done): {start_rss:.0f} MB")
 
@@ -225,25 +260,39 @@ def measure(tree: Path, library: Path, weights: Path, work: Path, seconds: float
             result = load()
             after = settled_rss(server.pid)
             lines.append(f"{label}: {result}")
-            lines.append(f"  RSS before {before:.0f} MB, peak {rss.peak:.0f} MB, after {after:.0f} MB "
-                         f"({after / start_rss:.2f}x the start)")
+            lines.append(
+                f"  RSS before {before:.0f} MB, peak {rss.peak:.0f} MB, after {after:.0f} MB "
+                f"({after / start_rss:.2f}x the start)"
+            )
 
         for clients in (32, 128) if "similar" in cases else ():
-            burst(f"similar by id, {clients} clients, {seconds:g} s", lambda: Load(similar, clients, seconds).join().summary())
+            burst(
+                f"similar by id, {clients} clients, {seconds:g} s",
+                lambda: Load(similar, clients, seconds).join().summary(),  # noqa: B023 - burst calls it now
+            )
 
         def saturated() -> str:
             shutil.rmtree(library / "thumbnails", ignore_errors=True)  # every thumbnail uncached
             pairs = [(i, s) for i in sorted(big) for s in THUMB_SIZES]
-            thumbs = Load(lambda c, n: c.get(f"{url}/api/files/{pairs[n][0]}/thumbnail", params={"size": pairs[n][1]}),
-                          len(pairs), None)
+            thumbs = Load(
+                lambda c, n: c.get(f"{url}/api/files/{pairs[n][0]}/thumbnail", params={"size": pairs[n][1]}),
+                len(pairs),
+                None,
+            )
             up = Load(lambda c, n: c.post(f"{url}/api/search", files={"image": ("u.webp", webp)}), 8, seconds)
             light = probe_light(seconds)
             thumbs.join(), up.join()
-            return (f"{light}\n  idle, for comparison: {idle}"
-                    f"\n  64 uncached thumbnails: {thumbs.summary()}\n  8 upload clients: {up.summary()}")
+            return (
+                f"{light}\n  idle, for comparison: {idle}"
+                f"\n  64 uncached thumbnails: {thumbs.summary()}\n  8 upload clients: {up.summary()}"
+            )
 
-        routes = {"health": "/api/health", "status": "/api/status", "file": f"/api/files/{ids[0]}",
-                  "similar": f"/api/files/{ids[0]}/similar?k=25"}
+        routes = {
+            "health": "/api/health",
+            "status": "/api/status",
+            "file": f"/api/files/{ids[0]}",
+            "similar": f"/api/files/{ids[0]}/similar?k=25",
+        }
 
         def probe_light(seconds: float) -> str:
             """One client per light route, each asking it in turn every 50 ms (a slow status
@@ -267,8 +316,10 @@ def measure(tree: Path, library: Path, weights: Path, work: Path, seconds: float
             parts = []
             for name, samples in light.items():
                 samples.sort()
-                parts.append(f"{name} p50 {_ms(samples[len(samples) // 2])} p99 "
-                             f"{_ms(samples[min(len(samples) - 1, int(0.99 * len(samples)))])} ({len(samples)})")
+                parts.append(
+                    f"{name} p50 {_ms(samples[len(samples) // 2])} p99 "
+                    f"{_ms(samples[min(len(samples) - 1, int(0.99 * len(samples)))])} ({len(samples)})"
+                )
             return "light routes (p50, p99, requests): " + "; ".join(parts)
 
         if "saturated" in cases:
@@ -276,18 +327,24 @@ def measure(tree: Path, library: Path, weights: Path, work: Path, seconds: float
             with httpx.Client(base_url=url, timeout=120) as client:  # alone: it walks the library folder
                 began = time.perf_counter()
                 client.get("/api/status").raise_for_status()
-                lines.append(f"GET /api/status alone, idle: {_ms(time.perf_counter() - began)} (the library "
-                             f"folder holds the {args_vectors:,} photos here: see the module docstring)")
+                lines.append(
+                    f"GET /api/status alone, idle: {_ms(time.perf_counter() - began)} (the library "
+                    f"folder holds the {args_vectors:,} photos here: see the module docstring)"
+                )
             burst(f"light routes while heavy ones are saturated, {seconds:g} s", saturated)
 
         def upload_burst() -> str:
-            pictures = [lambda c, n: c.post(f"{url}/api/search", files={"image": ("u.webp", webp)}),
-                        lambda c, n: c.post(f"{url}/api/search", files={"image": ("bomb.png", bomb)})]
+            pictures = [
+                lambda c, n: c.post(f"{url}/api/search", files={"image": ("u.webp", webp)}),
+                lambda c, n: c.post(f"{url}/api/search", files={"image": ("bomb.png", bomb)}),
+            ]
             webps = Load(pictures[0], 16 - bombs, seconds)
             bombs_load = Load(pictures[1], bombs, seconds)
             webps.join(), bombs_load.join()
-            return f"\n  16 MP WebP ({16 - bombs} clients): {webps.summary()}\n  196 MP 1-bit PNG ({bombs} clients): " \
-                   f"{bombs_load.summary()}"
+            return (
+                f"\n  16 MP WebP ({16 - bombs} clients): {webps.summary()}\n  196 MP 1-bit PNG ({bombs} clients): "
+                f"{bombs_load.summary()}"
+            )
 
         if "uploads" in cases:
             burst(f"uploads, 16 clients, {seconds:g} s", upload_burst)
@@ -310,8 +367,10 @@ def main() -> None:
     work = args.work_dir or Path(tempfile.mkdtemp(prefix="dreamsearch-serve-load-"))
     work.mkdir(parents=True, exist_ok=True)
     weights, library, _big = prepare(work, args.vectors)
-    print(f"{platform.node()} {platform.machine()}, {os.cpu_count()} cores; model {MODEL}, "
-          f"{args.vectors:,} vectors + {BIG} large photos (4000x3000 PNG/WebP); load client on the same machine")
+    print(
+        f"{platform.node()} {platform.machine()}, {os.cpu_count()} cores; model {MODEL}, "
+        f"{args.vectors:,} vectors + {BIG} large photos (4000x3000 PNG/WebP); load client on the same machine"
+    )
     trees = [("this build", ROOT)] + ([("baseline", args.baseline.resolve())] if args.baseline else [])
     for label, tree in trees:
         print(f"\n== {label}: {tree}")

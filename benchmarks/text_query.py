@@ -38,8 +38,9 @@ TEXT = "ramen in a paper bowl on a wooden table"
 
 def cold(command: list[str]) -> float:
     began = time.perf_counter()
-    subprocess.run(command, check=True, capture_output=True,
-                   env={**os.environ, "PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1"})
+    subprocess.run(
+        command, check=True, capture_output=True, env={**os.environ, "PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1"}
+    )
     return time.perf_counter() - began
 
 
@@ -69,10 +70,15 @@ def main() -> None:
     photo_folder(photos, args.photos, (320, 240), 1, "p{:04d}.jpg", quality=85)
     photo = photos / "p0000.jpg"
     common = ["--library", str(library), "--weights-dir", str(weights), "--device", "cpu"]
-    subprocess.run([CLI, "index", str(photos), "-m", "clip", "--quiet", *common], check=True,
-                   env={**os.environ, "PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1"})
-    print(f"{machine()}, load average {os.getloadavg()[0]:.1f}; OpenAI CLIP ViT-B/32 (random weights), "
-          f"{args.photos} photos")
+    subprocess.run(
+        [CLI, "index", str(photos), "-m", "clip", "--quiet", *common],
+        check=True,
+        env={**os.environ, "PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1"},
+    )
+    print(
+        f"{machine()}, load average {os.getloadavg()[0]:.1f}; OpenAI CLIP ViT-B/32 (random weights), "
+        f"{args.photos} photos"
+    )
 
     text_cmd = [CLI, "query", "--text", TEXT, "-k", "10", "--no-server", *common]
     image_cmd = [CLI, "query", str(photo), "-m", "clip", "-k", "10", "--no-server", *common]
@@ -85,13 +91,15 @@ def main() -> None:
 
     with Library.open(library, weights_dir=weights, device="cpu") as lib:
         began = time.perf_counter()
-        lib.search(lib.text_query(TEXT), 10)
+        lib.search(lib.text_query(TEXT), k=10)
         first = time.perf_counter() - began
-        lib.search(lib.image_query(photo, "clip"), 10)
-        text_ms = median_ms(lambda: lib.search(lib.text_query(TEXT), 10), args.warm_runs)
-        image_ms = median_ms(lambda: lib.search(lib.image_query(photo, "clip"), 10), args.warm_runs)
-    print(f"API, first text query (builds the tower) {first:.2f} s; warm median of {args.warm_runs}: "
-          f"text {text_ms:.1f} ms, image {image_ms:.1f} ms, text/image {text_ms / image_ms:.2f}")
+        lib.search(lib.image_query(photo, "clip"), k=10)
+        text_ms = median_ms(lambda: lib.search(lib.text_query(TEXT), k=10), args.warm_runs)
+        image_ms = median_ms(lambda: lib.search(lib.image_query(photo, "clip"), k=10), args.warm_runs)
+    print(
+        f"API, first text query (builds the tower) {first:.2f} s; warm median of {args.warm_runs}: "
+        f"text {text_ms:.1f} ms, image {image_ms:.1f} ms, text/image {text_ms / image_ms:.2f}"
+    )
 
     server, url = start_server([CLI, "serve", "--port", "0", "--models", "clip", *common], work / "serve.log")
     try:
@@ -111,8 +119,10 @@ def main() -> None:
             text_ms, image_ms = median_ms(text, args.warm_runs), median_ms(image, args.warm_runs)
     finally:
         stop_server(server)
-    print(f"HTTP, first text request (builds the tower) {first:.2f} s; warm median of {args.warm_runs}: "
-          f"text {text_ms:.1f} ms, image upload {image_ms:.1f} ms, text/image {text_ms / image_ms:.2f}")
+    print(
+        f"HTTP, first text request (builds the tower) {first:.2f} s; warm median of {args.warm_runs}: "
+        f"text {text_ms:.1f} ms, image upload {image_ms:.1f} ms, text/image {text_ms / image_ms:.2f}"
+    )
 
 
 if __name__ == "__main__":

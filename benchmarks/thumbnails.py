@@ -21,6 +21,7 @@ import statistics
 import sys
 import tempfile
 import time
+from functools import partial
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -59,8 +60,10 @@ def measure(count: int, size: tuple[int, int], kind: str, repeat: int) -> None:
             photo_like(*size, i).save(paths[-1], quality=90)
         data = {path: path.read_bytes() for path in paths}
         states = {path: ScannedFile(path.name, *_state(path)) for path in paths}
-        print(f"{count} {kind.upper()} files of {size[0]}x{size[1]}, "
-              f"{sum(map(len, data.values())) / len(data) / 1e6:.1f} MB each")
+        print(
+            f"{count} {kind.upper()} files of {size[0]}x{size[1]}, "
+            f"{sum(map(len, data.values())) / len(data) / 1e6:.1f} MB each"
+        )
 
         cache = ThumbnailCache(work / "thumbnails")
         times: dict[str, list[float]] = {"decode only": [], "decode + grid thumbnail": []}
@@ -68,16 +71,24 @@ def measure(count: int, size: tuple[int, int], kind: str, repeat: int) -> None:
             for name, hook in (("decode only", None), ("decode + grid thumbnail", cache.keep_grid)):
                 for path in paths:
                     started = time.perf_counter()
-                    decode_bytes(str(path), data[path], DREAMSIM, DEFAULT_MAX_PIXELS, True,
-                                 None if hook is None else (lambda picture, p=path: hook(states[p], picture)))
+                    decode_bytes(
+                        str(path),
+                        data[path],
+                        DREAMSIM,
+                        DEFAULT_MAX_PIXELS,
+                        True,
+                        None if hook is None else partial(hook, states[path]),
+                    )
                     times[name].append(time.perf_counter() - started)
         for name, seconds in times.items():
             print(f"indexing, {name}: median {1000 * statistics.median(seconds):.1f} ms per file")
         ratio = statistics.median(times["decode + grid thumbnail"]) / statistics.median(times["decode only"])
         print(f"indexing with / without the thumbnail: {ratio:.2f}x")
 
-        details = [FileDetail(i + 1, i + 1, str(path), *_state(path)[:2], None, None, *_state(path)[2:])
-                   for i, path in enumerate(paths)]
+        details = [
+            FileDetail(i + 1, i + 1, str(path), *_state(path)[:2], None, None, *_state(path)[2:])
+            for i, path in enumerate(paths)
+        ]
         empty = ThumbnailCache(work / "cold")
         started = time.perf_counter()
         for detail in details:
@@ -87,8 +98,10 @@ def measure(count: int, size: tuple[int, int], kind: str, repeat: int) -> None:
         for detail in details:
             thumbnail(cache, detail, GRID_SIZE, Path(detail.path).read_bytes)
         warm = time.perf_counter() - started
-        print(f"first view of the grid ({count} thumbnails, one thread): made on demand {cold:.2f} s, "
-              f"made while indexing {1000 * warm:.1f} ms ({cold / warm:.0f}x faster)")
+        print(
+            f"first view of the grid ({count} thumbnails, one thread): made on demand {cold:.2f} s, "
+            f"made while indexing {1000 * warm:.1f} ms ({cold / warm:.0f}x faster)"
+        )
         shutil.rmtree(work / "cold")
 
 

@@ -30,8 +30,13 @@ from benchmarks.serve_latency import CLI, prepare_library, start_server, stop_se
 
 def run_query(command: list[str]) -> tuple[float, str]:
     began = time.perf_counter()
-    done = subprocess.run(command, check=True, capture_output=True, text=True,
-                          env={**os.environ, "PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1"})
+    done = subprocess.run(
+        command,
+        check=True,
+        capture_output=True,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1"},
+    )
     return time.perf_counter() - began, done.stdout
 
 
@@ -54,12 +59,42 @@ def main() -> None:
     if not library.exists():
         photo_like(640, 480, 7).save(jpeg, quality=90)
         prepare_library(library, weights, name, args.vectors, jpeg, "cpu")
-    query = [CLI, "query", str(jpeg), "-k", "25", "-m", name, "--library", str(library),
-             "--weights-dir", str(weights), "--device", "cpu"]
-    print(f"{platform.node()} {platform.machine()}, {os.cpu_count()} cores, load average {os.getloadavg()[0]:.1f}; "
-          f"model {name}, {args.vectors:,} vectors; CLI from process start to exit, {args.runs} runs per side")
-    server, _url = start_server([CLI, "serve", "--port", "0", "--models", name, "--library", str(library),
-                                 "--weights-dir", str(weights), "--device", "cpu"], work / "serve.log")
+    query = [
+        CLI,
+        "query",
+        str(jpeg),
+        "-k",
+        "25",
+        "-m",
+        name,
+        "--library",
+        str(library),
+        "--weights-dir",
+        str(weights),
+        "--device",
+        "cpu",
+    ]
+    print(
+        f"{platform.node()} {platform.machine()}, {os.cpu_count()} cores, load average {os.getloadavg()[0]:.1f}; "
+        f"model {name}, {args.vectors:,} vectors; CLI from process start to exit, {args.runs} runs per side"
+    )
+    server, _url = start_server(
+        [
+            CLI,
+            "serve",
+            "--port",
+            "0",
+            "--models",
+            name,
+            "--library",
+            str(library),
+            "--weights-dir",
+            str(weights),
+            "--device",
+            "cpu",
+        ],
+        work / "serve.log",
+    )
     times: dict[str, list[float]] = {"in process (--no-server)": [], "through the running server": []}
     try:
         for _ in range(args.runs):
@@ -72,8 +107,7 @@ def main() -> None:
     finally:
         stop_server(server)
     for label, seconds in times.items():
-        print(f"{label}: median {statistics.median(seconds):.2f} s, min {min(seconds):.2f} s, "
-              f"max {max(seconds):.2f} s")
+        print(f"{label}: median {statistics.median(seconds):.2f} s, min {min(seconds):.2f} s, max {max(seconds):.2f} s")
     cold, warm = (statistics.median(s) for s in times.values())
     print(f"through the server / in process: {warm / cold:.2f}x (target: through the server <= 1 s)")
 

@@ -52,11 +52,32 @@ class Watch:
     """The watcher process; its JSON lines with the time each arrived."""
 
     def __init__(self, folder: Path, library: Path, weights: Path, settle: float) -> None:
-        command = [sys.executable, "-m", "dreamsearch", "watch", str(folder), "-m", "dreamsim-dino", "--library",
-                   str(library), "--weights-dir", str(weights), "--device", "cpu", "--settle", str(settle), "--json",
-                   "--quiet"]
-        self.process = subprocess.Popen(command, stdout=subprocess.PIPE, text=True, cwd=ROOT,
-                                        env={**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1"})
+        command = [
+            sys.executable,
+            "-m",
+            "dreamsearch",
+            "watch",
+            str(folder),
+            "-m",
+            "dreamsim-dino",
+            "--library",
+            str(library),
+            "--weights-dir",
+            str(weights),
+            "--device",
+            "cpu",
+            "--settle",
+            str(settle),
+            "--json",
+            "--quiet",
+        ]
+        self.process = subprocess.Popen(
+            command,
+            stdout=subprocess.PIPE,
+            text=True,
+            cwd=ROOT,
+            env={**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1"},
+        )
         self.batches: list[tuple[float, dict]] = []
         threading.Thread(target=self._read, daemon=True).start()
 
@@ -100,8 +121,10 @@ def main() -> None:
             at, batch = watch.added_until(i + 1)[-1]
             single.append(at - written)
             runs.append(batch["seconds"])
-        print(f"1 photo at a time: {percentiles(single)}; settle {args.settle:g} s, "
-              f"index run p50 {statistics.median(runs):.2f} s")
+        print(
+            f"1 photo at a time: {percentiles(single)}; settle {args.settle:g} s, "
+            f"index run p50 {statistics.median(runs):.2f} s"
+        )
 
         done_at = {}
         before = len(watch.batches)
@@ -115,11 +138,14 @@ def main() -> None:
         for at, batch in batches:
             total += batch["added"]
             committed.append((total, at))
-        burst = [next(at for total, at in committed if total > j) - written
-                 for j, written in enumerate(done_at.values())]
+        burst = [
+            next(at for total, at in committed if total > j) - written for j, written in enumerate(done_at.values())
+        ]
         copy_s = max(done_at.values()) - min(done_at.values())
-        print(f"{args.burst} photos copied at once (copy took {copy_s:.2f} s): {percentiles(burst)}; "
-              f"{len(batches)} batches, index runs {sum(b['seconds'] for _at, b in batches):.2f} s in all")
+        print(
+            f"{args.burst} photos copied at once (copy took {copy_s:.2f} s): {percentiles(burst)}; "
+            f"{len(batches)} batches, index runs {sum(b['seconds'] for _at, b in batches):.2f} s in all"
+        )
 
         time.sleep(args.settle + 1)
         start_cpu, start = cpu_seconds(watch.process.pid), time.monotonic()

@@ -25,7 +25,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from dreamsearch.models.embedder import Embedder
 
 
-def load_model(name: str = DEFAULT_MODEL, **kwargs) -> "Embedder":
+def load_model(name: str = DEFAULT_MODEL, **kwargs) -> Embedder:
     """Build the embedder registered as ``name``; see :func:`dreamsearch.models.load_model`."""
     from dreamsearch.models import load_model as _load_model
 

@@ -22,22 +22,21 @@ import numpy as np
 from dreamsearch.catalog import Catalog, FileDetail
 from dreamsearch.catalog.backup import CatalogCopy, backup_catalog, backup_file, restore_catalog
 from dreamsearch.compare import Overlap, overlaps
+from dreamsearch.defaults import DEFAULT_MAX_PIXELS, DEFAULT_NPROBE
+from dreamsearch.display import display_path
 from dreamsearch.duplicates import DuplicateGroup, find_duplicates
 from dreamsearch.errors import ChangedOnDiskError, DreamsearchError, ImageError, NotFoundError
+from dreamsearch.file_state import one_name_per_file
 from dreamsearch.indexer import IndexOptions, IndexReport, Progress, check_engine, index_folders
-from dreamsearch.defaults import DEFAULT_MAX_PIXELS
 from dreamsearch.layout import LibraryLayout, library_dir
 from dreamsearch.model_pool import KeyedLocks, ModelPool
 from dreamsearch.models import PendingModel, text_model_spec
 from dreamsearch.models.precision import DEFAULT_PRECISION, precision_of
 from dreamsearch.models.registry import DEFAULT_MODEL, get_spec
-from dreamsearch.display import display_path
-from dreamsearch.file_state import one_name_per_file
+from dreamsearch.reading import read_file
 from dreamsearch.search import Match, QueryImage, Searcher, model_input
 from dreamsearch.status import LibraryStatus, catalog_status
 from dreamsearch.vector_index import save_indexes
-from dreamsearch.vector_index.policy import DEFAULT_NPROBE
-from dreamsearch.reading import read_file
 from dreamsearch.warm import WarmServer
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -45,7 +44,6 @@ if TYPE_CHECKING:  # pragma: no cover
 
     from dreamsearch.models.embedder import Embedder
     from dreamsearch.scan import ScannedFile
-
 
 
 @dataclass(frozen=True)
@@ -105,9 +103,17 @@ class Library:
     """A dreamsearch library. ``Library.open()`` uses ``$DREAMSEARCH_LIBRARY`` or the user
     data folder; use it as a context manager or call ``close()``."""
 
-    def __init__(self, folder: LibraryLayout, weights_dir: str | os.PathLike | None = None, device: str = "auto",
-                 nprobe: int = DEFAULT_NPROBE, max_loaded_models: int | None = None, *,
-                 use_server: bool = False, precision: str | None = None) -> None:
+    def __init__(
+        self,
+        folder: LibraryLayout,
+        weights_dir: str | os.PathLike | None = None,
+        device: str = "auto",
+        nprobe: int = DEFAULT_NPROBE,
+        max_loaded_models: int | None = None,
+        *,
+        use_server: bool = False,
+        precision: str | None = None,
+    ) -> None:
         self.folder = folder
         self.precision = precision
         self.use_server = use_server
@@ -115,26 +121,47 @@ class Library:
         self.weights_dir = weights_dir
         self.device = device
         self.nprobe = nprobe
-        self._models = ModelPool(lambda name: PendingModel(name, weights_dir=self.weights_dir, device=self.device,
-                                                           precision=self.precision or stored_precision(folder, name)),
-                                 max_loaded_models)
+        self._models = ModelPool(
+            lambda name: PendingModel(
+                name,
+                weights_dir=self.weights_dir,
+                device=self.device,
+                precision=self.precision or stored_precision(folder, name),
+            ),
+            max_loaded_models,
+        )
         self._searchers: dict[str, Searcher] = {}
         self._opening = KeyedLocks()  # one searcher opened at a time per model, never under ``_lock``
         self._catalog: Catalog | None = None  # read-only, opened on first use, shared by threads
         self._lock = threading.Lock()  # guards the two fields above; held only to look up or swap
 
     @classmethod
-    def open(cls, path: str | os.PathLike | None = None, weights_dir: str | os.PathLike | None = None,
-             device: str = "auto", nprobe: int = DEFAULT_NPROBE, max_loaded_models: int | None = None, *,
-             use_server: bool = False, precision: str | None = None) -> Library:
+    def open(
+        cls,
+        path: str | os.PathLike | None = None,
+        *,
+        weights_dir: str | os.PathLike | None = None,
+        device: str = "auto",
+        nprobe: int = DEFAULT_NPROBE,
+        max_loaded_models: int | None = None,
+        use_server: bool = False,
+        precision: str | None = None,
+    ) -> Library:
         """The library at ``path``; nothing is created until the first ``index``. ``nprobe``:
         IVF lists searched per query (more: slower, closer to exhaustive). ``max_loaded_models``:
         models kept loaded at most (default: every model used). ``use_server``: queries from
         picture files are embedded by a running ``dreamsearch serve`` of this library when
         there is one (``dreamsearch.warm``), else here. ``precision``: ``fp32`` or ``int8``
         (``dreamsearch.models.precision``); default: each model's as the library holds it."""
-        return cls(LibraryLayout(library_dir(path)), weights_dir, device, nprobe, max_loaded_models,
-                   use_server=use_server, precision=precision)
+        return cls(
+            LibraryLayout(library_dir(path)),
+            weights_dir,
+            device,
+            nprobe,
+            max_loaded_models,
+            use_server=use_server,
+            precision=precision,
+        )
 
     def close(self) -> None:
         with self._lock:
@@ -164,7 +191,7 @@ class Library:
     def loaded_models(self) -> list[str]:
         return self._models.loaded()
 
-    def unload_models(self, idle_for: float = 0.0) -> list[str]:
+    def unload_models(self, *, idle_for: float = 0.0) -> list[str]:
         """Let go of the models unused for ``idle_for`` seconds (the next query loads them
         again); a model a call is using now stays. Returns the names let go."""
         return self._models.unload(idle_for)
@@ -177,9 +204,16 @@ class Library:
 
     # writes -----------------------------------------------------------------------------
 
-    def index(self, paths: Sequence[str | os.PathLike], models: Sequence[str] = (DEFAULT_MODEL,),
-              progress: Progress | None = None, stop: threading.Event | None = None,
-              on_picture: Callable[[ScannedFile, Image.Image], None] | None = None, **options) -> IndexReport:
+    def index(
+        self,
+        paths: Sequence[str | os.PathLike],
+        models: Sequence[str] = (DEFAULT_MODEL,),
+        *,
+        progress: Progress | None = None,
+        stop: threading.Event | None = None,
+        on_picture: Callable[[ScannedFile, Image.Image], None] | None = None,
+        **options,
+    ) -> IndexReport:
         """Index folders (see ``dreamsearch index``); ``options`` are ``IndexOptions`` fields.
         Setting ``stop`` ends the run once the model call in flight returns; what is embedded
         is committed (``interrupted``). ``on_picture(file, picture)`` sees each picture
@@ -188,8 +222,15 @@ class Library:
         check_engine(settings)  # before creating anything, as a wrong name or missing weights
         with ExitStack() as held:  # in use for the run: never let go (and loaded again) meanwhile
             handles = [held.enter_context(self._models.held(m)) for m in models]
-            report = index_folders(LibraryLayout.prepare(self.folder.root), [Path(p) for p in paths], handles,
-                                   settings, progress, stop, on_picture)
+            report = index_folders(
+                LibraryLayout.prepare(self.folder.root),
+                [Path(p) for p in paths],
+                handles,
+                settings,
+                progress,
+                stop,
+                on_picture,
+            )
         self._forget_searchers()
         return report
 
@@ -214,8 +255,10 @@ class Library:
             if place is None:
                 raise DreamsearchError(f"{display_path(wanted)} is not an indexed folder (see `dreamsearch status`)")
             if place.prefix:
-                raise DreamsearchError(f"{display_path(wanted)} is part of the indexed folder {display_path(place.path)}; "
-                                       f"forget that folder, or index it with `--exclude '{place.prefix}*'`")
+                raise DreamsearchError(
+                    f"{display_path(wanted)} is part of the indexed folder {display_path(place.path)}; "
+                    f"forget that folder, or index it with `--exclude '{place.prefix}*'`"
+                )
             removed = catalog.forget_root(place.id)
             save_indexes(catalog, library.index_dir)
         self._forget_searchers()
@@ -244,8 +287,14 @@ class Library:
 
     # queries ----------------------------------------------------------------------------
 
-    def image_query(self, image: QueryImage, model: str = DEFAULT_MODEL, name: str = "upload",
-                    max_pixels: int = DEFAULT_MAX_PIXELS) -> Query:
+    def image_query(
+        self,
+        image: QueryImage,
+        model: str = DEFAULT_MODEL,
+        *,
+        name: str = "upload",
+        max_pixels: int = DEFAULT_MAX_PIXELS,
+    ) -> Query:
         """A query from a picture: a file path, the bytes of an image file (``name`` labels
         it in errors), a PIL image, or a ``uint8 [H, W, 3]`` array; a larger file than
         ``max_pixels`` is refused. A file whose bytes are in the library knows its content,
@@ -302,11 +351,19 @@ class Library:
             searcher.check_weights(encoder)
             tokens = encoder.tokenize(text)
             if tokens.empty:
-                raise DreamsearchError("the text is empty once cleaned as CLIP cleans it (only spaces or control characters)")
+                raise DreamsearchError(
+                    "the text is empty once cleaned as CLIP cleans it (only spaces or control characters)"
+                )
             vector = encoder.embed([tokens])[0]
         label = f'"{text}"'
-        notes = (f"{label[:60]}{'…' if len(label) > 60 else ''} was cut to the {CONTEXT_LENGTH} tokens CLIP reads; "
-                 "the rest is not searched",) if tokens.cut else ()
+        notes = (
+            (
+                f"{label[:60]}{'…' if len(label) > 60 else ''} was cut to the {CONTEXT_LENGTH} tokens CLIP reads; "
+                "the rest is not searched",
+            )
+            if tokens.cut
+            else ()
+        )
         return Query(spec.name, (label,), vector, texts=(label,), notes=notes)
 
     def _text_searcher(self, model: str) -> Searcher:
@@ -316,8 +373,10 @@ class Library:
         except NotFoundError:
             if self.vector_counts().get(model):
                 raise
-            raise NotFoundError(f"text search needs the library's '{model}' vectors and it has none: "
-                                f"index your folders with `dreamsearch index FOLDER -m {model}`") from None
+            raise NotFoundError(
+                f"text search needs the library's '{model}' vectors and it has none: "
+                f"index your folders with `dreamsearch index FOLDER -m {model}`"
+            ) from None
 
     def stored_query(self, file: str | os.PathLike | int, model: str = DEFAULT_MODEL) -> Query:
         """A query from the stored vector of an indexed file, by path or catalog id: no
@@ -335,7 +394,9 @@ class Library:
         searcher = self._searcher(model)
         vector = np.asarray(vector, dtype=np.float64).reshape(-1)
         if vector.shape[0] != searcher.model.dim:
-            raise DreamsearchError(f"the vector has {vector.shape[0]} numbers; model '{model}' needs {searcher.model.dim}")
+            raise DreamsearchError(
+                f"the vector has {vector.shape[0]} numbers; model '{model}' needs {searcher.model.dim}"
+            )
         largest = np.abs(vector).max() if np.isfinite(vector).all() else 0.0
         if not largest:
             raise DreamsearchError("the vector must be finite and not all zeros")
@@ -347,30 +408,64 @@ class Library:
     def mean_query(queries: Sequence[Query]) -> Query:
         """One query from several of the same model: the normalised mean of their vectors."""
         mean = np.mean([q.vector for q in queries], axis=0)
-        return Query(queries[0].model, tuple(s for q in queries for s in q.sources), mean / np.linalg.norm(mean),
-                     tuple(i for q in queries for i in q.own), tuple(t for q in queries for t in q.texts),
-                     tuple(n for q in queries for n in q.notes))
+        return Query(
+            queries[0].model,
+            tuple(s for q in queries for s in q.sources),
+            mean / np.linalg.norm(mean),
+            tuple(i for q in queries for i in q.own),
+            tuple(t for q in queries for t in q.texts),
+            tuple(n for q in queries for n in q.notes),
+        )
 
-    def search(self, query: Query, k: int = 25, include_self: bool = False, max_distance: float | None = None,
-               under: str | os.PathLike | None = None, offset: int = 0) -> Page:
+    def search(
+        self,
+        query: Query,
+        *,
+        k: int = 25,
+        include_self: bool = False,
+        max_distance: float | None = None,
+        under: str | os.PathLike | None = None,
+        offset: int = 0,
+    ) -> Page:
         """Results ``offset + 1`` to ``offset + k`` for ``query``; see ``Searcher.search``."""
         searcher = self._searcher(query.model)
-        found = searcher.search(query.vector, k + 1, [] if include_self else query.own, max_distance,
-                                None if under is None else Path(under), offset)
+        found = searcher.search(
+            query.vector,
+            k + 1,
+            [] if include_self else query.own,
+            max_distance,
+            None if under is None else Path(under),
+            offset,
+        )
         more = len(found) > k
         return Page(query.model, found[:k], offset + k if more else None)
 
-    def query(self, image: QueryImage, k: int = 25, model: str = DEFAULT_MODEL,
-              include_self: bool = False, max_distance: float | None = None) -> list[Match]:
+    def query(
+        self,
+        image: QueryImage,
+        *,
+        k: int = 25,
+        model: str = DEFAULT_MODEL,
+        include_self: bool = False,
+        max_distance: float | None = None,
+    ) -> list[Match]:
         """The ``k`` most similar indexed images to ``image`` (see ``image_query``)."""
-        return self.search(self.image_query(image, model), k, include_self, max_distance).matches
+        return self.search(
+            self.image_query(image, model), k=k, include_self=include_self, max_distance=max_distance
+        ).matches
 
-    def similar_to(self, path: str | os.PathLike | int, k: int = 25, model: str = DEFAULT_MODEL) -> list[Match]:
+    def similar_to(self, path: str | os.PathLike | int, *, k: int = 25, model: str = DEFAULT_MODEL) -> list[Match]:
         """Neighbours of an indexed file (path or id), from its stored vector (no model is loaded)."""
-        return self.search(self.stored_query(path, model), k).matches
+        return self.search(self.stored_query(path, model), k=k).matches
 
-    def embed(self, image: QueryImage, model: str = DEFAULT_MODEL, name: str = "upload",
-              max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
+    def embed(
+        self,
+        image: QueryImage,
+        model: str = DEFAULT_MODEL,
+        *,
+        name: str = "upload",
+        max_pixels: int = DEFAULT_MAX_PIXELS,
+    ) -> np.ndarray:
         """The unit-norm vector of a picture, decoded as the indexer decodes; needs no
         library and no indexed vectors."""
         with self._models.held(model) as handle:
@@ -378,9 +473,18 @@ class Library:
             with self._models.use(model) as embedder:
                 return embedder.embed(pixels[None])[0]
 
-    def compare(self, image: QueryImage | None, models: Sequence[str], k: int = 25, include_self: bool = False,
-                name: str = "upload", keep_models: bool = True, like: str | os.PathLike | None = None,
-                max_pixels: int = DEFAULT_MAX_PIXELS) -> Comparison:
+    def compare(
+        self,
+        image: QueryImage | None,
+        models: Sequence[str],
+        *,
+        k: int = 25,
+        include_self: bool = False,
+        name: str = "upload",
+        keep_models: bool = True,
+        like: str | os.PathLike | None = None,
+        max_pixels: int = DEFAULT_MAX_PIXELS,
+    ) -> Comparison:
         """``image``, or the indexed file ``like``, through each of ``models`` side by side.
         Every model must be indexed (checked before any is loaded). ``like`` uses each model's
         stored vector of the file (no model load), embedding the file only for a model that
@@ -395,12 +499,17 @@ class Library:
             get_spec(model)
         for model in models:
             self._searcher(model)
+        source = image if like is None else like
+        assert source is not None  # exactly one of the two, checked above
         results = {}
         for model in models:
-            query = (self._image_query(image, model, name, max_pixels, keep_models) if like is None
-                     else self._like_query(like, model, keep_models))
-            results[model] = self.search(query, k, include_self).matches
-        return Comparison(_label(image if like is None else like, name), k, results, overlaps(results, k))
+            query = (
+                self._image_query(source, model, name, max_pixels, keep_models)
+                if like is None
+                else self._like_query(like, model, keep_models)
+            )
+            results[model] = self.search(query, k=k, include_self=include_self).matches
+        return Comparison(_label(source, name), k, results, overlaps(results, k))
 
     def _like_query(self, file: str | os.PathLike, model: str, keep: bool = True) -> Query:
         """The stored vector of an indexed file, or, for a model that has none (the file was
@@ -414,7 +523,7 @@ class Library:
                 raise  # not in the library at all
             return self._image_query(file, model, "upload", DEFAULT_MAX_PIXELS, keep)
 
-    def duplicates(self, model: str = DEFAULT_MODEL, max_distance: float | None = None) -> list[DuplicateGroup]:
+    def duplicates(self, model: str = DEFAULT_MODEL, *, max_distance: float | None = None) -> list[DuplicateGroup]:
         """Groups of identical files, then of images within ``max_distance`` of each other
         (default: the model's, see docs/duplicates.md), each with a suggested keeper."""
         if max_distance is None:
@@ -445,8 +554,9 @@ class Library:
         """The indexed folders (roots), as stored."""
         return list(self._reader().roots().values())
 
-    def status(self, show_failed: bool = False, verify: str = "full",
-               thumbnail_bytes: int | None = None) -> LibraryStatus:
+    def status(
+        self, *, show_failed: bool = False, verify: str = "full", thumbnail_bytes: int | None = None
+    ) -> LibraryStatus:
         """Folders, counts per model, the state of each saved index, and unreadable files
         (``verify`` and ``thumbnail_bytes``: see :func:`dreamsearch.status.catalog_status`)."""
         return catalog_status(self.folder, self._reader(), show_failed, verify, thumbnail_bytes)
@@ -456,14 +566,14 @@ class Library:
         if not self.folder.catalog_path.exists():
             return {}
         catalog = self._reader()
-        return {name: catalog.count_vectors(catalog.model(name)) for name in catalog.model_names()}
+        return {model.name: catalog.count_vectors(model) for model in catalog.models()}
 
     def vector_dims(self) -> dict[str, int]:
         """Each indexed model's vector length (what ``/api/search/vector`` accepts)."""
         if not self.folder.catalog_path.exists():
             return {}
         catalog = self._reader()
-        return {name: catalog.model(name).dim for name in catalog.model_names()}
+        return {model.name: model.dim for model in catalog.models()}
 
     def _reader(self) -> Catalog:
         """The library's catalog, read-only, opened once (each opening checks the schema:

@@ -63,9 +63,10 @@ def write_embeddings(result: EmbeddedFiles, output: Path, fmt: str, model: str) 
         "model": model,
         "dim": int(result.vectors.shape[1]),
         "embeddings": [
-            {"path": str(path), "vector": vector.tolist()} if str(path) not in reasons else
-            {"path": str(path), "vector": None, "error": reasons[str(path)]}
-            for path, vector in zip(result.paths, result.vectors)
+            {"path": str(path), "vector": vector.tolist()}
+            if str(path) not in reasons
+            else {"path": str(path), "vector": None, "error": reasons[str(path)]}
+            for path, vector in zip(result.paths, result.vectors, strict=True)
         ],
         "failed": [{"path": f.path, "reason": f.reason} for f in result.failures],
     }

@@ -39,8 +39,12 @@ def _overlap(name_a: str, name_b: str, a: list[Match], b: list[Match], k: int) -
     union = sorted(ranks_a.keys() | ranks_b.keys())
     common = len(ranks_a.keys() & ranks_b.keys())
     jaccard = common / len(union) if union else 1.0
-    return Overlap((name_a, name_b), common, jaccard, spearman([ranks_a.get(p, k + 1) for p in union],
-                                                               [ranks_b.get(p, k + 1) for p in union]))
+    return Overlap(
+        (name_a, name_b),
+        common,
+        jaccard,
+        spearman([ranks_a.get(p, k + 1) for p in union], [ranks_b.get(p, k + 1) for p in union]),
+    )
 
 
 def spearman(x: Sequence[float], y: Sequence[float]) -> float | None:

@@ -22,9 +22,9 @@ from typing import TYPE_CHECKING
 from PIL import Image, ImageDraw, ImageFont
 
 from dreamsearch.atomic import staged_file
+from dreamsearch.display import human_bytes, printable
 from dreamsearch.errors import DreamsearchError, ImageError
 from dreamsearch.images import decode
-from dreamsearch.display import human_bytes, printable
 
 if TYPE_CHECKING:
     from dreamsearch.duplicates import DuplicateGroup
@@ -68,7 +68,7 @@ def write_png(rows: Sequence[Row], out: Path, thumb: int = THUMB) -> None:
     draw = ImageDraw.Draw(sheet)
     font = ImageFont.load_default(size=12)
     top = _PAD
-    for row, n in zip(rows, lines):
+    for row, n in zip(rows, lines, strict=True):
         draw.text((_PAD, top + 4), _fit(printable(row.label), columns * cell_w // 7), fill=(0, 0, 0), font=font)
         top += _LABEL_H
         for index, tile in enumerate(row.tiles):
@@ -86,8 +86,15 @@ def write_png(rows: Sequence[Row], out: Path, thumb: int = THUMB) -> None:
     _save(out, lambda stream, fmt: sheet.save(stream, format=fmt), picture_format)
 
 
-def write_html(rows: Sequence[Row], out: Path, title: str, thumb: int = THUMB, *,
-               table: Sequence[Sequence[str]] = (), side_by_side: Sequence[Row] = ()) -> None:
+def write_html(
+    rows: Sequence[Row],
+    out: Path,
+    title: str,
+    thumb: int = THUMB,
+    *,
+    table: Sequence[Sequence[str]] = (),
+    side_by_side: Sequence[Row] = (),
+) -> None:
     """Write ``rows`` as one HTML page with the thumbnails embedded (it can be mailed or
     moved on its own); each thumbnail links to its file. ``table`` (header row first) goes
     under the title; ``side_by_side`` rows follow ``rows`` as columns, to compare them."""
@@ -95,7 +102,8 @@ def write_html(rows: Sequence[Row], out: Path, title: str, thumb: int = THUMB, *
     parts = [
         "<!DOCTYPE html>",
         f'<html lang="en"><head><meta charset="utf-8"><title>{html.escape(printable(title))}</title>',
-        "<style>body{font-family:sans-serif;margin:1em}section{margin-bottom:1.5em}"
+        # %-formatting: CSS's braces would all need doubling in an f-string
+        "<style>body{font-family:sans-serif;margin:1em}section{margin-bottom:1.5em}"  # noqa: UP031
         ".columns{display:grid;grid-template-columns:repeat(auto-fit,minmax(%dpx,1fr));column-gap:1em}"
         "table{border-collapse:collapse;margin-bottom:1.5em}th,td{border:1px solid #ccc;padding:.2em .6em}"
         "figure{display:inline-block;vertical-align:top;margin:0 .5em .5em 0;width:%dpx}"
@@ -111,10 +119,15 @@ def write_html(rows: Sequence[Row], out: Path, title: str, thumb: int = THUMB, *
         for tile in row.tiles:
             image = images[tile.path]
             name = html.escape(printable(tile.path))
-            picture = (f'<img src="{_data_uri(image)}" alt="{name}">' if image is not None
-                       else '<div class="missing">unreadable</div>')
-            also = "".join(f'<br>also <a href="{html.escape(_file_uri(path))}">{html.escape(printable(path))}</a>'
-                           for path in tile.also)
+            picture = (
+                f'<img src="{_data_uri(image)}" alt="{name}">'
+                if image is not None
+                else '<div class="missing">unreadable</div>'
+            )
+            also = "".join(
+                f'<br>also <a href="{html.escape(_file_uri(path))}">{html.escape(printable(path))}</a>'
+                for path in tile.also
+            )
             parts.append(
                 f'<figure><a href="{html.escape(_file_uri(tile.path))}">{picture}</a>'
                 f"<figcaption><b>{html.escape(tile.caption)}</b><br>{name}{also}</figcaption></figure>"
@@ -146,8 +159,10 @@ def result_row(label: str, queries: Sequence[str], matches: Sequence[Match], mod
 def comparison_rows(query: str, k: int, results: Mapping[str, Sequence[Match]]) -> list[Row]:
     """``compare``'s rows: the query under a title, then one row per model, its name above
     its results (``write_html`` can show the model rows side by side)."""
-    return [Row(f"{query}: top {k} per model", (Tile(query, "query"),)),
-            *(Row(name, _result_tiles(matches)) for name, matches in results.items())]
+    return [
+        Row(f"{query}: top {k} per model", (Tile(query, "query"),)),
+        *(Row(name, _result_tiles(matches)) for name, matches in results.items()),
+    ]
 
 
 def _result_tiles(matches: Sequence[Match]) -> tuple[Tile, ...]:
@@ -161,8 +176,13 @@ def duplicate_rows(groups: Sequence[DuplicateGroup]) -> list[Row]:
     from dreamsearch.duplicates import identical_copies, summarize
 
     summary = summarize(groups)
-    rows = [Row(f"{summary.removable_files} files could go, freeing {human_bytes(summary.removable_bytes)}: "
-                f"{summary.identical_groups} identical and {summary.similar_groups} similar groups", ())]
+    rows = [
+        Row(
+            f"{summary.removable_files} files could go, freeing {human_bytes(summary.removable_bytes)}: "
+            f"{summary.identical_groups} identical and {summary.similar_groups} similar groups",
+            (),
+        )
+    ]
     copies = identical_copies(groups)
     for number, g in enumerate(groups, 1):
         label = f"{g.kind} group {number}: {len(g.files)} files"
@@ -191,7 +211,7 @@ def _thumbnails(rows: Sequence[Row], thumb: int) -> dict[str, Image.Image | None
                 except ImageError:
                     images[tile.path] = None
                     continue
-                image.thumbnail((thumb, thumb), Image.BICUBIC)
+                image.thumbnail((thumb, thumb), Image.Resampling.BICUBIC)
                 images[tile.path] = image
     return images
 

@@ -45,8 +45,14 @@ class TimeLimitExceeded(BaseException):
     """A BaseException, like KeyboardInterrupt: no decoder's ``except Exception`` hides it."""
 
 
-def decode_bytes(path: str, data: bytes, recipes: tuple[Preprocess, ...], max_pixels: int, draft: bool,
-                 on_picture: Callable[[Image.Image], None] | None = None) -> Decoded:
+def decode_bytes(
+    path: str,
+    data: bytes,
+    recipes: tuple[Preprocess, ...],
+    max_pixels: int,
+    draft: bool,
+    on_picture: Callable[[Image.Image], None] | None = None,
+) -> Decoded:
     """Decode ``data`` (the content of ``path``) and preprocess it for each model. With
     ``draft``, JPEGs decode at the smallest DCT scale that keeps twice each model's input
     size (see docs/indexing.md for the measured error). ``on_picture`` gets the decoded

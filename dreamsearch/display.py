@@ -17,7 +17,9 @@ def configured_path(explicit: str | os.PathLike | None, env_var: str, kind: str,
         return Path(os.environ[env_var]).expanduser()
     import platformdirs
 
-    folder = platformdirs.user_cache_dir("dreamsearch") if kind == "cache" else platformdirs.user_data_dir("dreamsearch")
+    folder = (
+        platformdirs.user_cache_dir("dreamsearch") if kind == "cache" else platformdirs.user_data_dir("dreamsearch")
+    )
     return Path(folder) / name
 
 
@@ -63,7 +65,7 @@ def short_path(path: str | os.PathLike[str], width: int | None = None) -> str:
         if width is None or cell_len(shown) <= width:
             break
         head = (len(folders) - dropped + 1) // 2
-        shown = display_path("/".join([*folders[:head], "…", *folders[head + dropped:], name]))
+        shown = display_path("/".join([*folders[:head], "…", *folders[head + dropped :], name]))
     return shown
 
 
@@ -75,10 +77,10 @@ def _nearest(path: str) -> str:
     except OSError:  # the current folder was removed
         here = None
     if here and path.startswith(here):
-        forms.append(path[len(here):])
+        forms.append(path[len(here) :])
     home = os.path.join(os.path.expanduser("~"), "")
     if os.path.isabs(home) and path.startswith(home):
-        forms.append("~/" + path[len(home):])
+        forms.append("~/" + path[len(home) :])
     return min(forms, key=len)
 
 

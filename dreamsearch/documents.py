@@ -27,11 +27,18 @@ def comparison_document(query: str, k: int, results: dict[str, list[Match]], ove
     """``{"query", "k", "models": {NAME: [RESULT, ...]}, "overlap": [{"models": [A, B],
     "common", "jaccard", "rank_correlation"}]}``."""
     return {
-        "query": query, "k": k,
+        "query": query,
+        "k": k,
         "models": {name: [result_document(m) for m in matches] for name, matches in results.items()},
-        "overlap": [{"models": list(o.models), "common": o.common, "jaccard": round(o.jaccard, 6),
-                     "rank_correlation": None if o.rank_correlation is None else round(o.rank_correlation, 6)}
-                    for o in overlaps],
+        "overlap": [
+            {
+                "models": list(o.models),
+                "common": o.common,
+                "jaccard": round(o.jaccard, 6),
+                "rank_correlation": None if o.rank_correlation is None else round(o.rank_correlation, 6),
+            }
+            for o in overlaps
+        ],
     }
 
 
@@ -43,9 +50,12 @@ def duplicates_document(groups: list[DuplicateGroup], model: str, max_distance: 
     counts each non-keeper file once."""
     from dreamsearch.duplicates import summarize
 
-    return {"model": model, "max_distance": max_distance, "groups": [
-        {"kind": g.kind, "keeper": _file(g.keeper), "others": [_file(f) for f in g.others]} for g in groups],
-        "summary": asdict(summarize(groups))}
+    return {
+        "model": model,
+        "max_distance": max_distance,
+        "groups": [{"kind": g.kind, "keeper": _file(g.keeper), "others": [_file(f) for f in g.others]} for g in groups],
+        "summary": asdict(summarize(groups)),
+    }
 
 
 def _file(f: DuplicateFile) -> dict:

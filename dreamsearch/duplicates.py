@@ -79,8 +79,9 @@ class DuplicateSummary:
     removable_bytes: int
 
 
-def find_duplicates(catalog: Catalog, model: ModelInfo, index: VectorIndex, max_distance: float,
-                    neighbours: int = NEIGHBOURS) -> list[DuplicateGroup]:
+def find_duplicates(
+    catalog: Catalog, model: ModelInfo, index: VectorIndex, max_distance: float, neighbours: int = NEIGHBOURS
+) -> list[DuplicateGroup]:
     """Both tiers: identical groups first, then similar ones; larger groups first in each."""
     return identical_groups(catalog) + similar_groups(catalog, model, index, max_distance, neighbours)
 
@@ -100,22 +101,28 @@ def identical_groups(catalog: Catalog) -> list[DuplicateGroup]:
     return _ordered(groups)
 
 
-def similar_groups(catalog: Catalog, model: ModelInfo, index: VectorIndex, max_distance: float,
-                   neighbours: int = NEIGHBOURS) -> list[DuplicateGroup]:
+def similar_groups(
+    catalog: Catalog, model: ModelInfo, index: VectorIndex, max_distance: float, neighbours: int = NEIGHBOURS
+) -> list[DuplicateGroup]:
     """Groups of contents all within ``max_distance`` of each other (complete linkage),
     built around keepers in keeper order, one file per content."""
     a, b, distance = _close_pairs(catalog, model, index, max_distance, neighbours)
     # each content stands for its copies by its best file (its identical group's keeper)
-    best = {cid: min(one_name_per_file(files), key=_keeper_key)
-            for cid, files in catalog.file_details(np.unique(a)).items()}
+    best = {
+        cid: min(one_name_per_file(files), key=_keeper_key)
+        for cid, files in catalog.file_details(np.unique(a).tolist()).items()
+    }
     grouped: set[int] = set()
     groups = []
     for keeper in sorted(best, key=lambda cid: _keeper_key(best[cid])):
         if keeper in grouped:
             continue
         lo, hi = np.searchsorted(a, keeper, "left"), np.searchsorted(a, keeper, "right")
-        members = [(best[m], d) for m, d in zip(b[lo:hi].tolist(), distance[lo:hi].tolist())
-                   if m in best and m not in grouped]
+        members = [
+            (best[m], d)
+            for m, d in zip(b[lo:hi].tolist(), distance[lo:hi].tolist(), strict=True)
+            if m in best and m not in grouped
+        ]
         members = _all_within(catalog, model, keeper, members, max_distance)
         if members:
             grouped.update([keeper, *(f.content_id for (f, _links), _d in members)])
@@ -123,8 +130,9 @@ def similar_groups(catalog: Catalog, model: ModelInfo, index: VectorIndex, max_d
     return _ordered(groups)
 
 
-def _all_within(catalog: Catalog, model: ModelInfo, keeper: int, members: list[tuple[Named, float]],
-                max_distance: float) -> list[tuple[Named, float]]:
+def _all_within(
+    catalog: Catalog, model: ModelInfo, keeper: int, members: list[tuple[Named, float]], max_distance: float
+) -> list[tuple[Named, float]]:
     """The members, nearest to the keeper first, that are also within ``max_distance`` of
     every member taken before them: a chain A-B-C with A-C too far never shares a group,
     whichever of them is the keeper. Distances from the stored vectors, in float64."""
@@ -132,7 +140,7 @@ def _all_within(catalog: Catalog, model: ModelInfo, keeper: int, members: list[t
         return members
     members = sorted(members, key=lambda fd: (fd[1], fd[0][0].path))
     ids, vectors = catalog.vectors_for(model, [f.content_id for (f, _links), _d in members])
-    vector = {int(i): v.astype(np.float64) for i, v in zip(ids, vectors)}
+    vector = {int(i): v.astype(np.float64) for i, v in zip(ids, vectors, strict=True)}
     taken: list[tuple[Named, float]] = []
     for member, d in members:
         mine = vector.get(member[0].content_id)
@@ -156,8 +164,9 @@ def identical_copies(groups: Sequence[DuplicateGroup]) -> dict[int, tuple[int, i
     return {g.keeper.id: (number, len(g.files)) for number, g in enumerate(groups, 1) if g.kind == "identical"}
 
 
-def _close_pairs(catalog: Catalog, model: ModelInfo, index: VectorIndex, max_distance: float,
-                 neighbours: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def _close_pairs(
+    catalog: Catalog, model: ModelInfo, index: VectorIndex, max_distance: float, neighbours: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Every pair of contents found within ``max_distance`` as ``(a, b, distance)`` arrays,
     both ways round, sorted by ``a`` then ``b``; a pair seen from both ends keeps the larger
     of its two (float-rounded) distances, so the pairs are symmetric."""
@@ -180,8 +189,10 @@ def _close_pairs(catalog: Catalog, model: ModelInfo, index: VectorIndex, max_dis
 
 def _group(kind: str, keeper: Named, others: list[tuple[Named, float]]) -> DuplicateGroup:
     """``keeper``, then the ``others`` (with their distance to it) nearest first."""
-    as_files = [DuplicateFile(f.id, f.path, f.size, f.width, f.height, f.mtime_ns, d, links, f.file_key)
-                for (f, links), d in [(keeper, 0.0), *sorted(others, key=lambda fd: (fd[1], fd[0][0].path))]]
+    as_files = [
+        DuplicateFile(f.id, f.path, f.size, f.width, f.height, f.mtime_ns, d, links, f.file_key)
+        for (f, links), d in [(keeper, 0.0), *sorted(others, key=lambda fd: (fd[1], fd[0][0].path))]
+    ]
     return DuplicateGroup(kind, as_files[0], tuple(as_files[1:]))
 
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from pathlib import Path
+import os
 
 
 class DreamsearchError(Exception):
@@ -12,7 +12,7 @@ class DreamsearchError(Exception):
 class ImageError(DreamsearchError):
     """An image file that cannot be used; the message names the file and the reason."""
 
-    def __init__(self, path: str | Path, reason: str) -> None:
+    def __init__(self, path: str | os.PathLike[str], reason: str) -> None:
         self.path = str(path)
         self.reason = reason
         super().__init__(f"{self.path}: {reason}")

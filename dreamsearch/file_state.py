@@ -24,13 +24,19 @@ _INT64 = 1 << 63
 
 
 class FileState(Protocol):
-    """Anything that carries a file's stored or observed state (``None``: not known)."""
+    """Anything that carries a file's stored or observed state (``None``: not known);
+    read-only, so frozen dataclasses are ones too."""
 
-    size: int
-    mtime_ns: int
-    inode: int | None
-    device: int | None
-    ctime_ns: int | None
+    @property
+    def size(self) -> int: ...
+    @property
+    def mtime_ns(self) -> int: ...
+    @property
+    def inode(self) -> int | None: ...
+    @property
+    def device(self) -> int | None: ...
+    @property
+    def ctime_ns(self) -> int | None: ...
 
 
 def wrapped(number: int) -> int:
@@ -48,8 +54,13 @@ def observed(info: os.stat_result) -> tuple[int, int, int, int, int]:
     state = (info.st_size, info.st_mtime_ns, info.st_ino, info.st_dev, info.st_ctime_ns)
     if -_INT64 <= min(state) and max(state) < _INT64:  # nearly always: a no-op run checks every file
         return state
-    return (min(info.st_size, _INT64 - 1), clamped(info.st_mtime_ns), wrapped(info.st_ino), wrapped(info.st_dev),
-            clamped(info.st_ctime_ns))
+    return (
+        min(info.st_size, _INT64 - 1),
+        clamped(info.st_mtime_ns),
+        wrapped(info.st_ino),
+        wrapped(info.st_dev),
+        clamped(info.st_ctime_ns),
+    )
 
 
 def mtime_problem(state: tuple[int, ...], info: os.stat_result) -> str | None:
@@ -63,9 +74,13 @@ def mtime_problem(state: tuple[int, ...], info: os.stat_result) -> str | None:
 def unchanged(stored: FileState, seen: FileState) -> bool:
     """All five match. A value not known on either side (a row from before inodes were
     stored) is a difference: the file is read and hashed once more."""
-    return (None not in (stored.inode, stored.device, stored.ctime_ns)
-            and (stored.size, stored.mtime_ns, stored.inode, stored.device, stored.ctime_ns)
-            == (seen.size, seen.mtime_ns, seen.inode, seen.device, seen.ctime_ns))
+    return None not in (stored.inode, stored.device, stored.ctime_ns) and (
+        stored.size,
+        stored.mtime_ns,
+        stored.inode,
+        stored.device,
+        stored.ctime_ns,
+    ) == (seen.size, seen.mtime_ns, seen.inode, seen.device, seen.ctime_ns)
 
 
 def on_disk_as_stored(path: str, stored: FileState) -> bool:
@@ -77,7 +92,7 @@ def on_disk_as_stored(path: str, stored: FileState) -> bool:
     except (OSError, ValueError):
         return False
     expected = (stored.size, stored.mtime_ns, stored.inode, stored.device, stored.ctime_ns)
-    return all(value is None or value == seen for value, seen in zip(expected, now))
+    return all(value is None or value == seen for value, seen in zip(expected, now, strict=True))
 
 
 def through_a_link(path: str) -> bool:
@@ -88,7 +103,8 @@ def through_a_link(path: str) -> bool:
 class Named(Protocol):
     """A name of a file on disk: its path and what identifies the file behind it."""
 
-    path: str
+    @property
+    def path(self) -> str: ...
 
     @property
     def file_key(self) -> tuple: ...

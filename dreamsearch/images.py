@@ -28,7 +28,6 @@ from dreamsearch.defaults import DEFAULT_MAX_PIXELS
 from dreamsearch.errors import ImageError, PixelLimitError
 from dreamsearch.reading import NOT_REGULAR_FILE
 
-
 _HEIF_REGISTERED = False
 _PILLOW_LIMIT_LOCK = threading.Lock()
 _BOMB_WARNINGS_ARE_ERRORS = False
@@ -123,8 +122,9 @@ def _reduced_webp(source: BinaryIO, img: Image.Image, draft_size: int) -> Image.
     source.seek(0)
     try:
         reduced = pyvips.Image.new_from_buffer(source.read(), "", scale=1 / factor, access="sequential")
-        pixels = np.ndarray(buffer=reduced.write_to_memory(), dtype=np.uint8,
-                            shape=(reduced.height, reduced.width, reduced.bands))
+        pixels = np.ndarray(
+            buffer=reduced.write_to_memory(), dtype=np.uint8, shape=(reduced.height, reduced.width, reduced.bands)
+        )
     except pyvips.Error as exc:
         raise ValueError(str(exc).strip().splitlines()[-1]) from None
     picture = Image.fromarray(pixels[..., 0] if reduced.bands == 1 else pixels)
@@ -211,9 +211,7 @@ def to_rgb(img: Image.Image) -> Image.Image:
         return img
     if img.mode in ("I;16", "I;16L", "I;16B", "I;16N", "I", "F"):
         return Image.fromarray(_scale_to_uint8(np.asarray(img), img.mode)).convert("RGB")
-    has_alpha = img.mode in ("RGBA", "LA", "PA", "RGBa", "La") or (
-        img.mode == "P" and "transparency" in img.info
-    )
+    has_alpha = img.mode in ("RGBA", "LA", "PA", "RGBa", "La") or (img.mode == "P" and "transparency" in img.info)
     if has_alpha:
         rgba = img.convert("RGBA")
         white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
@@ -235,11 +233,11 @@ def resize_squash(img: Image.Image, size: int) -> np.ndarray:
 
     Returns ``uint8 [size, size, 3]``; scaling to [0, 1] happens on the model's device.
     """
-    return np.asarray(img.resize((size, size), Image.BICUBIC), dtype=np.uint8)
+    return np.asarray(img.resize((size, size), Image.Resampling.BICUBIC), dtype=np.uint8)
 
 
 def resize_center_crop(
-    img: Image.Image, resize: int, crop: int, resample: int = Image.BICUBIC
+    img: Image.Image, resize: int, crop: int, resample: int = Image.Resampling.BICUBIC
 ) -> np.ndarray:
     """Resize the short side to ``resize``, then take the central ``crop`` square: the
     classic ImageNet / CLIP evaluation transform, with torchvision's rounding (long side
@@ -264,7 +262,7 @@ class Preprocess:
 
     size: int
     resize: int = 0
-    resample: int = Image.BICUBIC
+    resample: int = Image.Resampling.BICUBIC
 
     @property
     def draft_size(self) -> int:

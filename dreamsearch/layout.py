@@ -15,8 +15,8 @@ from pathlib import Path
 
 from dreamsearch import __version__
 from dreamsearch.atomic import write_atomically
-from dreamsearch.errors import DreamsearchError, NotFoundError
 from dreamsearch.display import configured_path
+from dreamsearch.errors import DreamsearchError, NotFoundError
 
 ENV_LIBRARY = "DREAMSEARCH_LIBRARY"
 #: The thumbnail cache's folder in a library (``dreamsearch.server.thumbnails``).
@@ -88,8 +88,11 @@ class LibraryLayout:
             folder.root.mkdir(parents=True, exist_ok=True, mode=0o700)
             folder.root.chmod(0o700)  # the catalog lists every photo path: for this user only
             folder.index_dir.mkdir(exist_ok=True)
-            manifest = {"format": MANIFEST_FORMAT, "created_by": f"dreamsearch {__version__}",
-                        "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+            manifest = {
+                "format": MANIFEST_FORMAT,
+                "created_by": f"dreamsearch {__version__}",
+                "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            }
             write_atomically(folder.manifest_path, json.dumps(manifest, indent=1))
         except OSError as exc:
             raise DreamsearchError(f"{folder.root}: cannot create a library there ({exc.strerror or exc})") from None
@@ -128,8 +131,9 @@ class LibraryLayout:
             try:
                 fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
-                raise WriterBusy(f"another dreamsearch is changing {self.root} (indexing?); "
-                                 "try again when it ends") from None
+                raise WriterBusy(
+                    f"another dreamsearch is changing {self.root} (indexing?); try again when it ends"
+                ) from None
             self.remove_leftovers()
             yield
 

@@ -30,14 +30,17 @@ def out_of_memory_message(exc: BaseException) -> str | None:
     limit, _hard = resource.getrlimit(resource.RLIMIT_AS)
     if limit == resource.RLIM_INFINITY:
         return f"out of memory{what} (free some memory or use a smaller model)"
-    return f"out of memory{what} (address space limited to {_size(limit)} by ulimit -v; raise it or use a smaller model)"
+    return (
+        f"out of memory{what} (address space limited to {_size(limit)} by ulimit -v; raise it or use a smaller model)"
+    )
 
 
 def _unmappable(text: str) -> bool:
     """The dynamic loader's words for a library that did not fit (not the unrelated
     "cannot allocate memory in static TLS block", a loading-order problem)."""
     return "failed to map segment from shared object" in text or (
-        "cannot allocate memory" in text.lower() and "static TLS" not in text)
+        "cannot allocate memory" in text.lower() and "static TLS" not in text
+    )
 
 
 def _size(n: int) -> str:

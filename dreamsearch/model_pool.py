@@ -115,9 +115,12 @@ class ModelPool:
         with self._lock:
             loaded = sum(handle.loaded for handle in self._handles.values())
             excess = loaded - (self.limit - (room_for is not None))
-            idle = [n for n in self._last_used  # oldest first
-                    if n in self._handles and self._handles[n].loaded and self._users[n] == 0]
-            evicted = set(idle[:max(excess, 0)])
+            idle = [
+                n
+                for n in self._last_used  # oldest first
+                if n in self._handles and self._handles[n].loaded and self._users[n] == 0
+            ]
+            evicted = set(idle[: max(excess, 0)])
         if evicted:
             self._drop(evicted.__contains__)
 

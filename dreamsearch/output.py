@@ -28,8 +28,8 @@ import sys
 from collections.abc import Collection, Sequence
 from typing import TYPE_CHECKING
 
-from dreamsearch.documents import comparison_document, duplicates_document, result_document
 from dreamsearch.display import display_path, human_bytes, short_path
+from dreamsearch.documents import comparison_document, duplicates_document, result_document
 
 if TYPE_CHECKING:  # dreamsearch.search imports torch: `duplicates` must not pay for it
     from dreamsearch.compare import Overlap
@@ -41,8 +41,12 @@ def render(blocks: list[tuple[str, list[Match]]], fmt: str | None, model: str, v
     """Print query results as a table (a result's copies counted, or listed if ``verbose``)
     or in the machine format ``fmt``."""
     if fmt == "json":
-        document = {"model": model, "queries": [
-            {"query": label, "results": [result_document(m) for m in matches]} for label, matches in blocks]}
+        document = {
+            "model": model,
+            "queries": [
+                {"query": label, "results": [result_document(m) for m in matches]} for label, matches in blocks
+            ],
+        }
         _write_json_lines([document])
     elif fmt == "jsonl":
         _write_json_lines([{"query": label, **result_document(m)} for label, matches in blocks for m in matches])
@@ -90,12 +94,22 @@ def _table(blocks: list[tuple[str, list[Match]]], model: str, verbose: bool) -> 
     console = Console()
     columns = ("#", "distance", "path", "size")
     for label, matches in blocks:
-        table = new_table(f"{display_path(label)} ({model})", columns, right=("#", "distance", "size"), fold=columns,
-                          caption_justify="left")
+        table = new_table(
+            f"{display_path(label)} ({model})",
+            columns,
+            right=("#", "distance", "size"),
+            fold=columns,
+            caption_justify="left",
+        )
         sizes = [human_bytes(m.size) for m in matches]
-        width = (console.width - _TABLE_FRAME - len("distance") - len(str(max((m.rank for m in matches), default=1)))
-                 - max(map(len, ["size", *sizes])))
-        for m, size in zip(matches, sizes):
+        width = (
+            console.width
+            - _TABLE_FRAME
+            - len("distance")
+            - len(str(max((m.rank for m in matches), default=1)))
+            - max(map(len, ["size", *sizes]))
+        )
+        for m, size in zip(matches, sizes, strict=True):
             table.add_row(str(m.rank), f"{m.distance:.4f}", _literal(_path_cell(m, width, verbose)), size)
         if not verbose and any(len(m.also_at) > 1 for m in matches):
             table.caption = "+N copies: the same file at N other paths (-v lists them)"
@@ -116,16 +130,16 @@ def _path_cell(m: Match, width: int, verbose: bool) -> str:
     return "\n".join(lines)
 
 
-def new_table(title: str, columns: Sequence[str], right: Collection[str] = (), fold: Collection[str] = (),
-              **options):
+def new_table(title: str, columns: Sequence[str], right: Collection[str] = (), fold: Collection[str] = (), **options):
     """How every command draws a table: a title on the left (shown as written, never read
     as markup), ``right`` columns right-aligned, ``fold`` columns wrapped rather than cut."""
     from rich.table import Table
 
     table = Table(title=_literal(title), title_justify="left", **options)
     for column in columns:
-        table.add_column(column, justify="right" if column in right else "left",
-                         overflow="fold" if column in fold else "ellipsis")
+        table.add_column(
+            column, justify="right" if column in right else "left", overflow="fold" if column in fold else "ellipsis"
+        )
     return table
 
 
@@ -137,8 +151,9 @@ def _literal(text: str):
     return Text(text)
 
 
-def render_comparison(query: str, k: int, results: dict[str, list[Match]], overlaps: list[Overlap],
-                      as_json: bool) -> None:
+def render_comparison(
+    query: str, k: int, results: dict[str, list[Match]], overlaps: list[Overlap], as_json: bool
+) -> None:
     """``compare``'s output. JSON: ``{"query", "k", "models": {NAME: [RESULT, ...]},
     "overlap": [{"models": [A, B], "common", "jaccard", "rank_correlation"}]}``."""
     if as_json:
@@ -150,8 +165,12 @@ def render_comparison(query: str, k: int, results: dict[str, list[Match]], overl
     # a long file name wraps, never cut
     side_by_side = new_table(f"{display_path(query)}: top {k} per model", ["#", *results], right=("#",), fold=results)
     for rank in range(1, max((len(m) for m in results.values()), default=0) + 1):
-        cells = [_literal(f"{display_path(os.path.basename(ms[rank - 1].path))} ({ms[rank - 1].distance:.4f})")
-                 if rank <= len(ms) else "" for ms in results.values()]
+        cells = [
+            _literal(f"{display_path(os.path.basename(ms[rank - 1].path))} ({ms[rank - 1].distance:.4f})")
+            if rank <= len(ms)
+            else ""
+            for ms in results.values()
+        ]
         side_by_side.add_row(str(rank), *cells)
     console.print(side_by_side)
     header, *rows = agreement_rows(overlaps, k)
@@ -187,17 +206,27 @@ def render_duplicates(groups: list[DuplicateGroup], model: str, max_distance: fl
     console = Console()
     copies = identical_copies(groups)
     for number, group in enumerate(groups, 1):
-        table = new_table(f"{group.kind} group {number}: {len(group.files)} files", ("", "distance", "pixels", "size", "path"),
-                          right=("distance", "pixels", "size"))
+        table = new_table(
+            f"{group.kind} group {number}: {len(group.files)} files",
+            ("", "distance", "pixels", "size", "path"),
+            right=("distance", "pixels", "size"),
+        )
         for f in group.files:
             note = ""
             if group.kind == "similar" and f.id in copies:
                 note = "\n  ×{1} identical: identical group {0}".format(*copies[f.id])
             note += "".join(f"\n  link (the same file): {display_path(link)}" for link in f.links)
-            table.add_row("keep" if f is group.keeper else "", f"{f.distance:.4f}", f.dimensions, human_bytes(f.size),
-                          _literal(display_path(f.path) + note))
+            table.add_row(
+                "keep" if f is group.keeper else "",
+                f"{f.distance:.4f}",
+                f.dimensions,
+                human_bytes(f.size),
+                _literal(display_path(f.path) + note),
+            )
         console.print(table)
     summary = summarize(groups)
-    console.print(f"{summary.identical_groups} identical and {summary.similar_groups} similar groups "
-                  f"({model}, max distance {max_distance:g})")
+    console.print(
+        f"{summary.identical_groups} identical and {summary.similar_groups} similar groups "
+        f"({model}, max distance {max_distance:g})"
+    )
     console.print(f"{summary.removable_files} files could go, freeing {human_bytes(summary.removable_bytes)}")

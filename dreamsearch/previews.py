@@ -60,17 +60,21 @@ def terminal_protocol(environ: Mapping[str, str] = os.environ) -> str:
         return "iterm2"
     # textual-image asks the terminal on import (sixel first: kitty has none, and terminals
     # that report kitty's protocol without its placeholders do draw sixel)
-    from textual_image.renderable import Image as Detected, SixelImage, TGPImage
+    from textual_image.renderable import Image as Detected
+    from textual_image.renderable import SixelImage, TGPImage
 
     return {SixelImage: "sixel", TGPImage: "kitty"}.get(Detected, "blocks")
 
 
-def draw_previews(blocks: Sequence[tuple[str, Sequence[Match]]], console: Console | None = None,
-                  protocol: str | None = None) -> None:
+def draw_previews(
+    blocks: Sequence[tuple[str, Sequence[Match]]], console: Console | None = None, protocol: str | None = None
+) -> None:
     """Each block's label, then each result's thumbnail over its rank, distance and path.
     A file that cannot be decoded now is named with the reason instead."""
     protocol = protocol or terminal_protocol()
-    console = console or Console(color_system="truecolor", force_terminal=True, highlight=False)  # checked by the caller
+    console = console or Console(
+        color_system="truecolor", force_terminal=True, highlight=False
+    )  # checked by the caller
     for label, matches in blocks:
         console.print(Text(label, style="bold"))
         for match in matches:
@@ -80,7 +84,7 @@ def draw_previews(blocks: Sequence[tuple[str, Sequence[Match]]], console: Consol
             except ImageError as exc:
                 console.print(caption.append(f"  (not drawn: {exc.reason})"), soft_wrap=True)
                 continue
-            picture.thumbnail((PIXELS, PIXELS), Image.BICUBIC)
+            picture.thumbnail((PIXELS, PIXELS), Image.Resampling.BICUBIC)
             console.print(renderable(picture, protocol))
             console.print(caption, soft_wrap=True)
 

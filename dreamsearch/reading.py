@@ -55,8 +55,10 @@ def read_file(path: str, max_size: int = DEFAULT_MAX_FILE_SIZE) -> FileBytes:
         if not stat.S_ISREG(info.st_mode):
             return FileBytes(error=NOT_REGULAR_FILE)
         if info.st_size > max_size:
-            return FileBytes(error=f"{human_bytes(info.st_size)} is over the file size limit of {human_bytes(max_size)} "
-                                   "(--max-file-size)")
+            return FileBytes(
+                error=f"{human_bytes(info.st_size)} is over the file size limit of {human_bytes(max_size)} "
+                "(--max-file-size)"
+            )
         with os.fdopen(descriptor, "rb", closefd=True) as handle:
             descriptor = -1
             # Ask for what fstat said (read(n) reserves n bytes up front), then for the
@@ -85,4 +87,3 @@ def read_failure(exc: OSError) -> str:
     if exc.errno == errno.ENXIO:  # what opening a socket (or a device with no driver) says
         return NOT_REGULAR_FILE
     return f"cannot read: {exc.strerror or exc}"
-

@@ -18,21 +18,58 @@ from pathlib import Path
 from dreamsearch.file_state import mtime_problem, observed
 
 IMAGE_EXTENSIONS = {
-    ".jpg", ".jpeg", ".jpe", ".jfif", ".png", ".gif", ".webp", ".bmp", ".dib", ".tif", ".tiff",
-    ".heic", ".heif", ".hif", ".avif",
+    ".jpg",
+    ".jpeg",
+    ".jpe",
+    ".jfif",
+    ".png",
+    ".gif",
+    ".webp",
+    ".bmp",
+    ".dib",
+    ".tif",
+    ".tiff",
+    ".heic",
+    ".heif",
+    ".hif",
+    ".avif",
 }
 JUNK_FOLDERS = {
-    "@eaDir", "#recycle", "$RECYCLE.BIN", "System Volume Information", "node_modules",
-    "__pycache__", "lost+found",
+    "@eaDir",
+    "#recycle",
+    "$RECYCLE.BIN",
+    "System Volume Information",
+    "node_modules",
+    "__pycache__",
+    "lost+found",
 }
 _HEIF_BRANDS = {b"heic", b"heix", b"hevc", b"hevx", b"heim", b"heis", b"mif1", b"msf1", b"avif", b"avis"}
 #: Kernel file systems: no photos, and files that block a reader for ever (``/proc/kmsg``
 #: waits for the next kernel message: an index job over ``/proc`` held the writer lock
 #: until one came, issue 21) or never end. Skipped by type, wherever they are mounted.
-PSEUDO_FILE_SYSTEMS = frozenset({
-    "proc", "sysfs", "devtmpfs", "devpts", "cgroup", "cgroup2", "debugfs", "tracefs", "securityfs", "pstore",
-    "bpf", "configfs", "fusectl", "mqueue", "binfmt_misc", "efivarfs", "selinuxfs", "nsfs", "rpc_pipefs",
-})
+PSEUDO_FILE_SYSTEMS = frozenset(
+    {
+        "proc",
+        "sysfs",
+        "devtmpfs",
+        "devpts",
+        "cgroup",
+        "cgroup2",
+        "debugfs",
+        "tracefs",
+        "securityfs",
+        "pstore",
+        "bpf",
+        "configfs",
+        "fusectl",
+        "mqueue",
+        "binfmt_misc",
+        "efivarfs",
+        "selinuxfs",
+        "nsfs",
+        "rpc_pipefs",
+    }
+)
 
 
 @dataclass(frozen=True)

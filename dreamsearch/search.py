@@ -19,19 +19,19 @@ import numpy as np
 from PIL import Image
 
 from dreamsearch.catalog import Catalog, ModelInfo
+from dreamsearch.decoding import DECODE_TIMEOUT_S, TimeLimitExceeded, decode_bytes, time_limit, too_slow
+from dreamsearch.defaults import DEFAULT_NPROBE
 from dreamsearch.errors import DreamsearchError, ImageError, NotFoundError, PixelLimitError
 from dreamsearch.file_state import one_name_per_file
 from dreamsearch.images import DEFAULT_MAX_PIXELS, Preprocess, to_rgb
-from dreamsearch.decoding import DECODE_TIMEOUT_S, TimeLimitExceeded, decode_bytes, time_limit, too_slow
-from dreamsearch.reading import content_hash, read_file
 from dreamsearch.layout import LibraryLayout
 from dreamsearch.models.precision import precision_of
+from dreamsearch.reading import content_hash, read_file
 from dreamsearch.vector_index import open_index
-from dreamsearch.vector_index.policy import DEFAULT_NPROBE
 
 if TYPE_CHECKING:  # pragma: no cover
-    from dreamsearch.models.embedder import Embedder
     from dreamsearch.models.clip_text import TextEncoder
+    from dreamsearch.models.embedder import Embedder
 
 
 QueryImage = str | os.PathLike | bytes | Image.Image | np.ndarray
@@ -110,10 +110,13 @@ class Searcher:
         same = self.model.fingerprint in (embedder.fingerprint, getattr(embedder, "legacy_fingerprint", None))
         stored, asked = precision_of(self.model.fingerprint), precision_of(embedder.fingerprint)
         if embedder.name == self.model.name and stored != asked:
-            raise DreamsearchError(f"the library's '{self.model.name}' vectors are {stored}, not {asked}: "
-                                   f"query with --precision {stored}")
+            raise DreamsearchError(
+                f"the library's '{self.model.name}' vectors are {stored}, not {asked}: query with --precision {stored}"
+            )
         if embedder.name != self.model.name or not same:
-            raise DreamsearchError(f"the library's '{self.model.name}' vectors come from other weights than {embedder.name}")
+            raise DreamsearchError(
+                f"the library's '{self.model.name}' vectors come from other weights than {embedder.name}"
+            )
 
     def stored_vector(self, path: Path) -> tuple[np.ndarray, int]:
         """The stored vector of an indexed file (``--like``): no model, no decoding. A
@@ -149,15 +152,18 @@ class Searcher:
         if under is not None:  # as written (through a followed symlink) and with links resolved
             folders = [under] if isinstance(under, (str, os.PathLike)) else under
             under = tuple({form for u in folders for form in (Path(os.path.abspath(u)), Path(u).resolve())})
-        wanted, exclude, matches, farther = offset + k, set(exclude), [], False
-        stages, scores, ids = self._ranked(vector), [], []
+        wanted, excluded, farther = offset + k, set(exclude), False
+        matches: list[Match] = []
+        scores: list[float] = []
+        ids: list[int] = []
+        stages = self._ranked(vector)
         while len(matches) < wanted and not farther:
             need = max(wanted - len(matches), MIN_JOIN)  # stat about as many files as the page needs, at once
             while len(ids) < need and (stage := next(stages, None)) is not None:
                 scores, ids = scores + stage[0], ids + stage[1]
             if not ids:
                 break
-            found, farther = self._join(scores[:need], ids[:need], exclude, max_distance, under)
+            found, farther = self._join(scores[:need], ids[:need], excluded, max_distance, under)
             matches, scores, ids = matches + found, scores[need:], ids[need:]
         return [replace(m, rank=rank) for rank, m in enumerate(matches[offset:wanted], offset + 1)]
 
@@ -181,7 +187,7 @@ class Searcher:
             missing = [i for i in wanted.tolist() if i not in stored]
             if missing:
                 found_ids, found = self.catalog.vectors_for(self.model, missing)
-                stored.update(zip(found_ids.tolist(), found))
+                stored.update(zip(found_ids.tolist(), found, strict=True))
             have = [i for i in wanted.tolist() if i in stored]
             return np.array(have, np.int64), np.array([stored[i] for i in have], np.float32).reshape(-1, self.model.dim)
 
@@ -189,21 +195,24 @@ class Searcher:
         while True:
             scores, ids = self.index.search(query, depth, nprobe=self.nprobe, fetch=fetch)
             last = bool((ids[0] < 0).any()) or depth >= len(self.index)
-            fresh = sorted(((-float(s), int(i)) for s, i in zip(scores[0], ids[0]) if i >= 0 and int(i) not in given))
-            fresh = fresh if last else fresh[:depth - len(given)]
+            fresh = sorted(
+                ((-float(s), int(i)) for s, i in zip(scores[0], ids[0], strict=True) if i >= 0 and int(i) not in given)
+            )
+            fresh = fresh if last else fresh[: depth - len(given)]
             given.update(i for _s, i in fresh)
             yield [-s for s, _i in fresh], [i for _s, i in fresh]
             if last:
                 return
             depth *= STAGE_GROWTH
 
-    def _join(self, scores, ids, exclude: set[int], max_distance,
-              under: tuple[Path, ...] | None) -> tuple[list[Match], bool]:
+    def _join(
+        self, scores, ids, exclude: set[int], max_distance, under: tuple[Path, ...] | None
+    ) -> tuple[list[Match], bool]:
         """The files of these contents, and whether one was farther than ``max_distance``
         (the list is sorted: none after it is wanted)."""
-        keep = [(float(s), int(i)) for s, i in zip(scores, ids) if i >= 0 and int(i) not in exclude]
+        keep = [(float(s), int(i)) for s, i in zip(scores, ids, strict=True) if i >= 0 and int(i) not in exclude]
         details = self.catalog.file_details([i for _s, i in keep])
-        matches = []
+        matches: list[Match] = []
         for score, content_id in keep:
             distance = max(0.0, 1.0 - score)
             if max_distance is not None and distance > max_distance:
@@ -212,13 +221,25 @@ class Searcher:
             if places:  # no places: removed since the index was read, or outside ``under``
                 files = one_name_per_file(places)
                 (first, _), links = files[0], tuple(link for _f, names in files for link in names)
-                matches.append(Match(0, distance, first.path, first.size, tuple(f.path for f, _names in files[1:]),
-                                     first.id, first.width, first.height, links))
+                matches.append(
+                    Match(
+                        0,
+                        distance,
+                        first.path,
+                        first.size,
+                        tuple(f.path for f, _names in files[1:]),
+                        first.id,
+                        first.width,
+                        first.height,
+                        links,
+                    )
+                )
         return matches, False
 
 
-def model_input(recipe: Preprocess, image: QueryImage, name: str = "upload",
-                max_pixels: int = DEFAULT_MAX_PIXELS) -> tuple[np.ndarray, bytes | None]:
+def model_input(
+    recipe: Preprocess, image: QueryImage, name: str = "upload", max_pixels: int = DEFAULT_MAX_PIXELS
+) -> tuple[np.ndarray, bytes | None]:
     """The input, for a model of input ``recipe``, of a picture (a file path, the bytes of
     an image file labelled ``name``, a PIL image or a ``uint8 [H, W, 3]`` array), decoded
     exactly as the indexer decodes (JPEG draft included), and the file's bytes when there
@@ -254,4 +275,5 @@ def _decoded(recipe: Preprocess, name: str, data: bytes, max_pixels: int) -> np.
 def _inside(path: str, folders: tuple[Path, ...]) -> bool:
     """Whether ``path``, as stored or with links resolved, lies in one of ``folders``."""
     return any(Path(path).is_relative_to(f) for f in folders) or any(
-        Path(path).resolve().is_relative_to(f) for f in folders)
+        Path(path).resolve().is_relative_to(f) for f in folders
+    )

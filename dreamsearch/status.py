@@ -8,13 +8,12 @@ from datetime import datetime
 from pathlib import Path
 
 from dreamsearch.catalog import Catalog, FailedFile
+from dreamsearch.display import display_path, human_bytes, problem_line
 from dreamsearch.failures import PERMANENT, TRANSIENT_TRIES
 from dreamsearch.layout import LibraryLayout
-from dreamsearch.display import display_path, human_bytes, problem_line
 from dreamsearch.vector_index.index import IndexFileError, meta_path, read_meta
 from dreamsearch.vector_index.sync import load_checked
 from dreamsearch.watcher import notices
-
 
 #: How each ``verify`` level reports a saved index that passed.
 CHECKED = {"full": "checksum ok", "quick": "size and edge digests ok (status checks every byte)"}
@@ -47,21 +46,34 @@ class LibraryStatus:
     watch_warnings: list[str] = field(default_factory=list)
 
 
-def catalog_status(library: LibraryLayout, catalog: Catalog, show_failed: bool = False, verify: str = "full",
-                   thumbnail_bytes: int | None = None) -> LibraryStatus:
+def catalog_status(
+    library: LibraryLayout,
+    catalog: Catalog,
+    show_failed: bool = False,
+    verify: str = "full",
+    thumbnail_bytes: int | None = None,
+) -> LibraryStatus:
     """``library`` as ``catalog`` (open) sees it. ``verify="full"`` hashes every saved index
     byte; the server asks ``"quick"`` (size and edge digests) and gives its thumbnail cache's
     size: ``/api/status`` must answer in milliseconds while heavy work runs, and hashing a
     300 MB index took 0.35 s."""
     folders = [FolderStatus(path, ok, failed, not Path(path).is_dir()) for path, ok, failed in catalog.root_counts()]
     models = []
-    for name in catalog.model_names():
-        model = catalog.model(name)
-        models.append(ModelStatus(name, catalog.count_vectors(model), model.dim,
-                                  _index_line(library, catalog, model, verify)))
+    for model in catalog.models():
+        models.append(
+            ModelStatus(
+                model.name, catalog.count_vectors(model), model.dim, _index_line(library, catalog, model, verify)
+            )
+        )
     failed = catalog.failed_files() if show_failed else []
-    return LibraryStatus(str(library.root), library.bytes_on_disk(thumbnail_bytes), folders, models, failed,
-                         notices.current(library.root))
+    return LibraryStatus(
+        str(library.root),
+        library.bytes_on_disk(thumbnail_bytes),
+        folders,
+        models,
+        failed,
+        notices.current(library.root),
+    )
 
 
 def status_lines(status: LibraryStatus) -> list[str]:
@@ -82,8 +94,7 @@ def retry_note(failed: FailedFile) -> str:
     if failed.kind == PERMANENT:
         return "permanent: retried when the file changes, or with index --retry-failed"
     if failed.runs >= TRANSIENT_TRIES:
-        return (f"transient, {failed.runs} runs in a row: retried when the file changes, "
-                "or with index --retry-failed")
+        return f"transient, {failed.runs} runs in a row: retried when the file changes, or with index --retry-failed"
     return "transient: retried by the next index run"
 
 
@@ -95,8 +106,10 @@ def _index_line(library: LibraryLayout, catalog: Catalog, model, verify: str) ->
             return "no index saved yet (the next `dreamsearch index` builds it)"
         index = load_checked(catalog, model, library.index_dir, verify=verify)
     except IndexFileError as exc:
-        return (f"index NOT USABLE: {exc}; queries rebuild it in memory meanwhile and the next "
-                f"`dreamsearch index` rebuilds and saves it")
+        return (
+            f"index NOT USABLE: {exc}; queries rebuild it in memory meanwhile and the next "
+            f"`dreamsearch index` rebuilds and saves it"
+        )
     saved = meta_path(library.index_dir, model.name).stat().st_mtime
     when = datetime.fromtimestamp(saved).isoformat(sep=" ", timespec="seconds")
     behind = len(catalog.changes_since(model, index.meta.seq))

@@ -33,8 +33,9 @@ class WarmServer:
         import httpx  # only when a server's socket is there
 
         self._httpx = httpx
-        self._client = httpx.Client(transport=httpx.HTTPTransport(uds=str(socket_path)),
-                                    base_url="http://localhost", timeout=EMBED_TIMEOUT_S)
+        self._client = httpx.Client(
+            transport=httpx.HTTPTransport(uds=str(socket_path)), base_url="http://localhost", timeout=EMBED_TIMEOUT_S
+        )
 
     @classmethod
     def find(cls, socket_path: Path) -> WarmServer | None:

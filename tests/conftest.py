@@ -73,3 +73,11 @@ def tiny_model(tiny_weights):
     from dreamsearch.models import load_model
 
     return load_model("dreamsim-dino", weights_dir=tiny_weights, device="cpu")
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Under pytest-xdist (``-n 2 --dist loadgroup``), the Ray tests share one worker: two
+    local Ray clusters at once would fight over the same 2 cores and ports."""
+    for item in items:
+        if item.get_closest_marker("ray"):
+            item.add_marker(pytest.mark.xdist_group("ray"))

@@ -112,18 +112,28 @@ def test_restore_drops_a_stale_wal_so_the_library_holds_exactly_the_backup(tmp_p
 
 
 def test_backup_is_one_consistent_file_while_another_process_holds_the_writer_lock_mid_transaction(
-        tmp_path, tiny_model, tiny_weights):
+    tmp_path, tiny_model, tiny_weights
+):
     library, a, _b = two_folders(tmp_path, tiny_model)
-    writer = subprocess.Popen([sys.executable, "-c", textwrap.dedent(f"""\
+    writer = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            textwrap.dedent(f"""\
         import fcntl, sqlite3, sys
-        lock = open({str(library.root / '.writer.lock')!r}, "a")
+        lock = open({str(library.root / ".writer.lock")!r}, "a")
         fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
         db = sqlite3.connect({str(library.catalog_path)!r}, isolation_level=None)
         db.execute("BEGIN IMMEDIATE")
         db.execute("DELETE FROM files")  # an index run's transaction, not committed yet
         print("writing", flush=True)
         sys.stdin.read()
-        """)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        """),
+        ],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     try:
         assert writer.stdout.readline() == "writing\n"
         assert invoke_as_user(tiny_weights, library.root, "forget", str(a)).exit_code == 1  # the lock is really held
@@ -136,7 +146,9 @@ def test_backup_is_one_consistent_file_while_another_process_holds_the_writer_lo
     connection = sqlite3.connect(backup)
     assert connection.execute("PRAGMA journal_mode").fetchone()[0] == "delete"  # one self-contained file
     connection.close()
-    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(("catalog", ".catalog"))) == ["catalog.sqlite"]
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(("catalog", ".catalog"))) == [
+        "catalog.sqlite"
+    ]
     assert stat.S_IMODE(backup.stat().st_mode) == 0o600  # it lists every photo path
     result = invoke_as_user(tiny_weights, library.root, "restore", str(tmp_path))  # the folder it was written to
     assert result.exit_code == 0 and "2 folders, 6 files" in result.stdout, result.stderr
@@ -172,13 +184,20 @@ def not_a_catalog(tmp_path: Path, kind: str, backup: Path) -> Path:
     return path
 
 
-@pytest.mark.parametrize("kind, reason", [
-    ("text", "not an SQLite database"), ("empty", "not an SQLite database"),
-    ("other database", "not a dreamsearch catalog"), ("truncated", "damaged"), ("folder", "holds no catalog.sqlite"),
-    ("live database", "in use or not closed cleanly"),
-])
+@pytest.mark.parametrize(
+    "kind, reason",
+    [
+        ("text", "not an SQLite database"),
+        ("empty", "not an SQLite database"),
+        ("other database", "not a dreamsearch catalog"),
+        ("truncated", "damaged"),
+        ("folder", "holds no catalog.sqlite"),
+        ("live database", "in use or not closed cleanly"),
+    ],
+)
 def test_restore_of_a_file_that_is_not_an_intact_catalog_is_one_line_and_changes_nothing(
-        tmp_path, tiny_model, tiny_weights, kind, reason):
+    tmp_path, tiny_model, tiny_weights, kind, reason
+):
     library, a, _b = two_folders(tmp_path, tiny_model)
     backup = tmp_path / "backup.sqlite"
     assert invoke_as_user(tiny_weights, library.root, "backup", str(backup)).exit_code == 0
@@ -211,7 +230,8 @@ def test_restore_refuses_while_an_index_run_holds_the_library(tmp_path, tiny_mod
 
 @pytest.mark.parametrize("killed_in", ["forget", "restore"])
 def test_a_writer_killed_while_saving_leaves_a_partial_file_that_the_next_index_removes(
-        tmp_path, tiny_model, tiny_weights, killed_in):
+    tmp_path, tiny_model, tiny_weights, killed_in
+):
     library, a, b = two_folders(tmp_path, tiny_model)
     backup = tmp_path / "backup.sqlite"
     assert invoke_as_user(tiny_weights, library.root, "backup", str(backup)).exit_code == 0
@@ -220,7 +240,11 @@ def test_a_writer_killed_while_saving_leaves_a_partial_file_that_the_next_index_
             api.forget(b)
     before = stored_paths(library)
     # Killed after writing a staged file, before renaming it into place (like SIGKILL: no cleanup).
-    child = subprocess.run([sys.executable, "-c", textwrap.dedent(f"""\
+    child = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            textwrap.dedent(f"""\
         import os
         import dreamsearch.atomic
         from dreamsearch.api import Library
@@ -231,7 +255,13 @@ def test_a_writer_killed_while_saving_leaves_a_partial_file_that_the_next_index_
                 library.forget({str(b)!r})
             else:
                 library.restore({str(backup)!r})
-        """)], cwd=REPO, capture_output=True, text=True, timeout=240)
+        """),
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
     assert child.returncode == 9, child.stderr
     expected = {"forget": (".dreamsim-dino.", ".faiss."), "restore": (".catalog.sqlite.",)}[killed_in]
     assert [name for name in leftovers(library) if all(part in name for part in expected)], leftovers(library)
@@ -301,7 +331,8 @@ def run(tiny_weights: Path, library: Path, *args: str):
 @pytest.mark.parametrize("special_file", ["fifo", "socket", "device"], indirect=True)
 @pytest.mark.parametrize("entry", list(ENTRY_POINTS))
 def test_a_pipe_socket_or_device_is_named_as_such_in_one_line_and_never_waited_on(
-        tmp_path, tiny_model, tiny_weights, no_hang, special_file, entry):
+    tmp_path, tiny_model, tiny_weights, no_hang, special_file, entry
+):
     # --like looks the path up in a library; the others check it before opening one
     library = two_folders(tmp_path, tiny_model)[0] if "--like" in entry else LibraryLayout(tmp_path / "lib")
     args = [arg.format(path=special_file, out=tmp_path / "out.npy") for arg in ENTRY_POINTS[entry]]

@@ -33,8 +33,20 @@ def test_embed_keeps_a_row_per_input_nan_for_bad_files_and_reports_them(tmp_path
     bad.write_text("not an image")
     inputs = [sample_images[2], bad, sample_images[0], sample_images[1]]
     out = tmp_path / "v.npy"
-    result = invoke("embed", *map(str, inputs), "-m", "dreamsim-dino", "--weights-dir", str(dino_weights),
-                    "-o", str(out), "--device", "cpu", "--batch-size", "2")
+    result = invoke(
+        "embed",
+        *map(str, inputs),
+        "-m",
+        "dreamsim-dino",
+        "--weights-dir",
+        str(dino_weights),
+        "-o",
+        str(out),
+        "--device",
+        "cpu",
+        "--batch-size",
+        "2",
+    )
     assert result.exit_code == 1
     assert f"skipped {bad}: not an image" in result.stderr
     vectors = np.load(out)
@@ -45,8 +57,18 @@ def test_embed_keeps_a_row_per_input_nan_for_bad_files_and_reports_them(tmp_path
         [sample_images[2], sample_images[0], sample_images[1]],
     ).vectors
     np.testing.assert_allclose(vectors[[0, 2, 3]], expected, atol=1e-6)
-    as_json = invoke("embed", *map(str, inputs), "-m", "dreamsim-dino", "--weights-dir", str(dino_weights),
-                     "-o", "-", "--device", "cpu")
+    as_json = invoke(
+        "embed",
+        *map(str, inputs),
+        "-m",
+        "dreamsim-dino",
+        "--weights-dir",
+        str(dino_weights),
+        "-o",
+        "-",
+        "--device",
+        "cpu",
+    )
     rows = json.loads(as_json.stdout)["embeddings"]
     assert as_json.exit_code == 1 and [row["path"] for row in rows] == list(map(str, inputs))
     assert rows[1]["vector"] is None and rows[1]["error"] == "not an image Pillow can read"
@@ -55,8 +77,18 @@ def test_embed_keeps_a_row_per_input_nan_for_bad_files_and_reports_them(tmp_path
 
 @pytest.mark.slow
 def test_embed_json_to_stdout(sample_images, dino_weights):
-    result = invoke("embed", str(sample_images[0]), "-m", "dreamsim-dino", "--weights-dir", str(dino_weights),
-                    "-o", "-", "--device", "cpu")
+    result = invoke(
+        "embed",
+        str(sample_images[0]),
+        "-m",
+        "dreamsim-dino",
+        "--weights-dir",
+        str(dino_weights),
+        "-o",
+        "-",
+        "--device",
+        "cpu",
+    )
     assert result.exit_code == 0, result.output
     document = json.loads(result.stdout)
     assert document["model"] == "dreamsim-dino" and document["dim"] == 768
@@ -66,8 +98,9 @@ def test_embed_json_to_stdout(sample_images, dino_weights):
 
 
 def test_missing_weights_is_one_line_without_traceback(tmp_path, sample_images):
-    result = run_module("embed", str(sample_images[0]), "-m", "dreamsim", "--weights-dir", str(tmp_path),
-                        "-o", str(tmp_path / "v.npy"))
+    result = run_module(
+        "embed", str(sample_images[0]), "-m", "dreamsim", "--weights-dir", str(tmp_path), "-o", str(tmp_path / "v.npy")
+    )
     assert result.returncode == 1
     assert "Traceback" not in result.stderr
     lines = result.stderr.strip().splitlines()
@@ -111,8 +144,18 @@ def test_index_status_and_forget_commands(tmp_path, tiny_weights):
     (photos / "bad.jpg").write_bytes(b"")
     library = tmp_path / "lib"
     common = ["--library", str(library)]
-    result = invoke("index", str(photos), "-m", "dreamsim-dino", "--weights-dir", str(tiny_weights),
-                    "--workers", "0", "--json", *common)
+    result = invoke(
+        "index",
+        str(photos),
+        "-m",
+        "dreamsim-dino",
+        "--weights-dir",
+        str(tiny_weights),
+        "--workers",
+        "0",
+        "--json",
+        *common,
+    )
     assert result.exit_code == 0, result.output
     summary = json.loads(result.stdout.strip().splitlines()[-1])
     assert summary["new"] == 4 and summary["embedded"] == 3 and summary["failed"] == 1
@@ -135,8 +178,9 @@ def test_index_status_and_forget_commands(tmp_path, tiny_weights):
     assert missing.exit_code == 1 and "not an indexed folder" in missing.stderr
 
 
-def test_a_torchvision_built_for_another_torch_is_one_line_naming_what_to_install(tmp_path, sample_images,
-                                                                                   dino_weights, monkeypatch):
+def test_a_torchvision_built_for_another_torch_is_one_line_naming_what_to_install(
+    tmp_path, sample_images, dino_weights, monkeypatch
+):
     """What a mismatched pair raises when torchvision is imported (issue 23): a traceback
     that named neither version."""
     import importlib.metadata
@@ -148,10 +192,25 @@ def test_a_torchvision_built_for_another_torch_is_one_line_naming_what_to_instal
 
     real_version = importlib.metadata.version
     monkeypatch.setattr(PendingModel, "load", mismatched)
-    monkeypatch.setattr(importlib.metadata, "version",
-                        lambda name: {"torch": "2.14.1", "torchvision": "0.27.0"}.get(name) or real_version(name))
-    result = invoke("embed", str(sample_images[0]), "-m", "dreamsim-dino", "--weights-dir", str(dino_weights),
-                    "-o", str(tmp_path / "v.npy"), "--device", "cpu")
+    monkeypatch.setattr(
+        importlib.metadata,
+        "version",
+        lambda name: {"torch": "2.14.1", "torchvision": "0.27.0"}.get(name) or real_version(name),
+    )
+    result = invoke(
+        "embed",
+        str(sample_images[0]),
+        "-m",
+        "dreamsim-dino",
+        "--weights-dir",
+        str(dino_weights),
+        "-o",
+        str(tmp_path / "v.npy"),
+        "--device",
+        "cpu",
+    )
     assert result.exit_code == 1 and result.exception is None or isinstance(result.exception, SystemExit)
-    assert result.stderr.strip() == ("error: torchvision 0.27.0 was not built for torch 2.14.1: install the "
-                                     "torchvision release made for this torch (pip install 'torchvision==0.29.*')")
+    assert result.stderr.strip() == (
+        "error: torchvision 0.27.0 was not built for torch 2.14.1: install the "
+        "torchvision release made for this torch (pip install 'torchvision==0.29.*')"
+    )

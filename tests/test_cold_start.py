@@ -79,17 +79,19 @@ def test_duplicates_is_cold(indexed):
     assert run.code == 0, run.stderr
     groups = json.loads(run.stdout)["groups"]
     assert [(g["kind"], sorted(Path(f["path"]).name for f in [g["keeper"], *g["others"]])) for g in groups] == [
-        ("identical", ["p0-copy.jpg", "p0.jpg"])]
+        ("identical", ["p0-copy.jpg", "p0.jpg"])
+    ]
     assert not run.imported & MODEL_MODULES  # FAISS finds the neighbours: it is imported
 
 
 def test_query_like_is_cold(indexed):
-    run = cold("query", "--like", indexed.photos / "p1.jpg", "-m", MODEL, "-k", "3", "--json",
-               "--library", indexed.library)
+    run = cold(
+        "query", "--like", indexed.photos / "p1.jpg", "-m", MODEL, "-k", "3", "--json", "--library", indexed.library
+    )
     assert run.code == 0, run.stderr
     [answer] = json.loads(run.stdout)["queries"]
     with Library.open(indexed.library) as library:
-        expected = library.similar_to(indexed.photos / "p1.jpg", 3, MODEL)
+        expected = library.similar_to(indexed.photos / "p1.jpg", k=3, model=MODEL)
     assert [r["path"] for r in answer["results"]] == [m.path for m in expected]
     assert [r["distance"] for r in answer["results"]] == [round(m.distance, 6) for m in expected]
     assert len(expected) == 3 and str(indexed.photos / "p1.jpg") not in [m.path for m in expected]
@@ -104,18 +106,35 @@ def test_models_list_is_cold(indexed):
     assert not run.imported & (MODEL_MODULES | {"faiss"})
 
 
-@pytest.mark.parametrize("args, error", [
-    ("query {photos}/nope.jpg --library {library}", "error: {photos}/nope.jpg: no such file"),
-    ("query {photos} --library {library}", "error: {photos} is a folder: give an image file"),
-    ("query -k 0 {photos}/p1.jpg --library {library}", "error: -k must be at least 1"),
-    ("query -m dreamsimm {photos}/p1.jpg --library {library}", "error: unknown model 'dreamsimm'"),
-    ("compare {photos}/nope.jpg --models dreamsim,clip --library {library}", "error: {photos}/nope.jpg: no such file"),
-    ("forget {photos}-gone --library {library}", "error: {photos}-gone is not an indexed folder"),
-    ("embed {photos}/p1.jpg -o - --format npy", "error: npy output needs a file name"),
-    ("embed {photos}/p1.jpg -o {photos}/v.npy --weights-dir {photos}/none",
-     "error: model 'dreamsim' needs weights missing from {photos}/none"),
-], ids=["missing-file", "folder-as-image", "k-0", "unknown-model", "compare-missing-file", "forget-unknown-folder",
-        "embed-npy-to-stdout", "embed-missing-weights"])
+@pytest.mark.parametrize(
+    "args, error",
+    [
+        ("query {photos}/nope.jpg --library {library}", "error: {photos}/nope.jpg: no such file"),
+        ("query {photos} --library {library}", "error: {photos} is a folder: give an image file"),
+        ("query -k 0 {photos}/p1.jpg --library {library}", "error: -k must be at least 1"),
+        ("query -m dreamsimm {photos}/p1.jpg --library {library}", "error: unknown model 'dreamsimm'"),
+        (
+            "compare {photos}/nope.jpg --models dreamsim,clip --library {library}",
+            "error: {photos}/nope.jpg: no such file",
+        ),
+        ("forget {photos}-gone --library {library}", "error: {photos}-gone is not an indexed folder"),
+        ("embed {photos}/p1.jpg -o - --format npy", "error: npy output needs a file name"),
+        (
+            "embed {photos}/p1.jpg -o {photos}/v.npy --weights-dir {photos}/none",
+            "error: model 'dreamsim' needs weights missing from {photos}/none",
+        ),
+    ],
+    ids=[
+        "missing-file",
+        "folder-as-image",
+        "k-0",
+        "unknown-model",
+        "compare-missing-file",
+        "forget-unknown-folder",
+        "embed-npy-to-stdout",
+        "embed-missing-weights",
+    ],
+)
 def test_argument_errors_are_cold(indexed, args, error):
     where = {"photos": indexed.photos, "library": indexed.library}
     run = cold(*(arg.format(**where) for arg in args.split()))
@@ -133,8 +152,21 @@ def test_a_query_file_that_is_not_an_image_is_told_before_the_model_loads(indexe
 
 
 def test_a_no_op_index_with_threads_is_cold(indexed, tmp_path):
-    run = cold("index", indexed.photos, "-m", MODEL, "--weights-dir", indexed.weights, "--threads", "1",
-               "--workers", "0", "--json", "--library", indexed.copy(tmp_path))
+    run = cold(
+        "index",
+        indexed.photos,
+        "-m",
+        MODEL,
+        "--weights-dir",
+        indexed.weights,
+        "--threads",
+        "1",
+        "--workers",
+        "0",
+        "--json",
+        "--library",
+        indexed.copy(tmp_path),
+    )
     assert run.code == 0, run.stderr
     summary = json.loads(run.stdout)
     assert (summary["unchanged"], summary["embedded"]) == (5, 0)
@@ -146,13 +178,34 @@ def test_threads_are_set_when_a_model_loads(indexed, tmp_path):
     thread that has not run torch yet reports the count last set in any thread)."""
     threads = (os.cpu_count() or 1) + 1  # never the default
     photos = photo_folder(tmp_path / "new", 1, (120, 90), 90, "n{}.jpg")
-    code = ("import atexit, sys\n"
-            "atexit.register(lambda: print(sys.modules['torch'].get_num_threads()))\n"
-            "from dreamsearch.cli import main\n"
-            "main(prog_name='dreamsearch')")
-    result = subprocess.run([sys.executable, "-c", code, "index", str(photos), "-m", MODEL, "--weights-dir",
-                             str(indexed.weights), "--threads", str(threads), "--workers", "0", "--quiet",
-                             "--library", str(indexed.copy(tmp_path))], capture_output=True, text=True)
+    code = (
+        "import atexit, sys\n"
+        "atexit.register(lambda: print(sys.modules['torch'].get_num_threads()))\n"
+        "from dreamsearch.cli import main\n"
+        "main(prog_name='dreamsearch')"
+    )
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            code,
+            "index",
+            str(photos),
+            "-m",
+            MODEL,
+            "--weights-dir",
+            str(indexed.weights),
+            "--threads",
+            str(threads),
+            "--workers",
+            "0",
+            "--quiet",
+            "--library",
+            str(indexed.copy(tmp_path)),
+        ],
+        capture_output=True,
+        text=True,
+    )
     assert result.returncode == 0, result.stderr
     assert result.stdout.split() == [str(threads)]
 
@@ -162,8 +215,20 @@ def test_a_query_runs_without_torch_once_the_models_openvino_graph_is_saved(inde
     ones read the graph alone, with the same answer."""
     pytest.importorskip("openvino")
     weights = Path(shutil.copytree(indexed.weights, tmp_path / "weights"))
-    args = ("query", indexed.photos / "p1.jpg", "-m", MODEL, "-k", "2", "--json", "--no-server",
-            "--weights-dir", weights, "--library", indexed.library)
+    args = (
+        "query",
+        indexed.photos / "p1.jpg",
+        "-m",
+        MODEL,
+        "-k",
+        "2",
+        "--json",
+        "--no-server",
+        "--weights-dir",
+        weights,
+        "--library",
+        indexed.library,
+    )
     first = probe(*args, env={"DREAMSEARCH_BACKEND": "openvino"})
     assert first.code == 0, first.stderr
     assert "torch" in first.imported  # converted here

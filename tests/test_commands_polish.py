@@ -47,6 +47,7 @@ def two_models(tmp_path_factory):
 
 # 1. model names -------------------------------------------------------------------------
 
+
 def test_get_spec_suggests_the_closest_name_or_lists_them_all():
     with pytest.raises(DreamsearchError) as close:
         get_spec(TYPO)
@@ -59,23 +60,32 @@ def test_get_spec_suggests_the_closest_name_or_lists_them_all():
 LIB, WEIGHTS = ["--library", "{lib}"], ["--weights-dir", "{weights}"]
 
 
-@pytest.mark.parametrize("command", [
-    ["index", "{photos}", "-m", TYPO, *LIB, *WEIGHTS],
-    ["query", "{image}", "-m", TYPO, *LIB, *WEIGHTS],
-    ["query", "--like", "{image}", "-m", TYPO, *LIB],
-    ["compare", "{image}", "--models", f"dreamsim,{TYPO}", *LIB, *WEIGHTS],
-    ["duplicates", "-m", TYPO, *LIB],
-    ["embed", "{image}", "-m", TYPO, "-o", "{out}", *WEIGHTS],
-    ["models", "fetch", TYPO, *WEIGHTS],
-    ["models", "import", TYPO, "{image}", *WEIGHTS],
-    ["eval", "retrieval", "{photos}", "-m", "clip", "-m", TYPO, *LIB, *WEIGHTS],
-    ["eval", "nights", "{photos}", "-m", "psnr", "-m", TYPO, *LIB, *WEIGHTS],
-    ["serve", "--models", f"dreamsim,{TYPO}", *LIB, *WEIGHTS],
-], ids=lambda c: " ".join(c[:3]))
+@pytest.mark.parametrize(
+    "command",
+    [
+        ["index", "{photos}", "-m", TYPO, *LIB, *WEIGHTS],
+        ["query", "{image}", "-m", TYPO, *LIB, *WEIGHTS],
+        ["query", "--like", "{image}", "-m", TYPO, *LIB],
+        ["compare", "{image}", "--models", f"dreamsim,{TYPO}", *LIB, *WEIGHTS],
+        ["duplicates", "-m", TYPO, *LIB],
+        ["embed", "{image}", "-m", TYPO, "-o", "{out}", *WEIGHTS],
+        ["models", "fetch", TYPO, *WEIGHTS],
+        ["models", "import", TYPO, "{image}", *WEIGHTS],
+        ["eval", "retrieval", "{photos}", "-m", "clip", "-m", TYPO, *LIB, *WEIGHTS],
+        ["eval", "nights", "{photos}", "-m", "psnr", "-m", TYPO, *LIB, *WEIGHTS],
+        ["serve", "--models", f"dreamsim,{TYPO}", *LIB, *WEIGHTS],
+    ],
+    ids=lambda c: " ".join(c[:3]),
+)
 def test_every_command_checks_model_names_first(tmp_path, command):
     photos = photo_folder(tmp_path / "photos", 1, (64, 48), 1, "{}.jpg")
-    places = {"photos": photos, "image": photos / "0.jpg", "out": tmp_path / "v.npy", "lib": tmp_path / "lib",
-              "weights": tmp_path / "weights"}
+    places = {
+        "photos": photos,
+        "image": photos / "0.jpg",
+        "out": tmp_path / "v.npy",
+        "lib": tmp_path / "lib",
+        "weights": tmp_path / "weights",
+    }
     outcome = invoke(*(part.format(**places) for part in command))
     assert outcome.exit_code == 1, outcome.output
     assert outcome.stderr.strip() == f"error: {SUGGESTION}"
@@ -84,13 +94,15 @@ def test_every_command_checks_model_names_first(tmp_path, command):
 
 def test_library_api_checks_model_names_before_opening(tmp_path):
     with Library.open(tmp_path / "lib", weights_dir=tmp_path / "weights") as library:
-        for call in (lambda: library.search(Query(TYPO, ("x",), np.ones(4, np.float32))),
-                     lambda: library.image_query(b"", TYPO),
-                     lambda: library.stored_query("x.jpg", TYPO),
-                     lambda: library.vector_query([1.0], TYPO),
-                     lambda: library.duplicates(TYPO),
-                     lambda: library.compare("x.jpg", ["dreamsim-dino", TYPO]),
-                     lambda: library.index([tmp_path], [TYPO])):
+        for call in (
+            lambda: library.search(Query(TYPO, ("x",), np.ones(4, np.float32))),
+            lambda: library.image_query(b"", TYPO),
+            lambda: library.stored_query("x.jpg", TYPO),
+            lambda: library.vector_query([1.0], TYPO),
+            lambda: library.duplicates(TYPO),
+            lambda: library.compare("x.jpg", ["dreamsim-dino", TYPO]),
+            lambda: library.index([tmp_path], [TYPO]),
+        ):
             with pytest.raises(DreamsearchError) as info:
                 call()
             assert str(info.value) == SUGGESTION
@@ -99,17 +111,20 @@ def test_library_api_checks_model_names_before_opening(tmp_path):
 
 # 2. a folder as the query image ---------------------------------------------------------
 
+
 @pytest.mark.parametrize("command", ["query", "compare"])
 def test_a_folder_as_query_image_says_what_to_pass(tmp_path, command):
     folder = tmp_path / "photos"
     folder.mkdir()
     outcome = invoke(command, str(folder), "--library", str(tmp_path / "lib"))
     assert outcome.exit_code == 1
-    assert outcome.stderr.strip() == (f"error: {folder} is a folder: give an image file "
-                                      f"(or `dreamsearch index {folder}` to add the folder)")
+    assert outcome.stderr.strip() == (
+        f"error: {folder} is a folder: give an image file (or `dreamsearch index {folder}` to add the folder)"
+    )
 
 
 # 3. compare --like ----------------------------------------------------------------------
+
 
 def test_compare_like_uses_the_stored_vectors_without_loading_a_model(two_models, tmp_path):
     photos, _more, library, _weights = two_models
@@ -132,10 +147,11 @@ def test_compare_like_embeds_the_file_for_a_model_without_its_vector(two_models)
         comparison = api.compare(None, list(TWO), k=3, like=more / "m0.jpg")
         assert api.loaded_models() == ["dreamsim-clip"]  # dino had the stored vector
         for name in TWO:
-            embedded = api.query(more / "m0.jpg", 3, name)
+            embedded = api.query(more / "m0.jpg", k=3, model=name)
             assert [m.path for m in comparison.results[name]] == [m.path for m in embedded]
-            assert [m.distance for m in comparison.results[name]] == pytest.approx([m.distance for m in embedded],
-                                                                                  abs=1e-5)
+            assert [m.distance for m in comparison.results[name]] == pytest.approx(
+                [m.distance for m in embedded], abs=1e-5
+            )
         with pytest.raises(DreamsearchError, match="is not in the library"):
             api.compare(None, list(TWO), like=weights / "unindexed.jpg")
 
@@ -151,11 +167,18 @@ def test_compare_takes_an_image_or_like_but_not_both(two_models, query):
 
 # 4. reading commands create nothing -----------------------------------------------------
 
+
 @pytest.fixture
 def online_home(tmp_path, monkeypatch):
     """Default folders under ``tmp_path/home``; downloads allowed, but every server refuses."""
-    for variable in ("DREAMSEARCH_WEIGHTS", "DREAMSEARCH_LIBRARY", "XDG_CACHE_HOME", "XDG_DATA_HOME",
-                     "HF_HUB_OFFLINE", "DREAMSEARCH_OFFLINE"):
+    for variable in (
+        "DREAMSEARCH_WEIGHTS",
+        "DREAMSEARCH_LIBRARY",
+        "XDG_CACHE_HOME",
+        "XDG_DATA_HOME",
+        "HF_HUB_OFFLINE",
+        "DREAMSEARCH_OFFLINE",
+    ):
         monkeypatch.delenv(variable, raising=False)
     monkeypatch.setenv("HOME", str(tmp_path / "home"))
     for name, spec in MODELS.items():  # the discard port: connection refused at once
@@ -164,16 +187,20 @@ def online_home(tmp_path, monkeypatch):
     return tmp_path / "home"
 
 
-@pytest.mark.parametrize("command", [
-    ["models", "list"],
-    ["query", "{image}"],
-    ["query", "{image}", "--library", "{gone}/lib", "--weights-dir", "{gone}/weights"],
-    ["compare", "{image}"],
-    ["duplicates"],
-    ["status"],
-    ["embed", "{image}", "-m", "resnet50", "-o", "{gone}/v.npy"],
-    ["embed", "{image}", "-m", "resnet50", "-o", "{gone}/v.npy", "--weights-dir", "{gone}/weights"],
-], ids=lambda c: " ".join(c))
+@pytest.mark.parametrize(
+    "command",
+    [
+        ["models", "list"],
+        ["query", "{image}"],
+        ["query", "{image}", "--library", "{gone}/lib", "--weights-dir", "{gone}/weights"],
+        ["compare", "{image}"],
+        ["duplicates"],
+        ["status"],
+        ["embed", "{image}", "-m", "resnet50", "-o", "{gone}/v.npy"],
+        ["embed", "{image}", "-m", "resnet50", "-o", "{gone}/v.npy", "--weights-dir", "{gone}/weights"],
+    ],
+    ids=lambda c: " ".join(c),
+)
 def test_reading_commands_create_no_folder(tmp_path, online_home, command):
     image = tmp_path / "q.jpg"
     Image.new("RGB", (32, 32)).save(image)
@@ -184,13 +211,22 @@ def test_reading_commands_create_no_folder(tmp_path, online_home, command):
 
 def test_query_with_missing_weights_creates_no_weights_folder(two_models, tmp_path, online_home):
     photos, _more, library, _weights = two_models
-    outcome = invoke("query", str(photos / "p1.jpg"), "-m", "dreamsim-dino", "--library", str(library.root),
-                     "--weights-dir", str(tmp_path / "weights"))
+    outcome = invoke(
+        "query",
+        str(photos / "p1.jpg"),
+        "-m",
+        "dreamsim-dino",
+        "--library",
+        str(library.root),
+        "--weights-dir",
+        str(tmp_path / "weights"),
+    )
     assert outcome.exit_code == 1 and "cannot download" in outcome.stderr
     assert not (tmp_path / "weights").exists()
 
 
 # 5. importing one's own weights ---------------------------------------------------------
+
 
 def test_import_own_weights_with_no_verify_keeps_their_vectors_apart(tmp_path):
     mine = tmp_path / "my.pt"
@@ -203,8 +239,9 @@ def test_import_own_weights_with_no_verify_keeps_their_vectors_apart(tmp_path):
 
     imported = invoke("models", "import", "clip", str(mine), "--weights-dir", str(weights), "--no-verify")
     assert imported.exit_code == 0, imported.output
-    assert (f"warning: {mine} are not the published weights of 'clip'; their vectors are kept apart from "
-            f"the published ones") in imported.stderr
+    assert (
+        f"warning: {mine} are not the published weights of 'clip'; their vectors are kept apart from the published ones"
+    ) in imported.stderr
     assert (weights / "baselines" / "ViT-B-32.pt").read_bytes() == mine.read_bytes()
     listing = invoke("models", "list", "--weights-dir", str(weights), env={"COLUMNS": "200"})
     assert "yes (not published)" in next(line for line in listing.stdout.splitlines() if "openai_clip_vitb32" in line)
@@ -228,6 +265,7 @@ def test_a_verified_import_forgets_that_earlier_weights_were_not_published(tmp_p
 
 
 # 6. clip loads without warnings ---------------------------------------------------------
+
 
 def _vectors(weights: Path, images: list[Path]) -> np.ndarray:
     with warnings.catch_warnings(record=True) as caught:

@@ -37,8 +37,9 @@ def three_models(tmp_path_factory):
 def test_compare_three_models_side_by_side(three_models, tmp_path):
     photos, library, weights = three_models
     grid = tmp_path / "compare.png"
-    outcome = invoke_in(library.root, weights, "compare", str(photos / "c04.jpg"), "-k", "5", "--json",
-                        "--grid", str(grid))
+    outcome = invoke_in(
+        library.root, weights, "compare", str(photos / "c04.jpg"), "-k", "5", "--json", "--grid", str(grid)
+    )
     assert outcome.exit_code == 0, outcome.output
     document = json.loads(outcome.stdout)
     assert list(document["models"]) == list(THREE) and document["k"] == 5
@@ -69,8 +70,9 @@ def test_compare_without_models_compares_every_indexed_model_and_needs_two(three
     """It used to default to dreamsim,clip,resnet50 and fail on a library without one of
     them ("nothing is indexed with model 'clip'"); the web UI already compared what is there."""
     photos, library, weights = three_models
-    document = json.loads(invoke_in(library.root, weights, "compare", str(photos / "c02.jpg"), "-k", "2",
-                                    "--json").stdout)
+    document = json.loads(
+        invoke_in(library.root, weights, "compare", str(photos / "c02.jpg"), "-k", "2", "--json").stdout
+    )
     assert list(document["models"]) == list(THREE)
     one = LibraryLayout.prepare(tmp_path / "one")
     index_folders(one, [photos], [load_model("clip", weights_dir=weights, device="cpu")], IndexOptions(workers=0))

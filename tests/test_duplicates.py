@@ -16,10 +16,10 @@ from PIL import Image
 
 from dreamsearch import Library
 from dreamsearch.catalog import Catalog, FileEntry
+from dreamsearch.display import human_bytes
 from dreamsearch.duplicates import find_duplicates, summarize
 from dreamsearch.indexer import IndexOptions, index_folders
 from dreamsearch.layout import LibraryLayout
-from dreamsearch.display import human_bytes
 from dreamsearch.search import Searcher
 from dreamsearch.vector_index import save_indexes
 from tests.helpers.cli import invoke
@@ -64,8 +64,10 @@ def test_planted_groups_are_found_with_their_keepers(planted):
     assert outcome.exit_code == 0, outcome.output
     document = json.loads(outcome.stdout)
     assert document["model"] == "dreamsim-dino" and document["max_distance"] == float(TINY_DISTANCE)
-    groups = {(g["kind"], frozenset(Path(f["path"]).relative_to(photos).as_posix()
-                                    for f in [g["keeper"], *g["others"]])): g for g in document["groups"]}
+    groups = {
+        (g["kind"], frozenset(Path(f["path"]).relative_to(photos).as_posix() for f in [g["keeper"], *g["others"]])): g
+        for g in document["groups"]
+    }
     assert set(groups) == {
         ("identical", frozenset({"p05.jpg", "backup/p05.jpg"})),
         ("identical", frozenset({"p08.jpg", "backup/p08.jpg"})),
@@ -80,7 +82,16 @@ def test_planted_groups_are_found_with_their_keepers(planted):
     assert b["keeper"]["path"] == str(photos / "p05.jpg")  # same pixels; the copies were written later
     assert groups["identical", frozenset({"p05.jpg", "backup/p05.jpg"})]["keeper"]["path"] == b["keeper"]["path"]
     assert document["summary"]["removable_files"] == 1 + 1 + 2 + 1  # backup/p05 once
-    assert set(b["keeper"]) == {"id", "path", "size", "width", "height", "mtime_ns", "distance", "links"}  # stable schema
+    assert set(b["keeper"]) == {
+        "id",
+        "path",
+        "size",
+        "width",
+        "height",
+        "mtime_ns",
+        "distance",
+        "links",
+    }  # stable schema
     assert [g["kind"] for g in document["groups"]] == ["identical", "identical", "similar", "similar"]
 
 
@@ -103,7 +114,12 @@ def test_table_html_and_api_agree(planted, tmp_path, tiny_weights):
 
     with Library.open(library.root, weights_dir=tiny_weights, device="cpu") as lib:
         groups = lib.duplicates("dreamsim-dino", max_distance=float(TINY_DISTANCE))
-    assert [(g.kind, len(g.files)) for g in groups] == [("identical", 2), ("identical", 2), ("similar", 3), ("similar", 2)]
+    assert [(g.kind, len(g.files)) for g in groups] == [
+        ("identical", 2),
+        ("identical", 2),
+        ("similar", 3),
+        ("similar", 2),
+    ]
     assert Library.default_duplicate_distance("dreamsim") == 0.05
 
 
@@ -112,9 +128,15 @@ THRESHOLD = 0.05
 HAND_PLACED = "dreamsim-dino"
 STEP = float(np.arccos(0.97))
 SYNTHETIC = [  # (path, content, pixels, plane, steps); files are written (mtime) in this order
-    ("chain/a.png", "a", (64, 48), 0, 0), ("chain/b.png", "b", (32, 24), 0, 1), ("chain/c.png", "c", (32, 24), 0, 2),
-    ("hub/l.png", "l", (32, 24), 1, 0), ("hub/m.png", "m", (64, 48), 1, 1), ("hub/r.png", "r", (32, 24), 1, 2),
-    ("copies/x.png", "x", (64, 48), 2, 0), ("copies/y.png", "y", (32, 24), 2, 1), ("backup/x.png", "x", (64, 48), 2, 0),
+    ("chain/a.png", "a", (64, 48), 0, 0),
+    ("chain/b.png", "b", (32, 24), 0, 1),
+    ("chain/c.png", "c", (32, 24), 0, 2),
+    ("hub/l.png", "l", (32, 24), 1, 0),
+    ("hub/m.png", "m", (64, 48), 1, 1),
+    ("hub/r.png", "r", (32, 24), 1, 2),
+    ("copies/x.png", "x", (64, 48), 2, 0),
+    ("copies/y.png", "y", (32, 24), 2, 1),
+    ("backup/x.png", "x", (64, 48), 2, 0),
     *((f"long/s{i}.png", f"s{i}", (32, 24), 3, i) for i in range(6)),
     ("alone/e.png", "e", (32, 24), 4, 0),
 ]
@@ -186,8 +208,12 @@ def test_the_cli_reports_complete_groups_and_counts_each_file_once(synthetic, tm
         assert not {"l.png", "r.png"} <= names
         assert all(f["distance"] <= THRESHOLD for f in group["others"])
     spare = [f for g in document["groups"] for f in g["others"]]
-    assert document["summary"] == {"identical_groups": 1, "similar_groups": 6, "removable_files": 7,
-                                   "removable_bytes": sum(f["size"] for f in spare)}
+    assert document["summary"] == {
+        "identical_groups": 1,
+        "similar_groups": 6,
+        "removable_files": 7,
+        "removable_bytes": sum(f["size"] for f in spare),
+    }
     assert len({f["id"] for f in spare}) == 7
 
     page = tmp_path / "dups.html"
@@ -241,17 +267,26 @@ def test_memory_stays_bounded_on_200k_vectors(tmp_path):
         for start in range(0, N, 20_000):
             vectors = rng.standard_normal((20_000, DIM)).astype(np.float32)
             if start == 0:  # vectors 1, 3, 5, ... are small perturbations of 0, 2, 4, ...
-                vectors[1:2 * PAIRS:2] = vectors[0:2 * PAIRS:2] + 0.05 * rng.standard_normal((PAIRS, DIM))
+                vectors[1 : 2 * PAIRS : 2] = vectors[0 : 2 * PAIRS : 2] + 0.05 * rng.standard_normal((PAIRS, DIM))
             vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
-            files = [FileEntry(f"{i:06d}.jpg", 1000, i, f"hash{i}", 64, 64, "JPEG") for i in range(start, start + 20_000)]
+            files = [
+                FileEntry(f"{i:06d}.jpg", 1000, i, f"hash{i}", 64, 64, "JPEG") for i in range(start, start + 20_000)
+            ]
             for entry in files[: 2 * PAIRS if start == 0 else 0]:  # groups only name files on disk
                 (tmp_path / "photos" / entry.relpath).write_bytes(b"x" * entry.size)
                 os.utime(tmp_path / "photos" / entry.relpath, ns=(entry.mtime_ns, entry.mtime_ns))
-            catalog.commit_batch(root, files, {"synthetic": dict(zip((f.content_hash for f in files), vectors))})
+            catalog.commit_batch(
+                root, files, {"synthetic": dict(zip((f.content_hash for f in files), vectors, strict=True))}
+            )
         save_indexes(catalog, library.index_dir)
 
-    child = subprocess.run([sys.executable, "-c", MEASURE, str(library.root)], capture_output=True, text=True,
-                           check=True, env={**os.environ, "OMP_NUM_THREADS": "2"})
+    child = subprocess.run(
+        [sys.executable, "-c", MEASURE, str(library.root)],
+        capture_output=True,
+        text=True,
+        check=True,
+        env={**os.environ, "OMP_NUM_THREADS": "2"},
+    )
     result = json.loads(child.stdout)
     assert sorted(result["groups"]) == [[f"{i:06d}.jpg", f"{i + 1:06d}.jpg"] for i in range(0, 2 * PAIRS, 2)]
     vector_bytes = N * DIM * 4

@@ -38,8 +38,13 @@ def nights_folder(tmp_path_factory) -> Path:
     - 2 malformed rows."""
     root = tmp_path_factory.mktemp("nights")
     rows = [HEADER]
-    specs = ([("test", "True", "slight")] * 6 + [("test", "False", "slight")] * 6 + [("val", "False", "heavy")] * 4
-             + [("train", "False", "tie")] * 2 + [("test", "True", "heavy-few-votes")] * 2)
+    specs = (
+        [("test", "True", "slight")] * 6
+        + [("test", "False", "slight")] * 6
+        + [("val", "False", "heavy")] * 4
+        + [("train", "False", "tie")] * 2
+        + [("test", "True", "heavy-few-votes")] * 2
+    )
     for index, (split, imagenet, answer) in enumerate(specs):
         name = f"{index:03d}"
         (root / "ref" / "000").mkdir(parents=True, exist_ok=True)
@@ -56,8 +61,10 @@ def nights_folder(tmp_path_factory) -> Path:
         chose_slight = answer == "slight"
         right_vote = 0.5 if answer == "tie" else float(chose_slight != slight_left)
         votes = 5 if answer == "heavy-few-votes" else 6 + index % 3
-        rows.append(f"{name},{1 - right_vote},{right_vote},{votes},ref/000/{name}.png,distort/000/{name}_0.png,"
-                    f"distort/000/{name}_1.png,{split},{imagenet},an image of a thing")
+        rows.append(
+            f"{name},{1 - right_vote},{right_vote},{votes},ref/000/{name}.png,distort/000/{name}_0.png,"
+            f"distort/000/{name}_1.png,{split},{imagenet},an image of a thing"
+        )
     rows.append("900,1,0,7,ref/000/missing.png,distort/000/000_0.png,distort/000/000_1.png,test,True,x")
     rows.append("901,1,0,7,,,,test,True,x")
     rows.append("902,1,0,seven,ref/000/000.png,distort/000/000_0.png,distort/000/000_1.png,test,True,x")
@@ -72,8 +79,20 @@ def test_official_score_formula():
 
 
 def test_pixel_baselines_score_the_known_answers(nights_folder, tmp_path):
-    outcome = invoke("eval", "nights", str(nights_folder), "-m", "psnr", "-m", "ssim", "--split", "all", "--json",
-                     "--library", str(tmp_path / "lib"))
+    outcome = invoke(
+        "eval",
+        "nights",
+        str(nights_folder),
+        "-m",
+        "psnr",
+        "-m",
+        "ssim",
+        "--split",
+        "all",
+        "--json",
+        "--library",
+        str(tmp_path / "lib"),
+    )
     assert outcome.exit_code == 0, outcome.output
     document = json.loads(outcome.stdout)
     assert document["too_few_votes"] == 2 and document["malformed_rows"] == 2
@@ -88,14 +107,26 @@ def test_pixel_baselines_score_the_known_answers(nights_folder, tmp_path):
         assert splits["train"] == {"accuracy": 0.5, "ci95": [0.5, 0.5], "triplets": 2}  # ties score exactly 0.5
     assert "line 23: missing values" in outcome.stderr and "missing.png: no such file" in outcome.stderr
 
-    only_test = json.loads(invoke("eval", "nights", str(nights_folder), "-m", "psnr", "--json",
-                                  "--library", str(tmp_path / "lib")).stdout)
+    only_test = json.loads(
+        invoke("eval", "nights", str(nights_folder), "-m", "psnr", "--json", "--library", str(tmp_path / "lib")).stdout
+    )
     assert set(only_test["models"]["psnr"]["splits"]) == {"test_imagenet", "test_no_imagenet", "test"}
 
 
 def test_embedding_models_use_dreamsim_distance_and_cache_vectors(nights_folder, tmp_path, tiny_weights, tiny_model):
-    args = ["nights", str(nights_folder), "-m", "dreamsim-dino", "--json", "--library", str(tmp_path / "lib"),
-            "--weights-dir", str(tiny_weights), "--device", "cpu"]
+    args = [
+        "nights",
+        str(nights_folder),
+        "-m",
+        "dreamsim-dino",
+        "--json",
+        "--library",
+        str(tmp_path / "lib"),
+        "--weights-dir",
+        str(tiny_weights),
+        "--device",
+        "cpu",
+    ]
     first = invoke("eval", *args)
     assert first.exit_code == 0, first.output
     splits = json.loads(first.stdout)["models"]["dreamsim-dino"]["splits"]
@@ -152,8 +183,22 @@ def test_retrieval_on_class_folders(tmp_path, tiny_weights):
         for quality in (95, 80, 65):
             base.save(folder / f"class{label}" / f"q{quality}.jpg", quality=quality)
     photo_like(160, 120, 399).save(folder / "unlabelled.jpg")  # a distractor, never a query
-    outcome = invoke("eval", "retrieval", str(folder), "-m", "dreamsim-dino", "-k", "2", "--json", "--library",
-                     str(tmp_path / "lib"), "--weights-dir", str(tiny_weights), "--device", "cpu")
+    outcome = invoke(
+        "eval",
+        "retrieval",
+        str(folder),
+        "-m",
+        "dreamsim-dino",
+        "-k",
+        "2",
+        "--json",
+        "--library",
+        str(tmp_path / "lib"),
+        "--weights-dir",
+        str(tiny_weights),
+        "--device",
+        "cpu",
+    )
     assert outcome.exit_code == 0, outcome.output
     scores = json.loads(outcome.stdout)["models"]["dreamsim-dino"]
     assert scores["queries"] == 9 and scores["k"] == 2
@@ -161,15 +206,45 @@ def test_retrieval_on_class_folders(tmp_path, tiny_weights):
     assert scores["search_ms_p50"] > 0
 
     groups = tmp_path / "groups.csv"  # labels from a CSV: two groups of two, the rest distractors
-    groups.write_text(f"path,group\nclass0/q95.jpg,a\n{folder / 'class0' / 'q80.jpg'},a\n"
-                      "class1/q95.jpg,b\nclass1/q65.jpg,b\n")
-    by_csv = invoke("eval", "retrieval", str(folder), "-m", "dreamsim-dino", "-k", "1", "--groups", str(groups),
-                    "--json", "--library", str(tmp_path / "lib"), "--weights-dir", str(tiny_weights), "--device", "cpu")
+    groups.write_text(
+        f"path,group\nclass0/q95.jpg,a\n{folder / 'class0' / 'q80.jpg'},a\nclass1/q95.jpg,b\nclass1/q65.jpg,b\n"
+    )
+    by_csv = invoke(
+        "eval",
+        "retrieval",
+        str(folder),
+        "-m",
+        "dreamsim-dino",
+        "-k",
+        "1",
+        "--groups",
+        str(groups),
+        "--json",
+        "--library",
+        str(tmp_path / "lib"),
+        "--weights-dir",
+        str(tiny_weights),
+        "--device",
+        "cpu",
+    )
     assert by_csv.exit_code == 0, by_csv.output
     assert json.loads(by_csv.stdout)["models"]["dreamsim-dino"]["queries"] == 4
     groups.write_text("path,group\n/elsewhere/x.jpg,a\n")
-    outside = invoke("eval", "retrieval", str(folder), "-m", "dreamsim-dino", "--groups", str(groups), "--library",
-                     str(tmp_path / "lib"), "--weights-dir", str(tiny_weights), "--device", "cpu")
+    outside = invoke(
+        "eval",
+        "retrieval",
+        str(folder),
+        "-m",
+        "dreamsim-dino",
+        "--groups",
+        str(groups),
+        "--library",
+        str(tmp_path / "lib"),
+        "--weights-dir",
+        str(tiny_weights),
+        "--device",
+        "cpu",
+    )
     assert outside.exit_code == 1 and "/elsewhere/x.jpg is not inside" in outside.stderr
 
 
@@ -180,15 +255,36 @@ def test_copies_harness(tmp_path, tiny_weights):
         photo_like(200, 150, 400 + index).save(folder / f"o{index}.jpg", quality=92)
     photo_like(200, 150, 410).save(folder / "o0.png")  # same stem as o0.jpg, another picture
     (folder / "broken.jpg").write_bytes(b"\xff\xd8\xff garbage")
-    args = ["copies", str(folder), "-m", "dreamsim-dino", "-k", "5", "--json", "--library", str(tmp_path / "lib"),
-            "--weights-dir", str(tiny_weights), "--device", "cpu"]
+    args = [
+        "copies",
+        str(folder),
+        "-m",
+        "dreamsim-dino",
+        "-k",
+        "5",
+        "--json",
+        "--library",
+        str(tmp_path / "lib"),
+        "--weights-dir",
+        str(tiny_weights),
+        "--device",
+        "cpu",
+    ]
     outcome = invoke("eval", *args)
     assert outcome.exit_code == 0, outcome.output
     assert "broken.jpg" in outcome.stderr
     document = json.loads(outcome.stdout)
     rows = {row["transform"]: row for row in document["models"]["dreamsim-dino"]}
-    assert set(rows) == {"jpeg-q30", "jpeg-q60", "resize-50%", "crop-10-30%", "colour-jitter", "rotate-5-15deg",
-                         "flip", "text-overlay"}
+    assert set(rows) == {
+        "jpeg-q30",
+        "jpeg-q60",
+        "resize-50%",
+        "crop-10-30%",
+        "colour-jitter",
+        "rotate-5-15deg",
+        "flip",
+        "text-overlay",
+    }
     assert all(row["copies"] == 5 for row in rows.values())
     assert rows["jpeg-q60"]["found_at_1"] == 1.0 and rows["jpeg-q60"]["original_at_k"] == 1.0
     assert all(0 <= row["distance_p50"] <= row["distance_p95"] for row in rows.values())

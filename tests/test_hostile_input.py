@@ -19,12 +19,12 @@ import pytest
 from PIL import Image
 
 from dreamsearch.compare import Overlap
+from dreamsearch.display import display_path
 from dreamsearch.errors import ImageError
 from dreamsearch.images import decode
 from dreamsearch.indexer import IndexOptions, index_folders
 from dreamsearch.layout import LibraryLayout
 from dreamsearch.output import render_comparison
-from dreamsearch.display import display_path
 from dreamsearch.search import Match
 from tests.helpers.cli import invoke, run_module
 from tests.helpers.images import photo_folder, photo_like
@@ -98,8 +98,9 @@ def paths_from_csv(stdout: bytes) -> list[str]:
     return [row["path"] for row in rows]
 
 
-@pytest.mark.parametrize("fmt, parse", [("--json", paths_from_json), ("--jsonl", paths_from_jsonl),
-                                        ("--csv", paths_from_csv)])
+@pytest.mark.parametrize(
+    "fmt, parse", [("--json", paths_from_json), ("--jsonl", paths_from_jsonl), ("--csv", paths_from_csv)]
+)
 def test_query_output_gives_back_the_exact_file_name_bytes(hostile, fmt, parse):
     """Each path read back from the output (bytes via os.fsencode) is a file on disk, and
     querying with it finds that file's content."""
@@ -116,8 +117,19 @@ def test_query_output_gives_back_the_exact_file_name_bytes(hostile, fmt, parse):
 
 def test_csv_keeps_a_newline_inside_one_quoted_field(hostile):
     photos, library = hostile
-    outcome = invoke("query", "--like", str(photos / NEWLINE), "-m", "dreamsim-dino", "--library", str(library.root),
-                     "-k", "20", "--include-self", "--csv")
+    outcome = invoke(
+        "query",
+        "--like",
+        str(photos / NEWLINE),
+        "-m",
+        "dreamsim-dino",
+        "--library",
+        str(library.root),
+        "-k",
+        "20",
+        "--include-self",
+        "--csv",
+    )
     assert outcome.exit_code == 0, outcome.output
     rows = list(csv.reader(io.StringIO(outcome.stdout_bytes.decode("utf-8", "surrogateescape"), newline="")))
     assert rows[0] == ["query", "rank", "distance", "path", "size", "copy_of"] and len(rows) == 1 + 9  # a row a file
@@ -162,9 +174,29 @@ def test_tables_show_every_name_on_its_own_line_and_literally(hostile):
     assert display_path(os.fsdecode(os.fsencode(photos) + b"/" + LATIN1)) in dupes.stdout
 
 
-TRICKY = ["a\nb.jpg", "a\\nb.jpg", "$'a\\nb.jpg'", "a'b.jpg", "a\tb", "a\rb", "\x1b[31mred.jpg", "a\x7f",
-          "a\u0085b", "a\u2028b", "a\u202eb.jpg", os.fsdecode(b"caf\xe9.jpg"), "caf\u00e9.jpg",
-          os.fsdecode(b"\xc2\x85"), "\\xe9", "plain name.jpg", "ラーメン.jpg", "a\u3000b", "", "$'", "'"]
+TRICKY = [
+    "a\nb.jpg",
+    "a\\nb.jpg",
+    "$'a\\nb.jpg'",
+    "a'b.jpg",
+    "a\tb",
+    "a\rb",
+    "\x1b[31mred.jpg",
+    "a\x7f",
+    "a\u0085b",
+    "a\u2028b",
+    "a\u202eb.jpg",
+    os.fsdecode(b"caf\xe9.jpg"),
+    "caf\u00e9.jpg",
+    os.fsdecode(b"\xc2\x85"),
+    "\\xe9",
+    "plain name.jpg",
+    "ラーメン.jpg",
+    "a\u3000b",
+    "",
+    "$'",
+    "'",
+]
 
 
 def test_display_path_is_one_line_and_never_ambiguous():
@@ -185,8 +217,11 @@ def test_display_path_quotes_are_shell_quotes_of_the_exact_bytes():
     for name in TRICKY:
         shown = display_path(name)
         if shown.startswith("$'"):
-            out = subprocess.run(["bash", "-c", f"printf %s {shown}"], capture_output=True,
-                                 env={"LC_ALL": "C.UTF-8", "PATH": os.environ["PATH"]}).stdout
+            out = subprocess.run(
+                ["bash", "-c", f"printf %s {shown}"],
+                capture_output=True,
+                env={"LC_ALL": "C.UTF-8", "PATH": os.environ["PATH"]},
+            ).stdout
             assert out == os.fsencode(name), name
 
 
@@ -236,12 +271,17 @@ def _damaged_payload(archive: bytes) -> bytes:
     return archive[:start] + bytes(b ^ 0xA5 for b in archive[start:middle]) + archive[middle:]
 
 
-@pytest.mark.parametrize("damage, message", [
-    ("garbage", "not a complete zip file"), ("truncated", "not a complete zip file"), ("payload", "damaged zip")])
+@pytest.mark.parametrize(
+    "damage, message",
+    [("garbage", "not a complete zip file"), ("truncated", "not a complete zip file"), ("payload", "damaged zip")],
+)
 def test_damaged_weight_zip_is_one_line_and_leaves_nothing(tmp_path, tiny_weights, damage, message):
     archive = _dino_zip(tiny_weights)
-    data = {"garbage": b"not a zip at all\n" * 300, "truncated": archive[: len(archive) // 2],
-            "payload": _damaged_payload(archive)}[damage]
+    data = {
+        "garbage": b"not a zip at all\n" * 300,
+        "truncated": archive[: len(archive) // 2],
+        "payload": _damaged_payload(archive),
+    }[damage]
     source = tmp_path / "x.zip"
     source.write_bytes(data)
     weights = tmp_path / "weights"

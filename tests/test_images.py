@@ -18,7 +18,10 @@ def _save(img: Image.Image, path, **kwargs):
     return path
 
 
-@pytest.mark.parametrize("orientation, transpose", [(6, Image.Transpose.ROTATE_270), (8, Image.Transpose.ROTATE_90), (3, Image.Transpose.ROTATE_180)])
+@pytest.mark.parametrize(
+    "orientation, transpose",
+    [(6, Image.Transpose.ROTATE_270), (8, Image.Transpose.ROTATE_90), (3, Image.Transpose.ROTATE_180)],
+)
 def test_exif_orientation_is_applied(tmp_path, orientation, transpose):
     img = photo_like(120, 80, 7)
     exif = Image.Exif()
@@ -131,8 +134,11 @@ def test_jpeg_draft_also_applies_to_jpegs_with_extra_pictures(file_format):
 
     buffer = io.BytesIO()
     photo = photo_like(2000, 1500, 1)
-    photo.save(buffer, file_format, **({"save_all": True, "append_images": [photo_like(500, 375, 2)]}
-                                       if file_format == "MPO" else {}))
+    photo.save(
+        buffer,
+        file_format,
+        **({"save_all": True, "append_images": [photo_like(500, 375, 2)]} if file_format == "MPO" else {}),
+    )
     picture = decode("phone.jpg", data=buffer.getvalue(), draft_size=448)
     assert picture.format == file_format
     assert (picture.width, picture.height) == (2000, 1500)  # as the file says

@@ -42,9 +42,24 @@ def test_messy_folder(tmp_path, tiny_model):
     state = library_state(library)
     good = {Path(p).name for p, v in state.items() if not isinstance(v, str)}
     assert good == {
-        "plain.jpg", "rot6.jpg", "rot8.jpg", "progressive.jpg", "alpha.png", "palette.png", "deep16.png",
-        "cmyk.jpg", "grey.jpg", "anim.gif", "photo.webp", "phone.heic", "old.bmp", "scan.tiff", "no_extension",
-        "ラーメン.jpg", "unicode-é.png", os.fsdecode(b"latin1-caf\xe9.jpg"),
+        "plain.jpg",
+        "rot6.jpg",
+        "rot8.jpg",
+        "progressive.jpg",
+        "alpha.png",
+        "palette.png",
+        "deep16.png",
+        "cmyk.jpg",
+        "grey.jpg",
+        "anim.gif",
+        "photo.webp",
+        "phone.heic",
+        "old.bmp",
+        "scan.tiff",
+        "no_extension",
+        "ラーメン.jpg",
+        "unicode-é.png",
+        os.fsdecode(b"latin1-caf\xe9.jpg"),
     }
     assert report.failed == 4 and report.embedded == 18 - 1  # ラーメン.jpg has plain.jpg's bytes: a copy
     assert report.copied == 1
@@ -145,7 +160,6 @@ def test_incremental_runs(tmp_path, tiny_model):
     step({"removed": 1, "embedded": 0})
 
 
-
 def test_only_indexes_the_named_files_and_keeps_the_others(tmp_path, tiny_model):
     folder = photo_folder(tmp_path / "photos", 4, (160, 120), 60, "p{}.jpg")
     library = LibraryLayout.prepare(tmp_path / "lib")
@@ -180,8 +194,9 @@ def test_a_model_added_to_an_indexed_folder_embeds_every_file(tmp_path, tiny_mod
     again = index_folders(library, [folder], [tiny_model, other], ONE_WORKER)
     assert (again.embedded, again.unchanged) == (0, 6)
 
-    third = load_model("dreamsim-open-clip", weights_dir=write_tiny_cache(tmp_path / "w3", "open_clip_vitb32"),
-                       device="cpu")
+    third = load_model(
+        "dreamsim-open-clip", weights_dir=write_tiny_cache(tmp_path / "w3", "open_clip_vitb32"), device="cpu"
+    )
     with Catalog(library.catalog_path) as catalog:
         before = {name: catalog.last_seq(catalog.model(name)) for name in ("dreamsim-dino", "dreamsim-clip")}
     both = index_folders(library, [folder], [tiny_model, third, other], ONE_WORKER)
@@ -215,8 +230,24 @@ def test_sigkill_mid_run_then_resume_equals_an_uninterrupted_run(tmp_path, tiny_
 def test_ctrl_c_stops_after_the_batch_and_the_next_run_completes(tmp_path, tiny_weights):
     folder = photo_folder(tmp_path / "photos", 60, (480, 360), 300, "img{:02d}.jpg", quality=90)
     library = LibraryLayout.prepare(tmp_path / "lib")
-    command = [sys.executable, "-m", "dreamsearch", "index", str(folder), "-m", "dreamsim-dino", "--weights-dir",
-               str(tiny_weights), "--library", str(library.root), "--batch-size", "2", "--workers", "1", "--quiet"]
+    command = [
+        sys.executable,
+        "-m",
+        "dreamsearch",
+        "index",
+        str(folder),
+        "-m",
+        "dreamsim-dino",
+        "--weights-dir",
+        str(tiny_weights),
+        "--library",
+        str(library.root),
+        "--batch-size",
+        "2",
+        "--workers",
+        "1",
+        "--quiet",
+    ]
     child = subprocess.Popen(command, stderr=subprocess.PIPE, text=True)
     deadline = time.time() + 120
     while time.time() < deadline and vectors_in(library) < 6:

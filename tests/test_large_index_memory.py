@@ -31,7 +31,9 @@ def test_rebuild_memory_is_the_sample_or_one_chunk_not_the_collection(tmp_path, 
         root = catalog.attach(tmp_path / "photos").id
         for start in range(0, N, 10_000):
             files = [FileEntry(f"{i}.jpg", 1, 0, f"h{i}") for i in range(start, start + 10_000)]
-            catalog.commit_batch(root, files, {"m": dict(zip((f.content_hash for f in files), vectors[start:]))})
+            catalog.commit_batch(
+                root, files, {"m": dict(zip((f.content_hash for f in files), vectors[start:], strict=False))}
+            )
         del vectors
 
         monkeypatch.setattr(Catalog, "iter_vectors", functools.partialmethod(Catalog.iter_vectors, chunk=CHUNK))

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import inspect
 import re
 import threading
 from pathlib import Path
 
+import pytest
 from PIL import Image
 
 from dreamsearch import Library
@@ -23,8 +25,12 @@ def _photos(folder: Path) -> Path:
 
 def test_the_documented_example_runs(tmp_path, tiny_weights):
     code = re.search(r"```python\n(.*?)```", DOC.read_text(), re.S).group(1)
-    namespace = {"library_folder": tmp_path / "lib", "weights_folder": tiny_weights,
-                 "photo_folder": _photos(tmp_path / "photos"), "Image": Image}
+    namespace = {
+        "library_folder": tmp_path / "lib",
+        "weights_folder": tiny_weights,
+        "photo_folder": _photos(tmp_path / "photos"),
+        "Image": Image,
+    }
     exec(compile(code, str(DOC), "exec"), namespace)
     assert namespace["best"].path == str(tmp_path / "photos" / "beach.jpg") and namespace["best"].distance < 1e-5
     assert namespace["vectors"].shape == (1, 64)
@@ -70,4 +76,42 @@ def test_a_search_racing_a_write_gets_a_fresh_searcher(tmp_path, tiny_weights, m
 
         monkeypatch.setattr(stale.catalog, "last_seq", moved_on_while_a_write_finished)
         fresh = library._searcher("dreamsim-dino")
-        assert fresh is not stale and fresh.search(stale.stored_vector(photos / "city.jpg")[0], 1)[0].path.endswith("city.jpg")
+        assert fresh is not stale and fresh.search(stale.stored_vector(photos / "city.jpg")[0], 1)[0].path.endswith(
+            "city.jpg"
+        )
+
+
+# The arguments each public method takes by position; everything after them is keyword-only,
+# so `search(query, 5, True)` cannot silently mean something else when an option is added.
+POSITIONAL = {
+    "open": ["path"],
+    "index": ["paths", "models"],
+    "image_query": ["image", "model"],
+    "embed": ["image", "model"],
+    "search": ["query"],
+    "query": ["image"],
+    "similar_to": ["path"],
+    "compare": ["image", "models"],
+    "duplicates": ["model"],
+    "status": [],
+    "unload_models": [],
+}
+
+
+def test_public_methods_take_their_options_by_name_only():
+    for name, positional in POSITIONAL.items():
+        parameters = list(inspect.signature(getattr(Library, name)).parameters.values())
+        parameters = [p for p in parameters if p.name not in ("self", "cls")]
+        by_position = [p.name for p in parameters if p.kind is p.POSITIONAL_OR_KEYWORD]
+        assert by_position == positional, name
+        assert all(p.kind in (p.KEYWORD_ONLY, p.VAR_KEYWORD) for p in parameters[len(positional) :]), name
+
+
+def test_an_option_passed_by_position_is_refused(tmp_path, tiny_weights):
+    photos = _photos(tmp_path / "photos")
+    with Library.open(tmp_path / "lib", weights_dir=tiny_weights, device="cpu") as library:
+        library.index([photos], models=["dreamsim-dino"], workers=0)
+        query = library.stored_query(photos / "city.jpg", "dreamsim-dino")
+        with pytest.raises(TypeError, match="positional argument"):
+            library.search(query, 2, False)
+        assert [m.path for m in library.search(query, k=1, include_self=True).matches] == [str(photos / "city.jpg")]

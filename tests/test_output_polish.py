@@ -15,13 +15,13 @@ from PIL import Image
 
 from dreamsearch.compare import Overlap
 from dreamsearch.contact_sheet import Row, Tile, write_png
+from dreamsearch.display import short_path
 from dreamsearch.evaluation.copies import TRANSFORMS
 from dreamsearch.indexer import IndexOptions, index_folders
 from dreamsearch.layout import LibraryLayout
 from dreamsearch.models import load_model
 from dreamsearch.models.embedder import Embedder
 from dreamsearch.output import render_comparison
-from dreamsearch.display import short_path
 from dreamsearch.search import Match
 from tests.helpers.cli import invoke, invoke_in
 from tests.helpers.images import photo_folder, photo_like
@@ -46,8 +46,12 @@ def library(tmp_path_factory):
         shutil.copy(photos / NAME.format(0), photos / "backup" / f"copy{index:02d}")
     shutil.copy(photos / NAME.format(1), photos / "backup")
     lib = LibraryLayout.prepare(base / "lib")
-    index_folders(lib, [base / DEEP[0]], [load_model(m, weights_dir=weights, device="cpu") for m in MODELS],
-                  IndexOptions(workers=0))
+    index_folders(
+        lib,
+        [base / DEEP[0]],
+        [load_model(m, weights_dir=weights, device="cpu") for m in MODELS],
+        IndexOptions(workers=0),
+    )
     return base, photos, lib, weights
 
 
@@ -62,6 +66,7 @@ def query(library, *args):
 
 
 # 7. tables on an 80-column terminal
+
 
 def test_short_path_is_relative_and_cuts_folders_never_the_name(tmp_path, monkeypatch):
     monkeypatch.setenv("HOME", str(tmp_path / "home"))
@@ -98,14 +103,16 @@ def test_compare_table_wraps_a_long_file_name_instead_of_cutting_it(monkeypatch,
     monkeypatch.setenv("COLUMNS", "80")
     name = "146_contents_1234567890_wallpaper.jpg"
     matches = [Match(1, 0.1, f"/p/{name}", 1), Match(2, 0.2, "/p/b.jpg", 1)]
-    render_comparison("/p/q.jpg", 2, {"a": matches, "b": matches, "c": matches},
-                      [Overlap(("a", "b"), 2, 1.0, 1.0)], as_json=False)
+    render_comparison(
+        "/p/q.jpg", 2, {"a": matches, "b": matches, "c": matches}, [Overlap(("a", "b"), 2, 1.0, 1.0)], as_json=False
+    )
     out = capsys.readouterr().out
     first_model = "".join(line.split("│")[2].strip() for line in out.splitlines() if line.startswith("│"))
     assert "…" not in out and name in first_model
 
 
 # 8. copies in every format
+
 
 def test_csv_gives_each_copy_a_row_of_its_own(library):
     outcome = query(library, "-k", "3", "--csv")
@@ -136,6 +143,7 @@ def test_query_page_lists_each_results_copies(library, tmp_path):
 
 # 9. contact sheets wrap; compare shows the models side by side
 
+
 def test_a_long_row_wraps_into_lines_that_fit_a_screen(tmp_path):
     picture = tmp_path / "a.jpg"
     photo_like(200, 150, 1).save(picture)
@@ -148,8 +156,19 @@ def test_a_long_row_wraps_into_lines_that_fit_a_screen(tmp_path):
 def test_compare_sheet_and_page_show_each_model_in_a_labelled_block(library, tmp_path):
     photos = library[1]
     grid, page = tmp_path / "compare.png", tmp_path / "compare.html"
-    outcome = cli(library, "compare", str(photos / NAME.format(2)), "--models", ",".join(MODELS), "-k", "5",
-                  "--grid", str(grid), "--html", str(page))
+    outcome = cli(
+        library,
+        "compare",
+        str(photos / NAME.format(2)),
+        "--models",
+        ",".join(MODELS),
+        "-k",
+        "5",
+        "--grid",
+        str(grid),
+        "--html",
+        str(page),
+    )
     assert outcome.exit_code == 0, outcome.output
     with Image.open(grid) as sheet:  # the query, then each model's 5 results
         assert sheet.width <= 1600 and sheet.height >= 3 * 160
@@ -161,13 +180,25 @@ def test_compare_sheet_and_page_show_each_model_in_a_labelled_block(library, tmp
 
 # 11. eval copies embeds each image once
 
+
 def test_eval_copies_embeds_each_original_and_copy_once(tmp_path, tiny_weights, monkeypatch):
     folder = photo_folder(tmp_path / "originals", 3, (120, 90), 800, "o{}.jpg", quality=92)
     embedded = []
     real_embed = Embedder.embed
     monkeypatch.setattr(Embedder, "embed", lambda self, batch: embedded.append(len(batch)) or real_embed(self, batch))
-    args = ["eval", "copies", str(folder), "-m", "dreamsim-dino", "--library", str(tmp_path / "lib"),
-            "--weights-dir", str(tiny_weights), "--device", "cpu"]
+    args = [
+        "eval",
+        "copies",
+        str(folder),
+        "-m",
+        "dreamsim-dino",
+        "--library",
+        str(tmp_path / "lib"),
+        "--weights-dir",
+        str(tiny_weights),
+        "--device",
+        "cpu",
+    ]
     first = invoke(*args)
     assert first.exit_code == 0, first.output
     edited = 3 * len(TRANSFORMS)

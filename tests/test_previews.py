@@ -17,8 +17,8 @@ from dreamsearch.errors import DreamsearchError
 from dreamsearch.previews import CELLS, draw_previews, terminal_protocol
 from dreamsearch.search import Match
 from tests.helpers.cli import invoke_in
-from tests.helpers.official_layout import write_tiny_cache
 from tests.helpers.images import make_photos
+from tests.helpers.official_layout import write_tiny_cache
 
 RED, BLUE = (255, 0, 0), (0, 0, 255)
 
@@ -36,8 +36,11 @@ def picture(tmp_path):
 def _draw(path, protocol: str) -> str:
     out = io.StringIO()
     console = Console(file=out, force_terminal=True, color_system="truecolor", width=100)
-    draw_previews([("query", [Match(1, 0.125, str(path), 10), Match(2, 0.5, str(path.parent / "gone.jpg"), 10)])],
-                  console, protocol)
+    draw_previews(
+        [("query", [Match(1, 0.125, str(path), 10), Match(2, 0.5, str(path.parent / "gone.jpg"), 10)])],
+        console,
+        protocol,
+    )
     return out.getvalue()
 
 
@@ -60,7 +63,9 @@ def test_kitty_graphics_protocol(picture, capfd):
 
 def test_iterm2_inline_image(picture):
     text = _draw(picture, "iterm2")
-    found = re.search(r"\x1b\]1337;File=inline=1;size=(\d+);width=(\d+);preserveAspectRatio=1:([A-Za-z0-9+/=]+)\x07", text)
+    found = re.search(
+        r"\x1b\]1337;File=inline=1;size=(\d+);width=(\d+);preserveAspectRatio=1:([A-Za-z0-9+/=]+)\x07", text
+    )
     assert found and int(found[2]) == CELLS
     png = _png(found[3])
     assert int(found[1]) == len(base64.b64decode(found[3])) and png.format == "PNG"
@@ -113,7 +118,16 @@ def test_cli_compare_previews(tmp_path, monkeypatch):
         assert invoke_in(lib, weights, "index", str(photos), "-m", model).exit_code == 0
     monkeypatch.setattr(previews, "stdout_is_terminal", lambda: True)
     monkeypatch.setenv("DREAMSEARCH_PREVIEW", "iterm2")
-    shown = invoke_in(lib, weights, "compare", str(photos / "p0.jpg"), "-k", "2", "--preview",
-                      "--models", "dreamsim-dino,dreamsim-clip")
+    shown = invoke_in(
+        lib,
+        weights,
+        "compare",
+        str(photos / "p0.jpg"),
+        "-k",
+        "2",
+        "--preview",
+        "--models",
+        "dreamsim-dino,dreamsim-clip",
+    )
     assert shown.exit_code == 0, shown.stderr
     assert shown.stdout.count("\x1b]1337;File=inline=1") == 4  # two results for each of two models

@@ -44,7 +44,17 @@ def test_an_indexed_image_finds_itself_and_its_copies_first(indexed, tiny_weight
     assert found[0]["distance"] < 1e-5
     assert {found[0]["path"], *found[0]["also_at"]} == {str(photos / "p03.jpg"), str(photos / "trip" / "p03-copy.jpg")}
     assert [r["rank"] for r in found] == [1, 2, 3]
-    assert set(found[0]) == {"rank", "distance", "path", "size", "also_at", "id", "width", "height", "links"}  # stable schema
+    assert set(found[0]) == {
+        "rank",
+        "distance",
+        "path",
+        "size",
+        "also_at",
+        "id",
+        "width",
+        "height",
+        "links",
+    }  # stable schema
     assert found[0]["size"] == (photos / "p03.jpg").stat().st_size
     assert found[1]["distance"] >= found[0]["distance"] and found[2]["distance"] >= found[1]["distance"]
 
@@ -59,7 +69,7 @@ def test_like_equals_querying_with_the_file(indexed, tiny_weights):
     by_file = results(query(library, tiny_weights, str(photos / "p05.jpg"), "-k", "5", "--json"))
     by_like = results(query(library, tiny_weights, "--like", str(photos / "p05.jpg"), "-k", "5", "--json"))
     assert [r["path"] for r in by_like] == [r["path"] for r in by_file]
-    for a, b in zip(by_like, by_file):
+    for a, b in zip(by_like, by_file, strict=True):
         assert abs(a["distance"] - b["distance"]) < 1e-5
 
 
@@ -70,7 +80,9 @@ def test_filters_and_machine_formats(indexed, tiny_weights):
     everything = results(query(library, tiny_weights, str(photos / "p01.jpg"), "-k", "20", "--json"))
     assert len(everything) == 11  # 12 contents, minus the query itself
     cut = everything[4]["distance"]
-    near = results(query(library, tiny_weights, str(photos / "p01.jpg"), "-k", "20", "--max-distance", str(cut), "--json"))
+    near = results(
+        query(library, tiny_weights, str(photos / "p01.jpg"), "-k", "20", "--max-distance", str(cut), "--json")
+    )
     assert all(r["distance"] <= cut for r in near) and len(near) >= 5
     lines = query(library, tiny_weights, str(photos / "p01.jpg"), "-k", "2", "--jsonl").stdout.strip().splitlines()
     assert [json.loads(line)["rank"] for line in lines] == [1, 2]
@@ -83,8 +95,19 @@ def test_filters_and_machine_formats(indexed, tiny_weights):
 def test_grid_and_html_show_the_query_and_every_result(indexed, tiny_weights, tmp_path):
     photos, library = indexed
     grid, page = tmp_path / "sheet.png", tmp_path / "sheet.html"
-    outcome = query(library, tiny_weights, str(photos / "p02.jpg"), str(photos / "p07.jpg"), "-k", "4", "--json",
-                    "--grid", str(grid), "--html", str(page))
+    outcome = query(
+        library,
+        tiny_weights,
+        str(photos / "p02.jpg"),
+        str(photos / "p07.jpg"),
+        "-k",
+        "4",
+        "--json",
+        "--grid",
+        str(grid),
+        "--html",
+        str(page),
+    )
     assert outcome.exit_code == 0, outcome.output
     blocks = json.loads(outcome.stdout)["queries"]  # stdout stays pure JSON
     with Image.open(grid) as sheet:

@@ -12,8 +12,9 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def test_conftest_imports_no_model_library():
-    code = ("import sys, tests.conftest\n"
-            "print([m for m in ('torch', 'dreamsim', 'open_clip', 'timm') if m in sys.modules])")
+    code = (
+        "import sys, tests.conftest\nprint([m for m in ('torch', 'dreamsim', 'open_clip', 'timm') if m in sys.modules])"
+    )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, timeout=120)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "[]"

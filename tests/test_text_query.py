@@ -75,7 +75,9 @@ def test_text_query_errors_are_one_line(setup, tmp_path):
             library.text_query("\ufeff")  # not a space to Python, removed by CLIP's cleaning (ftfy)
     with Library.open(tmp_path / "lib", weights_dir=weights, device="cpu") as other:
         other.index([photos], models=["dreamsim-dino"], workers=0)
-        with pytest.raises(NotFoundError, match=r"needs the library's 'clip' vectors .* `dreamsearch index FOLDER -m clip`"):
+        with pytest.raises(
+            NotFoundError, match=r"needs the library's 'clip' vectors .* `dreamsearch index FOLDER -m clip`"
+        ):
             other.text_query("ramen")
 
 
@@ -113,8 +115,19 @@ def test_cli_text_query_in_every_output(setup, tmp_path):
     rows = list(csv.reader(io.StringIO(invoke_in(lib, weights, "query", "--text", "ramen", "-k", "3", "--csv").stdout)))
     assert rows[0][:4] == ["query", "rank", "distance", "path"] and [r[3] for r in rows[1:]] == expected
     assert {r[0] for r in rows[1:]} == {'"ramen"'}
-    table = invoke_in(lib, weights, "query", "--text", "ramen", "-k", "3", "--grid", str(tmp_path / "s.png"),
-                      "--html", str(tmp_path / "s.html"))
+    table = invoke_in(
+        lib,
+        weights,
+        "query",
+        "--text",
+        "ramen",
+        "-k",
+        "3",
+        "--grid",
+        str(tmp_path / "s.png"),
+        "--html",
+        str(tmp_path / "s.html"),
+    )
     assert table.exit_code == 0, table.stderr
     assert '"ramen"' in table.stdout and Path(expected[0]).name in table.stdout
     assert (tmp_path / "s.png").stat().st_size > 0
@@ -128,8 +141,9 @@ def test_cli_combines_texts_and_images_with_mean(setup):
     assert [q["query"] for q in separate] == [str(photos / "p1.jpg"), '"ramen"', '"a beach"']
     combined = _json(invoke_in(lib, weights, *args, "--combine", "mean", "--json"))["queries"]
     with _library(setup) as library:
-        mean = library.mean_query([library.image_query(photos / "p1.jpg", "clip"), library.text_query("ramen"),
-                                   library.text_query("a beach")])
+        mean = library.mean_query(
+            [library.image_query(photos / "p1.jpg", "clip"), library.text_query("ramen"), library.text_query("a beach")]
+        )
         expected = library.search(mean, k=6).matches
     assert len(combined) == 1 and combined[0]["query"] == f'{photos / "p1.jpg"} + "ramen" + "a beach"'
     assert [r["path"] for r in combined[0]["results"]] == [m.path for m in expected]
@@ -162,8 +176,9 @@ def test_http_text_search(setup):
     lib, weights, _photos = setup
     with _library(setup) as library:
         expected = [m.path for m in library.search(library.text_query("ramen"), k=6).matches]
-    app = create_app(Library.open(lib, weights_dir=weights, device="cpu"), ["dreamsim-dino", "clip"],
-                     Settings(max_body=2_000_000))
+    app = create_app(
+        Library.open(lib, weights_dir=weights, device="cpu"), ["dreamsim-dino", "clip"], Settings(max_body=2_000_000)
+    )
     with TestClient(app, base_url="http://127.0.0.1") as client:
         first = client.post("/api/search/text", json={"text": "ramen", "k": 4})
         assert first.status_code == 200, first.text
@@ -176,8 +191,9 @@ def test_http_text_search(setup):
             assert client.post("/api/search/text", json={"text": empty}).status_code == 422
         dino = client.post("/api/search/text", json={"text": "ramen", "model": "dreamsim-dino"})
         assert dino.status_code == 400 and "no text tower" in dino.json()["detail"]
-    only_dino = create_app(Library.open(lib, weights_dir=weights, device="cpu"), ["dreamsim-dino"],
-                           Settings(max_body=2_000_000))
+    only_dino = create_app(
+        Library.open(lib, weights_dir=weights, device="cpu"), ["dreamsim-dino"], Settings(max_body=2_000_000)
+    )
     with TestClient(only_dino, base_url="http://127.0.0.1") as client:
         missing = client.post("/api/search/text", json={"text": "ramen"})
         assert missing.status_code == 404 and "'clip' is not served here" in missing.json()["detail"]

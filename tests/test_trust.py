@@ -60,7 +60,8 @@ def test_a_parent_indexed_after_its_subfolder_absorbs_it_without_embedding_again
         assert list(catalog.roots().values()) == [str(photos)]
         assert catalog.last_seq(catalog.model(MODEL)) == 5  # one add per photo, nothing redone
     assert stored_paths(library) == sorted(
-        [str(photos / f"a{i}.jpg") for i in (0, 1)] + [str(photos / "inner" / f"i{i}.jpg") for i in (0, 1, 2)])
+        [str(photos / f"a{i}.jpg") for i in (0, 1)] + [str(photos / "inner" / f"i{i}.jpg") for i in (0, 1, 2)]
+    )
 
 
 # folders that look unmounted -------------------------------------------------------------
@@ -108,7 +109,8 @@ def test_files_in_a_folder_that_cannot_be_listed_are_kept_and_reported(tmp_path,
     assert len(stored_paths(library)) == 6  # 5 photos and the folder's failure
     with Catalog(library.catalog_path) as catalog:
         assert [(f.path, f.reason, f.kind) for f in catalog.failed_files()] == [
-            (str(photos / "locked"), "cannot list or open: Permission denied", "transient")]
+            (str(photos / "locked"), "cannot list or open: Permission denied", "transient")
+        ]
 
 
 def test_an_indexed_folder_that_cannot_be_listed_keeps_its_files_even_with_prune(tmp_path, tiny_model, monkeypatch):
@@ -158,7 +160,9 @@ def test_results_and_duplicates_never_name_files_gone_from_disk(tmp_path, tiny_m
         assert sorted(Path(p).name for p in named) == ["p0.jpg", "p1.jpg", "p5.jpg"]
         groups = api.duplicates(MODEL, max_distance=0.0)
         assert [[Path(f.path).name for f in g.files] for g in groups] == [["p2.jpg", "p2-copy.jpg"]]
-        (photos / "p2-copy.jpg").unlink()  # p2.jpg is the last copy left: no group may suggest deleting it: no group may suggest deleting it
+        (
+            photos / "p2-copy.jpg"
+        ).unlink()  # p2.jpg is the last copy left: no group may suggest deleting it: no group may suggest deleting it
         assert api.duplicates(MODEL, max_distance=0.0) == []
 
 
@@ -166,8 +170,18 @@ def test_k_is_capped_at_the_library_size(tmp_path, tiny_model, tiny_weights):
     photos = photo_folder(tmp_path / "photos", 4, (96, 72), 1, "p{}.jpg")
     library = LibraryLayout.prepare(tmp_path / "lib")
     index(library, photos, tiny_model)
-    result = invoke_as_user(tiny_weights, library.root, "query", "--like", str(photos / "p1.jpg"), "-m", MODEL,
-                 "-k", "1000000000000", "--jsonl")
+    result = invoke_as_user(
+        tiny_weights,
+        library.root,
+        "query",
+        "--like",
+        str(photos / "p1.jpg"),
+        "-m",
+        MODEL,
+        "-k",
+        "1000000000000",
+        "--jsonl",
+    )
     assert result.exit_code == 0 and len(result.stdout.splitlines()) == 3
 
 
@@ -180,10 +194,22 @@ def test_like_and_under_accept_paths_through_a_followed_symlink(tmp_path, tiny_m
     through_link = photos / "linked" / "e1.jpg"
     with Library.open(library.root) as api:
         assert str(through_link) in [m.path for m in api.similar_to(photos / "p0.jpg", k=10, model=MODEL)]
-    result = invoke_as_user(tiny_weights, library.root, "query", "--like", str(through_link), "-m", MODEL,
-                 "--under", str(photos / "linked"), "-0")
+    result = invoke_as_user(
+        tiny_weights,
+        library.root,
+        "query",
+        "--like",
+        str(through_link),
+        "-m",
+        MODEL,
+        "--under",
+        str(photos / "linked"),
+        "-0",
+    )
     assert result.exit_code == 0, result.stderr
-    assert sorted(result.stdout_bytes.split(b"\0")[:-1]) == [os.fsencode(photos / "linked" / f"e{i}.jpg") for i in (0, 2)]
+    assert sorted(result.stdout_bytes.split(b"\0")[:-1]) == [
+        os.fsencode(photos / "linked" / f"e{i}.jpg") for i in (0, 2)
+    ]
 
 
 # one writer at a time -------------------------------------------------------------------------
@@ -211,18 +237,25 @@ def test_the_readme_api_example_runs_as_a_script_without_a_main_guard(tmp_path, 
     photo_folder(tmp_path / "photos", 5, (96, 72), 1, "p{}.jpg")
     photo_folder(tmp_path, 1, (96, 72), 99, "ramen.jpg")
     script = tmp_path / "example.py"
-    script.write_text(textwrap.dedent(f"""\
+    script.write_text(
+        textwrap.dedent(f"""\
         from dreamsearch import Library
 
         with Library.open() as library:
             library.index(["./photos"], models=["{MODEL}"])
             for match in library.query("ramen.jpg", k=25, model="{MODEL}"):
                 print(match.rank, round(match.distance, 4), match.path)
-        """))
-    env = {**os.environ, "DREAMSEARCH_LIBRARY": str(tmp_path / "lib"), "DREAMSEARCH_WEIGHTS": str(tiny_weights),
-           "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
-    done = subprocess.run([sys.executable, str(script)], cwd=tmp_path, env=env, capture_output=True, text=True,
-                          timeout=240)
+        """)
+    )
+    env = {
+        **os.environ,
+        "DREAMSEARCH_LIBRARY": str(tmp_path / "lib"),
+        "DREAMSEARCH_WEIGHTS": str(tiny_weights),
+        "PYTHONPATH": str(Path(__file__).resolve().parents[1]),
+    }
+    done = subprocess.run(
+        [sys.executable, str(script)], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=240
+    )
     assert done.returncode == 0, done.stderr
     lines = done.stdout.splitlines()
     assert len(lines) == 5 and lines[0].startswith("1 ")
@@ -244,8 +277,12 @@ def test_a_damaged_catalog_is_one_line_for_every_command(tmp_path, tiny_model, t
     raw = library.catalog_path.read_bytes()
     damaged = {"truncated": raw[:3000], "garbage": b"this is not sqlite" * 100, "empty": b""}[damage]
     library.catalog_path.write_bytes(damaged)
-    for command in (["status"], ["query", "--like", str(photos / "p1.jpg"), "-m", MODEL],
-                    ["index", str(photos), "-m", MODEL], ["duplicates", "-m", MODEL]):
+    for command in (
+        ["status"],
+        ["query", "--like", str(photos / "p1.jpg"), "-m", MODEL],
+        ["index", str(photos), "-m", MODEL],
+        ["duplicates", "-m", MODEL],
+    ):
         result = invoke_as_user(tiny_weights, library.root, *command)
         assert result.exit_code == 1, (command, result.stdout)
         assert result.stderr.count("\n") == 1 and str(library.catalog_path) in result.stderr, (command, result.stderr)
@@ -326,7 +363,12 @@ def test_a_newline_in_a_file_name_cannot_forge_a_record(tmp_path, tiny_model, ti
     assert result.exit_code == 0
     skipped = [line for line in result.stderr.splitlines() if line.startswith("skipped")]
     assert skipped == [f"skipped $'{photos}/x.jpg\\nskipped passwd: forged.jpg': not an image Pillow can read"]
-    failed = [line for line in invoke_as_user(tiny_weights, library.root, "status", "--failed").stdout.splitlines()
-              if line.startswith("failed")]
-    assert failed == [f"failed $'{photos}/x.jpg\\nskipped passwd: forged.jpg': not an image Pillow can read "
-                      "[permanent: retried when the file changes, or with index --retry-failed]"]
+    failed = [
+        line
+        for line in invoke_as_user(tiny_weights, library.root, "status", "--failed").stdout.splitlines()
+        if line.startswith("failed")
+    ]
+    assert failed == [
+        f"failed $'{photos}/x.jpg\\nskipped passwd: forged.jpg': not an image Pillow can read "
+        "[permanent: retried when the file changes, or with index --retry-failed]"
+    ]

@@ -83,13 +83,15 @@ def test_a_query_like_a_file_edited_since_it_was_indexed_refuses_the_old_vector(
     library = LibraryLayout.prepare(tmp_path / "lib")
     index(library, photos, tiny_model)
     with Library.open(library.root) as api:
-        edited_id = next(m.id for m in api.similar_to(photos / "p1.jpg", k=5, model=MODEL)
-                         if m.path == str(photos / "p0.jpg"))
+        edited_id = next(
+            m.id for m in api.similar_to(photos / "p1.jpg", k=5, model=MODEL) if m.path == str(photos / "p0.jpg")
+        )
     photo_like(120, 90, 77).save(photos / "p0.jpg")  # new size and mtime, not indexed again
 
-    for args in (["query", "--like", str(photos / "p0.jpg"), "-m", MODEL],
-                 ["query", "--like", str(photos / "p0.jpg"), "--like", str(photos / "p1.jpg"), "--combine", "mean",
-                  "-m", MODEL]):
+    for args in (
+        ["query", "--like", str(photos / "p0.jpg"), "-m", MODEL],
+        ["query", "--like", str(photos / "p0.jpg"), "--like", str(photos / "p1.jpg"), "--combine", "mean", "-m", MODEL],
+    ):
         result = invoke_as_user(tiny_weights, library.root, *args)
         assert result.exit_code != 0, args
         assert result.stderr.count("\n") == 1 and "changed since it was indexed" in result.stderr, result.stderr
@@ -106,8 +108,9 @@ def test_a_query_like_a_file_moved_over_with_size_and_mtime_kept_refuses_the_old
     photos = photo_folder(tmp_path / "photos", 2, (96, 72), 1, "p{}.jpg", quality=90)
     library = LibraryLayout.prepare(tmp_path / "lib")
     index(library, photos, tiny_model)
-    rewrite_keeping_size_and_mtime(photos / "p0.jpg", same_size_jpeg(60, (photos / "p0.jpg").stat().st_size),
-                                   "moved over")
+    rewrite_keeping_size_and_mtime(
+        photos / "p0.jpg", same_size_jpeg(60, (photos / "p0.jpg").stat().st_size), "moved over"
+    )
     with Library.open(library.root) as api:
         with pytest.raises(NotFoundError, match="changed since it was indexed"):
             api.similar_to(photos / "p0.jpg", model=MODEL)
@@ -222,8 +225,9 @@ def refuse_reading(monkeypatch, name: str, reason: str) -> None:
     from dreamsearch.reading import FileBytes
 
     real = pipeline.read_file
-    monkeypatch.setattr(pipeline, "read_file",
-                        lambda path, *a: FileBytes(error=reason) if path.endswith(name) else real(path, *a))
+    monkeypatch.setattr(
+        pipeline, "read_file", lambda path, *a: FileBytes(error=reason) if path.endswith(name) else real(path, *a)
+    )
 
 
 def test_a_file_that_could_not_be_read_is_retried_on_the_next_run(tmp_path, tiny_model, tiny_weights, monkeypatch):
@@ -240,8 +244,7 @@ def test_a_file_that_could_not_be_read_is_retried_on_the_next_run(tmp_path, tiny
         assert catalog.failed_files() == []
 
 
-def test_a_transient_failure_three_runs_in_a_row_stays_failed_until_the_file_changes(tmp_path, tiny_model,
-                                                                                     monkeypatch):
+def test_a_transient_failure_three_runs_in_a_row_stays_failed_until_the_file_changes(tmp_path, tiny_model, monkeypatch):
     photos = photo_folder(tmp_path / "photos", 2, (96, 72), 1, "p{}.jpg")
     library = LibraryLayout.prepare(tmp_path / "lib")
     refuse_reading(monkeypatch, "p1.jpg", "cannot read: Input/output error")

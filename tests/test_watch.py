@@ -41,15 +41,17 @@ def wait_for(condition: Callable[[], object], timeout: float = SETTLE + 10, what
 
 
 @contextmanager
-def watching(lib: Path, weights: Path, *folders: Path, settle: float = SETTLE,
-             rescan_every_s: float = 600.0) -> Iterator[tuple[list, list, Watcher]]:
+def watching(
+    lib: Path, weights: Path, *folders: Path, settle: float = SETTLE, rescan_every_s: float = 600.0
+) -> Iterator[tuple[list, list, Watcher]]:
     """A watcher in a thread; yields its batch documents and lines as they come, and
     itself, once it has caught up. Stopping it must take seconds at most."""
     batches: list[dict] = []
     lines: list[str] = []
     library = Library.open(lib, weights_dir=weights, device="cpu")
-    watcher = Watcher(library, folders, [MODEL], settle, rescan_every_s, say=lines.append, on_batch=batches.append,
-                      workers=1)
+    watcher = Watcher(
+        library, folders, [MODEL], settle, rescan_every_s, say=lines.append, on_batch=batches.append, workers=1
+    )
     thread = threading.Thread(target=watcher.run)
     thread.start()
     try:
@@ -87,8 +89,20 @@ def test_a_path_is_ready_once_its_size_and_time_held_for_the_settle_time(tmp_pat
     assert settler.ready(104.0) == [str(photo)] and len(settler) == 0
 
 
-@pytest.mark.parametrize("name", ["a.jpg.tmp", "a.jpg~", "a.jpg.part", "a.jpg.crdownload", ".a.jpg",
-                                  ".syncthing.a.jpg.tmp", "~syncthing~a.jpg.tmp", ".git/x.jpg", "@eaDir/a.jpg"])
+@pytest.mark.parametrize(
+    "name",
+    [
+        "a.jpg.tmp",
+        "a.jpg~",
+        "a.jpg.part",
+        "a.jpg.crdownload",
+        ".a.jpg",
+        ".syncthing.a.jpg.tmp",
+        "~syncthing~a.jpg.tmp",
+        ".git/x.jpg",
+        "@eaDir/a.jpg",
+    ],
+)
 def test_temporary_and_hidden_names_are_ignored(name):
     assert ignored(name)
     assert not ignored("album/a.jpg")
@@ -110,8 +124,10 @@ def test_an_index_run_after_renaming_most_of_a_folder_records_moves_not_a_loss(t
 
 def test_added_photos_are_findable_and_deleted_ones_never_come_back(tmp_path, tiny_weights):
     photos = photo_folder(tmp_path / "photos", 2, (96, 72), 1, "old{}.jpg")
-    with watching(tmp_path / "lib", tiny_weights, photos) as (batches, _lines, _watcher), \
-            Library.open(tmp_path / "lib", weights_dir=tiny_weights, device="cpu") as library:
+    with (
+        watching(tmp_path / "lib", tiny_weights, photos) as (batches, _lines, _watcher),
+        Library.open(tmp_path / "lib", weights_dir=tiny_weights, device="cpu") as library,
+    ):
         added = [photos / f"new{i}.jpg" for i in range(20)]
         photo_folder(photos, 20, (96, 72), 10, "new{}.jpg")
         wait_for(lambda: total(batches, "added") == 20, what="20 photos added")
@@ -136,7 +152,8 @@ def test_a_renamed_album_is_a_move_and_nothing_is_embedded(tmp_path, tiny_weight
         wait_for(lambda: total(batches, "moved") == 30, what="the album moved")
         assert total(batches, "embedded") == 0 and total(batches, "removed") == 0
     assert stored_paths(LibraryLayout(tmp_path / "lib")) == sorted(
-        [str(photos / "summer" / f"a{i}.jpg") for i in range(30)] + [str(photos / f"top{i}.jpg") for i in range(2)])
+        [str(photos / "summer" / f"a{i}.jpg") for i in range(30)] + [str(photos / f"top{i}.jpg") for i in range(2)]
+    )
     assert not [line for line in lines if line.startswith("warning")]  # a rename is not an unmounted drive
 
 
@@ -151,7 +168,7 @@ def test_a_photo_written_slowly_is_indexed_once_complete(tmp_path, tiny_weights)
     with watching(tmp_path / "lib", tiny_weights, photos, settle=1.0) as (batches, _lines, _watcher):
         with (photos / "big.jpg").open("wb") as writing:
             for start in range(0, len(data), chunk):
-                writing.write(data[start:start + chunk])
+                writing.write(data[start : start + chunk])
                 writing.flush()
                 time.sleep(0.4)  # a camera or a sync client, pausing under the settle time
         wait_for(lambda: total(batches, "added") == 1, 12, what="the photo indexed")
@@ -213,7 +230,7 @@ def test_without_events_it_says_so_once_and_rescans(tmp_path, tiny_weights, monk
     import watchfiles
 
     def watch_limit(*paths, **options):  # what watchfiles raises when inotify runs out of watches
-        raise OSError("OS file watch limit reached. about [\"/photos\"]")
+        raise OSError('OS file watch limit reached. about ["/photos"]')
         yield
 
     monkeypatch.setattr(watchfiles, "watch", watch_limit)
@@ -230,15 +247,32 @@ def test_without_events_it_says_so_once_and_rescans(tmp_path, tiny_weights, monk
 
 
 def watch_command(lib: Path, weights: Path, folder: Path, settle: float = SETTLE) -> list[str]:
-    return [sys.executable, "-m", "dreamsearch", "watch", str(folder), "-m", MODEL, "--library", str(lib),
-            "--weights-dir", str(weights), "--device", "cpu", "--settle", str(settle), "--json"]
+    return [
+        sys.executable,
+        "-m",
+        "dreamsearch",
+        "watch",
+        str(folder),
+        "-m",
+        MODEL,
+        "--library",
+        str(lib),
+        "--weights-dir",
+        str(weights),
+        "--device",
+        "cpu",
+        "--settle",
+        str(settle),
+        "--json",
+    ]
 
 
 @contextmanager
 def watch_process(command: list[str]) -> Iterator[tuple[subprocess.Popen, list[dict]]]:
     """The watcher as a user starts it; its JSON lines as they come."""
-    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                               env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    process = subprocess.Popen(
+        command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"}
+    )
     batches: list[dict] = []
     reader = threading.Thread(target=lambda: batches.extend(json.loads(line) for line in process.stdout), daemon=True)
     reader.start()

@@ -55,7 +55,7 @@ def middle_tensor_changed(weights: Path, out: Path) -> Path:
     tensor = torch.load(checkpoint, weights_only=True)["blocks.1.attn.qkv.weight"]
     data = checkpoint.read_bytes()
     start = data.index(tensor.numpy().tobytes())
-    checkpoint.write_bytes(data[:start] + (-tensor).numpy().tobytes() + data[start + tensor.numel() * 4:])
+    checkpoint.write_bytes(data[:start] + (-tensor).numpy().tobytes() + data[start + tensor.numel() * 4 :])
     return out
 
 
@@ -75,7 +75,8 @@ def test_a_library_refuses_to_index_or_query_with_weights_that_differ_in_the_mid
     with Library.open(tmp_path / "lib", weights_dir=wide_weights, device="cpu") as library:
         library.index([photos], models=[MODEL], workers=1)
         assert matches(library.query(photos / "p0.jpg", k=1, model=MODEL, include_self=True)) == [
-            (str(photos / "p0.jpg"), 0.0)]
+            (str(photos / "p0.jpg"), 0.0)
+        ]
     photo_folder(photos, 1, (96, 72), 7, "new{}.jpg")
 
     with Library.open(tmp_path / "lib", weights_dir=other, device="cpu") as library:
@@ -101,9 +102,11 @@ def fingerprint_in_new_process(weights: Path) -> tuple[str, int]:
         "from dreamsearch.models.weights import fingerprint\n"
         "def read(): return int(dict(l.split(': ') for l in open('/proc/self/io').read().splitlines())['rchar'])\n"
         "spec = get_spec(sys.argv[2]); before = read()\n"
-        "print(fingerprint(spec, Path(sys.argv[1])), read() - before)\n")
-    done = subprocess.run([sys.executable, "-c", code, str(weights), MODEL], capture_output=True, text=True,
-                          cwd=REPO, check=True)
+        "print(fingerprint(spec, Path(sys.argv[1])), read() - before)\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code, str(weights), MODEL], capture_output=True, text=True, cwd=REPO, check=True
+    )
     value, read = done.stdout.split()
     return value, int(read)
 
@@ -197,11 +200,14 @@ def test_a_forked_child_queries_like_its_parent_instead_of_hanging(tmp_path, tin
     photos = photo_folder(tmp_path / "photos", 40, (96, 72), 1, "p{}.jpg")
     with Library.open(tmp_path / "lib", weights_dir=tiny_weights, device="cpu") as library:
         library.index([photos], models=[MODEL], workers=1)  # torch's and FAISS's threads run here
-        expected = [matches(library.similar_to(photos / "p0.jpg", k=5, model=MODEL)),
-                    matches(library.query(photos / "p0.jpg", k=5, model=MODEL))]
+        expected = [
+            matches(library.similar_to(photos / "p0.jpg", k=5, model=MODEL)),
+            matches(library.query(photos / "p0.jpg", k=5, model=MODEL)),
+        ]
     out = tmp_path / "child.json"
     child = multiprocessing.get_context("fork").Process(
-        target=_query_in_child, args=(tmp_path / "lib", tiny_weights, photos / "p0.jpg", out))
+        target=_query_in_child, args=(tmp_path / "lib", tiny_weights, photos / "p0.jpg", out)
+    )
     child.start()
     child.join(60)
     hung = child.is_alive()
@@ -220,8 +226,7 @@ def test_a_forked_child_queries_like_its_parent_instead_of_hanging(tmp_path, tin
 TOO_LITTLE = 600 * MIB
 
 
-def test_too_little_memory_for_the_model_is_one_line_naming_the_limit_and_keeps_the_work_done(
-        tmp_path, tiny_weights):
+def test_too_little_memory_for_the_model_is_one_line_naming_the_limit_and_keeps_the_work_done(tmp_path, tiny_weights):
     photos = photo_folder(tmp_path / "photos", 3, (96, 72), 1, "p{}.jpg")
     with Library.open(tmp_path / "lib", weights_dir=tiny_weights, device="cpu") as library:
         library.index([photos], models=[MODEL], workers=1)
@@ -231,9 +236,28 @@ def test_too_little_memory_for_the_model_is_one_line_naming_the_limit_and_keeps_
         resource.setrlimit(resource.RLIMIT_AS, (TOO_LITTLE, TOO_LITTLE))
 
     env = dict(os.environ, DREAMSEARCH_WEIGHTS=str(tiny_weights), HF_HUB_OFFLINE="1", DREAMSEARCH_OFFLINE="1")
-    run = subprocess.run([sys.executable, "-m", "dreamsearch", "index", str(photos), "--library",
-                          str(tmp_path / "lib"), "-m", MODEL, "--device", "cpu", "--quiet"],
-                         capture_output=True, text=True, env=env, cwd=REPO, preexec_fn=limited, timeout=300)
+    run = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "dreamsearch",
+            "index",
+            str(photos),
+            "--library",
+            str(tmp_path / "lib"),
+            "-m",
+            MODEL,
+            "--device",
+            "cpu",
+            "--quiet",
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=REPO,
+        preexec_fn=limited,
+        timeout=300,
+    )
     lines = run.stderr.splitlines()
     assert run.returncode == 1 and len(lines) == 1 and "Traceback" not in run.stderr, run.stderr
     line = lines[0]
@@ -246,15 +270,20 @@ def test_too_little_memory_for_the_model_is_one_line_naming_the_limit_and_keeps_
         assert (report.new, report.embedded, report.unchanged) == (2, 2, 3)
 
 
-@pytest.mark.parametrize("error", [
-    MemoryError(),
-    RuntimeError("[enforce fail at alloc_cpu.cpp:117] data. DefaultCPUAllocator: not enough memory: "
-                 "you tried to allocate 9437184 bytes."),
-    RuntimeError("DefaultCPUAllocator: can't allocate memory: you tried to allocate 9437184 bytes. Error code 12"),
-    ImportError("libtorch_cpu.so: failed to map segment from shared object"),
-    OSError("/usr/lib/libgomp.so.1: cannot allocate memory"),
-    OSError(12, "Cannot allocate memory"),
-])
+@pytest.mark.parametrize(
+    "error",
+    [
+        MemoryError(),
+        RuntimeError(
+            "[enforce fail at alloc_cpu.cpp:117] data. DefaultCPUAllocator: not enough memory: "
+            "you tried to allocate 9437184 bytes."
+        ),
+        RuntimeError("DefaultCPUAllocator: can't allocate memory: you tried to allocate 9437184 bytes. Error code 12"),
+        ImportError("libtorch_cpu.so: failed to map segment from shared object"),
+        OSError("/usr/lib/libgomp.so.1: cannot allocate memory"),
+        OSError(12, "Cannot allocate memory"),
+    ],
+)
 def test_memory_exhaustion_is_told_in_one_line_with_the_limit(error, monkeypatch):
     monkeypatch.setattr(resource, "getrlimit", lambda which: (3 << 30, resource.RLIM_INFINITY))
     message = out_of_memory_message(error)
@@ -267,11 +296,14 @@ def test_without_a_limit_the_memory_message_says_what_to_do(monkeypatch):
     assert out_of_memory_message(MemoryError()) == "out of memory (free some memory or use a smaller model)"
 
 
-@pytest.mark.parametrize("error", [
-    RuntimeError("mat1 and mat2 shapes cannot be multiplied"),
-    ImportError("cannot import name 'thing' from 'module'"),
-    OSError(2, "No such file or directory"),
-    ValueError("not enough memory"),
-])
+@pytest.mark.parametrize(
+    "error",
+    [
+        RuntimeError("mat1 and mat2 shapes cannot be multiplied"),
+        ImportError("cannot import name 'thing' from 'module'"),
+        OSError(2, "No such file or directory"),
+        ValueError("not enough memory"),
+    ],
+)
 def test_other_errors_are_not_mistaken_for_low_memory(error):
     assert out_of_memory_message(error) is None

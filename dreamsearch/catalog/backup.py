@@ -115,8 +115,10 @@ def check_backup_file(backup: Path) -> None:
         raise BackupError(f"{backup}: not a dreamsearch catalog (not an SQLite database); nothing was restored")
     wal = Path(f"{backup}-wal")
     if wal.exists() and wal.stat().st_size > 0:
-        raise BackupError(f"{backup}: in use or not closed cleanly ({wal.name} beside it); copy it with "
-                          "`dreamsearch backup --library ITS_LIBRARY FILE` and restore that")
+        raise BackupError(
+            f"{backup}: in use or not closed cleanly ({wal.name} beside it); copy it with "
+            "`dreamsearch backup --library ITS_LIBRARY FILE` and restore that"
+        )
 
 
 def restore_catalog(backup: Path, catalog: Path) -> CatalogCopy:
@@ -155,8 +157,10 @@ def _checked(backup: Path, copy: Path) -> tuple[int, int]:
             tables = {row[0] for row in connection.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
             missing = sorted(CATALOG_TABLES - tables)
             if missing:
-                raise BackupError(f"{backup}: an SQLite database but not a dreamsearch catalog "
-                                  f"(no {', '.join(missing)} table); nothing was restored")
+                raise BackupError(
+                    f"{backup}: an SQLite database but not a dreamsearch catalog "
+                    f"(no {', '.join(missing)} table); nothing was restored"
+                )
         finally:
             connection.close()
     except sqlite3.DatabaseError as exc:

@@ -10,10 +10,16 @@ from __future__ import annotations
 import os
 import sqlite3
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from sqlalchemy import Engine, create_engine, event
+from sqlalchemy import Connection, Engine, create_engine, event
+from sqlalchemy.engine import ExceptionContext
 
 from dreamsearch.errors import DreamsearchError
+
+if TYPE_CHECKING:
+    from alembic.config import Config
+    from alembic.script import ScriptDirectory
 
 MIGRATIONS = Path(__file__).resolve().parent.parent / "migrations"
 
@@ -39,8 +45,10 @@ def create_catalog_engine(path: Path, read_only: bool = False) -> Engine:
     WAL's shared-memory file, so the file is opened ``immutable`` instead: it reads the
     last checkpointed state, which is consistent."""
     if path.exists() and path.stat().st_size == 0:
-        raise CatalogError(f"{path}: empty file (0 bytes), not a catalog; it was truncated or damaged. "
-                           "Restore it from a backup, or delete it to start an empty library")
+        raise CatalogError(
+            f"{path}: empty file (0 bytes), not a catalog; it was truncated or damaged. "
+            "Restore it from a backup, or delete it to start an empty library"
+        )
     if read_only:
         immutable = "&immutable=1" if not os.access(path.parent, os.W_OK) else ""
         engine = create_engine(f"sqlite:///file:{path}?mode=ro{immutable}&uri=true", connect_args={"timeout": 30})
@@ -48,7 +56,7 @@ def create_catalog_engine(path: Path, read_only: bool = False) -> Engine:
         engine = create_engine(f"sqlite:///{path}", connect_args={"timeout": 30})
 
     @event.listens_for(engine, "connect")
-    def _on_connect(dbapi_connection, _record) -> None:
+    def _on_connect(dbapi_connection: sqlite3.Connection, _record: object) -> None:
         dbapi_connection.isolation_level = None
         cursor = dbapi_connection.cursor()
         if not read_only:
@@ -58,11 +66,11 @@ def create_catalog_engine(path: Path, read_only: bool = False) -> Engine:
         cursor.close()
 
     @event.listens_for(engine, "handle_error")
-    def _one_line(context) -> None:
+    def _one_line(context: ExceptionContext) -> None:
         raise catalog_error(path, context.original_exception) from None
 
     @event.listens_for(engine, "begin")
-    def _on_begin(connection) -> None:
+    def _on_begin(connection: Connection) -> None:
         connection.exec_driver_sql("BEGIN IMMEDIATE" if connection.info.get("write") else "BEGIN")
 
     return engine
@@ -71,17 +79,22 @@ def create_catalog_engine(path: Path, read_only: bool = False) -> Engine:
 def catalog_error(path: Path, error: BaseException) -> BaseException:
     """The user-facing form of an SQLite error on the catalog at ``path`` (other errors,
     programming mistakes included, are returned unchanged)."""
-    if not isinstance(error, sqlite3.DatabaseError) or isinstance(error, (sqlite3.ProgrammingError, sqlite3.IntegrityError)):
+    if not isinstance(error, sqlite3.DatabaseError) or isinstance(
+        error, (sqlite3.ProgrammingError, sqlite3.IntegrityError)
+    ):
         return error
     message = str(error)
     if "disk is full" in message:
-        return CatalogError(f"{path}: the disk is full; free some space and run the command again "
-                            "(everything committed so far is kept)")
+        return CatalogError(
+            f"{path}: the disk is full; free some space and run the command again (everything committed so far is kept)"
+        )
     if "readonly" in message or "read-only" in message:
         return CatalogError(f"{path}: read-only; this command needs to change the library")
     if "not a database" in message or "malformed" in message:
-        return CatalogError(f"{path}: damaged or not a dreamsearch catalog ({message}); "
-                            "restore it from a backup, or move it away and index again")
+        return CatalogError(
+            f"{path}: damaged or not a dreamsearch catalog ({message}); "
+            "restore it from a backup, or move it away and index again"
+        )
     if "unable to open" in message:
         return CatalogError(f"{path}: cannot be opened ({message}); check that its folder exists and is readable")
     if "locked" in message or "busy" in message:
@@ -89,7 +102,7 @@ def catalog_error(path: Path, error: BaseException) -> BaseException:
     return CatalogError(f"{path}: {message}")
 
 
-def _alembic_config(connection):
+def _alembic_config(connection: Connection | None) -> Config:
     from alembic.config import Config
 
     config = Config()
@@ -107,8 +120,12 @@ def newest_revision() -> str:
 def _stamped_revision(engine: Engine) -> str | None:
     """The revision the catalog says it is at, read with plain SQL (None if unstamped)."""
     with engine.connect() as connection:
-        if connection.exec_driver_sql(
-                "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'alembic_version'").first() is None:
+        if (
+            connection.exec_driver_sql(
+                "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'alembic_version'"
+            ).first()
+            is None
+        ):
             return None
         return connection.exec_driver_sql("SELECT version_num FROM alembic_version").scalar()
 
@@ -116,7 +133,9 @@ def _stamped_revision(engine: Engine) -> str | None:
 def head_revision() -> str:
     from alembic.script import ScriptDirectory
 
-    return ScriptDirectory.from_config(_alembic_config(None)).get_current_head()
+    head = ScriptDirectory.from_config(_alembic_config(None)).get_current_head()
+    assert head is not None  # the package ships its migrations
+    return head
 
 
 def upgrade(engine: Engine, path: Path, target: str = "head", read_only: bool = False) -> None:
@@ -138,8 +157,10 @@ def upgrade(engine: Engine, path: Path, target: str = "head", read_only: bool = 
         if current == wanted:
             return
         if read_only:
-            raise CatalogOutdatedError(f"{path} was made by an older dreamsearch and is read-only here; run "
-                                       "`dreamsearch index` once with write access to upgrade it")
+            raise CatalogOutdatedError(
+                f"{path} was made by an older dreamsearch and is read-only here; run "
+                "`dreamsearch index` once with write access to upgrade it"
+            )
         connection.info["write"] = True
         try:
             with connection.begin():
@@ -149,7 +170,7 @@ def upgrade(engine: Engine, path: Path, target: str = "head", read_only: bool = 
             connection.info.pop("write")
 
 
-def _current_revision(connection, script, path: Path) -> str | None:
+def _current_revision(connection: Connection, script: ScriptDirectory, path: Path) -> str | None:
     from alembic.migration import MigrationContext
 
     current = MigrationContext.configure(connection).get_current_revision()

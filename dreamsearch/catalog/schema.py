@@ -49,8 +49,11 @@ class File(Base):
     (``error`` says why, one line)."""
 
     __tablename__ = "files"
-    __table_args__ = (UniqueConstraint("root_id", "relpath"), Index("ix_files_content", "content_id"),
-                      Index("ix_files_root_status", "root_id", "status"))
+    __table_args__ = (
+        UniqueConstraint("root_id", "relpath"),
+        Index("ix_files_content", "content_id"),
+        Index("ix_files_root_status", "root_id", "status"),
+    )
     id: Mapped[int] = mapped_column(primary_key=True)
     root_id: Mapped[int] = mapped_column(ForeignKey("roots.id", ondelete="CASCADE"))
     relpath: Mapped[str]

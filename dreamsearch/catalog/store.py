@@ -7,16 +7,18 @@ readers (WAL) see the last committed state and never block the writer.
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import Any, TypeVar, cast
 
 import numpy as np
-from sqlalchemy import Connection, and_, bindparam, case, delete, func, insert, literal, select, update
+import numpy.typing as npt
+from sqlalchemy import Connection, Row, and_, bindparam, case, delete, func, insert, literal, select, update
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
-from sqlalchemy.orm import aliased
+from sqlalchemy.orm import InstrumentedAttribute, aliased
 
 from dreamsearch.catalog.chain import next_chain
 from dreamsearch.catalog.database import CatalogOutdatedError, create_catalog_engine, upgrade
@@ -28,6 +30,11 @@ from dreamsearch.file_state import on_disk_as_stored
 STORAGE_DTYPES = {"float32": np.float32}
 #: ``catalog_info`` key present while an indexer defers dropping orphaned contents.
 _ORPHANS_DUE = "orphans_due"
+#: ``File.content_id`` as read by the queries that keep only files with a content
+#: (``is_not(None)``, or ``in_`` a list of ids): never None there
+_CONTENT_ID = cast("InstrumentedAttribute[int]", File.content_id)
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -93,7 +100,7 @@ class FileDetail:
     format: str | None = None
 
     @property
-    def file_key(self) -> tuple:
+    def file_key(self) -> tuple[object, ...]:
         """The same for every name of one file on disk (device and inode), and for no
         other file; a row from before inodes were stored is a file of its own."""
         return ("inode", self.device, self.inode) if self.inode is not None else ("row", self.id)
@@ -141,7 +148,7 @@ def path_from_db(stored: str) -> str:
     return stored.translate(_FROM_DB)
 
 
-def _chunks(items: Sequence, size: int = 500) -> Iterator[list]:
+def _chunks(items: Sequence[T], size: int = 500) -> Iterator[list[T]]:
     """Slices small enough for SQLite's limit on bound parameters."""
     for start in range(0, len(items), size):
         yield list(items[start : start + size])
@@ -152,10 +159,15 @@ def _append_log(connection: Connection, model_id: int, entries: Sequence[tuple[i
     extending its digest chain."""
     if not entries:
         return
-    chain = connection.execute(
-        select(VectorLogEntry.chain).where(VectorLogEntry.model_id == model_id)
-        .order_by(VectorLogEntry.seq.desc()).limit(1)
-    ).scalar() or ""
+    chain = (
+        connection.execute(
+            select(VectorLogEntry.chain)
+            .where(VectorLogEntry.model_id == model_id)
+            .order_by(VectorLogEntry.seq.desc())
+            .limit(1)
+        ).scalar()
+        or ""
+    )
     rows = []
     for content_id, content_hash, op in entries:
         chain = next_chain(chain, op, content_id, content_hash)
@@ -198,7 +210,7 @@ class Catalog:
     def __enter__(self) -> Catalog:
         return self
 
-    def __exit__(self, *exc) -> None:
+    def __exit__(self, *exc: object) -> None:
         self.close()
 
     @contextmanager
@@ -219,8 +231,11 @@ class Catalog:
         with self._write() as connection:
             row = connection.execute(select(Model).where(Model.name == name)).first()
             if row is None:
-                connection.execute(insert(Model).values(
-                    name=name, dim=dim, fingerprint=fingerprint, storage_dtype="float32", created_at=_now()))
+                connection.execute(
+                    insert(Model).values(
+                        name=name, dim=dim, fingerprint=fingerprint, storage_dtype="float32", created_at=_now()
+                    )
+                )
                 row = connection.execute(select(Model).where(Model.name == name)).one()
         info = ModelInfo(row.id, row.name, row.dim, row.fingerprint, row.storage_dtype)
         if (info.dim, info.fingerprint) != (dim, fingerprint):
@@ -234,6 +249,12 @@ class Catalog:
         with self.engine.connect() as connection:
             row = connection.execute(select(Model).where(Model.name == name)).first()
         return None if row is None else ModelInfo(row.id, row.name, row.dim, row.fingerprint, row.storage_dtype)
+
+    def models(self) -> list[ModelInfo]:
+        """Every model the catalog holds, by name."""
+        with self.engine.connect() as connection:
+            rows = connection.execute(select(Model).order_by(Model.name)).all()
+        return [ModelInfo(row.id, row.name, row.dim, row.fingerprint, row.storage_dtype) for row in rows]
 
     def find_root(self, folder: Path) -> RootPlace | None:
         """The indexed root that ``folder`` is, or lies inside (None: neither)."""
@@ -270,8 +291,11 @@ class Catalog:
         moved = literal(path_to_db(prefix)) + File.relpath
         outer = aliased(File)
         outer_paths = select(outer.relpath).where(outer.root_id == outer_id)
-        previous = set(connection.execute(
-            select(File.content_id).where(File.root_id == inner_id, File.content_id.is_not(None))).scalars())
+        previous = set(
+            connection.execute(
+                select(_CONTENT_ID).where(File.root_id == inner_id, File.content_id.is_not(None))
+            ).scalars()
+        )
         connection.execute(delete(File).where(File.root_id == inner_id, moved.in_(outer_paths)))
         connection.execute(update(File).where(File.root_id == inner_id).values(root_id=outer_id, relpath=moved))
         connection.execute(delete(Root).where(Root.id == inner_id))
@@ -281,7 +305,9 @@ class Catalog:
         """Replace model ``name``'s fingerprint ``old`` by ``new``, the same weights named by
         a newer rule (only if it is still ``old``: two writers re-stamp once); the row now."""
         with self._write() as connection:
-            connection.execute(update(Model).where(Model.name == name, Model.fingerprint == old).values(fingerprint=new))
+            connection.execute(
+                update(Model).where(Model.name == name, Model.fingerprint == old).values(fingerprint=new)
+            )
         return self.model(name)
 
     # writes ---------------------------------------------------------------------------
@@ -305,22 +331,51 @@ class Catalog:
             content_ids = self._upsert_contents(connection, files)
             if files:
                 upsert = sqlite_insert(File)
-                changing = ("size", "mtime_ns", "inode", "device", "ctime_ns", "content_id", "status", "error",
-                            "failure_kind", "updated_at")
+                changing = (
+                    "size",
+                    "mtime_ns",
+                    "inode",
+                    "device",
+                    "ctime_ns",
+                    "content_id",
+                    "status",
+                    "error",
+                    "failure_kind",
+                    "updated_at",
+                )
                 new = upsert.excluded
                 # one more run in a row when it failed again for the same reason
-                again = case((and_(new.status == "failed", File.status == "failed", File.error == new.error),
-                              File.failed_runs + 1), else_=new.failed_runs)
+                again = case(
+                    (
+                        and_(new.status == "failed", File.status == "failed", File.error == new.error),
+                        File.failed_runs + 1,
+                    ),
+                    else_=new.failed_runs,
+                )
                 connection.execute(
-                    upsert.on_conflict_do_update(index_elements=[File.root_id, File.relpath],
-                                                 set_={**{name: new[name] for name in changing}, "failed_runs": again}),
-                    [dict(root_id=root_id, relpath=entry.relpath, first_seen=now, size=entry.size,
-                          mtime_ns=entry.mtime_ns, inode=entry.inode, device=entry.device, ctime_ns=entry.ctime_ns,
-                          content_id=content_ids.get(entry.content_hash),
-                          status="ok" if entry.content_hash else "failed", error=entry.error,
-                          failure_kind=None if entry.content_hash else entry.failure_kind,
-                          failed_runs=0 if entry.content_hash else 1, updated_at=now)
-                     for entry in files],
+                    upsert.on_conflict_do_update(
+                        index_elements=[File.root_id, File.relpath],
+                        set_={**{name: new[name] for name in changing}, "failed_runs": again},
+                    ),
+                    [
+                        dict(
+                            root_id=root_id,
+                            relpath=entry.relpath,
+                            first_seen=now,
+                            size=entry.size,
+                            mtime_ns=entry.mtime_ns,
+                            inode=entry.inode,
+                            device=entry.device,
+                            ctime_ns=entry.ctime_ns,
+                            content_id=None if entry.content_hash is None else content_ids.get(entry.content_hash),
+                            status="ok" if entry.content_hash else "failed",
+                            error=entry.error,
+                            failure_kind=None if entry.content_hash else entry.failure_kind,
+                            failed_runs=0 if entry.content_hash else 1,
+                            updated_at=now,
+                        )
+                        for entry in files
+                    ],
                 )
             for model_name, by_hash in vectors.items():
                 model = self._model_row(connection, model_name)
@@ -344,19 +399,26 @@ class Catalog:
         to, logging the removal of their vectors; clears the note of ``defer_orphans``."""
         with self._write() as connection:
             if candidates is None:
-                candidates = set(connection.execute(
-                    select(Content.id).where(~select(File.id).where(File.content_id == Content.id).exists())
-                ).scalars())
+                candidates = set(
+                    connection.execute(
+                        select(Content.id).where(~select(File.id).where(File.content_id == Content.id).exists())
+                    ).scalars()
+                )
             self._drop_orphans(connection, candidates)
             connection.execute(delete(CatalogInfo).where(CatalogInfo.key == _ORPHANS_DUE))
 
     @staticmethod
     def _upsert_contents(connection: Connection, files: Sequence[FileEntry]) -> dict[str, int]:
-        rows: dict[str, dict] = {}
+        rows: dict[str, dict[str, object]] = {}
         for entry in files:  # a byte copy (no picture details) never hides the decoded file's
             if entry.content_hash is not None and (entry.content_hash not in rows or entry.width is not None):
-                rows[entry.content_hash] = dict(hash=entry.content_hash, size=entry.size, width=entry.width,
-                                                height=entry.height, format=entry.format)
+                rows[entry.content_hash] = dict(
+                    hash=entry.content_hash,
+                    size=entry.size,
+                    width=entry.width,
+                    height=entry.height,
+                    format=entry.format,
+                )
         ids: dict[str, int] = {}
         if rows:
             connection.execute(sqlite_insert(Content).on_conflict_do_nothing(), list(rows.values()))
@@ -365,14 +427,14 @@ class Catalog:
         return ids
 
     @staticmethod
-    def _model_row(connection: Connection, name: str):
+    def _model_row(connection: Connection, name: str) -> Row[Any]:
         row = connection.execute(select(Model).where(Model.name == name)).first()
         if row is None:
             raise DreamsearchError(f"model '{name}' is not registered in this library")
         return row
 
     @staticmethod
-    def _put_vectors(connection: Connection, model, vectors: dict[int, tuple[str, np.ndarray]]) -> None:
+    def _put_vectors(connection: Connection, model: Row[Any], vectors: dict[int, tuple[str, np.ndarray]]) -> None:
         """Store (or replace) vectors by content id (``id -> (content hash, vector)``),
         logging each change for the index."""
         blobs = {}
@@ -385,21 +447,32 @@ class Catalog:
             return
         existing: set[int] = set()
         for chunk in _chunks(list(blobs)):
-            existing.update(connection.execute(select(Vector.content_id).where(
-                Vector.model_id == model.id, Vector.content_id.in_(chunk))).scalars())
+            existing.update(
+                connection.execute(
+                    select(Vector.content_id).where(Vector.model_id == model.id, Vector.content_id.in_(chunk))
+                ).scalars()
+            )
         if existing:
             connection.execute(
-                update(Vector).where(Vector.content_id == bindparam("cid"), Vector.model_id == model.id)
+                update(Vector)
+                .where(Vector.content_id == bindparam("cid"), Vector.model_id == model.id)
                 .values(data=bindparam("blob")),
-                [{"cid": cid, "blob": blobs[cid]} for cid in existing])
+                [{"cid": cid, "blob": blobs[cid]} for cid in existing],
+            )
         fresh = [cid for cid in blobs if cid not in existing]
         if fresh:
-            connection.execute(insert(Vector), [
-                {"content_id": cid, "model_id": model.id, "data": blobs[cid]} for cid in fresh])
+            connection.execute(
+                insert(Vector), [{"content_id": cid, "model_id": model.id, "data": blobs[cid]} for cid in fresh]
+            )
         # a replaced vector is logged as removed, then added (the index replays in order)
-        _append_log(connection, model.id, [
-            *((cid, vectors[cid][0], "remove") for cid in sorted(existing)),
-            *((cid, vectors[cid][0], "add") for cid in blobs)])
+        _append_log(
+            connection,
+            model.id,
+            [
+                *((cid, vectors[cid][0], "remove") for cid in sorted(existing)),
+                *((cid, vectors[cid][0], "add") for cid in blobs),
+            ],
+        )
 
     def remove_files(self, root_id: int, relpaths: Sequence[str]) -> int:
         """Forget files; contents no file refers to any more lose their vectors (logged).
@@ -408,7 +481,9 @@ class Catalog:
         with self._write() as connection:
             previous = self._contents_of(connection, root_id, relpaths)
             for chunk in _chunks(relpaths):
-                removed += connection.execute(delete(File).where(File.root_id == root_id, File.relpath.in_(chunk))).rowcount
+                removed += connection.execute(
+                    delete(File).where(File.root_id == root_id, File.relpath.in_(chunk))
+                ).rowcount
             self._drop_orphans(connection, previous)
         return removed
 
@@ -416,10 +491,13 @@ class Catalog:
     def _contents_of(connection: Connection, root_id: int, relpaths: Sequence[str]) -> set[int]:
         found: set[int] = set()
         for chunk in _chunks(relpaths):
-            found.update(connection.execute(
-                select(File.content_id).where(
-                    File.root_id == root_id, File.relpath.in_(chunk), File.content_id.is_not(None))
-            ).scalars())
+            found.update(
+                connection.execute(
+                    select(_CONTENT_ID).where(
+                        File.root_id == root_id, File.relpath.in_(chunk), File.content_id.is_not(None)
+                    )
+                ).scalars()
+            )
         return found
 
     @staticmethod
@@ -428,12 +506,14 @@ class Catalog:
         refers to any more, logging the removal of their vectors."""
         referenced: set[int] = set()
         for chunk in _chunks(sorted(candidates)):
-            referenced.update(connection.execute(select(File.content_id).where(File.content_id.in_(chunk))).scalars())
+            referenced.update(connection.execute(select(_CONTENT_ID).where(File.content_id.in_(chunk))).scalars())
         orphans = sorted(candidates - referenced)
         for chunk in _chunks(orphans):
             gone = connection.execute(
-                select(Vector.model_id, Vector.content_id, Content.hash).join(Content, Content.id == Vector.content_id)
-                .where(Vector.content_id.in_(chunk)).order_by(Vector.model_id, Vector.content_id)
+                select(Vector.model_id, Vector.content_id, Content.hash)
+                .join(Content, Content.id == Vector.content_id)
+                .where(Vector.content_id.in_(chunk))
+                .order_by(Vector.model_id, Vector.content_id)
             ).all()
             for model_id in sorted({m for m, _c, _h in gone}):
                 _append_log(connection, model_id, [(c, h, "remove") for m, c, h in gone if m == model_id])
@@ -452,8 +532,9 @@ class Catalog:
         if seq == 0:
             return ""
         with self.engine.connect() as connection:
-            return connection.execute(select(VectorLogEntry.chain).where(
-                VectorLogEntry.seq == seq, VectorLogEntry.model_id == model.id)).scalar()
+            return connection.execute(
+                select(VectorLogEntry.chain).where(VectorLogEntry.seq == seq, VectorLogEntry.model_id == model.id)
+            ).scalar()
 
     def last_seq(self, model: ModelInfo) -> int:
         with self.engine.connect() as connection:
@@ -494,7 +575,7 @@ class Catalog:
             for rows in result.partitions():
                 yield self._decode(rows, dtype, model.dim)
 
-    def vectors_for(self, model: ModelInfo, ids: Sequence[int]) -> tuple[np.ndarray, np.ndarray]:
+    def vectors_for(self, model: ModelInfo, ids: Iterable[int]) -> tuple[np.ndarray, np.ndarray]:
         """The stored vectors of ``ids`` that exist, as ``(ids, float32 [n, dim])``. Filled
         in place: a training sample of millions of vectors is held once, not twice."""
         dtype = STORAGE_DTYPES[model.storage_dtype]
@@ -505,7 +586,8 @@ class Catalog:
             for chunk in _chunks(wanted):
                 rows = connection.execute(
                     select(Vector.content_id, Vector.data).where(
-                        Vector.model_id == model.id, Vector.content_id.in_(chunk))
+                        Vector.model_id == model.id, Vector.content_id.in_(chunk)
+                    )
                 ).all()
                 got_ids, got = self._decode(rows, dtype, model.dim)
                 found_ids[filled : filled + len(rows)], found[filled : filled + len(rows)] = got_ids, got
@@ -513,21 +595,31 @@ class Catalog:
         return found_ids[:filled], found[:filled]
 
     @staticmethod
-    def _decode(rows, dtype, dim: int) -> tuple[np.ndarray, np.ndarray]:
+    def _decode(rows: Sequence[Any], dtype: npt.DTypeLike, dim: int) -> tuple[np.ndarray, np.ndarray]:
         ids = np.fromiter((row[0] for row in rows), dtype=np.int64, count=len(rows))
         vectors = np.frombuffer(b"".join(row[1] for row in rows), dtype=dtype).reshape(len(rows), dim)
         return ids, vectors.astype(np.float32)
 
-    def files_under(self, root_id: int) -> dict[str, "StoredFile"]:
+    def files_under(self, root_id: int) -> dict[str, StoredFile]:
         """What the catalog knows of each file under ``root_id``, by relative path."""
         with self.engine.connect() as connection:
             rows = connection.execute(
-                select(File.relpath, File.size, File.mtime_ns, File.status, Content.hash, File.inode, File.device,
-                       File.ctime_ns, File.failure_kind, File.failed_runs)
+                select(
+                    File.relpath,
+                    File.size,
+                    File.mtime_ns,
+                    File.status,
+                    Content.hash,
+                    File.inode,
+                    File.device,
+                    File.ctime_ns,
+                    File.failure_kind,
+                    File.failed_runs,
+                )
                 .outerjoin(Content, Content.id == File.content_id)
                 .where(File.root_id == root_id)
             ).all()
-        return {row[0]: StoredFile(*row[1:]) for row in rows}
+        return {relpath: StoredFile(*state) for relpath, *state in rows}
 
     def vectors_under(self, root_id: int, model: ModelInfo) -> tuple[list[str], np.ndarray]:
         """``(relative paths, float32 [n, dim])`` of every file under ``root_id`` that has a
@@ -536,9 +628,12 @@ class Catalog:
             rows = connection.execute(
                 select(File.relpath, Vector.data)
                 .join(Vector, Vector.content_id == File.content_id)
-                .where(File.root_id == root_id, Vector.model_id == model.id).order_by(File.relpath)
+                .where(File.root_id == root_id, Vector.model_id == model.id)
+                .order_by(File.relpath)
             ).all()
-        _ids, vectors = self._decode([(0, data) for _relpath, data in rows], STORAGE_DTYPES[model.storage_dtype], model.dim)
+        _ids, vectors = self._decode(
+            [(0, data) for _relpath, data in rows], STORAGE_DTYPES[model.storage_dtype], model.dim
+        )
         return [path_from_db(relpath) for relpath, _data in rows], vectors
 
     def hashes_with_vectors(self, models: Sequence[ModelInfo], hashes: Sequence[str]) -> set[str]:
@@ -566,20 +661,29 @@ class Catalog:
         with ``roots`` summing over each row took 20 ms (``/api/status`` asks often)."""
         with self.engine.connect() as connection:
             roots = connection.execute(select(Root.id, Root.path).order_by(Root.path)).all()
-            counts = {(root_id, status): count for root_id, status, count in connection.execute(
-                select(File.root_id, File.status, func.count()).group_by(File.root_id, File.status))}
-        return [(path_from_db(path), counts.get((root_id, "ok"), 0), counts.get((root_id, "failed"), 0))
-                for root_id, path in roots]
+            counts = {
+                (root_id, status): count
+                for root_id, status, count in connection.execute(
+                    select(File.root_id, File.status, func.count()).group_by(File.root_id, File.status)
+                )
+            }
+        return [
+            (path_from_db(path), counts.get((root_id, "ok"), 0), counts.get((root_id, "failed"), 0))
+            for root_id, path in roots
+        ]
 
     def failed_files(self) -> list[FailedFile]:
         with self.engine.connect() as connection:
             rows = connection.execute(
                 select(Root.path, File.relpath, File.error, File.failure_kind, File.failed_runs)
                 .join(Root, Root.id == File.root_id)
-                .where(File.status == "failed").order_by(Root.path, File.relpath)
+                .where(File.status == "failed")
+                .order_by(Root.path, File.relpath)
             ).all()
-        return [FailedFile(str(Path(path_from_db(root)) / path_from_db(relpath)), error or "", kind, runs)
-                for root, relpath, error, kind, runs in rows]
+        return [
+            FailedFile(str(Path(path_from_db(root)) / path_from_db(relpath)), error or "", kind, runs)
+            for root, relpath, error, kind, runs in rows
+        ]
 
     def indexed_file_at(self, path: Path) -> FileDetail | None:
         """The indexed file at ``path`` (as written or with links resolved), None if the
@@ -588,14 +692,16 @@ class Catalog:
         is of another picture."""
         for root_id, relpath in self.locate(path):
             with self.engine.connect() as connection:
-                row = connection.execute(_DETAIL_COLUMNS.where(
-                    File.root_id == root_id, File.relpath == relpath, File.status == "ok")).first()
+                row = connection.execute(
+                    _DETAIL_COLUMNS.where(File.root_id == root_id, File.relpath == relpath, File.status == "ok")
+                ).first()
             if row is not None:
                 detail = _detail(row)
                 if detail is None:
                     raise ChangedOnDiskError(
                         f"{path} changed since it was indexed: run `dreamsearch index` on its folder, "
-                        "or query the file itself")
+                        "or query the file itself"
+                    )
                 return detail
         return None
 
@@ -607,8 +713,12 @@ class Catalog:
         """``(root id, stored relative path)`` for every root that ``path`` lies under,
         as written (a path through a followed symlink) or with links resolved."""
         forms = {Path(os.path.abspath(path)), Path(path).resolve()}
-        found = {(root_id, path_to_db(form.relative_to(root).as_posix()))
-                 for root_id, root in self.roots().items() for form in forms if form.is_relative_to(root)}
+        found = {
+            (root_id, path_to_db(form.relative_to(root).as_posix()))
+            for root_id, root in self.roots().items()
+            for form in forms
+            if form.is_relative_to(root)
+        }
         return sorted(found)
 
     def roots(self, connection: Connection | None = None) -> dict[int, str]:
@@ -640,7 +750,9 @@ class Catalog:
         with self.engine.connect() as connection:
             for chunk in _chunks([int(i) for i in content_ids]):
                 rows = connection.execute(
-                    _DETAIL_COLUMNS.where(File.content_id.in_(chunk), File.status == "ok").order_by(Root.path, File.relpath)
+                    _DETAIL_COLUMNS.where(File.content_id.in_(chunk), File.status == "ok").order_by(
+                        Root.path, File.relpath
+                    )
                 ).all()
                 for row in rows:
                     detail = _detail(row)
@@ -657,20 +769,38 @@ class Catalog:
     def shared_contents(self) -> list[int]:
         """Contents that live at more than one path (byte-identical copies)."""
         with self.engine.connect() as connection:
-            return list(connection.execute(
-                select(File.content_id).where(File.status == "ok", File.content_id.is_not(None))
-                .group_by(File.content_id).having(func.count() > 1).order_by(File.content_id)
-            ).scalars())
+            return list(
+                connection.execute(
+                    select(_CONTENT_ID)
+                    .where(File.status == "ok", File.content_id.is_not(None))
+                    .group_by(File.content_id)
+                    .having(func.count() > 1)
+                    .order_by(File.content_id)
+                ).scalars()
+            )
 
 
 _DETAIL_COLUMNS = (
-    select(File.id, File.content_id, Root.path, File.relpath, File.size, File.mtime_ns, Content.width, Content.height,
-           File.inode, File.device, File.ctime_ns, Content.format)
-    .join(Root, Root.id == File.root_id).join(Content, Content.id == File.content_id)
+    select(
+        File.id,
+        File.content_id,
+        Root.path,
+        File.relpath,
+        File.size,
+        File.mtime_ns,
+        Content.width,
+        Content.height,
+        File.inode,
+        File.device,
+        File.ctime_ns,
+        Content.format,
+    )
+    .join(Root, Root.id == File.root_id)
+    .join(Content, Content.id == File.content_id)
 )
 
 
-def _detail(row) -> FileDetail | None:
+def _detail(row: Sequence[Any]) -> FileDetail | None:
     """A ``_DETAIL_COLUMNS`` row as a ``FileDetail``, or None if the file is no longer on
     disk as it was indexed (so nothing names a deleted or changed file)."""
     file_id, content_id, root, relpath, *state = row

@@ -29,6 +29,19 @@ def main() -> None:
     """Find the images in your folders that look most like a given one (DreamSim)."""
 
 
-for command in (index_command, query, compare, duplicates, status, forget, backup, restore, embed, models, eval_group,
-                serve, watch):
+for command in (
+    index_command,
+    query,
+    compare,
+    duplicates,
+    status,
+    forget,
+    backup,
+    restore,
+    embed,
+    models,
+    eval_group,
+    serve,
+    watch,
+):
     main.add_command(command)

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import click
 
-from dreamsearch.errors import DreamsearchError
 from dreamsearch.display import printable
+from dreamsearch.errors import DreamsearchError
 from dreamsearch.low_memory import out_of_memory_message
 
 DEVICE_CHOICES = click.Choice(["auto", "cpu", "cuda"])
@@ -20,8 +20,22 @@ class ByteSize(click.ParamType):
     """A size such as ``2GiB``, ``500MB`` or ``1000000`` (bytes)."""
 
     name = "size"
-    _UNITS = {"": 1, "b": 1, "k": 10**3, "kb": 10**3, "kib": 2**10, "m": 10**6, "mb": 10**6, "mib": 2**20,
-              "g": 10**9, "gb": 10**9, "gib": 2**30, "t": 10**12, "tb": 10**12, "tib": 2**40}
+    _UNITS = {
+        "": 1,
+        "b": 1,
+        "k": 10**3,
+        "kb": 10**3,
+        "kib": 2**10,
+        "m": 10**6,
+        "mb": 10**6,
+        "mib": 2**20,
+        "g": 10**9,
+        "gb": 10**9,
+        "gib": 2**30,
+        "t": 10**12,
+        "tb": 10**12,
+        "tib": 2**40,
+    }
 
     def convert(self, value, param, ctx) -> int:
         if isinstance(value, int):
@@ -29,7 +43,7 @@ class ByteSize(click.ParamType):
         text = str(value).strip().lower().replace(" ", "")
         number = text.rstrip("kmgtib")
         try:
-            size = float(number) * self._UNITS[text[len(number):]]
+            size = float(number) * self._UNITS[text[len(number) :]]
         except (ValueError, KeyError):
             self.fail(f"'{value}' is not a size (examples: 500MB, 2GiB, 1000000)", param, ctx)
         if size < 1:
@@ -49,9 +63,10 @@ class CommandGroup(click.Group):
             ctx.exit(1)
         except (MemoryError, ImportError, RuntimeError, OSError) as exc:
             message = out_of_memory_message(exc) or mismatched_torchvision_message(exc)
-            if message is None and not isinstance(exc, OSError):
-                raise  # a bug: the traceback is what helps
-            if message is None:  # a full disk, a file that went away: say which, in one line
+            if message is None:
+                if not isinstance(exc, OSError):
+                    raise  # a bug: the traceback is what helps
+                # a full disk, a file that went away: say which, in one line
                 where = f"{exc.filename}: " if exc.filename else ""
                 message = where + (exc.strerror or str(exc))
             click.echo(f"error: {printable(message)}", err=True)
@@ -75,8 +90,10 @@ def mismatched_torchvision_message(exc: BaseException) -> str | None:
         return None
     major, minor = (int(part) for part in torch_version.split("+")[0].split(".")[:2])
     wanted = f" (pip install 'torchvision=={major - 2}.{minor + 15}.*')" if major == 2 else ""
-    return (f"torchvision {vision_version} was not built for torch {torch_version}: install the torchvision "
-            f"release made for this torch{wanted}")
+    return (
+        f"torchvision {vision_version} was not built for torch {torch_version}: install the torchvision "
+        f"release made for this torch{wanted}"
+    )
 
 
 def weights_dir_option(func):
@@ -94,24 +111,43 @@ def precision_option(default: str | None):
     as the default means each model's precision as the library holds it."""
     held = "Default: as the library's vectors were made (fp32 for a new model)."
     return click.option(
-        "--precision", type=click.Choice(["fp32", "int8"]), default=default, show_default=default is not None,
+        "--precision",
+        type=click.Choice(["fp32", "int8"]),
+        default=default,
+        show_default=default is not None,
         help="fp32: the official vectors. int8: about 2x faster on a CPU, within cosine 0.995 of fp32 "
-             "(pip install 'dreamsearch[int8]'; check it on your photos with `dreamsearch models check`); "
-             "its vectors are kept apart from fp32 ones. " + ("" if default else held))
+        "(pip install 'dreamsearch[int8]'; check it on your photos with `dreamsearch models check`); "
+        "its vectors are kept apart from fp32 ones. " + ("" if default else held),
+    )
 
 
 def watch_options(func):
     """``--settle`` and ``--rescan-every``: how ``watch`` and ``serve --watch`` follow folders (docs/watch.md)."""
-    func = click.option("--rescan-every", type=click.FloatRange(min=1), default=600.0, show_default=True,
-                        metavar="SECONDS", help="Rescan folders whose changes send no events (network file systems, "
-                                                "or when the inotify watch limit is reached) this often.")(func)
-    return click.option("--settle", type=click.FloatRange(min=0), default=2.0, show_default=True, metavar="SECONDS",
-                        help="Index a changed file once its size and time stayed the same this long.")(func)
+    func = click.option(
+        "--rescan-every",
+        type=click.FloatRange(min=1),
+        default=600.0,
+        show_default=True,
+        metavar="SECONDS",
+        help="Rescan folders whose changes send no events (network file systems, "
+        "or when the inotify watch limit is reached) this often.",
+    )(func)
+    return click.option(
+        "--settle",
+        type=click.FloatRange(min=0),
+        default=2.0,
+        show_default=True,
+        metavar="SECONDS",
+        help="Index a changed file once its size and time stayed the same this long.",
+    )(func)
 
 
 def library_option(func):
     return click.option(
-        "--library", "library_path", type=click.Path(file_okay=False, path_type=Path), envvar="DREAMSEARCH_LIBRARY",
+        "--library",
+        "library_path",
+        type=click.Path(file_okay=False, path_type=Path),
+        envvar="DREAMSEARCH_LIBRARY",
         help="Library folder. Default: $DREAMSEARCH_LIBRARY or the user data folder.",
     )(func)
 
@@ -161,8 +197,13 @@ def progress_display(quiet: bool):
 
     from rich.progress import BarColumn, Progress, TextColumn
 
-    columns = (TextColumn("embedded"), BarColumn(), TextColumn("{task.fields[counts]}"),
-               TextColumn("{task.fields[pace]}"), TextColumn("{task.description}"))
+    columns = (
+        TextColumn("embedded"),
+        BarColumn(),
+        TextColumn("{task.fields[counts]}"),
+        TextColumn("{task.fields[pace]}"),
+        TextColumn("{task.description}"),
+    )
     # The rate is the embedded count's over the last 5 minutes, from the first commit on:
     # the model's pace, not the scan's or the disk's. (rich's own speed restarts whenever
     # the total changes, which it does until the scan ends: the ETA was almost always
@@ -182,10 +223,14 @@ def progress_display(quiet: bool):
             per_s = (done - done_then) / (last - first) if last > first else 0.0
             counting = report.scanning > 0  # the total still grows: the time left is a lower bound
             left = str(timedelta(seconds=round((report.to_embed - report.embedded) / per_s))) if per_s else "-:--:--"
-            bar.update(task, total=report.to_embed or None, completed=report.embedded,
-                       counts=f"{report.embedded}/{report.to_embed}{' counting…' if counting else ''}",
-                       pace=f"{per_s:.2f} img/s, {'at least ' if counting and per_s else ''}{left} left",
-                       description=f"copies {report.copied + report.moved} · failed {report.failed}")
+            bar.update(
+                task,
+                total=report.to_embed or None,
+                completed=report.embedded,
+                counts=f"{report.embedded}/{report.to_embed}{' counting…' if counting else ''}",
+                pace=f"{per_s:.2f} img/s, {'at least ' if counting and per_s else ''}{left} left",
+                description=f"copies {report.copied + report.moved} · failed {report.failed}",
+            )
 
         yield update
 

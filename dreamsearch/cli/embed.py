@@ -8,24 +8,46 @@ from pathlib import Path
 import click
 
 from dreamsearch.cli.common import DEVICE_CHOICES, model_names, precision_option, weights_dir_option
-from dreamsearch.errors import DreamsearchError
 from dreamsearch.display import problem_line
+from dreamsearch.errors import DreamsearchError
 from dreamsearch.models.registry import DEFAULT_MODEL
 
 
 @click.command()
 @click.argument("images", nargs=-1, required=True, type=click.Path(path_type=Path))
-@click.option("-m", "--model", "model_name", default=DEFAULT_MODEL, show_default=True, callback=model_names,
-              help="Model name (see `models list`).")
-@click.option("-o", "--output", required=True, type=click.Path(dir_okay=False, allow_dash=True, path_type=Path),
-              help="Where to write: .npy float32 [N, dim] in input order, or JSON ('-' for stdout).")
-@click.option("--format", "fmt", type=click.Choice(["npy", "json"]), default=None,
-              help="Output format (default: from the file name, npy unless it ends in .json).")
+@click.option(
+    "-m",
+    "--model",
+    "model_name",
+    default=DEFAULT_MODEL,
+    show_default=True,
+    callback=model_names,
+    help="Model name (see `models list`).",
+)
+@click.option(
+    "-o",
+    "--output",
+    required=True,
+    type=click.Path(dir_okay=False, allow_dash=True, path_type=Path),
+    help="Where to write: .npy float32 [N, dim] in input order, or JSON ('-' for stdout).",
+)
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(["npy", "json"]),
+    default=None,
+    help="Output format (default: from the file name, npy unless it ends in .json).",
+)
 @click.option("--batch-size", default=16, show_default=True, type=click.IntRange(1))
 @click.option("--device", default="auto", show_default=True, type=DEVICE_CHOICES)
 @click.option("--threads", type=click.IntRange(1), default=None, help="CPU threads for torch (default: all cores).")
-@click.option("--compile/--no-compile", "compile_model", default=False, show_default=True,
-              help="torch.compile the model: 15-60 s once, then 10-35% faster on CPU; for many images.")
+@click.option(
+    "--compile/--no-compile",
+    "compile_model",
+    default=False,
+    show_default=True,
+    help="torch.compile the model: 15-60 s once, then 10-35% faster on CPU; for many images.",
+)
 @precision_option("fp32")
 @weights_dir_option
 def embed(images, model_name, output, fmt, batch_size, device, threads, compile_model, precision, weights_dir) -> None:
@@ -43,8 +65,9 @@ def embed(images, model_name, output, fmt, batch_size, device, threads, compile_
     fmt = fmt or ("json" if str(output).endswith(".json") or str(output) == "-" else "npy")
     if fmt == "npy" and str(output) == "-":
         raise DreamsearchError("npy output needs a file name; use --format json for stdout")
-    model = PendingModel(model_name, weights_dir=weights_dir, device=device, compile=compile_model,
-                         precision=precision, threads=threads)  # weights checked
+    model = PendingModel(
+        model_name, weights_dir=weights_dir, device=device, compile=compile_model, precision=precision, threads=threads
+    )  # weights checked
     embedder = model.load()
     result = embed_files(embedder, list(images), batch_size=batch_size)
     for failure in result.failures:

@@ -8,10 +8,16 @@ from pathlib import Path
 
 import click
 
-from dreamsearch.cli.common import (DEVICE_CHOICES, CommandGroup, library_option, model_names, progress_display,
-                                    weights_dir_option)
-from dreamsearch.errors import DreamsearchError
+from dreamsearch.cli.common import (
+    DEVICE_CHOICES,
+    CommandGroup,
+    library_option,
+    model_names,
+    progress_display,
+    weights_dir_option,
+)
 from dreamsearch.display import printable
+from dreamsearch.errors import DreamsearchError
 from dreamsearch.models.registry import DEFAULT_MODEL
 
 MAX_REPORTED = 20
@@ -24,17 +30,28 @@ def eval_group() -> None:
 
 def model_options(default: tuple[str, ...], check=model_names):
     def decorate(func):
-        for option in reversed([
-            click.option("-m", "--model", "model_names", multiple=True, default=default, show_default=True,
-                         callback=check, help="Model to evaluate (repeatable)."),
-            click.option("--batch-size", default=32, show_default=True, type=click.IntRange(1)),
-            click.option("--device", default="auto", show_default=True, type=DEVICE_CHOICES),
-            click.option("--json", "as_json", is_flag=True, help="One JSON document."),
-            library_option,
-            weights_dir_option,
-        ]):
+        for option in reversed(
+            [
+                click.option(
+                    "-m",
+                    "--model",
+                    "model_names",
+                    multiple=True,
+                    default=default,
+                    show_default=True,
+                    callback=check,
+                    help="Model to evaluate (repeatable).",
+                ),
+                click.option("--batch-size", default=32, show_default=True, type=click.IntRange(1)),
+                click.option("--device", default="auto", show_default=True, type=DEVICE_CHOICES),
+                click.option("--json", "as_json", is_flag=True, help="One JSON document."),
+                library_option,
+                weights_dir_option,
+            ]
+        ):
             func = option(func)
         return func
+
     return decorate
 
 
@@ -62,8 +79,17 @@ class _Problems:
             click.echo(f"... and {self.count - MAX_REPORTED} more problems", err=True)
 
 
-def _embedded(library, folders, name, weights_dir, device, batch_size, problems: _Problems, quiet: bool,
-              only: frozenset[str] | None = None):
+def _embedded(
+    library,
+    folders,
+    name,
+    weights_dir,
+    device,
+    batch_size,
+    problems: _Problems,
+    quiet: bool,
+    only: frozenset[str] | None = None,
+):
     """Index ``folders`` (or the files ``only``) into the eval library with model ``name``;
     report unreadable files."""
     from dreamsearch.evaluation.eval_library import embed_folders
@@ -118,35 +144,63 @@ def nights(folder, split, model_names, batch_size, device, as_json, library_path
         skipped[name] = len(missed)
     problems.close()
     if as_json:
-        click.echo(json.dumps({
-            "split": split, "triplets": len(rows.triplets), "too_few_votes": rows.too_few_votes,
-            "malformed_rows": len(rows.malformed),
-            "models": {name: {"skipped_triplets": skipped[name], "splits": {
-                s: {"accuracy": _finite(a.accuracy), "ci95": [_finite(a.low), _finite(a.high)], "triplets": a.triplets}
-                for s, a in by_split.items()}} for name, by_split in results.items()},
-        }))
+        click.echo(
+            json.dumps(
+                {
+                    "split": split,
+                    "triplets": len(rows.triplets),
+                    "too_few_votes": rows.too_few_votes,
+                    "malformed_rows": len(rows.malformed),
+                    "models": {
+                        name: {
+                            "skipped_triplets": skipped[name],
+                            "splits": {
+                                s: {
+                                    "accuracy": _finite(a.accuracy),
+                                    "ci95": [_finite(a.low), _finite(a.high)],
+                                    "triplets": a.triplets,
+                                }
+                                for s, a in by_split.items()
+                            },
+                        }
+                        for name, by_split in results.items()
+                    },
+                }
+            )
+        )
         return
     from rich.console import Console
 
     from dreamsearch.output import new_table
 
     columns = list(next(iter(results.values())))
-    table = new_table(f"NIGHTS 2AFC accuracy ({split}; 95% bootstrap interval; triplets)",
-                      ["model", *columns, "skipped"], right=[*columns, "skipped"])
+    table = new_table(
+        f"NIGHTS 2AFC accuracy ({split}; 95% bootstrap interval; triplets)",
+        ["model", *columns, "skipped"],
+        right=[*columns, "skipped"],
+    )
     for name, by_split in results.items():
-        cells = [f"{100 * a.accuracy:.1f}% [{100 * a.low:.1f}–{100 * a.high:.1f}] n={a.triplets}" if a.triplets else "-"
-                 for a in by_split.values()]
+        cells = [
+            f"{100 * a.accuracy:.1f}% [{100 * a.low:.1f}–{100 * a.high:.1f}] n={a.triplets}" if a.triplets else "-"
+            for a in by_split.values()
+        ]
         table.add_row(name, *cells, str(skipped[name]))
     Console().print(table)
-    click.echo(f"{len(rows.triplets)} triplets; {rows.too_few_votes} rows with fewer than 6 votes left out; "
-               f"{len(rows.malformed)} malformed rows")
+    click.echo(
+        f"{len(rows.triplets)} triplets; {rows.too_few_votes} rows with fewer than 6 votes left out; "
+        f"{len(rows.malformed)} malformed rows"
+    )
 
 
 @eval_group.command("retrieval")
 @click.argument("folder", type=click.Path(exists=True, file_okay=False, path_type=Path))
 @click.option("-k", "k", default=10, show_default=True, type=click.IntRange(1))
-@click.option("--groups", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
-              help="CSV with columns path,group (default: the first sub-folder is the label).")
+@click.option(
+    "--groups",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    default=None,
+    help="CSV with columns path,group (default: the first sub-folder is the label).",
+)
 @model_options((DEFAULT_MODEL, "clip", "resnet50"))
 def retrieval(folder, k, groups, model_names, batch_size, device, as_json, library_path, weights_dir) -> None:
     """Retrieval quality on FOLDER (one sub-folder per class): every image queries the
@@ -167,10 +221,22 @@ def retrieval(folder, k, groups, model_names, batch_size, device, as_json, libra
     if as_json:
         click.echo(json.dumps({"k": k, "models": {name: vars(s) for name, s in scores.items()}}))
         return
-    _table(f"retrieval on {folder} (every labelled image queries the rest)",
-           ["model", "queries", "recall@1", f"recall@{k}", f"mAP@{k}", "search p50", "search p95"],
-           [[name, str(s.queries), f"{s.recall_at_1:.3f}", f"{s.recall_at_k:.3f}", f"{s.map_at_k:.3f}",
-             f"{s.search_ms_p50:.2f} ms", f"{s.search_ms_p95:.2f} ms"] for name, s in scores.items()])
+    _table(
+        f"retrieval on {folder} (every labelled image queries the rest)",
+        ["model", "queries", "recall@1", f"recall@{k}", f"mAP@{k}", "search p50", "search p95"],
+        [
+            [
+                name,
+                str(s.queries),
+                f"{s.recall_at_1:.3f}",
+                f"{s.recall_at_k:.3f}",
+                f"{s.map_at_k:.3f}",
+                f"{s.search_ms_p50:.2f} ms",
+                f"{s.search_ms_p95:.2f} ms",
+            ]
+            for name, s in scores.items()
+        ],
+    )
 
 
 @eval_group.command("copies")
@@ -196,8 +262,11 @@ def copies(folder, k, model_names, batch_size, device, as_json, library_path, we
         raise DreamsearchError(f"{folder}: no readable images")
     if not as_json:  # the progress total counts both folders: say what it is made of
         edited = readable * len(TRANSFORMS)
-        click.echo(f"{readable} originals + {edited} edited copies ({len(TRANSFORMS)} edits each) = "
-                   f"{readable + edited} images per model, each embedded once and kept for later runs", err=True)
+        click.echo(
+            f"{readable} originals + {edited} edited copies ({len(TRANSFORMS)} edits each) = "
+            f"{readable + edited} images per model, each embedded once and kept for later runs",
+            err=True,
+        )
     table = {}
     for name in model_names:
         _embedded(library, [folder, out], name, weights_dir, device, batch_size, problems, as_json)
@@ -205,14 +274,37 @@ def copies(folder, k, model_names, batch_size, device, as_json, library_path, we
             table[name] = evaluate_copies(searcher, folder, out, folder_vectors(library, folder, name), k)
     problems.close()
     if as_json:
-        click.echo(json.dumps({"k": k, "copies_folder": str(out), "models": {
-            name: [{key: _finite(value) for key, value in vars(s).items()} for s in rows] for name, rows in table.items()}}))
+        click.echo(
+            json.dumps(
+                {
+                    "k": k,
+                    "copies_folder": str(out),
+                    "models": {
+                        name: [{key: _finite(value) for key, value in vars(s).items()} for s in rows]
+                        for name, rows in table.items()
+                    },
+                }
+            )
+        )
         return
-    _table(f"copy detection on {folder} (copies in {out})",
-           ["model", "edit", "copies", "found@1", f"original@{k}", "dist p50", "dist p95", "nearest other p5"],
-           [[name, s.transform, str(s.copies), f"{s.found_at_1:.3f}", f"{s.original_at_k:.3f}",
-             f"{s.distance_p50:.4f}", f"{s.distance_p95:.4f}", f"{s.nearest_other_p5:.4f}"]
-            for name, rows in table.items() for s in rows])
+    _table(
+        f"copy detection on {folder} (copies in {out})",
+        ["model", "edit", "copies", "found@1", f"original@{k}", "dist p50", "dist p95", "nearest other p5"],
+        [
+            [
+                name,
+                s.transform,
+                str(s.copies),
+                f"{s.found_at_1:.3f}",
+                f"{s.original_at_k:.3f}",
+                f"{s.distance_p50:.4f}",
+                f"{s.distance_p95:.4f}",
+                f"{s.nearest_other_p5:.4f}",
+            ]
+            for name, rows in table.items()
+            for s in rows
+        ],
+    )
 
 
 def _finite(value):

@@ -19,7 +19,7 @@ def status(library_path, show_failed) -> None:
     from dreamsearch.status import status_lines
 
     with Library.open(library_path) as library:
-        lines = status_lines(library.status(show_failed))
+        lines = status_lines(library.status(show_failed=show_failed))
     click.echo(printable("\n".join(lines)))
 
 
@@ -47,9 +47,11 @@ def backup(dest, library_path) -> None:
 
     with Library.open(library_path) as library:
         copy = library.backup(dest)
-    click.echo(f"wrote {display_path(copy.path)}: the catalog, {_count(copy.folders, 'folder')}, "
-               f"{_count(copy.files, 'file')} ({human_bytes(copy.size)}); the index files are rebuilt from it "
-               "and need no backup")
+    click.echo(
+        f"wrote {display_path(copy.path)}: the catalog, {_count(copy.folders, 'folder')}, "
+        f"{_count(copy.files, 'file')} ({human_bytes(copy.size)}); the index files are rebuilt from it "
+        "and need no backup"
+    )
 
 
 @click.command()
@@ -64,8 +66,10 @@ def restore(backup_file, library_path) -> None:
 
     with Library.open(library_path) as library:
         copy = library.restore(backup_file)
-    click.echo(f"restored {display_path(copy.path)} from {display_path(Path(backup_file))}: "
-               f"{_count(copy.folders, 'folder')}, {_count(copy.files, 'file')}; indexes brought in line with it")
+    click.echo(
+        f"restored {display_path(copy.path)} from {display_path(Path(backup_file))}: "
+        f"{_count(copy.folders, 'folder')}, {_count(copy.files, 'file')}; indexes brought in line with it"
+    )
 
 
 def _count(n: int, word: str) -> str:

@@ -7,8 +7,8 @@ from pathlib import Path
 import click
 
 from dreamsearch.cli.common import CommandGroup, model_names, precision_option, weights_dir_option
-from dreamsearch.errors import DreamsearchError
 from dreamsearch.display import human_bytes
+from dreamsearch.errors import DreamsearchError
 
 
 @click.group(cls=CommandGroup)
@@ -29,13 +29,21 @@ def models_list(weights_dir: Path | None) -> None:
 
     root = resolve(weights_dir)
     own = unverified_files(root)
-    table = new_table(f"models (weights in {root})", ("name", "dim", "branches", "installed", "size on disk"),
-                      right=("dim", "size on disk"))
+    table = new_table(
+        f"models (weights in {root})",
+        ("name", "dim", "branches", "installed", "size on disk"),
+        right=("dim", "size on disk"),
+    )
     for spec in MODELS.values():
         missing = missing_files(spec, root)
         published = not any(f.path in own for f in spec.files)
-        state = (f"no ({len(missing)} of {len(spec.files)} files missing)" if missing
-                 else "yes" if published else "yes (not published)")
+        state = (
+            f"no ({len(missing)} of {len(spec.files)} files missing)"
+            if missing
+            else "yes"
+            if published
+            else "yes (not published)"
+        )
         size = installed_size(spec, root)
         table.add_row(spec.name, str(spec.dim), ", ".join(spec.branches), state, human_bytes(size) if size else "-")
     Console().print(table)
@@ -61,9 +69,12 @@ def models_fetch(name: str, weights_dir: Path | None) -> None:
 @models.command("import")
 @click.argument("name", callback=model_names)
 @click.argument("path", type=click.Path(exists=True, path_type=Path))
-@click.option("--no-verify", is_flag=True,
-              help="Take weights that are not the published ones (your own, fine-tuned): no published checksum "
-                   "is checked, and their vectors are kept apart from those of the published weights.")
+@click.option(
+    "--no-verify",
+    is_flag=True,
+    help="Take weights that are not the published ones (your own, fine-tuned): no published checksum "
+    "is checked, and their vectors are kept apart from those of the published weights.",
+)
 @weights_dir_option
 def models_import(name: str, path: Path, no_verify: bool, weights_dir: Path | None) -> None:
     """Install NAME's weights from PATH: a release zip, a checkpoint file, or a folder
@@ -77,13 +88,14 @@ def models_import(name: str, path: Path, no_verify: bool, weights_dir: Path | No
     for file in written:
         click.echo(f"imported {file}")
     if written and no_verify:
-        click.echo(f"warning: {path} are not the published weights of '{name}'; their vectors are kept apart "
-                   "from the published ones", err=True)
+        click.echo(
+            f"warning: {path} are not the published weights of '{name}'; their vectors are kept apart "
+            "from the published ones",
+            err=True,
+        )
     still = missing_files(spec, root)
     if still:
-        raise DreamsearchError(
-            f"{name} still needs: " + ", ".join(f.path for f in still) + " (import them too)"
-        )
+        raise DreamsearchError(f"{name} still needs: " + ", ".join(f.path for f in still) + " (import them too)")
     click.echo(f"{name}: installed in {root}")
 
 
@@ -91,20 +103,27 @@ def models_import(name: str, path: Path, no_verify: bool, weights_dir: Path | No
 @click.argument("name", callback=model_names)
 @click.argument("folder", type=click.Path(exists=True, file_okay=False, path_type=Path))
 @precision_option("fp32")
-@click.option("--limit", type=click.IntRange(40), default=200, show_default=True,
-              help="Pictures to compare on at most (the first ones found, in name order).")
+@click.option(
+    "--limit",
+    type=click.IntRange(40),
+    default=200,
+    show_default=True,
+    help="Pictures to compare on at most (the first ones found, in name order).",
+)
 @click.option("--threads", type=click.IntRange(1), default=None, help="CPU threads (default: all cores).")
 @weights_dir_option
-def models_check(name: str, folder: Path, precision: str, limit: int, threads: int | None,
-                 weights_dir: Path | None) -> None:
+def models_check(
+    name: str, folder: Path, precision: str, limit: int, threads: int | None, weights_dir: Path | None
+) -> None:
     """Compare how this install computes NAME's vectors (OpenVINO where installed;
     --precision int8) with float32 torch, on your photos in FOLDER and your weights: cosine,
     distances, duplicate decisions, top 10 and batch invariance, each against its gate.
     Exits 1 when a gate fails (then keep --precision fp32)."""
     from dreamsearch.models import PendingModel
 
-    handle = PendingModel(name, weights_dir=weights_dir, device="cpu", allow_download=False, precision=precision,
-                          threads=threads)
+    handle = PendingModel(
+        name, weights_dir=weights_dir, device="cpu", allow_download=False, precision=precision, threads=threads
+    )
     pixels = _pictures(folder, handle.preprocess_spec, limit)
     from dreamsearch.models.agreement import GATES, MIN_PICTURES, in_batches, measure
 
@@ -113,12 +132,17 @@ def models_check(name: str, folder: Path, precision: str, limit: int, threads: i
     candidate = handle.load()
     expected = in_batches(handle.torch_reference().embed, pixels)
     agreement = measure(expected, candidate.embed, pixels, handle.spec.duplicate_distance)
-    _print_agreement(f"{name} on {candidate.backend} against float32 torch, {agreement.pictures} pictures "
-                     f"from {folder}", agreement, GATES)
+    _print_agreement(
+        f"{name} on {candidate.backend} against float32 torch, {agreement.pictures} pictures from {folder}",
+        agreement,
+        GATES,
+    )
     failures = agreement.failures()
     if failures:
-        raise DreamsearchError(f"{name} on {candidate.backend} fails {len(failures)} of {len(GATES)} gates on these "
-                               f"pictures: keep --precision fp32")
+        raise DreamsearchError(
+            f"{name} on {candidate.backend} fails {len(failures)} of {len(GATES)} gates on these "
+            f"pictures: keep --precision fp32"
+        )
     click.echo(f"{name} on {candidate.backend}: every gate holds on these pictures")
 
 
@@ -132,7 +156,7 @@ def _pictures(folder: Path, recipe, limit: int):
     from dreamsearch.images import open_rgb
     from dreamsearch.scan import scan
 
-    pixels = []
+    pixels: list[np.ndarray] = []
     for path in sorted(folder / found.relpath for found in scan(folder)):
         if len(pixels) == limit:
             break

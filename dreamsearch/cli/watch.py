@@ -13,8 +13,16 @@ from dreamsearch.models.registry import DEFAULT_MODEL
 
 @click.command("watch")
 @click.argument("folders", nargs=-1, required=True, type=click.Path(exists=True, file_okay=False, path_type=Path))
-@click.option("-m", "--model", "model_names", multiple=True, default=(DEFAULT_MODEL,), show_default=True,
-              callback=model_names, help="Model to embed with; repeat for several.")
+@click.option(
+    "-m",
+    "--model",
+    "model_names",
+    multiple=True,
+    default=(DEFAULT_MODEL,),
+    show_default=True,
+    callback=model_names,
+    help="Model to embed with; repeat for several.",
+)
 @library_option
 @watch_options
 @click.option("--exclude", multiple=True, metavar="GLOB", help="Skip paths or names matching GLOB (repeatable).")
@@ -22,8 +30,9 @@ from dreamsearch.models.registry import DEFAULT_MODEL
 @click.option("-q", "--quiet", is_flag=True, help="Only warnings (and --json lines).")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON line per committed batch.")
 @weights_dir_option
-def watch(folders, model_names, library_path, settle, rescan_every, exclude, device, quiet, as_json,
-          weights_dir) -> None:
+def watch(
+    folders, model_names, library_path, settle, rescan_every, exclude, device, quiet, as_json, weights_dir
+) -> None:
     """Index FOLDERS once to catch up, then follow their changes: new and changed photos
     are indexed once written, deleted ones forgotten, moves and copies reuse their vectors.
     Stop with Ctrl-C (the work done is kept)."""
@@ -47,8 +56,7 @@ def watch(folders, model_names, library_path, settle, rescan_every, exclude, dev
     with Library.open(library_path, weights_dir=weights_dir, device=device) as library:
         for name in model_names:
             library.model_handle(name)  # missing weights: one line now, not at the first photo
-        watcher = Watcher(library, folders, model_names, settle, rescan_every, say, on_batch,
-                          exclude=tuple(exclude))
+        watcher = Watcher(library, folders, model_names, settle, rescan_every, say, on_batch, exclude=tuple(exclude))
 
         def interrupted(signum, frame) -> None:
             if watcher.stop.is_set():

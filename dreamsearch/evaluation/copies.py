@@ -33,7 +33,7 @@ def _jpeg(quality: int) -> Callable[[Image.Image, np.random.Generator], tuple[Im
 
 
 def _resize(image: Image.Image, _rng) -> tuple[Image.Image, int]:
-    return image.resize((max(1, image.width // 2), max(1, image.height // 2)), Image.LANCZOS), 92
+    return image.resize((max(1, image.width // 2), max(1, image.height // 2)), Image.Resampling.LANCZOS), 92
 
 
 def _crop(image: Image.Image, rng: np.random.Generator) -> tuple[Image.Image, int]:
@@ -53,7 +53,7 @@ def _colour(image: Image.Image, rng: np.random.Generator) -> tuple[Image.Image, 
 
 def _rotate(image: Image.Image, rng: np.random.Generator) -> tuple[Image.Image, int]:
     angle = float(rng.uniform(5, 15)) * (1 if rng.random() < 0.5 else -1)
-    return image.rotate(angle, Image.BICUBIC, fillcolor=(255, 255, 255)), 92
+    return image.rotate(angle, Image.Resampling.BICUBIC, fillcolor=(255, 255, 255)), 92
 
 
 def _flip(image: Image.Image, _rng) -> tuple[Image.Image, int]:
@@ -64,8 +64,14 @@ def _text(image: Image.Image, _rng) -> tuple[Image.Image, int]:
     image = image.copy()
     size = max(10, image.height // 14)
     draw = ImageDraw.Draw(image)
-    draw.text((size // 2, image.height - 2 * size), "© dreamsearch 2026", fill=(255, 255, 255),
-              font=ImageFont.load_default(size=size), stroke_width=max(1, size // 10), stroke_fill=(0, 0, 0))
+    draw.text(
+        (size // 2, image.height - 2 * size),
+        "© dreamsearch 2026",
+        fill=(255, 255, 255),
+        font=ImageFont.load_default(size=size),
+        stroke_width=max(1, size // 10),
+        stroke_fill=(0, 0, 0),
+    )
     return image, 92
 
 
@@ -127,8 +133,9 @@ def make_copies(originals: list[Path], folder: Path, out: Path, report: Callable
     return readable
 
 
-def evaluate_copies(searcher: Searcher, folder: Path, out: Path, originals: dict[str, np.ndarray],
-                    k: int) -> list[CopyScores]:
+def evaluate_copies(
+    searcher: Searcher, folder: Path, out: Path, originals: dict[str, np.ndarray], k: int
+) -> list[CopyScores]:
     """Scores per transform; ``originals`` maps each indexed original's path relative to
     ``folder`` to its stored vector."""
     folder, out = Path(folder).resolve(), Path(out).resolve()
@@ -152,13 +159,24 @@ def evaluate_copies(searcher: Searcher, folder: Path, out: Path, originals: dict
             vector, own = searcher.stored_vector(copy)
             matches = searcher.search(vector, k, [own], under=[folder, out])
             found.append(bool(matches) and family(matches[0].path) == relpath)
-            in_top_k.append(any(Path(m.path) == folder / relpath or str(folder / relpath) in m.also_at for m in matches))
+            in_top_k.append(
+                any(Path(m.path) == folder / relpath or str(folder / relpath) in m.also_at for m in matches)
+            )
             distances.append(max(0.0, 1.0 - float(vector @ original_vector)))
             other = next((m.distance for m in matches if family(m.path) != relpath), None)
             if other is not None:
                 nearest_other.append(other)
         if found:
             p50, p95 = np.percentile(distances, [50, 95])
-            results.append(CopyScores(name, len(found), float(np.mean(found)), float(np.mean(in_top_k)), float(p50),
-                                      float(p95), float(np.percentile(nearest_other, 5)) if nearest_other else float("nan")))
+            results.append(
+                CopyScores(
+                    name,
+                    len(found),
+                    float(np.mean(found)),
+                    float(np.mean(in_top_k)),
+                    float(p50),
+                    float(p95),
+                    float(np.percentile(nearest_other, 5)) if nearest_other else float("nan"),
+                )
+            )
     return results

@@ -25,8 +25,14 @@ def eval_library(library: LibraryLayout) -> LibraryLayout:
     return LibraryLayout.prepare(library.root / "eval")
 
 
-def embed_folders(library: LibraryLayout, folders: Sequence[Path], embedder: Embedder, batch_size: int = 32,
-                  only: frozenset[str] | None = None, progress: Progress | None = None) -> IndexReport:
+def embed_folders(
+    library: LibraryLayout,
+    folders: Sequence[Path],
+    embedder: Embedder,
+    batch_size: int = 32,
+    only: frozenset[str] | None = None,
+    progress: Progress | None = None,
+) -> IndexReport:
     """Make sure every image under ``folders`` (or only the relative paths ``only``) has an
     ``embedder`` vector in the eval library."""
     options = IndexOptions(batch_size=batch_size, draft=False, only=only)
@@ -42,4 +48,4 @@ def folder_vectors(library: LibraryLayout, folder: Path, model: str) -> dict[str
         if info is None or root_id is None:
             return {}
         relpaths, vectors = catalog.vectors_under(root_id, info)
-    return dict(zip(relpaths, vectors))
+    return dict(zip(relpaths, vectors, strict=True))

@@ -94,8 +94,8 @@ def _parse(row: dict) -> tuple[Triplet, float]:
         split = "test_imagenet" if imagenet in ("true", "1") else "test_no_imagenet"
     elif split not in ("train", "val"):
         raise ValueError(f"unknown split '{split}'")
-    paths = [row[c].strip() for c in ("ref_path", "left_path", "right_path")]
-    return Triplet(row["id"].strip(), *paths, right_vote, split), votes
+    ref, left, right = (row[c].strip() for c in ("ref_path", "left_path", "right_path"))
+    return Triplet(row["id"].strip(), ref, left, right, right_vote, split), votes
 
 
 def triplet_scores(d0: np.ndarray, d1: np.ndarray, right_vote: np.ndarray) -> np.ndarray:
@@ -114,8 +114,9 @@ def accuracy(scores: np.ndarray, seed: int = 0) -> Accuracy:
     return Accuracy(float(scores.mean()), float(low), float(high), len(scores))
 
 
-def evaluate(triplets: Sequence[Triplet], distances: Callable[[Triplet], tuple[float, float] | None],
-             split: str) -> tuple[dict[str, Accuracy], list[Triplet]]:
+def evaluate(
+    triplets: Sequence[Triplet], distances: Callable[[Triplet], tuple[float, float] | None], split: str
+) -> tuple[dict[str, Accuracy], list[Triplet]]:
     """Accuracy per split of ``split`` (plus the ``test`` total), and the triplets that were
     skipped because ``distances`` had no answer (an image missing or unreadable)."""
     by_split: dict[str, list[float]] = {name: [] for name in SPLIT_CHOICES[split]}
@@ -143,4 +144,3 @@ def vector_distances(vectors: dict[str, np.ndarray]) -> Callable[[Triplet], tupl
         return 1.0 - float(ref @ left), 1.0 - float(ref @ right)
 
     return distances
-

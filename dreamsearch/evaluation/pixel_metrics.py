@@ -34,12 +34,15 @@ def psnr_distance(reference: np.ndarray, image: np.ndarray) -> float:
 def ssim_distance(reference: np.ndarray, image: np.ndarray) -> float:
     from skimage.metrics import structural_similarity
 
-    similarity = structural_similarity(reference, image, data_range=255, channel_axis=2, gaussian_weights=True,
-                                       sigma=1.5, use_sample_covariance=False)
+    similarity = structural_similarity(
+        reference, image, data_range=255, channel_axis=2, gaussian_weights=True, sigma=1.5, use_sample_covariance=False
+    )
     return 1.0 - float(similarity)
 
 
-def pixel_distances(folder: Path, metric: str, report: Callable[[str], None]) -> Callable[[Triplet], tuple[float, float] | None]:
+def pixel_distances(
+    folder: Path, metric: str, report: Callable[[str], None]
+) -> Callable[[Triplet], tuple[float, float] | None]:
     """``distances(triplet)`` for ``evaluate``; unreadable images are reported once each."""
     distance = {"psnr": psnr_distance, "ssim": ssim_distance}[metric]
 
@@ -68,4 +71,4 @@ def _same_size(image: np.ndarray, reference: np.ndarray) -> np.ndarray:
     if image.shape == reference.shape:
         return image
     height, width = reference.shape[:2]
-    return np.asarray(Image.fromarray(image).resize((width, height), Image.BICUBIC))
+    return np.asarray(Image.fromarray(image).resize((width, height), Image.Resampling.BICUBIC))

@@ -54,13 +54,15 @@ def labels_of(folder: Path, relpaths: Sequence[str], groups_csv: Path | None = N
     return {p: label for p, label in labels.items() if p in known}
 
 
-def ranking_metrics(relevance: Sequence[Sequence[bool]], relevant_counts: Sequence[int], k: int) -> tuple[float, float, float]:
+def ranking_metrics(
+    relevance: Sequence[Sequence[bool]], relevant_counts: Sequence[int], k: int
+) -> tuple[float, float, float]:
     """``(recall@1, recall@k, mAP@k)`` from each query's top-k relevance flags."""
     hits1, hitsk, aps = [], [], []
-    for flags, total in zip(relevance, relevant_counts):
+    for query_flags, total in zip(relevance, relevant_counts, strict=True):
         if total == 0:
             continue
-        flags = np.asarray(flags[:k], dtype=bool)
+        flags = np.asarray(query_flags[:k], dtype=bool)
         hits1.append(bool(flags[:1].any()))
         hitsk.append(bool(flags.any()))
         precision = np.cumsum(flags) / np.arange(1, len(flags) + 1)

@@ -21,7 +21,7 @@ from dreamsearch.errors import DreamsearchError
 from dreamsearch.images import DEFAULT_MAX_PIXELS, Preprocess
 
 #: PIL resample constants the device resize can reproduce (antialiased, Pillow's kernels).
-_MODES = {Image.BICUBIC: "bicubic", Image.BILINEAR: "bilinear"}
+_MODES: dict[int, str] = {Image.Resampling.BICUBIC: "bicubic", Image.Resampling.BILINEAR: "bilinear"}
 
 Result = tuple[int, int, tuple[np.ndarray, ...]] | str
 
@@ -86,10 +86,10 @@ class JpegBatchDecoder:
     def decode(self, blobs: list[bytes], recipes: tuple[Preprocess, ...]) -> list[Result]:
         """``(width, height, pixels)`` per blob, ``pixels[i]`` made with ``recipes[i]``, or
         a one-line error; the indexer decodes failures on the CPU for the exact reason."""
-        modes = [_MODES.get(recipe.resample) for recipe in recipes]
-        if None in modes:
-            bad = recipes[modes.index(None)].resample
-            return [f"resample {bad} is not supported on the device"] * len(blobs)
+        unsupported = [recipe.resample for recipe in recipes if recipe.resample not in _MODES]
+        if unsupported:
+            return [f"resample {unsupported[0]} is not supported on the device"] * len(blobs)
+        modes = [_MODES[recipe.resample] for recipe in recipes]
         images = self._decode_all(blobs)
         results: list[Result] = []
         for image in images:
@@ -97,7 +97,7 @@ class JpegBatchDecoder:
                 results.append(image)
                 continue
             try:
-                pixels = tuple(_preprocess(image, r, m) for r, m in zip(recipes, modes))
+                pixels = tuple(_preprocess(image, r, m) for r, m in zip(recipes, modes, strict=True))
             except Exception as exc:  # noqa: BLE001 - one bad picture never fails the batch
                 results.append(f"device resize failed: {_one_line(exc)}")
                 continue
@@ -152,9 +152,7 @@ def _preprocess(image: Any, recipe: Preprocess, mode: str) -> np.ndarray:
         new_w, new_h = recipe.resize, int(recipe.resize * height / width)
     else:
         new_w, new_h = int(recipe.resize * width / height), recipe.resize
-    resized = interpolate(
-        image[None].float(), size=(new_h, new_w), mode=mode, antialias=True, align_corners=False
-    )[0]
+    resized = interpolate(image[None].float(), size=(new_h, new_w), mode=mode, antialias=True, align_corners=False)[0]
     left = int(round((new_w - recipe.size) / 2.0))
     top = int(round((new_h - recipe.size) / 2.0))
     crop = resized[:, top : top + recipe.size, left : left + recipe.size]

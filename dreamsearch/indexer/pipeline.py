@@ -19,13 +19,14 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import partial
+from typing import Protocol
 
 import numpy as np
 from PIL import Image
 
 from dreamsearch.catalog import Catalog, ModelInfo, StoredFile
-from dreamsearch.images import Preprocess
 from dreamsearch.decoding import Decoded, TimeLimitExceeded, decode_bytes, time_limit, too_slow
+from dreamsearch.images import Preprocess
 from dreamsearch.reading import FileBytes, read_file
 from dreamsearch.scan import ScannedFile
 
@@ -64,11 +65,41 @@ class Outcome:
     #: Each model's vector, when the file was embedded where it was decoded (Ray engine).
     vectors: tuple[np.ndarray, ...] | None = None
 
+    @property
+    def hash(self) -> str:
+        """``content_hash`` of a file that was read (every kind but a failure to read it)."""
+        assert self.content_hash is not None, self.candidate.path
+        return self.content_hash
+
+    @property
+    def picture(self) -> Decoded:
+        """``decoded`` of a file that was decoded (DECODED; FOR_GPU once the device had it)."""
+        assert self.decoded is not None, self.candidate.path
+        return self.decoded
+
+    @property
+    def embedded(self) -> tuple[np.ndarray, ...]:
+        """``vectors`` of a file embedded where it was decoded (Ray engine)."""
+        assert self.vectors is not None, self.candidate.path
+        return self.vectors
+
     def __post_init__(self) -> None:
         """Known content at the path that held it: only the file's mtime changed."""
         previous = self.candidate.previous
         if self.kind is Kind.KNOWN and previous is not None and previous.content_hash == self.content_hash:
             self.kind = Kind.SAME
+
+
+class Claims(Protocol):
+    """What reading threads ask of the run's claims: ``Contents`` in this process, or the
+    Ray engine's ``RemoteContents`` reaching one through an actor."""
+
+    def classify(self, files: Sequence[tuple[str, str]]) -> list[tuple[Kind | None, str | None]]: ...
+    def release(self, path: str) -> None: ...
+    def settle(self, content_hash: str, error: str | None = None) -> None: ...
+    def abandon(self, path: str, reason: str) -> str | None: ...
+    def failure(self, content_hash: str) -> str | None: ...
+    def is_claimed(self, content_hash: str) -> bool: ...
 
 
 class Contents:
@@ -155,7 +186,7 @@ class FileProcessor:
     """Reads, hashes, routes and (on the CPU) decodes candidates; never raises. Each file
     gets ``timeout_s`` in all for its read and its decode."""
 
-    contents: Contents
+    contents: Claims
     recipes: tuple[Preprocess, ...]
     max_file_size: int
     max_pixels: int
@@ -184,9 +215,12 @@ class FileProcessor:
             else:
                 reads.append((i, candidate, read.content_hash, read.data, time.monotonic() - started))
         answers = self.contents.classify([(content_hash, candidate.path) for _i, candidate, content_hash, *_ in reads])
-        for (i, candidate, content_hash, data, spent), (kind, reason) in zip(reads, answers):
-            outcomes[i] = (Outcome(candidate, kind, content_hash, error=reason) if kind is not None
-                           else self._decode(candidate, content_hash, data, self.timeout_s - spent))
+        for (i, candidate, content_hash, data, spent), (kind, reason) in zip(reads, answers, strict=True):
+            outcomes[i] = (
+                Outcome(candidate, kind, content_hash, error=reason)
+                if kind is not None
+                else self._decode(candidate, content_hash, data, self.timeout_s - spent)
+            )
         return [outcomes[i] for i in range(len(candidates))]
 
     def _read(self, candidate: Candidate) -> FileBytes:

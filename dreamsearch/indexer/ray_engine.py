@@ -25,11 +25,11 @@ import logging
 import math
 import os
 import warnings
-from collections.abc import Iterator, Sequence
+from collections.abc import Generator, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from itertools import islice
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -42,6 +42,9 @@ from dreamsearch.indexer.pipeline import Candidate, Contents, FileProcessor, Kin
 from dreamsearch.indexer.stream import prefetched
 from dreamsearch.models.precision import DEFAULT_PRECISION
 from dreamsearch.scan import ScannedFile
+
+if TYPE_CHECKING:
+    from dreamsearch.indexer.run import IndexOptions, ModelSource
 
 #: Candidates per Ray dataset: the first is small so the first batch commits soon; later
 #: ones grow so each actor's model load is spread over many files (docs/scale-out.md).
@@ -91,8 +94,15 @@ class RayEngine:
     """Connects to (or starts) a Ray cluster when the first file needs reading, and turns
     candidates into outcomes there; ``close`` lets go of what it started."""
 
-    def __init__(self, address: str | None, catalog_path: Path, models: Sequence[ModelInfo],
-                 on_nodes: Sequence[ModelOnNode], settings: _DecodeSettings, batch_size: int) -> None:
+    def __init__(
+        self,
+        address: str | None,
+        catalog_path: Path,
+        models: Sequence[ModelInfo],
+        on_nodes: Sequence[ModelOnNode],
+        settings: _DecodeSettings,
+        batch_size: int,
+    ) -> None:
         self._ray = require_ray()
         self._address, self._catalog_path, self._models = address, catalog_path, list(models)
         self._on_nodes, self._settings, self._batch_size = list(on_nodes), settings, batch_size
@@ -103,19 +113,39 @@ class RayEngine:
         self.contents = _DriverContents(self)
 
     @classmethod
-    def for_run(cls, address: str | None, catalog_path: Path, models: Sequence[ModelInfo], sources: Sequence,
-                options) -> RayEngine:
+    def for_run(
+        cls,
+        address: str | None,
+        catalog_path: Path,
+        models: Sequence[ModelInfo],
+        sources: Sequence[ModelSource],
+        options: IndexOptions,
+    ) -> RayEngine:
         """The engine for one indexing run (``options``: its ``IndexOptions``)."""
         on_nodes = []
         for source in sources:
             weights = getattr(source, "root", None)
             if weights is None:
-                raise DreamsearchError(f"--engine ray builds {source.name} on each node from its weights folder: "
-                                       f"give the model by name, not as a loaded embedder")
-            on_nodes.append(ModelOnNode(source.name, str(weights), str(getattr(source, "device", "auto")),
-                                        source.fingerprint, getattr(source, "precision", DEFAULT_PRECISION)))
-        settings = _DecodeSettings(tuple(s.preprocess_spec for s in sources), options.max_file_size,
-                                   options.max_pixels, options.draft, options.decode_timeout_s)
+                raise DreamsearchError(
+                    f"--engine ray builds {source.name} on each node from its weights folder: "
+                    f"give the model by name, not as a loaded embedder"
+                )
+            on_nodes.append(
+                ModelOnNode(
+                    source.name,
+                    str(weights),
+                    str(getattr(source, "device", "auto")),
+                    source.fingerprint,
+                    getattr(source, "precision", DEFAULT_PRECISION),
+                )
+            )
+        settings = _DecodeSettings(
+            tuple(s.preprocess_spec for s in sources),
+            options.max_file_size,
+            options.max_pixels,
+            options.draft,
+            options.decode_timeout_s,
+        )
         return cls(address, catalog_path, models, on_nodes, settings, options.batch_size or DEFAULT_BATCH)
 
     def registry(self) -> Any:
@@ -129,12 +159,19 @@ class RayEngine:
             here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=False)
             # No restarts: a new registry would know none of the run's claims (RemoteContents
             # stops the run instead, and the next run resumes).
-            self._registry = ray.remote(_Registry).options(
-                num_cpus=0, scheduling_strategy=here, max_restarts=0, max_task_retries=0,
-            ).remote(str(self._catalog_path), self._models)
+            self._registry = (
+                ray.remote(_Registry)
+                .options(
+                    num_cpus=0,
+                    scheduling_strategy=here,
+                    max_restarts=0,
+                    max_task_retries=0,
+                )
+                .remote(str(self._catalog_path), self._models)
+            )
         return self._registry
 
-    def outcomes(self, candidates: Iterator[Candidate]) -> Iterator[Outcome]:
+    def outcomes(self, candidates: Iterator[Candidate]) -> Generator[Outcome, None, None]:
         """Each candidate's outcome (in no particular order), chunk by chunk; the scan
         finds the next chunk while the cluster works on this one."""
         ahead = prefetched(candidates, MAX_CHUNK)
@@ -162,8 +199,7 @@ class RayEngine:
     def _connect(self) -> None:
         ray = self._ray
         if not ray.is_initialized():
-            ray.init(address=self._address, include_dashboard=False, log_to_driver=False,
-                     logging_level=logging.ERROR)
+            ray.init(address=self._address, include_dashboard=False, log_to_driver=False, logging_level=logging.ERROR)
             self._started_ray = True
         for handler in logging.getLogger("ray.data").handlers:  # the console, not Ray's log file
             if isinstance(handler, logging.StreamHandler) and not isinstance(handler, logging.FileHandler):
@@ -190,19 +226,31 @@ class RayEngine:
         file's fault (bad files are outcomes), so it comes back as ``run_error`` and stops
         the run rather than mark good files failed."""
         ray = self._ray
-        items = [{"path": c.path, "relpath": c.found.relpath, "size": c.found.size, "mtime_ns": c.found.mtime_ns,
-                  "problem": c.found.problem or ""} for c in candidates]
+        items = [
+            {
+                "path": c.path,
+                "relpath": c.found.relpath,
+                "size": c.found.size,
+                "mtime_ns": c.found.mtime_ns,
+                "problem": c.found.problem or "",
+            }
+            for c in candidates
+        ]
         per_task = 1 if alone else DECODE_BATCH
         dataset = ray.data.from_items(items, override_num_blocks=math.ceil(len(items) / per_task))
         with warnings.catch_warnings():  # Ray 2.60 has no other way to bound a task's retries
             warnings.simplefilter("ignore", DeprecationWarning)
             dataset = dataset.map_batches(
-                _decode, batch_size=per_task, batch_format="numpy", num_cpus=1,
+                _decode,
+                batch_size=per_task,
+                batch_format="numpy",
+                num_cpus=1,
                 max_retries=(ALONE_TRIES if alone else DECODE_TRIES) - 1,
                 fn_kwargs={"registry": self.registry(), "settings": self._settings},
             )
-        dataset = dataset.map_batches(_embedders_for(self._on_nodes), batch_size=self._batch_size,
-                                      batch_format="numpy", **self._actor_resources())
+        dataset = dataset.map_batches(
+            _embedders_for(self._on_nodes), batch_size=self._batch_size, batch_format="numpy", **self._actor_resources()
+        )
         dataset.context.max_errored_blocks = -1
         dataset.context.enable_progress_bars = False
         for batch in dataset.iter_batches(batch_size=None, batch_format="numpy"):
@@ -218,8 +266,10 @@ class RayEngine:
         one CPU actor per node (its torch threads use the node's cores)."""
         resources = self._ray.cluster_resources()
         if resources.get("CPU", 0) < 2:  # an actor holding the only CPU would starve every decode task
-            raise DreamsearchError(f"--engine ray needs 2 CPUs or more in the cluster (it has "
-                                   f"{resources.get('CPU', 0):g}): one for the model, the others to decode")
+            raise DreamsearchError(
+                f"--engine ray needs 2 CPUs or more in the cluster (it has "
+                f"{resources.get('CPU', 0):g}): one for the model, the others to decode"
+            )
         gpus = int(resources.get("GPU", 0))
         devices = {m.device for m in self._on_nodes}
         if gpus and devices != {"cpu"}:
@@ -251,7 +301,8 @@ class RemoteContents:
         return self._actor
 
     def classify(self, files: Sequence[tuple[str, str]]) -> list[tuple[Kind | None, str | None]]:
-        return self._ask("classify", files)
+        answers: list[tuple[Kind | None, str | None]] = self._ask("classify", files)
+        return answers
 
     def settle(self, content_hash: str, error: str | None = None) -> None:
         self.actor.call.remote("settle", content_hash, error)
@@ -260,13 +311,16 @@ class RemoteContents:
         self.actor.call.remote("release", path)
 
     def abandon(self, path: str, reason: str) -> str | None:
-        return self._ask("abandon", path, reason)
+        claimed_by: str | None = self._ask("abandon", path, reason)
+        return claimed_by
 
     def failure(self, content_hash: str) -> str | None:
-        return self._ask("failure", content_hash)
+        reason: str | None = self._ask("failure", content_hash)
+        return reason
 
     def is_claimed(self, content_hash: str) -> bool:
-        return self._ask("is_claimed", content_hash)
+        claimed: bool = self._ask("is_claimed", content_hash)
+        return claimed
 
     def _ask(self, method: str, *args: Any) -> Any:
         import ray
@@ -274,8 +328,10 @@ class RemoteContents:
         try:
             return ray.get(self.actor.call.remote(method, *args))
         except ray.exceptions.RayActorError:
-            raise DreamsearchError("the run's registry actor (on the driver's node) died; committed batches are "
-                                   "kept: run the same command again to resume") from None
+            raise DreamsearchError(
+                "the run's registry actor (on the driver's node) died; committed batches are "
+                "kept: run the same command again to resume"
+            ) from None
 
 
 class _DriverContents(RemoteContents):
@@ -310,28 +366,41 @@ def _decode(batch: dict[str, np.ndarray], registry: Any, settings: _DecodeSettin
     files would then be tried alone and recorded as crashing their decoder)."""
     paths = batch["path"]
     try:
-        processor = FileProcessor(RemoteContents(registry), settings.recipes, settings.max_file_size,
-                                  settings.max_pixels, settings.draft, settings.timeout_s)
-        outcomes = processor.process([
-            Candidate(ScannedFile(str(relpath), int(size), int(mtime_ns), problem=str(problem) or None), None, str(path))
-            for path, relpath, size, mtime_ns, problem in zip(paths, batch["relpath"], batch["size"], batch["mtime_ns"],
-                                                              batch["problem"])])
+        processor = FileProcessor(
+            RemoteContents(registry),
+            settings.recipes,
+            settings.max_file_size,
+            settings.max_pixels,
+            settings.draft,
+            settings.timeout_s,
+        )
+        outcomes = processor.process(
+            [
+                Candidate(
+                    ScannedFile(str(relpath), int(size), int(mtime_ns), problem=str(problem) or None), None, str(path)
+                )
+                for path, relpath, size, mtime_ns, problem in zip(
+                    paths, batch["relpath"], batch["size"], batch["mtime_ns"], batch["problem"], strict=True
+                )
+            ]
+        )
         return _decoded_columns(paths, outcomes, len(settings.recipes))
     except Exception as exc:
         return _decoded_columns(paths, [None] * len(paths), len(settings.recipes), _one_line("a decode task", exc))
 
 
-def _decoded_columns(paths: np.ndarray, outcomes: list[Outcome | None], recipes: int,
-                     run_error: str = "") -> dict[str, np.ndarray]:
+def _decoded_columns(
+    paths: np.ndarray, outcomes: Sequence[Outcome | None], recipes: int, run_error: str = ""
+) -> dict[str, np.ndarray]:
     """The decode stage's rows (the same columns whatever happened: Ray joins blocks)."""
-    outcomes = [o or Outcome(Candidate(ScannedFile("", 0, 0), None, ""), Kind.FAILED) for o in outcomes]
-    decoded = [o.decoded if o.kind is Kind.DECODED else Decoded() for o in outcomes]
+    known = [o or Outcome(Candidate(ScannedFile("", 0, 0), None, ""), Kind.FAILED) for o in outcomes]
+    decoded = [o.decoded if o.kind is Kind.DECODED and o.decoded is not None else Decoded() for o in known]
     columns = {
-        "run_error": _objects(run_error for _ in outcomes),
+        "run_error": _objects(run_error for _ in known),
         "path": paths,
-        "kind": _objects(o.kind.name for o in outcomes),
-        "content_hash": _objects(o.content_hash or "" for o in outcomes),
-        "error": _objects(o.error or "" for o in outcomes),
+        "kind": _objects(o.kind.name for o in known),
+        "content_hash": _objects(o.content_hash or "" for o in known),
+        "error": _objects(o.error or "" for o in known),
         "width": np.array([d.width for d in decoded], np.int64),
         "height": np.array([d.height for d in decoded], np.int64),
         "format": _objects(d.format for d in decoded),
@@ -368,11 +437,14 @@ class _Embedders:
         node = os.uname().nodename
         try:
             for wanted in self.on_nodes:
-                handle = PendingModel(wanted.name, wanted.weights_dir, wanted.device, allow_download=False,
-                                      precision=wanted.precision)
+                handle = PendingModel(
+                    wanted.name, wanted.weights_dir, wanted.device, allow_download=False, precision=wanted.precision
+                )
                 if handle.fingerprint != wanted.fingerprint:
-                    raise WeightsError(f"{wanted.name}: the weights in {wanted.weights_dir} differ from the "
-                                       f"driver's; give every node the same files")
+                    raise WeightsError(
+                        f"{wanted.name}: the weights in {wanted.weights_dir} differ from the "
+                        f"driver's; give every node the same files"
+                    )
                 self._models.append(handle.load())
         except DreamsearchError as exc:
             self._unable = f"on node {node}: {exc}"
@@ -390,9 +462,10 @@ class _Embedders:
             for i, model in enumerate(self._models):
                 if len(decoded):
                     side = model.preprocess_spec.size
-                    pixels = np.stack([np.frombuffer(batch[f"pixels_{i}"][j], np.uint8).reshape(side, side, 3)
-                                       for j in decoded])
-                    for j, vector in zip(decoded, model.embed(pixels)):
+                    pixels = np.stack(
+                        [np.frombuffer(batch[f"pixels_{i}"][j], np.uint8).reshape(side, side, 3) for j in decoded]
+                    )
+                    for j, vector in zip(decoded, model.embed(pixels), strict=True):
                         columns[f"vector_{i}"][j] = np.ascontiguousarray(vector, np.float32).tobytes()
         except DreamsearchError as exc:
             columns["run_error"] = _objects(str(exc) for _ in batch["path"])
@@ -401,9 +474,9 @@ class _Embedders:
         return columns
 
 
-def _objects(values) -> np.ndarray:
+def _objects(values: Iterable[str | bytes]) -> np.ndarray:
     """A column of strings or bytes (``np.array`` would make fixed-width arrays of them)."""
-    values = list(values)
-    array = np.empty(len(values), dtype=object)
-    array[:] = values
+    column = list(values)
+    array = np.empty(len(column), dtype=object)
+    array[:] = column
     return array

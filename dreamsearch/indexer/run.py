@@ -32,34 +32,36 @@ import signal
 import threading
 import time
 from collections import defaultdict
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Generator, Iterable, Iterator, Sequence
 from concurrent.futures import TimeoutError as FutureTimeout
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from types import FrameType
 from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
 
 from dreamsearch.catalog import Catalog, FileEntry, ModelInfo, RootPlace, StoredFile, path_from_db, path_to_db
+from dreamsearch.decoding import DECODE_TIMEOUT_S, Decoded, TimeLimitExceeded, decode_bytes, time_limit, too_slow
 from dreamsearch.defaults import usable_cores
 from dreamsearch.errors import DreamsearchError
 from dreamsearch.failures import TRANSIENT, TRANSIENT_TRIES, failure_kind
 from dreamsearch.file_state import unchanged
 from dreamsearch.images import DEFAULT_MAX_PIXELS, Preprocess
-from dreamsearch.decoding import DECODE_TIMEOUT_S, Decoded, TimeLimitExceeded, decode_bytes, time_limit, too_slow
 from dreamsearch.indexer.pace import DEFAULT_BATCH, Pace
-from dreamsearch.indexer.pipeline import Candidate, Contents, FileProcessor, Kind, Outcome
-from dreamsearch.reading import DEFAULT_MAX_FILE_SIZE
+from dreamsearch.indexer.pipeline import Candidate, Claims, Contents, FileProcessor, Kind, Outcome
 from dreamsearch.indexer.stream import Stalled, Workers, ordered
 from dreamsearch.layout import LibraryLayout
+from dreamsearch.reading import DEFAULT_MAX_FILE_SIZE
 from dreamsearch.scan import ScannedFile, scan
 from dreamsearch.vector_index import save_indexes
 
 if TYPE_CHECKING:  # pragma: no cover
     from PIL import Image
 
-    from dreamsearch.indexer.ray_engine import RayEngine, RemoteContents
+    from dreamsearch.indexer.gpu_decode import JpegBatchDecoder
+    from dreamsearch.indexer.ray_engine import RayEngine
     from dreamsearch.models.embedder import Embedder
 
 #: A run saves its FAISS indexes as it goes (so the next start after a kill replays less of
@@ -144,11 +146,24 @@ class IndexReport:
         Files already indexed, copies and moves are not counted."""
         return self.embedded + self.waiting + self.to_read - self.read
 
-    def summary(self) -> dict:
-        keys = ("found", "unchanged", "new", "changed", "moved", "copied", "removed", "kept", "failed", "embedded",
-                "read")
+    def summary(self) -> dict[str, object]:
+        keys = (
+            "found",
+            "unchanged",
+            "new",
+            "changed",
+            "moved",
+            "copied",
+            "removed",
+            "kept",
+            "failed",
+            "embedded",
+            "read",
+        )
         return {key: getattr(self, key) for key in keys} | {
-            "seconds": round(self.seconds, 2), "interrupted": self.interrupted}
+            "seconds": round(self.seconds, 2),
+            "interrupted": self.interrupted,
+        }
 
 
 @dataclass(frozen=True)
@@ -220,8 +235,11 @@ def index_folders(
         report.stopping = True
         progress(report)
 
-    with (library.writer_lock(), Catalog(library.catalog_path) as catalog,
-          _stop_on_interrupt(on_first_interrupt, stop) as stop):
+    with (
+        library.writer_lock(),
+        Catalog(library.catalog_path) as catalog,
+        _stop_on_interrupt(on_first_interrupt, stop) as stop,
+    ):
         run = _Run(catalog, library, list(models), options, progress, stop, report, on_picture)
         return run.execute(outermost(Path(r).resolve() for r in roots))
 
@@ -280,9 +298,17 @@ class _Run:
     """One run: the consumer end of the pipeline (this thread), the model thread, and the
     bookkeeping that keeps the catalog and the report right."""
 
-    def __init__(self, catalog: Catalog, library: LibraryLayout, sources: list[ModelSource], options: IndexOptions,
-                 progress: Progress, stop: threading.Event, report: IndexReport,
-                 on_picture: Callable[[ScannedFile, Image.Image], None] | None = None) -> None:
+    def __init__(
+        self,
+        catalog: Catalog,
+        library: LibraryLayout,
+        sources: list[ModelSource],
+        options: IndexOptions,
+        progress: Progress,
+        stop: threading.Event,
+        report: IndexReport,
+        on_picture: Callable[[ScannedFile, Image.Image], None] | None = None,
+    ) -> None:
         self.catalog, self.library, self.sources = catalog, library, sources
         self.options, self.progress, self.stop, self.report = options, progress, stop, report
         self.on_picture = on_picture
@@ -296,7 +322,7 @@ class _Run:
         self.replaced: set[int] = set()  # contents whose files changed: dropped at the end if orphaned
         self.model_thread = Workers(1, "dreamsearch-model")  # closed at the end of execute
         self.readers: Workers | None = None
-        self.gpu_decoder = None
+        self.gpu_decoder: JpegBatchDecoder | None = None
         self.gpu_decoder_chosen = False
         self.gpu_decoder_lock = threading.Lock()
         self.cluster: RayEngine | None = None
@@ -336,8 +362,9 @@ class _Run:
         if self.options.engine == "ray":
             from dreamsearch.indexer.ray_engine import RayEngine
 
-            self.cluster = RayEngine.for_run(self.options.ray_address, self.library.catalog_path, self.models,
-                                             self.sources, self.options)
+            self.cluster = RayEngine.for_run(
+                self.options.ray_address, self.library.catalog_path, self.models, self.sources, self.options
+            )
         else:
             if self.options.gpu_decode not in (None, "auto"):
                 self._batched_decoder()  # asked for by name: fail now if that device is missing
@@ -371,8 +398,11 @@ class _Run:
         fingerprint: it is re-stamped."""
         source = self.sources[i]
         known = self.catalog.model(source.name)
-        if known is not None and known.fingerprint != source.fingerprint \
-                and known.fingerprint == getattr(source, "legacy_fingerprint", None):
+        if (
+            known is not None
+            and known.fingerprint != source.fingerprint
+            and known.fingerprint == getattr(source, "legacy_fingerprint", None)
+        ):
             known = self.catalog.restamp_model(source.name, known.fingerprint, source.fingerprint)
         if known is not None and known.fingerprint == source.fingerprint:
             return known
@@ -382,9 +412,11 @@ class _Run:
     # scan and diff ------------------------------------------------------------------
 
     def _plan(self, place: RootPlace, folder: Path) -> _Plan:
-        stored = {relpath: known for relpath, known in
-                  ((path_from_db(k), v) for k, v in self.catalog.files_under(place.id).items())
-                  if relpath.startswith(place.prefix)}
+        stored = {
+            relpath: known
+            for relpath, known in ((path_from_db(k), v) for k, v in self.catalog.files_under(place.id).items())
+            if relpath.startswith(place.prefix)
+        }
         return _Plan(place, folder, stored)
 
     def _candidates(self, plan: _Plan, watch: _ScanWatch | None = None) -> Iterator[Candidate]:
@@ -431,10 +463,13 @@ class _Run:
 
     def _worth_retrying(self, known: StoredFile) -> bool:
         """A failed file whose cause may have passed (any failed file with ``retry_failed``)."""
-        return known.status == "failed" and (self.options.retry_failed or (
-            known.failure_kind == TRANSIENT and known.failed_runs < TRANSIENT_TRIES))
+        return known.status == "failed" and (
+            self.options.retry_failed or (known.failure_kind == TRANSIENT and known.failed_runs < TRANSIENT_TRIES)
+        )
 
-    def _lacking_vectors(self, plan: _Plan, same: list) -> list:
+    def _lacking_vectors(
+        self, plan: _Plan, same: list[tuple[ScannedFile, StoredFile]]
+    ) -> list[tuple[ScannedFile, StoredFile]]:
         """Of the files unchanged on disk, those whose content lacks a vector of one of this
         run's models (a model added to an indexed folder); the rest count as unchanged.
         Files that failed before are not retried until they change."""
@@ -478,13 +513,16 @@ class _Run:
                     self._progress(plan, later)  # shown while the model works
                     self._commit(plan.place, contents, pending)
                 elif len(pending.files) >= REUSE_BATCH or (
-                        pending.files and time.monotonic() - pending.since > COMMIT_EVERY_S):
+                    pending.files and time.monotonic() - pending.since > COMMIT_EVERY_S
+                ):
                     self._commit(plan.place, contents, pending, embed=False)
                 self._progress(plan, later)
                 in_a_row = in_a_row + 1 if outcome.gave_up else 0
                 if in_a_row >= MAX_TIMEOUTS_IN_A_ROW:
-                    plan.stopped_reading = (f"stopped reading this folder: {in_a_row} files in a row took longer "
-                                            f"than {self.options.decode_timeout_s:g} s (a hung drive or share?)")
+                    plan.stopped_reading = (
+                        f"stopped reading this folder: {in_a_row} files in a row took longer "
+                        f"than {self.options.decode_timeout_s:g} s (a hung drive or share?)"
+                    )
                     self.report.failures.append((str(plan.folder), plan.stopped_reading))
                 if self.stop.is_set() or plan.stopped_reading:
                     break
@@ -497,8 +535,12 @@ class _Run:
         for copy in (c for waiting in pending.copies.values() for c in waiting):
             # Its original was read again by a retried Ray task and had changed: not recorded,
             # so the next run indexes it.
-            self.report.failures.append((copy.candidate.path, "not indexed in this run: the file it copies changed "
-                                                              "while being read; the next run indexes it"))
+            self.report.failures.append(
+                (
+                    copy.candidate.path,
+                    "not indexed in this run: the file it copies changed while being read; the next run indexes it",
+                )
+            )
         for relpath, path, reason in plan.scan_errors:
             if relpath == plan.place.prefix + ".":  # the folder itself: nothing to record under it
                 self.report.failures.append((path, reason))
@@ -513,25 +555,39 @@ class _Run:
         self.report.scanning = later + (plan.gone is None and plan.stopped_reading is None)
         self.progress(self.report)
 
-    def _stream(self, plan: _Plan) -> tuple[Contents | RemoteContents, Iterator[Outcome]]:
+    def _stream(self, plan: _Plan) -> tuple[Claims, Generator[Outcome, None, None]]:
         """The run's claims on contents, and the outcomes of the folder's candidates: from
         this process's reading threads, in order, or from the Ray cluster."""
         if self.cluster is not None:
             return self.cluster.contents, self.cluster.outcomes(self._candidates(plan))
         contents = Contents(self.catalog, self.models)
-        processor = FileProcessor(contents, self.recipes, self.options.max_file_size, self.options.max_pixels,
-                                  self.options.draft, self.options.decode_timeout_s, self._gpu_route(), self.on_picture)
+        processor = FileProcessor(
+            contents,
+            self.recipes,
+            self.options.max_file_size,
+            self.options.max_pixels,
+            self.options.draft,
+            self.options.decode_timeout_s,
+            self._gpu_route(),
+            self.on_picture,
+        )
         watch = _ScanWatch(self.options.decode_timeout_s)
-        return contents, ordered(self.readers, processor, self._candidates(plan, watch), self._ahead,
-                                 self.options.decode_timeout_s, lambda candidate: self._gave_up(contents, candidate),
-                                 watch.stalled)
+        return contents, ordered(
+            self.readers,
+            processor,
+            self._candidates(plan, watch),
+            self._ahead,
+            self.options.decode_timeout_s,
+            lambda candidate: self._gave_up(contents, candidate),
+            watch.stalled,
+        )
 
-    def _gave_up(self, contents: Contents, candidate: Candidate) -> Outcome:
+    def _gave_up(self, contents: Claims, candidate: Candidate) -> Outcome:
         """The outcome of a file whose thread did not answer in time (its copies fail too)."""
         reason = too_slow(self.options.decode_timeout_s)
         return Outcome(candidate, Kind.FAILED, contents.abandon(candidate.path, reason), error=reason, gave_up=True)
 
-    def _take(self, place: RootPlace, contents: Contents, pending: _Pending, outcome: Outcome) -> None:
+    def _take(self, place: RootPlace, contents: Claims, pending: _Pending, outcome: Outcome) -> None:
         """Queue what one file's outcome needs (a byte copy waits for its original)."""
         if outcome.kind is Kind.COPY:
             self._take_copy(place, contents, pending, outcome)
@@ -544,15 +600,16 @@ class _Run:
         if outcome.kind in (Kind.SAME, Kind.KNOWN):
             if outcome.kind is Kind.KNOWN:
                 self.report.copied += 1  # or moved: settled at the end, once all gone files are known
-                self.reused.append(outcome.content_hash)
-            pending.files.append(_entry(outcome.candidate.found, outcome.content_hash))
+                self.reused.append(outcome.hash)
+            pending.files.append(_entry(outcome.candidate.found, outcome.hash))
         else:
+            assert outcome.error is not None  # a failure says why
             self._failed(place, contents, pending, outcome, outcome.error)
 
-    def _take_copy(self, place: RootPlace, contents: Contents, pending: _Pending, outcome: Outcome) -> None:
+    def _take_copy(self, place: RootPlace, contents: Claims, pending: _Pending, outcome: Outcome) -> None:
         """A byte copy of a content another file claimed: it shares that file's vectors or
         its failure, once that file's outcome is known."""
-        content_hash = outcome.content_hash
+        content_hash = outcome.hash
         if contents.is_claimed(content_hash):
             pending.copies[content_hash].append(outcome)
             return
@@ -563,7 +620,7 @@ class _Run:
             self.report.copied += 1
             pending.files.append(_entry(outcome.candidate.found, content_hash))
 
-    def _failed(self, place: RootPlace, contents: Contents, pending: _Pending, outcome: Outcome, reason: str) -> None:
+    def _failed(self, place: RootPlace, contents: Claims, pending: _Pending, outcome: Outcome, reason: str) -> None:
         """Record a file that failed, and the byte copies waiting for it."""
         self._fail(place.id, outcome.candidate.found, outcome.candidate.path, reason)
         if not outcome.content_hash:
@@ -574,19 +631,19 @@ class _Run:
                 self._count_found(copy)
                 self._fail(place.id, copy.candidate.found, copy.candidate.path, reason)
 
-    def _commit(self, place: RootPlace, contents: Contents, pending: _Pending, embed: bool = True) -> None:
+    def _commit(self, place: RootPlace, contents: Claims, pending: _Pending, embed: bool = True) -> None:
         """Commit the files recorded without decoding and, with ``embed``, the batch (what
         of it is embedded: see ``_embed_batch``) and the byte copies of its contents, in one
         transaction."""
         good, vectors = self._embed_batch(place, contents, pending) if embed else ([], {})
-        copies = [c for o in good for c in pending.copies.pop(o.content_hash, [])]
-        files = pending.files + [_entry(o.candidate.found, o.content_hash, o.decoded) for o in good]
-        files += [_entry(c.candidate.found, c.content_hash) for c in copies]
+        copies = [c for o in good for c in pending.copies.pop(o.hash, [])]
+        files = pending.files + [_entry(o.candidate.found, o.hash, o.decoded) for o in good]
+        files += [_entry(c.candidate.found, c.hash) for c in copies]
         lost: dict[str, str] = {}
         if files:
             lost = self._record(place, files, vectors if good else None)
         for outcome in good:
-            contents.settle(outcome.content_hash, lost.get(path_to_db(outcome.candidate.found.relpath)))
+            contents.settle(outcome.hash, lost.get(path_to_db(outcome.candidate.found.relpath)))
         for copy in copies:
             self._count_found(copy)
         self.report.embedded += sum(path_to_db(o.candidate.found.relpath) not in lost for o in good)
@@ -596,8 +653,9 @@ class _Run:
         if good and self.saves.due():
             self._save_indexes()
 
-    def _record(self, place: RootPlace, files: list[FileEntry],
-                vectors: dict[str, dict[str, np.ndarray]] | None) -> dict[str, str]:
+    def _record(
+        self, place: RootPlace, files: list[FileEntry], vectors: dict[str, dict[str, np.ndarray]] | None
+    ) -> dict[str, str]:
         """Commit ``files`` and ``vectors`` in one transaction. An unexpected error (a bug, a
         value SQLite cannot hold) costs only the file that causes it: the batch is committed
         again file by file, and a file that fails alone is recorded as failed with the error.
@@ -612,21 +670,34 @@ class _Run:
             pass
         lost = {}
         for entry in files:
-            own = {name: {h: v for h, v in by_hash.items() if h == entry.content_hash}
-                   for name, by_hash in (vectors or {}).items()}
+            own = {
+                name: {h: v for h, v in by_hash.items() if h == entry.content_hash}
+                for name, by_hash in (vectors or {}).items()
+            }
             try:
                 self.replaced |= self.catalog.commit_batch(place.id, [entry], own, drop_orphans=False)
             except DreamsearchError:
                 raise
             except Exception as exc:  # noqa: BLE001 - this file's own fault: recorded, the run goes on
                 lost[entry.relpath] = f"could not be recorded: {type(exc).__name__}: {exc}".splitlines()[0]
-                self._fail(place.id, ScannedFile(path_from_db(entry.relpath), entry.size, entry.mtime_ns, entry.inode,
-                                                 entry.device, entry.ctime_ns),
-                           str(place.path / path_from_db(entry.relpath)), lost[entry.relpath])
+                self._fail(
+                    place.id,
+                    ScannedFile(
+                        path_from_db(entry.relpath),
+                        entry.size,
+                        entry.mtime_ns,
+                        entry.inode,
+                        entry.device,
+                        entry.ctime_ns,
+                    ),
+                    str(place.path / path_from_db(entry.relpath)),
+                    lost[entry.relpath],
+                )
         return lost
 
-    def _embed_batch(self, place: RootPlace, contents: Contents,
-                     pending: _Pending) -> tuple[list[Outcome], dict[str, dict[str, np.ndarray]]]:
+    def _embed_batch(
+        self, place: RootPlace, contents: Claims, pending: _Pending
+    ) -> tuple[list[Outcome], dict[str, dict[str, np.ndarray]]]:
         """The batch's files that decode, embedded a step at a time (``_step_size``), and
         their vectors by model. After Ctrl-C (or ``stop``) no model call starts: the files
         not embedded yet are left for the next run (their claims reopened, the byte copies
@@ -640,8 +711,8 @@ class _Run:
             decoded = []
             for outcome in self._decode_on_device(step):
                 self._count_found(outcome)
-                if outcome.decoded.error:
-                    self._failed(place, contents, pending, outcome, outcome.decoded.error)
+                if outcome.picture.error:
+                    self._failed(place, contents, pending, outcome, outcome.picture.error)
                 else:
                     decoded.append(outcome)
             for name, found in self._embed_lacking(decoded).items():
@@ -649,24 +720,24 @@ class _Run:
             good += decoded
         for outcome in todo:
             contents.release(outcome.candidate.path)
-            pending.copies.pop(outcome.content_hash, None)
+            pending.copies.pop(outcome.hash, None)
         return good, vectors
 
     def _embed_lacking(self, good: list[Outcome]) -> dict[str, dict[str, np.ndarray]]:
         """Vectors for the decoded files, from each model that has none for their content
         yet: a model added to an indexed folder does not recompute the others. The time the
         models took sets the pace of the next step."""
-        vectors = {}
+        vectors: dict[str, dict[str, np.ndarray]] = {}
         spent = None
-        for i, (source, model) in enumerate(zip(self.sources, self.models)):
-            have = self.catalog.hashes_with_vectors([model], [o.content_hash for o in good])
-            todo = [o for o in good if o.content_hash not in have]
+        for i, (source, model) in enumerate(zip(self.sources, self.models, strict=True)):
+            have = self.catalog.hashes_with_vectors([model], [o.hash for o in good])
+            todo = [o for o in good if o.hash not in have]
             if todo and todo[0].vectors is not None:  # embedded where it was decoded
-                vectors[source.name] = {o.content_hash: o.vectors[i] for o in todo}
+                vectors[source.name] = {o.hash: o.embedded[i] for o in todo}
             elif todo:
-                pixels = np.stack([o.decoded.pixels[i] for o in todo])
+                pixels = np.stack([o.picture.pixels[i] for o in todo])
                 embedded, seconds = self.model_thread.call(self._embed, i, pixels)
-                vectors[source.name] = dict(zip((o.content_hash for o in todo), embedded))
+                vectors[source.name] = dict(zip((o.hash for o in todo), embedded, strict=True))
                 spent = (spent or 0.0) + seconds
         if spent is not None:
             self.pace.took(len(good), spent)
@@ -680,9 +751,10 @@ class _Run:
         return model.embed(pixels), time.perf_counter() - started
 
     def _load(self, i: int) -> Embedder:
-        if self.embedders[i] is None:
-            self.embedders[i] = self.sources[i].load()
-        return self.embedders[i]
+        embedder = self.embedders[i]
+        if embedder is None:
+            embedder = self.embedders[i] = self.sources[i].load()
+        return embedder
 
     def _gpu_route(self) -> Callable[[bytes], str | None] | None:
         """Whether a file goes to the batched decoder; asked by the reading threads, only
@@ -698,7 +770,7 @@ class _Run:
 
         return route
 
-    def _batched_decoder(self):
+    def _batched_decoder(self) -> JpegBatchDecoder | None:
         """The batched JPEG decoder, made once, when first needed: a run with nothing to
         decode never imports torch. ``"auto"`` makes one only if the models run on CUDA."""
         with self.gpu_decoder_lock:
@@ -732,8 +804,10 @@ class _Run:
         which gives the exact reason if the file is really broken."""
         waiting = [o for o in batch if o.kind is Kind.FOR_GPU]
         if waiting:
-            results = self.model_thread.call(self.gpu_decoder.decode, [o.data for o in waiting], self.recipes)
-            for outcome, result in zip(waiting, results):
+            decoder = self.gpu_decoder
+            assert decoder is not None  # FOR_GPU files are routed only when there is one
+            results = self.model_thread.call(decoder.decode, [o.data for o in waiting], self.recipes)
+            for outcome, result in zip(waiting, results, strict=True):
                 if isinstance(result, str):
                     outcome.decoded = self._decode_on_cpu(outcome)
                 else:
@@ -773,8 +847,11 @@ class _Run:
         """Images per model call: on a CPU, about ``pace.STEP_SECONDS`` of them; on CUDA,
         with a compiled network (it serves one batch size) or on Ray, the whole batch."""
         if self.paced is None:
-            self.paced = (self.cluster is None and not any(getattr(s, "compile", False) for s in self.sources)
-                          and self._models_cuda_device() is None)
+            self.paced = (
+                self.cluster is None
+                and not any(getattr(s, "compile", False) for s in self.sources)
+                and self._models_cuda_device() is None
+            )
         return self.pace.step() if self.paced else self.options.batch_size or DEFAULT_BATCH
 
     # bookkeeping --------------------------------------------------------------------
@@ -796,9 +873,17 @@ class _Run:
         reason = reason or "unknown error"
         self.report.failed += 1
         self.report.failures.append((path, reason))
-        entry = FileEntry(path_to_db(found.relpath), found.size, found.mtime_ns, None, error=reason,
-                          inode=found.inode, device=found.device, ctime_ns=found.ctime_ns,
-                          failure_kind=failure_kind(reason))
+        entry = FileEntry(
+            path_to_db(found.relpath),
+            found.size,
+            found.mtime_ns,
+            None,
+            error=reason,
+            inode=found.inode,
+            device=found.device,
+            ctime_ns=found.ctime_ns,
+            failure_kind=failure_kind(reason),
+        )
         try:
             self.replaced |= self.catalog.commit_batch(root_id, [entry], drop_orphans=False)
         except DreamsearchError:
@@ -814,9 +899,18 @@ class _Run:
 
 def _entry(found: ScannedFile, content_hash: str, decoded: Decoded | None = None) -> FileEntry:
     """The catalog row of a file that was read (with the picture's facts if decoded)."""
-    picture = {} if decoded is None else {"width": decoded.width, "height": decoded.height, "format": decoded.format}
-    return FileEntry(path_to_db(found.relpath), found.size, found.mtime_ns, content_hash, inode=found.inode,
-                     device=found.device, ctime_ns=found.ctime_ns, **picture)
+    return FileEntry(
+        path_to_db(found.relpath),
+        found.size,
+        found.mtime_ns,
+        content_hash,
+        None if decoded is None else decoded.width,
+        None if decoded is None else decoded.height,
+        None if decoded is None else decoded.format,
+        inode=found.inode,
+        device=found.device,
+        ctime_ns=found.ctime_ns,
+    )
 
 
 class _ScanWatch:
@@ -845,8 +939,7 @@ class _ScanWatch:
 
 
 @contextmanager
-def _stop_on_interrupt(on_first: Callable[[], None],
-                       stop: threading.Event | None = None) -> Iterator[threading.Event]:
+def _stop_on_interrupt(on_first: Callable[[], None], stop: threading.Event | None = None) -> Iterator[threading.Event]:
     """First Ctrl-C sets the event (``stop``, or a new one: finish the model call, commit, save)
     and says so through ``on_first``; a second one aborts."""
     stop = stop or threading.Event()
@@ -854,7 +947,7 @@ def _stop_on_interrupt(on_first: Callable[[], None],
         yield stop
         return
 
-    def handler(signum, frame):
+    def handler(signum: int, frame: FrameType | None) -> None:
         if stop.is_set():
             raise KeyboardInterrupt
         stop.set()

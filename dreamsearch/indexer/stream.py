@@ -16,7 +16,7 @@ from __future__ import annotations
 import queue
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Generator, Iterable
 from concurrent.futures import Future
 from concurrent.futures import TimeoutError as FutureTimeout
 from typing import Any, TypeVar
@@ -35,17 +35,19 @@ class Workers:
     """A fixed number of daemon threads taking jobs from one queue."""
 
     def __init__(self, count: int, name: str) -> None:
-        self._jobs: queue.SimpleQueue = queue.SimpleQueue()
+        self._jobs: queue.SimpleQueue[tuple[Future[Any], Callable[..., Any], tuple[Any, ...]] | None] = (
+            queue.SimpleQueue()
+        )
         self._name = name
         self._lock = threading.Lock()
-        self._given_up: set[Future] = set()  # their threads retire when (if) they come back
+        self._given_up: set[Future[Any]] = set()  # their threads retire when (if) they come back
         self._threads: list[threading.Thread] = []
         for _ in range(count):
             self._start_thread()
 
-    def submit(self, function: Callable[..., Result], *args: Any) -> Future:
+    def submit(self, function: Callable[..., Result], *args: Any) -> Future[Result]:
         """Queue ``function(*args)``; its result or exception arrives in the future."""
-        future: Future = Future()
+        future: Future[Result] = Future()
         self._jobs.put((future, function, args))
         return future
 
@@ -54,7 +56,7 @@ class Workers:
         (Ctrl-C is heard at once even during a long model call)."""
         return wait(self.submit(function, *args))
 
-    def give_up(self, future: Future) -> None:
+    def give_up(self, future: Future[Any]) -> None:
         """Stop waiting for ``future``: a new thread takes the place of the one running it,
         which retires if it ever comes back."""
         with self._lock:
@@ -69,10 +71,11 @@ class Workers:
         Stuck threads are abandoned."""
         while True:
             try:
-                future, _function, _args = self._jobs.get_nowait()
+                job = self._jobs.get_nowait()
             except queue.Empty:
                 break
-            future.cancel()
+            if job is not None:  # else an earlier close's note to a thread to retire
+                job[0].cancel()
         with self._lock:
             threads = list(self._threads)
             for _ in threads:
@@ -107,15 +110,20 @@ def ordered(
     timeout_s: float,
     on_timeout: Callable[[Item], Result],
     stalled: Callable[[], str | None] | None = None,
-) -> Iterator[Result]:
+) -> Generator[Result, None, None]:
     """``function(item)`` for each item, in order. ``workers=None`` runs them in the
     calling thread, one at a time (``function`` must then time itself). ``stalled``: see
     :func:`prefetched`."""
     if workers is None:
         yield from map(function, items)
         return
-    submitted = prefetched(items, ahead, make=lambda item: (item, workers.submit(function, item)),
-                           drop=lambda entry: entry[1].cancel(), stalled=stalled)
+    submitted = prefetched(
+        items,
+        ahead,
+        make=lambda item: (item, workers.submit(function, item)),
+        drop=lambda entry: entry[1].cancel(),
+        stalled=stalled,
+    )
     try:
         for item, future in submitted:
             try:
@@ -127,9 +135,13 @@ def ordered(
         submitted.close()
 
 
-def prefetched(items: Iterable[Item], ahead: int, make: Callable[[Item], Any] | None = None,
-               drop: Callable[[Any], None] | None = None,
-               stalled: Callable[[], str | None] | None = None) -> Iterator[Any]:
+def prefetched(
+    items: Iterable[Item],
+    ahead: int,
+    make: Callable[[Item], Any] | None = None,
+    drop: Callable[[Any], None] | None = None,
+    stalled: Callable[[], str | None] | None = None,
+) -> Generator[Any, None, None]:
     """``make(item)`` (or the item itself) for each of ``items``, made by a thread that is
     at most ``ahead`` entries ahead of the consumer: ``ordered`` submits work this way, and
     the Ray engine scans its next chunk while the cluster works on this one. Closing the
@@ -137,7 +149,7 @@ def prefetched(items: Iterable[Item], ahead: int, make: Callable[[Item], Any] | 
     While the consumer waits for the next entry, ``stalled()`` is asked every poll; a reason
     raises :class:`Stalled` (the items' own clock: the thread may be stuck in a system
     call, which nothing in Python can interrupt, but the consumer need not wait for it)."""
-    made: queue.SimpleQueue = queue.SimpleQueue()
+    made: queue.SimpleQueue[tuple[Any, BaseException | None]] = queue.SimpleQueue()
     slots = threading.Semaphore(max(1, ahead))  # entries made and not yet taken
     closed = threading.Event()
     done = object()
@@ -179,7 +191,7 @@ def prefetched(items: Iterable[Item], ahead: int, make: Callable[[Item], Any] | 
         _join([feeder], 2.0)  # it polls ``closed``: gone within a poll, unless a scan is stuck
 
 
-def wait(future: Future, timeout_s: float | None = None) -> Any:
+def wait(future: Future[Result], timeout_s: float | None = None) -> Result:
     """``future.result(timeout_s)``, waiting in short slices. A signal sent to the process
     may land on any thread; Python runs its handler in the main thread only when that
     thread executes bytecode, so a main thread blocked in one long wait would not hear
@@ -194,7 +206,7 @@ def wait(future: Future, timeout_s: float | None = None) -> Any:
                 raise
 
 
-def _take(source: queue.SimpleQueue, stalled: Callable[[], str | None] | None = None) -> Any:
+def _take(source: queue.SimpleQueue[Any], stalled: Callable[[], str | None] | None = None) -> Any:
     """``source.get()``, in short slices for the same reason as :func:`wait`."""
     while True:
         try:

@@ -14,8 +14,8 @@ from dreamsearch.models.precision import DEFAULT_PRECISION, check_precision, cho
 from dreamsearch.models.registry import DEFAULT_MODEL, MODELS, ModelSpec, get_spec
 
 if TYPE_CHECKING:  # pragma: no cover
-    from dreamsearch.models.embedder import Embedder
     from dreamsearch.models.clip_text import TextEncoder
+    from dreamsearch.models.embedder import Embedder
 
 
 class PendingModel:
@@ -24,10 +24,18 @@ class PendingModel:
     and calls ``load`` only when a file needs embedding (or the library has never seen the
     model), so a run that finds nothing new, or only copies and moves, starts at once."""
 
-    def __init__(self, name: str = DEFAULT_MODEL, weights_dir: str | os.PathLike | None = None,
-                 device: str = "auto", allow_download: bool = True, compile: bool = False,
-                 precision: str = DEFAULT_PRECISION, threads: int | None = None) -> None:
-        from dreamsearch.models.weights import ensure_weights, fingerprint, weights_dir as resolve_weights_dir
+    def __init__(
+        self,
+        name: str = DEFAULT_MODEL,
+        weights_dir: str | os.PathLike | None = None,
+        device: str = "auto",
+        allow_download: bool = True,
+        compile: bool = False,
+        precision: str = DEFAULT_PRECISION,
+        threads: int | None = None,
+    ) -> None:
+        from dreamsearch.models.weights import ensure_weights, fingerprint
+        from dreamsearch.models.weights import weights_dir as resolve_weights_dir
 
         check_precision(precision, device)
         self.spec = get_spec(name)
@@ -57,7 +65,7 @@ class PendingModel:
     def loaded(self) -> bool:
         return self._embedder is not None
 
-    def load(self) -> "Embedder":
+    def load(self) -> Embedder:
         """Build the embedder once (thread-safe) and keep it: from its saved OpenVINO graph
         without torch where there is one (``saved_graph``), else from the checkpoint."""
         with self._lock:
@@ -65,19 +73,20 @@ class PendingModel:
                 self._embedder = self._saved() or self._from_checkpoint()
             return self._embedder
 
-    def _saved(self) -> "Embedder | None":
+    def _saved(self) -> Embedder | None:
         from dreamsearch.defaults import usable_cores
         from dreamsearch.models.saved_graph import load_saved
 
         if self.compile or not (self.precision != DEFAULT_PRECISION or runs_on_openvino(self.device)):
             return None
-        embedder = load_saved(self.spec, self.root, self.weights_fingerprint, self.precision,
-                              self.threads or usable_cores())
+        embedder = load_saved(
+            self.spec, self.root, self.weights_fingerprint, self.precision, self.threads or usable_cores()
+        )
         if embedder is not None:
             embedder.fingerprint, embedder.legacy_fingerprint = self.fingerprint, self.legacy_fingerprint
         return embedder
 
-    def _from_checkpoint(self) -> "Embedder":
+    def _from_checkpoint(self) -> Embedder:
         from dreamsearch.models.base import set_threads
         from dreamsearch.models.openvino_backend import attach
 
@@ -87,7 +96,7 @@ class PendingModel:
         attach(embedder, self.root, self.weights_fingerprint, self.precision)
         return embedder
 
-    def torch_reference(self) -> "Embedder":
+    def torch_reference(self) -> Embedder:
         """A new float32 torch embedder on the CPU, whatever the backend and precision:
         what the official package computes, which ``models check`` compares with."""
         embedder = self._build("cpu")
@@ -105,7 +114,7 @@ class PendingModel:
         built.legacy_fingerprint = self.legacy_fingerprint
         return built
 
-    def load_text(self) -> "TextEncoder":
+    def load_text(self) -> TextEncoder:
         """Build the model's text tower once (thread-safe) and keep it, apart from the image
         model: only a text query pays for it, never an index run."""
         text_model_spec(self.name)
@@ -121,8 +130,10 @@ def text_model_spec(name: str) -> ModelSpec:
     spec = get_spec(name)
     if not spec.text_builder:
         having = ", ".join(f"'{n}'" for n, s in MODELS.items() if s.text_builder)
-        raise DreamsearchError(f"model '{spec.name}' has no text tower; text search uses {having} "
-                               f"(`-m clip`, after `dreamsearch index FOLDER -m clip`)")
+        raise DreamsearchError(
+            f"model '{spec.name}' has no text tower; text search uses {having} "
+            f"(`-m clip`, after `dreamsearch index FOLDER -m clip`)"
+        )
     return spec
 
 
@@ -142,7 +153,7 @@ def load_model(
     allow_download: bool = True,
     compile: bool = False,
     precision: str = DEFAULT_PRECISION,
-) -> "Embedder":
+) -> Embedder:
     """Build the embedder ``name`` with its weights from ``weights_dir`` (downloading
     missing files when the network allows). Raises :class:`~dreamsearch.errors.WeightsError`
     with instructions when weights are missing offline. ``compile`` trades a one-off

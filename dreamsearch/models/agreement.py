@@ -71,8 +71,11 @@ class Agreement:
 
     def failures(self) -> list[str]:
         """One line per gate that does not hold (none: the candidate may be used)."""
-        return [f"{GATES[f.name].label}: {getattr(self, f.name):.6g} (needs {GATES[f.name].describe()})"
-                for f in fields(self) if f.name in GATES and not GATES[f.name].holds(getattr(self, f.name))]
+        return [
+            f"{GATES[f.name].label}: {getattr(self, f.name):.6g} (needs {GATES[f.name].describe()})"
+            for f in fields(self)
+            if f.name in GATES and not GATES[f.name].holds(getattr(self, f.name))
+        ]
 
 
 #: Pictures embedded one at a time for the batch-invariance gate (it is per picture:
@@ -82,18 +85,19 @@ ALONE = 16
 
 def in_batches(embed: Embed, pixels: np.ndarray, batch_size: int = 16) -> np.ndarray:
     """``embed`` on ``pixels`` in batches of ``batch_size``, as the indexer calls a model."""
-    vectors = [embed(pixels[start:start + batch_size]) for start in range(0, len(pixels), batch_size)]
+    vectors = [embed(pixels[start : start + batch_size]) for start in range(0, len(pixels), batch_size)]
     return np.concatenate(vectors).astype(np.float64)
 
 
-def measure(expected: np.ndarray, candidate: Embed, pixels: np.ndarray, duplicate_distance: float,
-            batch_size: int = 16) -> Agreement:
+def measure(
+    expected: np.ndarray, candidate: Embed, pixels: np.ndarray, duplicate_distance: float, batch_size: int = 16
+) -> Agreement:
     """Compare ``candidate`` on ``pixels`` (``uint8 [N, S, S, 3]``, N >= :data:`MIN_PICTURES`)
     with the reference's vectors of them, ``expected`` (:func:`in_batches`)."""
     if len(pixels) < MIN_PICTURES:
         raise ValueError(f"the gates need at least {MIN_PICTURES} pictures, not {len(pixels)}")
     got = in_batches(candidate, pixels, batch_size)
-    alone = np.concatenate([candidate(pixels[i:i + 1]) for i in range(min(ALONE, len(pixels)))])
+    alone = np.concatenate([candidate(pixels[i : i + 1]) for i in range(min(ALONE, len(pixels)))])
     cosine = np.sum(expected * got, axis=1)
     d_expected, d_got = _distances(expected), _distances(got)
     pairs = np.triu_indices(len(pixels), k=1)
@@ -106,7 +110,7 @@ def measure(expected: np.ndarray, candidate: Embed, pixels: np.ndarray, duplicat
         distance_change=float(np.abs(d_got - d_expected)[pairs].max()),
         duplicate_flips=int((flips & ~borderline).sum()),
         top10=_top10(d_expected, d_got),
-        batch_invariance=float(np.sum(alone * got[:len(alone)], axis=1).min()),
+        batch_invariance=float(np.sum(alone * got[: len(alone)], axis=1).min()),
         borderline_pairs=int(borderline.sum()),
     )
 

@@ -24,6 +24,9 @@ class Normalized(torch.nn.Module):
     """``network`` fed ``(x - mean) / std``, computed on the device (written exactly as
     torchvision's ``Normalize`` so results match the reference implementations)."""
 
+    mean: torch.Tensor  # buffers, registered below
+    std: torch.Tensor
+
     def __init__(self, network: torch.nn.Module, mean: tuple, std: tuple) -> None:
         super().__init__()
         self.network = network
@@ -108,7 +111,7 @@ class TorchEmbedder(Embedder):
             try:
                 return self._compiled[1](x)
             except Exception as exc:  # no C compiler, unsupported platform, ...
-                warnings.warn(f"torch.compile failed, running uncompiled: {exc}".splitlines()[0])
+                warnings.warn(f"torch.compile failed, running uncompiled: {exc}".splitlines()[0], stacklevel=1)
                 self.compile, self._compiled = False, None
         return self.network(x)
 

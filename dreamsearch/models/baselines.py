@@ -11,7 +11,14 @@ import torch
 from torch import nn
 
 from dreamsearch.errors import WeightsError
-from dreamsearch.models.base import IMAGENET_MEAN, IMAGENET_STD, OPENAI_CLIP_MEAN, OPENAI_CLIP_STD, Normalized, TorchEmbedder
+from dreamsearch.models.base import (
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    OPENAI_CLIP_MEAN,
+    OPENAI_CLIP_STD,
+    Normalized,
+    TorchEmbedder,
+)
 from dreamsearch.models.openai_clip import load_image_tower
 from dreamsearch.models.registry import ModelSpec
 
@@ -29,8 +36,9 @@ class ChannelsLast(nn.Module):
 
 def build_clip(spec: ModelSpec, root: Path, device: torch.device) -> TorchEmbedder:
     vit = load_image_tower(root / spec.files[0].path, spec.input_size)
-    return TorchEmbedder(spec.name, Normalized(vit, OPENAI_CLIP_MEAN, OPENAI_CLIP_STD), vit.cfg.out_dim,
-                    spec.preprocess(), device)
+    return TorchEmbedder(
+        spec.name, Normalized(vit, OPENAI_CLIP_MEAN, OPENAI_CLIP_STD), vit.cfg.out_dim, spec.preprocess(), device
+    )
 
 
 def build_resnet50(spec: ModelSpec, root: Path, device: torch.device) -> TorchEmbedder:

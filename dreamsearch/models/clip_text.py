@@ -94,8 +94,14 @@ def load_text_tower(path: Path) -> TextTower:
     try:
         vocabulary, width = state["token_embedding"].shape
         cfg = ViTConfig(
-            patch_size=0, feature="text", width=width, heads=max(1, width // HEAD_DIM), norm_eps=1e-5,
-            quick_gelu=True, causal=True, proj_dim=state["text_projection"].shape[1],
+            patch_size=0,
+            feature="text",
+            width=width,
+            heads=max(1, width // HEAD_DIM),
+            norm_eps=1e-5,
+            quick_gelu=True,
+            causal=True,
+            proj_dim=state["text_projection"].shape[1],
             depth=1 + max(int(k.split(".")[1]) for k in state if k.startswith("blocks.")),
             mlp_ratio=state["blocks.0.mlp.fc1.weight"].shape[0] / width,
         )

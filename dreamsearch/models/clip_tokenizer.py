@@ -17,6 +17,7 @@ import html
 from dataclasses import dataclass
 from functools import cache
 from importlib.resources import files
+from itertools import pairwise
 
 import ftfy
 import regex
@@ -28,8 +29,9 @@ MERGES = 49152 - 256 - 2
 START, END = "<start_of_text>", "<end_of_text>"
 #: CLIP's split of cleaned text into words: its markers, English contractions, runs of
 #: letters, single digits, runs of other non-space characters.
-WORDS = regex.compile(rf"{START}|{END}|'s|'t|'re|'ve|'m|'ll|'d|[\p{{L}}]+|[\p{{N}}]|[^\s\p{{L}}\p{{N}}]+",
-                      regex.IGNORECASE)
+WORDS = regex.compile(
+    rf"{START}|{END}|'s|'t|'re|'ve|'m|'ll|'d|[\p{{L}}]+|[\p{{N}}]|[^\s\p{{L}}\p{{N}}]+", regex.IGNORECASE
+)
 
 
 @dataclass(frozen=True)
@@ -75,15 +77,15 @@ class ClipTokenizer:
     @classmethod
     def from_file(cls, data: bytes) -> ClipTokenizer:
         """From the gzip'd merges file as OpenAI published it."""
-        lines = gzip.decompress(data).decode("utf-8").split("\n")[1:MERGES + 1]
-        return cls([tuple(line.split()) for line in lines])
+        lines = gzip.decompress(data).decode("utf-8").split("\n")[1 : MERGES + 1]
+        return cls([(first, second) for first, second in (line.split() for line in lines)])
 
     def __call__(self, text: str) -> Tokens:
         """``text`` as CLIP reads it: start marker, at most 75 tokens, end marker."""
         ids = [self.ids[START], *self.encode(text), self.ids[END]]
         cut = len(ids) > CONTEXT_LENGTH
         if cut:
-            ids = [*ids[:CONTEXT_LENGTH - 1], self.ids[END]]
+            ids = [*ids[: CONTEXT_LENGTH - 1], self.ids[END]]
         return Tokens(tuple(ids), cut)
 
     def encode(self, text: str) -> list[int]:
@@ -102,7 +104,7 @@ class ClipTokenizer:
         rank merged everywhere (left to right) until no adjacent pair is a merge."""
         parts = [*word[:-1], word[-1] + "</w>"]
         while len(parts) > 1:
-            best = min((self.rank.get(pair, MERGES) for pair in zip(parts, parts[1:])))
+            best = min(self.rank.get(pair, MERGES) for pair in pairwise(parts))
             if best == MERGES:
                 break
             first, second = self.merges[best]
@@ -122,5 +124,4 @@ class ClipTokenizer:
 @cache
 def clip_tokenizer() -> ClipTokenizer:
     """The tokenizer over the shipped merges, read once per process (~0.2 s)."""
-    return ClipTokenizer.from_file(files("dreamsearch.models").joinpath("data", "bpe_simple_vocab_16e6.txt.gz")
-                                   .read_bytes())
+    return ClipTokenizer.from_file((files("dreamsearch.models") / "data" / "bpe_simple_vocab_16e6.txt.gz").read_bytes())

@@ -14,14 +14,22 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import cast
 
 import torch
 from torch import nn
 
 from dreamsearch.errors import WeightsError
-from dreamsearch.models.base import IMAGENET_MEAN, IMAGENET_STD, OPENAI_CLIP_MEAN, OPENAI_CLIP_STD, Normalized, TorchEmbedder
+from dreamsearch.models.base import (
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    OPENAI_CLIP_MEAN,
+    OPENAI_CLIP_STD,
+    Normalized,
+    TorchEmbedder,
+)
 from dreamsearch.models.registry import BACKBONES, ModelSpec, lora_dir
-from dreamsearch.models.vit import ViTConfig, VisionTransformer, load_vit, resample_pos_embed
+from dreamsearch.models.vit import Block, VisionTransformer, ViTConfig, load_vit, resample_pos_embed
 
 IMAGE_SIZE = 224
 
@@ -43,9 +51,10 @@ class DreamSimNetwork(nn.Module):
 def build(spec: ModelSpec, root: Path, device: torch.device) -> TorchEmbedder:
     """Load the backbones and LoRA adapter of ``spec`` from ``root`` (official layout)."""
     adapter = _read_adapter(root / lora_dir(spec.dreamsim_type))
-    branches = []
+    branches, dim = [], 0
     for index, name in enumerate(spec.branches):
         vit = load_backbone(name, root / BACKBONES[name].checkpoint)
+        dim += vit.cfg.out_dim
         merge_lora(vit, adapter, index)
         clip_like = "clip" in name
         branches.append(
@@ -54,7 +63,6 @@ def build(spec: ModelSpec, root: Path, device: torch.device) -> TorchEmbedder:
     if adapter.unused:
         raise WeightsError(f"{adapter.path}: unexpected adapter tensors {sorted(adapter.unused)[:3]}")
     network = DreamSimNetwork(branches)
-    dim = sum(branch.network.cfg.out_dim for branch in branches)
     return TorchEmbedder(spec.name, network, dim, spec.preprocess(), device)
 
 
@@ -91,7 +99,7 @@ def _backbone_state(branch: str, raw: dict) -> dict[str, torch.Tensor]:
         return renamed
     if branch.startswith("synclr"):
         prefix = "module.visual."
-        return {k[len(prefix):]: v for k, v in raw["model"].items() if k.startswith(prefix)}
+        return {k[len(prefix) :]: v for k, v in raw["model"].items() if k.startswith(prefix)}
     return dict(raw)
 
 
@@ -131,7 +139,7 @@ def _read_adapter(folder: Path) -> _Adapter:
     targets = config.get("target_modules") or []
     if set(targets) - {"qkv"}:
         raise WeightsError(f"{folder}: LoRA on {targets} is not the DreamSim layout (qkv only)")
-    scale = alpha / (r ** 0.5) if config.get("use_rslora") else alpha / r
+    scale = alpha / (r**0.5) if config.get("use_rslora") else alpha / r
     from safetensors.torch import load_file
 
     try:
@@ -153,5 +161,5 @@ def merge_lora(vit: VisionTransformer, adapter: _Adapter, branch_index: int) -> 
             b = adapter.take(f"{key}.lora_B.weight").double()
         except KeyError:
             raise WeightsError(f"{adapter.path}: no LoRA weights for {key}") from None
-        weight = block.attn.qkv.weight
+        weight = cast(Block, block).attn.qkv.weight
         weight.copy_((weight.double() + adapter.scale * (b @ a)).to(weight.dtype))

@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 
 from dreamsearch.errors import WeightsError
-from dreamsearch.models.vit import ViTConfig, VisionTransformer, load_vit
+from dreamsearch.models.vit import VisionTransformer, ViTConfig, load_vit
 
 #: OpenAI's names (under ``visual.``) → ours, as plain substring replacements.
 _RENAMES = (
@@ -43,7 +43,12 @@ def load_image_tower(path: Path, image_size: int) -> VisionTransformer:
     state = image_tower_state(read_checkpoint(path), path)
     try:
         cfg = ViTConfig.from_state(
-            state, feature="cls_proj", norm_eps=1e-5, quick_gelu=True, ln_pre=True, patch_bias=False,
+            state,
+            feature="cls_proj",
+            norm_eps=1e-5,
+            quick_gelu=True,
+            ln_pre=True,
+            patch_bias=False,
             image_size=image_size,
         )
         return load_vit(cfg, state)

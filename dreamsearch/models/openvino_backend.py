@@ -102,8 +102,9 @@ def _convert(ov, network: torch.nn.Module, size: int):
     example = torch.zeros(2, size, size, 3, dtype=torch.uint8)
     with warnings.catch_warnings(), torch.no_grad():
         warnings.simplefilter("ignore")  # tracer warnings about shapes taken as constants
-        return ov.convert_model(_Whole(network).eval(), example_input=example,
-                                input=[(ov.PartialShape([-1, size, size, 3]), ov.Type.u8)])
+        return ov.convert_model(
+            _Whole(network).eval(), example_input=example, input=[(ov.PartialShape([-1, size, size, 3]), ov.Type.u8)]
+        )
 
 
 def _save(ov, model, path: Path) -> None:

@@ -127,9 +127,7 @@ def _dreamsim_spec(name: str, dreamsim_type: str, branches: tuple[str, ...], tag
     )
 
 
-MODELS: dict[str, ModelSpec] = {
-    name: _dreamsim_spec(name, *entry) for name, entry in _DREAMSIM_TYPES.items()
-}
+MODELS: dict[str, ModelSpec] = {name: _dreamsim_spec(name, *entry) for name, entry in _DREAMSIM_TYPES.items()}
 MODELS["clip"] = ModelSpec(
     name="clip",
     dim=512,

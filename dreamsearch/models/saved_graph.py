@@ -33,7 +33,7 @@ def without_telemetry() -> None:
     Analytics, unless a consent file says no (openvino_telemetry's rule), and a photo tool
     contacts nothing its user did not ask for. Their own fallback, when the package cannot
     be imported, is a no-op stub."""
-    sys.modules.setdefault("openvino_telemetry", None)
+    sys.modules.setdefault("openvino_telemetry", None)  # type: ignore[arg-type]  # None: the import fails, as meant
 
 
 def graph_path(root: Path, name: str, precision: str, weights_fingerprint: str) -> Path:

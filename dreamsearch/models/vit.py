@@ -106,9 +106,7 @@ class Attention(nn.Module):
     def forward(self, x: torch.Tensor, cls_only: bool = False) -> torch.Tensor:
         batch, tokens, width = x.shape
         head_dim = width // self.heads
-        q, k, v = (
-            self.qkv(x).view(batch, tokens, 3, self.heads, head_dim).permute(2, 0, 3, 1, 4).unbind(0)
-        )
+        q, k, v = self.qkv(x).view(batch, tokens, 3, self.heads, head_dim).permute(2, 0, 3, 1, 4).unbind(0)
         if cls_only:
             q = q[:, :, :1]
         out = F.scaled_dot_product_attention(q, k, v, is_causal=self.causal)
@@ -228,7 +226,7 @@ def fold_norm_scales(network: nn.Module) -> nn.Module:
 
 
 def _fold(norm: nn.LayerNorm, linear: nn.Linear) -> None:
-    linear.bias += linear.weight @ norm.bias  # with the weights before scaling
+    linear.bias.add_(linear.weight @ norm.bias)  # with the weights before scaling
     linear.weight *= norm.weight
     norm.weight.fill_(1.0)
     norm.bias.zero_()

@@ -20,10 +20,11 @@ import zlib
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import TypeVar
 
 from dreamsearch.atomic import staged_file, write_atomically
-from dreamsearch.errors import WeightsError
 from dreamsearch.display import configured_path
+from dreamsearch.errors import WeightsError
 from dreamsearch.models.registry import ModelSpec, WeightFile
 
 ENV_WEIGHTS = "DREAMSEARCH_WEIGHTS"
@@ -35,6 +36,7 @@ HASHES = "sha256.json"
 #: What starts a :func:`fingerprint` (a :func:`legacy_fingerprint` has no prefix).
 FINGERPRINT_SCHEME = "sha256:"
 _CHUNK = 1 << 20
+Member = TypeVar("Member")  # what a table of candidate files maps names to
 #: ``(path, size, mtime_ns, ctime_ns, inode) -> sha256`` of the weight files hashed here.
 _hashed: dict[tuple, str] = {}
 
@@ -337,7 +339,7 @@ def _by_suffix(entries: Iterable[tuple[str, object]]) -> dict:
     return table
 
 
-def _find_member(table: dict[str, str], relpath: str):
+def _find_member(table: dict[str, Member], relpath: str) -> Member | None:
     """Look ``relpath`` up by full path, or by bare name for backbone checkpoints (whose
     names are unique; adapter files are only ever matched with their folder)."""
     if relpath in table:
@@ -387,13 +389,20 @@ def _import(spec: ModelSpec, root: Path, source: Path, verify: bool) -> list[Pat
         with tempfile.TemporaryDirectory(dir=root, prefix=".import-") as tmp:
             staged = Path(tmp) / found.name
             shutil.copyfile(found, staged)
-            _check_file(staged, wanted, str(found), verify, hint=(
-                f"; if they are your own (fine-tuned) weights: `dreamsearch models import {spec.name} PATH --no-verify`"))
+            _check_file(
+                staged,
+                wanted,
+                str(found),
+                verify,
+                hint=(
+                    "; if they are your own (fine-tuned) weights: "
+                    f"`dreamsearch models import {spec.name} PATH --no-verify`"
+                ),
+            )
             written.append(_move_into_place(staged, root / wanted.path))
     if not written:
         raise WeightsError(
-            f"{source} holds none of the files model '{spec.name}' needs: "
-            + ", ".join(f.path for f in missing)
+            f"{source} holds none of the files model '{spec.name}' needs: " + ", ".join(f.path for f in missing)
         )
     return written
 
@@ -413,9 +422,7 @@ def _install_from_zip_partial(archive: Path, missing: list[WeightFile], root: Pa
 
 
 def _folder_candidates(folder: Path) -> dict[str, Path]:
-    return _by_suffix(
-        (path.relative_to(folder).as_posix(), path) for path in _walk_files(folder)
-    )
+    return _by_suffix((path.relative_to(folder).as_posix(), path) for path in _walk_files(folder))
 
 
 def _walk_files(folder: Path) -> Iterable[Path]:

@@ -17,13 +17,13 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Annotated
 
+import fastapi_offline
 from fastapi import FastAPI, File, Form, Query, Request, UploadFile
 from fastapi import Path as PathParam
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse, Response, StreamingResponse
 from fastapi.staticfiles import StaticFiles
 from starlette.exceptions import HTTPException
-import fastapi_offline
 
 from dreamsearch import __version__
 from dreamsearch.api import Library, Page
@@ -34,16 +34,22 @@ from dreamsearch.models import text_model_spec
 from dreamsearch.models.registry import MODELS, get_spec
 from dreamsearch.models.weights import weights_dir
 from dreamsearch.server import schemas
-from dreamsearch.server.schemas import MAX_DEPTH, MAX_K, IndexRequest, TextSearch, VectorSearch
-from dreamsearch.server.jobs import FINAL_STATES, JobRunning, Jobs
-from dreamsearch.server.limits import Busy, Lane, Limits, TooSlow, answer_busy
 from dreamsearch.server.files import ORIGINAL_POLICY, FileSent, OpenedFile, open_indexed
 from dreamsearch.server.headers import SecurityHeaders
+from dreamsearch.server.jobs import FINAL_STATES, JobRunning, Jobs
+from dreamsearch.server.limits import Busy, Lane, Limits, TooSlow, answer_busy
 from dreamsearch.server.redaction import Redactor, library_redactor
-from dreamsearch.server.security import BodyTooLarge, FolderNotAllowed, Guard, Settings, check_folder_allowed
 from dreamsearch.server.responses import JSONDocument
-from dreamsearch.server.thumbnails import (DEFAULT_CACHE_BYTES, GRID_SIZE, REQUESTABLE, ThumbnailCache, fixed_size,
-                                           thumbnail)
+from dreamsearch.server.schemas import MAX_DEPTH, MAX_K, IndexRequest, TextSearch, VectorSearch
+from dreamsearch.server.security import BodyTooLarge, FolderNotAllowed, Guard, Settings, check_folder_allowed
+from dreamsearch.server.thumbnails import (
+    DEFAULT_CACHE_BYTES,
+    GRID_SIZE,
+    REQUESTABLE,
+    ThumbnailCache,
+    fixed_size,
+    thumbnail,
+)
 from dreamsearch.status import retry_note
 from dreamsearch.watcher.loop import Watcher
 
@@ -53,9 +59,15 @@ SWAGGER_UI = Path(fastapi_offline.__file__).parent / "static"
 FileId = Annotated[int, PathParam(ge=1, le=2**63 - 1, description="The file's catalog id")]
 
 
-def create_app(library: Library, models: list[str], settings: Settings = Settings(),
-               unload_after: float | None = None, limits: Limits = Limits(),
-               thumbnail_cache: int = DEFAULT_CACHE_BYTES, watcher: Watcher | None = None) -> FastAPI:
+def create_app(
+    library: Library,
+    models: list[str],
+    settings: Settings = Settings(),
+    unload_after: float | None = None,
+    limits: Limits = Limits(),
+    thumbnail_cache: int = DEFAULT_CACHE_BYTES,
+    watcher: Watcher | None = None,
+) -> FastAPI:
     """The app over ``library``; ``models[0]`` is the default model, and all of them are
     loaded at start-up (and again on first use after ``unload_after`` idle seconds).
     Requests may name only these models, unless ``limits.load_models_on_request``.
@@ -76,7 +88,7 @@ def create_app(library: Library, models: list[str], settings: Settings = Setting
         idle.start()
         following = _follow(watcher)
         yield
-        if following is not None:
+        if watcher is not None and following is not None:
             watcher.stop.set()  # a batch in flight commits what is embedded, then the thread ends
             await asyncio.to_thread(following.join)
         idle.stop()
@@ -84,34 +96,49 @@ def create_app(library: Library, models: list[str], settings: Settings = Setting
             lane.close()
         library.close()
 
-    app = FastAPI(title="dreamsearch", version=__version__, lifespan=lifespan, default_response_class=JSONDocument,
-                  docs_url=None, redoc_url=None,  # /docs is served below, from the package
-                  description="Reverse image search over your photo folders (DreamSim). See docs/serve.md.")
+    app = FastAPI(
+        title="dreamsearch",
+        version=__version__,
+        lifespan=lifespan,
+        default_response_class=JSONDocument,
+        docs_url=None,
+        redoc_url=None,  # /docs is served below, from the package
+        description="Reverse image search over your photo folders (DreamSim). See docs/serve.md.",
+    )
     app.add_middleware(Guard, settings=settings)
     if settings.cors_origins:
         from fastapi.middleware.cors import CORSMiddleware
 
-        app.add_middleware(CORSMiddleware, allow_origins=list(settings.cors_origins),
-                           allow_methods=["GET", "POST", "DELETE"], allow_headers=["Authorization", "Content-Type"])
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=list(settings.cors_origins),
+            allow_methods=["GET", "POST", "DELETE"],
+            allow_headers=["Authorization", "Content-Type"],
+        )
     app.add_middleware(SecurityHeaders, cross_origin=bool(settings.cors_origins))  # added last: wraps all
     _error_handlers(app, redact)
-    app.add_exception_handler(Busy, answer_busy)
+    # Starlette types a handler as taking any Exception; this one is only given Busy
+    app.add_exception_handler(Busy, answer_busy)  # type: ignore[arg-type]
 
     def model_of(name: str | None) -> str:
         """The model a request names (default: the first of ``models``), if this server may
         use it: each model loaded takes 0.3-1.7 GB (issue 21: five names took 1.28 -> 4.89 GB)."""
         chosen = name or models[0]
         if not limits.load_models_on_request and get_spec(chosen).name not in served:
-            raise DreamsearchError(f"model '{chosen}' is not served here (served: {', '.join(models)}); "
-                                   f"start the server with it in --models, or with --load-models-on-request")
+            raise DreamsearchError(
+                f"model '{chosen}' is not served here (served: {', '.join(models)}); "
+                f"start the server with it in --models, or with --load-models-on-request"
+            )
         return chosen
 
     async def upload_work(lane: Lane, image: UploadFile, work):
         """``work(name, data)`` in ``lane`` under the upload time limit. The upload is read
         once a slot is free: until then it waits in its spooled file, not in memory."""
+
         def run():
             name, data = upload_bytes(image)
             return work(name, data)
+
         try:
             return await lane.run(run, time_limit=limits.upload_time_limit_s)
         except TooSlow as exc:
@@ -136,47 +163,74 @@ def create_app(library: Library, models: list[str], settings: Settings = Setting
     def page_document(page: Page) -> dict:
         """A page never starts at or past ``MAX_DEPTH``: that one is the last."""
         more = page.next_offset is not None and page.next_offset < MAX_DEPTH
-        return {"model": page.model, "results": [_with_links(result_document(m)) for m in page.matches],
-                "next_offset": page.next_offset if more else None}
+        return {
+            "model": page.model,
+            "results": [_with_links(result_document(m)) for m in page.matches],
+            "next_offset": page.next_offset if more else None,
+        }
 
     @app.get("/api/health", response_model=schemas.Health, responses=schemas.errors())
     def health() -> dict:
         running = jobs.running()
-        return {"status": "ok", "version": __version__, "models_loaded": library.loaded_models(),
-                "default_model": models[0], "vectors": library.vector_counts(),
-                "job": None if running is None else running.document(),
-                "watch": None if watcher is None else watcher.document()}
+        return {
+            "status": "ok",
+            "version": __version__,
+            "models_loaded": library.loaded_models(),
+            "default_model": models[0],
+            "vectors": library.vector_counts(),
+            "job": None if running is None else running.document(),
+            "watch": None if watcher is None else watcher.document(),
+        }
 
     @app.get("/api/status", response_model=schemas.Status, responses=schemas.errors(422))
     def status(failed: schemas.QueryBool = False) -> dict:
-        report = library.status(failed, verify="quick", thumbnail_bytes=thumbnails.total_bytes())
-        return {"library": report.library, "size_bytes": report.size_bytes,
-                "folders": [vars(f) for f in report.folders], "models": [vars(m) for m in report.models],
-                "failed": [{"path": f.path, "reason": f.reason, "kind": f.kind, "runs": f.runs, "retry": retry_note(f)}
-                           for f in report.failed], "watch_warnings": report.watch_warnings}
+        report = library.status(show_failed=failed, verify="quick", thumbnail_bytes=thumbnails.total_bytes())
+        return {
+            "library": report.library,
+            "size_bytes": report.size_bytes,
+            "folders": [vars(f) for f in report.folders],
+            "models": [vars(m) for m in report.models],
+            "failed": [
+                {"path": f.path, "reason": f.reason, "kind": f.kind, "runs": f.runs, "retry": retry_note(f)}
+                for f in report.failed
+            ],
+            "watch_warnings": report.watch_warnings,
+        }
 
     @app.post("/api/search", response_model=schemas.Page, responses=schemas.errors(404, 413, 415, 422, 503))
-    async def search(image: Annotated[UploadFile, File()], k: schemas.FormK = 25,
-                     model: Annotated[str | None, Form()] = None, max_distance: schemas.FormDistance = None,
-                     under: schemas.FormUnder = None, offset: schemas.FormOffset = 0,
-                     include_self: schemas.FormBool = True) -> dict:
+    async def search(
+        image: Annotated[UploadFile, File()],
+        k: schemas.FormK = 25,
+        model: Annotated[str | None, Form()] = None,
+        max_distance: schemas.FormDistance = None,
+        under: schemas.FormUnder = None,
+        offset: schemas.FormOffset = 0,
+        include_self: schemas.FormBool = True,
+    ) -> dict:
         check_k(k, offset, max_distance)
         folder, chosen = _folder_filter(under), model_of(model)
 
         def run(name: str, data: bytes) -> Page:
-            query = library.image_query(data, chosen, name, limits.max_upload_pixels)
-            return library.search(query, k, include_self, max_distance, folder, offset)
+            query = library.image_query(data, chosen, name=name, max_pixels=limits.max_upload_pixels)
+            return library.search(
+                query, k=k, include_self=include_self, max_distance=max_distance, under=folder, offset=offset
+            )
 
         return page_document(await upload_work(heavy, image, run))
 
     @app.get("/api/files/{file_id}/similar", response_model=schemas.Page, responses=schemas.errors(404, 422, 503))
-    async def similar(file_id: FileId, k: schemas.QueryK = 25, model: str | None = None,
-                      offset: schemas.QueryOffset = 0, max_distance: schemas.QueryDistance = None) -> dict:
+    async def similar(
+        file_id: FileId,
+        k: schemas.QueryK = 25,
+        model: str | None = None,
+        offset: schemas.QueryOffset = 0,
+        max_distance: schemas.QueryDistance = None,
+    ) -> dict:
         check_k(k, offset, max_distance)
         chosen = model_of(model)
 
         def run() -> Page:
-            return library.search(library.stored_query(file_id, chosen), k, False, max_distance, None, offset)
+            return library.search(library.stored_query(file_id, chosen), k=k, max_distance=max_distance, offset=offset)
 
         return page_document(await searching.run(run))
 
@@ -186,7 +240,9 @@ def create_app(library: Library, models: list[str], settings: Settings = Setting
         chosen = model_of(body.model)
 
         def run() -> Page:
-            return library.search(library.vector_query(body.vector, chosen), body.k, True, None, None, body.offset)
+            return library.search(
+                library.vector_query(body.vector, chosen), k=body.k, include_self=True, offset=body.offset
+            )
 
         return page_document(await searching.run(run))
 
@@ -200,9 +256,9 @@ def create_app(library: Library, models: list[str], settings: Settings = Setting
         except DreamsearchError as exc:  # no model that takes text is served: nothing here to answer with
             raise NotFoundError(str(exc)) from None
 
-        def run() -> tuple[list[str], Page]:
+        def run() -> tuple[tuple[str, ...], Page]:
             query = library.text_query(body.text, chosen)
-            return query.notes, library.search(query, body.k, True, None, None, body.offset)
+            return query.notes, library.search(query, k=body.k, include_self=True, offset=body.offset)
 
         notes, page = await heavy.run(run)
         return page_document(page) | {"notice": notes[0] if notes else None}
@@ -210,23 +266,39 @@ def create_app(library: Library, models: list[str], settings: Settings = Setting
     @app.post("/api/embed", response_model=schemas.Embedding, responses=schemas.errors(413, 415, 422, 503))
     async def embed(image: Annotated[UploadFile, File()], model: Annotated[str | None, Form()] = None) -> dict:
         chosen = model_of(model)
-        vector = await upload_work(heavy, image, lambda name, data: library.embed(data, chosen, name,
-                                                                                 limits.max_upload_pixels))
-        return {"model": chosen, "dim": int(vector.shape[0]), "vector": [float(x) for x in vector],
-                "fingerprint": library.model_handle(chosen).fingerprint}
+        vector = await upload_work(
+            heavy, image, lambda name, data: library.embed(data, chosen, name=name, max_pixels=limits.max_upload_pixels)
+        )
+        return {
+            "model": chosen,
+            "dim": int(vector.shape[0]),
+            "vector": [float(x) for x in vector],
+            "fingerprint": library.model_handle(chosen).fingerprint,
+        }
 
     @app.post("/api/compare", response_model=schemas.Comparison, responses=schemas.errors(404, 413, 415, 422, 503))
-    async def compare(image: Annotated[UploadFile, File()], models_wanted: Annotated[str | None, Form(alias="models")] = None,
-                      k: schemas.FormK = 25, include_self: schemas.FormBool = True) -> dict:
+    async def compare(
+        image: Annotated[UploadFile, File()],
+        models_wanted: Annotated[str | None, Form(alias="models")] = None,
+        k: schemas.FormK = 25,
+        include_self: schemas.FormBool = True,
+    ) -> dict:
         check_k(k)
         names = [model_of(n.strip()) for n in (models_wanted or "").split(",") if n.strip()] or [
-            n for n in sorted(library.vector_counts()) if limits.load_models_on_request or n in served]
+            n for n in sorted(library.vector_counts()) if limits.load_models_on_request or n in served
+        ]
 
         def run(name: str, data: bytes):
             # models the server was not started with are let go after the comparison
-            return library.compare(data, list(dict.fromkeys(names)), k, include_self, name,
-                                   keep_models={get_spec(n).name for n in names} <= served,
-                                   max_pixels=limits.max_upload_pixels)
+            return library.compare(
+                data,
+                list(dict.fromkeys(names)),
+                k=k,
+                include_self=include_self,
+                name=name,
+                keep_models={get_spec(n).name for n in names} <= served,
+                max_pixels=limits.max_upload_pixels,
+            )
 
         comparison = await upload_work(heavy, image, run)
         document = comparison_document(comparison.query, comparison.k, comparison.results, comparison.overlaps)
@@ -235,11 +307,11 @@ def create_app(library: Library, models: list[str], settings: Settings = Setting
         return document
 
     @app.get("/api/duplicates", response_model=schemas.Duplicates, responses=schemas.errors(404, 422, 503))
-    async def duplicates(model: str | None = None,
-                         max_distance: schemas.QueryDistance = None) -> dict:
+    async def duplicates(model: str | None = None, max_distance: schemas.QueryDistance = None) -> dict:
         chosen = model_of(model)
         distance = library.default_duplicate_distance(chosen) if max_distance is None else max_distance
-        groups = await heavy.run(library.duplicates, chosen, distance)  # a scan of the whole index
+        # a scan of the whole index
+        groups = await heavy.run(lambda: library.duplicates(chosen, max_distance=distance))
         document = duplicates_document(groups, chosen, distance)
         for group in document["groups"]:
             group["keeper"] = _with_links(group["keeper"])
@@ -249,15 +321,30 @@ def create_app(library: Library, models: list[str], settings: Settings = Setting
     @app.get("/api/files/{file_id}", response_model=schemas.FileInfo, responses=schemas.errors(404, 422))
     def file_info(file_id: FileId) -> dict:
         detail, copies, links = library.file(file_id)
-        return _with_links({"id": detail.id, "path": detail.path, "size": detail.size, "width": detail.width,
-                            "height": detail.height, "also_at": list(copies), "links": list(links)}) | {
-            "original": f"/api/files/{detail.id}/original"}
+        return _with_links(
+            {
+                "id": detail.id,
+                "path": detail.path,
+                "size": detail.size,
+                "width": detail.width,
+                "height": detail.height,
+                "also_at": list(copies),
+                "links": list(links),
+            }
+        ) | {"original": f"/api/files/{detail.id}/original"}
 
-    @app.get("/api/files/{file_id}/thumbnail", response_class=Response,
-             responses=schemas.binary("image/jpeg", description="A JPEG fitted in size x size")
-             | schemas.errors(404, 422, 503))
-    async def file_thumbnail(file_id: FileId, size: Annotated[int, Query(
-            ge=REQUESTABLE.start, le=REQUESTABLE.stop - 1, description="Fits in size x size")] = GRID_SIZE) -> Response:
+    @app.get(
+        "/api/files/{file_id}/thumbnail",
+        response_class=Response,
+        responses=schemas.binary("image/jpeg", description="A JPEG fitted in size x size")
+        | schemas.errors(404, 422, 503),
+    )
+    async def file_thumbnail(
+        file_id: FileId,
+        size: Annotated[
+            int, Query(ge=REQUESTABLE.start, le=REQUESTABLE.stop - 1, description="Fits in size x size")
+        ] = GRID_SIZE,
+    ) -> Response:
         if size not in REQUESTABLE:
             raise DreamsearchError(f"size must be between {REQUESTABLE.start} and {REQUESTABLE.stop - 1}")
 
@@ -269,17 +356,23 @@ def create_app(library: Library, models: list[str], settings: Settings = Setting
         data = await heavy.run(make)
         return Response(data, media_type="image/jpeg", headers={"Cache-Control": "private, max-age=3600"})
 
-    @app.get("/api/files/{file_id}/original", response_class=Response,
-             responses=schemas.binary(*schemas.IMAGE_TYPES, "application/octet-stream", description="The file's bytes")
-             | schemas.errors(404, 422))
+    @app.get(
+        "/api/files/{file_id}/original",
+        response_class=Response,
+        responses=schemas.binary(*schemas.IMAGE_TYPES, "application/octet-stream", description="The file's bytes")
+        | schemas.errors(404, 422),
+    )
     def file_original(file_id: FileId) -> FileSent:
         """The file's bytes, as an image type only if the decoder found one (never from the
         name: a JPEG that is also HTML must not run), else a download; sandboxed either way."""
-        return FileSent(_servable(library, file_id), headers={"Content-Security-Policy": ORIGINAL_POLICY,
-                                                              "Cache-Control": "private, max-age=3600"})
+        return FileSent(
+            _servable(library, file_id),
+            headers={"Content-Security-Policy": ORIGINAL_POLICY, "Cache-Control": "private, max-age=3600"},
+        )
 
-    @app.post("/api/index", status_code=202, response_model=schemas.JobStarted,
-              responses=schemas.errors(404, 409, 413, 422))
+    @app.post(
+        "/api/index", status_code=202, response_model=schemas.JobStarted, responses=schemas.errors(404, 409, 413, 422)
+    )
     def start_index(body: IndexRequest) -> dict:
         if not body.folders:
             raise DreamsearchError("give at least one folder")
@@ -294,9 +387,15 @@ def create_app(library: Library, models: list[str], settings: Settings = Setting
     def job_state(job_id: str) -> dict:
         return _job(jobs, job_id).document()
 
-    @app.delete("/api/jobs/{job_id}", status_code=202, response_model=schemas.JobDocument,
-                responses={200: {"model": schemas.JobDocument, "description": "The job had already ended"}}
-                | schemas.errors(404, 422))
+    @app.delete(
+        "/api/jobs/{job_id}",
+        status_code=202,
+        response_model=schemas.JobDocument,
+        responses={
+            200: {"model": schemas.JobDocument, "description": "The job had already ended"},
+            **schemas.errors(404, 422),
+        },
+    )
     def stop_job(job_id: str, response: Response) -> dict:
         """Stop a running job: it commits what is embedded and ends ``interrupted`` (202).
         A job that already ended is left as it is (200)."""
@@ -308,8 +407,11 @@ def create_app(library: Library, models: list[str], settings: Settings = Setting
             response.status_code = 200
         return document
 
-    @app.get("/api/jobs/{job_id}/events", response_class=StreamingResponse,
-             responses=schemas.event_stream() | schemas.errors(404, 422))
+    @app.get(
+        "/api/jobs/{job_id}/events",
+        response_class=StreamingResponse,
+        responses=schemas.event_stream() | schemas.errors(404, 422),
+    )
     def job_events(job_id: str) -> StreamingResponse:
         job = _job(jobs, job_id)
 
@@ -326,8 +428,9 @@ def create_app(library: Library, models: list[str], settings: Settings = Setting
 
         return StreamingResponse(stream(), media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
 
-    @app.get("/api/events", response_class=StreamingResponse,
-             responses=schemas.library_events() | schemas.errors(404, 422))
+    @app.get(
+        "/api/events", response_class=StreamingResponse, responses=schemas.library_events() | schemas.errors(404, 422)
+    )
     def library_events(after: Annotated[int, Query(ge=0, description="Send batches numbered above this")] = 0):
         """The watcher's committed batches (``serve --watch``), as Server-Sent Events, as
         they land (a client shows "N new photos" and refreshes when asked), and its
@@ -359,8 +462,13 @@ def create_app(library: Library, models: list[str], settings: Settings = Setting
 
     app.mount("/docs/assets", StaticFiles(directory=SWAGGER_UI), name="docs-assets")
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
-    schemas.publish(app, list(MODELS) if limits.load_models_on_request else models, models[0],
-                    bool(settings.token), lambda: dims | library.vector_dims())
+    schemas.publish(
+        app,
+        list(MODELS) if limits.load_models_on_request else models,
+        models[0],
+        bool(settings.token),
+        lambda: dims | library.vector_dims(),
+    )
     return app
 
 
@@ -416,16 +524,26 @@ def _error_handlers(app: FastAPI, redact: Redactor) -> None:
     def answer(status: int):
         async def handler(request: Request, exc: Exception) -> JSONResponse:
             return JSONDocument({"detail": redact.error(exc)}, status_code=status)
+
         return handler
 
     # Starlette picks the handler of the most specific class, so the order does not matter.
-    for error, status in ((NotFoundError, 404), (PixelLimitError, 413), (ImageError, 415), (JobRunning, 409),
-                          (DreamsearchError, 400), (BodyTooLarge, 413), (FolderNotAllowed, 403)):
+    for error, status in (
+        (NotFoundError, 404),
+        (PixelLimitError, 413),
+        (ImageError, 415),
+        (JobRunning, 409),
+        (DreamsearchError, 400),
+        (BodyTooLarge, 413),
+        (FolderNotAllowed, 403),
+    ):
         app.add_exception_handler(error, answer(status))
 
     @app.exception_handler(RequestValidationError)
     async def invalid(request: Request, exc: RequestValidationError):
-        problems = "; ".join(f"{'.'.join(str(p) for p in e['loc'][1:]) or e['loc'][0]}: {e['msg']}" for e in exc.errors())
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in e['loc'][1:]) or e['loc'][0]}: {e['msg']}" for e in exc.errors()
+        )
         return JSONDocument({"detail": problems or "invalid request"}, status_code=422)
 
     @app.exception_handler(HTTPException)  # Starlette's: routing's 404 and 405 too, not only FastAPI's
@@ -446,11 +564,11 @@ class _IdleUnloader:
 
     def start(self) -> None:
         if self.seconds:
-            threading.Thread(target=self._loop, name="dreamsearch-unload", daemon=True).start()
+            threading.Thread(target=self._loop, args=(self.seconds,), name="dreamsearch-unload", daemon=True).start()
 
     def stop(self) -> None:
         self.done.set()
 
-    def _loop(self) -> None:
-        while not self.done.wait(min(self.seconds, 5.0)):
-            self.library.unload_models(idle_for=self.seconds)
+    def _loop(self, seconds: float) -> None:
+        while not self.done.wait(min(seconds, 5.0)):
+            self.library.unload_models(idle_for=seconds)

@@ -42,9 +42,17 @@ from dreamsearch.file_state import observed
 
 #: What an original may be sent as, by the format the decoder found when indexing it: only
 #: pictures a browser shows and never runs. Anything else is a download.
-IMAGE_TYPES = {"JPEG": "image/jpeg", "MPO": "image/jpeg", "PNG": "image/png", "GIF": "image/gif",
-               "WEBP": "image/webp", "BMP": "image/bmp", "TIFF": "image/tiff", "HEIF": "image/heif",
-               "AVIF": "image/avif"}
+IMAGE_TYPES = {
+    "JPEG": "image/jpeg",
+    "MPO": "image/jpeg",
+    "PNG": "image/png",
+    "GIF": "image/gif",
+    "WEBP": "image/webp",
+    "BMP": "image/bmp",
+    "TIFF": "image/tiff",
+    "HEIF": "image/heif",
+    "AVIF": "image/avif",
+}
 #: An original opened in a tab is a document of its own: no script, no plugin, an opaque
 #: origin (``sandbox``), nothing else loaded, never in a frame. Browsers still show the
 #: picture (tested in Chromium).
@@ -156,7 +164,7 @@ def _as_indexed(detail: FileDetail, info: os.stat_result) -> bool:
     """Size, mtime, inode, device and ctime as stored (those a row from before inodes were
     stored lacks are not compared; such a file must then be inside an indexed folder)."""
     stored = (detail.size, detail.mtime_ns, detail.inode, detail.device, detail.ctime_ns)
-    return all(value is None or value == seen for value, seen in zip(stored, observed(info)))
+    return all(value is None or value == seen for value, seen in zip(stored, observed(info), strict=True))
 
 
 def _real_path(handle: int) -> str | None:
@@ -179,9 +187,14 @@ class FileSent(Response):
     def __init__(self, opened: OpenedFile, headers: dict[str, str] | None = None) -> None:
         self.opened = opened
         kind = "inline" if opened.media_type else "attachment"
-        super().__init__(media_type=opened.media_type or "application/octet-stream", headers={
-            "Content-Disposition": _disposition(kind, os.path.basename(opened.detail.path)),
-            "Content-Length": str(opened.info.st_size), **(headers or {})})
+        super().__init__(
+            media_type=opened.media_type or "application/octet-stream",
+            headers={
+                "Content-Disposition": _disposition(kind, os.path.basename(opened.detail.path)),
+                "Content-Length": str(opened.info.st_size),
+                **(headers or {}),
+            },
+        )
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         opened = self.opened

@@ -29,9 +29,11 @@ log = logging.getLogger("uvicorn.error")
 
 #: The UI has no inline script or style; ``blob:`` and ``data:`` pictures are the previews
 #: and images it fetches with the token. Swagger UI (``/docs``) works under it as well.
-PAGE_POLICY = ("default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data: blob:; "
-               "font-src 'self'; connect-src 'self'; object-src 'none'; base-uri 'none'; form-action 'self'; "
-               "frame-ancestors 'none'")
+PAGE_POLICY = (
+    "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data: blob:; "
+    "font-src 'self'; connect-src 'self'; object-src 'none'; base-uri 'none'; form-action 'self'; "
+    "frame-ancestors 'none'"
+)
 INTERNAL_ERROR = "internal error (the server log has the details)"
 
 
@@ -40,8 +42,11 @@ class SecurityHeaders:
 
     def __init__(self, app: ASGIApp, cross_origin: bool = False) -> None:
         self.app = app
-        self.fixed = {"X-Content-Type-Options": "nosniff", "X-Frame-Options": "DENY",
-                      "Content-Security-Policy": PAGE_POLICY}
+        self.fixed = {
+            "X-Content-Type-Options": "nosniff",
+            "X-Frame-Options": "DENY",
+            "Content-Security-Policy": PAGE_POLICY,
+        }
         if not cross_origin:
             self.fixed["Cross-Origin-Resource-Policy"] = "same-origin"
 

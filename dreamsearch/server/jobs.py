@@ -31,8 +31,20 @@ log = logging.getLogger("uvicorn.error")
 #: indexed, copies and moves are no work); ``scanning`` is how many folders are still being
 #: scanned (while above 0, the totals grow). Sent as they change: on a CPU a batch is about
 #: 5 s of the model's work (``indexer.pace``), so the counts move at least that often.
-COUNTS = ("read", "to_read", "embedded", "to_embed", "scanning", "copied", "moved", "failed", "unchanged", "removed",
-          "new", "changed")
+COUNTS = (
+    "read",
+    "to_read",
+    "embedded",
+    "to_embed",
+    "scanning",
+    "copied",
+    "moved",
+    "failed",
+    "unchanged",
+    "removed",
+    "new",
+    "changed",
+)
 FINAL_STATES = ("done", "failed", "interrupted")
 #: Finished jobs kept for ``GET /api/jobs/{id}``, most recent first.
 KEEP_FINISHED = 100
@@ -53,8 +65,14 @@ class Job:
         self._lock = threading.Lock()
 
     def document(self) -> dict:
-        return {"id": self.id, "state": self.state, "folders": self.folders, "models": self.models,
-                "counts": dict(self.counts), "error": self.error}
+        return {
+            "id": self.id,
+            "state": self.state,
+            "folders": self.folders,
+            "models": self.models,
+            "counts": dict(self.counts),
+            "error": self.error,
+        }
 
     def _update(self, **fields) -> None:
         with self._lock:
@@ -67,9 +85,12 @@ class Jobs:
     """The server's index jobs; at most one runs (the library has one writer).
     ``on_picture`` sees each picture a job decodes (the server's thumbnails)."""
 
-    def __init__(self, library: Library,
-                 on_picture: Callable[[ScannedFile, Image.Image], None] | None = None,
-                 public: Callable[[BaseException], str] = str) -> None:
+    def __init__(
+        self,
+        library: Library,
+        on_picture: Callable[[ScannedFile, Image.Image], None] | None = None,
+        public: Callable[[BaseException], str] = str,
+    ) -> None:
         self.library, self.on_picture = library, on_picture
         self.public = public  # a failure as a client may read it (the server's redaction)
         self.jobs: dict[str, Job] = {}
@@ -110,12 +131,13 @@ class Jobs:
             with LibraryLayout.prepare(self.library.folder.root).writer_lock():
                 pass
         except WriterBusy:
-            raise JobRunning("another dreamsearch process is changing the library (an index run?); "
-                             "try again when it ends") from None
+            raise JobRunning(
+                "another dreamsearch process is changing the library (an index run?); try again when it ends"
+            ) from None
 
     def _prune(self) -> None:
         finished = [job_id for job_id, job in self.jobs.items() if job.state in FINAL_STATES]
-        for job_id in finished[:max(0, len(finished) - KEEP_FINISHED)]:
+        for job_id in finished[: max(0, len(finished) - KEEP_FINISHED)]:
             del self.jobs[job_id]
 
     def _run(self, job: Job, paths: list[Path]) -> None:
@@ -123,7 +145,9 @@ class Jobs:
             job._update(counts={key: getattr(report, key) for key in COUNTS})
 
         try:
-            report = self.library.index(paths, job.models, progress, stop=job.stopping, on_picture=self.on_picture)
+            report = self.library.index(
+                paths, job.models, progress=progress, stop=job.stopping, on_picture=self.on_picture
+            )
         except DreamsearchError as exc:
             job._update(state="failed", error=self.public(exc))
         except Exception as exc:  # noqa: BLE001 - reported on the job, never lost in a thread
@@ -163,4 +187,4 @@ def _folder(text: str) -> Path:
 
 def _shown(text: str, most: int = 120) -> str:
     """``text`` quoted for an error message, its middle cut if it is long."""
-    return repr(text if len(text) <= most else f"{text[:most // 2]}...{text[-most // 3:]}")
+    return repr(text if len(text) <= most else f"{text[: most // 2]}...{text[-most // 3 :]}")

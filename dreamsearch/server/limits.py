@@ -79,8 +79,9 @@ class Lane:
         self.name, self.slots, self.queue, self.wait_s = name, max(1, slots), queue, wait_s
         self._free = asyncio.Semaphore(self.slots)
         self._waiting = 0
-        self._threads = ThreadPoolExecutor(self.slots, thread_name_prefix=f"dreamsearch-{name}",
-                                           initializer=yield_the_cpu if background else None)
+        self._threads = ThreadPoolExecutor(
+            self.slots, thread_name_prefix=f"dreamsearch-{name}", initializer=yield_the_cpu if background else None
+        )
         self._mean_s = 1.0  # moving average of a call's time: what Retry-After is made of
         self._running, self._running_lock = 0, threading.Lock()
 
@@ -108,6 +109,7 @@ class Lane:
         try:
             return await asyncio.wait_for(asyncio.shield(result), time_limit)
         except asyncio.TimeoutError:
+            assert time_limit is not None  # without one, wait_for never times out
             raise TooSlow(time_limit) from None
 
     def _call(self, function: Callable[..., Result], *args) -> Result:
@@ -124,14 +126,17 @@ class Lane:
 
     async def _enter(self) -> None:
         if self._waiting >= self.queue:
-            raise Busy(f"the server is busy ({self.name}: {self.queue} requests waiting); try again later",
-                       self._retry_after())
+            raise Busy(
+                f"the server is busy ({self.name}: {self.queue} requests waiting); try again later", self._retry_after()
+            )
         self._waiting += 1
         try:
             await asyncio.wait_for(self._free.acquire(), self.wait_s)
         except asyncio.TimeoutError:
-            raise Busy(f"the server is busy ({self.name}: no slot within {self.wait_s:g} s); try again later",
-                       self._retry_after()) from None
+            raise Busy(
+                f"the server is busy ({self.name}: no slot within {self.wait_s:g} s); try again later",
+                self._retry_after(),
+            ) from None
         finally:
             self._waiting -= 1
 

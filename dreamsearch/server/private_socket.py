@@ -13,7 +13,9 @@ import errno
 import os
 import signal
 import socket
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 #: The longest path a Unix socket can have on Linux (``sun_path``, less its NUL).
 MAX_SOCKET_PATH = 107
@@ -44,7 +46,6 @@ class PrivateSocket:
                 os.unlink(self.path)
         except FileNotFoundError:
             pass
-
 
     def remove_then_terminate(self, signum: int, _frame: object) -> None:
         """The SIGTERM handler while serving. uvicorn stops gracefully on SIGTERM, then puts
@@ -83,7 +84,7 @@ def _listen(path: Path) -> socket.socket:
     return listener
 
 
-def came_through(scope: dict, path: Path | None) -> bool:
+def came_through(scope: Mapping[str, Any], path: Path | None) -> bool:
     """Whether an ASGI request arrived on the private socket at ``path`` (uvicorn names a
     Unix socket's path as the scope's server, with no port)."""
     server = scope.get("server")

@@ -32,11 +32,15 @@ class Redactor:
 
     def __init__(self, internals: Mapping[str, str]) -> None:
         folders = {str(Path(p)): name for p, name in internals.items() if p and str(Path(p)) != "/"}
-        folders |= {str(Path(p).resolve()): name for p, name in internals.items() if p and Path(p).resolve() != Path("/")}
+        folders |= {
+            str(Path(p).resolve()): name for p, name in internals.items() if p and Path(p).resolve() != Path("/")
+        }
         ordered = sorted(folders, key=len, reverse=True)  # /lib/index before /lib
         self._names = folders
         # a folder, then the end of a path component: /srv/lib never matches /srv/library
-        self._folders = re.compile("|".join(re.escape(p) + r"(?![^/\s'\"`(),;:])" for p in ordered)) if ordered else None
+        self._folders = (
+            re.compile("|".join(re.escape(p) + r"(?![^/\s'\"`(),;:])" for p in ordered)) if ordered else None
+        )
 
     def __call__(self, message: str) -> str:
         text = _SOURCE.sub("", _CPP_ERROR.sub("", message))
@@ -49,8 +53,11 @@ class Redactor:
         message = str(exc)
         if isinstance(exc, WeightsError):  # the weights folder and how to fill it: the operator's business
             model = re.match(r"model '([^']+)'", message)
-            public = (f"model '{model[1]}' cannot be loaded on this server" if model else
-                      "a model cannot be loaded on this server") + " (its weights are missing or unusable)"
+            public = (
+                f"model '{model[1]}' cannot be loaded on this server"
+                if model
+                else "a model cannot be loaded on this server"
+            ) + " (its weights are missing or unusable)"
         else:
             public = self(message)
         if public != message:
@@ -60,6 +67,12 @@ class Redactor:
 
 def library_redactor(library_root: str | Path, weights: str | Path | None) -> Redactor:
     """The redactor of a server over ``library_root`` with its weights in ``weights``."""
-    return Redactor({str(library_root): "<library>", str(weights or ""): "<weights folder>",
-                     sys.prefix: "<python>", sys.base_prefix: "<python>",
-                     str(Path(__file__).resolve().parents[2]): "<dreamsearch>"})
+    return Redactor(
+        {
+            str(library_root): "<library>",
+            str(weights or ""): "<weights folder>",
+            sys.prefix: "<python>",
+            sys.base_prefix: "<python>",
+            str(Path(__file__).resolve().parents[2]): "<dreamsearch>",
+        }
+    )

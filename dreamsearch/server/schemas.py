@@ -39,11 +39,16 @@ MAX_DIM = 4096
 # Inputs: declared here, so that the schema states them and pydantic answers 422 outside
 # them. Paths are only declared, and checked by the routes (400): pydantic cannot match a
 # pattern against a name that is not UTF-8 (a lone surrogate), and such names are valid
-# (docs/output.md).
+# (docs/output.md). The body models' fields take these as ``Field(default, **LIMITS)``,
+# which mypy cannot read through (``type: ignore[misc]`` there); an ``Annotated`` field
+# would change the schema (``ge`` instead of ``minimum``).
 _PATH = {"pattern": ABSOLUTE_PATH, "maxLength": MAX_PATH}
-K_LIMITS = {"ge": 1, "le": MAX_K, "description": f"Results per page (1-{MAX_K})"}
-OFFSET_LIMITS = {"ge": 0, "le": MAX_DEPTH - 1,
-                 "description": f"Results to skip; a page ends at result {MAX_DEPTH:,} at the deepest"}
+K_LIMITS: dict[str, Any] = {"ge": 1, "le": MAX_K, "description": f"Results per page (1-{MAX_K})"}
+OFFSET_LIMITS: dict[str, Any] = {
+    "ge": 0,
+    "le": MAX_DEPTH - 1,
+    "description": f"Results to skip; a page ends at result {MAX_DEPTH:,} at the deepest",
+}
 DISTANCE_LIMITS = {"ge": 0, "le": 2, "description": "Leave out results farther than this (0-2)"}
 QueryK = Annotated[int, Query(**K_LIMITS)]
 FormK = Annotated[int, Form(**K_LIMITS)]
@@ -75,17 +80,25 @@ JSONInt = Annotated[int, BeforeValidator(_number_not_text)]
 JSONFloat = Annotated[float, BeforeValidator(_number_not_text), Field(allow_inf_nan=False)]
 QueryBool = Annotated[bool, BeforeValidator(_true_or_false), Query()]
 FormBool = Annotated[bool, BeforeValidator(_true_or_false), Form()]
-FormUnder = Annotated[str | None, Form(json_schema_extra={"pattern": f"^$|{ABSOLUTE_PATH}", "maxLength": MAX_PATH},
-                                       description="Only results inside this folder (an absolute path)")]
+FormUnder = Annotated[
+    str | None,
+    Form(
+        json_schema_extra={"pattern": f"^$|{ABSOLUTE_PATH}", "maxLength": MAX_PATH},
+        description="Only results inside this folder (an absolute path)",
+    ),
+]
 
 
 class VectorSearch(BaseModel):
     vector: list[JSONFloat] = Field(
-        min_length=1, max_length=MAX_DIM, json_schema_extra={"contains": {"not": {"const": 0}}},
-        description="As many numbers as the model's vectors have, not all zero")
-    k: JSONInt = Field(25, **K_LIMITS)
+        min_length=1,
+        max_length=MAX_DIM,
+        json_schema_extra={"contains": {"not": {"const": 0}}},
+        description="As many numbers as the model's vectors have, not all zero",
+    )
+    k: JSONInt = Field(25, **K_LIMITS)  # type: ignore[misc]
     model: str | None = None
-    offset: JSONInt = Field(0, **OFFSET_LIMITS)
+    offset: JSONInt = Field(0, **OFFSET_LIMITS)  # type: ignore[misc]
 
 
 #: Longest text a text search takes. CLIP reads 77 tokens, about 300 characters of English:
@@ -94,16 +107,21 @@ MAX_TEXT = 2_000
 
 
 class TextSearch(BaseModel):
-    text: str = Field(min_length=1, max_length=MAX_TEXT, pattern=r"\S",
-                      description="Words to search for. CLIP reads 77 tokens: longer text is cut (see notice)")
-    k: JSONInt = Field(25, **K_LIMITS)
+    text: str = Field(
+        min_length=1,
+        max_length=MAX_TEXT,
+        pattern=r"\S",
+        description="Words to search for. CLIP reads 77 tokens: longer text is cut (see notice)",
+    )
+    k: JSONInt = Field(25, **K_LIMITS)  # type: ignore[misc]
     model: str | None = Field(None, description="A model with a text tower (default: clip)")
-    offset: JSONInt = Field(0, **OFFSET_LIMITS)
+    offset: JSONInt = Field(0, **OFFSET_LIMITS)  # type: ignore[misc]
 
 
 class IndexRequest(BaseModel):
     folders: list[Annotated[str, Field(json_schema_extra=_PATH)]] = Field(
-        min_length=1, description="Absolute folder paths, without '..'")
+        min_length=1, description="Absolute folder paths, without '..'"
+    )
     models: list[str] | None = Field(None, min_length=1, description="Default: the server's --models")
 
 
@@ -140,8 +158,12 @@ def errors(*codes: int) -> dict[int | str, dict[str, Any]]:
     for code in sorted({*GUARD_ERRORS, *codes}):
         answers[code] = {"model": ErrorBody, "description": STATUS_TEXT[code]}
         if code == 503:
-            answers[code]["headers"] = {"Retry-After": {"description": "Seconds to wait before retrying",
-                                                        "schema": {"type": "integer", "minimum": 0}}}
+            answers[code]["headers"] = {
+                "Retry-After": {
+                    "description": "Seconds to wait before retrying",
+                    "schema": {"type": "integer", "minimum": 0},
+                }
+            }
     return answers
 
 
@@ -153,17 +175,25 @@ def binary(*media_types: str, description: str) -> dict[int | str, dict[str, Any
 
 def event_stream() -> dict[int | str, dict[str, Any]]:
     """The ``responses`` entry of a 200 that is Server-Sent Events of job documents."""
-    return {200: {"description": "The job document as Server-Sent Events (`data: {...}`), on every change, "
-                                 "until a final state",
-                  "content": {"text/event-stream": {"schema": {"type": "string"}}}}}
+    return {
+        200: {
+            "description": "The job document as Server-Sent Events (`data: {...}`), on every change, "
+            "until a final state",
+            "content": {"text/event-stream": {"schema": {"type": "string"}}},
+        }
+    }
 
 
 def library_events() -> dict[int | str, dict[str, Any]]:
     """The ``responses`` entry of ``/api/events``: Server-Sent Events of ``WatchBatch``."""
-    return {200: {"description": "Each batch the watcher commits (`WatchBatch` as `data: {...}`), as it lands, "
-                                 "and its warnings (`event: warnings`, `data: [...]`) at the start and on each "
-                                 "change; the stream stays open",
-                  "content": {"text/event-stream": {"schema": {"type": "string"}}}}}
+    return {
+        200: {
+            "description": "Each batch the watcher commits (`WatchBatch` as `data: {...}`), as it lands, "
+            "and its warnings (`event: warnings`, `data: [...]`) at the start and on each "
+            "change; the stream stays open",
+            "content": {"text/event-stream": {"schema": {"type": "string"}}},
+        }
+    }
 
 
 def model_list_pattern(names: Sequence[str], at_least: int = 1) -> str:
@@ -175,12 +205,17 @@ def model_list_pattern(names: Sequence[str], at_least: int = 1) -> str:
 
 def methods_at(routes: Sequence[BaseRoute], scope: Scope) -> list[str]:
     """Every method some route serves at the request's path (a 405's ``Allow``)."""
-    return sorted({method for route in routes if route.matches(scope)[0] != Match.NONE
-                   for method in getattr(route, "methods", None) or ()})
+    return sorted(
+        {
+            method
+            for route in routes
+            if route.matches(scope)[0] != Match.NONE
+            for method in getattr(route, "methods", None) or ()
+        }
+    )
 
 
-def publish(app: FastAPI, models: Sequence[str], default: str, token: bool,
-            dims: Callable[[], dict[str, int]]) -> None:
+def publish(app: FastAPI, models: Sequence[str], default: str, token: bool, dims: Callable[[], dict[str, int]]) -> None:
     """Make ``app.openapi()`` FastAPI's schema plus what only this server knows: the model
     names it accepts (``models``, ``default`` when none is named), each indexed model's
     vector length (``dims()``, read on every request of the schema: an index job can add a
@@ -188,8 +223,13 @@ def publish(app: FastAPI, models: Sequence[str], default: str, token: bool,
     sent as null (leaving it out is how it is left unset), so its null branch goes."""
 
     def openapi() -> dict[str, Any]:
-        document = get_openapi(title=app.title, version=app.version, openapi_version=app.openapi_version,
-                               description=app.description, routes=app.routes)
+        document = get_openapi(
+            title=app.title,
+            version=app.version,
+            openapi_version=app.openapi_version,
+            description=app.description,
+            routes=app.routes,
+        )
         components = document.get("components", {}).get("schemas", {})
         for operation in (op for item in document["paths"].values() for op in item.values()):
             for parameter in operation.get("parameters", []):
@@ -197,13 +237,19 @@ def publish(app: FastAPI, models: Sequence[str], default: str, token: bool,
             form = operation.get("requestBody", {}).get("content", {}).get("multipart/form-data")
             if form:
                 body = components[form["schema"]["$ref"].rsplit("/", 1)[-1]]
-                body["properties"] = {name: _field(name, _not_null(field), models, default)
-                                      for name, field in body["properties"].items()}
+                body["properties"] = {
+                    name: _field(name, _not_null(field), models, default) for name, field in body["properties"].items()
+                }
         _describe_vector(components.get("VectorSearch"), models, default, dims())
         if "TextSearch" in components:  # only models with a text tower take text
             components["TextSearch"]["properties"]["model"] = {
-                "anyOf": [{"type": "string", "enum": ["", *(m for m in models if get_spec(m).text_builder)]},
-                          {"type": "null"}], "title": "Model", "description": "Empty or null: clip"}
+                "anyOf": [
+                    {"type": "string", "enum": ["", *(m for m in models if get_spec(m).text_builder)]},
+                    {"type": "null"},
+                ],
+                "title": "Model",
+                "description": "Empty or null: clip",
+            }
         if "IndexRequest" in components:
             for branch in components["IndexRequest"]["properties"]["models"].get("anyOf", []):
                 if branch.get("type") == "array":
@@ -229,36 +275,56 @@ def _not_null(schema: dict[str, Any]) -> dict[str, Any]:
 
 def _field(name: str, schema: dict[str, Any], models: Sequence[str], default: str) -> dict[str, Any]:
     if name == "image":  # an upload's bytes
-        return {"type": "string", "format": "binary", "title": "Image",
-                "description": "A picture file (any format the indexer decodes: JPEG, PNG, WebP, HEIC, ...)"}
+        return {
+            "type": "string",
+            "format": "binary",
+            "title": "Image",
+            "description": "A picture file (any format the indexer decodes: JPEG, PNG, WebP, HEIC, ...)",
+        }
     if name == "model":
-        return {"type": "string", "enum": ["", *models], "default": default, "title": "Model",
-                "description": f"Empty: the default, {default}"}
+        return {
+            "type": "string",
+            "enum": ["", *models],
+            "default": default,
+            "title": "Model",
+            "description": f"Empty: the default, {default}",
+        }
     if name == "models" and schema.get("type") == "string":  # compare's comma-separated list
-        return {"type": "string", "pattern": model_list_pattern(models, 2), "title": "Models",
-                "description": "Two or more different models, comma-separated (default: every indexed one)"}
+        return {
+            "type": "string",
+            "pattern": model_list_pattern(models, 2),
+            "title": "Models",
+            "description": "Two or more different models, comma-separated (default: every indexed one)",
+        }
     return schema
 
 
-def _describe_vector(schema: dict[str, Any] | None, models: Sequence[str], default: str,
-                     dims: dict[str, int]) -> None:
+def _describe_vector(schema: dict[str, Any] | None, models: Sequence[str], default: str, dims: dict[str, int]) -> None:
     """The vector of a vector search has the length of its model's vectors."""
     if schema is None:
         return
     properties = schema["properties"]
-    properties["model"] = {"anyOf": [{"type": "string", "enum": ["", *models]}, {"type": "null"}],
-                           "title": "Model", "description": f"Empty or null: the default, {default}"}
+    properties["model"] = {
+        "anyOf": [{"type": "string", "enum": ["", *models]}, {"type": "null"}],
+        "title": "Model",
+        "description": f"Empty or null: the default, {default}",
+    }
     known = {name: dims[name] for name in models if name in dims}
     if len(set(known.values())) == 1:
         length = next(iter(known.values()))
         properties["vector"] |= {"minItems": length, "maxItems": length}
     elif known:  # one branch per model, and one for the default (no model, "" or null)
-        schema["anyOf"] = [{"properties": {"model": {"const": name}, "vector": _length(n)}, "required": ["model"]}
-                           for name, n in known.items()]
+        schema["anyOf"] = [
+            {"properties": {"model": {"const": name}, "vector": _length(n)}, "required": ["model"]}
+            for name, n in known.items()
+        ]
         if default in known:
-            schema["anyOf"].append({"anyOf": [{"not": {"required": ["model"]}},
-                                              {"properties": {"model": {"enum": ["", None]}}}],
-                                    "properties": {"vector": _length(known[default])}})
+            schema["anyOf"].append(
+                {
+                    "anyOf": [{"not": {"required": ["model"]}}, {"properties": {"model": {"enum": ["", None]}}}],
+                    "properties": {"vector": _length(known[default])},
+                }
+            )
 
 
 def _length(n: int) -> dict[str, int]:
@@ -346,8 +412,9 @@ class Status(Strict):
     folders: list[FolderState]
     models: list[ModelState]
     failed: list[FailedFile] = Field(description="Unreadable files and why (with failed=true)")
-    watch_warnings: list[str] = Field(description="What the watchers running on this library warn about "
-                                                  "(`dreamsearch watch`, `serve --watch`)")
+    watch_warnings: list[str] = Field(
+        description="What the watchers running on this library warn about (`dreamsearch watch`, `serve --watch`)"
+    )
 
 
 class Result(Strict):

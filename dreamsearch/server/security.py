@@ -8,9 +8,9 @@ import ipaddress
 import os
 import secrets
 from collections.abc import Iterable
-from urllib.parse import urlsplit
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import urlsplit
 
 from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Receive, Scope, Send
@@ -52,8 +52,10 @@ def check_bind(settings: Settings) -> None:
     """Refuse to listen beyond this machine without a token: the API reads and serves the
     library's files and can start index jobs."""
     if not is_loopback(settings.host) and not settings.token:
-        raise DreamsearchError(f"--host {settings.host} is reachable from other machines: set --token "
-                               f"(or $DREAMSEARCH_TOKEN), then send 'Authorization: Bearer TOKEN'")
+        raise DreamsearchError(
+            f"--host {settings.host} is reachable from other machines: set --token "
+            f"(or $DREAMSEARCH_TOKEN), then send 'Authorization: Bearer TOKEN'"
+        )
 
 
 def read_token_file(path: str) -> str:
@@ -64,10 +66,13 @@ def read_token_file(path: str) -> str:
         with open(path, encoding="utf-8") as handle:
             token = handle.readline().strip()
     except (OSError, UnicodeDecodeError) as exc:
-        raise DreamsearchError(f"--token-file {path}: cannot read it ({getattr(exc, 'strerror', None) or exc})") from None
+        raise DreamsearchError(
+            f"--token-file {path}: cannot read it ({getattr(exc, 'strerror', None) or exc})"
+        ) from None
     if info.st_mode & 0o077:
-        raise DreamsearchError(f"--token-file {path} can be read by other users (mode {info.st_mode & 0o777:04o}); "
-                               f"run: chmod 600 {path}")
+        raise DreamsearchError(
+            f"--token-file {path} can be read by other users (mode {info.st_mode & 0o777:04o}); run: chmod 600 {path}"
+        )
     if not token:
         raise DreamsearchError(f"--token-file {path} is empty")
     return token
@@ -94,8 +99,10 @@ def check_folder_allowed(folder: str, allowed: Iterable[str]) -> None:
         base = os.path.realpath(root)
         if real == base or real.startswith(base.rstrip("/") + "/"):
             return
-    raise FolderNotAllowed(f"{folder!r} is outside the folders this server may index "
-                           f"(the indexed ones, and those given with --allow-folder)")
+    raise FolderNotAllowed(
+        f"{folder!r} is outside the folders this server may index "
+        f"(the indexed ones, and those given with --allow-folder)"
+    )
 
 
 class Guard:
@@ -132,9 +139,15 @@ class Guard:
                 # a page elsewhere posting to this server (a "simple" CORS request needs no
                 # preflight): refused, unless --cors-origin names it
                 return 403, f"cross-site request from {origin} refused (allow it with --cors-origin)"
-        if self.settings.token and scope["path"].startswith("/api") and not came_through(scope, self.settings.private_socket):
+        if (
+            self.settings.token
+            and scope["path"].startswith("/api")
+            and not came_through(scope, self.settings.private_socket)
+        ):
             scheme, _, given = headers.get("authorization", "").partition(" ")
-            if scheme.lower() != "bearer" or not secrets.compare_digest(given.strip().encode(), self.settings.token.encode()):
+            if scheme.lower() != "bearer" or not secrets.compare_digest(
+                given.strip().encode(), self.settings.token.encode()
+            ):
                 return 401, "missing or wrong bearer token"
         length, limit = headers.get("content-length", ""), self._body_limit(headers)
         if length.isdigit() and int(length) > limit:
@@ -170,6 +183,7 @@ class _Over:
                     self.exceeded = True
                     raise BodyTooLarge(f"request body is over the limit of {self.limit:,} bytes")
             return message
+
         return counted
 
     def send(self, scope: Scope, receive: Receive, send: Send) -> Send:
@@ -179,11 +193,12 @@ class _Over:
             elif message["type"] == "http.response.start":
                 detail = f"request body is over the limit of {self.limit:,} bytes"
                 await JSONResponse({"detail": detail}, status_code=413)(scope, receive, send)
+
         return answered
 
 
 def _host_name(host: str) -> str:
     """``[::1]:8000`` → ``::1``; ``localhost:8000`` → ``localhost``."""
     if host.startswith("["):
-        return host[1:host.find("]")] if "]" in host else host
+        return host[1 : host.find("]")] if "]" in host else host
     return host.rsplit(":", 1)[0] if host.count(":") == 1 else host

@@ -59,7 +59,7 @@ def render(image: Image.Image, size: int) -> bytes:
     ratio = min(size / image.width, size / image.height, 1.0)
     fitted = (max(1, round(image.width * ratio)), max(1, round(image.height * ratio)))
     if fitted != image.size:
-        image = image.resize(fitted, Image.BICUBIC, reducing_gap=2.0)
+        image = image.resize(fitted, Image.Resampling.BICUBIC, reducing_gap=2.0)
     buffer = io.BytesIO()
     (image if image.mode == "RGB" else image.convert("RGB")).save(buffer, "JPEG", quality=85)
     return buffer.getvalue()
@@ -100,9 +100,10 @@ class ThumbnailCache:
         if not data.endswith(b"\xff\xd9"):  # written without fsync: a power cut can cut it short
             return None
         with self._lock:
-            entry = self._load().get(path)
+            entries = self._load()
+            entry = entries.get(path)
             if entry is not None:  # else dropped meanwhile (its bytes were read already)
-                self._entries.move_to_end(path)
+                entries.move_to_end(path)
                 if time.monotonic() - entry[1] > TOUCH_EVERY_S:
                     entry[1] = time.monotonic()
                     _touch(path)
@@ -141,15 +142,17 @@ class ThumbnailCache:
 
     def _add(self, path: Path, count: int) -> None:
         """Count ``path`` as just used, then drop the least recently used past the bound."""
-        old = self._entries.pop(path, None)
+        entries = self._load()
+        old = entries.pop(path, None)
         self._total += count - (old[0] if old else 0)
-        self._entries[path] = [count, time.monotonic()]
+        entries[path] = [count, time.monotonic()]
         self._evict(keep=1)
 
     def _evict(self, keep: int) -> None:
         """Delete the least recently used until the bound holds (the last ``keep`` stay)."""
-        while self._total > self.max_bytes and len(self._entries) > keep:
-            oldest, (dropped, _touched) = self._entries.popitem(last=False)
+        entries = self._load()
+        while self._total > self.max_bytes and len(entries) > keep:
+            oldest, (dropped, _touched) = entries.popitem(last=False)
             oldest.unlink(missing_ok=True)
             self._total -= dropped
 

@@ -4,4 +4,14 @@ from dreamsearch.vector_index.index import IndexFileError, IndexMeta, VectorInde
 from dreamsearch.vector_index.policy import IndexPlan, plan_for, with_kind
 from dreamsearch.vector_index.sync import open_index, rebuild, save_indexes
 
-__all__ = ["IndexFileError", "IndexMeta", "IndexPlan", "VectorIndex", "open_index", "plan_for", "rebuild", "save_indexes", "with_kind"]
+__all__ = [
+    "IndexFileError",
+    "IndexMeta",
+    "IndexPlan",
+    "VectorIndex",
+    "open_index",
+    "plan_for",
+    "rebuild",
+    "save_indexes",
+    "with_kind",
+]

@@ -22,12 +22,17 @@ import sys
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
+from types import ModuleType
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from dreamsearch.atomic import fsync_dir, staged_file, write_atomically
 from dreamsearch.errors import DreamsearchError
 from dreamsearch.vector_index.policy import MAX_TRAIN_POINTS_PER_LIST, IndexPlan
+
+if TYPE_CHECKING:
+    import faiss
 
 FORMAT = 2
 #: Bytes at each end of a FAISS file that the quick check hashes (header, id map, tail).
@@ -64,7 +69,7 @@ class IndexMeta:
     edges: str = ""
 
 
-def _faiss():
+def _faiss() -> ModuleType:
     import faiss
 
     return faiss
@@ -86,7 +91,7 @@ class VectorIndex:
     """Add, remove and search unit vectors by id. Not thread-safe for writes; concurrent
     searches on an unchanging index are safe (FAISS read paths are)."""
 
-    def __init__(self, index, meta: IndexMeta) -> None:
+    def __init__(self, index: faiss.Index, meta: IndexMeta) -> None:
         self.index = index
         self.meta = meta
 
@@ -98,8 +103,9 @@ class VectorIndex:
         return int(self.index.ntotal)
 
     @classmethod
-    def create(cls, plan: IndexPlan, meta: IndexMeta, training: np.ndarray, collection_size: int,
-               seed: int = 1234) -> VectorIndex:
+    def create(
+        cls, plan: IndexPlan, meta: IndexMeta, training: np.ndarray, collection_size: int, seed: int = 1234
+    ) -> VectorIndex:
         """An empty index of ``plan``, trained (IVF plans) on ``training`` vectors, a uniform
         sample of the ``collection_size`` vectors it is built for (recorded as
         ``trained_n``: the retraining policy compares later growth with it)."""
@@ -131,7 +137,8 @@ class VectorIndex:
     def remove(self, ids: np.ndarray) -> int:
         if not len(ids):
             return 0
-        return int(self.index.remove_ids(np.asarray(ids, dtype=np.int64)))
+        # faiss's Python wrapper takes an id array as well; its stub names only IDSelector
+        return int(self.index.remove_ids(np.asarray(ids, dtype=np.int64)))  # type: ignore[arg-type]
 
     def ids(self) -> np.ndarray:
         """Every id the index holds (sorted); for checks and diagnostics, O(n)."""
@@ -141,7 +148,8 @@ class VectorIndex:
         invlists = faiss.extract_index_ivf(self.index).invlists
         parts = [
             faiss.rev_swig_ptr(invlists.get_ids(i), invlists.list_size(i)).copy()
-            for i in range(invlists.nlist) if invlists.list_size(i)
+            for i in range(invlists.nlist)
+            if invlists.list_size(i)
         ]
         return np.sort(np.concatenate(parts)) if parts else np.empty(0, np.int64)
 
@@ -181,11 +189,22 @@ class VectorIndex:
                 _faiss().write_index(self.index, str(staged))
                 size, sha256, edges = _file_digests(staged, full=True)
         except RuntimeError as exc:  # FAISS reports a full disk this way
-            raise DreamsearchError(f"{folder / name}: cannot write the index "
-                                   f"({str(exc).strip().splitlines()[-1]}); the catalog is intact, "
-                                   "free some space and run the command again") from None
-        self.meta = replace(self.meta, seq=seq, file=name, catalog_id=catalog_id, chain=chain,
-                            ntotal=len(self), size=size, sha256=sha256, edges=edges)
+            raise DreamsearchError(
+                f"{folder / name}: cannot write the index "
+                f"({str(exc).strip().splitlines()[-1]}); the catalog is intact, "
+                "free some space and run the command again"
+            ) from None
+        self.meta = replace(
+            self.meta,
+            seq=seq,
+            file=name,
+            catalog_id=catalog_id,
+            chain=chain,
+            ntotal=len(self),
+            size=size,
+            sha256=sha256,
+            edges=edges,
+        )
         write_atomically(meta_path(folder, self.meta.model), _meta_to_json(self.meta))
         fsync_dir(folder)
         for old in folder.glob(f"{_safe(self.meta.model)}.*.faiss"):  # earlier versions, crash leftovers
@@ -217,8 +236,10 @@ class VectorIndex:
         except RuntimeError as exc:
             raise IndexFileError(f"{path}: unreadable FAISS index ({str(exc).splitlines()[0]})") from None
         if (index.d, index.ntotal) != (meta.dim, meta.ntotal):
-            raise IndexFileError(f"{path}: holds {index.ntotal} vectors of {index.d} values, "
-                                 f"its commit point says {meta.ntotal} of {meta.dim}")
+            raise IndexFileError(
+                f"{path}: holds {index.ntotal} vectors of {index.d} values, "
+                f"its commit point says {meta.ntotal} of {meta.dim}"
+            )
         return cls(index, meta)
 
 
@@ -263,7 +284,7 @@ def _training_sample(vectors: np.ndarray, nlist: int, seed: int) -> np.ndarray:
     return _as_matrix(vectors[pick], vectors.shape[1])
 
 
-def _residual(ivf, vectors: np.ndarray) -> float:
+def _residual(ivf: faiss.IndexIVF, vectors: np.ndarray) -> float:
     scores, _ = ivf.quantizer.search(vectors, 1)
     return float(np.mean(1.0 - scores[:, 0]))
 
@@ -281,11 +302,13 @@ def _pad(scores: np.ndarray, ids: np.ndarray, k: int) -> tuple[np.ndarray, np.nd
     if ids.shape[1] >= k:
         return scores[:, :k], ids[:, :k]
     extra = k - ids.shape[1]
-    return (np.pad(scores, ((0, 0), (0, extra)), constant_values=-np.inf),
-            np.pad(ids, ((0, 0), (0, extra)), constant_values=-1))
+    return (
+        np.pad(scores, ((0, 0), (0, extra)), constant_values=-np.inf),
+        np.pad(ids, ((0, 0), (0, extra)), constant_values=-1),
+    )
 
 
-def _rerank(queries: np.ndarray, candidates: np.ndarray, k: int, fetch: VectorFetcher):
+def _rerank(queries: np.ndarray, candidates: np.ndarray, k: int, fetch: VectorFetcher) -> tuple[np.ndarray, np.ndarray]:
     unique = np.unique(candidates[candidates >= 0])
     found_ids, found = fetch(unique)
     out_scores = np.full((len(queries), k), -np.inf, dtype=np.float32)
@@ -334,5 +357,3 @@ def read_meta(folder: Path, model: str) -> IndexMeta | None:
         return IndexMeta(**{**raw, "plan": IndexPlan(**raw["plan"])})
     except (TypeError, KeyError) as exc:
         raise IndexFileError(f"{path}: malformed ({exc})") from None
-
-

@@ -45,7 +45,7 @@ class IndexPlan:
 def nlist_for(n: int) -> int:
     """A power of two near 4·√n, and small enough to train on the data at hand."""
     target = 4 * math.sqrt(max(n, 1))
-    nlist = 2 ** max(0, round(math.log2(target)))
+    nlist = 1 << max(0, round(math.log2(target)))
     while nlist > 1 and nlist * TRAIN_POINTS_PER_LIST > n:
         nlist //= 2
     return nlist

@@ -24,5 +24,5 @@ def clustered_unit_vectors(n: int, dim: int, centres: int, spread: float = 0.6, 
 
 def recall_at_k(found: np.ndarray, truth: np.ndarray, k: int) -> float:
     """Mean fraction of each query's true top ``k`` ids that ``found`` (``[q, >=k]``) holds."""
-    hits = sum(len(np.intersect1d(f[:k], t[:k])) for f, t in zip(found, truth))
+    hits = sum(len(np.intersect1d(f[:k], t[:k])) for f, t in zip(found, truth, strict=True))
     return hits / (len(truth) * k)

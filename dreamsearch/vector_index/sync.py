@@ -22,8 +22,9 @@ from pathlib import Path
 import numpy as np
 
 from dreamsearch.catalog import Catalog, LogEntry, ModelInfo
+from dreamsearch.defaults import DEFAULT_NPROBE
 from dreamsearch.vector_index.index import IndexFileError, IndexMeta, VectorIndex
-from dreamsearch.vector_index.policy import DEFAULT_NPROBE, MAX_TRAIN_POINTS_PER_LIST, IndexPlan, plan_for
+from dreamsearch.vector_index.policy import MAX_TRAIN_POINTS_PER_LIST, IndexPlan, plan_for
 
 log = logging.getLogger(__name__)
 
@@ -72,8 +73,9 @@ def open_index(
     return index
 
 
-def load_checked(catalog: Catalog, model: ModelInfo, folder: Path, mmap: bool = True,
-                 verify: str = "quick") -> VectorIndex:
+def load_checked(
+    catalog: Catalog, model: ModelInfo, folder: Path, mmap: bool = True, verify: str = "quick"
+) -> VectorIndex:
     """The saved index of ``model``, or :class:`IndexFileError` saying why it cannot stand
     for this catalog: damaged file, other weights, another catalog (deleted and made
     again), or another state of this catalog (restored from an older copy, then changed)."""
@@ -92,7 +94,7 @@ def save_indexes(catalog: Catalog, folder: Path, models: Sequence[ModelInfo] | N
     """Catch the indexes of ``models`` (default: every model the catalog holds) up with
     the catalog and save them: what every writer does after changing the catalog."""
     if models is None:
-        models = [catalog.model(name) for name in catalog.model_names()]
+        models = catalog.models()
     for model in models:
         open_index(catalog, model, folder, writable=True)
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import os
 from collections import defaultdict
-from collections.abc import Collection, Iterable, Sequence
+from collections.abc import Container, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -25,7 +25,7 @@ class Batch:
     paths: frozenset[str]
 
 
-def plan_batches(paths: Iterable[str], roots: Sequence[Root], settling: Collection[str]) -> list[Batch]:
+def plan_batches(paths: Iterable[str], roots: Sequence[Root], settling: Container[str]) -> list[Batch]:
     """The runs that index ``paths`` (settled), one per watched folder they are in (the
     innermost, as the indexer joins nested folders); paths in no present folder are left
     out. ``settling``: paths not settled yet, never read by these runs."""
@@ -50,7 +50,7 @@ def _common_folder(root: Path, paths: list[str]) -> Path:
     return Path(folder) if Path(folder).is_relative_to(root) and os.path.isdir(folder) else root
 
 
-def _files(path: str, root: Root, settling: Collection[str]) -> Iterable[str]:
+def _files(path: str, root: Root, settling: Container[str]) -> Iterable[str]:
     """The files a settled path stands for: itself, or what a folder moved or copied in
     holds (a folder renamed into place sends one event, not one per file)."""
     if os.path.isfile(path) and not os.path.islink(path):

@@ -10,6 +10,7 @@ mounted over it is noticed by its identity (device, inode) and caught up with on
 
 from __future__ import annotations
 
+import os
 import sys
 import threading
 import time
@@ -50,9 +51,17 @@ class Watcher:
     ``say(line)`` gets warnings and notes (one per event of the folders' health),
     ``on_batch(document)`` each committed run; ``options`` are ``IndexOptions`` fields."""
 
-    def __init__(self, library: Library, folders: Sequence[Path], models: Sequence[str], settle_s: float = 2.0,
-                 rescan_every_s: float = 600.0, say: Callable[[str], None] = print,
-                 on_batch: Callable[[dict], None] | None = None, **options) -> None:
+    def __init__(
+        self,
+        library: Library,
+        folders: Sequence[str | os.PathLike[str]],
+        models: Sequence[str],
+        settle_s: float = 2.0,
+        rescan_every_s: float = 600.0,
+        say: Callable[[str], None] = print,
+        on_batch: Callable[[dict], None] | None = None,
+        **options,
+    ) -> None:
         self.library, self.models, self.options = library, list(models), options
         self.roots = [Root.look(folder) for folder in outermost(Path(f).expanduser().resolve() for f in folders)]
         self.settler = Settler(settle_s)
@@ -75,11 +84,17 @@ class Watcher:
     def document(self) -> dict:
         """The watcher's state, as ``/api/health`` shows it."""
         with self._lock:
-            return {"state": self.state, "folders": [{"path": str(root.path), "mode": self._mode(root),
-                                                      "present": root.present} for root in self.roots],
-                    "pending": len(self.settler) + len(self.ready), "batches": self.batches[-1]["seq"]
-                    if self.batches else 0, "last_batch": self.batches[-1] if self.batches else None,
-                    "warnings": list(self.warnings.values()), "version": self.version}
+            return {
+                "state": self.state,
+                "folders": [
+                    {"path": str(root.path), "mode": self._mode(root), "present": root.present} for root in self.roots
+                ],
+                "pending": len(self.settler) + len(self.ready),
+                "batches": self.batches[-1]["seq"] if self.batches else 0,
+                "last_batch": self.batches[-1] if self.batches else None,
+                "warnings": list(self.warnings.values()),
+                "version": self.version,
+            }
 
     def batches_after(self, seq: int) -> list[dict]:
         """Committed runs numbered above ``seq`` (the last ``KEEP_BATCHES``)."""
@@ -151,17 +166,28 @@ class Watcher:
             import watchfiles
 
             try:
-                yield from watchfiles.watch(*live, watch_filter=None, debounce=DEBOUNCE_MS, step=STEP_MS,
-                                            rust_timeout=int(TICK_S * 1000), yield_on_timeout=True,
-                                            stop_event=self.stop, raise_interrupt=False, ignore_permission_denied=True)
+                yield from watchfiles.watch(
+                    *live,
+                    watch_filter=None,
+                    debounce=DEBOUNCE_MS,
+                    step=STEP_MS,
+                    rust_timeout=int(TICK_S * 1000),
+                    yield_on_timeout=True,
+                    stop_event=self.stop,
+                    raise_interrupt=False,
+                    ignore_permission_denied=True,
+                )
                 return
             except FileNotFoundError:  # a folder went between the look and the watch: look again
                 self.stop.wait(TICK_S)
                 return
             except (OSError, RuntimeError) as exc:  # the inotify watch limit, mostly
                 self.events_failed = str(exc)
-                self._warn("events", f"warning: cannot follow file system events ({exc}); rescanning every "
-                                     f"{self.rescan_every_s:g} s instead (see docs/watch.md: inotify watches)")
+                self._warn(
+                    "events",
+                    f"warning: cannot follow file system events ({exc}); rescanning every "
+                    f"{self.rescan_every_s:g} s instead (see docs/watch.md: inotify watches)",
+                )
                 self.catch_up.update(root for root in self.roots if root.present)
         while not self.stop.wait(TICK_S):
             yield set()
@@ -190,9 +216,13 @@ class Watcher:
 
     def _health(self, root: Root) -> None:
         key = f"missing {root.path}"
-        self._warn(key, None if root.present else
-                   f"warning: watched folder {display_path(root.path)} is missing (unmounted?): its files are kept, "
-                   f"and it is caught up when it comes back")
+        self._warn(
+            key,
+            None
+            if root.present
+            else f"warning: watched folder {display_path(root.path)} is missing (unmounted?): its files are kept, "
+            f"and it is caught up when it comes back",
+        )
 
     def _work(self, now: float) -> None:
         """Start the runs that are due: catch-ups, rescans, and settled paths once nothing
@@ -247,18 +277,30 @@ class Watcher:
             self.say(f"skipped {problem_line(path, why)}")
         kept = {folder for folder, _gone, _indexed in report.kept_folders}
         for folder, gone, indexed in report.kept_folders:
-            self._warn(f"kept {folder}", f"warning: {display_path(folder)}: {gone} of its {indexed} indexed files are "
-                                         f"gone from disk, so they were kept (an unmounted drive?); if they were "
-                                         f"really deleted, run `dreamsearch index --prune {display_path(folder)}`")
+            self._warn(
+                f"kept {folder}",
+                f"warning: {display_path(folder)}: {gone} of its {indexed} indexed files are "
+                f"gone from disk, so they were kept (an unmounted drive?); if they were "
+                f"really deleted, run `dreamsearch index --prune {display_path(folder)}`",
+            )
         for key in [k for k in self.warnings if k.startswith("kept ")]:
             if key[5:] not in kept and any(Path(key[5:]).is_relative_to(f) for f in folders):
                 self._warn(key, None)
         moved = report.moved
-        document = {"seq": (self.batches[-1]["seq"] if self.batches else 0) + 1, "reason": reason,
-                    "folders": [str(f) for f in folders], "added": max(0, report.new - moved),
-                    "changed": report.changed, "removed": max(0, report.removed - moved), "moved": moved,
-                    "failed": report.failed, "embedded": report.embedded, "kept": report.kept,
-                    "seconds": round(report.seconds, 2), "interrupted": report.interrupted}
+        document = {
+            "seq": (self.batches[-1]["seq"] if self.batches else 0) + 1,
+            "reason": reason,
+            "folders": [str(f) for f in folders],
+            "added": max(0, report.new - moved),
+            "changed": report.changed,
+            "removed": max(0, report.removed - moved),
+            "moved": moved,
+            "failed": report.failed,
+            "embedded": report.embedded,
+            "kept": report.kept,
+            "seconds": round(report.seconds, 2),
+            "interrupted": report.interrupted,
+        }
         with self._lock:
             self.batches.append(document)
             self.version += 1

@@ -17,8 +17,7 @@ def publish(library: Path, warnings: list[str]) -> None:
     """This process's warnings (none: the file is removed)."""
     path = library / f"watch-{os.getpid()}.json"
     if warnings:
-        write_atomically(path, json.dumps({"pid": os.getpid(), "started": _started(os.getpid()),
-                                           "warnings": warnings}))
+        write_atomically(path, json.dumps({"pid": os.getpid(), "started": _started(os.getpid()), "warnings": warnings}))
     else:
         path.unlink(missing_ok=True)
 

@@ -14,8 +14,24 @@ from dreamsearch.scan import file_system_types
 #: machine's changes there, so such folders are also rescanned (``rescan_every``).
 #: FUSE file systems (``fuse.sshfs``, ``fuse.rclone``, ...) count too; ``fuseblk``
 #: (NTFS or exFAT drives plugged in here) does not.
-NETWORK_FILE_SYSTEMS = frozenset({"nfs", "nfs4", "cifs", "smb3", "smbfs", "9p", "ceph", "glusterfs", "lustre",
-                                  "gpfs", "afs", "davfs", "virtiofs", "ncpfs"})
+NETWORK_FILE_SYSTEMS = frozenset(
+    {
+        "nfs",
+        "nfs4",
+        "cifs",
+        "smb3",
+        "smbfs",
+        "9p",
+        "ceph",
+        "glusterfs",
+        "lustre",
+        "gpfs",
+        "afs",
+        "davfs",
+        "virtiofs",
+        "ncpfs",
+    }
+)
 
 Identity = tuple[int, int] | None  # (device, inode) of the folder; None when it is missing
 

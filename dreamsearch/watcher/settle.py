@@ -20,8 +20,11 @@ def ignored(relpath: str) -> bool:
     that will be renamed into place (that rename is the event that counts)."""
     parts = relpath.split(os.sep)
     name = parts[-1]
-    return (any(part.startswith(".") or part in JUNK_FOLDERS for part in parts)
-            or name.endswith(TEMPORARY_SUFFIXES) or name.startswith("~"))
+    return (
+        any(part.startswith(".") or part in JUNK_FOLDERS for part in parts)
+        or name.endswith(TEMPORARY_SUFFIXES)
+        or name.startswith("~")
+    )
 
 
 def signature(path: str) -> Signature:
@@ -42,7 +45,7 @@ class Settler:
     def __len__(self) -> int:
         return len(self._paths)
 
-    def __contains__(self, path: str) -> bool:
+    def __contains__(self, path: object) -> bool:
         return path in self._paths
 
     def note(self, path: str, now: float) -> None:

@@ -26,8 +26,11 @@ def unit(seed: int) -> np.ndarray:
 
 
 def batch(start: int, count: int) -> tuple[list[FileEntry], dict]:
-    files = [FileEntry(f"img{i:04d}.jpg", 100 + i, 10 * i, f"hash{i:04d}", 640, 480, "JPEG") for i in range(start, start + count)]
-    return files, {"m": {f.content_hash: unit(i) for i, f in zip(range(start, start + count), files)}}
+    files = [
+        FileEntry(f"img{i:04d}.jpg", 100 + i, 10 * i, f"hash{i:04d}", 640, 480, "JPEG")
+        for i in range(start, start + count)
+    ]
+    return files, {"m": {f.content_hash: unit(i) for i, f in zip(range(start, start + count), files, strict=True)}}
 
 
 def put_on_disk(folder, relpath: str, size: int, mtime_ns: int) -> None:
@@ -67,7 +70,9 @@ def test_created_catalog_is_wal_with_foreign_keys_and_reopens(tmp_path):
 def test_copies_share_one_vector_and_orphans_are_removed(catalog, tmp_path):
     model = catalog.model("m")
     root = catalog.attach(tmp_path).id
-    catalog.commit_batch(root, [FileEntry("a.jpg", 5, 1, "same"), FileEntry("copy/a.jpg", 5, 2, "same")], {"m": {"same": unit(1)}})
+    catalog.commit_batch(
+        root, [FileEntry("a.jpg", 5, 1, "same"), FileEntry("copy/a.jpg", 5, 2, "same")], {"m": {"same": unit(1)}}
+    )
     assert catalog.count_vectors(model) == 1
     [content_id] = catalog.vector_ids(model)
     assert catalog.paths_of([content_id]) == {}  # neither file is on disk
@@ -80,7 +85,10 @@ def test_copies_share_one_vector_and_orphans_are_removed(catalog, tmp_path):
     assert catalog.count_vectors(model) == 1
     catalog.remove_files(root, ["copy/a.jpg"])
     assert catalog.count_vectors(model) == 0
-    assert [(e.content_id, e.op) for e in catalog.changes_since(model, 0)] == [(content_id, "add"), (content_id, "remove")]
+    assert [(e.content_id, e.op) for e in catalog.changes_since(model, 0)] == [
+        (content_id, "add"),
+        (content_id, "remove"),
+    ]
 
 
 def test_deferred_orphans_keep_their_vectors_until_the_end_of_a_run(catalog, tmp_path):
@@ -92,8 +100,9 @@ def test_deferred_orphans_keep_their_vectors_until_the_end_of_a_run(catalog, tmp
     catalog.commit_batch(root, [FileEntry("a.jpg", 5, 1, "old")], {"m": {"old": unit(1)}})
     [old_id] = catalog.vector_ids(model)
     assert catalog.defer_orphans() is False
-    replaced = catalog.commit_batch(root, [FileEntry("a.jpg", 6, 2, "new")], {"m": {"new": unit(2)}},
-                                    drop_orphans=False)
+    replaced = catalog.commit_batch(
+        root, [FileEntry("a.jpg", 6, 2, "new")], {"m": {"new": unit(2)}}, drop_orphans=False
+    )
     assert replaced == {old_id} and catalog.count_vectors(model) == 2
     catalog.commit_batch(root, [FileEntry("b.jpg", 5, 3, "old")], drop_orphans=False)  # the move's new path
     catalog.drop_orphans(replaced)
@@ -126,11 +135,15 @@ def test_upgrade_from_the_first_revision_keeps_data_and_logs_it(tmp_path):
     vectors = [unit(7), unit(8)]
     with engine.begin() as connection:
         connection.execute(text("INSERT INTO roots VALUES (1, :p, '2025-01-01 00:00:00')"), {"p": str(tmp_path)})
-        connection.execute(text("INSERT INTO models VALUES (1, 'm', :d, 'weights-1', 'float32', '2025-01-01 00:00:00')"), {"d": DIM})
+        connection.execute(
+            text("INSERT INTO models VALUES (1, 'm', :d, 'weights-1', 'float32', '2025-01-01 00:00:00')"), {"d": DIM}
+        )
         for i, vector in enumerate(vectors, start=1):
             connection.execute(text("INSERT INTO contents VALUES (:i, :h, 10, 4, 3, 'PNG')"), {"i": i, "h": f"h{i}"})
-            connection.execute(text("INSERT INTO files VALUES (:i, 1, :p, 10, 1, :i, 'ok', NULL, '2025-01-01', '2025-01-01')"),
-                               {"i": i, "p": f"f{i}.png"})
+            connection.execute(
+                text("INSERT INTO files VALUES (:i, 1, :p, 10, 1, :i, 'ok', NULL, '2025-01-01', '2025-01-01')"),
+                {"i": i, "p": f"f{i}.png"},
+            )
             connection.execute(text("INSERT INTO vectors VALUES (:i, 1, :b)"), {"i": i, "b": vector.tobytes()})
     engine.dispose()
 
@@ -223,20 +236,28 @@ def test_nested_roots_left_by_an_older_version_merge_when_the_parent_is_indexed(
     twice (once per root). Indexing A again must leave one row per file on disk."""
     outer = catalog.attach(tmp_path).id
     with catalog.engine.connect() as connection, connection.begin():
-        connection.execute(text("INSERT INTO roots (path, added_at) VALUES (:p, '2025-01-01')"),
-                           {"p": str(tmp_path / "inner")})
-        inner = connection.execute(text("SELECT id FROM roots WHERE path = :p"), {"p": str(tmp_path / "inner")}).scalar()
+        connection.execute(
+            text("INSERT INTO roots (path, added_at) VALUES (:p, '2025-01-01')"), {"p": str(tmp_path / "inner")}
+        )
+        inner = connection.execute(
+            text("SELECT id FROM roots WHERE path = :p"), {"p": str(tmp_path / "inner")}
+        ).scalar()
     files, vectors = batch(0, 3)
-    catalog.commit_batch(outer, [FileEntry("inner/" + f.relpath, f.size, f.mtime_ns, f.content_hash) for f in files],
-                         vectors)
+    catalog.commit_batch(
+        outer, [FileEntry("inner/" + f.relpath, f.size, f.mtime_ns, f.content_hash) for f in files], vectors
+    )
     catalog.commit_batch(inner, files + [FileEntry("only-here.jpg", 7, 7, "lone")], {"m": {"lone": unit(9)}})
     assert len(catalog.roots()) == 2
 
     place = catalog.attach(tmp_path)
     assert (place.id, place.prefix) == (outer, "")
     assert list(catalog.roots()) == [outer]
-    assert sorted(catalog.files_under(outer)) == ["inner/img0000.jpg", "inner/img0001.jpg", "inner/img0002.jpg",
-                                                  "inner/only-here.jpg"]
+    assert sorted(catalog.files_under(outer)) == [
+        "inner/img0000.jpg",
+        "inner/img0001.jpg",
+        "inner/img0002.jpg",
+        "inner/only-here.jpg",
+    ]
     assert catalog.count_vectors(catalog.model("m")) == 4
 
 
@@ -253,8 +274,12 @@ def test_opening_an_up_to_date_catalog_does_not_import_alembic(tmp_path):
     import sys
 
     Catalog(tmp_path / "catalog.sqlite").close()  # made and migrated here
-    probe = ("import sys; from pathlib import Path; from dreamsearch.catalog import Catalog\n"
-             f"Catalog(Path({str(tmp_path / 'catalog.sqlite')!r}), read_only=True).close()\n"
-             "print('alembic' in sys.modules)")
-    assert subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True,
-                          check=True).stdout.strip() == "False"
+    probe = (
+        "import sys; from pathlib import Path; from dreamsearch.catalog import Catalog\n"
+        f"Catalog(Path({str(tmp_path / 'catalog.sqlite')!r}), read_only=True).close()\n"
+        "print('alembic' in sys.modules)"
+    )
+    assert (
+        subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True).stdout.strip()
+        == "False"
+    )

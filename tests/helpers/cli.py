@@ -45,8 +45,9 @@ def invoke_as_user(weights: Path, library: Path | None, *args: str) -> Result:
     return invoke(*args, *where, env={"DREAMSEARCH_WEIGHTS": str(weights)}, catch_exceptions=False)
 
 
-def run_module(*args: str | bytes, env: Mapping[str, str] | None = None,
-               text: bool = True) -> subprocess.CompletedProcess:
+def run_module(
+    *args: str | bytes, env: Mapping[str, str] | None = None, text: bool = True
+) -> subprocess.CompletedProcess:
     """``python -m dreamsearch ARGS`` in a fresh interpreter (``text=False``: bytes out)."""
     return subprocess.run([sys.executable, "-m", "dreamsearch", *args], capture_output=True, text=text, env=env)
 
@@ -62,7 +63,12 @@ class Probed:
 def probe(*args: str | Path, env: Mapping[str, str] | None = None) -> Probed:
     """``dreamsearch ARGS`` in a fresh interpreter, with the ``WATCHED`` modules it had
     imported when it exited (its report is taken off ``stderr``). ``env`` adds to ours."""
-    result = subprocess.run([sys.executable, "-c", PROBE, *map(str, args)], capture_output=True, text=True,
-                            env={**os.environ, **(env or {})}, timeout=300)
+    result = subprocess.run(
+        [sys.executable, "-c", PROBE, *map(str, args)],
+        capture_output=True,
+        text=True,
+        env={**os.environ, **(env or {})},
+        timeout=300,
+    )
     *stderr, imported = result.stderr.splitlines()
     return Probed(result.returncode, result.stdout, "\n".join(stderr), frozenset(json.loads(imported)))

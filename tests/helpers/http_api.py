@@ -16,8 +16,12 @@ MODEL = "dreamsim-dino"
 def app_over(lib: Path, weights: Path, **options) -> FastAPI:
     """The app serving the tiny ``MODEL``, allowed to index any folder (``--allow-folder /``):
     for tests about what jobs do, where a pseudo file system must be refused even then."""
-    return create_app(Library.open(lib, weights_dir=weights, device="cpu"), [MODEL],
-                      Settings(max_body=2_000_000, allow_folders=("/",)), **options)
+    return create_app(
+        Library.open(lib, weights_dir=weights, device="cpu"),
+        [MODEL],
+        Settings(max_body=2_000_000, allow_folders=("/",)),
+        **options,
+    )
 
 
 def upload(source: Path | bytes, name: str | None = None) -> dict:

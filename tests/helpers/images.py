@@ -24,8 +24,7 @@ def photo_like(width: int, height: int, seed: int) -> Image.Image:
     return Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8))
 
 
-def photo_folder(folder: Path, count: int, size: tuple[int, int], seed: int, name: str,
-                 start: int = 0, **save) -> Path:
+def photo_folder(folder: Path, count: int, size: tuple[int, int], seed: int, name: str, start: int = 0, **save) -> Path:
     """Photos ``name.format(i)`` for i in ``start .. start + count - 1``, each distinct
     (seed ``seed + i``); ``save`` goes to PIL (``quality=90``, ...)."""
     folder.mkdir(parents=True, exist_ok=True)

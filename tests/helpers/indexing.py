@@ -37,8 +37,9 @@ def index(library: LibraryLayout, folder: Path, model, **options):
 def stored_paths(library: LibraryLayout) -> list[str]:
     """Every file path the catalog holds, sorted."""
     with Catalog(library.catalog_path) as catalog:
-        return sorted(str(Path(root) / rel) for root_id, root in catalog.roots().items()
-                      for rel in catalog.files_under(root_id))
+        return sorted(
+            str(Path(root) / rel) for root_id, root in catalog.roots().items() for rel in catalog.files_under(root_id)
+        )
 
 
 def library_state(library: LibraryLayout) -> dict:
@@ -46,7 +47,7 @@ def library_state(library: LibraryLayout) -> dict:
     with Catalog(library.catalog_path) as catalog:
         model = catalog.model("dreamsim-dino")
         ids, vectors = catalog.vectors_for(model, catalog.vector_ids(model))
-        by_id = dict(zip(ids.tolist(), vectors))
+        by_id = dict(zip(ids.tolist(), vectors, strict=True))
         state = {failed.path: failed.reason for failed in catalog.failed_files()}
         for content_id, paths in catalog.paths_of(list(by_id)).items():
             for path in paths:

@@ -16,4 +16,6 @@ def in_mount_namespace(script: str) -> subprocess.CompletedProcess:
     args = ["unshare", "-m"] if probe.returncode == 0 else ["unshare", "-rm"]
     if subprocess.run([*args, "true"], capture_output=True).returncode != 0:
         pytest.skip("cannot make a mount namespace here")
-    return subprocess.run([*args, "bash", "-euo", "pipefail", "-c", script], capture_output=True, text=True, timeout=300)
+    return subprocess.run(
+        [*args, "bash", "-euo", "pipefail", "-c", script], capture_output=True, text=True, timeout=300
+    )

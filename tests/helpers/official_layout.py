@@ -39,7 +39,7 @@ import importlib.util
 import torch
 
 dependencies = ["torch"]
-_spec = importlib.util.spec_from_file_location("dinov2_reference", r"{HERE / 'dinov2_reference.py'}")
+_spec = importlib.util.spec_from_file_location("dinov2_reference", r"{HERE / "dinov2_reference.py"}")
 _reference = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(_reference)
 
@@ -175,9 +175,7 @@ def official_model(root: Path, dreamsim_type: str, device: str = "cpu"):
     """The official package's model and preprocess, built offline from ``root``."""
     from dreamsim import dreamsim
 
-    model, preprocess = dreamsim(
-        pretrained=True, device=device, cache_dir=str(root), dreamsim_type=dreamsim_type
-    )
+    model, preprocess = dreamsim(pretrained=True, device=device, cache_dir=str(root), dreamsim_type=dreamsim_type)
     return model, preprocess
 
 
@@ -191,7 +189,9 @@ def official_embeddings(root: Path, dreamsim_type: str, paths: list[Path]):
         return torch.cat([model.embed(preprocess(Image.open(path))) for path in paths]).numpy()
 
 
-def write_tiny_cache(root: Path, dreamsim_type: str = "dino_vitb16", width: int = 64, depth: int = 2, seed: int = 0) -> Path:
+def write_tiny_cache(
+    root: Path, dreamsim_type: str = "dino_vitb16", width: int = 64, depth: int = 2, seed: int = 0
+) -> Path:
     """A small ViT (same layout and file names, ``width``/``depth`` shrunk) for pipeline
     tests: our loader reads shapes from the checkpoint, so the whole real code path runs
     in milliseconds. The official package cannot load it (it hard-codes ViT-B)."""
@@ -206,8 +206,14 @@ def write_tiny_cache(root: Path, dreamsim_type: str = "dino_vitb16", width: int 
     tensors = {}
     for index, branch in enumerate(branches):
         patch = int(branch[-2:])
-        vit = VisionTransformer(patch_size=patch, embed_dim=width, depth=depth, num_heads=max(1, width // 64),
-                                qkv_bias=True, norm_layer=torch.nn.LayerNorm)
+        vit = VisionTransformer(
+            patch_size=patch,
+            embed_dim=width,
+            depth=depth,
+            num_heads=max(1, width // 64),
+            qkv_bias=True,
+            norm_layer=torch.nn.LayerNorm,
+        )
         state = randomize_(vit.state_dict(), g)
         if branch == "dino_vitb16":
             (root / "checkpoints").mkdir(exist_ok=True)
@@ -306,21 +312,39 @@ def write_tiny_openai_clip(root: Path, width: int = 64, depth: int = 2, embed_di
     alone (importing open_clip costs ~8 s); the full size is checked against open_clip in
     tests/models/test_clip_text.py."""
     g = torch.Generator().manual_seed(seed)
-    shapes = {"visual.conv1.weight": (width, 3, 32, 32), "visual.class_embedding": (width,),
-              "visual.positional_embedding": (50, width), "visual.ln_pre.weight": (width,),
-              "visual.ln_pre.bias": (width,), "visual.ln_post.weight": (width,), "visual.ln_post.bias": (width,),
-              "visual.proj": (width, embed_dim), "token_embedding.weight": (49408, width),
-              "positional_embedding": (77, width), "ln_final.weight": (width,), "ln_final.bias": (width,),
-              "text_projection": (width, embed_dim), "logit_scale": ()}
+    shapes = {
+        "visual.conv1.weight": (width, 3, 32, 32),
+        "visual.class_embedding": (width,),
+        "visual.positional_embedding": (50, width),
+        "visual.ln_pre.weight": (width,),
+        "visual.ln_pre.bias": (width,),
+        "visual.ln_post.weight": (width,),
+        "visual.ln_post.bias": (width,),
+        "visual.proj": (width, embed_dim),
+        "token_embedding.weight": (49408, width),
+        "positional_embedding": (77, width),
+        "ln_final.weight": (width,),
+        "ln_final.bias": (width,),
+        "text_projection": (width, embed_dim),
+        "logit_scale": (),
+    }
     for tower in ("visual.transformer", "transformer"):
         for block in range(depth):
             prefix = f"{tower}.resblocks.{block}."
-            shapes |= {prefix + "ln_1.weight": (width,), prefix + "ln_1.bias": (width,),
-                       prefix + "attn.in_proj_weight": (3 * width, width), prefix + "attn.in_proj_bias": (3 * width,),
-                       prefix + "attn.out_proj.weight": (width, width), prefix + "attn.out_proj.bias": (width,),
-                       prefix + "ln_2.weight": (width,), prefix + "ln_2.bias": (width,),
-                       prefix + "mlp.c_fc.weight": (4 * width, width), prefix + "mlp.c_fc.bias": (4 * width,),
-                       prefix + "mlp.c_proj.weight": (width, 4 * width), prefix + "mlp.c_proj.bias": (width,)}
+            shapes |= {
+                prefix + "ln_1.weight": (width,),
+                prefix + "ln_1.bias": (width,),
+                prefix + "attn.in_proj_weight": (3 * width, width),
+                prefix + "attn.in_proj_bias": (3 * width,),
+                prefix + "attn.out_proj.weight": (width, width),
+                prefix + "attn.out_proj.bias": (width,),
+                prefix + "ln_2.weight": (width,),
+                prefix + "ln_2.bias": (width,),
+                prefix + "mlp.c_fc.weight": (4 * width, width),
+                prefix + "mlp.c_fc.bias": (4 * width,),
+                prefix + "mlp.c_proj.weight": (width, 4 * width),
+                prefix + "mlp.c_proj.bias": (width,),
+            }
     state = {}
     for name, shape in shapes.items():
         noise = torch.randn(shape, generator=g)

@@ -124,7 +124,7 @@ def test_module_import_does_not_import_torch():
 def test_pixels_agree_with_the_cpu_path(corpus, decoder, recipe, draft, max_limit, mean_limit):
     results = decoder.decode(corpus, (recipe,))
     routed = 0
-    for data, (w, h), result in zip(corpus, SIZES, results):
+    for data, (w, h), result in zip(corpus, SIZES, results, strict=True):
         assert not isinstance(result, str), result
         width, height, (pixels,) = result
         assert (width, height) == (w, h)
@@ -140,7 +140,7 @@ def test_pixels_agree_with_the_cpu_path(corpus, decoder, recipe, draft, max_limi
 
 
 def test_every_recipe_is_applied(corpus, decoder):
-    (width, height, (squash, crop)), = decoder.decode(corpus[1:2], (SQUASH, CROP))
+    ((width, height, (squash, crop)),) = decoder.decode(corpus[1:2], (SQUASH, CROP))
     assert (width, height) == SIZES[1]
     picture = decode("photo.jpg", data=corpus[1]).image
     assert np.abs(squash.astype(int) - SQUASH(picture)).max() <= 2
@@ -160,10 +160,10 @@ def _assert_colour(result, colour):
 
 def test_results_keep_input_order(decoder):
     sizes = [(96, 64), (50, 80), (300, 200), (64, 64), (31, 17), (640, 480)]
-    blobs = [solid(c, s) for c, s in zip(COLOURS, sizes)]
+    blobs = [solid(c, s) for c, s in zip(COLOURS, sizes, strict=True)]
     results = decoder.decode(blobs, (SQUASH,))
     assert [r[:2] for r in results] == sizes
-    for result, colour in zip(results, COLOURS):
+    for result, colour in zip(results, COLOURS, strict=True):
         _assert_colour(result, colour)
 
 
@@ -175,7 +175,7 @@ def test_bad_blobs_fail_alone(decoder):
     assert len(results) == 6
     for index in (1, 5):
         assert isinstance(results[index], str) and "\n" not in results[index]
-    for result, colour in zip(results[:1] + results[2:5], COLOURS):
+    for result, colour in zip(results[:1] + results[2:5], COLOURS[:4], strict=True):
         _assert_colour(result, colour)
 
 
@@ -203,7 +203,7 @@ def test_injected_failure_leaves_the_others_decoded(decode_device):
     results = flaky.decode(blobs, (SQUASH,))
     assert flaky.calls == [4, 1, 1, 1, 1]  # the batch, then each blob alone
     assert results[2] == "device JPEG decode failed: injected failure"
-    for result, colour in zip(results[:2] + results[3:], COLOURS):
+    for result, colour in zip(results[:2] + results[3:], COLOURS[:3], strict=True):
         _assert_colour(result, colour)
 
 

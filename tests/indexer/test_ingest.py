@@ -182,8 +182,17 @@ def test_the_first_ctrl_c_is_answered_while_the_model_is_still_busy(tmp_path, ti
 def test_max_file_size_option_is_read_in_human_units(tmp_path, tiny_weights):
     folder = photo_folder(tmp_path / "photos", 2, (160, 120), 120, "p{}.jpg")
     photo_like(900, 700, 1).save(folder / "big.png")
-    args = ["index", str(folder), "-m", "dreamsim-dino", "--weights-dir", str(tiny_weights),
-            "--library", str(tmp_path / "lib"), "--json"]
+    args = [
+        "index",
+        str(folder),
+        "-m",
+        "dreamsim-dino",
+        "--weights-dir",
+        str(tiny_weights),
+        "--library",
+        str(tmp_path / "lib"),
+        "--json",
+    ]
     outcome = CliRunner().invoke(main, [*args, "--max-file-size", "50KB"])
     assert outcome.exit_code == 0, outcome.output
     assert "big.png: " in outcome.stderr and "over the file size limit of 48.8 KiB" in outcome.stderr
@@ -208,7 +217,9 @@ def test_batched_jpeg_decoding_agrees_with_the_cpu_path(tmp_path, tiny_model, de
     folder = mixed_jpeg_folder(tmp_path / "photos")
     cpu, batched = LibraryLayout.prepare(tmp_path / "cpu"), LibraryLayout.prepare(tmp_path / "batched")
     index_folders(cpu, [folder], [tiny_model], IndexOptions(workers=1, batch_size=4))
-    report = index_folders(batched, [folder], [tiny_model], IndexOptions(workers=1, batch_size=4, gpu_decode=decode_device))
+    report = index_folders(
+        batched, [folder], [tiny_model], IndexOptions(workers=1, batch_size=4, gpu_decode=decode_device)
+    )
     assert report.embedded == 11 and report.failed == 0
     reference, ours = stored_vectors(cpu), stored_vectors(batched)
     assert set(reference) == set(ours)
@@ -238,7 +249,9 @@ def test_a_file_the_batched_decoder_fails_on_goes_to_the_cpu_and_order_is_kept(
     monkeypatch.setattr(JpegBatchDecoder, "_decode_jpeg", flaky)
     cpu, batched = LibraryLayout.prepare(tmp_path / "cpu"), LibraryLayout.prepare(tmp_path / "batched")
     index_folders(cpu, [folder], [tiny_model], IndexOptions(workers=1, batch_size=4))
-    report = index_folders(batched, [folder], [tiny_model], IndexOptions(workers=1, batch_size=4, gpu_decode=decode_device))
+    report = index_folders(
+        batched, [folder], [tiny_model], IndexOptions(workers=1, batch_size=4, gpu_decode=decode_device)
+    )
     assert report.embedded == 11 and report.failed == 0
     reference, ours = stored_vectors(cpu), stored_vectors(batched)
     assert float(reference["base3.jpg"] @ ours["base3.jpg"]) == pytest.approx(1.0, abs=1e-6)  # the CPU fallback
@@ -259,8 +272,9 @@ class ClaimsDevice:
 
 
 @pytest.mark.parametrize("device, batched", [("cuda", True), ("cpu", False)])
-def test_by_default_jpegs_are_batch_decoded_when_the_models_run_on_cuda(tmp_path, tiny_model, monkeypatch,
-                                                                        device, batched):
+def test_by_default_jpegs_are_batch_decoded_when_the_models_run_on_cuda(
+    tmp_path, tiny_model, monkeypatch, device, batched
+):
     import torch
     from torchvision.io import ImageReadMode, decode_jpeg
 
@@ -285,8 +299,16 @@ def test_progress_on_a_terminal_draws_and_says_nothing_broke(tmp_path, tiny_weig
 
     monkeypatch.setattr(Console, "is_terminal", property(lambda self: True))
     folder = photo_folder(tmp_path / "photos", 3, (160, 120), 150, "p{}.jpg")
-    args = ["index", str(folder), "-m", "dreamsim-dino", "--weights-dir", str(tiny_weights),
-            "--library", str(tmp_path / "lib")]
+    args = [
+        "index",
+        str(folder),
+        "-m",
+        "dreamsim-dino",
+        "--weights-dir",
+        str(tiny_weights),
+        "--library",
+        str(tmp_path / "lib"),
+    ]
     for _ in range(2):  # the first run embeds, the second finds nothing to do
         outcome = CliRunner().invoke(main, args)
         assert outcome.exit_code == 0, outcome.output
@@ -307,12 +329,18 @@ def test_copies_of_a_file_whose_decoder_hung_are_recorded_too(tmp_path, tiny_mod
         return real_decode(path, *args)
 
     monkeypatch.setattr(pipeline, "decode_bytes", decode)
-    report = index_folders(LibraryLayout.prepare(tmp_path / "lib"), [folder], [tiny_model],
-                           IndexOptions(workers=workers, batch_size=2, decode_timeout_s=1))
+    report = index_folders(
+        LibraryLayout.prepare(tmp_path / "lib"),
+        [folder],
+        [tiny_model],
+        IndexOptions(workers=workers, batch_size=2, decode_timeout_s=1),
+    )
     release.set()
     reasons = {Path(p).name: r for p, r in report.failures}
-    assert reasons == {"p0.jpg": "reading and decoding took longer than 1 s",
-                       "q-copy.jpg": "reading and decoding took longer than 1 s"}
+    assert reasons == {
+        "p0.jpg": "reading and decoding took longer than 1 s",
+        "q-copy.jpg": "reading and decoding took longer than 1 s",
+    }
     assert report.embedded == 1 and (report.new, report.failed) == (3, 2)
 
 
@@ -342,11 +370,17 @@ def test_a_folder_that_stops_answering_is_left_after_three_files(tmp_path, tiny_
     folder = photo_folder(tmp_path / "photos", 8, (160, 120), 190, "p{}.jpg")
     release = threading.Event()
     monkeypatch.setattr(pipeline, "read_file", lambda *args: release.wait(30))  # a share that hung
-    report = index_folders(LibraryLayout.prepare(tmp_path / "lib"), [folder], [tiny_model],
-                           IndexOptions(workers=1, batch_size=2, decode_timeout_s=0.5))
+    report = index_folders(
+        LibraryLayout.prepare(tmp_path / "lib"),
+        [folder],
+        [tiny_model],
+        IndexOptions(workers=1, batch_size=2, decode_timeout_s=0.5),
+    )
     release.set()
-    assert report.failures[-1] == (str(folder), "stopped reading this folder: 3 files in a row took longer "
-                                                "than 0.5 s (a hung drive or share?)")
+    assert report.failures[-1] == (
+        str(folder),
+        "stopped reading this folder: 3 files in a row took longer than 0.5 s (a hung drive or share?)",
+    )
     assert report.failed == 3 and report.embedded == 0
     assert report.removed == 0  # nothing of a folder left half-read is forgotten
 
@@ -356,13 +390,22 @@ def test_in_the_calling_thread_of_a_worker_thread_the_time_limit_still_holds(tmp
     folder = photo_folder(tmp_path / "photos", 3, (160, 120), 200, "p{}.jpg")
     release = threading.Event()
     real_decode = pipeline.decode_bytes
-    monkeypatch.setattr(pipeline, "decode_bytes",
-                        lambda path, *args: (release.wait(30) if path.endswith("p1.jpg") else None) or
-                        real_decode(path, *args))
+    monkeypatch.setattr(
+        pipeline,
+        "decode_bytes",
+        lambda path, *args: (release.wait(30) if path.endswith("p1.jpg") else None) or real_decode(path, *args),
+    )
     reports = []
-    worker = threading.Thread(target=lambda: reports.append(index_folders(
-        LibraryLayout.prepare(tmp_path / "lib"), [folder], [tiny_model],
-        IndexOptions(workers=0, batch_size=2, decode_timeout_s=1))))
+    worker = threading.Thread(
+        target=lambda: reports.append(
+            index_folders(
+                LibraryLayout.prepare(tmp_path / "lib"),
+                [folder],
+                [tiny_model],
+                IndexOptions(workers=0, batch_size=2, decode_timeout_s=1),
+            )
+        )
+    )
     worker.start()
     worker.join(20)
     release.set()
@@ -387,7 +430,8 @@ def test_reading_reserves_the_file_not_the_size_limit(tmp_path):
         "size = int(open('/proc/self/statm').read().split()[0]) * resource.getpagesize()\n"
         "resource.setrlimit(resource.RLIMIT_AS, (size + 512 * 2**20, resource.RLIM_INFINITY))\n"
         f"read = read_file({str(tmp_path / 'small.jpg')!r})\n"
-        "print(read.error or len(read.data))\n")
+        "print(read.error or len(read.data))\n"
+    )
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
     assert result.stdout.strip() == "5003", result.stderr
 

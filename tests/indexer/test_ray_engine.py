@@ -23,10 +23,9 @@ from PIL import Image
 from dreamsearch.api import Library
 from dreamsearch.catalog import Catalog
 from dreamsearch.errors import DreamsearchError
-from dreamsearch.indexer import IndexOptions, index_folders
-from dreamsearch.indexer.pipeline import Contents, Kind
 from dreamsearch.images import Preprocess
-from dreamsearch.indexer import ray_engine
+from dreamsearch.indexer import IndexOptions, index_folders, ray_engine
+from dreamsearch.indexer.pipeline import Contents, Kind
 from dreamsearch.indexer.ray_engine import ALONE_TRIES, DECODE_TRIES, RayEngine, _decode, _DecodeSettings
 from dreamsearch.layout import LibraryLayout
 from dreamsearch.models import PendingModel
@@ -42,9 +41,16 @@ MODEL = "dreamsim-dino"
 @pytest.fixture(scope="module")
 def cluster() -> str:
     """A Ray cluster of this machine; its workers can crash on ``crashing_decoder.MARKER``."""
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, logging_level=logging.ERROR,
-             runtime_env={"worker_process_setup_hook": "tests.helpers.crashing_decoder.install",
-                          "env_vars": {"PYTHONPATH": str(REPO)}})
+    ray.init(
+        num_cpus=2,
+        include_dashboard=False,
+        log_to_driver=False,
+        logging_level=logging.ERROR,
+        runtime_env={
+            "worker_process_setup_hook": "tests.helpers.crashing_decoder.install",
+            "env_vars": {"PYTHONPATH": str(REPO)},
+        },
+    )
     yield ray.get_runtime_context().gcs_address
     ray.shutdown()
 
@@ -60,7 +66,8 @@ def files_table(library: LibraryLayout) -> list[tuple]:
     with sqlite3.connect(f"file:{library.catalog_path}?mode=ro", uri=True) as connection:
         return connection.execute(
             "SELECT f.relpath, f.size, f.mtime_ns, f.status, f.error, c.hash, c.size, c.width, c.height, c.format "
-            "FROM files f LEFT JOIN contents c ON c.id = f.content_id ORDER BY f.relpath").fetchall()
+            "FROM files f LEFT JOIN contents c ON c.id = f.content_id ORDER BY f.relpath"
+        ).fetchall()
 
 
 def assert_same_library(got: LibraryLayout, expected: LibraryLayout) -> None:
@@ -76,8 +83,13 @@ def assert_same_library(got: LibraryLayout, expected: LibraryLayout) -> None:
 
 def assert_same_answers(got: LibraryLayout, expected: LibraryLayout, weights: Path, queries: list[Path]) -> None:
     for query in queries:
-        answers = [[(m.path, round(m.distance, 6)) for m in Library.open(lib.root, weights, "cpu").query(
-            query, model=MODEL, k=10)] for lib in (got, expected)]
+        answers = [
+            [
+                (m.path, round(m.distance, 6))
+                for m in Library.open(lib.root, weights_dir=weights, device="cpu").query(query, model=MODEL, k=10)
+            ]
+            for lib in (got, expected)
+        ]
         assert answers[0] == answers[1] and len(answers[0]) == 10
 
 
@@ -125,9 +137,15 @@ def test_small_chunks_and_two_folders_give_the_same_library(cluster, tmp_path, t
     shutil.copy(first / "f01.jpg", second / "from-first.jpg")
     (second / "broken.jpg").write_bytes(b"\xff\xd8\xff not really")
     libraries = {engine: LibraryLayout.prepare(tmp_path / engine) for engine in ("local", "ray")}
-    reports = {engine: index_folders(library, [first, second], [PendingModel(MODEL, weights_dir=tiny_weights,
-                                     device="cpu")], IndexOptions(batch_size=3, workers=1, engine=engine))
-               for engine, library in libraries.items()}
+    reports = {
+        engine: index_folders(
+            library,
+            [first, second],
+            [PendingModel(MODEL, weights_dir=tiny_weights, device="cpu")],
+            IndexOptions(batch_size=3, workers=1, engine=engine),
+        )
+        for engine, library in libraries.items()
+    }
     assert counts(reports["ray"]) == counts(reports["local"])
     assert (reports["ray"].copied, reports["ray"].failed, reports["ray"].embedded) == (3, 1, 16)
     assert_same_library(libraries["ray"], libraries["local"])
@@ -190,7 +208,10 @@ def test_a_file_that_crashes_its_decoder_is_recorded_failed_not_retried_forever(
     report = index(on_ray, folder, tiny_weights, "ray")
     reasons = {Path(path).name: reason for path, reason in report.failures}
     assert reasons.keys() == {"crash.jpg", "crash-copy.jpg"}
-    assert f"died {DECODE_TRIES + ALONE_TRIES} times" in reasons["crash.jpg"] and reasons["crash-copy.jpg"] == reasons["crash.jpg"]
+    assert (
+        f"died {DECODE_TRIES + ALONE_TRIES} times" in reasons["crash.jpg"]
+        and reasons["crash-copy.jpg"] == reasons["crash.jpg"]
+    )
     assert (report.embedded, report.failed) == (20, 2)
     assert len([v for v in library_state(on_ray).values() if not isinstance(v, str)]) == 20
 
@@ -200,9 +221,28 @@ def test_a_killed_driver_loses_only_batches_in_flight_and_the_rerun_completes(cl
     folder = photo_folder(tmp_path / "photos", 120, (800, 600), 500, "p{:03d}.jpg", quality=90)
     (folder / "broken.jpg").write_bytes(b"\xff\xd8\xff garbage")
     killed = LibraryLayout.prepare(tmp_path / "killed")
-    command = [sys.executable, "-m", "dreamsearch", "index", str(folder), "--library", str(killed.root),
-               "--weights-dir", str(tiny_weights), "-m", MODEL, "--device", "cpu", "--batch-size", "2", "--quiet",
-               "--engine", "ray", "--ray-address", cluster]
+    command = [
+        sys.executable,
+        "-m",
+        "dreamsearch",
+        "index",
+        str(folder),
+        "--library",
+        str(killed.root),
+        "--weights-dir",
+        str(tiny_weights),
+        "-m",
+        MODEL,
+        "--device",
+        "cpu",
+        "--batch-size",
+        "2",
+        "--quiet",
+        "--engine",
+        "ray",
+        "--ray-address",
+        cluster,
+    ]
     assert 4 <= kill_at_vectors(command, killed, 4) < 120, "the kill should land mid-run"
 
     subprocess.run(command, check=True, timeout=300)
@@ -215,12 +255,15 @@ def test_a_killed_driver_loses_only_batches_in_flight_and_the_rerun_completes(cl
 def test_a_node_without_the_weights_fails_fast_with_the_usual_message(cluster, tmp_path, tiny_weights):
     weights = tmp_path / "weights"
     shutil.copytree(tiny_weights, weights)
-    library = Library.open(tmp_path / "lib", weights, "cpu")
+    library = Library.open(tmp_path / "lib", weights_dir=weights, device="cpu")
     library.index([photo_folder(tmp_path / "first", 2, (200, 150), 1, "a{}.jpg")], [MODEL])
     weights.rename(tmp_path / "elsewhere")  # the driver knows the model; the workers find no weights
     started = time.monotonic()
-    with pytest.raises(DreamsearchError, match=r"^on node .*: model 'dreamsim-dino' needs weights missing from .*"
-                                               r"`dreamsearch models import"):
+    with pytest.raises(
+        DreamsearchError,
+        match=r"^on node .*: model 'dreamsim-dino' needs weights missing from .*"
+        r"`dreamsearch models import",
+    ):
         library.index([photo_folder(tmp_path / "second", 2, (200, 150), 5, "b{}.jpg")], [MODEL], engine="ray")
     assert time.monotonic() - started < 60
 
@@ -234,14 +277,19 @@ def test_a_decode_task_that_raises_stops_the_run_rather_than_fail_its_files(tmp_
 
     folder = photo_folder(tmp_path / "photos", 2, (200, 150), 1, "a{}.jpg")
     paths = sorted(folder.iterdir())
-    batch = {"path": np.array([str(p) for p in paths], object), "relpath": np.array([p.name for p in paths], object),
-             "size": np.array([p.stat().st_size for p in paths]), "mtime_ns": np.array([0, 0]),
-             "problem": np.array(["", ""], object)}
+    batch = {
+        "path": np.array([str(p) for p in paths], object),
+        "relpath": np.array([p.name for p in paths], object),
+        "size": np.array([p.stat().st_size for p in paths]),
+        "mtime_ns": np.array([0, 0]),
+        "problem": np.array(["", ""], object),
+    }
     settings = _DecodeSettings((Preprocess(224),), 1 << 30, 10**8, True, 60.0)
     columns = _decode(batch, Unreachable(), settings)
     assert len(columns["run_error"]) == 2 and all(
         e.startswith("a decode task on node ") and e.endswith(" failed: RuntimeError: registry unreachable")
-        for e in columns["run_error"])
+        for e in columns["run_error"]
+    )
     assert list(columns["error"]) == ["", ""]
 
 
@@ -261,13 +309,23 @@ def test_a_run_with_nothing_to_read_starts_nothing_on_the_cluster(tmp_path, tiny
 def test_without_ray_installed_the_engine_says_how_to_install_it(tmp_path, tiny_weights, monkeypatch):
     monkeypatch.setitem(sys.modules, "ray", None)  # what ``import ray`` does when it is not installed
     folder = photo_folder(tmp_path / "photos", 1, (200, 150), 1, "a{}.jpg")
-    result = invoke("index", str(folder), "--library", str(tmp_path / "lib"), "--engine", "ray",
-                    "--weights-dir", str(tiny_weights), "-m", MODEL)
+    result = invoke(
+        "index",
+        str(folder),
+        "--library",
+        str(tmp_path / "lib"),
+        "--engine",
+        "ray",
+        "--weights-dir",
+        str(tiny_weights),
+        "-m",
+        MODEL,
+    )
     assert result.exit_code != 0
     assert result.output.strip().splitlines()[-1].endswith("pip install 'dreamsearch[ray]'")
     assert not (tmp_path / "lib").exists()
     with pytest.raises(DreamsearchError, match=r"pip install 'dreamsearch\[ray\]'"):
-        Library.open(tmp_path / "lib", tiny_weights).index([folder], [MODEL], engine="ray")
+        Library.open(tmp_path / "lib", weights_dir=tiny_weights).index([folder], [MODEL], engine="ray")
     assert not (tmp_path / "lib").exists()
 
 

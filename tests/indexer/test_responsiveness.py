@@ -16,6 +16,7 @@ import signal
 import subprocess
 import sys
 import time
+from itertools import pairwise
 from pathlib import Path
 
 import pytest
@@ -27,10 +28,10 @@ from dreamsearch.cli import main
 from dreamsearch.indexer import IndexOptions, index_folders
 from dreamsearch.layout import LibraryLayout
 from dreamsearch.models.embedder import Embedder
+from tests.helpers.http_api import MODEL, app_over
 from tests.helpers.images import photo_folder
 from tests.helpers.indexing import vectors_in
 from tests.helpers.slowed_model import slowed_embed
-from tests.helpers.http_api import MODEL, app_over
 
 SLOWED_CLI = Path(__file__).resolve().parents[1] / "helpers" / "slowed_model.py"
 REPO = Path(__file__).resolve().parents[2]
@@ -71,11 +72,12 @@ def test_on_a_cpu_the_first_commit_is_one_image_and_the_next_ones_a_step_of_work
     assert report.embedded == 14 and sum(sizes) == 14
     assert committed[0] == 1  # the first image alone is committed before the model takes more
     assert sizes[0] == 1 and all(3 <= n <= 5 for n in sizes[1:-1]), sizes  # ~1 s of 0.2 s images
-    assert [b - a for a, b in zip([0, *committed], committed)] == sizes  # one commit per model call
+    assert [b - a for a, b in pairwise([0, *committed])] == sizes  # one commit per model call
 
 
 def test_an_explicit_batch_size_still_sets_the_commits_and_the_model_takes_it_a_step_at_a_time(
-        tmp_path, tiny_model, monkeypatch):
+    tmp_path, tiny_model, monkeypatch
+):
     folder = photo_folder(tmp_path / "photos", 12, (64, 48), 30, "p{:02d}.jpg")
     library = LibraryLayout.prepare(tmp_path / "lib")
     sizes = slow_model(monkeypatch, seconds_per_image=0.2, step_seconds=1.0)
@@ -106,10 +108,26 @@ def test_ctrl_c_on_a_slow_model_exits_within_seconds_keeping_what_is_embedded(tm
     cores). It used to finish the batch in flight after Ctrl-C (32 images: minutes)."""
     folder = photo_folder(tmp_path / "photos", 12, (64, 48), 70, "p{:02d}.jpg")
     library = LibraryLayout.prepare(tmp_path / "lib")
-    args = ["index", str(folder), "-m", "dreamsim-dino", "--weights-dir", str(tiny_weights), "--library",
-            str(library.root), "--workers", "1", "--json"]
-    child = subprocess.Popen([sys.executable, str(SLOWED_CLI), "5", *args], cwd=REPO, text=True,
-                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    args = [
+        "index",
+        str(folder),
+        "-m",
+        "dreamsim-dino",
+        "--weights-dir",
+        str(tiny_weights),
+        "--library",
+        str(library.root),
+        "--workers",
+        "1",
+        "--json",
+    ]
+    child = subprocess.Popen(
+        [sys.executable, str(SLOWED_CLI), "5", *args],
+        cwd=REPO,
+        text=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
     deadline = time.monotonic() + 120
     while vectors_in(library) < 1 and child.poll() is None and time.monotonic() < deadline:
         time.sleep(0.05)
@@ -160,14 +178,25 @@ def test_progress_counts_images_to_embed_and_says_when_the_scan_still_counts(tmp
 
 
 @pytest.mark.slow
-def test_the_terminal_bar_shows_embedded_of_to_embed_counting_and_the_models_rate(tmp_path, tiny_weights,
-                                                                               monkeypatch):
+def test_the_terminal_bar_shows_embedded_of_to_embed_counting_and_the_models_rate(tmp_path, tiny_weights, monkeypatch):
     folder = photo_folder(tmp_path / "photos", 70, (64, 48), 130, "p{:02d}.jpg")
     slow_model(monkeypatch, seconds_per_image=0.1, step_seconds=0.5)  # the model: 10 images/s
     outcome = CliRunner().invoke(
-        main, ["index", str(folder), "-m", "dreamsim-dino", "--weights-dir", str(tiny_weights), "--library",
-               str(tmp_path / "lib"), "--workers", "1"],
-        env={"TTY_COMPATIBLE": "1", "TTY_INTERACTIVE": "1", "COLUMNS": "200"})  # a terminal, to rich
+        main,
+        [
+            "index",
+            str(folder),
+            "-m",
+            "dreamsim-dino",
+            "--weights-dir",
+            str(tiny_weights),
+            "--library",
+            str(tmp_path / "lib"),
+            "--workers",
+            "1",
+        ],
+        env={"TTY_COMPATIBLE": "1", "TTY_INTERACTIVE": "1", "COLUMNS": "200"},
+    )  # a terminal, to rich
     assert outcome.exit_code == 0, outcome.output
     frames = re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", outcome.stderr)
     shown = re.findall(r"(\d+)/(\d+)( counting…)? ([\d.]+) img/s", frames)

@@ -46,12 +46,10 @@ def test_clip_baseline_matches_open_clip(layout, clip_weights, tmp_path, sample_
         write_openai_clip(root, archive=False)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # torch.jit.load is deprecated
-        reference = open_clip.load_openai_model(str(root / "baselines" / "ViT-B-32.pt"), precision="fp32",
-                                                device="cpu")
+        reference = open_clip.load_openai_model(str(root / "baselines" / "ViT-B-32.pt"), precision="fp32", device="cpu")
     ours = load_model("clip", weights_dir=root, device="cpu")
     vectors = ours.embed_images([Image.open(p).convert("RGB") for p in sample_images])
-    expected = _reference_vectors(reference.encode_image, open_clip.image_transform(224, is_train=False),
-                                  sample_images)
+    expected = _reference_vectors(reference.encode_image, open_clip.image_transform(224, is_train=False), sample_images)
     assert vectors.shape == (len(sample_images), 512)
     assert np.abs(vectors - expected).max() <= 1e-5
     assert np.abs(expected[0] - expected[1]).max() > 1e-3  # distinct images, distinct vectors
@@ -82,9 +80,18 @@ def test_clip_loads_and_answers_queries_without_open_clip(clip_weights, tmp_path
     for path in sample_images[:2]:
         shutil.copyfile(path, folder / path.name)
     result = subprocess.run(
-        [sys.executable, "-c", NO_OPEN_CLIP, str(clip_weights), str(tmp_path / "library"), str(folder),
-         str(sample_images[2])],
-        capture_output=True, text=True, cwd=Path(__file__).resolve().parents[2],
+        [
+            sys.executable,
+            "-c",
+            NO_OPEN_CLIP,
+            str(clip_weights),
+            str(tmp_path / "library"),
+            str(folder),
+            str(sample_images[2]),
+        ],
+        capture_output=True,
+        text=True,
+        cwd=Path(__file__).resolve().parents[2],
     )
     assert result.returncode == 0, result.stderr
     *_, answer, modules = result.stdout.strip().splitlines()

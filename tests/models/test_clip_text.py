@@ -23,7 +23,9 @@ CORPUS = [
     "ramen in a paper bowl",
     "A Photo Of A DOG, running on the beach!!!",
     "Crème brûlée à la française, naïve café, Ærøskøbing, Straße",
-    "東京の夜景とラーメン", "北京烤鸭", "한국어 텍스트",
+    "東京の夜景とラーメン",
+    "北京烤鸭",
+    "한국어 텍스트",
     "🍜🐱‍👤 emoji 👍🏽 ❤️ 🇫🇷",
     "it's we'll they'd I'M you're we've 'quoted'",
     "don't stop: 123 4.5e6 $$$ --- (a) [b] {c} #tag @user ~/path/to/file.jpg",
@@ -36,7 +38,13 @@ CORPUS = [
     "supercalifragilisticexpialidocious" * 12,
     "   ",
 ]
-TEXTS = ["ramen in a paper bowl", "Crème brûlée à la française", "東京の夜景とラーメン", "🍜🐱‍👤 emoji 👍🏽", "word " * 90]
+TEXTS = [
+    "ramen in a paper bowl",
+    "Crème brûlée à la française",
+    "東京の夜景とラーメン",
+    "🍜🐱‍👤 emoji 👍🏽",
+    "word " * 90,
+]
 
 
 @pytest.mark.slow

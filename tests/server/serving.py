@@ -22,15 +22,41 @@ URL = re.compile(r"http://(127\.0\.0\.1|\[::1\]|localhost):(\d+)")
 
 
 @contextmanager
-def running_server(library: Path, weights: Path, *extra: str, env: dict | None = None,
-                   preexec_fn: Callable[[], None] | None = None, log: list[str] | None = None) -> Iterator[str]:
+def running_server(
+    library: Path,
+    weights: Path,
+    *extra: str,
+    env: dict | None = None,
+    preexec_fn: Callable[[], None] | None = None,
+    log: list[str] | None = None,
+) -> Iterator[str]:
     """Yield the URL the server printed, once it answers; stop it afterwards. Its output
     lines are appended to ``log`` as they come; ``preexec_fn`` runs in the child (limits)."""
-    command = [sys.executable, "-m", "dreamsearch", "serve", "--port", "0", "--library", str(library),
-               "--weights-dir", str(weights), "--models", MODEL, "--device", "cpu", *extra]
-    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                               preexec_fn=preexec_fn,
-                               env={**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1", **(env or {})})
+    command = [
+        sys.executable,
+        "-m",
+        "dreamsearch",
+        "serve",
+        "--port",
+        "0",
+        "--library",
+        str(library),
+        "--weights-dir",
+        str(weights),
+        "--models",
+        MODEL,
+        "--device",
+        "cpu",
+        *extra,
+    ]
+    process = subprocess.Popen(
+        command,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        preexec_fn=preexec_fn,
+        env={**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1", **(env or {})},
+    )
     lines: queue.Queue[str] = queue.Queue()
     log = [] if log is None else log
 

@@ -110,7 +110,9 @@ def test_the_web_ui_against_a_real_server(served, tmp_path):
             # Phone width: the grid keeps at most two columns.
             page.set_viewport_size({"width": 390, "height": 844})
             page.wait_for_function(ALL_THUMBNAILS_DECODED, arg="#results .tile img")
-            lefts = page.eval_on_selector_all("#results .tile", "ts => ts.map(t => Math.round(t.getBoundingClientRect().left))")
+            lefts = page.eval_on_selector_all(
+                "#results .tile", "ts => ts.map(t => Math.round(t.getBoundingClientRect().left))"
+            )
             assert len(set(lefts)) == 2, lefts
             assert page.evaluate("() => document.documentElement.scrollWidth") <= 390
             page.screenshot(path=str(tmp_path / "ui-narrow.png"), full_page=True)
@@ -136,13 +138,30 @@ def test_the_web_ui_against_a_real_server(served, tmp_path):
             page.click("#error-close")
             # Two models' answer, stubbed (only one model has weights offline): a column each,
             # side by side, stacked at phone width, and the agreement table.
-            shown = [{"id": r["id"], "rank": i + 1, "distance": 0.01 * i, "path": r["path"], "size": 1, "width": 1,
-                      "height": 1, "also_at": [], "thumbnail": f"/api/files/{r['id']}/thumbnail"}
-                     for i, r in enumerate(files)]
-            answer = {"query": "p3.jpg", "k": 3, "models": {MODEL: shown[:3], "other": shown[3:6]},
-                      "overlap": [{"models": [MODEL, "other"], "common": 0, "jaccard": 0.0, "rank_correlation": None}]}
-            page.route("**/api/compare", lambda route: route.fulfill(
-                status=200, content_type="application/json", body=json.dumps(answer)))
+            shown = [
+                {
+                    "id": r["id"],
+                    "rank": i + 1,
+                    "distance": 0.01 * i,
+                    "path": r["path"],
+                    "size": 1,
+                    "width": 1,
+                    "height": 1,
+                    "also_at": [],
+                    "thumbnail": f"/api/files/{r['id']}/thumbnail",
+                }
+                for i, r in enumerate(files)
+            ]
+            answer = {
+                "query": "p3.jpg",
+                "k": 3,
+                "models": {MODEL: shown[:3], "other": shown[3:6]},
+                "overlap": [{"models": [MODEL, "other"], "common": 0, "jaccard": 0.0, "rank_correlation": None}],
+            }
+            page.route(
+                "**/api/compare",
+                lambda route: route.fulfill(status=200, content_type="application/json", body=json.dumps(answer)),
+            )
             page.click("#compare-form button[type=submit]")
             columns = page.locator("#compare-cols .col")
             expect(columns).to_have_count(2)
@@ -210,7 +229,10 @@ def test_text_search_then_more_like_this_by_look(served_with_text, executable):
     from playwright.sync_api import expect, sync_playwright
 
     url, _photos = served_with_text
-    expected = [r["path"] for r in httpx.post(url + "/api/search/text", json={"text": "ramen in a paper bowl"}).json()["results"]]
+    expected = [
+        r["path"]
+        for r in httpx.post(url + "/api/search/text", json={"text": "ramen in a paper bowl"}).json()["results"]
+    ]
     expect.set_options(timeout=15_000)
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=executable, args=CHROMIUM_ARGS)

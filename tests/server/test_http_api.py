@@ -23,10 +23,20 @@ from tests.helpers.images import make_photos
 
 MODEL = "dreamsim-dino"
 ROUTES = {
-    ("get", "/api/health"), ("get", "/api/status"), ("post", "/api/search"), ("get", "/api/files/{file_id}/similar"),
-    ("post", "/api/search/vector"), ("post", "/api/embed"), ("post", "/api/compare"), ("get", "/api/duplicates"),
-    ("get", "/api/files/{file_id}"), ("get", "/api/files/{file_id}/thumbnail"), ("get", "/api/files/{file_id}/original"),
-    ("post", "/api/index"), ("get", "/api/jobs/{job_id}"), ("get", "/api/jobs/{job_id}/events"),
+    ("get", "/api/health"),
+    ("get", "/api/status"),
+    ("post", "/api/search"),
+    ("get", "/api/files/{file_id}/similar"),
+    ("post", "/api/search/vector"),
+    ("post", "/api/embed"),
+    ("post", "/api/compare"),
+    ("get", "/api/duplicates"),
+    ("get", "/api/files/{file_id}"),
+    ("get", "/api/files/{file_id}/thumbnail"),
+    ("get", "/api/files/{file_id}/original"),
+    ("post", "/api/index"),
+    ("get", "/api/jobs/{job_id}"),
+    ("get", "/api/jobs/{job_id}/events"),
 }
 
 
@@ -44,8 +54,11 @@ def indexed(tmp_path_factory, tiny_weights):
 @pytest.fixture()
 def client(indexed):
     lib, _photos, weights = indexed
-    app = create_app(Library.open(lib, weights_dir=weights, device="cpu"), [MODEL],
-                     Settings(max_body=2_000_000, allow_folders=(tempfile.gettempdir(),)))  # index jobs of tmp_path
+    app = create_app(
+        Library.open(lib, weights_dir=weights, device="cpu"),
+        [MODEL],
+        Settings(max_body=2_000_000, allow_folders=(tempfile.gettempdir(),)),
+    )  # index jobs of tmp_path
     with TestClient(app, base_url="http://127.0.0.1") as client:
         yield client
 
@@ -84,7 +97,9 @@ def test_pages_follow_each_other(client, indexed):
 def test_similar_by_id_uses_the_stored_vector_and_leaves_the_file_out(client, indexed):
     _lib, photos, _w = indexed
     found = client.post("/api/search", files=upload(photos / "p0.jpg"), data={"k": "1"}).json()["results"][0]
-    assert sorted([found["path"], *found["also_at"]]) == sorted([str(photos / "p0.jpg"), str(photos / "copy" / "p0.jpg")])
+    assert sorted([found["path"], *found["also_at"]]) == sorted(
+        [str(photos / "p0.jpg"), str(photos / "copy" / "p0.jpg")]
+    )
     similar = client.get(f"/api/files/{found['id']}/similar", params={"k": 3})
     assert similar.status_code == 200
     paths = [r["path"] for r in similar.json()["results"]]
@@ -120,8 +135,10 @@ def test_duplicates_and_compare_documents_match_the_cli(client, indexed):
     groups = client.get("/api/duplicates", params={"max_distance": 0}).json()
     assert groups["model"] == MODEL and groups["max_distance"] == 0
     (identical,) = [g for g in groups["groups"] if g["kind"] == "identical"]
-    assert {identical["keeper"]["path"], identical["others"][0]["path"]} == {str(photos / "p0.jpg"),
-                                                                            str(photos / "copy" / "p0.jpg")}
+    assert {identical["keeper"]["path"], identical["others"][0]["path"]} == {
+        str(photos / "p0.jpg"),
+        str(photos / "copy" / "p0.jpg"),
+    }
     assert identical["keeper"]["thumbnail"].startswith("/api/files/")
     one_model = client.post("/api/compare", files=upload(photos / "p1.jpg"))
     assert one_model.status_code == 400 and "two models" in one_model.json()["detail"]
@@ -176,9 +193,12 @@ def test_bad_requests_are_4xx_with_a_string_detail(client, indexed):
         client.post("/api/search", files=upload(photos / "p1.jpg"), data={"model": "no-such-model"}),
         client.post("/api/search", files=upload(photos / "p1.jpg"), data={"under": "../../etc"}),
         client.post("/api/search", files=upload(os.urandom(3_000_000))),  # over the 2 MB cap
-        client.get("/api/files/999999"), client.get("/api/files/999999/thumbnail"),
-        client.get("/api/files/999999/original"), client.get("/api/files/-1/similar"),
-        client.get("/api/files/..%2F..%2Fetc%2Fpasswd/original"), client.get("/api/files/%2Fetc%2Fpasswd"),
+        client.get("/api/files/999999"),
+        client.get("/api/files/999999/thumbnail"),
+        client.get("/api/files/999999/original"),
+        client.get("/api/files/-1/similar"),
+        client.get("/api/files/..%2F..%2Fetc%2Fpasswd/original"),
+        client.get("/api/files/%2Fetc%2Fpasswd"),
         client.get("/api/files/1/thumbnail", params={"size": 10**9}),
         client.get("/api/jobs/nope"),
         client.post("/api/index", json={"folders": ["relative/photos"]}),
@@ -189,10 +209,16 @@ def test_bad_requests_are_4xx_with_a_string_detail(client, indexed):
         client.get("/api/duplicates", params={"max_distance": 7}),
         client.post("/api/search", files=upload(photos / "p1.jpg"), data={"max_distance": "nan"}),
         client.get("/api/files/99999999999999999999999"),
-        client.post("/api/search/vector", content=b'{"vector": [' + b",".join([b"NaN"] * 64) + b"]}",
-                    headers={"content-type": "application/json"}),
-        client.post("/api/search", content=_chunked_upload(3_000_000),  # no Content-Length: counted as it comes
-                    headers={"content-type": "multipart/form-data; boundary=cut"}),
+        client.post(
+            "/api/search/vector",
+            content=b'{"vector": [' + b",".join([b"NaN"] * 64) + b"]}",
+            headers={"content-type": "application/json"},
+        ),
+        client.post(
+            "/api/search",
+            content=_chunked_upload(3_000_000),  # no Content-Length: counted as it comes
+            headers={"content-type": "multipart/form-data; boundary=cut"},
+        ),
     ]
     for response in cases:
         assert 400 <= response.status_code < 500, (response.request.url, response.status_code, response.text)
@@ -271,8 +297,9 @@ def test_idle_models_are_unloaded_and_come_back_on_use(indexed):
 
 def test_cors_only_for_the_origins_given(indexed):
     lib, _photos, weights = indexed
-    app = create_app(Library.open(lib, weights_dir=weights, device="cpu"), [MODEL],
-                     Settings(cors_origins=("http://photos.example",)))
+    app = create_app(
+        Library.open(lib, weights_dir=weights, device="cpu"), [MODEL], Settings(cors_origins=("http://photos.example",))
+    )
     with TestClient(app, base_url="http://127.0.0.1") as client:
         allowed = client.get("/api/health", headers={"Origin": "http://photos.example"})
         other = client.get("/api/health", headers={"Origin": "http://evil.example"})

@@ -87,8 +87,10 @@ def test_a_thumbnail_of_any_size_is_served_at_the_next_fixed_size_and_never_enla
         assert response.status_code == 200 and response.headers["content-type"] == "image/jpeg"
         assert max(Image.open(io.BytesIO(response.content)).size) == served, asked
     small = file_id(client, photos / "p2.jpg")  # 400 x 300: a 1024 thumbnail is the photo's own size
-    assert Image.open(io.BytesIO(client.get(f"/api/files/{small}/thumbnail", params={"size": 1024}).content)).size \
-        == (400, 300)
+    assert Image.open(io.BytesIO(client.get(f"/api/files/{small}/thumbnail", params={"size": 1024}).content)).size == (
+        400,
+        300,
+    )
     assert set(cached_thumbnails(lib)) == {"128", "256", "512", "1024"}
     assert client.get(f"/api/files/{big}/thumbnail", params={"size": 1025}).status_code in (400, 422)
 
@@ -235,12 +237,13 @@ def test_a_json_body_over_its_cap_is_refused_before_it_is_parsed(client):
 
     def chunks():
         for start in range(0, len(huge), 65536):
-            yield huge[start:start + 65536]
+            yield huge[start : start + 65536]
 
     streamed = client.post("/api/search/vector", content=chunks(), headers={"content-type": "application/json"})
     assert streamed.status_code == 413, streamed.text
-    index = client.post("/api/index", content=json.dumps({"folders": ["/x" * 700_000]}),
-                        headers={"content-type": "application/json"})
+    index = client.post(
+        "/api/index", content=json.dumps({"folders": ["/x" * 700_000]}), headers={"content-type": "application/json"}
+    )
     assert index.status_code == 413, index.text
     assert client.get("/api/health").json()["status"] == "ok"
 
@@ -291,7 +294,9 @@ def test_a_file_name_that_is_not_utf8_is_found_listed_and_served_by_id(client, i
     assert original.status_code == 200 and original.content == (photos / "p1.jpg").read_bytes()
     assert client.get(f"/api/files/{latin1_id}/thumbnail").status_code == 200
     similar = client.get(f"/api/files/{file_id(client, photos / 'p2.jpg')}/similar", params={"k": 10})
-    assert similar.status_code == 200 and latin1 in {p for r in similar.json()["results"] for p in [r["path"], *r["also_at"]]}
+    assert similar.status_code == 200 and latin1 in {
+        p for r in similar.json()["results"] for p in [r["path"], *r["also_at"]]
+    }
 
     status = client.get("/api/status", params={"failed": True})
     assert status.status_code == 200, status.text
@@ -302,8 +307,11 @@ def test_an_index_job_over_a_folder_whose_name_is_not_utf8_is_reported(tmp_path,
     folder = os.fsdecode(os.fsencode(tmp_path) + b"/caf\xe9")
     make_photos(Path(folder), 2, SIZE, seed=80)
     with TestClient(app_over(tmp_path / "lib", tiny_weights), base_url="http://127.0.0.1") as client:
-        started = client.post("/api/index", content=json.dumps({"folders": [folder], "models": [MODEL]}),
-                              headers={"content-type": "application/json"})  # the name as \udce9, as the API writes it
+        started = client.post(
+            "/api/index",
+            content=json.dumps({"folders": [folder], "models": [MODEL]}),
+            headers={"content-type": "application/json"},
+        )  # the name as \udce9, as the API writes it
         assert started.status_code == 202, started.text
         job = wait_for(client, started.json()["job"])
         assert job["state"] == "done" and job["folders"] == [folder] and job["counts"]["embedded"] == 2

@@ -56,15 +56,36 @@ def test_it_prints_its_url_and_binds_loopback_only(library):
         assert health["models_loaded"] == [MODEL] and health["vectors"] == {MODEL: 6}
         rebinding = httpx.get(url + "/api/health", headers={"Host": "evil.example:80"})
         assert rebinding.status_code == 400 and "Host" in rebinding.json()["detail"]
-        assert "access-control-allow-origin" not in httpx.get(url + "/api/health",
-                                                              headers={"Origin": "http://evil.example"}).headers
+        assert (
+            "access-control-allow-origin"
+            not in httpx.get(url + "/api/health", headers={"Origin": "http://evil.example"}).headers
+        )
 
 
 def test_a_non_loopback_host_needs_a_token(library):
     lib, _photos, weights = library
-    refused = subprocess.run([sys.executable, "-m", "dreamsearch", "serve", "--host", "0.0.0.0", "--port", "0",
-                              "--library", str(lib), "--weights-dir", str(weights), "--models", MODEL],
-                             capture_output=True, text=True, timeout=60, env={**os.environ, "DREAMSEARCH_TOKEN": ""})
+    refused = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "dreamsearch",
+            "serve",
+            "--host",
+            "0.0.0.0",
+            "--port",
+            "0",
+            "--library",
+            str(lib),
+            "--weights-dir",
+            str(weights),
+            "--models",
+            MODEL,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, "DREAMSEARCH_TOKEN": ""},
+    )
     assert refused.returncode == 1 and "--token" in refused.stderr and "0.0.0.0" in refused.stderr
 
 
@@ -109,8 +130,10 @@ def test_searches_stay_correct_while_an_index_job_adds_and_removes_files(library
         return state
 
     threads = [threading.Thread(target=search_loop) for _ in range(3)]
-    with running_server(lib, weights, "--allow-folder", str(incoming)) as url, \
-            httpx.Client(base_url=url, timeout=60) as client:
+    with (
+        running_server(lib, weights, "--allow-folder", str(incoming)) as url,
+        httpx.Client(base_url=url, timeout=60) as client,
+    ):
         for thread in threads:
             thread.start()
         try:
@@ -121,8 +144,9 @@ def test_searches_stay_correct_while_an_index_job_adds_and_removes_files(library
             deleted_at[0] = time.monotonic()
             removed = run_job(client)
             assert removed["state"] == "done" and removed["counts"]["removed"] == 3
-            found = client.post("/api/search", files={"image": ("q.jpg", (incoming / "p3.jpg").read_bytes())},
-                                data={"k": "1"}).json()["results"]
+            found = client.post(
+                "/api/search", files={"image": ("q.jpg", (incoming / "p3.jpg").read_bytes())}, data={"k": "1"}
+            ).json()["results"]
             assert found[0]["path"] == str(incoming / "p3.jpg")
         finally:
             done.set()

@@ -64,7 +64,7 @@ def client_of(library: Library, models=(DINO,), **options):
         yield client
 
 
-def in_thread(function, *args, **kwargs) -> "queue.Queue":
+def in_thread(function, *args, **kwargs) -> queue.Queue:
     """Run ``function(*args, **kwargs)`` in a daemon thread; its result (or exception)
     lands in the queue."""
     answer: queue.Queue = queue.Queue()
@@ -79,7 +79,7 @@ def in_thread(function, *args, **kwargs) -> "queue.Queue":
     return answer
 
 
-def promptly(answer: "queue.Queue"):
+def promptly(answer: queue.Queue):
     try:
         result = answer.get(timeout=PROMPTLY)
     except queue.Empty:
@@ -96,6 +96,7 @@ def png(width: int, height: int, mode: str = "1") -> bytes:
 
 
 # 6. what an upload may cost -------------------------------------------------------------
+
 
 def test_an_upload_over_the_servers_pixel_limit_gets_413_before_it_is_decoded(two_models, monkeypatch):
     """A 8000x8000 1-bit PNG is a few KB and under the library's 200 MP limit; decoded as
@@ -129,8 +130,10 @@ def test_uploads_past_the_slots_and_the_queue_get_503_with_retry_after(two_model
 
     monkeypatch.setattr(Library, "image_query", held_query)
     _lib, photos, _w = two_models
-    with client_of(library, limits=Limits(heavy_slots=1, queue=1, wait_s=PROMPTLY)) as client, \
-            ThreadPoolExecutor(4) as pool:
+    with (
+        client_of(library, limits=Limits(heavy_slots=1, queue=1, wait_s=PROMPTLY)) as client,
+        ThreadPoolExecutor(4) as pool,
+    ):
         first = pool.submit(client.post, "/api/search", files=upload(photos / "p1.jpg"), data={"k": "2"})
         assert started.acquire(timeout=PROMPTLY)
         second = pool.submit(client.post, "/api/search", files=upload(photos / "p2.jpg"), data={"k": "2"})
@@ -167,6 +170,7 @@ def test_an_upload_that_decodes_too_long_is_answered_at_the_time_limit(two_model
 
 # 8. heavy routes do not starve light ones ------------------------------------------------
 
+
 def test_light_routes_answer_while_64_heavy_requests_of_each_kind_are_stuck(two_models, monkeypatch):
     """64 thumbnails, 64 searches by id and 64 uploads that cannot finish (FastAPI's shared
     pool has 40 threads): health, status and file metadata still answer."""
@@ -179,11 +183,14 @@ def test_light_routes_answer_while_64_heavy_requests_of_each_kind_are_stuck(two_
         def wait_then(*args, **kwargs):
             release.wait(60)
             return real(*args, **kwargs)
+
         return wait_then
 
     _lib, photos, _w = two_models
     with client_of(library) as client:
-        file_id = client.post("/api/search", files=upload(photos / "p1.jpg"), data={"k": "1"}).json()["results"][0]["id"]
+        file_id = client.post("/api/search", files=upload(photos / "p1.jpg"), data={"k": "1"}).json()["results"][0][
+            "id"
+        ]
         monkeypatch.setattr(Library, "stored_query", stuck(Library.stored_query))
         monkeypatch.setattr(Library, "image_query", stuck(Library.image_query))
         monkeypatch.setattr(app_module, "thumbnail", stuck(app_module.thumbnail))
@@ -220,21 +227,23 @@ def test_status_reads_neither_every_index_byte_nor_folders_that_are_not_the_libr
         report = client.get("/api/status").json()
         walked = library.status().size_bytes  # the CLI's way: thumbnails walked, not tallied
     assert thumbnails > 0 and report["size_bytes"] == walked < 5_000_000
-    assert [m["index"].split(", ")[1].split(" (")[0] for m in report["models"]] == \
-        ["size and edge digests ok"] * 2
+    assert [m["index"].split(", ")[1].split(" (")[0] for m in report["models"]] == ["size and edge digests ok"] * 2
 
 
 # 9. models the operator did not choose ------------------------------------------------------
+
 
 def test_a_model_not_in_models_is_refused_and_not_loaded(two_models):
     library = open_library(two_models)
     _lib, photos, _w = two_models
     with client_of(library) as client:
-        for response in (client.post("/api/embed", files=upload(photos / "p1.jpg"), data={"model": CLIP}),
-                         client.post("/api/search", files=upload(photos / "p1.jpg"), data={"model": CLIP}),
-                         client.post("/api/compare", files=upload(photos / "p1.jpg"), data={"models": f"{DINO},{CLIP}"}),
-                         client.get("/api/duplicates", params={"model": CLIP}),
-                         client.post("/api/index", json={"folders": [str(photos)], "models": [CLIP]})):
+        for response in (
+            client.post("/api/embed", files=upload(photos / "p1.jpg"), data={"model": CLIP}),
+            client.post("/api/search", files=upload(photos / "p1.jpg"), data={"model": CLIP}),
+            client.post("/api/compare", files=upload(photos / "p1.jpg"), data={"models": f"{DINO},{CLIP}"}),
+            client.get("/api/duplicates", params={"model": CLIP}),
+            client.post("/api/index", json={"folders": [str(photos)], "models": [CLIP]}),
+        ):
             assert response.status_code == 400, response.text
             assert CLIP in response.json()["detail"] and "--load-models-on-request" in response.json()["detail"]
         assert client.get("/api/health").json()["models_loaded"] == [DINO]
@@ -253,6 +262,7 @@ def test_models_loaded_on_request_are_kept_at_most_max_loaded_models_least_recen
 
 # 15. one lock per model; models in use stay --------------------------------------------------
 
+
 def test_a_slow_model_load_or_index_open_does_not_stall_other_requests(two_models, monkeypatch):
     """A weights download or a large index opening for one model used to hold the one
     library lock: every other request waited, health included."""
@@ -267,6 +277,7 @@ def test_a_slow_model_load_or_index_open_does_not_stall_other_requests(two_model
             if CLIP in args or CLIP in kwargs.values():
                 release.wait(60)
             return real(*args, **kwargs)
+
         return build
 
     monkeypatch.setattr(dreamsearch.api, "PendingModel", slow_for_clip(real_pending))
@@ -277,7 +288,9 @@ def test_a_slow_model_load_or_index_open_does_not_stall_other_requests(two_model
         time.sleep(0.3)
         assert promptly(in_thread(library.loaded_models)) == [DINO]
         query = promptly(in_thread(library.image_query, (photos / "p2.jpg").read_bytes(), DINO))
-        assert promptly(in_thread(library.search, query, 1, include_self=True)).matches[0].path == str(photos / "p2.jpg")
+        assert promptly(in_thread(library.search, query, k=1, include_self=True)).matches[0].path == str(
+            photos / "p2.jpg"
+        )
         assert promptly(in_thread(library.file, 1))[0].id == 1
     finally:
         release.set()
@@ -331,8 +344,9 @@ def test_compare_that_lets_its_models_go_keeps_one_another_caller_loaded_meanwhi
         return real(self, embedder, pixels)
 
     monkeypatch.setattr(Searcher, "embed_pixels", held_for_clip)
-    comparing = in_thread(lambda: library.compare((photos / "p1.jpg").read_bytes(), [DINO, CLIP], k=2,
-                                                  keep_models=False))
+    comparing = in_thread(
+        lambda: library.compare((photos / "p1.jpg").read_bytes(), [DINO, CLIP], k=2, keep_models=False)
+    )
     assert inside.wait(PROMPTLY)
     library.model(CLIP)  # another caller wants it kept
     release.set()
@@ -341,6 +355,7 @@ def test_compare_that_lets_its_models_go_keeps_one_another_caller_loaded_meanwhi
 
 
 # 7. connections: half-sent requests and the descriptor limit -----------------------------------
+
 
 @contextmanager
 def served(two_models, *options: str, open_files: int | None = None):
@@ -360,7 +375,7 @@ def served(two_models, *options: str, open_files: int | None = None):
 def closed_by_server(connection: socket.socket) -> bool:
     connection.settimeout(PROMPTLY)
     try:
-        while data := connection.recv(4096):
+        while connection.recv(4096):
             pass
         return True
     except ConnectionResetError:
@@ -377,8 +392,10 @@ def test_half_sent_requests_are_closed_after_the_request_timeout(two_models):
         headers = socket.create_connection(("127.0.0.1", port))
         headers.sendall(b"GET /api/health HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Slow: ")
         body = socket.create_connection(("127.0.0.1", port))
-        body.sendall(b"POST /api/search/vector HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
-                     b"Content-Length: 1000\r\n\r\n{\"vector\": [")
+        body.sendall(
+            b"POST /api/search/vector HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+            b'Content-Length: 1000\r\n\r\n{"vector": ['
+        )
         kept_alive = socket.create_connection(("127.0.0.1", port))
         kept_alive.sendall(b"GET /api/health HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
         assert kept_alive.recv(4096).startswith(b"HTTP/1.1 200")

@@ -69,13 +69,36 @@ def library(tmp_path_factory):
 
 
 def schemathesis_run(url: str, photos: Path, token: str | None) -> subprocess.CompletedProcess:
-    command = [sys.executable, "-m", "schemathesis.cli", "run", f"{url}/openapi.json",
-               "--checks", "all", "--mode", "all", "--max-examples", str(MAX_EXAMPLES), "--seed", str(SEED),
-               "--generation-database", "none", "--workers", "1", "--request-timeout", "30", "--no-color"]
+    command = [
+        sys.executable,
+        "-m",
+        "schemathesis.cli",
+        "run",
+        f"{url}/openapi.json",
+        "--checks",
+        "all",
+        "--mode",
+        "all",
+        "--max-examples",
+        str(MAX_EXAMPLES),
+        "--seed",
+        str(SEED),
+        "--generation-database",
+        "none",
+        "--workers",
+        "1",
+        "--request-timeout",
+        "30",
+        "--no-color",
+    ]
     if token:
         command += ["--header", f"Authorization: Bearer {token}"]
-    environment = {**os.environ, "SCHEMATHESIS_HOOKS": "tests.server.schemathesis_hooks",
-                   "DREAMSEARCH_SCHEMA_PHOTOS": str(photos), "NO_COLOR": "1"}
+    environment = {
+        **os.environ,
+        "SCHEMATHESIS_HOOKS": "tests.server.schemathesis_hooks",
+        "DREAMSEARCH_SCHEMA_PHOTOS": str(photos),
+        "NO_COLOR": "1",
+    }
     return subprocess.run(command, capture_output=True, text=True, timeout=300, cwd=ROOT, env=environment)
 
 
@@ -85,8 +108,7 @@ def schemathesis_run(url: str, photos: Path, token: str | None) -> subprocess.Co
 def test_schemathesis_finds_no_answer_the_schema_does_not_describe(library, token, tmp_path):
     lib, photos, weights = library
     lib = Path(shutil.copytree(lib, tmp_path / "lib"))  # its index jobs change the library
-    with running_server(lib, weights, "--models", ",".join(MODELS),
-                        env={"DREAMSEARCH_TOKEN": token or ""}) as url:
+    with running_server(lib, weights, "--models", ",".join(MODELS), env={"DREAMSEARCH_TOKEN": token or ""}) as url:
         run = schemathesis_run(url, photos, token)
     report = run.stdout + run.stderr
     assert run.returncode == 0, report[-30_000:]
@@ -103,13 +125,17 @@ def test_a_served_model_with_nothing_indexed_is_a_404_as_the_schema_says(library
     with TestClient(app, base_url="http://127.0.0.1") as client:
         schema = client.get("/openapi.json").json()
         assert unindexed in schema["components"]["schemas"]["VectorSearch"]["properties"]["model"]["anyOf"][0]["enum"]
-        dim = client.post("/api/embed", files={"image": ("p.jpg", (photos / "p1.jpg").read_bytes())},
-                          data={"model": unindexed}).json()["dim"]
-        answers = [client.post("/api/search/vector", json={"vector": [0.5] * dim, "model": unindexed}),
-                   client.get("/api/files/1/similar", params={"model": unindexed}),
-                   client.get("/api/duplicates", params={"model": unindexed}),
-                   client.post("/api/search", files={"image": ("p.jpg", (photos / "p1.jpg").read_bytes())},
-                               data={"model": unindexed})]
+        dim = client.post(
+            "/api/embed", files={"image": ("p.jpg", (photos / "p1.jpg").read_bytes())}, data={"model": unindexed}
+        ).json()["dim"]
+        answers = [
+            client.post("/api/search/vector", json={"vector": [0.5] * dim, "model": unindexed}),
+            client.get("/api/files/1/similar", params={"model": unindexed}),
+            client.get("/api/duplicates", params={"model": unindexed}),
+            client.post(
+                "/api/search", files={"image": ("p.jpg", (photos / "p1.jpg").read_bytes())}, data={"model": unindexed}
+            ),
+        ]
     for answer in answers:
         assert answer.status_code == 404, answer.text
         assert f"nothing is indexed with model '{unindexed}'" in answer.json()["detail"]
@@ -120,8 +146,13 @@ def test_a_library_not_made_yet_is_a_404_for_what_it_does_not_hold_yet(tmp_path,
     the client got wrong (400); health and embed work."""
     app = create_app(Library.open(tmp_path / "not yet", weights_dir=tiny_weights, device="cpu"), [PAGED_MODEL])
     with TestClient(app, base_url="http://127.0.0.1") as client:
-        answers = [client.get("/api/status"), client.get("/api/duplicates"), client.get("/api/files/1"),
-                   client.get("/api/files/1/similar"), client.post("/api/search/vector", json={"vector": [1.0] * 64})]
+        answers = [
+            client.get("/api/status"),
+            client.get("/api/duplicates"),
+            client.get("/api/files/1"),
+            client.get("/api/files/1/similar"),
+            client.post("/api/search/vector", json={"vector": [1.0] * 64}),
+        ]
         assert [a.status_code for a in answers] == [404] * len(answers), [a.text for a in answers]
         assert all("no library yet" in a.json()["detail"] for a in answers)
         assert client.get("/api/health").status_code == 200
@@ -134,7 +165,9 @@ def test_a_vector_of_numbers_near_the_float_limit_is_a_direction_like_any_other(
     lib, photos, weights = library
     app = create_app(Library.open(lib, weights_dir=weights, device="cpu"), list(INDEXED))
     with TestClient(app, base_url="http://127.0.0.1") as client:
-        vector = client.post("/api/embed", files={"image": ("q.jpg", (photos / "p2.jpg").read_bytes())}).json()["vector"]
+        vector = client.post("/api/embed", files={"image": ("q.jpg", (photos / "p2.jpg").read_bytes())}).json()[
+            "vector"
+        ]
         for scale in (1e300, 1e-300):
             found = client.post("/api/search/vector", json={"vector": [x * scale for x in vector], "k": 1})
             assert found.status_code == 200, found.text
@@ -153,7 +186,7 @@ def paged_library(root: Path, kind: str, n: int = 3000, tie: int = 3) -> Path:
     an index of ``kind`` built whatever the size policy says."""
     vectors = clustered_unit_vectors(n, DIM, centres=20, seed=3)
     for start in range(0, n, tie):
-        vectors[start:start + tie] = vectors[start]
+        vectors[start : start + tie] = vectors[start]
     library = LibraryLayout.prepare(root / "lib")
     photos = root / "photos"
     photos.mkdir()
@@ -165,7 +198,9 @@ def paged_library(root: Path, kind: str, n: int = 3000, tie: int = 3) -> Path:
         entries.append(FileEntry(f"{i}.jpg", 1, mtime, f"h{i}", 1, 1, "JPEG"))
     with Catalog(library.catalog_path) as catalog:
         model = catalog.ensure_model(PAGED_MODEL, DIM, "by hand")
-        catalog.commit_batch(catalog.attach(photos).id, entries, {PAGED_MODEL: {f"h{i}": v for i, v in enumerate(vectors)}})
+        catalog.commit_batch(
+            catalog.attach(photos).id, entries, {PAGED_MODEL: {f"h{i}": v for i, v in enumerate(vectors)}}
+        )
         index = rebuild(catalog, model, plan=with_kind(kind, n, DIM))
         index.save(library.index_dir, index.meta.seq, catalog.identity(), catalog.chain_at(model, index.meta.seq) or "")
     return library.root
@@ -175,11 +210,15 @@ def paged_library(root: Path, kind: str, n: int = 3000, tie: int = 3) -> Path:
 def test_following_next_offset_never_repeats_nor_skips_a_result(tmp_path, tiny_weights, kind):
     lib = paged_library(tmp_path, kind)
     queries = clustered_unit_vectors(6, DIM, centres=20, seed=3) + 0.05
-    with TestClient(create_app(Library.open(lib, weights_dir=tiny_weights, device="cpu"), [PAGED_MODEL]),
-                    base_url="http://127.0.0.1") as client:
+    with TestClient(
+        create_app(Library.open(lib, weights_dir=tiny_weights, device="cpu"), [PAGED_MODEL]),
+        base_url="http://127.0.0.1",
+    ) as client:
         for query in queries:
+
             def page(k: int, offset: int) -> dict:
-                response = client.post("/api/search/vector", json={"vector": query.tolist(), "k": k, "offset": offset})
+                vector = query.tolist()  # noqa: B023 - page is called in this iteration only
+                response = client.post("/api/search/vector", json={"vector": vector, "k": k, "offset": offset})
                 assert response.status_code == 200, response.text
                 return response.json()
 

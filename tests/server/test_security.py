@@ -32,8 +32,10 @@ from tests.server.serving import MODEL, running_server
 
 SECRET = b"-----BEGIN OPENSSH PRIVATE KEY----- not for the web -----END OPENSSH PRIVATE KEY-----\n"
 #: What the polyglot's script does if it ever runs: read the API, then call home.
-PAYLOAD = (b"<html><script>document.title='PWNED';fetch('/api/status').then(r=>r.text())"
-           b".then(t=>fetch('/pwned?'+t.length))</script><!--")
+PAYLOAD = (
+    b"<html><script>document.title='PWNED';fetch('/api/status').then(r=>r.text())"
+    b".then(t=>fetch('/pwned?'+t.length))</script><!--"
+)
 
 
 def polyglot_jpeg() -> bytes:
@@ -88,8 +90,11 @@ def library(tmp_path_factory, tiny_weights):
 @pytest.fixture()
 def client(library):
     root, weights = library
-    app = create_app(Library.open(root / "lib", weights_dir=weights, device="cpu"), [MODEL],
-                     Settings(allow_folders=(str(root / "allowed"),)))
+    app = create_app(
+        Library.open(root / "lib", weights_dir=weights, device="cpu"),
+        [MODEL],
+        Settings(allow_folders=(str(root / "allowed"),)),
+    )
     with TestClient(app, base_url="http://127.0.0.1", raise_server_exceptions=False) as client:
         yield client
 
@@ -105,8 +110,9 @@ def file_id(client: TestClient, path: Path) -> int:
 
 def ids_by_path(url: str, root: Path) -> dict[str, int]:
     with httpx.Client(base_url=url, timeout=30) as api:
-        results = api.post("/api/search", files={"image": ("q", (root / "photos" / "p0.jpg").read_bytes())},
-                           data={"k": "50"}).json()["results"]
+        results = api.post(
+            "/api/search", files={"image": ("q", (root / "photos" / "p0.jpg").read_bytes())}, data={"k": "50"}
+        ).json()["results"]
     return {r["path"]: r["id"] for r in results}
 
 
@@ -167,8 +173,11 @@ def test_a_folder_swapped_for_a_symlink_in_a_loop_never_serves_a_byte_from_elsew
                         problems.append(f"{route}: {response.status_code} {response.text[:200]}")
                     elif route.endswith("original"):
                         if response.content != photo:
-                            problems.append(f"{route}: the key" if response.content == SECRET
-                                            else f"{route}: {response.content[:60]!r}")
+                            problems.append(
+                                f"{route}: the key"
+                                if response.content == SECRET
+                                else f"{route}: {response.content[:60]!r}"
+                            )
                         answered["photo"] += 1
                     else:
                         red, green, _blue = np.asarray(Image.open(io.BytesIO(response.content))).mean((0, 1))
@@ -186,8 +195,10 @@ def test_a_folder_swapped_for_a_symlink_in_a_loop_never_serves_a_byte_from_elsew
 
 def test_files_indexed_through_followed_symlinks_are_served(client, library):
     root, _weights = library
-    for path, target in ((root / "photos" / "linked.jpg", root / "outside" / "real.jpg"),
-                         (root / "photos" / "linkdir" / "inner.jpg", root / "outside" / "dir" / "inner.jpg")):
+    for path, target in (
+        (root / "photos" / "linked.jpg", root / "outside" / "real.jpg"),
+        (root / "photos" / "linkdir" / "inner.jpg", root / "outside" / "dir" / "inner.jpg"),
+    ):
         found = file_id(client, path)
         original = client.get(f"/api/files/{found}/original")
         assert original.status_code == 200 and original.content == target.read_bytes(), (path, original.text)
@@ -246,11 +257,16 @@ def test_every_response_says_nosniff_and_the_ui_and_api_forbid_inline_script_and
     with TestClient(app, base_url="http://127.0.0.1", raise_server_exceptions=False) as guarded:
         bearer = {"Authorization": "Bearer t0ken"}
         responses = {
-            "ui": guarded.get("/"), "script": guarded.get("/static/app.js"), "schema": guarded.get("/openapi.json"),
-            "api": guarded.get("/api/health", headers=bearer), "404": guarded.get("/api/files/999999", headers=bearer),
-            "401": guarded.get("/api/health"), "400 Host": guarded.get("/api/health", headers={"Host": "evil.example"}),
+            "ui": guarded.get("/"),
+            "script": guarded.get("/static/app.js"),
+            "schema": guarded.get("/openapi.json"),
+            "api": guarded.get("/api/health", headers=bearer),
+            "404": guarded.get("/api/files/999999", headers=bearer),
+            "401": guarded.get("/api/health"),
+            "400 Host": guarded.get("/api/health", headers={"Host": "evil.example"}),
             "413": guarded.post("/api/search", content=b"x" * 2000, headers=bearer),
-            "422": guarded.get("/api/files/abc", headers=bearer), "500": guarded.get("/api/status", headers=bearer),
+            "422": guarded.get("/api/files/abc", headers=bearer),
+            "500": guarded.get("/api/status", headers=bearer),
         }
     for name, response in responses.items():
         assert response.headers.get("x-content-type-options") == "nosniff", name
@@ -315,15 +331,43 @@ def test_the_token_can_come_from_a_file_that_only_its_owner_can_read(library, tm
     token_file = tmp_path / "token"
     token_file.write_text("from-a-file-4711\n")
     token_file.chmod(0o644)
-    refused = subprocess.run([sys.executable, "-m", "dreamsearch", "serve", "--port", "0", "--library", str(root / "lib"),
-                              "--weights-dir", str(weights), "--models", MODEL, "--token-file", str(token_file)],
-                             capture_output=True, text=True, timeout=120, env={**os.environ, "HF_HUB_OFFLINE": "1"})
-    assert refused.returncode != 0 and "--token-file" in refused.stderr and len(refused.stderr.strip().splitlines()) == 1
+    refused = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "dreamsearch",
+            "serve",
+            "--port",
+            "0",
+            "--library",
+            str(root / "lib"),
+            "--weights-dir",
+            str(weights),
+            "--models",
+            MODEL,
+            "--token-file",
+            str(token_file),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "HF_HUB_OFFLINE": "1"},
+    )
+    assert (
+        refused.returncode != 0 and "--token-file" in refused.stderr and len(refused.stderr.strip().splitlines()) == 1
+    )
     token_file.chmod(0o600)
     allowed = tmp_path / "incoming"
     allowed.mkdir()
-    with running_server(root / "lib", weights, "--token-file", str(token_file), "--allow-folder", str(allowed),
-                        env={"DREAMSEARCH_TOKEN": ""}) as url:
+    with running_server(
+        root / "lib",
+        weights,
+        "--token-file",
+        str(token_file),
+        "--allow-folder",
+        str(allowed),
+        env={"DREAMSEARCH_TOKEN": ""},
+    ) as url:
         assert httpx.get(url + "/api/health").status_code == 401
         good = {"Authorization": "Bearer from-a-file-4711"}
         assert httpx.get(url + "/api/health", headers=good).status_code == 200
@@ -347,9 +391,11 @@ def test_http_errors_do_not_name_the_weights_folder_the_library_or_faiss_sources
     import faiss
 
     def full_disk(*_args):
-        raise RuntimeError("Error in void faiss::write_index(const Index*, IOWriter*, int) at "
-                           "/project/faiss/faiss/impl/index_write.cpp:1069: Error: 'ret == (size)' failed: "
-                           "write error: No space left on device")
+        raise RuntimeError(
+            "Error in void faiss::write_index(const Index*, IOWriter*, int) at "
+            "/project/faiss/faiss/impl/index_write.cpp:1069: Error: 'ret == (size)' failed: "
+            "write error: No space left on device"
+        )
 
     monkeypatch.setattr(faiss, "write_index", full_disk)
     fresh = root / "allowed" / "fresh"

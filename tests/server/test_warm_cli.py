@@ -99,10 +99,28 @@ def test_a_socket_left_by_a_killed_server_is_replaced_and_never_trusted(library)
     lib, photos, weights = library
     query = ("query", str(photos / "p1.jpg"), "-k", "3", "-m", DINO)
     alone = cli(library, *query)
-    server = subprocess.Popen([sys.executable, "-m", "dreamsearch", "serve", "--port", "0", "--library", str(lib),
-                               "--weights-dir", str(weights), "--models", DINO, "--device", "cpu"],
-                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                              env={**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1"})
+    server = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "dreamsearch",
+            "serve",
+            "--port",
+            "0",
+            "--library",
+            str(lib),
+            "--weights-dir",
+            str(weights),
+            "--models",
+            DINO,
+            "--device",
+            "cpu",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env={**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1"},
+    )
     try:
         assert "serving" in server.stdout.readline()
     finally:

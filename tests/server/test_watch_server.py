@@ -15,6 +15,7 @@ from tests.helpers.images import make_photos, photo_like
 from tests.server.serving import MODEL, running_server
 from tests.test_watch import wait_for
 
+
 @pytest.mark.slow
 @pytest.mark.server
 def test_a_photo_dropped_in_is_announced_and_found_without_a_restart(tmp_path, tiny_weights):
@@ -72,8 +73,7 @@ def test_the_web_ui_shows_new_photos_and_refreshes_its_results_when_asked(tmp_pa
     with Library.open(tmp_path / "lib", weights_dir=tiny_weights, device="cpu") as library:
         library.index([photos], models=[MODEL], workers=1)
     expect.set_options(timeout=15_000)
-    with running_server(tmp_path / "lib", tiny_weights, "--watch", "--settle", "0.3") as url, \
-            sync_playwright() as p:
+    with running_server(tmp_path / "lib", tiny_weights, "--watch", "--settle", "0.3") as url, sync_playwright() as p:
         browser = p.chromium.launch(executable_path=executable, args=CHROMIUM_ARGS)
         try:
             page = browser.new_page()

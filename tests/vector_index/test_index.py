@@ -64,7 +64,10 @@ def test_add_remove_and_padding(data):
 
 
 @settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(st.sampled_from(["flat", "ivf"]), st.lists(st.tuples(st.booleans(), st.sets(st.integers(0, 299), max_size=40)), max_size=12))
+@given(
+    st.sampled_from(["flat", "ivf"]),
+    st.lists(st.tuples(st.booleans(), st.sets(st.integers(0, 299), max_size=40)), max_size=12),
+)
 def test_index_holds_exactly_the_live_ids(data, kind, operations):
     pool = data[:300]
     index = build(kind, pool[:100], np.arange(100))

@@ -27,7 +27,7 @@ def status_of(library: LibraryLayout) -> list[str]:
 
 def entries(start: int, count: int, vectors: np.ndarray, tag: str = "") -> tuple[list[FileEntry], dict]:
     files = [FileEntry(f"{tag}{i}.jpg", 100, i, f"{tag}hash{i}") for i in range(start, start + count)]
-    return files, {"m": {f.content_hash: vectors[i] for i, f in zip(range(start, start + count), files)}}
+    return files, {"m": {f.content_hash: vectors[i] for i, f in zip(range(start, start + count), files, strict=True)}}
 
 
 def exact_top(catalog: Catalog, model, queries: np.ndarray, k: int) -> list[list[int]]:

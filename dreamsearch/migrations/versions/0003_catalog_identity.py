@@ -34,13 +34,18 @@ def upgrade() -> None:
         sa.Column("key", sa.String, primary_key=True),
         sa.Column("value", sa.String, nullable=False),
     )
-    op.execute(sa.text("INSERT INTO catalog_info (key, value) VALUES ('catalog_id', :id)").bindparams(id=uuid.uuid4().hex))
+    op.execute(
+        sa.text("INSERT INTO catalog_info (key, value) VALUES ('catalog_id', :id)").bindparams(id=uuid.uuid4().hex)
+    )
     with op.batch_alter_table("vector_log") as batch:
         batch.add_column(sa.Column("chain", sa.String, nullable=True))
     connection = op.get_bind()
-    rows = connection.execute(sa.text(
-        "SELECT l.seq, l.model_id, l.content_id, l.op, c.hash FROM vector_log l "
-        "LEFT JOIN contents c ON c.id = l.content_id ORDER BY l.seq")).all()
+    rows = connection.execute(
+        sa.text(
+            "SELECT l.seq, l.model_id, l.content_id, l.op, c.hash FROM vector_log l "
+            "LEFT JOIN contents c ON c.id = l.content_id ORDER BY l.seq"
+        )
+    ).all()
     last: dict[int, str] = {}
     updates = []
     for seq, model_id, content_id, operation, content_hash in rows:
