@@ -35,6 +35,16 @@ def problem_line(path: str | os.PathLike[str], reason: str) -> str:
     return f"{display_path(path)}: {' '.join(printable(str(reason)).split())}"
 
 
+def kept_folder_warning(folder: str | os.PathLike[str], gone: int, indexed: int) -> str:
+    """The warning for a folder that lost so many files in one run that they were kept
+    (``IndexReport.kept_folders``): said by ``index`` and by ``watch`` alike."""
+    shown = display_path(folder)
+    return (
+        f"warning: {shown}: {gone} of its {indexed} indexed files are gone from disk, so they were kept "
+        f"(an unmounted drive?); if they were really deleted, run `dreamsearch index --prune {shown}`"
+    )
+
+
 def display_path(path: str | os.PathLike[str]) -> str:
     r"""``path`` as one unambiguous line, for tables and line-oriented output (``skipped
     PATH: reason``), where a newline in a name would otherwise read as a second, forged

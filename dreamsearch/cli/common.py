@@ -152,6 +152,29 @@ def library_option(func):
     )(func)
 
 
+def folders_argument(func):
+    """``FOLDERS...``: existing folders, at least one (``index`` and ``watch``)."""
+    return click.argument(
+        "folders", nargs=-1, required=True, type=click.Path(exists=True, file_okay=False, path_type=Path)
+    )(func)
+
+
+def models_option(help: str):
+    """``-m/--model``, repeatable, checked as it is read (``index`` and ``watch``)."""
+    from dreamsearch.models.registry import DEFAULT_MODEL
+
+    return click.option(
+        "-m",
+        "--model",
+        "model_names",
+        multiple=True,
+        default=(DEFAULT_MODEL,),
+        show_default=True,
+        callback=model_names,
+        help=help,
+    )
+
+
 def model_names(ctx: click.Context, param: click.Parameter, value):
     """Click callback for an option or argument naming models (one, or a repeated option):
     a typo fails as the command line is read, with a suggestion, before anything is opened."""

@@ -3,37 +3,27 @@
 from __future__ import annotations
 
 import sys
-from pathlib import Path
 
 import click
 
 from dreamsearch.cli.common import (
     DEVICE_CHOICES,
     ByteSize,
+    folders_argument,
     library_option,
-    model_names,
+    models_option,
     precision_option,
     progress_display,
     weights_dir_option,
 )
 from dreamsearch.defaults import DEFAULT_MAX_PIXELS
-from dreamsearch.display import display_path, problem_line
+from dreamsearch.display import display_path, kept_folder_warning, problem_line
 from dreamsearch.models import PendingModel
-from dreamsearch.models.registry import DEFAULT_MODEL
 
 
 @click.command("index")
-@click.argument("folders", nargs=-1, required=True, type=click.Path(exists=True, file_okay=False, path_type=Path))
-@click.option(
-    "-m",
-    "--model",
-    "model_names",
-    multiple=True,
-    default=(DEFAULT_MODEL,),
-    show_default=True,
-    callback=model_names,
-    help="Model to embed with; repeat for several (each image is decoded once).",
-)
+@folders_argument
+@models_option("Model to embed with; repeat for several (each image is decoded once).")
 @library_option
 @click.option(
     "--batch-size",
@@ -185,12 +175,7 @@ def index_command(
                 err=True,
             )
     for folder, gone, indexed in report.kept_folders:  # shown even with --quiet: it needs a decision
-        click.echo(
-            f"warning: {display_path(folder)}: {gone} of its {indexed} indexed files are gone from disk, so they were "
-            f"kept (an unmounted drive?); if they were really deleted, run `dreamsearch index --prune "
-            f"{display_path(folder)}`",
-            err=True,
-        )
+        click.echo(kept_folder_warning(folder, gone, indexed), err=True)
     if as_json:
         click.echo(json.dumps(report.summary()))
     elif not quiet:

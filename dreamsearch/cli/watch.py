@@ -3,26 +3,22 @@
 from __future__ import annotations
 
 import signal
-from pathlib import Path
 
 import click
 
-from dreamsearch.cli.common import DEVICE_CHOICES, library_option, model_names, watch_options, weights_dir_option
-from dreamsearch.models.registry import DEFAULT_MODEL
+from dreamsearch.cli.common import (
+    DEVICE_CHOICES,
+    folders_argument,
+    library_option,
+    models_option,
+    watch_options,
+    weights_dir_option,
+)
 
 
 @click.command("watch")
-@click.argument("folders", nargs=-1, required=True, type=click.Path(exists=True, file_okay=False, path_type=Path))
-@click.option(
-    "-m",
-    "--model",
-    "model_names",
-    multiple=True,
-    default=(DEFAULT_MODEL,),
-    show_default=True,
-    callback=model_names,
-    help="Model to embed with; repeat for several.",
-)
+@folders_argument
+@models_option("Model to embed with; repeat for several.")
 @library_option
 @watch_options
 @click.option("--exclude", multiple=True, metavar="GLOB", help="Skip paths or names matching GLOB (repeatable).")

@@ -19,7 +19,7 @@ from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from dreamsearch.display import display_path, problem_line
+from dreamsearch.display import display_path, kept_folder_warning, problem_line
 from dreamsearch.errors import DreamsearchError
 from dreamsearch.indexer import IndexReport, outermost
 from dreamsearch.layout import WriterBusy
@@ -277,12 +277,7 @@ class Watcher:
             self.say(f"skipped {problem_line(path, why)}")
         kept = {folder for folder, _gone, _indexed in report.kept_folders}
         for folder, gone, indexed in report.kept_folders:
-            self._warn(
-                f"kept {folder}",
-                f"warning: {display_path(folder)}: {gone} of its {indexed} indexed files are "
-                f"gone from disk, so they were kept (an unmounted drive?); if they were "
-                f"really deleted, run `dreamsearch index --prune {display_path(folder)}`",
-            )
+            self._warn(f"kept {folder}", kept_folder_warning(folder, gone, indexed))
         for key in [k for k in self.warnings if k.startswith("kept ")]:
             if key[5:] not in kept and any(Path(key[5:]).is_relative_to(f) for f in folders):
                 self._warn(key, None)
