@@ -61,6 +61,9 @@ TYPES = {
     "dinov2_vitb14": (("dinov2_vitb14",), "dinov2_vitb14_single_lora"),
     "synclr_vitb16": (("synclr_vitb16",), "synclr_vitb16_single_lora"),
 }
+#: Every backbone, in a fixed order: a backbone's seed comes from its place here, not from
+#: which type wrote the shared cache first (under pytest-xdist that order varies by worker).
+BRANCHES = tuple(dict.fromkeys(branch for branches, _ in TYPES.values() for branch in branches))
 
 
 def randomize_(state: dict[str, torch.Tensor], generator: torch.Generator) -> dict[str, torch.Tensor]:
@@ -155,10 +158,10 @@ def write_official_cache(root: Path, dreamsim_type: str, seed: int = 0) -> Path:
     """Everything the official ``dreamsim(cache_dir=root, dreamsim_type=...)`` reads."""
     root.mkdir(parents=True, exist_ok=True)
     branches, _ = TYPES[dreamsim_type]
-    for offset, branch in enumerate(branches):
+    for branch in branches:
         if not _backbone_present(root, branch):
-            write_backbone(root, branch, seed * 100 + offset)
-    write_adapter(root, dreamsim_type, seed * 100 + 50)
+            write_backbone(root, branch, seed * 100 + BRANCHES.index(branch))
+    write_adapter(root, dreamsim_type, seed * 100 + 50 + list(TYPES).index(dreamsim_type))
     return root
 
 
