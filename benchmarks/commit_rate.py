@@ -32,7 +32,7 @@ import numpy as np  # noqa: E402
 from benchmarks.ann import MODEL_OF_DIM, clustered_chunks  # noqa: E402
 from benchmarks.index_throughput import machine  # noqa: E402
 from dreamsearch.catalog import Catalog, FileEntry  # noqa: E402
-from dreamsearch.indexer.run import SaveSchedule  # noqa: E402
+from dreamsearch.indexer.writer import SaveSchedule  # noqa: E402
 from dreamsearch.layout import LibraryLayout  # noqa: E402
 from dreamsearch.vector_index import save_indexes  # noqa: E402
 

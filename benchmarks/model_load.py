@@ -53,7 +53,7 @@ if side == "open_clip":  # the builder before: open_clip's loader, then its imag
     from dreamsearch.models.base import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD, Embedder, Normalized
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        model = open_clip.load_openai_model(str(pending.root / pending.spec.files[0].path), precision="fp32",
+        model = open_clip.load_openai_model(str(pending.weights_root / pending.spec.files[0].path), precision="fp32",
                                             device="cpu")
     visual = model.visual.float()
     embedder = Embedder("clip", Normalized(visual, OPENAI_CLIP_MEAN, OPENAI_CLIP_STD), visual.output_dim,

@@ -42,6 +42,7 @@ import httpx  # noqa: E402
 
 from benchmarks.query_latency import ROOT, TYPES  # noqa: E402
 from benchmarks.serve_latency import prepare_library, stop_server  # noqa: E402
+from dreamsearch.indexer import IndexOptions
 
 MODEL = "dreamsim-dino"
 BIG = 16  # large photos in the library (thumbnails are made from them)
@@ -179,7 +180,7 @@ def prepare(work: Path, vectors: int) -> tuple[Path, Path, Path]:
         prepare_library(library, weights, MODEL, vectors, jpeg, "cpu")
         big_photos(work / "big")
         with Library.open(library, weights_dir=weights, device="cpu") as opened:
-            opened.index([work / "big"], models=[MODEL], workers=1)
+            opened.index([work / "big"], models=[MODEL], options=IndexOptions(workers=1))
     return weights, library, work / "big"
 
 

@@ -1,9 +1,8 @@
-"""Embed a list of image files with one model, keeping input order and skipping bad files."""
+"""Embed a list of image files with one model, keeping input order and skipping bad files
+(``Library.embed_files``, ``dreamsearch embed``)."""
 
 from __future__ import annotations
 
-import json
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -11,7 +10,8 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from dreamsearch.errors import ImageError
-from dreamsearch.images import open_rgb
+from dreamsearch.images import DEFAULT_MAX_PIXELS
+from dreamsearch.search import model_input
 
 if TYPE_CHECKING:  # pragma: no cover
     from dreamsearch.models.embedder import Embedder
@@ -23,13 +23,21 @@ class EmbeddedFiles:
     file that could not be read has a row of NaN and one ``ImageError`` in ``failures``:
     rows that moved up when a file was skipped made every later row name the wrong file."""
 
+    model: str
     paths: list[Path]
     vectors: np.ndarray
     failures: list[ImageError] = field(default_factory=list)
 
 
-def embed_files(embedder: Embedder, paths: list[Path], batch_size: int = 16) -> EmbeddedFiles:
-    """Decode each file fully (exact preprocessing), embed in batches, keep order."""
+def embed_files(
+    embedder: Embedder,
+    paths: list[Path],
+    batch_size: int = 16,
+    draft: bool = True,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+) -> EmbeddedFiles:
+    """Decode each file as every picture for a model is decoded (``model_input``: JPEG
+    draft unless ``draft`` is False), embed in batches, keep order."""
     vectors = np.full((len(paths), embedder.dim), np.nan, dtype=np.float32)
     failures: list[ImageError] = []
     pending: list[tuple[int, np.ndarray]] = []  # (row, model input)
@@ -41,37 +49,13 @@ def embed_files(embedder: Embedder, paths: list[Path], batch_size: int = 16) -> 
 
     for row, path in enumerate(paths):
         try:
-            pending.append((row, embedder.preprocess(open_rgb(path))))
+            pixels, _data = model_input(embedder.preprocess_spec, path, max_pixels=max_pixels, draft=draft)
         except ImageError as exc:
             failures.append(exc)
             continue
+        pending.append((row, pixels))
         if len(pending) == batch_size:
             flush()
     if pending:
         flush()
-    return EmbeddedFiles([Path(p) for p in paths], vectors, failures)
-
-
-def write_embeddings(result: EmbeddedFiles, output: Path, fmt: str, model: str) -> None:
-    """``npy``: float32 ``[N, dim]``, NaN rows for files not read. ``json``: model, dim and
-    one object per file, whose ``vector`` is null (and ``error`` says why) for those."""
-    if fmt == "npy":
-        np.save(output, result.vectors.astype(np.float32, copy=False))
-        return
-    reasons = {failure.path: failure.reason for failure in result.failures}
-    document = {
-        "model": model,
-        "dim": int(result.vectors.shape[1]),
-        "embeddings": [
-            {"path": str(path), "vector": vector.tolist()}
-            if str(path) not in reasons
-            else {"path": str(path), "vector": None, "error": reasons[str(path)]}
-            for path, vector in zip(result.paths, result.vectors, strict=True)
-        ],
-        "failed": [{"path": f.path, "reason": f.reason} for f in result.failures],
-    }
-    if str(output) == "-":
-        json.dump(document, sys.stdout)
-        sys.stdout.write("\n")
-    else:
-        Path(output).write_text(json.dumps(document))
+    return EmbeddedFiles(embedder.name, list(paths), vectors, failures)

@@ -9,6 +9,9 @@ DEFAULT_NPROBE = 16
 #: Larger pictures are refused as decompression bombs.
 DEFAULT_MAX_PIXELS = 200_000_000
 
+#: The pixel baselines ``eval nights -m`` takes besides models (``evaluation.pixel_metrics``).
+PIXEL_METRICS = ("psnr", "ssim")
+
 
 def usable_cores() -> int:
     """CPU cores this process may run on (a container's cpuset, not the host's count)."""

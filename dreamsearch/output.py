@@ -32,6 +32,9 @@ from dreamsearch.display import display_path, human_bytes, short_path
 from dreamsearch.documents import comparison_document, duplicates_document, result_document
 
 if TYPE_CHECKING:  # dreamsearch.search imports torch: `duplicates` must not pay for it
+    from pathlib import Path
+
+    from dreamsearch.batch_embed import EmbeddedFiles
     from dreamsearch.compare import Overlap
     from dreamsearch.duplicates import DuplicateGroup
     from dreamsearch.search import Match
@@ -230,3 +233,31 @@ def render_duplicates(groups: list[DuplicateGroup], model: str, max_distance: fl
         f"({model}, max distance {max_distance:g})"
     )
     console.print(f"{summary.removable_files} files could go, freeing {human_bytes(summary.removable_bytes)}")
+
+
+def write_embeddings(result: EmbeddedFiles, output: Path, fmt: str) -> None:
+    """``dreamsearch embed``'s file. ``npy``: float32 ``[N, dim]``, NaN rows for files not
+    read. ``json`` (``-``: stdout): model, dim and one object per file, whose ``vector`` is
+    null (and ``error`` says why) for those."""
+    import numpy as np
+
+    if fmt == "npy":
+        np.save(output, result.vectors.astype(np.float32, copy=False))
+        return
+    reasons = {failure.path: failure.reason for failure in result.failures}
+    document = {
+        "model": result.model,
+        "dim": int(result.vectors.shape[1]),
+        "embeddings": [
+            {"path": str(path), "vector": vector.tolist()}
+            if str(path) not in reasons
+            else {"path": str(path), "vector": None, "error": reasons[str(path)]}
+            for path, vector in zip(result.paths, result.vectors, strict=True)
+        ],
+        "failed": [{"path": f.path, "reason": f.reason} for f in result.failures],
+    }
+    if str(output) == "-":
+        json.dump(document, sys.stdout)
+        sys.stdout.write("\n")
+    else:
+        output.write_text(json.dumps(document))

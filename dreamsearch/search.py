@@ -238,17 +238,23 @@ class Searcher:
 
 
 def model_input(
-    recipe: Preprocess, image: QueryImage, name: str = "upload", max_pixels: int = DEFAULT_MAX_PIXELS
+    recipe: Preprocess,
+    image: QueryImage,
+    name: str = "upload",
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+    draft: bool = True,
 ) -> tuple[np.ndarray, bytes | None]:
     """The input, for a model of input ``recipe``, of a picture (a file path, the bytes of
     an image file labelled ``name``, a PIL image or a ``uint8 [H, W, 3]`` array), decoded
-    exactly as the indexer decodes (JPEG draft included), and the file's bytes when there
-    are any (what names its content in the library). The recipe is known before the model
-    is built, so a bad picture is told without loading it (nor importing torch). A file
-    over ``max_pixels`` is refused before it is decoded (:class:`PixelLimitError`). Files
-    and bytes are read and decoded under the decode time limit when called in the main
-    thread (a signal; the server limits its worker threads itself); a bad one raises
-    :class:`ImageError` with the reason."""
+    exactly as the indexer decodes (``decode_bytes``; JPEG and WebP at a reduced scale
+    unless ``draft`` is False: docs/indexing.md), and the file's bytes when there are any
+    (what names its content in the library). Every picture embedded outside an index run
+    (queries, ``Library.embed``, ``dreamsearch embed``, ``POST /api/embed``) comes through
+    here. The recipe is known before the model is built, so a bad picture is told without
+    loading it (nor importing torch). A file over ``max_pixels`` is refused before it is
+    decoded (:class:`PixelLimitError`). Files and bytes are read and decoded under the
+    decode time limit when called in the main thread (a signal; the server limits its
+    worker threads itself); a bad one raises :class:`ImageError` with the reason."""
     if not isinstance(image, (str, os.PathLike, bytes, bytearray)):
         picture = image if isinstance(image, Image.Image) else Image.fromarray(np.asarray(image, dtype=np.uint8))
         return recipe(to_rgb(picture)), None
@@ -256,17 +262,17 @@ def model_input(
     try:
         with time_limit(DECODE_TIMEOUT_S):
             if isinstance(image, (bytes, bytearray)):
-                return _decoded(recipe, name, bytes(image), max_pixels), bytes(image)
+                return _decoded(recipe, name, bytes(image), max_pixels, draft), bytes(image)
             read = read_file(str(image))
             if read.error:
                 raise ImageError(image, read.error)
-            return _decoded(recipe, str(image), read.data, max_pixels), read.data
+            return _decoded(recipe, str(image), read.data, max_pixels, draft), read.data
     except TimeLimitExceeded:
         raise ImageError(label, too_slow(DECODE_TIMEOUT_S)) from None
 
 
-def _decoded(recipe: Preprocess, name: str, data: bytes, max_pixels: int) -> np.ndarray:
-    decoded = decode_bytes(name, data, (recipe,), max_pixels, draft=True)
+def _decoded(recipe: Preprocess, name: str, data: bytes, max_pixels: int, draft: bool) -> np.ndarray:
+    decoded = decode_bytes(name, data, (recipe,), max_pixels, draft)
     if decoded.error:
         raise (PixelLimitError if decoded.too_large else ImageError)(name, decoded.error)
     return decoded.pixels[0]

@@ -237,3 +237,22 @@ def test_a_query_runs_without_torch_once_the_models_openvino_graph_is_saved(inde
     assert not again.imported & MODEL_MODULES
     assert json.loads(again.stdout) == json.loads(first.stdout)
     assert len(json.loads(again.stdout)["queries"][0]["results"]) == 2
+
+
+def test_an_index_run_on_the_cpu_imports_no_torch_once_the_models_graph_is_saved(indexed, tmp_path):
+    """New photos, embedded by the saved OpenVINO graph: nothing in the run (reading
+    threads asking whether to decode on a GPU included) imports torch, which cost a reading
+    thread 1.5 s and the process ~400 MB."""
+    pytest.importorskip("openvino")
+    weights = Path(shutil.copytree(indexed.weights, tmp_path / "weights"))
+    first_photos = photo_folder(tmp_path / "first", 2, (120, 90), 41, "a{}.jpg")
+    new_photos = photo_folder(tmp_path / "new", 3, (120, 90), 42, "b{}.jpg")
+    common = ("-m", MODEL, "--weights-dir", weights, "--library", tmp_path / "library", "--json")
+    env = {"DREAMSEARCH_BACKEND": "openvino"}
+    first = probe("index", first_photos, *common, env=env)
+    assert first.code == 0, first.stderr
+    assert "torch" in first.imported  # converted here, and the graph saved
+    again = probe("index", new_photos, *common, env=env)
+    assert again.code == 0, again.stderr
+    assert json.loads(again.stdout)["new"] == 3
+    assert not again.imported & MODEL_MODULES

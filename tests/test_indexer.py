@@ -95,7 +95,7 @@ def test_vanished_and_unreadable_files_are_recorded(tmp_path, tiny_model, monkey
     folder.mkdir()
     photo_like(100, 80, 1).save(folder / "a.jpg")
     photo_like(100, 80, 2).save(folder / "locked.jpg")
-    import dreamsearch.indexer.run as indexer
+    import dreamsearch.indexer.diff as indexer
 
     real_scan, real_open = indexer.scan, os.open
 

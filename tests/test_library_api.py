@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import inspect
 import re
+import sys
 import threading
 from pathlib import Path
 
@@ -11,6 +12,8 @@ import pytest
 from PIL import Image
 
 from dreamsearch import Library
+from dreamsearch.errors import DreamsearchError
+from dreamsearch.indexer import IndexOptions, check_engine
 from tests.helpers.images import photo_like
 
 DOC = Path(__file__).resolve().parents[1] / "docs" / "api.md"
@@ -42,7 +45,7 @@ def test_the_documented_example_runs(tmp_path, tiny_weights):
 def test_queries_from_threads_and_arrays(tmp_path, tiny_weights):
     photos = _photos(tmp_path / "photos")
     with Library.open(tmp_path / "lib", weights_dir=tiny_weights, device="cpu") as library:
-        library.index([photos], models=["dreamsim-dino"], workers=0)
+        library.index([photos], models=["dreamsim-dino"], options=IndexOptions(workers=0))
         expected = library.query(photos / "city.jpg", k=2, model="dreamsim-dino")
         array = library.query(Image.open(photos / "city.jpg"), k=1, model="dreamsim-dino")
         assert array[0].path == str(photos / "city.jpg")  # a picture has no identity: it finds itself
@@ -67,7 +70,7 @@ def test_a_search_racing_a_write_gets_a_fresh_searcher(tmp_path, tiny_weights, m
     job finishing in the server) opens a new one instead of failing."""
     photos = _photos(tmp_path / "photos")
     with Library.open(tmp_path / "lib", weights_dir=tiny_weights, device="cpu") as library:
-        library.index([photos], models=["dreamsim-dino"], workers=0)
+        library.index([photos], models=["dreamsim-dino"], options=IndexOptions(workers=0))
         stale = library._searcher("dreamsim-dino")
 
         def moved_on_while_a_write_finished(model):
@@ -85,9 +88,10 @@ def test_a_search_racing_a_write_gets_a_fresh_searcher(tmp_path, tiny_weights, m
 # so `search(query, 5, True)` cannot silently mean something else when an option is added.
 POSITIONAL = {
     "open": ["path"],
-    "index": ["paths", "models"],
+    "index": ["paths", "models", "options"],
     "image_query": ["image", "model"],
     "embed": ["image", "model"],
+    "embed_files": ["paths", "model"],
     "search": ["query"],
     "query": ["image"],
     "similar_to": ["path"],
@@ -110,8 +114,37 @@ def test_public_methods_take_their_options_by_name_only():
 def test_an_option_passed_by_position_is_refused(tmp_path, tiny_weights):
     photos = _photos(tmp_path / "photos")
     with Library.open(tmp_path / "lib", weights_dir=tiny_weights, device="cpu") as library:
-        library.index([photos], models=["dreamsim-dino"], workers=0)
+        library.index([photos], models=["dreamsim-dino"], options=IndexOptions(workers=0))
         query = library.stored_query(photos / "city.jpg", "dreamsim-dino")
         with pytest.raises(TypeError, match="positional argument"):
             library.search(query, 2, False)
         assert [m.path for m in library.search(query, k=1, include_self=True).matches] == [str(photos / "city.jpg")]
+
+
+def test_a_dry_run_needs_no_weights_and_checks_its_engine_once(tmp_path):
+    """A dry run only scans: it builds no model (no weights, none looked for), and its
+    options are checked once (``check_engine``: a second check had crept into ``index_folders``)."""
+    photos = _photos(tmp_path / "photos")
+    checks = []
+
+    def count(frame, event, arg) -> None:
+        if event == "call" and frame.f_code is check_engine.__code__:
+            checks.append(frame.f_lineno)
+
+    with Library.open(tmp_path / "lib", weights_dir=tmp_path / "no-weights", device="cpu") as library:
+        sys.setprofile(count)
+        try:
+            report = library.index([photos], ["dreamsim-dino"], IndexOptions(dry_run=True))
+        finally:
+            sys.setprofile(None)
+        assert (report.new, report.embedded, len(checks)) == (4, 0, 1)
+        with pytest.raises(DreamsearchError, match="unknown model 'dreamsimm'"):
+            library.index([photos], ["dreamsimm"], IndexOptions(dry_run=True))
+        assert library.vector_counts() == {}
+
+
+def test_compile_and_threads_reach_every_model_the_library_builds(tmp_path, tiny_weights):
+    """What `index --compile --threads N` asks for, from Python too (the CLI has nothing else)."""
+    with Library.open(tmp_path / "lib", weights_dir=tiny_weights, device="cpu", compile=True, threads=3) as library:
+        handle = library.model_handle("dreamsim-dino")
+    assert (handle.compile, handle.threads) == (True, 3)

@@ -16,6 +16,7 @@ from fastapi.testclient import TestClient
 
 from dreamsearch.api import Library
 from dreamsearch.errors import DreamsearchError, NotFoundError
+from dreamsearch.indexer import IndexOptions
 from dreamsearch.server.app import create_app
 from dreamsearch.server.security import Settings
 from tests.helpers.cli import invoke_in, probe
@@ -33,7 +34,7 @@ def setup(tmp_path_factory) -> tuple[Path, Path, Path]:
     write_tiny_cache(weights, "dino_vitb16")
     photos = make_photos(root / "photos")
     with Library.open(root / "lib", weights_dir=weights, device="cpu") as library:
-        library.index([photos], models=["clip", "dreamsim-dino"], workers=0)
+        library.index([photos], models=["clip", "dreamsim-dino"], options=IndexOptions(workers=0))
     return root / "lib", weights, photos
 
 
@@ -74,7 +75,7 @@ def test_text_query_errors_are_one_line(setup, tmp_path):
         with pytest.raises(DreamsearchError, match="the text is empty once cleaned as CLIP cleans it"):
             library.text_query("\ufeff")  # not a space to Python, removed by CLIP's cleaning (ftfy)
     with Library.open(tmp_path / "lib", weights_dir=weights, device="cpu") as other:
-        other.index([photos], models=["dreamsim-dino"], workers=0)
+        other.index([photos], models=["dreamsim-dino"], options=IndexOptions(workers=0))
         with pytest.raises(
             NotFoundError, match=r"needs the library's 'clip' vectors .* `dreamsearch index FOLDER -m clip`"
         ):
@@ -93,7 +94,7 @@ def test_the_text_tower_is_built_only_by_a_text_query(setup, tmp_path, monkeypat
 
     monkeypatch.setattr(clip_text, "build_text_encoder", refuse)
     with Library.open(tmp_path / "lib", weights_dir=weights, device="cpu") as library:
-        library.index([photos], models=["clip"], workers=0)
+        library.index([photos], models=["clip"], options=IndexOptions(workers=0))
         assert library.query(photos / "p0.jpg", k=1, model="clip", include_self=True)[0].path == str(photos / "p0.jpg")
         with pytest.raises(AssertionError, match="text tower was built"):
             library.text_query("ramen")

@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from dreamsearch.api import Library
+from dreamsearch.api import IndexOptions, Library
 from dreamsearch.layout import LibraryLayout
 from dreamsearch.watcher.loop import Watcher
 from dreamsearch.watcher.settle import Settler, ignored
@@ -50,7 +50,14 @@ def watching(
     lines: list[str] = []
     library = Library.open(lib, weights_dir=weights, device="cpu")
     watcher = Watcher(
-        library, folders, [MODEL], settle, rescan_every_s, say=lines.append, on_batch=batches.append, workers=1
+        library,
+        folders,
+        [MODEL],
+        settle,
+        rescan_every_s,
+        say=lines.append,
+        on_batch=batches.append,
+        options=IndexOptions(workers=1),
     )
     thread = threading.Thread(target=watcher.run)
     thread.start()

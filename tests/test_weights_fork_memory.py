@@ -20,6 +20,7 @@ import dreamsearch.models.weights as weights_module
 from dreamsearch.api import Library
 from dreamsearch.catalog import Catalog
 from dreamsearch.errors import DreamsearchError
+from dreamsearch.indexer import IndexOptions
 from dreamsearch.layout import LibraryLayout
 from dreamsearch.low_memory import out_of_memory_message
 from dreamsearch.models.registry import get_spec
@@ -73,7 +74,7 @@ def test_a_library_refuses_to_index_or_query_with_weights_that_differ_in_the_mid
     other = middle_tensor_changed(wide_weights, tmp_path / "other")
     photos = photo_folder(tmp_path / "photos", 3, (96, 72), 1, "p{}.jpg")
     with Library.open(tmp_path / "lib", weights_dir=wide_weights, device="cpu") as library:
-        library.index([photos], models=[MODEL], workers=1)
+        library.index([photos], models=[MODEL], options=IndexOptions(workers=1))
         assert matches(library.query(photos / "p0.jpg", k=1, model=MODEL, include_self=True)) == [
             (str(photos / "p0.jpg"), 0.0)
         ]
@@ -81,7 +82,7 @@ def test_a_library_refuses_to_index_or_query_with_weights_that_differ_in_the_mid
 
     with Library.open(tmp_path / "lib", weights_dir=other, device="cpu") as library:
         with pytest.raises(DreamsearchError, match="vectors from other weights") as refused:
-            library.index([photos], models=[MODEL], workers=1)
+            library.index([photos], models=[MODEL], options=IndexOptions(workers=1))
         assert "\n" not in str(refused.value)
         with pytest.raises(DreamsearchError, match="other weights"):
             library.query(photos / "p0.jpg", k=1, model=MODEL, include_self=True)
@@ -150,7 +151,7 @@ def test_a_library_made_with_the_old_fingerprint_keeps_working_and_is_restamped(
     with monkeypatch.context() as old_version:  # what dreamsearch 0.1 made: legacy fingerprints
         old_version.setattr(weights_module, "fingerprint", weights_module.legacy_fingerprint)
         with Library.open(tmp_path / "lib", weights_dir=tiny_weights, device="cpu") as library:
-            library.index([photos], models=[MODEL], workers=1)
+            library.index([photos], models=[MODEL], options=IndexOptions(workers=1))
             expected = matches(library.query(photos / "p1.jpg", k=4, model=MODEL, include_self=True))
     catalog_path = LibraryLayout(tmp_path / "lib").catalog_path
     legacy = weights_module.legacy_fingerprint(get_spec(MODEL), tiny_weights)
@@ -164,7 +165,7 @@ def test_a_library_made_with_the_old_fingerprint_keeps_working_and_is_restamped(
 
     photo_folder(photos, 1, (96, 72), 9, "new{}.jpg")
     with Library.open(tmp_path / "lib", weights_dir=tiny_weights, device="cpu") as library:  # a writer
-        report = library.index([photos], models=[MODEL], workers=1)
+        report = library.index([photos], models=[MODEL], options=IndexOptions(workers=1))
         assert (report.new, report.embedded, report.unchanged) == (1, 1, 4)
         found = matches(library.query(photos / "p1.jpg", k=5, model=MODEL, include_self=True))
         assert [m for m in found if "new" not in m[0]] == expected and len(found) == 5
@@ -178,12 +179,12 @@ def test_a_library_with_the_old_fingerprint_of_other_weights_is_still_refused(tm
     other = middle_tensor_changed(wide_weights, tmp_path / "other")
     photos = photo_folder(tmp_path / "photos", 2, (96, 72), 1, "p{}.jpg")
     with Library.open(tmp_path / "lib", weights_dir=wide_weights, device="cpu") as library:
-        library.index([photos], models=[MODEL], workers=1)
+        library.index([photos], models=[MODEL], options=IndexOptions(workers=1))
     with sqlite3.connect(LibraryLayout(tmp_path / "lib").catalog_path) as db:  # as 0.1 stored it, from other bytes
         db.execute("UPDATE models SET fingerprint = ?", ("0" * 64,))
     with Library.open(tmp_path / "lib", weights_dir=other, device="cpu") as library:
         with pytest.raises(DreamsearchError, match="vectors from other weights"):
-            library.index([photos], models=[MODEL], workers=1)
+            library.index([photos], models=[MODEL], options=IndexOptions(workers=1))
 
 
 # 7. fork -------------------------------------------------------------------------------
@@ -199,7 +200,7 @@ def _query_in_child(library_path: Path, weights: Path, photo: Path, out: Path) -
 def test_a_forked_child_queries_like_its_parent_instead_of_hanging(tmp_path, tiny_weights):
     photos = photo_folder(tmp_path / "photos", 40, (96, 72), 1, "p{}.jpg")
     with Library.open(tmp_path / "lib", weights_dir=tiny_weights, device="cpu") as library:
-        library.index([photos], models=[MODEL], workers=1)  # torch's and FAISS's threads run here
+        library.index([photos], models=[MODEL], options=IndexOptions(workers=1))  # torch's and FAISS's threads run here
         expected = [
             matches(library.similar_to(photos / "p0.jpg", k=5, model=MODEL)),
             matches(library.query(photos / "p0.jpg", k=5, model=MODEL)),
@@ -229,7 +230,7 @@ TOO_LITTLE = 600 * MIB
 def test_too_little_memory_for_the_model_is_one_line_naming_the_limit_and_keeps_the_work_done(tmp_path, tiny_weights):
     photos = photo_folder(tmp_path / "photos", 3, (96, 72), 1, "p{}.jpg")
     with Library.open(tmp_path / "lib", weights_dir=tiny_weights, device="cpu") as library:
-        library.index([photos], models=[MODEL], workers=1)
+        library.index([photos], models=[MODEL], options=IndexOptions(workers=1))
     photo_folder(photos, 2, (96, 72), 20, "new{}.jpg")
 
     def limited() -> None:
@@ -266,7 +267,7 @@ def test_too_little_memory_for_the_model_is_one_line_naming_the_limit_and_keeps_
 
     with Library.open(tmp_path / "lib", weights_dir=tiny_weights, device="cpu") as library:
         assert len(library.similar_to(photos / "p0.jpg", k=10, model=MODEL)) == 2  # the earlier run's work
-        report = library.index([photos], models=[MODEL], workers=1)  # nothing locked or broken
+        report = library.index([photos], models=[MODEL], options=IndexOptions(workers=1))  # nothing locked or broken
         assert (report.new, report.embedded, report.unchanged) == (2, 2, 3)
 
 

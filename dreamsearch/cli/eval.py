@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+from contextlib import contextmanager
 from pathlib import Path
 
 import click
@@ -16,8 +17,8 @@ from dreamsearch.cli.common import (
     progress_display,
     weights_dir_option,
 )
+from dreamsearch.defaults import PIXEL_METRICS
 from dreamsearch.display import printable
-from dreamsearch.errors import DreamsearchError
 from dreamsearch.models.registry import DEFAULT_MODEL
 
 MAX_REPORTED = 20
@@ -57,8 +58,6 @@ def model_options(default: tuple[str, ...], check=model_names):
 
 def _models_or_pixel_metrics(ctx: click.Context, param: click.Parameter, names: tuple[str, ...]) -> tuple[str, ...]:
     """``nights`` also takes the pixel metrics; every other name is checked as a model at once."""
-    from dreamsearch.evaluation.pixel_metrics import PIXEL_METRICS
-
     model_names(ctx, param, [name for name in names if name not in PIXEL_METRICS])
     return names
 
@@ -79,33 +78,13 @@ class _Problems:
             click.echo(f"... and {self.count - MAX_REPORTED} more problems", err=True)
 
 
-def _embedded(
-    library,
-    folders,
-    name,
-    weights_dir,
-    device,
-    batch_size,
-    problems: _Problems,
-    quiet: bool,
-    only: frozenset[str] | None = None,
-):
-    """Index ``folders`` (or the files ``only``) into the eval library with model ``name``;
-    report unreadable files."""
-    from dreamsearch.evaluation.eval_library import embed_folders
-    from dreamsearch.models import load_model
+@contextmanager
+def _evaluation(library_path, weights_dir, device):
+    """The measurements over the library's evaluation library (``Library.evaluation``)."""
+    from dreamsearch.api import Library
 
-    embedder = load_model(name, weights_dir=weights_dir, device=device)
-    with progress_display(quiet) as progress:
-        report = embed_folders(library, folders, embedder, batch_size, only, progress)
-    for path, reason in report.failures:
-        problems(f"{path}: {reason}")
-
-
-def _library(library_path):
-    from dreamsearch.layout import LibraryLayout, library_dir
-
-    return LibraryLayout.prepare(library_dir(library_path))
+    with Library.open(library_path, weights_dir=weights_dir, device=device) as library, library.evaluation() as made:
+        yield made
 
 
 @eval_group.command("nights")
@@ -116,32 +95,17 @@ def nights(folder, split, model_names, batch_size, device, as_json, library_path
     """NIGHTS 2AFC accuracy of each model (or of the pixel baselines `-m psnr`, `-m ssim`)
     on FOLDER, the official NIGHTS folder (data.csv, ref/, distort/). The split's images
     are embedded once and kept for later runs."""
-    from dreamsearch.evaluation.nights import evaluate, read_nights, vector_distances
-    from dreamsearch.evaluation.pixel_metrics import PIXEL_METRICS, pixel_distances
-
-    rows = read_nights(folder, split)
     problems = _Problems()
-    for line in rows.malformed:
-        problems(line)
-    if not rows.triplets:
-        raise DreamsearchError(f"{folder}: no {split} triplets with at least 6 votes")
-    library = _library(library_path)
-    wanted = frozenset(Path(p).as_posix() for t in rows.triplets for p in (t.ref, t.left, t.right))
     results, skipped = {}, {}
-    for name in model_names:
-        if name in PIXEL_METRICS:
-            distances = pixel_distances(folder, name, problems)
-        else:
-            from dreamsearch.evaluation.eval_library import folder_vectors
-
-            _embedded(library, [folder], name, weights_dir, device, batch_size, problems, as_json, wanted)
-            vectors = folder_vectors(library, folder, name)
-            for relpath in sorted(wanted - vectors.keys()):
-                if not (folder / relpath).exists():
-                    problems(f"{folder / relpath}: no such file")
-            distances = vector_distances(vectors)
-        results[name], missed = evaluate(rows.triplets, distances, split)
-        skipped[name] = len(missed)
+    with _evaluation(library_path, weights_dir, device) as evaluation:
+        rows = evaluation.nights_rows(folder, split)
+        for line in rows.malformed:
+            problems(line)
+        for name in model_names:
+            with progress_display(as_json or name in PIXEL_METRICS) as progress:  # a pixel metric embeds nothing
+                results[name], skipped[name] = evaluation.nights(
+                    folder, rows, split, name, batch_size=batch_size, progress=progress, problem=problems
+                )
     problems.close()
     if as_json:
         click.echo(
@@ -205,18 +169,14 @@ def nights(folder, split, model_names, batch_size, device, as_json, library_path
 def retrieval(folder, k, groups, model_names, batch_size, device, as_json, library_path, weights_dir) -> None:
     """Retrieval quality on FOLDER (one sub-folder per class): every image queries the
     rest; recall@1, recall@k, mAP@k and search latency per model."""
-    from dreamsearch.evaluation.eval_library import eval_library, folder_vectors
-    from dreamsearch.evaluation.retrieval import evaluate_retrieval, labels_of
-    from dreamsearch.search import Searcher
-
-    library = _library(library_path)
     problems = _Problems()
     scores = {}
-    for name in model_names:
-        _embedded(library, [folder], name, weights_dir, device, batch_size, problems, as_json)
-        labels = labels_of(folder, list(folder_vectors(library, folder, name)), groups)
-        with Searcher(eval_library(library), name) as searcher:
-            scores[name] = evaluate_retrieval(searcher, folder, labels, k)
+    with _evaluation(library_path, weights_dir, device) as evaluation:
+        for name in model_names:
+            with progress_display(as_json) as progress:
+                scores[name] = evaluation.retrieval(
+                    folder, name, k, groups, batch_size=batch_size, progress=progress, problem=problems
+                )
     problems.close()
     if as_json:
         click.echo(json.dumps({"k": k, "models": {name: vars(s) for name, s in scores.items()}}))
@@ -247,38 +207,29 @@ def copies(folder, k, model_names, batch_size, device, as_json, library_path, we
     """Near-duplicate robustness: make edited copies of FOLDER's images (JPEG, resize,
     crop, colour, rotation, flip, text), index them with the originals, and report per
     edit how often a copy finds its family, and at what distances."""
-    from dreamsearch.evaluation.copies import TRANSFORMS, copies_folder, evaluate_copies, make_copies
-    from dreamsearch.evaluation.eval_library import eval_library, folder_vectors
-    from dreamsearch.scan import scan
-    from dreamsearch.search import Searcher
-
-    library = _library(library_path)
-    evals = eval_library(library)
-    out = copies_folder(evals.root, folder)
     problems = _Problems()
-    originals = [folder / found.relpath for found in scan(folder)]
-    readable = make_copies(originals, folder, out, problems)
-    if not readable:
-        raise DreamsearchError(f"{folder}: no readable images")
-    if not as_json:  # the progress total counts both folders: say what it is made of
-        edited = readable * len(TRANSFORMS)
-        click.echo(
-            f"{readable} originals + {edited} edited copies ({len(TRANSFORMS)} edits each) = "
-            f"{readable + edited} images per model, each embedded once and kept for later runs",
-            err=True,
-        )
     table = {}
-    for name in model_names:
-        _embedded(library, [folder, out], name, weights_dir, device, batch_size, problems, as_json)
-        with Searcher(evals, name) as searcher:
-            table[name] = evaluate_copies(searcher, folder, out, folder_vectors(library, folder, name), k)
+    with _evaluation(library_path, weights_dir, device) as evaluation:
+        made = evaluation.make_copies(folder, problems)
+        if not as_json:  # the progress total counts both folders: say what it is made of
+            edited = made.originals * made.edits
+            click.echo(
+                f"{made.originals} originals + {edited} edited copies ({made.edits} edits each) = "
+                f"{made.originals + edited} images per model, each embedded once and kept for later runs",
+                err=True,
+            )
+        for name in model_names:
+            with progress_display(as_json) as progress:
+                table[name] = evaluation.copies(
+                    folder, made, name, k, batch_size=batch_size, progress=progress, problem=problems
+                )
     problems.close()
     if as_json:
         click.echo(
             json.dumps(
                 {
                     "k": k,
-                    "copies_folder": str(out),
+                    "copies_folder": str(made.folder),
                     "models": {
                         name: [{key: _finite(value) for key, value in vars(s).items()} for s in rows]
                         for name, rows in table.items()
@@ -288,7 +239,7 @@ def copies(folder, k, model_names, batch_size, device, as_json, library_path, we
         )
         return
     _table(
-        f"copy detection on {folder} (copies in {out})",
+        f"copy detection on {folder} (copies in {made.folder})",
         ["model", "edit", "copies", "found@1", f"original@{k}", "dist p50", "dist p95", "nearest other p5"],
         [
             [

@@ -18,7 +18,6 @@ from dreamsearch.cli.common import (
 )
 from dreamsearch.defaults import DEFAULT_MAX_PIXELS
 from dreamsearch.display import display_path, kept_folder_warning, problem_line
-from dreamsearch.models import PendingModel
 
 
 @click.command("index")
@@ -124,14 +123,12 @@ def index_command(
     and moves, forget deleted files. Hidden files and folders and junk folders (@eaDir,
     node_modules, $RECYCLE.BIN, ...) are skipped. Interrupt with Ctrl-C at any time: work
     done so far is kept and the next run resumes."""
-    import json
-
-    from dreamsearch.api import stored_precision
-    from dreamsearch.indexer import IndexOptions, check_engine, index_folders
-    from dreamsearch.layout import LibraryLayout, library_dir
-
     if ray_address is not None and engine != "ray":
         raise click.UsageError("--ray-address needs --engine ray")
+    import json
+
+    from dreamsearch.api import IndexOptions, Library
+
     options = IndexOptions(
         batch_size=batch_size,
         exclude=tuple(exclude),
@@ -147,25 +144,18 @@ def index_command(
         ray_address=ray_address,
         **({} if workers is None else {"workers": workers}),
     )
-    check_engine(options)
-    library = LibraryLayout.prepare(library_dir(library_path))
-    models = []
-    if not dry_run:
-        # --threads applies as a model loads, not before: a run with nothing to embed never
-        # imports torch (setting them at start made a no-op re-index take 4 CPU s, not 1.1)
-        models = [
-            PendingModel(
-                n,
-                weights_dir=weights_dir,
-                device=device,
-                compile=compile_model,
-                precision=precision or stored_precision(library, n),
-                threads=threads,
-            )
-            for n in model_names
-        ]
-    with progress_display(quiet) as progress:
-        report = index_folders(library, list(folders), models, options, progress)
+    with (
+        Library.open(
+            library_path,
+            weights_dir=weights_dir,
+            device=device,
+            precision=precision,
+            compile=compile_model,
+            threads=threads,
+        ) as library,
+        progress_display(quiet) as progress,
+    ):
+        report = library.index(folders, model_names, options, progress=progress)
     if not quiet:
         for path, reason in report.failures:
             click.echo(f"skipped {problem_line(path, reason)}", err=True)

@@ -35,7 +35,7 @@ def watch(
     import json
     import time
 
-    from dreamsearch.api import Library
+    from dreamsearch.api import IndexOptions, Library
     from dreamsearch.watcher.loop import Watcher
 
     def on_batch(document: dict) -> None:
@@ -52,7 +52,8 @@ def watch(
     with Library.open(library_path, weights_dir=weights_dir, device=device) as library:
         for name in model_names:
             library.model_handle(name)  # missing weights: one line now, not at the first photo
-        watcher = Watcher(library, folders, model_names, settle, rescan_every, say, on_batch, exclude=tuple(exclude))
+        options = IndexOptions(exclude=tuple(exclude))
+        watcher = Watcher(library, folders, model_names, settle, rescan_every, say, on_batch, options)
 
         def interrupted(signum, frame) -> None:
             if watcher.stop.is_set():

@@ -20,8 +20,6 @@ from dreamsearch.errors import ImageError
 from dreamsearch.evaluation.nights import Triplet
 from dreamsearch.images import decode
 
-PIXEL_METRICS = ("psnr", "ssim")
-
 
 def psnr_distance(reference: np.ndarray, image: np.ndarray) -> float:
     from skimage.metrics import peak_signal_noise_ratio

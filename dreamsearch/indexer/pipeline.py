@@ -1,14 +1,15 @@
 """What happens to a new or changed file, in a reading thread (or a Ray decode task): read
 it once, hash the bytes, and decide from the hash whether it needs decoding at all.
 
-    read bytes ─► hash ─┬─ content already has vectors ─► KNOWN / SAME (no decode)
-                        ├─ content being decoded for another file ─► COPY (waits for it)
-                        ├─ content failed earlier in this run ─► FAILED (same reason)
-                        └─ new content ─┬─ baseline JPEG, GPU decoding on ─► FOR_GPU (bytes)
-                                        └─ otherwise: decode on this CPU thread ─► DECODED
+    read bytes ─► hash ─┬─ content already has vectors ─► AlreadyIndexed (no decode)
+                        ├─ content being decoded for another file ─► CopyOfClaimed (waits for it)
+                        ├─ content failed earlier in this run ─► Failed (same reason)
+                        └─ new content ─┬─ baseline JPEG, GPU decoding on ─► ForDevice (bytes)
+                                        └─ otherwise: decode on this CPU thread ─► DecodedContent
 
-The outcome goes back to the thread that embeds and commits. A Ray task processes a few
-files at a time and asks about all their hashes at once (one round trip to the registry).
+The outcome (``outcomes``) goes back to the thread that embeds and commits. A Ray task
+processes a few files at a time and asks about all their hashes at once (one round trip
+to the registry).
 """
 
 from __future__ import annotations
@@ -21,80 +22,42 @@ from dataclasses import dataclass
 from functools import partial
 from typing import Protocol
 
-import numpy as np
-from PIL import Image
-
-from dreamsearch.catalog import Catalog, ModelInfo, StoredFile
-from dreamsearch.decoding import Decoded, TimeLimitExceeded, decode_bytes, time_limit, too_slow
+from dreamsearch.catalog import Catalog, ModelInfo
+from dreamsearch.decoding import TimeLimitExceeded, decode_bytes, time_limit, too_slow
 from dreamsearch.images import Preprocess
+from dreamsearch.indexer.options import OnPicture
+from dreamsearch.indexer.outcomes import (
+    AlreadyIndexed,
+    Candidate,
+    CopyOfClaimed,
+    DecodedContent,
+    Failed,
+    ForDevice,
+    Outcome,
+)
 from dreamsearch.reading import FileBytes, read_file
-from dreamsearch.scan import ScannedFile
 
 
-class Kind(enum.Enum):
-    """What a file needs after it was read: nothing more, waiting, or embedding."""
+class ContentState(enum.Enum):
+    """What the run's claims know of a content a file holds; a file whose content is
+    none of these claims it, and decodes it."""
 
-    SAME = "same bytes as indexed (only the mtime changed)"
-    KNOWN = "content already indexed: a copy or a move"
-    COPY = "a copy of a file being decoded in this run"
-    FAILED = "could not be read or decoded"
-    DECODED = "decoded on a CPU thread"
-    FOR_GPU = "to be decoded on the GPU"
+    INDEXED = "every model's vectors are in the catalog"
+    CLAIMED = "another file of this run claimed it and is decoding it"
+    FAILED = "failed earlier in this run"
 
 
-@dataclass(frozen=True)
-class Candidate:
-    """A new or changed file (or one whose content lacks a model's vector)."""
-
-    found: ScannedFile  # relpath inside its root
-    previous: StoredFile | None
-    path: str
+#: ``(state, reason)`` per file (a reason for ``FAILED`` only); ``(None, None)``: the file
+#: claimed its content.
+Answer = tuple[ContentState | None, str | None]
 
 
-@dataclass
-class Outcome:
-    """One file's result, handed in order to the thread that embeds and commits."""
+class ClaimRegistry(Protocol):
+    """The run's claims on contents, as reading threads and the committing thread ask
+    about them: ``Contents`` in this process, or ``ray_claims.RemoteContents`` reaching one
+    through an actor."""
 
-    candidate: Candidate
-    kind: Kind
-    content_hash: str | None = None
-    decoded: Decoded | None = None
-    data: bytes = b""  # FOR_GPU only
-    error: str | None = None
-    gave_up: bool = False  # its thread did not answer in time
-    #: Each model's vector, when the file was embedded where it was decoded (Ray engine).
-    vectors: tuple[np.ndarray, ...] | None = None
-
-    @property
-    def hash(self) -> str:
-        """``content_hash`` of a file that was read (every kind but a failure to read it)."""
-        assert self.content_hash is not None, self.candidate.path
-        return self.content_hash
-
-    @property
-    def picture(self) -> Decoded:
-        """``decoded`` of a file that was decoded (DECODED; FOR_GPU once the device had it)."""
-        assert self.decoded is not None, self.candidate.path
-        return self.decoded
-
-    @property
-    def embedded(self) -> tuple[np.ndarray, ...]:
-        """``vectors`` of a file embedded where it was decoded (Ray engine)."""
-        assert self.vectors is not None, self.candidate.path
-        return self.vectors
-
-    def __post_init__(self) -> None:
-        """Known content at the path that held it: only the file's mtime changed."""
-        previous = self.candidate.previous
-        if self.kind is Kind.KNOWN and previous is not None and previous.content_hash == self.content_hash:
-            self.kind = Kind.SAME
-
-
-class Claims(Protocol):
-    """What reading threads ask of the run's claims: ``Contents`` in this process, or the
-    Ray engine's ``RemoteContents`` reaching one through an actor."""
-
-    def classify(self, files: Sequence[tuple[str, str]]) -> list[tuple[Kind | None, str | None]]: ...
+    def classify(self, files: Sequence[tuple[str, str]]) -> list[Answer]: ...
     def release(self, path: str) -> None: ...
     def settle(self, content_hash: str, error: str | None = None) -> None: ...
     def abandon(self, path: str, reason: str) -> str | None: ...
@@ -106,10 +69,10 @@ class Contents:
     """Which contents this run must still decode, shared by the reading threads.
 
     The first file with a new content claims it; a byte copy read while the claim is open
-    is a COPY and waits for the claimed file's commit. ``settle`` closes a claim once the
-    content is committed (later copies then find it in the catalog) or failed (later
-    copies get the same reason without another decode). Open claims are at most the files
-    in flight, so this does not grow with the folder."""
+    is a ``CopyOfClaimed`` and waits for the claimed file's commit. ``settle`` closes a
+    claim once the content is committed (later copies then find it in the catalog) or
+    failed (later copies get the same reason without another decode). Open claims are at
+    most the files in flight, so this does not grow with the folder."""
 
     def __init__(self, catalog: Catalog, models: Sequence[ModelInfo]) -> None:
         self._catalog, self._models = catalog, list(models)
@@ -119,8 +82,8 @@ class Contents:
         self._failed: dict[str, str] = {}
         self._abandoned: dict[str, str] = {}  # path -> why the run stopped waiting for it
 
-    def classify(self, files: Sequence[tuple[str, str]]) -> list[tuple[Kind | None, str | None]]:
-        """For each ``(content hash, path)``: ``(KNOWN|COPY|FAILED, reason)``, or ``(None,
+    def classify(self, files: Sequence[tuple[str, str]]) -> list[Answer]:
+        """For each ``(content hash, path)``: what the run knows of the content, or ``(None,
         None)`` when ``path`` now owns the content and must decode it. One catalog query for
         all of them: a Ray decode task asks once per batch."""
         with self._lock:
@@ -128,15 +91,15 @@ class Contents:
             known = self._catalog.hashes_with_vectors(self._models, open_hashes) if open_hashes else set()
             return [self._classify_one(content_hash, path, known) for content_hash, path in files]
 
-    def _classify_one(self, content_hash: str, path: str, known: set[str]) -> tuple[Kind | None, str | None]:
+    def _classify_one(self, content_hash: str, path: str, known: set[str]) -> Answer:
         if path in self._abandoned:  # its thread came back after the run gave up on it
-            return Kind.FAILED, self._abandoned[path]
+            return ContentState.FAILED, self._abandoned[path]
         if self._claimed.get(content_hash, path) != path:  # its own claim: a retried file
-            return Kind.COPY, None
+            return ContentState.CLAIMED, None
         if content_hash in self._failed:
-            return Kind.FAILED, self._failed[content_hash]
+            return ContentState.FAILED, self._failed[content_hash]
         if content_hash in known:
-            return Kind.KNOWN, None
+            return ContentState.INDEXED, None
         self._release(path)  # read again (a retried Ray task), it may hold other bytes now
         self._claimed[content_hash] = path
         self._owned[path] = content_hash
@@ -186,7 +149,7 @@ class FileProcessor:
     """Reads, hashes, routes and (on the CPU) decodes candidates; never raises. Each file
     gets ``timeout_s`` in all for its read and its decode."""
 
-    contents: Claims
+    contents: ClaimRegistry
     recipes: tuple[Preprocess, ...]
     max_file_size: int
     max_pixels: int
@@ -194,7 +157,7 @@ class FileProcessor:
     timeout_s: float
     gpu_route: Callable[[bytes], str | None] | None = None  # None: no GPU decoding
     #: Called with each file decoded here and its picture (``index_folders``' ``on_picture``).
-    on_picture: Callable[[ScannedFile, Image.Image], None] | None = None
+    on_picture: OnPicture | None = None
 
     def __call__(self, candidate: Candidate) -> Outcome:
         return self.process([candidate])[0]
@@ -206,19 +169,19 @@ class FileProcessor:
         reads = []  # (position, candidate, content hash, bytes, seconds spent reading)
         for i, candidate in enumerate(candidates):
             if candidate.found.problem:  # not read: it could not be recorded as it is
-                outcomes[i] = Outcome(candidate, Kind.FAILED, error=candidate.found.problem)
+                outcomes[i] = Failed(candidate, candidate.found.problem)
                 continue
             started = time.monotonic()
             read = self._read(candidate)
             if read.error:
-                outcomes[i] = Outcome(candidate, Kind.FAILED, error=read.error)
+                outcomes[i] = Failed(candidate, read.error)
             else:
                 reads.append((i, candidate, read.content_hash, read.data, time.monotonic() - started))
         answers = self.contents.classify([(content_hash, candidate.path) for _i, candidate, content_hash, *_ in reads])
-        for (i, candidate, content_hash, data, spent), (kind, reason) in zip(reads, answers, strict=True):
+        for (i, candidate, content_hash, data, spent), (state, reason) in zip(reads, answers, strict=True):
             outcomes[i] = (
-                Outcome(candidate, kind, content_hash, error=reason)
-                if kind is not None
+                _known(candidate, content_hash, state, reason)
+                if state is not None
                 else self._decode(candidate, content_hash, data, self.timeout_s - spent)
             )
         return [outcomes[i] for i in range(len(candidates))]
@@ -232,13 +195,22 @@ class FileProcessor:
 
     def _decode(self, candidate: Candidate, content_hash: str, data: bytes, seconds_left: float) -> Outcome:
         if self.gpu_route is not None and self.gpu_route(data) is None:
-            return Outcome(candidate, Kind.FOR_GPU, content_hash, data=data)
+            return ForDevice(candidate, content_hash, data)
         try:
             with time_limit(max(seconds_left, 0.001)):
                 seen = None if self.on_picture is None else partial(self.on_picture, candidate.found)
                 decoded = decode_bytes(candidate.path, data, self.recipes, self.max_pixels, self.draft, seen)
         except TimeLimitExceeded:
-            return Outcome(candidate, Kind.FAILED, content_hash, error=too_slow(self.timeout_s))
+            return Failed(candidate, too_slow(self.timeout_s), content_hash)
         if decoded.error:
-            return Outcome(candidate, Kind.FAILED, content_hash, error=decoded.error)
-        return Outcome(candidate, Kind.DECODED, content_hash, decoded)
+            return Failed(candidate, decoded.error, content_hash)
+        return DecodedContent(candidate, content_hash, decoded)
+
+
+def _known(candidate: Candidate, content_hash: str, state: ContentState, reason: str | None) -> Outcome:
+    """The outcome of a file whose content the run's claims already know: no decode."""
+    if state is ContentState.INDEXED:
+        return AlreadyIndexed(candidate, content_hash)
+    if state is ContentState.CLAIMED:
+        return CopyOfClaimed(candidate, content_hash)
+    return Failed(candidate, reason or "unknown error", content_hash)

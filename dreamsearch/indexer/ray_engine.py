@@ -1,16 +1,17 @@
 """``dreamsearch index --engine ray``: the local run's stages, scheduled on a Ray cluster.
 
-    driver (run._Run, unchanged)                  Ray cluster
+    driver (the local run, unchanged)             Ray cluster
     scan, diff ─► chunk of candidates ─► Ray Data ─► decode tasks (CPU) ─► embed actors (GPU | CPU)
                                                        │ read, hash, ask the       │ one per GPU, the
                                                        │ registry: known? copy?    │ same Embedder
     commit batch by batch ◄──────── rows: kind, hash, size, one vector per model ◄─┘
 
 Only the scheduling differs from the local engine: decode tasks run the same
-``FileProcessor`` (one read, hash, decode), actors the same ``Embedder``, and the driver
-commits through the same ``_Run`` code, so the catalog keeps one writer and a killed driver
-loses only the batches in flight. Which contents a run has claimed lives in the same
-``Contents``, held by a registry actor on the driver's node that reads the catalog.
+``FileProcessor`` (one read, hash, decode), actors the same ``Embedder`` (``ray_tasks``),
+and the driver commits through the same code (``run``, ``batches``), so the catalog keeps
+one writer and a killed driver loses only the batches in flight. Which contents a run has
+claimed lives in the same ``Contents``, held by a registry actor on the driver's node that
+reads the catalog (``ray_claims``).
 
 A decode task whose worker dies is run again by Ray; files whose task died
 ``DECODE_TRIES`` times are then tried one per task (``ALONE_TRIES`` times), and a file that
@@ -23,28 +24,24 @@ from __future__ import annotations
 
 import logging
 import math
-import os
 import warnings
-from collections.abc import Generator, Iterable, Iterator, Sequence
-from dataclasses import dataclass
+from collections.abc import Generator, Iterator, Sequence
 from itertools import islice
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import numpy as np
-
-from dreamsearch.catalog import Catalog, ModelInfo
-from dreamsearch.decoding import Decoded, too_slow
-from dreamsearch.errors import DreamsearchError, WeightsError
-from dreamsearch.images import Preprocess
+from dreamsearch.catalog import ModelInfo
+from dreamsearch.decoding import too_slow
+from dreamsearch.errors import DreamsearchError
+from dreamsearch.indexer.outcomes import Candidate, Failed, Outcome
 from dreamsearch.indexer.pace import DEFAULT_BATCH
-from dreamsearch.indexer.pipeline import Candidate, Contents, FileProcessor, Kind, Outcome
+from dreamsearch.indexer.ray_claims import DriverContents, Registry
+from dreamsearch.indexer.ray_tasks import DecodeSettings, ModelOnNode, decode_task, embedders_for, outcome_of
 from dreamsearch.indexer.stream import prefetched
 from dreamsearch.models.precision import DEFAULT_PRECISION
-from dreamsearch.scan import ScannedFile
 
 if TYPE_CHECKING:
-    from dreamsearch.indexer.run import IndexOptions, ModelSource
+    from dreamsearch.indexer.options import IndexOptions, ModelSource
 
 #: Candidates per Ray dataset: the first is small so the first batch commits soon; later
 #: ones grow so each actor's model load is spread over many files (docs/scale-out.md).
@@ -69,27 +66,6 @@ def require_ray() -> Any:
     return ray
 
 
-@dataclass(frozen=True)
-class ModelOnNode:
-    """What an actor needs to build a model from its own node's weights folder, and the
-    fingerprint the driver's weights have (a node with other weights must not embed)."""
-
-    name: str
-    weights_dir: str
-    device: str
-    fingerprint: str
-    precision: str = DEFAULT_PRECISION
-
-
-@dataclass(frozen=True)
-class _DecodeSettings:
-    recipes: tuple[Preprocess, ...]
-    max_file_size: int
-    max_pixels: int
-    draft: bool
-    timeout_s: float
-
-
 class RayEngine:
     """Connects to (or starts) a Ray cluster when the first file needs reading, and turns
     candidates into outcomes there; ``close`` lets go of what it started."""
@@ -100,7 +76,7 @@ class RayEngine:
         catalog_path: Path,
         models: Sequence[ModelInfo],
         on_nodes: Sequence[ModelOnNode],
-        settings: _DecodeSettings,
+        settings: DecodeSettings,
         batch_size: int,
     ) -> None:
         self._ray = require_ray()
@@ -110,7 +86,7 @@ class RayEngine:
         self._too_slow = too_slow(settings.timeout_s)
         self._registry: Any = None
         #: The run's claims, as the driver asks about them.
-        self.contents = _DriverContents(self)
+        self.contents = DriverContents(self.registry)
 
     @classmethod
     def for_run(
@@ -124,7 +100,7 @@ class RayEngine:
         """The engine for one indexing run (``options``: its ``IndexOptions``)."""
         on_nodes = []
         for source in sources:
-            weights = getattr(source, "root", None)
+            weights = source.weights_root
             if weights is None:
                 raise DreamsearchError(
                     f"--engine ray builds {source.name} on each node from its weights folder: "
@@ -134,12 +110,12 @@ class RayEngine:
                 ModelOnNode(
                     source.name,
                     str(weights),
-                    str(getattr(source, "device", "auto")),
+                    str(source.device),
                     source.fingerprint,
                     getattr(source, "precision", DEFAULT_PRECISION),
                 )
             )
-        settings = _DecodeSettings(
+        settings = DecodeSettings(
             tuple(s.preprocess_spec for s in sources),
             options.max_file_size,
             options.max_pixels,
@@ -160,7 +136,7 @@ class RayEngine:
             # No restarts: a new registry would know none of the run's claims (RemoteContents
             # stops the run instead, and the next run resumes).
             self._registry = (
-                ray.remote(_Registry)
+                ray.remote(Registry)
                 .options(
                     num_cpus=0,
                     scheduling_strategy=here,
@@ -213,12 +189,12 @@ class RayEngine:
             for row in self._rows(list(waiting.values()), alone):
                 candidate = waiting.pop(row["path"], None)
                 if candidate is not None:
-                    yield self._outcome(candidate, row)
+                    yield outcome_of(candidate, row, len(self._on_nodes), self._too_slow)
             if not waiting:
                 return
         for candidate in waiting.values():
             reason = f"the process decoding it died {DECODE_TRIES + ALONE_TRIES} times (a decoder crash?)"
-            yield Outcome(candidate, Kind.FAILED, self.contents.abandon(candidate.path, reason), error=reason)
+            yield Failed(candidate, reason, self.contents.abandon(candidate.path, reason))
 
     def _rows(self, candidates: list[Candidate], alone: bool) -> Iterator[dict[str, Any]]:
         """Run candidates through decode tasks and embed actors. A block whose task died
@@ -241,7 +217,7 @@ class RayEngine:
         with warnings.catch_warnings():  # Ray 2.60 has no other way to bound a task's retries
             warnings.simplefilter("ignore", DeprecationWarning)
             dataset = dataset.map_batches(
-                _decode,
+                decode_task,
                 batch_size=per_task,
                 batch_format="numpy",
                 num_cpus=1,
@@ -249,7 +225,7 @@ class RayEngine:
                 fn_kwargs={"registry": self.registry(), "settings": self._settings},
             )
         dataset = dataset.map_batches(
-            _embedders_for(self._on_nodes), batch_size=self._batch_size, batch_format="numpy", **self._actor_resources()
+            embedders_for(self._on_nodes), batch_size=self._batch_size, batch_format="numpy", **self._actor_resources()
         )
         dataset.context.max_errored_blocks = -1
         dataset.context.enable_progress_bars = False
@@ -276,207 +252,3 @@ class RayEngine:
             return {"compute": self._ray.data.ActorPoolStrategy(size=gpus), "num_gpus": 1, "num_cpus": 1}
         nodes = sum(1 for node in self._ray.nodes() if node.get("Alive"))
         return {"compute": self._ray.data.ActorPoolStrategy(size=max(1, nodes)), "num_cpus": 1}
-
-    def _outcome(self, candidate: Candidate, row: dict[str, Any]) -> Outcome:
-        kind = Kind[row["kind"]]
-        content_hash = row["content_hash"] or None
-        error = row["error"] or None
-        if kind is not Kind.DECODED:  # a file over the time limit counts toward a hung folder's
-            return Outcome(candidate, kind, content_hash, error=error, gave_up=error == self._too_slow)
-        decoded = Decoded(int(row["width"]), int(row["height"]), str(row["format"]))
-        vectors = tuple(np.frombuffer(row[f"vector_{i}"], np.float32) for i in range(len(self._on_nodes)))
-        return Outcome(candidate, kind, content_hash, decoded, vectors=vectors)
-
-
-class RemoteContents:
-    """``pipeline.Contents`` reached through the registry actor, from decode tasks and the
-    driver alike. Calls from one caller run in the order made, so a ``settle`` the driver
-    sends without waiting is seen by its next question."""
-
-    def __init__(self, actor: Any) -> None:
-        self._actor = actor
-
-    @property
-    def actor(self) -> Any:
-        return self._actor
-
-    def classify(self, files: Sequence[tuple[str, str]]) -> list[tuple[Kind | None, str | None]]:
-        answers: list[tuple[Kind | None, str | None]] = self._ask("classify", files)
-        return answers
-
-    def settle(self, content_hash: str, error: str | None = None) -> None:
-        self.actor.call.remote("settle", content_hash, error)
-
-    def release(self, path: str) -> None:
-        self.actor.call.remote("release", path)
-
-    def abandon(self, path: str, reason: str) -> str | None:
-        claimed_by: str | None = self._ask("abandon", path, reason)
-        return claimed_by
-
-    def failure(self, content_hash: str) -> str | None:
-        reason: str | None = self._ask("failure", content_hash)
-        return reason
-
-    def is_claimed(self, content_hash: str) -> bool:
-        claimed: bool = self._ask("is_claimed", content_hash)
-        return claimed
-
-    def _ask(self, method: str, *args: Any) -> Any:
-        import ray
-
-        try:
-            return ray.get(self.actor.call.remote(method, *args))
-        except ray.exceptions.RayActorError:
-            raise DreamsearchError(
-                "the run's registry actor (on the driver's node) died; committed batches are "
-                "kept: run the same command again to resume"
-            ) from None
-
-
-class _DriverContents(RemoteContents):
-    """The driver's side, which starts the registry only when first asked."""
-
-    def __init__(self, engine: RayEngine) -> None:
-        super().__init__(None)
-        self._engine = engine
-
-    @property
-    def actor(self) -> Any:
-        return self._engine.registry()
-
-
-class _Registry:
-    """The run's ``Contents`` on the driver's node, reading the catalog the driver writes."""
-
-    def __init__(self, catalog_path: str, models: list[ModelInfo]) -> None:
-        self._contents = Contents(Catalog(Path(catalog_path), read_only=True), models)
-
-    def call(self, method: str, *args: Any) -> Any:
-        return getattr(self._contents, method)(*args)
-
-    def ping(self) -> None:
-        """Answered once every call sent before it by the same caller is done."""
-
-
-def _decode(batch: dict[str, np.ndarray], registry: Any, settings: _DecodeSettings) -> dict[str, np.ndarray]:
-    """A decode task: the local engine's ``FileProcessor`` on each file of the batch. Bad
-    files are outcomes; an exception is not a file's fault (a bug, the registry gone), so
-    it comes back as ``run_error``, which stops the run, and never drops the block (whose
-    files would then be tried alone and recorded as crashing their decoder)."""
-    paths = batch["path"]
-    try:
-        processor = FileProcessor(
-            RemoteContents(registry),
-            settings.recipes,
-            settings.max_file_size,
-            settings.max_pixels,
-            settings.draft,
-            settings.timeout_s,
-        )
-        outcomes = processor.process(
-            [
-                Candidate(
-                    ScannedFile(str(relpath), int(size), int(mtime_ns), problem=str(problem) or None), None, str(path)
-                )
-                for path, relpath, size, mtime_ns, problem in zip(
-                    paths, batch["relpath"], batch["size"], batch["mtime_ns"], batch["problem"], strict=True
-                )
-            ]
-        )
-        return _decoded_columns(paths, outcomes, len(settings.recipes))
-    except Exception as exc:
-        return _decoded_columns(paths, [None] * len(paths), len(settings.recipes), _one_line("a decode task", exc))
-
-
-def _decoded_columns(
-    paths: np.ndarray, outcomes: Sequence[Outcome | None], recipes: int, run_error: str = ""
-) -> dict[str, np.ndarray]:
-    """The decode stage's rows (the same columns whatever happened: Ray joins blocks)."""
-    known = [o or Outcome(Candidate(ScannedFile("", 0, 0), None, ""), Kind.FAILED) for o in outcomes]
-    decoded = [o.decoded if o.kind is Kind.DECODED and o.decoded is not None else Decoded() for o in known]
-    columns = {
-        "run_error": _objects(run_error for _ in known),
-        "path": paths,
-        "kind": _objects(o.kind.name for o in known),
-        "content_hash": _objects(o.content_hash or "" for o in known),
-        "error": _objects(o.error or "" for o in known),
-        "width": np.array([d.width for d in decoded], np.int64),
-        "height": np.array([d.height for d in decoded], np.int64),
-        "format": _objects(d.format for d in decoded),
-    }
-    for i in range(recipes):
-        columns[f"pixels_{i}"] = _objects(d.pixels[i].tobytes() if d.pixels else b"" for d in decoded)
-    return columns
-
-
-def _one_line(where: str, exc: BaseException) -> str:
-    return f"{where} on node {os.uname().nodename} failed: {type(exc).__name__}: {exc}".splitlines()[0]
-
-
-def _embedders_for(on_nodes: list[ModelOnNode]) -> type:
-    """The actor class for these models. They travel as a class attribute, not constructor
-    arguments, which Ray keeps in the object store and warns it may lose on a restart."""
-    return type("Embedders", (_Embedders,), {"on_nodes": tuple(on_nodes)})
-
-
-class _Embedders:
-    """An embed actor: every model of the run, built once from this node's weights."""
-
-    on_nodes: tuple[ModelOnNode, ...] = ()
-
-    def __init__(self) -> None:
-        from dreamsearch.models import PendingModel
-        from dreamsearch.models.base import set_threads
-
-        set_threads(os.cpu_count())  # as a local run; Ray would give torch 1 thread per requested CPU
-        self._models = []
-        #: Why this node cannot embed. Sent back with the first batch rather than raised:
-        #: Ray would hand the driver a traceback, not the one-line reason.
-        self._unable: str | None = None
-        node = os.uname().nodename
-        try:
-            for wanted in self.on_nodes:
-                handle = PendingModel(
-                    wanted.name, wanted.weights_dir, wanted.device, allow_download=False, precision=wanted.precision
-                )
-                if handle.fingerprint != wanted.fingerprint:
-                    raise WeightsError(
-                        f"{wanted.name}: the weights in {wanted.weights_dir} differ from the "
-                        f"driver's; give every node the same files"
-                    )
-                self._models.append(handle.load())
-        except DreamsearchError as exc:
-            self._unable = f"on node {node}: {exc}"
-
-    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        """Vectors for the decoded rows; any failure here is the model's or the node's, not
-        a file's, so it comes back as ``run_error`` (see ``_decode``)."""
-        columns = {name: values for name, values in batch.items() if not name.startswith("pixels_")}
-        for i in range(len(self.on_nodes)):
-            columns[f"vector_{i}"] = _objects(b"" for _ in batch["path"])
-        try:
-            if self._unable:
-                raise DreamsearchError(self._unable)
-            decoded = np.flatnonzero(batch["kind"] == Kind.DECODED.name)
-            for i, model in enumerate(self._models):
-                if len(decoded):
-                    side = model.preprocess_spec.size
-                    pixels = np.stack(
-                        [np.frombuffer(batch[f"pixels_{i}"][j], np.uint8).reshape(side, side, 3) for j in decoded]
-                    )
-                    for j, vector in zip(decoded, model.embed(pixels), strict=True):
-                        columns[f"vector_{i}"][j] = np.ascontiguousarray(vector, np.float32).tobytes()
-        except DreamsearchError as exc:
-            columns["run_error"] = _objects(str(exc) for _ in batch["path"])
-        except Exception as exc:
-            columns["run_error"] = _objects(_one_line("embedding", exc) for _ in batch["path"])
-        return columns
-
-
-def _objects(values: Iterable[str | bytes]) -> np.ndarray:
-    """A column of strings or bytes (``np.array`` would make fixed-width arrays of them)."""
-    column = list(values)
-    array = np.empty(len(column), dtype=object)
-    array[:] = column
-    return array

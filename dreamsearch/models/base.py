@@ -79,7 +79,7 @@ class TorchEmbedder(Embedder):
         autocast: bool = True,
     ) -> None:
         super().__init__(name, dim, preprocess, self._torch_run, "torch")
-        self.device = device
+        self.device: torch.device = device
         self.network = network.eval().requires_grad_(False).to(device)
         self.autocast_dtype = _autocast_dtype(device) if autocast else None
         self.compile = False  # see _run; load_model(compile=True) turns it on

@@ -5,11 +5,16 @@ saved OpenVINO graph runs through it alone (``saved_graph``), and the torch mode
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 from PIL import Image
 
 from dreamsearch.images import Preprocess
+
+if TYPE_CHECKING:  # pragma: no cover
+    import torch
 
 Runner = Callable[[np.ndarray], np.ndarray]
 
@@ -22,6 +27,11 @@ class Embedder:
     with unit L2 norm, so cosine similarity is a plain inner product. ``runner`` does that
     arithmetic: a torch network, or a compiled OpenVINO graph (``backend`` says which).
     """
+
+    #: Where ``runner`` computes: a saved graph on the CPU; ``TorchEmbedder`` sets its device.
+    device: str | torch.device = "cpu"
+    #: None: a loaded embedder is not built again elsewhere (``indexer.ModelSource``).
+    weights_root: Path | None = None
 
     def __init__(self, name: str, dim: int, preprocess: Preprocess, runner: Runner, backend: str) -> None:
         self.name = name

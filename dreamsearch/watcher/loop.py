@@ -16,12 +16,13 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from dreamsearch.display import display_path, kept_folder_warning, problem_line
 from dreamsearch.errors import DreamsearchError
-from dreamsearch.indexer import IndexReport, outermost
+from dreamsearch.indexer import IndexOptions, IndexReport, outermost
 from dreamsearch.layout import WriterBusy
 from dreamsearch.watcher import notices
 from dreamsearch.watcher.batches import plan_batches
@@ -49,7 +50,8 @@ EVENT_BACKEND = {"linux": "inotify", "darwin": "FSEvents", "win32": "ReadDirecto
 class Watcher:
     """Keeps ``folders`` indexed in ``library`` with ``models`` until ``stop`` is set.
     ``say(line)`` gets warnings and notes (one per event of the folders' health),
-    ``on_batch(document)`` each committed run; ``options`` are ``IndexOptions`` fields."""
+    ``on_batch(document)`` each committed run; ``options`` are each run's (its ``only``
+    is set per run)."""
 
     def __init__(
         self,
@@ -60,9 +62,9 @@ class Watcher:
         rescan_every_s: float = 600.0,
         say: Callable[[str], None] = print,
         on_batch: Callable[[dict], None] | None = None,
-        **options,
+        options: IndexOptions | None = None,
     ) -> None:
-        self.library, self.models, self.options = library, list(models), options
+        self.library, self.models, self.options = library, list(models), options or IndexOptions()
         self.roots = [Root.look(folder) for folder in outermost(Path(f).expanduser().resolve() for f in folders)]
         self.settler = Settler(settle_s)
         self.rescan_every_s = rescan_every_s
@@ -260,7 +262,7 @@ class Watcher:
         if self.state != "waiting for the writer lock":
             self._changed(state="indexing")
         try:
-            report = self.library.index(folders, self.models, stop=self.stop, only=only, **self.options)
+            report = self.library.index(folders, self.models, replace(self.options, only=only), stop=self.stop)
         except WriterBusy:
             if self.state != "waiting for the writer lock":
                 self.say("note: another dreamsearch is changing the library; waiting for it to finish")

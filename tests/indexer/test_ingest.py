@@ -19,8 +19,9 @@ import pytest
 from click.testing import CliRunner
 from PIL import Image
 
+import dreamsearch.indexer.diff as diff_module
 import dreamsearch.indexer.pipeline as pipeline
-import dreamsearch.indexer.run as run_module
+import dreamsearch.indexer.writer as writer_module
 from dreamsearch.catalog import Catalog
 from dreamsearch.cli import main
 from dreamsearch.indexer import IndexOptions, index_folders
@@ -83,14 +84,14 @@ def test_a_fifo_and_a_huge_sparse_file_are_recorded_and_the_photos_indexed(tmp_p
     folder = photo_folder(tmp_path / "photos", 3, (160, 120), 80, "p{}.jpg")
     with open(folder / "huge.jpg", "wb") as handle:
         handle.truncate(30 * 1024**3)  # sparse: no disk space used
-    real_scan = run_module.scan
+    real_scan = diff_module.scan
 
     def scan_then_swap(root, *args):
         yield from real_scan(root, *args)
         os.mkfifo(folder / "swapped.jpg")  # listed as a photo, a FIFO by the time it is read
         yield ScannedFile("swapped.jpg", 1000, 1)
 
-    monkeypatch.setattr(run_module, "scan", scan_then_swap)
+    monkeypatch.setattr(diff_module, "scan", scan_then_swap)
     library = LibraryLayout.prepare(tmp_path / "lib")
     report = index_folders(library, [folder], [tiny_model], IndexOptions(workers=1, batch_size=2))
     reasons = {Path(p).name: r for p, r in report.failures}
@@ -144,7 +145,7 @@ class SlowModel:
     def __init__(self, model) -> None:
         self.model = model
         self.name, self.dim, self.fingerprint = model.name, model.dim, model.fingerprint
-        self.preprocess_spec = model.preprocess_spec
+        self.preprocess_spec, self.device, self.weights_root = model.preprocess_spec, model.device, model.weights_root
         self.started, self.release = threading.Event(), threading.Event()
 
     def load(self):
@@ -264,7 +265,7 @@ class ClaimsDevice:
     """The tiny model (it runs on the CPU), reporting ``device`` as a model loaded there would."""
 
     def __init__(self, model, device: str) -> None:
-        self.model, self.device = model, device
+        self.model, self.device, self.weights_root = model, device, None
         self.name, self.fingerprint, self.preprocess_spec = model.name, model.fingerprint, model.preprocess_spec
 
     def load(self):
@@ -438,8 +439,8 @@ def test_reading_reserves_the_file_not_the_size_limit(tmp_path):
 
 def test_indexes_are_saved_at_most_once_a_minute_and_within_a_tenth_of_the_time(monkeypatch):
     now = [1000.0]
-    monkeypatch.setattr(run_module.time, "monotonic", lambda: now[0])
-    schedule = run_module.SaveSchedule()
+    monkeypatch.setattr(writer_module.time, "monotonic", lambda: now[0])
+    schedule = writer_module.SaveSchedule()
     now[0] += 59
     assert not schedule.due()
     now[0] += 1

@@ -25,8 +25,9 @@ from dreamsearch.catalog import Catalog
 from dreamsearch.errors import DreamsearchError
 from dreamsearch.images import Preprocess
 from dreamsearch.indexer import IndexOptions, index_folders, ray_engine
-from dreamsearch.indexer.pipeline import Contents, Kind
-from dreamsearch.indexer.ray_engine import ALONE_TRIES, DECODE_TRIES, RayEngine, _decode, _DecodeSettings
+from dreamsearch.indexer.pipeline import Contents, ContentState
+from dreamsearch.indexer.ray_engine import ALONE_TRIES, DECODE_TRIES, RayEngine
+from dreamsearch.indexer.ray_tasks import DecodeSettings, decode_task
 from dreamsearch.layout import LibraryLayout
 from dreamsearch.models import PendingModel
 from tests.helpers.cli import invoke
@@ -264,7 +265,9 @@ def test_a_node_without_the_weights_fails_fast_with_the_usual_message(cluster, t
         match=r"^on node .*: model 'dreamsim-dino' needs weights missing from .*"
         r"`dreamsearch models import",
     ):
-        library.index([photo_folder(tmp_path / "second", 2, (200, 150), 5, "b{}.jpg")], [MODEL], engine="ray")
+        library.index(
+            [photo_folder(tmp_path / "second", 2, (200, 150), 5, "b{}.jpg")], [MODEL], IndexOptions(engine="ray")
+        )
     assert time.monotonic() - started < 60
 
 
@@ -284,8 +287,8 @@ def test_a_decode_task_that_raises_stops_the_run_rather_than_fail_its_files(tmp_
         "mtime_ns": np.array([0, 0]),
         "problem": np.array(["", ""], object),
     }
-    settings = _DecodeSettings((Preprocess(224),), 1 << 30, 10**8, True, 60.0)
-    columns = _decode(batch, Unreachable(), settings)
+    settings = DecodeSettings((Preprocess(224),), 1 << 30, 10**8, True, 60.0)
+    columns = decode_task(batch, Unreachable(), settings)
     assert len(columns["run_error"]) == 2 and all(
         e.startswith("a decode task on node ") and e.endswith(" failed: RuntimeError: registry unreachable")
         for e in columns["run_error"]
@@ -325,7 +328,7 @@ def test_without_ray_installed_the_engine_says_how_to_install_it(tmp_path, tiny_
     assert result.output.strip().splitlines()[-1].endswith("pip install 'dreamsearch[ray]'")
     assert not (tmp_path / "lib").exists()
     with pytest.raises(DreamsearchError, match=r"pip install 'dreamsearch\[ray\]'"):
-        Library.open(tmp_path / "lib", weights_dir=tiny_weights).index([folder], [MODEL], engine="ray")
+        Library.open(tmp_path / "lib", weights_dir=tiny_weights).index([folder], [MODEL], IndexOptions(engine="ray"))
     assert not (tmp_path / "lib").exists()
 
 
@@ -343,7 +346,10 @@ def test_a_file_read_again_with_other_bytes_lets_go_of_its_first_claim(tmp_path)
     with Catalog(tmp_path / "catalog.sqlite") as catalog:
         contents = Contents(catalog, [catalog.ensure_model(MODEL, 8, "fp")])
         assert contents.classify([("h1", "/a.jpg")]) == [(None, None)]
-        assert contents.classify([("h1", "/copy.jpg"), ("h1", "/a.jpg")]) == [(Kind.COPY, None), (None, None)]
+        assert contents.classify([("h1", "/copy.jpg"), ("h1", "/a.jpg")]) == [
+            (ContentState.CLAIMED, None),
+            (None, None),
+        ]
         assert contents.classify([("h2", "/a.jpg")]) == [(None, None)]  # a.jpg changed between tries
         assert not contents.is_claimed("h1") and contents.is_claimed("h2")
         contents.release("/a.jpg")  # then could not be read at all

@@ -29,7 +29,7 @@ def test_embeddings_match_official_package(name, official_cache, sample_images):
     expected = official_embeddings(root, TYPES[name], sample_images)
 
     ours = load_model(name, weights_dir=root, device="cpu", allow_download=False)
-    result = embed_files(ours, sample_images, batch_size=3)
+    result = embed_files(ours, sample_images, batch_size=3, draft=False)
 
     assert result.failures == []
     assert result.vectors.shape == expected.shape == (len(sample_images), ours.dim)
@@ -45,8 +45,8 @@ def test_compiled_model_gives_the_same_embeddings(official_cache, sample_images)
     root = official_cache("dino_vitb16")
     eager = load_model("dreamsim-dino", weights_dir=root, device="cpu")
     compiled = load_model("dreamsim-dino", weights_dir=root, device="cpu", compile=True)
-    expected = embed_files(eager, sample_images, batch_size=3).vectors
+    expected = embed_files(eager, sample_images, batch_size=3, draft=False).vectors
     # batch 3 runs compiled, the last (partial) batch of 1 runs eager
-    result = embed_files(compiled, sample_images, batch_size=3).vectors
+    result = embed_files(compiled, sample_images, batch_size=3, draft=False).vectors
     assert compiled.compile, "compilation fell back to eager"
     assert np.abs(result - expected).max() <= 1e-5

@@ -15,6 +15,7 @@ pytestmark = pytest.mark.slow  # each test converts a model through OpenVINO: 5-
 from dreamsearch import Library  # noqa: E402
 from dreamsearch.batch_embed import embed_files  # noqa: E402
 from dreamsearch.errors import DreamsearchError  # noqa: E402
+from dreamsearch.indexer import IndexOptions  # noqa: E402
 from dreamsearch.models import load_model, openvino_backend, precision, saved_graph  # noqa: E402
 from dreamsearch.models.embedder import Embedder  # noqa: E402
 from tests.helpers.images import photo_like  # noqa: E402
@@ -59,7 +60,7 @@ def test_openvino_matches_the_official_package(name, official_cache, sample_imag
     expected = official_embeddings(root, TYPES[name], sample_images)
 
     ours = load_model(name, weights_dir=root, device="cpu", allow_download=False)
-    result = embed_files(ours, sample_images, batch_size=3)
+    result = embed_files(ours, sample_images, batch_size=3, draft=False)
 
     assert ours.backend == "openvino"
     assert result.vectors.dtype == np.float32 and result.vectors.shape == expected.shape
@@ -160,7 +161,7 @@ def test_index_and_query_run_on_openvino(tmp_path, tiny, monkeypatch):
     monkeypatch.setattr(Embedder, "embed", lambda self, batch: backends.append(self.backend) or real_embed(self, batch))
 
     with Library.open(tmp_path / "lib", weights_dir=tiny("dreamsim-dino"), device="cpu") as library:
-        library.index([photos], models=["dreamsim-dino"], workers=0)
+        library.index([photos], models=["dreamsim-dino"], options=IndexOptions(workers=0))
         found = library.query(Image.open(photos / "dune.jpg"), k=3, model="dreamsim-dino")
     assert backends and set(backends) == {"openvino"}
     assert found[0].path == str(photos / "dune.jpg") and found[0].distance < 1e-5

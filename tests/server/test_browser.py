@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from dreamsearch.api import Library
+from dreamsearch.indexer import IndexOptions
 from tests.helpers.browser import CHROMIUM_ARGS, chromium
 from tests.helpers.images import photo_like
 from tests.server.serving import MODEL, running_server
@@ -50,7 +51,7 @@ def served(executable, tmp_path_factory, tiny_weights):  # executable first: ski
         photo_like(220, 160, 40 + i).save(photos / f"p{i}.jpg", quality=90)
     (photos / "copy" / "p0.jpg").write_bytes((photos / "p0.jpg").read_bytes())
     with Library.open(root / "lib", weights_dir=tiny_weights, device="cpu") as library:
-        library.index([photos], models=[MODEL], workers=1)
+        library.index([photos], models=[MODEL], options=IndexOptions(workers=1))
 
     with running_server(root / "lib", tiny_weights) as url:
         yield url, photos, executable
@@ -216,7 +217,7 @@ def served_with_text(executable, tmp_path_factory):
     for i in range(6):
         photo_like(220, 160, 60 + i).save(photos / f"t{i}.jpg", quality=90)
     with Library.open(root / "lib", weights_dir=weights, device="cpu") as library:
-        library.index([photos], models=[MODEL, "clip"], workers=0)
+        library.index([photos], models=[MODEL, "clip"], options=IndexOptions(workers=0))
     with running_server(root / "lib", weights, "--models", f"{MODEL},clip") as url:
         yield url, photos
 

@@ -16,6 +16,7 @@ from fastapi.testclient import TestClient
 from PIL import Image
 
 from dreamsearch.api import Library
+from dreamsearch.indexer import IndexOptions
 from dreamsearch.server.app import create_app
 from dreamsearch.server.security import Settings
 from tests.helpers.http_api import upload
@@ -47,7 +48,7 @@ def indexed(tmp_path_factory, tiny_weights):
     (photos / "copy").mkdir()
     (photos / "copy" / "p0.jpg").write_bytes((photos / "p0.jpg").read_bytes())
     with Library.open(root / "lib", weights_dir=tiny_weights, device="cpu") as library:
-        library.index([photos], models=[MODEL], workers=1)
+        library.index([photos], models=[MODEL], options=IndexOptions(workers=1))
     return root / "lib", photos, tiny_weights
 
 
@@ -253,7 +254,7 @@ def test_a_symlinked_file_pointing_out_of_the_library_is_not_served(client, inde
         original.write_bytes(backup)
         os.utime(original, ns=(stat.st_atime_ns, stat.st_mtime_ns))
         with Library.open(lib, weights_dir=weights, device="cpu") as library:  # a new inode and ctime: read again
-            assert library.index([photos], models=[MODEL], workers=1).embedded == 0
+            assert library.index([photos], models=[MODEL], options=IndexOptions(workers=1)).embedded == 0
 
 
 def test_an_index_job_reports_progress_and_a_second_one_gets_409(client, indexed, tmp_path):

@@ -19,6 +19,7 @@ from fastapi.testclient import TestClient
 from PIL import Image
 
 from dreamsearch.api import Library
+from dreamsearch.indexer import IndexOptions
 from dreamsearch.layout import LibraryLayout
 from tests.helpers.http_api import MODEL, app_over, upload
 from tests.helpers.images import make_photos, photo_like
@@ -42,7 +43,7 @@ def indexed(tmp_path_factory, tiny_weights):
     with open(raw + b"/" + BROKEN, "wb") as handle:
         handle.write(b"not a picture at all" * 10)
     with Library.open(root / "lib", weights_dir=tiny_weights, device="cpu") as library:
-        library.index([photos], models=[MODEL], workers=1)
+        library.index([photos], models=[MODEL], options=IndexOptions(workers=1))
     return root / "lib", photos, tiny_weights
 
 
@@ -184,7 +185,7 @@ def test_a_scan_read_that_never_returns_frees_the_writer_lock(tmp_path, tiny_wei
 
     def run() -> None:
         with Library.open(tmp_path / "lib", weights_dir=tiny_weights, device="cpu") as library:
-            outcome["report"] = library.index([photos], models=[MODEL], decode_timeout_s=1)
+            outcome["report"] = library.index([photos], models=[MODEL], options=IndexOptions(decode_timeout_s=1))
 
     runner = threading.Thread(target=run, daemon=True)
     try:

@@ -14,6 +14,7 @@ import httpx
 import pytest
 
 from dreamsearch.api import Library
+from dreamsearch.indexer import IndexOptions
 from tests.helpers.images import make_photos
 from tests.server.serving import MODEL, running_server
 
@@ -41,7 +42,7 @@ def library(tmp_path_factory, tiny_weights):
     root = tmp_path_factory.mktemp("real")
     photos = make_photos(root / "photos", 6)
     with Library.open(root / "lib", weights_dir=tiny_weights, device="cpu") as lib:
-        lib.index([photos], models=[MODEL], workers=1)
+        lib.index([photos], models=[MODEL], options=IndexOptions(workers=1))
     return root / "lib", photos, tiny_weights
 
 

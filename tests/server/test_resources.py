@@ -21,6 +21,7 @@ from PIL import Image
 import dreamsearch.api
 import dreamsearch.search
 from dreamsearch.api import Library
+from dreamsearch.indexer import IndexOptions
 from dreamsearch.search import Searcher
 from dreamsearch.server.app import create_app
 from tests.helpers.http_api import upload
@@ -41,7 +42,7 @@ def two_models(tmp_path_factory):
     write_tiny_cache(weights, "clip_vitb32", seed=1)
     photos = make_photos(root / "photos", 6)
     with Library.open(root / "lib", weights_dir=weights, device="cpu") as library:
-        library.index([photos], models=[DINO, CLIP], workers=1)
+        library.index([photos], models=[DINO, CLIP], options=IndexOptions(workers=1))
     return root / "lib", photos, weights
 
 

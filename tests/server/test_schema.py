@@ -32,6 +32,7 @@ from fastapi.testclient import TestClient
 
 from dreamsearch.api import Library
 from dreamsearch.catalog import Catalog, FileEntry
+from dreamsearch.indexer import IndexOptions
 from dreamsearch.layout import LibraryLayout
 from dreamsearch.server.app import create_app
 from dreamsearch.vector_index import rebuild, with_kind
@@ -64,7 +65,7 @@ def library(tmp_path_factory):
     (photos / "copy.jpg").write_bytes((photos / "p0.jpg").read_bytes())
     (photos / "notes.jpg").write_bytes(b"not a picture\n" * 20)
     with Library.open(root / "lib", weights_dir=weights, device="cpu") as opened:
-        opened.index([photos], models=list(INDEXED), workers=1)
+        opened.index([photos], models=list(INDEXED), options=IndexOptions(workers=1))
     return root / "lib", photos, weights
 
 

@@ -25,6 +25,7 @@ from fastapi.testclient import TestClient
 from PIL import Image
 
 from dreamsearch.api import Library
+from dreamsearch.indexer import IndexOptions
 from dreamsearch.server.app import create_app
 from dreamsearch.server.security import Settings
 from tests.helpers.images import photo_like
@@ -83,7 +84,7 @@ def library(tmp_path_factory, tiny_weights):
     (secret / "dog.jpg").write_bytes(red_jpeg())
     (secret / "dog.jpg").chmod(0o600)
     with Library.open(root / "lib", weights_dir=tiny_weights, device="cpu") as lib:
-        lib.index([photos], models=[MODEL], workers=1, follow_symlinks=True)
+        lib.index([photos], models=[MODEL], options=IndexOptions(workers=1, follow_symlinks=True))
     return root, tiny_weights
 
 

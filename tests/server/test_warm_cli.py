@@ -14,6 +14,7 @@ import httpx
 import pytest
 
 from dreamsearch.api import Library
+from dreamsearch.indexer import IndexOptions
 from tests.helpers.cli import Probed, probe
 from tests.helpers.images import make_photos
 from tests.helpers.official_layout import write_tiny_cache
@@ -32,7 +33,7 @@ def library(tmp_path_factory):
     photos = make_photos(root / "photos")
     (photos / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 not really a JPEG" * 10)
     with Library.open(root / "lib", weights_dir=weights, device="cpu") as opened:
-        opened.index([photos], models=[DINO, CLIP], workers=1)
+        opened.index([photos], models=[DINO, CLIP], options=IndexOptions(workers=1))
     return root / "lib", photos, weights
 
 

@@ -11,6 +11,7 @@ import httpx
 import pytest
 
 from dreamsearch.api import Library
+from dreamsearch.indexer import IndexOptions
 from tests.helpers.images import make_photos, photo_like
 from tests.server.serving import MODEL, running_server
 from tests.test_watch import wait_for
@@ -21,7 +22,7 @@ from tests.test_watch import wait_for
 def test_a_photo_dropped_in_is_announced_and_found_without_a_restart(tmp_path, tiny_weights):
     photos = make_photos(tmp_path / "photos", 3)
     with Library.open(tmp_path / "lib", weights_dir=tiny_weights, device="cpu") as library:
-        library.index([photos], models=[MODEL], workers=1)
+        library.index([photos], models=[MODEL], options=IndexOptions(workers=1))
     events: list[dict] = []
     with running_server(tmp_path / "lib", tiny_weights, "--watch", "--settle", "0.3") as url:
         wait_for(lambda: httpx.get(url + "/api/health").json()["watch"]["batches"] >= 1, 30, "the catch-up")
@@ -53,7 +54,7 @@ def test_events_are_404_when_the_server_does_not_watch(tmp_path, tiny_weights):
 
     photos = make_photos(tmp_path / "photos", 1)
     with Library.open(tmp_path / "lib", weights_dir=tiny_weights, device="cpu") as library:
-        library.index([photos], models=[MODEL], workers=1)
+        library.index([photos], models=[MODEL], options=IndexOptions(workers=1))
     with TestClient(app_over(tmp_path / "lib", tiny_weights), base_url="http://127.0.0.1") as client:
         assert client.get("/api/health").json()["watch"] is None
         answer = client.get("/api/events")
@@ -71,7 +72,7 @@ def test_the_web_ui_shows_new_photos_and_refreshes_its_results_when_asked(tmp_pa
     executable = chromium()
     photos = make_photos(tmp_path / "photos", 3)
     with Library.open(tmp_path / "lib", weights_dir=tiny_weights, device="cpu") as library:
-        library.index([photos], models=[MODEL], workers=1)
+        library.index([photos], models=[MODEL], options=IndexOptions(workers=1))
     expect.set_options(timeout=15_000)
     with running_server(tmp_path / "lib", tiny_weights, "--watch", "--settle", "0.3") as url, sync_playwright() as p:
         browser = p.chromium.launch(executable_path=executable, args=CHROMIUM_ARGS)
