@@ -38,7 +38,7 @@ from dreamsearch.reading import read_file
 from dreamsearch.search import Match, QueryImage, Searcher, model_input
 from dreamsearch.status import LibraryStatus, catalog_status
 from dreamsearch.vector_index import save_indexes
-from dreamsearch.warm import WarmServer
+from dreamsearch.warm import ServedVector, WarmServer
 
 if TYPE_CHECKING:  # pragma: no cover
     from PIL import Image
@@ -319,21 +319,24 @@ class Library:
         return self._image_query(image, model, name, max_pixels)
 
     def _image_query(self, image: QueryImage, model: str, name: str, max_pixels: int, keep: bool = True) -> Query:
-        searcher = self._searcher(model)
-        served = self._served_query(searcher, image, model)
-        if served is not None:
-            return served
+        asked = self._ask_server(image, model)  # it embeds while this process opens the catalog and index
+        if asked is not None:
+            served = self._served_query(self._searcher(model), asked, image, model)
+            if served is not None:
+                return served
         with self._models.held(model, keep) as handle:
             # decoded before the model loads: a file that is not an image is told without torch
             pixels, data = model_input(handle.preprocess_spec, image, name, max_pixels)
+            with handle.loading_ahead():
+                searcher = self._searcher(model)
             with self._models.use(model, keep) as embedder:
                 vector = searcher.embed_pixels(embedder, pixels)
         own = searcher.content_of(data)
         return Query(model, (_label(image, name),), vector, () if own is None else (own,))
 
-    def _served_query(self, searcher: Searcher, image: QueryImage, model: str) -> Query | None:
-        """The query of a picture file embedded by a running server (``use_server``), or
-        None to embed it here: no server, or one that cannot stand in for this process."""
+    def _ask_server(self, image: QueryImage, model: str) -> ServedVector | None:
+        """A running server (``use_server``) embedding the picture file ``image``, or None
+        to embed it here."""
         if not self.use_server or not isinstance(image, (str, os.PathLike)):
             return None
         with self._lock:
@@ -346,10 +349,15 @@ class Library:
         read = read_file(str(image))
         if read.error:
             raise ImageError(image, read.error)
-        vector = server.embed(str(image), read.data, model, searcher.model.fingerprint)
+        return server.embed(str(image), read.data, model)
+
+    def _served_query(self, searcher: Searcher, asked: ServedVector, image: QueryImage, model: str) -> Query | None:
+        """The query of the server's vector, or None when it cannot stand in for this
+        process: no answer, or its weights did not make the library's vectors."""
+        vector = asked.vector(searcher.model.fingerprint)
         if vector is None:
             return None
-        own = searcher.content_of(read.data)
+        own = searcher.content_of(asked.data)
         return Query(model, (str(image),), vector, () if own is None else (own,))
 
     def text_query(self, text: str, model: str = "clip") -> Query:

@@ -14,6 +14,9 @@ upload limits (413), does not serve the model (400) or is gone leaves the work t
 
 from __future__ import annotations
 
+import threading
+from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -50,10 +53,12 @@ class WarmServer:
             return None
         return server
 
-    def embed(self, label: str, data: bytes, model: str, fingerprint: str) -> np.ndarray | None:
-        """The vector of the picture file ``data`` (named ``label`` in errors) by ``model``
-        with the weights ``fingerprint``; None when the CLI should embed it itself. A picture
-        the server cannot decode raises :class:`ImageError` with the server's reason."""
+    def embed(self, label: str, data: bytes, model: str) -> ServedVector:
+        """Start embedding the picture file ``data`` (named ``label`` in errors) by ``model``;
+        the answer is read from the returned :class:`ServedVector`."""
+        return ServedVector(partial(self._post, label, data, model), data)
+
+    def _post(self, label: str, data: bytes, model: str) -> tuple[np.ndarray, str] | None:
         try:
             answer = self._client.post("/api/embed", files={"image": (Path(label).name, data)}, data={"model": model})
         except self._httpx.HTTPError:
@@ -63,12 +68,41 @@ class WarmServer:
         if answer.status_code != 200:
             return None
         document = answer.json()
-        if document.get("model") != model or document.get("fingerprint") != fingerprint:
+        if document.get("model") != model:
             return None
-        return np.asarray(document["vector"], dtype=np.float32)
+        return np.asarray(document["vector"], dtype=np.float32), str(document.get("fingerprint"))
 
     def close(self) -> None:
         self._client.close()
+
+
+class ServedVector:
+    """A picture being embedded by the server, in a thread of its own: the CLI opens the
+    catalog and the index meanwhile, so a warm query costs the longer of the two, not both."""
+
+    def __init__(self, ask: Callable[[], tuple[np.ndarray, str] | None], data: bytes) -> None:
+        self.data = data
+        self._answer: tuple[np.ndarray, str] | None = None
+        self._error: ImageError | None = None
+        self._thread = threading.Thread(target=self._wait_for, args=(ask,), name="dreamsearch-served", daemon=True)
+        self._thread.start()
+
+    def _wait_for(self, ask: Callable[[], tuple[np.ndarray, str] | None]) -> None:
+        try:
+            self._answer = ask()
+        except ImageError as exc:
+            self._error = exc
+
+    def vector(self, fingerprint: str) -> np.ndarray | None:
+        """The server's vector if it comes from the weights ``fingerprint`` (those that made
+        the library's vectors); None when the CLI should embed the picture itself. A picture
+        the server cannot decode raises :class:`ImageError` with the server's reason."""
+        self._thread.join()
+        if self._error is not None:
+            raise self._error
+        if self._answer is None or self._answer[1] != fingerprint:
+            return None
+        return self._answer[0]
 
 
 def _reason(answer, name: str) -> str:

@@ -1,0 +1,68 @@
+"""A model with a saved OpenVINO graph loads in the background while a query opens its
+catalog and index (``PendingModel.loading_ahead``): the same model, sooner, and never a
+process left exiting while OpenVINO compiles."""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import pytest
+
+pytest.importorskip("openvino", reason="openvino is not installed (pip install 'dreamsearch[openvino]')")
+pytestmark = pytest.mark.slow  # the first load converts the model through OpenVINO
+
+from dreamsearch.models import PendingModel, precision  # noqa: E402
+from tests.helpers.official_layout import write_tiny_cache  # noqa: E402
+
+MODEL = "dreamsim-dino"
+
+
+@pytest.fixture
+def saved(tmp_path, monkeypatch):
+    """Tiny weights whose OpenVINO graph a first load has converted and saved."""
+    monkeypatch.setenv(precision.ENV, "openvino")
+    root = write_tiny_cache(tmp_path / "weights", "dino_vitb16")
+    first = PendingModel(MODEL, weights_dir=root, device="cpu", allow_download=False)
+    first.load()
+    return root, first
+
+
+def _pending(root) -> PendingModel:
+    return PendingModel(MODEL, weights_dir=root, device="cpu", allow_download=False)
+
+
+def _until_loaded(model: PendingModel, within_s: float = 60.0) -> bool:
+    end = time.monotonic() + within_s
+    while not model.loaded and time.monotonic() < end:
+        time.sleep(0.05)
+    return model.loaded
+
+
+def test_a_saved_graph_loads_during_the_block_and_gives_the_same_vectors(saved):
+    root, first = saved
+    model = _pending(root)
+    with model.loading_ahead():
+        assert _until_loaded(model)  # nobody called load: the background did
+    pixels = np.random.default_rng(0).integers(0, 256, (2, 224, 224, 3), dtype=np.uint8)
+    embedder = model.load()
+    assert embedder.backend == "openvino"
+    np.testing.assert_array_equal(embedder.embed(pixels), first.load().embed(pixels))
+
+
+def test_a_failing_block_waits_for_the_load_before_its_error_goes_on(saved):
+    root, _ = saved
+    model = _pending(root)
+    with pytest.raises(ValueError, match="nothing indexed"), model.loading_ahead():
+        raise ValueError("nothing indexed")
+    assert model.loaded  # joined, not left compiling while the process exits
+
+
+def test_without_a_saved_graph_nothing_is_built_ahead(tmp_path, monkeypatch):
+    """Building from the checkpoint imports torch: that stays in the foreground, after the
+    picture was found readable."""
+    monkeypatch.setenv(precision.ENV, "openvino")
+    model = _pending(write_tiny_cache(tmp_path / "weights", "dino_vitb16"))
+    with model.loading_ahead():
+        pass
+    assert not _until_loaded(model, within_s=2.0)
