@@ -321,7 +321,7 @@ class Library:
     def _image_query(self, image: QueryImage, model: str, name: str, max_pixels: int, keep: bool = True) -> Query:
         asked = self._ask_server(image, model)  # it embeds while this process opens the catalog and index
         if asked is not None:
-            served = self._served_query(self._searcher(model), asked, image, model)
+            served = self._served_query(self._searcher(model), *asked, image, model)
             if served is not None:
                 return served
         with self._models.held(model, keep) as handle:
@@ -334,9 +334,9 @@ class Library:
         own = searcher.content_of(data)
         return Query(model, (_label(image, name),), vector, () if own is None else (own,))
 
-    def _ask_server(self, image: QueryImage, model: str) -> ServedVector | None:
-        """A running server (``use_server``) embedding the picture file ``image``, or None
-        to embed it here."""
+    def _ask_server(self, image: QueryImage, model: str) -> tuple[ServedVector, bytes] | None:
+        """A running server (``use_server``) embedding the picture file ``image``, and the
+        file's bytes; None to embed it here."""
         if not self.use_server or not isinstance(image, (str, os.PathLike)):
             return None
         with self._lock:
@@ -349,15 +349,17 @@ class Library:
         read = read_file(str(image))
         if read.error:
             raise ImageError(image, read.error)
-        return server.embed(str(image), read.data, model)
+        return server.embed(str(image), read.data, model), read.data
 
-    def _served_query(self, searcher: Searcher, asked: ServedVector, image: QueryImage, model: str) -> Query | None:
+    def _served_query(
+        self, searcher: Searcher, asked: ServedVector, data: bytes, image: QueryImage, model: str
+    ) -> Query | None:
         """The query of the server's vector, or None when it cannot stand in for this
         process: no answer, or its weights did not make the library's vectors."""
-        vector = asked.vector(searcher.model.fingerprint)
+        vector = asked.vector(data, searcher.model.fingerprint)
         if vector is None:
             return None
-        own = searcher.content_of(asked.data)
+        own = searcher.content_of(data)
         return Query(model, (str(image),), vector, () if own is None else (own,))
 
     def text_query(self, text: str, model: str = "clip") -> Query:

@@ -132,3 +132,31 @@ def test_a_socket_left_by_a_killed_server_is_replaced_and_never_trusted(library)
     with running_server(lib, weights, "--models", DINO):  # a new server takes its place
         warm = cli(library, *query)
     assert printed(warm) == printed(alone) and "torch" not in warm.imported
+
+
+@pytest.mark.slow
+def test_a_file_changed_after_it_was_sent_ahead_is_embedded_from_its_new_bytes(library, tmp_path):
+    """``query`` sends its files to the server before importing the catalog layer
+    (``warm.ask_ahead``); if a file changes before the query reads it, the server's vector
+    of the old bytes is never used."""
+    import shutil
+
+    import numpy as np
+
+    from dreamsearch.warm import ask_ahead
+
+    lib, photos, weights = library
+    picture = tmp_path / "query.jpg"
+    shutil.copy(photos / "p1.jpg", picture)
+    with Library.open(lib, weights_dir=weights, device="cpu") as alone:
+        before = alone.image_query(picture, DINO).vector
+        shutil.copy(photos / "p3.jpg", picture)
+        after = alone.image_query(picture, DINO).vector
+    assert not np.allclose(before, after)
+    shutil.copy(photos / "p1.jpg", picture)
+    with running_server(lib, weights, "--models", DINO):
+        ask_ahead(lib / "serve.sock", [picture], DINO)
+        shutil.copy(photos / "p3.jpg", picture)  # replaced while the server embeds the old one
+        with Library.open(lib, weights_dir=weights, device="cpu", use_server=True) as warm:
+            query = warm.image_query(picture, DINO)
+    np.testing.assert_allclose(query.vector, after, atol=1e-6)
