@@ -14,6 +14,7 @@ upload limits (413), does not serve the model (400) or is gone leaves the work t
 
 from __future__ import annotations
 
+import os
 import threading
 from collections.abc import Callable, Sequence
 from functools import partial
@@ -22,6 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from dreamsearch.errors import ImageError
+from dreamsearch.layout import LibraryLayout, library_dir
 from dreamsearch.reading import read_file
 
 #: How long the CLI waits for the server to answer that it is there.
@@ -110,10 +112,12 @@ class ServedVector:
         return vector if made_by == fingerprint and sent == data else None
 
 
-def ask_ahead(socket_path: Path, files: Sequence[Path], model: str) -> None:
-    """Send the query files to a running server before this process imports the catalog
-    layer (~0.5 s on 2 cores): the server embeds while it does. ``WarmServer.embed`` of the
-    same file and model then waits for that answer instead of asking again."""
+def ask_ahead(library: str | os.PathLike | None, files: Sequence[Path], model: str) -> None:
+    """Send the query files to a running server of ``library`` before this process imports
+    the catalog layer (~0.5 s on 2 cores): the server embeds while it does.
+    ``WarmServer.embed`` of the same file and model then waits for that answer instead of
+    asking again."""
+    socket_path = LibraryLayout(library_dir(library)).serve_socket_path
     if not socket_path.is_socket():  # no server: nothing imported, nothing started
         return
     for path in files:

@@ -42,7 +42,9 @@ CLI_ALSO = {
         "dreamsearch.models.weights",
         "dreamsearch.scan",
     },
-    "cli/search.py": {"dreamsearch.models", "dreamsearch.reading"},  # a text model's name, a file kind's words
+    # a text model's name, a file kind's words, and the query files sent to a running server
+    # before the catalog layer is imported (``warm.ask_ahead``)
+    "cli/search.py": {"dreamsearch.models", "dreamsearch.reading", "dreamsearch.warm"},
     "cli/library.py": {"dreamsearch.status"},  # status_lines
 }
 #: The shells and the package's front doors; every other module is a domain module.

@@ -167,10 +167,9 @@ def query(
     for path in like:
         _check_not_special(path)
     if files and not no_server:  # a running server embeds them while the catalog's imports load
-        from dreamsearch.layout import LibraryLayout, library_dir
         from dreamsearch.warm import ask_ahead
 
-        ask_ahead(LibraryLayout(library_dir(library_path)).serve_socket_path, files, model_name)
+        ask_ahead(library_path, files, model_name)
     from dreamsearch.api import Library  # after the checks: a mistake is told before the catalog's imports
     from dreamsearch.output import render
 

@@ -155,7 +155,7 @@ def test_a_file_changed_after_it_was_sent_ahead_is_embedded_from_its_new_bytes(l
     assert not np.allclose(before, after)
     shutil.copy(photos / "p1.jpg", picture)
     with running_server(lib, weights, "--models", DINO):
-        ask_ahead(lib / "serve.sock", [picture], DINO)
+        ask_ahead(lib, [picture], DINO)
         shutil.copy(photos / "p3.jpg", picture)  # replaced while the server embeds the old one
         with Library.open(lib, weights_dir=weights, device="cpu", use_server=True) as warm:
             query = warm.image_query(picture, DINO)
