@@ -174,6 +174,39 @@ def test_a_large_webp_decodes_reduced_close_to_its_full_decode():
     assert small.size == (800, 600)  # too small to reduce: decoded whole
 
 
+@pytest.mark.parametrize("file_format", ["PNG", "TIFF"])
+def test_a_large_picture_of_a_format_without_draft_is_reduced_before_the_resize(file_format):
+    """A 12 MP PNG is decoded whole, then averaged down 2, 4 or 8 times (keeping three
+    times the model's input) before the bicubic resize: what reaches the model differs from
+    the full resize as little as a JPEG draft's."""
+    from dreamsearch.images import decode
+
+    buffer = io.BytesIO()
+    photo_like(4000, 3000, 6).save(buffer, file_format)
+    data = buffer.getvalue()
+    full = decode("big", data=data).image
+    picture = decode("big", data=data, draft_size=448)
+    assert (picture.width, picture.height, picture.format) == (4000, 3000, file_format)
+    assert picture.image.size == (1000, 750)  # 1/4: 750 px keeps 3 x 224 on the short side
+    difference = np.abs(at_model_input(full) - at_model_input(picture.image))
+    assert difference.max() <= 2 and difference.mean() <= 0.3, (difference.mean(), difference.max())
+    buffer = io.BytesIO()
+    photo_like(1200, 900, 7).save(buffer, file_format)
+    assert decode("small", data=buffer.getvalue(), draft_size=448).image.size == (1200, 900)  # under 2 x 672
+
+
+def test_a_reduced_picture_is_turned_as_its_exif_says():
+    from dreamsearch.images import decode
+
+    exif = Image.Exif()
+    exif[0x0112] = 6  # shown turned 90 degrees clockwise
+    buffer = io.BytesIO()
+    photo_like(4000, 2000, 8).save(buffer, "PNG", exif=exif.tobytes())
+    picture = decode("turned.png", data=buffer.getvalue(), draft_size=448)
+    assert (picture.width, picture.height) == (2000, 4000)
+    assert picture.image.size == (1000, 2000)  # turned, then reduced 1/2
+
+
 def test_a_reduced_webp_is_turned_as_its_exif_says_and_its_transparency_is_white():
     from dreamsearch.images import decode
 
@@ -187,14 +220,14 @@ def test_a_reduced_webp_is_turned_as_its_exif_says_and_its_transparency_is_white
     assert np.asarray(picture.image).min() == 255  # transparent pixels on white
 
 
-def test_an_animated_or_broken_webp_is_not_reduced_and_fails_with_a_reason():
+def test_an_animated_webp_gives_its_first_frame_through_pillow_and_a_broken_one_fails_with_a_reason():
     from dreamsearch.images import decode
 
     frames = [photo_like(1800, 1800, seed) for seed in (6, 7)]
     buffer = io.BytesIO()
     frames[0].save(buffer, "WEBP", save_all=True, append_images=frames[1:])
     first = decode("moving.webp", data=buffer.getvalue(), draft_size=448).image
-    assert first.size == (1800, 1800)  # the first frame, through Pillow
+    assert first.size == (900, 900)  # the first frame, through Pillow (not libvips), then averaged 1/2
     data = webp_bytes(photo_like(2000, 2000, 8))
     with pytest.raises(ImageError, match="broken.webp: cannot decode"):
         decode("broken.webp", data=data[: len(data) // 2], draft_size=448)
