@@ -105,8 +105,7 @@ def make_corpus(folder: Path, kind: str, count: int) -> list[Path]:
 
 
 def pure_decode(paths: list[Path], recipes, threads: int) -> float:
-    from dreamsearch.decoding import decode_bytes
-    from dreamsearch.images import DEFAULT_MAX_PIXELS
+    from dreamsearch.images import DEFAULT_MAX_PIXELS, decode_bytes
     from dreamsearch.reading import read_file
 
     def one(path: Path) -> None:
@@ -137,8 +136,7 @@ def gpu_agreement(paths: list[Path], model, device: str) -> str:
     """GPU against CPU decoding of the same JPEGs: pixels (max, mean /255) and embeddings
     (minimum cosine), and what the driver says of its JPEG engines (torchvision does not
     report how many it uses)."""
-    from dreamsearch.decoding import decode_bytes
-    from dreamsearch.images import DEFAULT_MAX_PIXELS
+    from dreamsearch.images import DEFAULT_MAX_PIXELS, decode_bytes
     from dreamsearch.indexer.gpu_decode import JpegBatchDecoder, gpu_route
 
     blobs = [(p, p.read_bytes()) for p in paths]
@@ -318,25 +316,28 @@ def compare_backends(args, work: Path, corpora: dict) -> None:
         weights = work / f"weights-{name}"
         write_official_cache(weights, OFFICIAL_TYPES[name], seed=3)
         for kind, (paths, _size) in corpora.items():
-            handles = {}
+            by_backend = {}
             for backend in args.backends:  # converts and saves each graph once, before any timing
                 os.environ["DREAMSEARCH_BACKEND"], precision = BACKENDS[backend]
-                handles[backend] = PendingModel(name, weights_dir=weights, device="cpu", precision=precision)
-                handles[backend].load()
-            recipe = handles[args.backends[0]].preprocess_spec
+                by_backend[backend] = PendingModel(name, weights_dir=weights, device="cpu", precision=precision)
+                by_backend[backend].load()
+            recipe = by_backend[args.backends[0]].preprocess_spec
             pixels = np.stack([recipe(Image.open(path).convert("RGB")) for path in paths[:40]])
-            reference = handles[args.backends[0]].torch_reference()
-            for backend, handle in handles.items():
-                vectors, expected = handle.load().embed(pixels[:8]), reference.embed(pixels[:8])
+            reference = by_backend[args.backends[0]].torch_reference()
+            for backend, pending in by_backend.items():
+                vectors, expected = pending.load().embed(pixels[:8]), reference.embed(pixels[:8])
                 diff = np.abs(vectors - expected).max()
-                line = f"  {name}, {backend} ({handle.load().backend}): max |diff| to torch {diff:.1e}"
+                line = f"  {name}, {backend} ({pending.load().backend}): max |diff| to torch {diff:.1e}"
                 if backend == "int8" and len(pixels) >= 40:
                     gates = measure(
-                        in_batches(reference.embed, pixels), handle.load().embed, pixels, handle.spec.duplicate_distance
+                        in_batches(reference.embed, pixels),
+                        pending.load().embed,
+                        pixels,
+                        pending.spec.duplicate_distance,
                     )
                     line += f"; int8 gates on {len(pixels)} pictures: {gates}; failing: {gates.failures() or 'none'}"
                 print(line)
-            del handles, reference
+            del by_backend, reference
             runs: dict[str, list[dict]] = {backend: [] for backend in args.backends}
             for round_number in range(args.rounds):
                 for backend in args.backends:

@@ -44,13 +44,13 @@ library_path, queries, reps, way = sys.argv[1], int(sys.argv[2]), int(sys.argv[3
 
 def one_search_per_page(self, vector, k, exclude=(), max_distance=None, under=None, offset=0):
     # Searcher.search before issue 21 (under= left out: not used here)
-    wanted = min(offset + k, max(len(self.index), 1))
+    wanted = min(offset + k, max(len(self._index), 1))
     depth = wanted + len(exclude)
     while True:
-        scores, ids = self.index.search(np.asarray(vector, np.float32)[None], depth, nprobe=self.nprobe,
-                                        fetch=lambda wanted: self.catalog.vectors_for(self.model, wanted))
+        scores, ids = self._index.search(np.asarray(vector, np.float32)[None], depth, nprobe=self.nprobe,
+                                        fetch=lambda wanted: self._catalog.vectors_for(self.info, wanted))
         matches, _farther = self._join(scores[0], ids[0], set(exclude), max_distance, under)
-        if len(matches) >= wanted or (ids[0] < 0).any() or depth >= len(self.index):
+        if len(matches) >= wanted or (ids[0] < 0).any() or depth >= len(self._index):
             return [replace(m, rank=rank) for rank, m in enumerate(matches[offset:wanted], offset + 1)]
         depth *= 4
 
@@ -61,7 +61,7 @@ out = {}
 with Library.open(library_path) as library:
     files = sum(library.vector_counts().values())
     def query():
-        return library.stored_query(int(rng.integers(1, files + 1)), "dreamsim-dino")
+        return library.query(like=int(rng.integers(1, files + 1)), model="dreamsim-dino")
     library.search(query(), k=25)  # open the index
     for offset in (0, 100, 1000):
         times = []

@@ -5,7 +5,7 @@ Four timings per model (``dreamsim`` and ``dreamsim-dino``), p50 and p95:
 - cold naive: a fresh Python that does what the official README suggests: build
   ``dreamsim(pretrained=True)``, embed the query, load the stored embeddings (``.npy``) and
   brute-force ``1 - cosine`` against all of them, top 25;
-- warm API: ``Library.query(path, k=25)`` with the model loaded;
+- warm API: ``Library.search(Library.query(path), k=25)`` with the model loaded;
 - warm naive: the same naive search with the model and embeddings already in memory;
 plus the search step alone (FAISS IVF + exact re-rank vs brute force), which is what the
 index buys once embedding is done. Runs alternate between the two sides.
@@ -161,11 +161,13 @@ def main() -> None:
             Searcher(LibraryLayout.prepare(library_dir), name) as searcher,
             torch.no_grad(),
         ):
-            library.query(query, k=25, model=name)  # load the model and open the index
-            q = library.model(name).embed(library.model(name).preprocess(Image.open(query).convert("RGB"))[None])[0]
+            library.search(library.query(query, model=name), k=25)  # load the model and open the index
+            q = library.embedder(name).embed(library.embedder(name).preprocess(Image.open(query).convert("RGB"))[None])[
+                0
+            ]
             for _ in range(args.warm):
                 began = time.perf_counter()
-                library.query(query, k=25, model=name)
+                library.search(library.query(query, model=name), k=25)
                 warm_ours.append(time.perf_counter() - began)
                 began = time.perf_counter()
                 e = official.embed(preprocess(Image.open(query)).to(args.device))

@@ -178,7 +178,7 @@ def main() -> None:
             Library.open(library_dir, weights_dir=weights, device=args.device) as library,
             httpx.Client(timeout=120) as client,
         ):
-            own = library.search(library.image_query(data, name, name=jpeg.name), k=K, include_self=True).matches
+            own = library.search(library.query(data, model=name, name=jpeg.name), k=K, include_self=True).matches
             assert own[0].path.endswith(jpeg.name) and own[0].distance < 1e-3, own[0]
             ids = [m.id for m in own]  # by-id queries cycle through these files
 
@@ -194,12 +194,12 @@ def main() -> None:
             for i in range(args.warm):  # interleaved, so both sides see the same load
                 samples["up api"].append(
                     timed(
-                        lambda: library.search(library.image_query(data, name, name=jpeg.name), k=K, include_self=True)
+                        lambda: library.search(library.query(data, model=name, name=jpeg.name), k=K, include_self=True)
                     )
                 )
                 samples["up http"].append(timed(lambda: upload(client)))
                 # timed calls it now, with this iteration's i
-                samples["id api"].append(timed(lambda: library.search(library.stored_query(ids[i % K], name), k=K)))  # noqa: B023
+                samples["id api"].append(timed(lambda: library.search(library.query(like=ids[i % K], model=name), k=K)))  # noqa: B023
                 samples["id http"].append(timed(partial(similar, client, i)))
         rates = {
             (op, n): throughput(request, n, args.seconds)

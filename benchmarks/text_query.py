@@ -4,10 +4,10 @@ the same ``clip`` model measured in the same run.
 - cold: ``dreamsearch query --text WORDS`` from process start to exit (``--no-server``):
   imports, the catalog, the checkpoint read, the text tower built, one query; beside it
   ``dreamsearch query PHOTO -m clip --no-server``, which builds the image tower instead.
-- warm: ``Library.text_query`` + ``search`` with the tower loaded (the API), and
+- warm: ``Library.query(text=...)`` + ``search`` with the tower loaded (the API), and
   ``POST /api/search/text`` to a running ``dreamsearch serve --models clip`` (the first
   request builds the tower and is reported apart); beside them the same photo as an image
-  query through ``Library.image_query`` and ``POST /api/search``.
+  query through ``Library.query`` and ``POST /api/search``.
 
 Weights: a full-size OpenAI CLIP ViT-B/32 with seeded random values in OpenAI's own
 TorchScript layout (``tests/helpers/official_layout.py``; needs the test extra), so the
@@ -91,11 +91,11 @@ def main() -> None:
 
     with Library.open(library, weights_dir=weights, device="cpu") as lib:
         began = time.perf_counter()
-        lib.search(lib.text_query(TEXT), k=10)
+        lib.search(lib.query(text=TEXT), k=10)
         first = time.perf_counter() - began
-        lib.search(lib.image_query(photo, "clip"), k=10)
-        text_ms = median_ms(lambda: lib.search(lib.text_query(TEXT), k=10), args.warm_runs)
-        image_ms = median_ms(lambda: lib.search(lib.image_query(photo, "clip"), k=10), args.warm_runs)
+        lib.search(lib.query(photo, model="clip"), k=10)
+        text_ms = median_ms(lambda: lib.search(lib.query(text=TEXT), k=10), args.warm_runs)
+        image_ms = median_ms(lambda: lib.search(lib.query(photo, model="clip"), k=10), args.warm_runs)
     print(
         f"API, first text query (builds the tower) {first:.2f} s; warm median of {args.warm_runs}: "
         f"text {text_ms:.1f} ms, image {image_ms:.1f} ms, text/image {text_ms / image_ms:.2f}"

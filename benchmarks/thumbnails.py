@@ -29,9 +29,8 @@ sys.path.insert(0, str(ROOT))
 
 from benchmarks.index_throughput import machine  # noqa: E402
 from dreamsearch.catalog import FileDetail  # noqa: E402
-from dreamsearch.decoding import decode_bytes  # noqa: E402
 from dreamsearch.defaults import DEFAULT_MAX_PIXELS  # noqa: E402
-from dreamsearch.images import Preprocess  # noqa: E402
+from dreamsearch.images import Preprocess, decode_bytes  # noqa: E402
 from dreamsearch.scan import ScannedFile  # noqa: E402
 from dreamsearch.server.thumbnails import GRID_SIZE, ThumbnailCache, thumbnail  # noqa: E402
 from tests.helpers.images import photo_like  # noqa: E402

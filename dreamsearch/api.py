@@ -25,7 +25,7 @@ from dreamsearch.catalog.backup import CatalogCopy, backup_catalog, backup_file,
 from dreamsearch.compare import Overlap, overlaps
 from dreamsearch.defaults import DEFAULT_MAX_PIXELS, DEFAULT_NPROBE
 from dreamsearch.display import display_path
-from dreamsearch.duplicates import DuplicateGroup, find_duplicates
+from dreamsearch.duplicates import DuplicateGroup
 from dreamsearch.errors import ChangedOnDiskError, DreamsearchError, ImageError, NotFoundError
 from dreamsearch.file_state import one_name_per_file
 from dreamsearch.indexer import IndexOptions, IndexReport, Progress, check_engine, index_folders
@@ -33,7 +33,7 @@ from dreamsearch.layout import LibraryLayout, library_dir
 from dreamsearch.model_pool import KeyedLocks, ModelPool
 from dreamsearch.models import PendingModel, text_model_spec
 from dreamsearch.models.precision import DEFAULT_PRECISION, precision_of
-from dreamsearch.models.registry import DEFAULT_MODEL, get_spec
+from dreamsearch.models.registry import DEFAULT_MODEL, DEFAULT_TEXT_MODEL, get_spec
 from dreamsearch.reading import read_file
 from dreamsearch.search import Match, QueryImage, Searcher, model_input
 from dreamsearch.status import LibraryStatus, catalog_status
@@ -71,6 +71,19 @@ class Query:
         """The sources that are pictures (what a contact sheet shows as the query)."""
         return tuple(s for s in self.sources if s not in self.texts)
 
+    @classmethod
+    def mean(cls, queries: Sequence[Query]) -> Query:
+        """One query from several of the same model: the normalised mean of their vectors."""
+        mean = np.mean([q.vector for q in queries], axis=0)
+        return cls(
+            queries[0].model,
+            tuple(s for q in queries for s in q.sources),
+            mean / np.linalg.norm(mean),
+            tuple(i for q in queries for i in q.own),
+            tuple(t for q in queries for t in q.texts),
+            tuple(n for q in queries for n in q.notes),
+        )
+
 
 @dataclass(frozen=True)
 class Page:
@@ -91,12 +104,12 @@ class Comparison:
     overlaps: list[Overlap]
 
 
-def stored_precision(folder: LibraryLayout, model: str) -> str:
+def stored_precision(layout: LibraryLayout, model: str) -> str:
     """The precision of the library's ``model`` vectors (``fp32`` when it has none), so
     that a library indexed with ``--precision int8`` goes on with it unasked."""
-    if not folder.catalog_path.exists():
+    if not layout.catalog_path.exists():
         return DEFAULT_PRECISION
-    with Catalog(folder.catalog_path, read_only=True) as catalog:
+    with Catalog(layout.catalog_path, read_only=True) as catalog:
         info = catalog.model(model)
     return DEFAULT_PRECISION if info is None else precision_of(info.fingerprint)
 
@@ -107,7 +120,7 @@ class Library:
 
     def __init__(
         self,
-        folder: LibraryLayout,
+        layout: LibraryLayout,
         weights_dir: str | os.PathLike | None = None,
         device: str = "auto",
         nprobe: int = DEFAULT_NPROBE,
@@ -118,7 +131,7 @@ class Library:
         compile: bool = False,
         threads: int | None = None,
     ) -> None:
-        self.folder = folder
+        self.layout = layout
         self.precision = precision
         self.use_server = use_server
         self._server: WarmServer | None = None  # found on the first query that embeds
@@ -131,7 +144,7 @@ class Library:
                 name,
                 weights_dir=self.weights_dir,
                 device=self.device,
-                precision=self.precision or stored_precision(folder, name),
+                precision=self.precision or stored_precision(layout, name),
                 compile=self.compile,
                 threads=self.threads,
             ),
@@ -197,8 +210,8 @@ class Library:
 
     # models -----------------------------------------------------------------------------
 
-    def model(self, name: str = DEFAULT_MODEL) -> Embedder:
-        """The embedder ``name``, loaded once and shared."""
+    def embedder(self, name: str = DEFAULT_MODEL) -> Embedder:
+        """The model ``name``, loaded once and shared."""
         with self._models.use(name) as embedder:
             return embedder
 
@@ -210,11 +223,11 @@ class Library:
         again); a model a call is using now stays. Returns the names let go."""
         return self._models.unload(idle_for)
 
-    def model_handle(self, name: str) -> PendingModel:
-        """``name``'s weights, found and checked once (a missing file fails here, with the
-        usual message); built on first use (``index`` builds it only if some file needs
-        embedding)."""
-        return self._models.handle(name)
+    def pending_model(self, name: str) -> PendingModel:
+        """The model ``name`` with its weights found and checked, once (a missing file fails
+        here, with the usual message); built on first use (``index`` builds it only if some
+        file needs embedding)."""
+        return self._models.pending(name)
 
     # writes -----------------------------------------------------------------------------
 
@@ -236,13 +249,13 @@ class Library:
         settings = options or IndexOptions()
         check_engine(settings)  # the run's one check: before a folder is created or weights are looked for
         for name in models:
-            get_spec(name)  # a typo is told on a dry run too, which builds no handle
+            get_spec(name)  # a typo is told on a dry run too, which finds no weights
         with ExitStack() as held:  # in use for the run: never let go (and loaded again) meanwhile
-            handles = [] if settings.dry_run else [held.enter_context(self._models.held(m)) for m in models]
+            pending = [] if settings.dry_run else [held.enter_context(self._models.held(m)) for m in models]
             report = index_folders(
-                LibraryLayout.prepare(self.folder.root),
+                LibraryLayout.prepare(self.layout.root),
                 [Path(p) for p in paths],
-                handles,
+                pending,
                 settings,
                 progress,
                 stop,
@@ -254,20 +267,20 @@ class Library:
     def remove(self, paths: Sequence[str | os.PathLike]) -> int:
         """Forget files (not folders) from the library; returns how many were known."""
         removed = 0
-        folder = LibraryLayout.existing(self.folder.root)
-        with folder.writer_lock(), Catalog(folder.catalog_path) as catalog:
+        layout = LibraryLayout.existing(self.layout.root)
+        with layout.writer_lock(), Catalog(layout.catalog_path) as catalog:
             for path in paths:
                 for root_id, relpath in catalog.locate(Path(path)):
                     removed += catalog.remove_files(root_id, [relpath])
-            save_indexes(catalog, self.folder.index_dir)
+            save_indexes(catalog, layout.index_dir)
         self._forget_searchers()
         return removed
 
     def forget(self, folder: str | os.PathLike) -> int:
         """Remove an indexed folder (a root) and its files; returns how many files it held."""
-        library = LibraryLayout.existing(self.folder.root)
+        layout = LibraryLayout.existing(self.layout.root)
         wanted = Path(folder).expanduser().resolve()
-        with library.writer_lock(), Catalog(library.catalog_path) as catalog:
+        with layout.writer_lock(), Catalog(layout.catalog_path) as catalog:
             place = catalog.find_root(wanted)
             if place is None:
                 raise DreamsearchError(f"{display_path(wanted)} is not an indexed folder (see `dreamsearch status`)")
@@ -277,7 +290,7 @@ class Library:
                     f"forget that folder, or index it with `--exclude '{place.prefix}*'`"
                 )
             removed = catalog.forget_root(place.id)
-            save_indexes(catalog, library.index_dir)
+            save_indexes(catalog, layout.index_dir)
         self._forget_searchers()
         return removed
 
@@ -286,7 +299,7 @@ class Library:
         one consistent snapshot. A reader: an index run goes on meanwhile. Never ``cp`` a
         live catalog instead: commits may still sit in its ``-wal``. The FAISS files are
         rebuilt from the catalog, so they need no backup."""
-        return backup_catalog(LibraryLayout.existing(self.folder.root).catalog_path, Path(dest).expanduser())
+        return backup_catalog(LibraryLayout.existing(self.layout.root).catalog_path, Path(dest).expanduser())
 
     def restore(self, backup: str | os.PathLike) -> CatalogCopy:
         """Replace the catalog with ``backup`` (a file written by ``backup``, or the folder it
@@ -294,40 +307,71 @@ class Library:
         catalog changes nothing; refused while another process writes. Stale ``-wal`` and
         ``-shm`` files, which SQLite would replay over the restored file, are removed."""
         source = backup_file(Path(backup).expanduser())  # checked before a new library's folder is made
-        library = LibraryLayout.prepare(self.folder.root)
-        with library.writer_lock():
+        layout = LibraryLayout.prepare(self.layout.root)
+        with layout.writer_lock():
             self.close()  # this object's readers hold the old file open
-            restored = restore_catalog(source, library.catalog_path)
-            with Catalog(library.catalog_path) as catalog:  # the chain check finds indexes from other states
-                save_indexes(catalog, library.index_dir)
+            restored = restore_catalog(source, layout.catalog_path)
+            with Catalog(layout.catalog_path) as catalog:  # the chain check finds indexes from other states
+                save_indexes(catalog, layout.index_dir)
         return restored
 
     # queries ----------------------------------------------------------------------------
 
-    def image_query(
+    def query(
         self,
-        image: QueryImage,
-        model: str = DEFAULT_MODEL,
+        image: QueryImage | None = None,
         *,
+        like: str | os.PathLike | int | None = None,
+        vector: Sequence[float] | np.ndarray | None = None,
+        text: str | None = None,
+        model: str | None = None,
         name: str = "upload",
         max_pixels: int = DEFAULT_MAX_PIXELS,
     ) -> Query:
-        """A query from a picture: a file path, the bytes of an image file (``name`` labels
-        it in errors), a PIL image, or a ``uint8 [H, W, 3]`` array; a larger file than
-        ``max_pixels`` is refused. A file whose bytes are in the library knows its content,
-        so it can be left out of its own results."""
-        return self._image_query(image, model, name, max_pixels)
+        """A query of ``model`` from exactly one source, for ``search``:
 
-    def _image_query(self, image: QueryImage, model: str, name: str, max_pixels: int, keep: bool = True) -> Query:
+        - ``image``: a picture, embedded: a file path, the bytes of an image file (``name``
+          labels it in errors), a PIL image, or a ``uint8 [H, W, 3]`` array; a file of more
+          than ``max_pixels`` is refused before it is decoded. A file whose bytes are in the
+          library knows its content, so it can be left out of its own results.
+        - ``like``: an indexed file, by path or catalog id: its stored vector (no model is
+          loaded, nothing is decoded).
+        - ``vector``: a vector a caller computed (``embed``): checked and made unit norm.
+        - ``text``: words, through the model's own text tower (``clip``: CLIP's, aligned with
+          its image vectors; DreamSim has none), built on the first text query. CLIP reads
+          77 tokens: a longer text is cut, and the query's ``notes`` say so. Its label is
+          the text in double quotes.
+
+        ``model`` defaults to ``DEFAULT_MODEL``, or to ``DEFAULT_TEXT_MODEL`` for a text."""
+        given = [
+            kind
+            for kind, source in (("image", image), ("like", like), ("vector", vector), ("text", text))
+            if source is not None
+        ]
+        if len(given) != 1:
+            raise DreamsearchError(
+                f"a query takes one of image, like, vector or text (given: {', '.join(given) or 'none'})"
+            )
+        if text is not None:
+            return self._from_text(text, model or DEFAULT_TEXT_MODEL)
+        model = model or DEFAULT_MODEL
+        if like is not None:
+            return self._from_stored(like, model)
+        if vector is not None:
+            return self._from_vector(vector, model)
+        assert image is not None  # the one source given
+        return self._from_image(image, model, name, max_pixels)
+
+    def _from_image(self, image: QueryImage, model: str, name: str, max_pixels: int, keep: bool = True) -> Query:
         asked = self._ask_server(image, model)  # it embeds while this process opens the catalog and index
         if asked is not None:
             served = self._served_query(self._searcher(model), *asked, image, model)
             if served is not None:
                 return served
-        with self._models.held(model, keep) as handle:
+        with self._models.held(model, keep) as pending:
             # decoded before the model loads: a file that is not an image is told without torch
-            pixels, data = model_input(handle.preprocess_spec, image, name, max_pixels)
-            with handle.loading_ahead():
+            pixels, data = model_input(pending.preprocess_spec, image, name, max_pixels)
+            with pending.loading_ahead():
                 searcher = self._searcher(model)
             with self._models.use(model, keep) as embedder:
                 vector = searcher.embed_pixels(embedder, pixels)
@@ -341,7 +385,7 @@ class Library:
             return None
         with self._lock:
             if self._server is None:
-                self._server = WarmServer.find(self.folder.serve_socket_path)
+                self._server = WarmServer.find(self.layout.serve_socket_path)
                 self.use_server = self._server is not None  # looked for once
             server = self._server
         if server is None:
@@ -356,25 +400,21 @@ class Library:
     ) -> Query | None:
         """The query of the server's vector, or None when it cannot stand in for this
         process: no answer, or its weights did not make the library's vectors."""
-        vector = asked.vector(data, searcher.model.fingerprint)
+        vector = asked.vector(data, searcher.info.fingerprint)
         if vector is None:
             return None
         own = searcher.content_of(data)
         return Query(model, (str(image),), vector, () if own is None else (own,))
 
-    def text_query(self, text: str, model: str = "clip") -> Query:
-        """A query from words, through the model's own text tower (``clip``: CLIP's, aligned
-        with its image vectors; DreamSim has none). The tower is built on the first text
-        query. CLIP reads 77 tokens: a longer text is cut, and the query's ``notes`` say so.
-        Its label is the text in double quotes."""
+    def _from_text(self, text: str, model: str) -> Query:
         from dreamsearch.models.clip_tokenizer import CONTEXT_LENGTH  # ftfy and regex: only text queries need them
 
         spec = text_model_spec(model)
         if not text.strip():
             raise DreamsearchError("the text is empty: give words to search for")
         searcher = self._text_searcher(spec.name)
-        with self._models.held(spec.name) as handle:
-            encoder = handle.load_text()
+        with self._models.held(spec.name) as pending:
+            encoder = pending.load_text()
             searcher.check_weights(encoder)
             tokens = encoder.tokenize(text)
             if tokens.empty:
@@ -405,9 +445,7 @@ class Library:
                 f"index your folders with `dreamsearch index FOLDER -m {model}`"
             ) from None
 
-    def stored_query(self, file: str | os.PathLike | int, model: str = DEFAULT_MODEL) -> Query:
-        """A query from the stored vector of an indexed file, by path or catalog id: no
-        model is loaded, nothing is decoded."""
+    def _from_stored(self, file: str | os.PathLike | int, model: str) -> Query:
         searcher = self._searcher(model)
         if isinstance(file, int):
             detail, _copies, _links = self.file(file)
@@ -416,33 +454,17 @@ class Library:
         vector, content_id = searcher.stored_vector(Path(file))
         return Query(model, (str(file),), vector, (content_id,))
 
-    def vector_query(self, vector: Sequence[float] | np.ndarray, model: str = DEFAULT_MODEL) -> Query:
-        """A query from a vector a caller computed (``embed``): checked and made unit norm."""
-        searcher = self._searcher(model)
-        vector = np.asarray(vector, dtype=np.float64).reshape(-1)
-        if vector.shape[0] != searcher.model.dim:
-            raise DreamsearchError(
-                f"the vector has {vector.shape[0]} numbers; model '{model}' needs {searcher.model.dim}"
-            )
-        largest = np.abs(vector).max() if np.isfinite(vector).all() else 0.0
+    def _from_vector(self, vector: Sequence[float] | np.ndarray, model: str) -> Query:
+        dim = self._searcher(model).info.dim
+        given = np.asarray(vector, dtype=np.float64).reshape(-1)
+        if given.shape[0] != dim:
+            raise DreamsearchError(f"the vector has {given.shape[0]} numbers; model '{model}' needs {dim}")
+        largest = np.abs(given).max() if np.isfinite(given).all() else 0.0
         if not largest:
             raise DreamsearchError("the vector must be finite and not all zeros")
-        scaled = vector / largest  # first: the squares of 1e200s overflow and those of 1e-200s vanish
+        scaled = given / largest  # first: the squares of 1e200s overflow and those of 1e-200s vanish
         unit = scaled / np.linalg.norm(scaled)
         return Query(model, ("vector",), unit.astype(np.float32))
-
-    @staticmethod
-    def mean_query(queries: Sequence[Query]) -> Query:
-        """One query from several of the same model: the normalised mean of their vectors."""
-        mean = np.mean([q.vector for q in queries], axis=0)
-        return Query(
-            queries[0].model,
-            tuple(s for q in queries for s in q.sources),
-            mean / np.linalg.norm(mean),
-            tuple(i for q in queries for i in q.own),
-            tuple(t for q in queries for t in q.texts),
-            tuple(n for q in queries for n in q.notes),
-        )
 
     def search(
         self,
@@ -467,24 +489,6 @@ class Library:
         more = len(found) > k
         return Page(query.model, found[:k], offset + k if more else None)
 
-    def query(
-        self,
-        image: QueryImage,
-        *,
-        k: int = 25,
-        model: str = DEFAULT_MODEL,
-        include_self: bool = False,
-        max_distance: float | None = None,
-    ) -> list[Match]:
-        """The ``k`` most similar indexed images to ``image`` (see ``image_query``)."""
-        return self.search(
-            self.image_query(image, model), k=k, include_self=include_self, max_distance=max_distance
-        ).matches
-
-    def similar_to(self, path: str | os.PathLike | int, *, k: int = 25, model: str = DEFAULT_MODEL) -> list[Match]:
-        """Neighbours of an indexed file (path or id), from its stored vector (no model is loaded)."""
-        return self.search(self.stored_query(path, model), k=k).matches
-
     def embed(
         self,
         image: QueryImage,
@@ -497,9 +501,9 @@ class Library:
         """The unit-norm vector of a picture, decoded as the indexer decodes (``draft=False``:
         JPEG and WebP at full size, the official preprocessing exactly); needs no library
         and no indexed vectors."""
-        with self._models.held(model) as handle:
+        with self._models.held(model) as pending:
             # decoded before the model loads: a file that is not an image is told without torch
-            pixels, _data = model_input(handle.preprocess_spec, image, name, max_pixels, draft)
+            pixels, _data = model_input(pending.preprocess_spec, image, name, max_pixels, draft)
             with self._models.use(model) as embedder:
                 return embedder.embed(pixels[None])[0]
 
@@ -549,7 +553,7 @@ class Library:
         results = {}
         for model in models:
             query = (
-                self._image_query(source, model, name, max_pixels, keep_models)
+                self._from_image(source, model, name, max_pixels, keep_models)
                 if like is None
                 else self._like_query(like, model, keep_models)
             )
@@ -560,21 +564,20 @@ class Library:
         """The stored vector of an indexed file, or, for a model that has none (the file was
         indexed without it), the file embedded by that model."""
         try:
-            return self.stored_query(file, model)
+            return self._from_stored(file, model)
         except ChangedOnDiskError:
             raise
         except NotFoundError:
-            if self._searcher(model).catalog.indexed_file_at(Path(file)) is None:
+            if self._reader().indexed_file_at(Path(file)) is None:
                 raise  # not in the library at all
-            return self._image_query(file, model, "upload", DEFAULT_MAX_PIXELS, keep)
+            return self._from_image(file, model, "upload", DEFAULT_MAX_PIXELS, keep)
 
     def duplicates(self, model: str = DEFAULT_MODEL, *, max_distance: float | None = None) -> list[DuplicateGroup]:
         """Groups of identical files, then of images within ``max_distance`` of each other
         (default: the model's, see docs/duplicates.md), each with a suggested keeper."""
         if max_distance is None:
             max_distance = self.default_duplicate_distance(model)
-        searcher = self._searcher(model)
-        return find_duplicates(searcher.catalog, searcher.model, searcher.index, max_distance)
+        return self._searcher(model).duplicates(max_distance)
 
     @staticmethod
     def default_duplicate_distance(model: str) -> float:
@@ -592,9 +595,9 @@ class Library:
         return Evaluation(self._evaluation_library)
 
     def _evaluation_library(self) -> Library:
-        LibraryLayout.prepare(self.folder.root)  # first: a bare parent folder would not be a library
+        LibraryLayout.prepare(self.layout.root)  # first: a bare parent folder would not be a library
         return Library(
-            LibraryLayout.prepare(self.folder.root / "eval"),
+            LibraryLayout.prepare(self.layout.eval_dir),
             self.weights_dir,
             self.device,
             self.nprobe,
@@ -613,7 +616,7 @@ class Library:
         detail = catalog.file_detail(file_id)
         if detail is None:
             raise NotFoundError(f"no indexed file has id {file_id} (or it changed on disk since it was indexed)")
-        same = catalog.file_details([detail.content_id]).get(detail.content_id, [])
+        same = catalog.files_of_contents([detail.content_id]).get(detail.content_id, [])
         copies = tuple(d.path for d, _names in one_name_per_file(same) if d.file_key != detail.file_key)
         links = tuple(d.path for d in same if d.file_key == detail.file_key and d.id != detail.id)
         return detail, copies, links
@@ -627,28 +630,28 @@ class Library:
     ) -> LibraryStatus:
         """Folders, counts per model, the state of each saved index, and unreadable files
         (``verify`` and ``thumbnail_bytes``: see :func:`dreamsearch.status.catalog_status`)."""
-        return catalog_status(self.folder, self._reader(), show_failed, verify, thumbnail_bytes)
+        return catalog_status(self.layout, self._reader(), show_failed, verify, thumbnail_bytes)
 
     def vector_counts(self) -> dict[str, int]:
         """Vectors per model (what ``/api/health`` reports)."""
-        if not self.folder.catalog_path.exists():
+        if not self.layout.catalog_path.exists():
             return {}
         catalog = self._reader()
-        return {model.name: catalog.count_vectors(model) for model in catalog.models()}
+        return {info.name: catalog.count_vectors(info) for info in catalog.models()}
 
     def vector_dims(self) -> dict[str, int]:
         """Each indexed model's vector length (what ``/api/search/vector`` accepts)."""
-        if not self.folder.catalog_path.exists():
+        if not self.layout.catalog_path.exists():
             return {}
         catalog = self._reader()
-        return {model.name: model.dim for model in catalog.models()}
+        return {info.name: info.dim for info in catalog.models()}
 
     def _reader(self) -> Catalog:
         """The library's catalog, read-only, opened once (each opening checks the schema:
         ~10 ms that a by-id request should not pay). It sees every commit as it lands."""
         with self._lock:
             if self._catalog is None:
-                self._catalog = Catalog(LibraryLayout.existing(self.folder.root).catalog_path, read_only=True)
+                self._catalog = Catalog(LibraryLayout.existing(self.layout.root).catalog_path, read_only=True)
             return self._catalog
 
     def _searcher(self, model: str) -> Searcher:
@@ -659,13 +662,13 @@ class Library:
         get_spec(model)
         with self._lock:
             searcher = self._searchers.get(model)
-        if searcher is not None and searcher.catalog.last_seq(searcher.model) == searcher.index.meta.seq:
+        if searcher is not None and searcher.is_current():
             return searcher  # the common case: checked without holding the lock
         with self._opening(model):  # opening a large index takes seconds: other models' readers go on
             with self._lock:
                 current = self._searchers.get(model)
             if current is None or current is searcher:  # stale or dropped, and not yet replaced
-                current = Searcher(self.folder, model, self.nprobe)
+                current = Searcher(self.layout, model, self.nprobe)
                 with self._lock:
                     self._searchers[model] = current
             return current

@@ -80,10 +80,10 @@ class DuplicateSummary:
 
 
 def find_duplicates(
-    catalog: Catalog, model: ModelInfo, index: VectorIndex, max_distance: float, neighbours: int = NEIGHBOURS
+    catalog: Catalog, info: ModelInfo, index: VectorIndex, max_distance: float, neighbours: int = NEIGHBOURS
 ) -> list[DuplicateGroup]:
     """Both tiers: identical groups first, then similar ones; larger groups first in each."""
-    return identical_groups(catalog) + similar_groups(catalog, model, index, max_distance, neighbours)
+    return identical_groups(catalog) + similar_groups(catalog, info, index, max_distance, neighbours)
 
 
 #: A file by its chosen name, with its other names (``file_state.one_name_per_file``).
@@ -93,7 +93,7 @@ Named = tuple[FileDetail, tuple[str, ...]]
 def identical_groups(catalog: Catalog) -> list[DuplicateGroup]:
     """Byte-identical copies: one group per content found in more than one file on disk."""
     groups = []
-    for same in catalog.file_details(catalog.shared_contents()).values():
+    for same in catalog.files_of_contents(catalog.shared_contents()).values():
         files = one_name_per_file(same)
         if len(files) > 1:
             keeper = min(files, key=_keeper_key)
@@ -102,15 +102,15 @@ def identical_groups(catalog: Catalog) -> list[DuplicateGroup]:
 
 
 def similar_groups(
-    catalog: Catalog, model: ModelInfo, index: VectorIndex, max_distance: float, neighbours: int = NEIGHBOURS
+    catalog: Catalog, info: ModelInfo, index: VectorIndex, max_distance: float, neighbours: int = NEIGHBOURS
 ) -> list[DuplicateGroup]:
     """Groups of contents all within ``max_distance`` of each other (complete linkage),
     built around keepers in keeper order, one file per content."""
-    a, b, distance = _close_pairs(catalog, model, index, max_distance, neighbours)
+    a, b, distance = _close_pairs(catalog, info, index, max_distance, neighbours)
     # each content stands for its copies by its best file (its identical group's keeper)
     best = {
         cid: min(one_name_per_file(files), key=_keeper_key)
-        for cid, files in catalog.file_details(np.unique(a).tolist()).items()
+        for cid, files in catalog.files_of_contents(np.unique(a).tolist()).items()
     }
     grouped: set[int] = set()
     groups = []
@@ -123,7 +123,7 @@ def similar_groups(
             for m, d in zip(b[lo:hi].tolist(), distance[lo:hi].tolist(), strict=True)
             if m in best and m not in grouped
         ]
-        members = _all_within(catalog, model, keeper, members, max_distance)
+        members = _all_within(catalog, info, keeper, members, max_distance)
         if members:
             grouped.update([keeper, *(f.content_id for (f, _links), _d in members)])
             groups.append(_group("similar", best[keeper], members))
@@ -131,7 +131,7 @@ def similar_groups(
 
 
 def _all_within(
-    catalog: Catalog, model: ModelInfo, keeper: int, members: list[tuple[Named, float]], max_distance: float
+    catalog: Catalog, info: ModelInfo, keeper: int, members: list[tuple[Named, float]], max_distance: float
 ) -> list[tuple[Named, float]]:
     """The members, nearest to the keeper first, that are also within ``max_distance`` of
     every member taken before them: a chain A-B-C with A-C too far never shares a group,
@@ -139,7 +139,7 @@ def _all_within(
     if len(members) < 2:
         return members
     members = sorted(members, key=lambda fd: (fd[1], fd[0][0].path))
-    ids, vectors = catalog.vectors_for(model, [f.content_id for (f, _links), _d in members])
+    ids, vectors = catalog.vectors_for(info, [f.content_id for (f, _links), _d in members])
     vector = {int(i): v.astype(np.float64) for i, v in zip(ids, vectors, strict=True)}
     taken: list[tuple[Named, float]] = []
     for member, d in members:
@@ -165,14 +165,14 @@ def identical_copies(groups: Sequence[DuplicateGroup]) -> dict[int, tuple[int, i
 
 
 def _close_pairs(
-    catalog: Catalog, model: ModelInfo, index: VectorIndex, max_distance: float, neighbours: int
+    catalog: Catalog, info: ModelInfo, index: VectorIndex, max_distance: float, neighbours: int
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Every pair of contents found within ``max_distance`` as ``(a, b, distance)`` arrays,
     both ways round, sorted by ``a`` then ``b``; a pair seen from both ends keeps the larger
     of its two (float-rounded) distances, so the pairs are symmetric."""
-    fetch = (lambda wanted: catalog.vectors_for(model, wanted)) if index.plan.rerank else None
+    fetch = (lambda wanted: catalog.vectors_for(info, wanted)) if index.plan.rerank else None
     pairs, distances = [np.empty((0, 2), np.int64)], [np.empty(0)]
-    for chunk_ids, vectors in catalog.iter_vectors(model, chunk=QUERY_CHUNK):
+    for chunk_ids, vectors in catalog.iter_vectors(info, chunk=QUERY_CHUNK):
         scores, found = index.search(vectors, neighbours + 1, fetch=fetch)
         distance = np.maximum(1.0 - scores.astype(np.float64), 0.0)  # float64: compared exactly as reported
         rows, cols = np.nonzero((found >= 0) & (found != chunk_ids[:, None]) & (distance <= max_distance))

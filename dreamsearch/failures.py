@@ -8,7 +8,7 @@ memory or time available, an I/O error, a size limit the user can raise. Transie
 failures are retried on the next runs, until the same reason came back
 ``TRANSIENT_TRIES`` runs in a row.
 
-The reasons are the one-line texts that ``reading`` and ``decoding`` write; each
+The reasons are the one-line texts that ``reading`` and ``images`` write; each
 transient one starts with, or contains, one of the phrases below.
 """
 
@@ -20,7 +20,7 @@ TRANSIENT = "transient"
 TRANSIENT_TRIES = 3
 
 #: Phrases of the reasons whose cause can pass (see ``reading.read_failure``,
-#: ``decoding.too_slow``, the memory errors, ``--max-file-size`` and a failed commit).
+#: ``images.too_slow``, the memory errors, ``--max-file-size`` and a failed commit).
 _TRANSIENT_PHRASES = (
     "permission denied",
     "cannot read:",

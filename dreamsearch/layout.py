@@ -19,10 +19,9 @@ from dreamsearch.display import configured_path
 from dreamsearch.errors import DreamsearchError, NotFoundError
 
 ENV_LIBRARY = "DREAMSEARCH_LIBRARY"
-#: The thumbnail cache's folder in a library (``dreamsearch.server.thumbnails``).
-THUMBNAILS = "thumbnails"
 #: The folders dreamsearch makes in a library: saved indexes, thumbnails, the evaluation library.
-OWN_FOLDERS = ("index", THUMBNAILS, "eval")
+INDEX, THUMBNAILS, EVAL = "index", "thumbnails", "eval"
+OWN_FOLDERS = (INDEX, THUMBNAILS, EVAL)
 MANIFEST_FORMAT = 1
 
 
@@ -37,6 +36,9 @@ def library_dir(explicit: str | os.PathLike | None = None) -> Path:
 
 @dataclass(frozen=True)
 class LibraryLayout:
+    """Where each part of the library folder ``root`` lives: callers ask for a path here,
+    never join names to ``root`` themselves."""
+
     root: Path
 
     @property
@@ -45,11 +47,21 @@ class LibraryLayout:
 
     @property
     def index_dir(self) -> Path:
-        return self.root / "index"
+        return self.root / INDEX
 
     @property
     def manifest_path(self) -> Path:
         return self.root / "manifest.json"
+
+    @property
+    def thumbnails_dir(self) -> Path:
+        """The server's thumbnail cache (``dreamsearch.server.thumbnails``)."""
+        return self.root / THUMBNAILS
+
+    @property
+    def eval_dir(self) -> Path:
+        """The evaluation library (``Library.evaluation``): a library of its own in this one."""
+        return self.root / EVAL
 
     @property
     def serve_socket_path(self) -> Path:
@@ -76,37 +88,37 @@ class LibraryLayout:
     def prepare(cls, root: Path) -> LibraryLayout:
         """The library at ``root`` for a writer: created (private to this user, 0700) if
         new; a folder that is something else, or a newer library, is refused."""
-        folder = cls(Path(root))
-        if folder.root.exists() and not folder.root.is_dir():
-            raise DreamsearchError(f"{folder.root}: not a folder")
-        if folder.manifest_path.exists():
-            folder._check_manifest()
-            return folder
-        if folder.root.is_dir() and any(folder.root.iterdir()) and not folder.catalog_path.exists():
-            raise DreamsearchError(f"{folder.root} is not empty and not a dreamsearch library")
+        layout = cls(Path(root))
+        if layout.root.exists() and not layout.root.is_dir():
+            raise DreamsearchError(f"{layout.root}: not a folder")
+        if layout.manifest_path.exists():
+            layout._check_manifest()
+            return layout
+        if layout.root.is_dir() and any(layout.root.iterdir()) and not layout.catalog_path.exists():
+            raise DreamsearchError(f"{layout.root} is not empty and not a dreamsearch library")
         try:
-            folder.root.mkdir(parents=True, exist_ok=True, mode=0o700)
-            folder.root.chmod(0o700)  # the catalog lists every photo path: for this user only
-            folder.index_dir.mkdir(exist_ok=True)
+            layout.root.mkdir(parents=True, exist_ok=True, mode=0o700)
+            layout.root.chmod(0o700)  # the catalog lists every photo path: for this user only
+            layout.index_dir.mkdir(exist_ok=True)
             manifest = {
                 "format": MANIFEST_FORMAT,
                 "created_by": f"dreamsearch {__version__}",
                 "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
             }
-            write_atomically(folder.manifest_path, json.dumps(manifest, indent=1))
+            write_atomically(layout.manifest_path, json.dumps(manifest, indent=1))
         except OSError as exc:
-            raise DreamsearchError(f"{folder.root}: cannot create a library there ({exc.strerror or exc})") from None
-        return folder
+            raise DreamsearchError(f"{layout.root}: cannot create a library there ({exc.strerror or exc})") from None
+        return layout
 
     @classmethod
     def existing(cls, root: Path) -> LibraryLayout:
         """The library at ``root`` for a reader: it must exist, and nothing is created."""
-        folder = cls(Path(root))
-        if not folder.catalog_path.is_file():
-            raise NotFoundError(f"{folder.root} holds no library yet; run `dreamsearch index FOLDER` first")
-        if folder.manifest_path.exists():
-            folder._check_manifest()
-        return folder
+        layout = cls(Path(root))
+        if not layout.catalog_path.is_file():
+            raise NotFoundError(f"{layout.root} holds no library yet; run `dreamsearch index FOLDER` first")
+        if layout.manifest_path.exists():
+            layout._check_manifest()
+        return layout
 
     def _check_manifest(self) -> None:
         try:

@@ -45,28 +45,28 @@ class ModelPool:
             raise ValueError("limit must be at least 1")
         self._make, self.limit = make, limit
         self._lock = threading.Lock()  # guards the four fields below; never held while building
-        self._handles: dict[str, PendingModel] = {}
+        self._pending: dict[str, PendingModel] = {}
         self._users: Counter[str] = Counter()
         self._kept: set[str] = set()  # wanted after use (``keep=False`` callers alone: let go)
         self._last_used: dict[str, float] = {}  # in order of last use, oldest first
         self._building = KeyedLocks()
 
-    def handle(self, name: str) -> PendingModel:
-        """``name``'s weights found and checked (see ``PendingModel``), once per name; the
-        model stays in the pool once loaded (until ``unload`` or the limit)."""
+    def pending(self, name: str) -> PendingModel:
+        """``name`` with its weights found and checked (see ``PendingModel``), once per name;
+        the model stays in the pool once loaded (until ``unload`` or the limit)."""
         with self._lock:
             self._kept.add(name)
-        return self._handle(name)
+        return self._pending_model(name)
 
     @contextmanager
     def held(self, name: str, keep: bool = True) -> Iterator[PendingModel]:
-        """``name``'s handle, in use until the block ends (loaded or not)."""
+        """``name`` as a ``PendingModel``, in use until the block ends (loaded or not)."""
         with self._lock:
             self._users[name] += 1
             if keep:
                 self._kept.add(name)
         try:
-            yield self._handle(name)
+            yield self._pending_model(name)
         finally:
             with self._lock:
                 self._users[name] -= 1
@@ -78,33 +78,33 @@ class ModelPool:
     def use(self, name: str, keep: bool = True) -> Iterator[Embedder]:
         """The model ``name``, loaded, and in use until the block ends. With ``keep=False``
         it is let go afterwards unless another caller wants it kept or is using it."""
-        with self.held(name, keep) as handle:
-            if not handle.loaded:
+        with self.held(name, keep) as pending:
+            if not pending.loaded:
                 self._let_go(room_for=name)  # under the limit before this one loads, not after
-            yield handle.load()
+            yield pending.load()
 
     def loaded(self) -> list[str]:
         with self._lock:
-            return sorted(name for name, handle in self._handles.items() if handle.loaded)
+            return sorted(name for name, pending in self._pending.items() if pending.loaded)
 
     def unload(self, idle_for: float = 0.0) -> list[str]:
         """Let go of every model unused for ``idle_for`` seconds and not in use now."""
         now = time.monotonic()
         return self._drop(lambda name: now - self._last_used.get(name, 0.0) >= idle_for)
 
-    def _handle(self, name: str) -> PendingModel:
+    def _pending_model(self, name: str) -> PendingModel:
         with self._lock:
-            handle = self._handles.get(name)
-        if handle is not None:
-            return handle
+            pending = self._pending.get(name)
+        if pending is not None:
+            return pending
         with self._building(name):
             with self._lock:
-                handle = self._handles.get(name)
-            if handle is None:
-                handle = self._make(name)  # slow: outside the table lock
+                pending = self._pending.get(name)
+            if pending is None:
+                pending = self._make(name)  # slow: outside the table lock
                 with self._lock:
-                    self._handles[name] = handle
-            return handle
+                    self._pending[name] = pending
+            return pending
 
     def _let_go(self, room_for: str | None = None) -> None:
         """Drop the models nobody wants kept, then the least recently used idle ones over
@@ -113,12 +113,12 @@ class ModelPool:
         if self.limit is None:
             return
         with self._lock:
-            loaded = sum(handle.loaded for handle in self._handles.values())
+            loaded = sum(pending.loaded for pending in self._pending.values())
             excess = loaded - (self.limit - (room_for is not None))
             idle = [
                 n
                 for n in self._last_used  # oldest first
-                if n in self._handles and self._handles[n].loaded and self._users[n] == 0
+                if n in self._pending and self._pending[n].loaded and self._users[n] == 0
             ]
             evicted = set(idle[: max(excess, 0)])
         if evicted:
@@ -127,9 +127,9 @@ class ModelPool:
     def _drop(self, wanted: Callable[[str], bool]) -> list[str]:
         """Drop the models not in use for which ``wanted(name)`` holds (called under the lock)."""
         with self._lock:
-            names = [n for n in self._handles if self._users[n] == 0 and wanted(n)]
+            names = [n for n in self._pending if self._users[n] == 0 and wanted(n)]
             for name in names:
-                del self._handles[name]
+                del self._pending[name]
                 self._kept.discard(name)
                 self._last_used.pop(name, None)
         if names:

@@ -1,6 +1,6 @@
 """The query layer: embed a query, search the model's FAISS index, re-rank exactly from
 the stored vectors, and join the catalog so results are real files that are on disk now,
-as they were indexed (``Catalog.file_details`` checks each with a stat).
+as they were indexed (``Catalog.files_of_contents`` checks each with a stat).
 
 Distances are DreamSim distances, ``1 - cosine``, computed exactly (never the ANN's
 approximation). Queries decode exactly as the indexer does (JPEG draft included), so an
@@ -19,11 +19,20 @@ import numpy as np
 from PIL import Image
 
 from dreamsearch.catalog import Catalog, ModelInfo
-from dreamsearch.decoding import DECODE_TIMEOUT_S, TimeLimitExceeded, decode_bytes, time_limit, too_slow
 from dreamsearch.defaults import DEFAULT_NPROBE
+from dreamsearch.duplicates import DuplicateGroup, find_duplicates
 from dreamsearch.errors import DreamsearchError, ImageError, NotFoundError, PixelLimitError
 from dreamsearch.file_state import one_name_per_file
-from dreamsearch.images import DEFAULT_MAX_PIXELS, Preprocess, to_rgb
+from dreamsearch.images import (
+    DECODE_TIMEOUT_S,
+    DEFAULT_MAX_PIXELS,
+    Preprocess,
+    TimeLimitExceeded,
+    decode_bytes,
+    time_limit,
+    to_rgb,
+    too_slow,
+)
 from dreamsearch.layout import LibraryLayout
 from dreamsearch.models.precision import precision_of
 from dreamsearch.reading import content_hash, read_file
@@ -64,26 +73,27 @@ class Match:
 
 
 class Searcher:
-    """Searches one model's vectors in one library. Reads only: safe while indexing runs."""
+    """Searches one model's vectors in one library. Reads only: safe while indexing runs.
+    Its catalog and index are its own: callers ask it, never them."""
 
-    def __init__(self, library: LibraryLayout, model_name: str, nprobe: int = DEFAULT_NPROBE) -> None:
-        library = LibraryLayout.existing(library.root)  # readers create nothing
-        self.library = library
-        self.catalog = Catalog(library.catalog_path, read_only=True)
-        model = self.catalog.model(model_name)
-        if model is None or self.catalog.count_vectors(model) == 0:
-            indexed = ", ".join(self.catalog.model_names()) or "none"
-            self.catalog.close()
+    def __init__(self, layout: LibraryLayout, model: str, nprobe: int = DEFAULT_NPROBE) -> None:
+        layout = LibraryLayout.existing(layout.root)  # readers create nothing
+        self._catalog = Catalog(layout.catalog_path, read_only=True)
+        info = self._catalog.model(model)
+        if info is None or self._catalog.count_vectors(info) == 0:
+            indexed = ", ".join(self._catalog.model_names()) or "none"
+            self._catalog.close()
             raise NotFoundError(  # the model's vectors are what is not there (HTTP: 404)
-                f"nothing is indexed with model '{model_name}' (indexed: {indexed}); "
-                f"run `dreamsearch index --model {model_name} FOLDER` first"
+                f"nothing is indexed with model '{model}' (indexed: {indexed}); "
+                f"run `dreamsearch index --model {model} FOLDER` first"
             )
-        self.model: ModelInfo = model
+        #: the catalog's record of the model: name, vector length, weights' fingerprint
+        self.info: ModelInfo = info
         self.nprobe = nprobe
-        self.index = open_index(self.catalog, model, library.index_dir, nprobe=nprobe)
+        self._index = open_index(self._catalog, info, layout.index_dir, nprobe=nprobe)
 
     def close(self) -> None:
-        self.catalog.close()
+        self._catalog.close()
 
     def __enter__(self) -> Searcher:
         return self
@@ -91,10 +101,19 @@ class Searcher:
     def __exit__(self, *exc) -> None:
         self.close()
 
+    def is_current(self) -> bool:
+        """Whether the index still holds every vector of the catalog (no other process
+        indexed this model since it was opened)."""
+        return self._catalog.last_seq(self.info) == self._index.meta.seq
+
+    def duplicates(self, max_distance: float) -> list[DuplicateGroup]:
+        """The library's duplicate groups as this model sees them (``find_duplicates``)."""
+        return find_duplicates(self._catalog, self.info, self._index, max_distance)
+
     def content_of(self, data: bytes | None) -> int | None:
         """The library's content with exactly these bytes, if any (a query that is an
         indexed file is then left out of its own results)."""
-        return None if data is None else self.catalog.content_id_of_hash(content_hash(data))
+        return None if data is None else self._catalog.content_id_of_hash(content_hash(data))
 
     def embed_pixels(self, embedder: Embedder, pixels: np.ndarray) -> np.ndarray:
         """The query vector of preprocessed pixels, refusing an embedder whose weights differ
@@ -107,29 +126,29 @@ class Searcher:
     def check_weights(self, embedder: Embedder | TextEncoder) -> None:
         """Refuse a model (or its text tower) whose weights are not those that made the
         library's vectors."""
-        same = self.model.fingerprint in (embedder.fingerprint, getattr(embedder, "legacy_fingerprint", None))
-        stored, asked = precision_of(self.model.fingerprint), precision_of(embedder.fingerprint)
-        if embedder.name == self.model.name and stored != asked:
+        same = self.info.fingerprint in (embedder.fingerprint, getattr(embedder, "legacy_fingerprint", None))
+        stored, asked = precision_of(self.info.fingerprint), precision_of(embedder.fingerprint)
+        if embedder.name == self.info.name and stored != asked:
             raise DreamsearchError(
-                f"the library's '{self.model.name}' vectors are {stored}, not {asked}: query with --precision {stored}"
+                f"the library's '{self.info.name}' vectors are {stored}, not {asked}: query with --precision {stored}"
             )
-        if embedder.name != self.model.name or not same:
+        if embedder.name != self.info.name or not same:
             raise DreamsearchError(
-                f"the library's '{self.model.name}' vectors come from other weights than {embedder.name}"
+                f"the library's '{self.info.name}' vectors come from other weights than {embedder.name}"
             )
 
     def stored_vector(self, path: Path) -> tuple[np.ndarray, int]:
         """The stored vector of an indexed file (``--like``): no model, no decoding. A
         file changed on disk since it was indexed is refused (``ChangedOnDiskError``)."""
-        indexed = self.catalog.indexed_file_at(path)
+        indexed = self._catalog.indexed_file_at(path)
         if indexed is None:
             raise NotFoundError(f"{path} is not in the library (index its folder first, or query it as a file)")
         return self.stored_vector_of(indexed.content_id)
 
     def stored_vector_of(self, content_id: int) -> tuple[np.ndarray, int]:
-        ids, vectors = self.catalog.vectors_for(self.model, [content_id])
+        ids, vectors = self._catalog.vectors_for(self.info, [content_id])
         if len(ids) == 0:
-            raise NotFoundError(f"that file has no '{self.model.name}' vector (index it with that model)")
+            raise NotFoundError(f"that file has no '{self.info.name}' vector (index it with that model)")
         return vectors[0], content_id
 
     def search(
@@ -186,15 +205,15 @@ class Searcher:
         def fetch(wanted: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
             missing = [i for i in wanted.tolist() if i not in stored]
             if missing:
-                found_ids, found = self.catalog.vectors_for(self.model, missing)
+                found_ids, found = self._catalog.vectors_for(self.info, missing)
                 stored.update(zip(found_ids.tolist(), found, strict=True))
             have = [i for i in wanted.tolist() if i in stored]
-            return np.array(have, np.int64), np.array([stored[i] for i in have], np.float32).reshape(-1, self.model.dim)
+            return np.array(have, np.int64), np.array([stored[i] for i in have], np.float32).reshape(-1, self.info.dim)
 
-        depth = max(1, FIRST_STAGE // max(1, self.index.plan.rerank))
+        depth = max(1, FIRST_STAGE // max(1, self._index.plan.rerank))
         while True:
-            scores, ids = self.index.search(query, depth, nprobe=self.nprobe, fetch=fetch)
-            last = bool((ids[0] < 0).any()) or depth >= len(self.index)
+            scores, ids = self._index.search(query, depth, nprobe=self.nprobe, fetch=fetch)
+            last = bool((ids[0] < 0).any()) or depth >= len(self._index)
             fresh = sorted(
                 ((-float(s), int(i)) for s, i in zip(scores[0], ids[0], strict=True) if i >= 0 and int(i) not in given)
             )
@@ -211,7 +230,7 @@ class Searcher:
         """The files of these contents, and whether one was farther than ``max_distance``
         (the list is sorted: none after it is wanted)."""
         keep = [(float(s), int(i)) for s, i in zip(scores, ids, strict=True) if i >= 0 and int(i) not in exclude]
-        details = self.catalog.file_details([i for _s, i in keep])
+        details = self._catalog.files_of_contents([i for _s, i in keep])
         matches: list[Match] = []
         for score, content_id in keep:
             distance = max(0.0, 1.0 - score)

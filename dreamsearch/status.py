@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 
-from dreamsearch.catalog import Catalog, FailedFile
+from dreamsearch.catalog import Catalog, FailedFile, ModelInfo
 from dreamsearch.display import display_path, human_bytes, problem_line
 from dreamsearch.failures import PERMANENT, TRANSIENT_TRIES
 from dreamsearch.layout import LibraryLayout
@@ -47,32 +47,30 @@ class LibraryStatus:
 
 
 def catalog_status(
-    library: LibraryLayout,
+    layout: LibraryLayout,
     catalog: Catalog,
     show_failed: bool = False,
     verify: str = "full",
     thumbnail_bytes: int | None = None,
 ) -> LibraryStatus:
-    """``library`` as ``catalog`` (open) sees it. ``verify="full"`` hashes every saved index
-    byte; the server asks ``"quick"`` (size and edge digests) and gives its thumbnail cache's
-    size: ``/api/status`` must answer in milliseconds while heavy work runs, and hashing a
-    300 MB index took 0.35 s."""
+    """The library at ``layout`` as ``catalog`` (open) sees it. ``verify="full"`` hashes
+    every saved index byte; the server asks ``"quick"`` (size and edge digests) and gives
+    its thumbnail cache's size: ``/api/status`` must answer in milliseconds while heavy work
+    runs, and hashing a 300 MB index took 0.35 s."""
     folders = [FolderStatus(path, ok, failed, not Path(path).is_dir()) for path, ok, failed in catalog.root_counts()]
     models = []
-    for model in catalog.models():
+    for info in catalog.models():
         models.append(
-            ModelStatus(
-                model.name, catalog.count_vectors(model), model.dim, _index_line(library, catalog, model, verify)
-            )
+            ModelStatus(info.name, catalog.count_vectors(info), info.dim, _index_line(layout, catalog, info, verify))
         )
     failed = catalog.failed_files() if show_failed else []
     return LibraryStatus(
-        str(library.root),
-        library.bytes_on_disk(thumbnail_bytes),
+        str(layout.root),
+        layout.bytes_on_disk(thumbnail_bytes),
         folders,
         models,
         failed,
-        notices.current(library.root),
+        notices.current(layout.root),
     )
 
 
@@ -98,20 +96,20 @@ def retry_note(failed: FailedFile) -> str:
     return "transient: retried by the next index run"
 
 
-def _index_line(library: LibraryLayout, catalog: Catalog, model, verify: str) -> str:
-    """The saved index of ``model``, checked against its commit point (byte for byte with
-    ``verify="full"``, what the next writer would check) and against this catalog."""
+def _index_line(layout: LibraryLayout, catalog: Catalog, info: ModelInfo, verify: str) -> str:
+    """The saved index of the model ``info``, checked against its commit point (byte for
+    byte with ``verify="full"``, what the next writer would check) and against this catalog."""
     try:
-        if read_meta(library.index_dir, model.name) is None:
+        if read_meta(layout.index_dir, info.name) is None:
             return "no index saved yet (the next `dreamsearch index` builds it)"
-        index = load_checked(catalog, model, library.index_dir, verify=verify)
+        index = load_checked(catalog, info, layout.index_dir, verify=verify)
     except IndexFileError as exc:
         return (
             f"index NOT USABLE: {exc}; queries rebuild it in memory meanwhile and the next "
             f"`dreamsearch index` rebuilds and saves it"
         )
-    saved = meta_path(library.index_dir, model.name).stat().st_mtime
+    saved = meta_path(layout.index_dir, info.name).stat().st_mtime
     when = datetime.fromtimestamp(saved).isoformat(sep=" ", timespec="seconds")
-    behind = len(catalog.changes_since(model, index.meta.seq))
+    behind = len(catalog.changes_since(info, index.meta.seq))
     lag = f", {behind} changes behind the catalog (caught up on use)" if behind else ""
     return f"index {index.plan.factory} of {len(index)} vectors, {CHECKED[verify]} (saved {when}){lag}"

@@ -138,7 +138,7 @@ def test_only_the_shells_import_the_command_line_and_the_server():
 
 
 def test_the_catalog_and_the_indexes_know_nothing_of_models_and_images():
-    pictures = {"dreamsearch.models.*", "dreamsearch.images", "dreamsearch.decoding"}
+    pictures = {"dreamsearch.models.*", "dreamsearch.images"}
     stores = {"dreamsearch.catalog.*", "dreamsearch.vector_index.*", "dreamsearch.migrations.*"}
     found = [
         f"dreamsearch/{relpath}:{line} imports {module}"

@@ -91,7 +91,7 @@ def test_query_like_is_cold(indexed):
     assert run.code == 0, run.stderr
     [answer] = json.loads(run.stdout)["queries"]
     with Library.open(indexed.library) as library:
-        expected = library.similar_to(indexed.photos / "p1.jpg", k=3, model=MODEL)
+        expected = library.search(library.query(like=indexed.photos / "p1.jpg", model=MODEL), k=3).matches
     assert [r["path"] for r in answer["results"]] == [m.path for m in expected]
     assert [r["distance"] for r in answer["results"]] == [round(m.distance, 6) for m in expected]
     assert len(expected) == 3 and str(indexed.photos / "p1.jpg") not in [m.path for m in expected]

@@ -96,9 +96,10 @@ def test_library_api_checks_model_names_before_opening(tmp_path):
     with Library.open(tmp_path / "lib", weights_dir=tmp_path / "weights") as library:
         for call in (
             lambda: library.search(Query(TYPO, ("x",), np.ones(4, np.float32))),
-            lambda: library.image_query(b"", TYPO),
-            lambda: library.stored_query("x.jpg", TYPO),
-            lambda: library.vector_query([1.0], TYPO),
+            lambda: library.query(b"", model=TYPO),
+            lambda: library.query(like="x.jpg", model=TYPO),
+            lambda: library.query(vector=[1.0], model=TYPO),
+            lambda: library.query(text="ramen", model=TYPO),
             lambda: library.duplicates(TYPO),
             lambda: library.compare("x.jpg", ["dreamsim-dino", TYPO]),
             lambda: library.index([tmp_path], [TYPO]),
@@ -147,7 +148,7 @@ def test_compare_like_embeds_the_file_for_a_model_without_its_vector(two_models)
         comparison = api.compare(None, list(TWO), k=3, like=more / "m0.jpg")
         assert api.loaded_models() == ["dreamsim-clip"]  # dino had the stored vector
         for name in TWO:
-            embedded = api.query(more / "m0.jpg", k=3, model=name)
+            embedded = api.search(api.query(more / "m0.jpg", model=name), k=3).matches
             assert [m.path for m in comparison.results[name]] == [m.path for m in embedded]
             assert [m.distance for m in comparison.results[name]] == pytest.approx(
                 [m.distance for m in embedded], abs=1e-5

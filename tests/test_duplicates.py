@@ -17,7 +17,7 @@ from PIL import Image
 from dreamsearch import Library
 from dreamsearch.catalog import Catalog, FileEntry
 from dreamsearch.display import human_bytes
-from dreamsearch.duplicates import find_duplicates, summarize
+from dreamsearch.duplicates import summarize
 from dreamsearch.indexer import IndexOptions, index_folders
 from dreamsearch.layout import LibraryLayout
 from dreamsearch.search import Searcher
@@ -178,7 +178,7 @@ def test_similar_groups_never_hold_two_files_over_the_threshold(synthetic):
     middle) keeps its nearer neighbour l but not r, which is over the threshold from l."""
     photos, library = synthetic
     with Searcher(library, HAND_PLACED) as searcher:
-        groups = find_duplicates(searcher.catalog, searcher.model, searcher.index, THRESHOLD)
+        groups = searcher.duplicates(THRESHOLD)
     assert [(g.kind, _names(g, photos)) for g in groups] == [
         ("identical", ["copies/x.png", "backup/x.png"]),
         ("similar", ["chain/a.png", "chain/b.png"]),
@@ -235,7 +235,6 @@ N, DIM, PAIRS = 200_000, 128, 100
 MEASURE = textwrap.dedent("""
     import json, sys
     from pathlib import Path
-    from dreamsearch.duplicates import find_duplicates
     from dreamsearch.layout import LibraryLayout
     from dreamsearch.search import Searcher
 
@@ -247,7 +246,7 @@ MEASURE = textwrap.dedent("""
     open("/proc/self/clear_refs", "w").write("5")  # reset the peak (VmHWM) to the current RSS
     before = status_kib("VmRSS")
     with Searcher(LibraryLayout.prepare(Path(sys.argv[1])), "synthetic") as searcher:
-        groups = find_duplicates(searcher.catalog, searcher.model, searcher.index, 0.05)
+        groups = searcher.duplicates(0.05)
     peak = status_kib("VmHWM")
     print(json.dumps({"kib": peak - before, "groups": [sorted(Path(f.path).name for f in g.files) for g in groups]}))
 """)

@@ -38,22 +38,22 @@ def test_the_documented_example_runs(tmp_path, tiny_weights):
     assert namespace["best"].path == str(tmp_path / "photos" / "beach.jpg") and namespace["best"].distance < 1e-5
     assert namespace["vectors"].shape == (1, 64)
     with Library.open(tmp_path / "lib") as library:
-        remaining = library.similar_to(tmp_path / "photos" / "dune.jpg", k=10, model="dreamsim-dino")
-    assert {Path(m.path).name for m in remaining} == {"forest.jpg", "city.jpg"}
+        remaining = library.search(library.query(like=tmp_path / "photos" / "dune.jpg", model="dreamsim-dino"), k=10)
+    assert {Path(m.path).name for m in remaining.matches} == {"forest.jpg", "city.jpg"}
 
 
 def test_queries_from_threads_and_arrays(tmp_path, tiny_weights):
     photos = _photos(tmp_path / "photos")
     with Library.open(tmp_path / "lib", weights_dir=tiny_weights, device="cpu") as library:
         library.index([photos], models=["dreamsim-dino"], options=IndexOptions(workers=0))
-        expected = library.query(photos / "city.jpg", k=2, model="dreamsim-dino")
-        array = library.query(Image.open(photos / "city.jpg"), k=1, model="dreamsim-dino")
-        assert array[0].path == str(photos / "city.jpg")  # a picture has no identity: it finds itself
+        expected = library.search(library.query(photos / "city.jpg", model="dreamsim-dino"), k=2)
+        array = library.search(library.query(Image.open(photos / "city.jpg"), model="dreamsim-dino"), k=1)
+        assert array.matches[0].path == str(photos / "city.jpg")  # a picture has no identity: it finds itself
         outcomes, errors = [], []
 
         def worker():
             try:
-                outcomes.append(library.query(photos / "city.jpg", k=2, model="dreamsim-dino"))
+                outcomes.append(library.search(library.query(photos / "city.jpg", model="dreamsim-dino"), k=2))
             except Exception as exc:  # noqa: BLE001 - reported below
                 errors.append(exc)
 
@@ -65,6 +65,29 @@ def test_queries_from_threads_and_arrays(tmp_path, tiny_weights):
         assert errors == [] and all(outcome == expected for outcome in outcomes)
 
 
+def test_one_query_builder_takes_exactly_one_source(tmp_path, tiny_weights):
+    """A picture, its indexed file (by path or by id) and its vector make queries that find
+    the same neighbours; no source, or two, is refused in one line."""
+    photos = _photos(tmp_path / "photos")
+    city = photos / "city.jpg"
+    with Library.open(tmp_path / "lib", weights_dir=tiny_weights, device="cpu") as library:
+        library.index([photos], models=["dreamsim-dino"], options=IndexOptions(workers=0))
+        by_path = library.query(like=city, model="dreamsim-dino")
+        file_id = library.search(by_path, k=1, include_self=True).matches[0].id
+        queries = [
+            library.query(city, model="dreamsim-dino"),
+            by_path,
+            library.query(like=file_id, model="dreamsim-dino"),
+            library.query(vector=library.embed(city, "dreamsim-dino") * 3, model="dreamsim-dino"),
+        ]
+        pages = [[m.path for m in library.search(q, k=3, include_self=True).matches] for q in queries]
+        assert pages[0][0] == str(city) and all(page == pages[0] for page in pages)
+        assert [q.sources for q in queries] == [(str(city),), (str(city),), (str(city),), ("vector",)]
+        for sources in ({}, {"like": city, "text": "a city"}, {"image": city, "vector": [1.0, 0.0]}):
+            with pytest.raises(DreamsearchError, match="a query takes one of image, like, vector or text"):
+                library.query(**sources)
+
+
 def test_a_search_racing_a_write_gets_a_fresh_searcher(tmp_path, tiny_weights, monkeypatch):
     """A reader that finds its searcher stale while a write drops every searcher (an index
     job finishing in the server) opens a new one instead of failing."""
@@ -73,11 +96,11 @@ def test_a_search_racing_a_write_gets_a_fresh_searcher(tmp_path, tiny_weights, m
         library.index([photos], models=["dreamsim-dino"], options=IndexOptions(workers=0))
         stale = library._searcher("dreamsim-dino")
 
-        def moved_on_while_a_write_finished(model):
+        def moved_on_while_a_write_finished():
             library._forget_searchers()
-            return -1
+            return False
 
-        monkeypatch.setattr(stale.catalog, "last_seq", moved_on_while_a_write_finished)
+        monkeypatch.setattr(stale, "is_current", moved_on_while_a_write_finished)
         fresh = library._searcher("dreamsim-dino")
         assert fresh is not stale and fresh.search(stale.stored_vector(photos / "city.jpg")[0], 1)[0].path.endswith(
             "city.jpg"
@@ -89,12 +112,10 @@ def test_a_search_racing_a_write_gets_a_fresh_searcher(tmp_path, tiny_weights, m
 POSITIONAL = {
     "open": ["path"],
     "index": ["paths", "models", "options"],
-    "image_query": ["image", "model"],
     "embed": ["image", "model"],
     "embed_files": ["paths", "model"],
     "search": ["query"],
     "query": ["image"],
-    "similar_to": ["path"],
     "compare": ["image", "models"],
     "duplicates": ["model"],
     "status": [],
@@ -115,7 +136,7 @@ def test_an_option_passed_by_position_is_refused(tmp_path, tiny_weights):
     photos = _photos(tmp_path / "photos")
     with Library.open(tmp_path / "lib", weights_dir=tiny_weights, device="cpu") as library:
         library.index([photos], models=["dreamsim-dino"], options=IndexOptions(workers=0))
-        query = library.stored_query(photos / "city.jpg", "dreamsim-dino")
+        query = library.query(like=photos / "city.jpg", model="dreamsim-dino")
         with pytest.raises(TypeError, match="positional argument"):
             library.search(query, 2, False)
         assert [m.path for m in library.search(query, k=1, include_self=True).matches] == [str(photos / "city.jpg")]
@@ -146,5 +167,5 @@ def test_a_dry_run_needs_no_weights_and_checks_its_engine_once(tmp_path):
 def test_compile_and_threads_reach_every_model_the_library_builds(tmp_path, tiny_weights):
     """What `index --compile --threads N` asks for, from Python too (the CLI has nothing else)."""
     with Library.open(tmp_path / "lib", weights_dir=tiny_weights, device="cpu", compile=True, threads=3) as library:
-        handle = library.model_handle("dreamsim-dino")
-    assert (handle.compile, handle.threads) == (True, 3)
+        pending = library.pending_model("dreamsim-dino")
+    assert (pending.compile, pending.threads) == (True, 3)

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 
-from dreamsearch.api import Library
+from dreamsearch.api import Library, Query
 from dreamsearch.errors import DreamsearchError, NotFoundError
 from dreamsearch.indexer import IndexOptions
 from dreamsearch.server.app import create_app
@@ -48,9 +48,9 @@ def test_a_text_query_searches_the_clip_vectors(setup):
     stored clip vector, nearest first; the query is labelled with its text."""
     _lib, _weights, photos = setup
     with _library(setup) as library:
-        query = library.text_query("ramen in a paper bowl")
+        query = library.query(text="ramen in a paper bowl")
         matches = library.search(query, k=10).matches
-        stored = {str(p): library.stored_query(p, "clip").vector for p in sorted(photos.iterdir())}
+        stored = {str(p): library.query(like=p, model="clip").vector for p in sorted(photos.iterdir())}
     assert query.model == "clip" and query.sources == query.texts == ('"ramen in a paper bowl"',)
     assert query.pictures == () and query.notes == () and query.own == ()
     expected = sorted((1 - float(np.dot(v, query.vector)), path) for path, v in stored.items())
@@ -61,7 +61,7 @@ def test_a_text_query_searches_the_clip_vectors(setup):
 
 def test_longer_text_is_cut_and_says_so(setup):
     with _library(setup) as library:
-        query = library.text_query(LONG)
+        query = library.query(text=LONG)
     assert len(query.notes) == 1 and "cut to the 77 tokens CLIP reads" in query.notes[0]
 
 
@@ -69,17 +69,17 @@ def test_text_query_errors_are_one_line(setup, tmp_path):
     lib, weights, photos = setup
     with _library(setup) as library:
         with pytest.raises(DreamsearchError, match=r"model 'dreamsim-dino' has no text tower; text search uses 'clip'"):
-            library.text_query("ramen", model="dreamsim-dino")
+            library.query(text="ramen", model="dreamsim-dino")
         with pytest.raises(DreamsearchError, match="the text is empty"):
-            library.text_query(" \n\t")
+            library.query(text=" \n\t")
         with pytest.raises(DreamsearchError, match="the text is empty once cleaned as CLIP cleans it"):
-            library.text_query("\ufeff")  # not a space to Python, removed by CLIP's cleaning (ftfy)
+            library.query(text="\ufeff")  # not a space to Python, removed by CLIP's cleaning (ftfy)
     with Library.open(tmp_path / "lib", weights_dir=weights, device="cpu") as other:
         other.index([photos], models=["dreamsim-dino"], options=IndexOptions(workers=0))
         with pytest.raises(
             NotFoundError, match=r"needs the library's 'clip' vectors .* `dreamsearch index FOLDER -m clip`"
         ):
-            other.text_query("ramen")
+            other.query(text="ramen")
 
 
 def test_the_text_tower_is_built_only_by_a_text_query(setup, tmp_path, monkeypatch):
@@ -95,9 +95,11 @@ def test_the_text_tower_is_built_only_by_a_text_query(setup, tmp_path, monkeypat
     monkeypatch.setattr(clip_text, "build_text_encoder", refuse)
     with Library.open(tmp_path / "lib", weights_dir=weights, device="cpu") as library:
         library.index([photos], models=["clip"], options=IndexOptions(workers=0))
-        assert library.query(photos / "p0.jpg", k=1, model="clip", include_self=True)[0].path == str(photos / "p0.jpg")
+        assert library.search(library.query(photos / "p0.jpg", model="clip"), k=1, include_self=True).matches[
+            0
+        ].path == str(photos / "p0.jpg")
         with pytest.raises(AssertionError, match="text tower was built"):
-            library.text_query("ramen")
+            library.query(text="ramen")
 
 
 def _json(result) -> dict:
@@ -108,7 +110,7 @@ def _json(result) -> dict:
 def test_cli_text_query_in_every_output(setup, tmp_path):
     lib, weights, _photos = setup
     with _library(setup) as library:
-        expected = [m.path for m in library.search(library.text_query("ramen"), k=3).matches]
+        expected = [m.path for m in library.search(library.query(text="ramen"), k=3).matches]
     document = _json(invoke_in(lib, weights, "query", "--text", "ramen", "-k", "3", "--json"))
     assert document["model"] == "clip"  # the default model of a text query
     assert document["queries"][0]["query"] == '"ramen"'
@@ -142,8 +144,12 @@ def test_cli_combines_texts_and_images_with_mean(setup):
     assert [q["query"] for q in separate] == [str(photos / "p1.jpg"), '"ramen"', '"a beach"']
     combined = _json(invoke_in(lib, weights, *args, "--combine", "mean", "--json"))["queries"]
     with _library(setup) as library:
-        mean = library.mean_query(
-            [library.image_query(photos / "p1.jpg", "clip"), library.text_query("ramen"), library.text_query("a beach")]
+        mean = Query.mean(
+            [
+                library.query(photos / "p1.jpg", model="clip"),
+                library.query(text="ramen"),
+                library.query(text="a beach"),
+            ]
         )
         expected = library.search(mean, k=6).matches
     assert len(combined) == 1 and combined[0]["query"] == f'{photos / "p1.jpg"} + "ramen" + "a beach"'
@@ -176,7 +182,7 @@ def test_a_model_without_a_text_tower_is_told_without_torch(tmp_path):
 def test_http_text_search(setup):
     lib, weights, _photos = setup
     with _library(setup) as library:
-        expected = [m.path for m in library.search(library.text_query("ramen"), k=6).matches]
+        expected = [m.path for m in library.search(library.query(text="ramen"), k=6).matches]
     app = create_app(
         Library.open(lib, weights_dir=weights, device="cpu"), ["dreamsim-dino", "clip"], Settings(max_body=2_000_000)
     )

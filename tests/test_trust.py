@@ -40,9 +40,9 @@ def test_a_folder_inside_an_indexed_folder_joins_it(tmp_path, tiny_model):
         assert catalog.root_counts() == [(str(photos), 6, 0)]
     with Library.open(library.root) as api:
         assert api.duplicates(MODEL, max_distance=0.0) == []  # nothing is a copy of itself
-        for match in api.similar_to(photos / "inner" / "i0.jpg", k=10, model=MODEL):
+        for match in api.search(api.query(like=photos / "inner" / "i0.jpg", model=MODEL), k=10).matches:
             assert match.also_at == ()
-        assert len({m.path for m in api.similar_to(photos / "a1.jpg", k=10, model=MODEL)}) == 5
+        assert len({m.path for m in api.search(api.query(like=photos / "a1.jpg", model=MODEL), k=10).matches}) == 5
 
     (photos / "inner" / "i1.jpg").unlink()  # a run on the inner folder forgets only there
     report = index(library, photos / "inner", tiny_model)
@@ -155,7 +155,7 @@ def test_results_and_duplicates_never_name_files_gone_from_disk(tmp_path, tiny_m
         (photos / "p1-copy.jpg").unlink()  # gone since the run, not yet forgotten
         (photos / "p3.jpg").unlink()
         os.utime(photos / "p4.jpg", ns=(1, 1))  # replaced: no longer what was indexed
-        results = api.similar_to(photos / "p2.jpg", k=10, model=MODEL)
+        results = api.search(api.query(like=photos / "p2.jpg", model=MODEL), k=10).matches
         named = [m.path for m in results] + [p for m in results for p in m.also_at]
         assert sorted(Path(p).name for p in named) == ["p0.jpg", "p1.jpg", "p5.jpg"]
         groups = api.duplicates(MODEL, max_distance=0.0)
@@ -193,7 +193,9 @@ def test_like_and_under_accept_paths_through_a_followed_symlink(tmp_path, tiny_m
     index(library, photos, tiny_model, follow_symlinks=True)
     through_link = photos / "linked" / "e1.jpg"
     with Library.open(library.root) as api:
-        assert str(through_link) in [m.path for m in api.similar_to(photos / "p0.jpg", k=10, model=MODEL)]
+        assert str(through_link) in [
+            m.path for m in api.search(api.query(like=photos / "p0.jpg", model=MODEL), k=10).matches
+        ]
     result = invoke_as_user(
         tiny_weights,
         library.root,
@@ -243,7 +245,8 @@ def test_the_readme_api_example_runs_as_a_script_without_a_main_guard(tmp_path, 
 
         with Library.open() as library:
             library.index(["./photos"], models=["{MODEL}"])
-            for match in library.query("ramen.jpg", k=25, model="{MODEL}"):
+            page = library.search(library.query("ramen.jpg", model="{MODEL}"), k=25)
+            for match in page.matches:
                 print(match.rank, round(match.distance, 4), match.path)
         """)
     )

@@ -64,7 +64,9 @@ def test_a_same_size_edit_with_the_mtime_restored_is_read_again(tmp_path, tiny_m
     assert (report.changed, report.embedded, report.unchanged) == (1, 1, 2)
     with Library.open(library.root) as api:
         assert api.duplicates(MODEL, max_distance=0.0) == []  # two distinct photos, not a byte copy
-        distances = {m.path: m.distance for m in api.similar_to(photos / "p0.jpg", k=5, model=MODEL)}
+        distances = {
+            m.path: m.distance for m in api.search(api.query(like=photos / "p0.jpg", model=MODEL), k=5).matches
+        }
         assert distances[str(photos / "copy.jpg")] > 0  # its own result now, with its own vector
 
 
@@ -84,7 +86,9 @@ def test_a_query_like_a_file_edited_since_it_was_indexed_refuses_the_old_vector(
     index(library, photos, tiny_model)
     with Library.open(library.root) as api:
         edited_id = next(
-            m.id for m in api.similar_to(photos / "p1.jpg", k=5, model=MODEL) if m.path == str(photos / "p0.jpg")
+            m.id
+            for m in api.search(api.query(like=photos / "p1.jpg", model=MODEL), k=5).matches
+            if m.path == str(photos / "p0.jpg")
         )
     photo_like(120, 90, 77).save(photos / "p0.jpg")  # new size and mtime, not indexed again
 
@@ -97,9 +101,9 @@ def test_a_query_like_a_file_edited_since_it_was_indexed_refuses_the_old_vector(
         assert result.stderr.count("\n") == 1 and "changed since it was indexed" in result.stderr, result.stderr
     with Library.open(library.root) as api:
         with pytest.raises(NotFoundError, match="changed since it was indexed"):
-            api.similar_to(photos / "p0.jpg", model=MODEL)
+            api.query(like=photos / "p0.jpg", model=MODEL)
         with pytest.raises(NotFoundError):
-            api.similar_to(edited_id, model=MODEL)
+            api.query(like=edited_id, model=MODEL)
         with pytest.raises(NotFoundError, match="changed since it was indexed"):
             api.compare(None, [MODEL, MODEL], like=photos / "p0.jpg")  # as compare --like
 
@@ -113,8 +117,10 @@ def test_a_query_like_a_file_moved_over_with_size_and_mtime_kept_refuses_the_old
     )
     with Library.open(library.root) as api:
         with pytest.raises(NotFoundError, match="changed since it was indexed"):
-            api.similar_to(photos / "p0.jpg", model=MODEL)
-        assert [m.path for m in api.similar_to(photos / "p1.jpg", k=5, model=MODEL)] == []  # never named as a result
+            api.query(like=photos / "p0.jpg", model=MODEL)
+        assert [
+            m.path for m in api.search(api.query(like=photos / "p1.jpg", model=MODEL), k=5).matches
+        ] == []  # never named as a result
 
 
 # one file is one file ------------------------------------------------------------------
@@ -139,7 +145,7 @@ def test_a_hard_link_is_not_a_copy_and_its_bytes_are_not_counted_freed(tmp_path,
         names = {group.keeper.path, *group.keeper.links}
         assert names == {str(photos / "p0.jpg"), str(photos / "link.jpg")}
         assert summarize([group]).removable_bytes == (photos / "p0.jpg").stat().st_size
-        match = api.similar_to(photos / "p1.jpg", k=5, model=MODEL)[0]
+        match = api.search(api.query(like=photos / "p1.jpg", model=MODEL), k=5).matches[0]
         assert len(match.also_at) == 1 and len(match.links) == 1  # one real copy, one more name
 
 

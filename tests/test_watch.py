@@ -76,7 +76,7 @@ def total(batches: list[dict], key: str, after: int = 1) -> int:
 
 
 def findable(library: Library, photo: Path) -> bool:
-    matches = library.query(photo.read_bytes(), k=3, model=MODEL, include_self=True)
+    matches = library.search(library.query(photo.read_bytes(), model=MODEL), k=3, include_self=True).matches
     return bool(matches) and matches[0].path == str(photo) and matches[0].distance < 1e-3
 
 
@@ -145,7 +145,7 @@ def test_added_photos_are_findable_and_deleted_ones_never_come_back(tmp_path, ti
             photo.unlink()
         wait_for(lambda: total(batches, "removed") == 5, what="5 photos removed")
         for data in kept_bytes:
-            paths = {m.path for m in library.query(data, k=30, model=MODEL, include_self=True)}
+            paths = {m.path for m in library.search(library.query(data, model=MODEL), k=30, include_self=True).matches}
             assert paths.isdisjoint(map(str, gone))
         assert total(batches, "embedded") == 20 and total(batches, "failed") == 0
 

@@ -17,7 +17,7 @@ import pytest
 import torch
 
 import dreamsearch.models.weights as weights_module
-from dreamsearch.api import Library
+from dreamsearch.api import Library, Page
 from dreamsearch.catalog import Catalog
 from dreamsearch.errors import DreamsearchError
 from dreamsearch.indexer import IndexOptions
@@ -35,8 +35,8 @@ MIB = 1 << 20
 REPO = Path(__file__).resolve().parents[1]
 
 
-def matches(found) -> list[tuple[str, float]]:
-    return [(m.path, round(m.distance, 5)) for m in found]
+def matches(page: Page) -> list[tuple[str, float]]:
+    return [(m.path, round(m.distance, 5)) for m in page.matches]
 
 
 # 3. weights with the same edges ---------------------------------------------------------
@@ -75,7 +75,7 @@ def test_a_library_refuses_to_index_or_query_with_weights_that_differ_in_the_mid
     photos = photo_folder(tmp_path / "photos", 3, (96, 72), 1, "p{}.jpg")
     with Library.open(tmp_path / "lib", weights_dir=wide_weights, device="cpu") as library:
         library.index([photos], models=[MODEL], options=IndexOptions(workers=1))
-        assert matches(library.query(photos / "p0.jpg", k=1, model=MODEL, include_self=True)) == [
+        assert matches(library.search(library.query(photos / "p0.jpg", model=MODEL), k=1, include_self=True)) == [
             (str(photos / "p0.jpg"), 0.0)
         ]
     photo_folder(photos, 1, (96, 72), 7, "new{}.jpg")
@@ -85,7 +85,7 @@ def test_a_library_refuses_to_index_or_query_with_weights_that_differ_in_the_mid
             library.index([photos], models=[MODEL], options=IndexOptions(workers=1))
         assert "\n" not in str(refused.value)
         with pytest.raises(DreamsearchError, match="other weights"):
-            library.query(photos / "p0.jpg", k=1, model=MODEL, include_self=True)
+            library.query(photos / "p0.jpg", model=MODEL)
 
     for command in (["index", str(photos), "-m", MODEL], ["query", str(photos / "p0.jpg"), "-m", MODEL]):
         result = invoke_as_user(other, tmp_path / "lib", *command)
@@ -152,14 +152,16 @@ def test_a_library_made_with_the_old_fingerprint_keeps_working_and_is_restamped(
         old_version.setattr(weights_module, "fingerprint", weights_module.legacy_fingerprint)
         with Library.open(tmp_path / "lib", weights_dir=tiny_weights, device="cpu") as library:
             library.index([photos], models=[MODEL], options=IndexOptions(workers=1))
-            expected = matches(library.query(photos / "p1.jpg", k=4, model=MODEL, include_self=True))
+            expected = matches(library.search(library.query(photos / "p1.jpg", model=MODEL), k=4, include_self=True))
     catalog_path = LibraryLayout(tmp_path / "lib").catalog_path
     legacy = weights_module.legacy_fingerprint(get_spec(MODEL), tiny_weights)
     with Catalog(catalog_path) as catalog:
         assert catalog.model(MODEL).fingerprint == legacy
 
     with Library.open(tmp_path / "lib", weights_dir=tiny_weights, device="cpu") as library:  # a reader
-        assert matches(library.query(photos / "p1.jpg", k=4, model=MODEL, include_self=True)) == expected
+        assert (
+            matches(library.search(library.query(photos / "p1.jpg", model=MODEL), k=4, include_self=True)) == expected
+        )
     with Catalog(catalog_path) as catalog:
         assert catalog.model(MODEL).fingerprint == legacy
 
@@ -167,7 +169,7 @@ def test_a_library_made_with_the_old_fingerprint_keeps_working_and_is_restamped(
     with Library.open(tmp_path / "lib", weights_dir=tiny_weights, device="cpu") as library:  # a writer
         report = library.index([photos], models=[MODEL], options=IndexOptions(workers=1))
         assert (report.new, report.embedded, report.unchanged) == (1, 1, 4)
-        found = matches(library.query(photos / "p1.jpg", k=5, model=MODEL, include_self=True))
+        found = matches(library.search(library.query(photos / "p1.jpg", model=MODEL), k=5, include_self=True))
         assert [m for m in found if "new" not in m[0]] == expected and len(found) == 5
     with Catalog(catalog_path) as catalog:
         assert catalog.model(MODEL).fingerprint == fingerprint(get_spec(MODEL), tiny_weights)
@@ -192,8 +194,8 @@ def test_a_library_with_the_old_fingerprint_of_other_weights_is_still_refused(tm
 
 def _query_in_child(library_path: Path, weights: Path, photo: Path, out: Path) -> None:
     with Library.open(library_path, weights_dir=weights, device="cpu") as library:
-        similar = matches(library.similar_to(photo, k=5, model=MODEL))  # FAISS first
-        found = matches(library.query(photo, k=5, model=MODEL))  # then torch
+        similar = matches(library.search(library.query(like=photo, model=MODEL), k=5))  # FAISS first
+        found = matches(library.search(library.query(photo, model=MODEL), k=5))  # then torch
     out.write_text(json.dumps([similar, found]))
 
 
@@ -202,8 +204,8 @@ def test_a_forked_child_queries_like_its_parent_instead_of_hanging(tmp_path, tin
     with Library.open(tmp_path / "lib", weights_dir=tiny_weights, device="cpu") as library:
         library.index([photos], models=[MODEL], options=IndexOptions(workers=1))  # torch's and FAISS's threads run here
         expected = [
-            matches(library.similar_to(photos / "p0.jpg", k=5, model=MODEL)),
-            matches(library.query(photos / "p0.jpg", k=5, model=MODEL)),
+            matches(library.search(library.query(like=photos / "p0.jpg", model=MODEL), k=5)),
+            matches(library.search(library.query(photos / "p0.jpg", model=MODEL), k=5)),
         ]
     out = tmp_path / "child.json"
     child = multiprocessing.get_context("fork").Process(
@@ -266,7 +268,9 @@ def test_too_little_memory_for_the_model_is_one_line_naming_the_limit_and_keeps_
     assert line.endswith("(address space limited to 600 MiB by ulimit -v; raise it or use a smaller model)")
 
     with Library.open(tmp_path / "lib", weights_dir=tiny_weights, device="cpu") as library:
-        assert len(library.similar_to(photos / "p0.jpg", k=10, model=MODEL)) == 2  # the earlier run's work
+        assert (
+            len(library.search(library.query(like=photos / "p0.jpg", model=MODEL), k=10).matches) == 2
+        )  # the earlier run's work
         report = library.index([photos], models=[MODEL], options=IndexOptions(workers=1))  # nothing locked or broken
         assert (report.new, report.embedded, report.unchanged) == (2, 2, 3)
 

@@ -740,9 +740,9 @@ class Catalog:
 
     def paths_of(self, content_ids: Sequence[int]) -> dict[int, list[str]]:
         """Every current location (root path / relpath) of each content."""
-        return {cid: [f.path for f in files] for cid, files in self.file_details(content_ids).items()}
+        return {cid: [f.path for f in files] for cid, files in self.files_of_contents(content_ids).items()}
 
-    def file_details(self, content_ids: Sequence[int]) -> dict[int, list[FileDetail]]:
+    def files_of_contents(self, content_ids: Sequence[int]) -> dict[int, list[FileDetail]]:
         """Every indexed file of each content that is on disk now, as indexed (same size
         and mtime), ordered by path. Results and duplicate groups come from here, so no
         command names a file that was deleted or changed since it was indexed."""

@@ -121,17 +121,17 @@ def models_check(
     Exits 1 when a gate fails (then keep --precision fp32)."""
     from dreamsearch.models import PendingModel
 
-    handle = PendingModel(
+    pending = PendingModel(
         name, weights_dir=weights_dir, device="cpu", allow_download=False, precision=precision, threads=threads
     )
-    pixels = _pictures(folder, handle.preprocess_spec, limit)
+    pixels = _pictures(folder, pending.preprocess_spec, limit)
     from dreamsearch.models.agreement import GATES, MIN_PICTURES, in_batches, measure
 
     if len(pixels) < MIN_PICTURES:
         raise DreamsearchError(f"{folder}: {len(pixels)} readable pictures; the check needs at least {MIN_PICTURES}")
-    candidate = handle.load()
-    expected = in_batches(handle.torch_reference().embed, pixels)
-    agreement = measure(expected, candidate.embed, pixels, handle.spec.duplicate_distance)
+    candidate = pending.load()
+    expected = in_batches(pending.torch_reference().embed, pixels)
+    agreement = measure(expected, candidate.embed, pixels, pending.spec.duplicate_distance)
     _print_agreement(
         f"{name} on {candidate.backend} against float32 torch, {agreement.pictures} pictures from {folder}",
         agreement,

@@ -20,7 +20,7 @@ from dreamsearch.defaults import DEFAULT_NPROBE
 from dreamsearch.display import printable
 from dreamsearch.errors import DreamsearchError
 from dreamsearch.models import text_model_spec
-from dreamsearch.models.registry import DEFAULT_MODEL, get_spec
+from dreamsearch.models.registry import DEFAULT_MODEL, DEFAULT_TEXT_MODEL, get_spec
 from dreamsearch.reading import NOT_REGULAR_FILE
 
 PREVIEW_HELP = (
@@ -153,7 +153,7 @@ def query(
     from stdin), or to --text WORDS. Distances are 1 - cosine in the model's space, exact."""
     if k <= 0:
         raise DreamsearchError("-k must be at least 1")
-    model_name = model_name or ("clip" if texts else DEFAULT_MODEL)
+    model_name = model_name or (DEFAULT_TEXT_MODEL if texts else DEFAULT_MODEL)
     get_spec(model_name)
     if texts:
         text_model_spec(model_name)
@@ -170,7 +170,7 @@ def query(
         from dreamsearch.warm import ask_ahead
 
         ask_ahead(library_path, files, model_name)
-    from dreamsearch.api import Library  # after the checks: a mistake is told before the catalog's imports
+    from dreamsearch.api import Library, Query  # after the checks: a mistake is told before the catalog's imports
     from dreamsearch.output import render
 
     with Library.open(
@@ -181,11 +181,11 @@ def query(
         use_server=not no_server,
         precision=precision,
     ) as library:
-        queries = [library.stored_query(path, model_name) for path in like]
-        queries += [library.image_query(path, model_name) for path in files]
-        queries += [library.text_query(text, model_name) for text in texts]
+        queries = [library.query(like=path, model=model_name) for path in like]
+        queries += [library.query(path, model=model_name) for path in files]
+        queries += [library.query(text=text, model=model_name) for text in texts]
         if combine == "mean":
-            queries = [library.mean_query(queries)]
+            queries = [Query.mean(queries)]
         results = [
             (q, library.search(q, k=k, include_self=include_self, max_distance=max_distance, under=under).matches)
             for q in queries

@@ -204,13 +204,13 @@ def serve(
         library_path, weights_dir=weights_dir, device=device, max_loaded_models=kept, precision=precision
     )
     for name in names:
-        library.model_handle(name)  # weights present? fail now, with the usual message
+        library.pending_model(name)  # weights present? fail now, with the usual message
     limits = Limits(
         heavy_slots=heavy_slots(device),
         max_upload_pixels=max_upload_pixels,
         load_models_on_request=load_models_on_request,
     )
-    private = PrivateSocket(library.folder.serve_socket_path)
+    private = PrivateSocket(library.layout.serve_socket_path)
     if private.skipped:
         click.echo(f"note: {private.skipped}", err=True)
     settings = replace(settings, private_socket=private.path if private.listener else None)
@@ -218,7 +218,7 @@ def serve(
     if watch_all or watch_folders:
         from dreamsearch.watcher.loop import Watcher
 
-        folders = list(watch_folders) or (library.folders() if library.folder.catalog_path.exists() else [])
+        folders = list(watch_folders) or (library.folders() if library.layout.catalog_path.exists() else [])
         if not folders:
             raise DreamsearchError("--watch: the library has no indexed folder yet; name one with --watch-folder")
         watcher = Watcher(library, folders, names, settle, rescan_every, say=lambda line: click.echo(line, err=True))
@@ -231,7 +231,7 @@ def serve(
     bound_port = listener.getsockname()[1]
     shown = f"[{host}]" if ":" in host else host
     click.echo(
-        f"dreamsearch serving {library.folder.root} at http://{shown}:{bound_port}/ (API docs: /docs)", err=False
+        f"dreamsearch serving {library.layout.root} at http://{shown}:{bound_port}/ (API docs: /docs)", err=False
     )
     connections = limit_concurrency or default_connection_limit()
     config = uvicorn.Config(

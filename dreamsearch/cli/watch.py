@@ -51,7 +51,7 @@ def watch(
 
     with Library.open(library_path, weights_dir=weights_dir, device=device) as library:
         for name in model_names:
-            library.model_handle(name)  # missing weights: one line now, not at the first photo
+            library.pending_model(name)  # missing weights: one line now, not at the first photo
         options = IndexOptions(exclude=tuple(exclude))
         watcher = Watcher(library, folders, model_names, settle, rescan_every, say, on_batch, options)
 

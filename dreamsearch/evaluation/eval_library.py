@@ -120,12 +120,12 @@ class Evaluation:
         queries the rest (``evaluation.retrieval``)."""
         self._embed([folder], model, batch_size, progress, problem)
         labels = labels_of(folder, list(self._vectors(folder, model)), groups)
-        with Searcher(self.evals.folder, model) as searcher:
+        with Searcher(self.evals.layout, model) as searcher:
             return evaluate_retrieval(searcher, folder, labels, k)
 
     def make_copies(self, folder: Path, problem: Problem) -> Copies:
         """Write the edited copies of ``folder``'s images not made yet (``evaluation.copies``)."""
-        out = copies_folder(self.evals.folder.root, folder)
+        out = copies_folder(self.evals.layout.root, folder)
         readable = make_copies([folder / found.relpath for found in scan(folder)], folder, out, problem)
         if not readable:
             raise DreamsearchError(f"{folder}: no readable images")
@@ -144,7 +144,7 @@ class Evaluation:
     ) -> list[CopyScores]:
         """How often each edit's copy finds its family with ``model``, and at what distances."""
         self._embed([folder, copies.folder], model, batch_size, progress, problem)
-        with Searcher(self.evals.folder, model) as searcher:
+        with Searcher(self.evals.layout, model) as searcher:
             return evaluate_copies(searcher, folder, copies.folder, self._vectors(folder, model), k)
 
     def _embed(
@@ -166,7 +166,7 @@ class Evaluation:
 
     def _vectors(self, folder: Path, model: str) -> dict[str, np.ndarray]:
         """``{path relative to folder (posix): unit vector}`` for the images of an embedded folder."""
-        with Catalog(self.evals.folder.catalog_path) as catalog:
+        with Catalog(self.evals.layout.catalog_path) as catalog:
             info = catalog.model(model)
             wanted = str(Path(folder).resolve())
             root_id = next((rid for rid, path in catalog.roots().items() if path == wanted), None)

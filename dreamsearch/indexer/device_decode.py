@@ -11,8 +11,8 @@ from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import TimeoutError as FutureTimeout
 from typing import TYPE_CHECKING
 
-from dreamsearch.decoding import Decoded, TimeLimitExceeded, decode_bytes, time_limit, too_slow
 from dreamsearch.errors import DreamsearchError
+from dreamsearch.images import Decoded, TimeLimitExceeded, decode_bytes, time_limit, too_slow
 from dreamsearch.indexer.options import IndexOptions, ModelSource
 from dreamsearch.indexer.outcomes import DecodedContent, Failed, ForDevice, NewContent, Ready
 from dreamsearch.indexer.stream import Workers

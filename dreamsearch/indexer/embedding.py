@@ -64,8 +64,8 @@ class RunModels:
         sets the pace of the next step."""
         vectors: dict[str, dict[str, np.ndarray]] = {}
         spent = None
-        for i, (source, model) in enumerate(zip(self.sources, self.infos, strict=True)):
-            have = self.catalog.hashes_with_vectors([model], [o.content_hash for o in good])
+        for i, (source, info) in enumerate(zip(self.sources, self.infos, strict=True)):
+            have = self.catalog.hashes_with_vectors([info], [o.content_hash for o in good])
             todo = [o for o in good if o.content_hash not in have]
             found = {o.content_hash: o.vectors[i] for o in todo if isinstance(o, EmbeddedContent)}
             here = [o for o in todo if isinstance(o, DecodedContent)]

@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Callable, Generator, Iterator
 
 from dreamsearch.catalog import Catalog
-from dreamsearch.decoding import too_slow
+from dreamsearch.images import too_slow
 from dreamsearch.indexer.diff import ScanWatch
 from dreamsearch.indexer.embedding import RunModels
 from dreamsearch.indexer.options import IndexOptions, OnPicture

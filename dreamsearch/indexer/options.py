@@ -9,9 +9,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
 
-from dreamsearch.decoding import DECODE_TIMEOUT_S
 from dreamsearch.defaults import usable_cores
-from dreamsearch.images import DEFAULT_MAX_PIXELS, Preprocess
+from dreamsearch.images import DECODE_TIMEOUT_S, DEFAULT_MAX_PIXELS, Preprocess
 from dreamsearch.reading import DEFAULT_MAX_FILE_SIZE
 from dreamsearch.scan import ScannedFile
 
@@ -25,7 +24,7 @@ if TYPE_CHECKING:  # pragma: no cover
 class ModelSource(Protocol):
     """A model as the indexer needs it: known without loading (name, weights' fingerprint,
     input recipe, device, weights folder), loaded only when a file needs embedding. A
-    ``PendingModel`` handle is one, and so is a loaded ``Embedder``."""
+    ``PendingModel`` is one, and so is a loaded ``Embedder``."""
 
     name: str
     fingerprint: str

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from dreamsearch.catalog import StoredFile
-from dreamsearch.decoding import Decoded
+from dreamsearch.images import Decoded
 from dreamsearch.scan import ScannedFile
 
 

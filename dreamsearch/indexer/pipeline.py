@@ -23,8 +23,7 @@ from functools import partial
 from typing import Protocol
 
 from dreamsearch.catalog import Catalog, ModelInfo
-from dreamsearch.decoding import TimeLimitExceeded, decode_bytes, time_limit, too_slow
-from dreamsearch.images import Preprocess
+from dreamsearch.images import Preprocess, TimeLimitExceeded, decode_bytes, time_limit, too_slow
 from dreamsearch.indexer.options import OnPicture
 from dreamsearch.indexer.outcomes import (
     AlreadyIndexed,

@@ -31,8 +31,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from dreamsearch.catalog import ModelInfo
-from dreamsearch.decoding import too_slow
 from dreamsearch.errors import DreamsearchError
+from dreamsearch.images import too_slow
 from dreamsearch.indexer.outcomes import Candidate, Failed, Outcome
 from dreamsearch.indexer.pace import DEFAULT_BATCH
 from dreamsearch.indexer.ray_claims import DriverContents, Registry

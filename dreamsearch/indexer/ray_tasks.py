@@ -18,9 +18,8 @@ from typing import Any
 
 import numpy as np
 
-from dreamsearch.decoding import Decoded
 from dreamsearch.errors import DreamsearchError, WeightsError
-from dreamsearch.images import Preprocess
+from dreamsearch.images import Decoded, Preprocess
 from dreamsearch.indexer.outcomes import (
     AlreadyIndexed,
     Candidate,
@@ -153,15 +152,15 @@ class _Embedders:
         node = os.uname().nodename
         try:
             for wanted in self.on_nodes:
-                handle = PendingModel(
+                pending = PendingModel(
                     wanted.name, wanted.weights_dir, wanted.device, allow_download=False, precision=wanted.precision
                 )
-                if handle.fingerprint != wanted.fingerprint:
+                if pending.fingerprint != wanted.fingerprint:
                     raise WeightsError(
                         f"{wanted.name}: the weights in {wanted.weights_dir} differ from the "
                         f"driver's; give every node the same files"
                     )
-                self._models.append(handle.load())
+                self._models.append(pending.load())
         except DreamsearchError as exc:
             self._unable = f"on node {node}: {exc}"
 

@@ -64,7 +64,7 @@ Stream = Callable[[FolderPlan], tuple[ClaimRegistry, Generator[Outcome, None, No
 
 
 def index_folders(
-    library: LibraryLayout,
+    layout: LibraryLayout,
     roots: Sequence[Path],
     models: Sequence[ModelSource],
     options: IndexOptions = IndexOptions(),  # noqa: B008 - frozen: one shared default is safe
@@ -72,8 +72,8 @@ def index_folders(
     stop: threading.Event | None = None,
     on_picture: OnPicture | None = None,
 ) -> IndexReport:
-    """Index ``roots`` into ``library`` with every one of ``models`` (loaded embedders, or
-    ``dreamsearch.models.PendingModel`` handles that load only if something needs it).
+    """Index ``roots`` into the library at ``layout`` with every one of ``models`` (loaded
+    embedders, or ``dreamsearch.models.PendingModel``s, loaded only if something needs it).
     Setting ``stop`` ends the run as a first Ctrl-C does (what the model embedded is
     committed, the report says ``interrupted``). ``on_picture(file, picture)`` is called in a reading
     thread with each picture decoded on the CPU (not with the Ray engine)."""
@@ -88,11 +88,11 @@ def index_folders(
         progress(report)
 
     with (
-        library.writer_lock(),
-        Catalog(library.catalog_path) as catalog,
+        layout.writer_lock(),
+        Catalog(layout.catalog_path) as catalog,
         stop_on_interrupt(on_first_interrupt, stop) as stop,
     ):
-        run = _Run(catalog, library, list(models), options, progress, stop, report, on_picture)
+        run = _Run(catalog, layout, list(models), options, progress, stop, report, on_picture)
         return run.execute(outermost(Path(r).resolve() for r in roots))
 
 
@@ -122,7 +122,7 @@ class _Run:
     def __init__(
         self,
         catalog: Catalog,
-        library: LibraryLayout,
+        layout: LibraryLayout,
         sources: list[ModelSource],
         options: IndexOptions,
         progress: Progress,
@@ -130,7 +130,7 @@ class _Run:
         report: IndexReport,
         on_picture: OnPicture | None = None,
     ) -> None:
-        self.catalog, self.library, self.sources = catalog, library, sources
+        self.catalog, self.layout, self.sources = catalog, layout, sources
         self.options, self.progress, self.stop, self.report = options, progress, stop, report
         self.on_picture = on_picture  # not with the Ray engine
         self.model_thread = Workers(1, "dreamsearch-model")  # closed at the end of execute
@@ -158,7 +158,7 @@ class _Run:
 
     def _index(self, roots: list[Path]) -> None:
         diff = CatalogDiff(self.catalog, self.options, self.report, self.stop, self.models.register())
-        writer = CatalogWriter(self.catalog, self.library, self.report)
+        writer = CatalogWriter(self.catalog, self.layout, self.report)
         decoding, stream = self._start_engine(diff)
         committer = Committer(writer, self.models, decoding, self.stop)
         sweep_everything = self.catalog.defer_orphans()
@@ -189,7 +189,7 @@ class _Run:
             from dreamsearch.indexer.ray_engine import RayEngine
 
             cluster = self.cluster = RayEngine.for_run(
-                options.ray_address, self.library.catalog_path, self.models.infos, self.sources, options
+                options.ray_address, self.layout.catalog_path, self.models.infos, self.sources, options
             )
             decoding = DeviceDecoding(options, self.sources, self.model_thread, None)  # Ray tasks decode
             return decoding, lambda plan: (cluster.contents, cluster.outcomes(diff.candidates(plan)))

@@ -11,9 +11,9 @@ from collections.abc import Sequence
 import numpy as np
 
 from dreamsearch.catalog import Catalog, FileEntry, ModelInfo, RootPlace, path_from_db, path_to_db
-from dreamsearch.decoding import Decoded
 from dreamsearch.errors import DreamsearchError
 from dreamsearch.failures import failure_kind
+from dreamsearch.images import Decoded
 from dreamsearch.indexer.options import IndexReport
 from dreamsearch.layout import LibraryLayout
 from dreamsearch.scan import ScannedFile
@@ -46,8 +46,8 @@ class CatalogWriter:
     """Commits for one run. ``replaced``: contents whose files changed, dropped at the end
     if nothing holds them any more."""
 
-    def __init__(self, catalog: Catalog, library: LibraryLayout, report: IndexReport) -> None:
-        self.catalog, self.library, self.report = catalog, library, report
+    def __init__(self, catalog: Catalog, layout: LibraryLayout, report: IndexReport) -> None:
+        self.catalog, self.layout, self.report = catalog, layout, report
         self.replaced: set[int] = set()
         self.saves = SaveSchedule()
 
@@ -129,7 +129,7 @@ class CatalogWriter:
 
     def save_indexes(self, models: Sequence[ModelInfo]) -> None:
         started = time.monotonic()
-        save_indexes(self.catalog, self.library.index_dir, models)
+        save_indexes(self.catalog, self.layout.index_dir, models)
         self.saves.saved(time.monotonic() - started)
 
 

@@ -46,7 +46,7 @@ class Embedder:
         return self.preprocess_spec(image)
 
     def load(self) -> Embedder:
-        """Already loaded (the indexer also takes ``PendingModel`` handles)."""
+        """Already loaded (the indexer also takes a ``PendingModel``)."""
         return self
 
     def embed(self, batch: np.ndarray) -> np.ndarray:

@@ -150,6 +150,8 @@ MODELS["resnet50"] = ModelSpec(
 )
 
 DEFAULT_MODEL = "dreamsim"
+#: The model of a text query that names none: the one with a text tower (DreamSim has none).
+DEFAULT_TEXT_MODEL = "clip"
 
 
 def get_spec(name: str) -> ModelSpec:

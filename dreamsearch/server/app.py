@@ -29,9 +29,8 @@ from dreamsearch import __version__
 from dreamsearch.api import Library, Page
 from dreamsearch.documents import comparison_document, duplicates_document, result_document
 from dreamsearch.errors import DreamsearchError, ImageError, NotFoundError, PixelLimitError
-from dreamsearch.layout import THUMBNAILS
 from dreamsearch.models import text_model_spec
-from dreamsearch.models.registry import MODELS, get_spec
+from dreamsearch.models.registry import DEFAULT_TEXT_MODEL, MODELS, get_spec
 from dreamsearch.models.weights import weights_dir
 from dreamsearch.server import schemas
 from dreamsearch.server.files import ORIGINAL_POLICY, FileSent, OpenedFile, open_indexed
@@ -72,8 +71,8 @@ def create_app(
     loaded at start-up (and again on first use after ``unload_after`` idle seconds).
     Requests may name only these models, unless ``limits.load_models_on_request``.
     ``watcher`` (``serve --watch``) runs in a thread of its own while the app is up."""
-    thumbnails = ThumbnailCache(library.folder.root / THUMBNAILS, thumbnail_cache)
-    redact = library_redactor(library.folder.root, weights_dir(library.weights_dir))
+    thumbnails = ThumbnailCache(library.layout.thumbnails_dir, thumbnail_cache)
+    redact = library_redactor(library.layout.root, weights_dir(library.weights_dir))
     jobs = Jobs(library, thumbnails.keep_grid, redact.error)  # a job makes the grid's thumbnails as it decodes
     idle = _IdleUnloader(library, unload_after)
     served = {get_spec(name).name for name in models}
@@ -120,9 +119,11 @@ def create_app(
     # Starlette types a handler as taking any Exception; this one is only given Busy
     app.add_exception_handler(Busy, answer_busy)  # type: ignore[arg-type]
 
-    def model_of(name: str | None) -> str:
+    def served_model(name: str | None) -> str:
         """The model a request names (default: the first of ``models``), if this server may
-        use it: each model loaded takes 0.3-1.7 GB (issue 21: five names took 1.28 -> 4.89 GB)."""
+        use it: each model loaded takes 0.3-1.7 GB (issue 21: five names took 1.28 -> 4.89 GB).
+        A lookup only: a model's idle time (``--unload-after``) counts from the end of its
+        last use (``ModelPool.held``), not from here."""
         chosen = name or models[0]
         if not limits.load_models_on_request and get_spec(chosen).name not in served:
             raise DreamsearchError(
@@ -208,10 +209,10 @@ def create_app(
         include_self: schemas.FormBool = True,
     ) -> dict:
         check_k(k, offset, max_distance)
-        folder, chosen = _folder_filter(under), model_of(model)
+        folder, chosen = _folder_filter(under), served_model(model)
 
         def run(name: str, data: bytes) -> Page:
-            query = library.image_query(data, chosen, name=name, max_pixels=limits.max_upload_pixels)
+            query = library.query(data, model=chosen, name=name, max_pixels=limits.max_upload_pixels)
             return library.search(
                 query, k=k, include_self=include_self, max_distance=max_distance, under=folder, offset=offset
             )
@@ -227,21 +228,23 @@ def create_app(
         max_distance: schemas.QueryDistance = None,
     ) -> dict:
         check_k(k, offset, max_distance)
-        chosen = model_of(model)
+        chosen = served_model(model)
 
         def run() -> Page:
-            return library.search(library.stored_query(file_id, chosen), k=k, max_distance=max_distance, offset=offset)
+            return library.search(
+                library.query(like=file_id, model=chosen), k=k, max_distance=max_distance, offset=offset
+            )
 
         return page_document(await searching.run(run))
 
     @app.post("/api/search/vector", response_model=schemas.Page, responses=schemas.errors(404, 413, 422, 503))
     async def search_vector(body: VectorSearch) -> dict:
         check_k(body.k, body.offset)
-        chosen = model_of(body.model)
+        chosen = served_model(body.model)
 
         def run() -> Page:
             return library.search(
-                library.vector_query(body.vector, chosen), k=body.k, include_self=True, offset=body.offset
+                library.query(vector=body.vector, model=chosen), k=body.k, include_self=True, offset=body.offset
             )
 
         return page_document(await searching.run(run))
@@ -250,14 +253,14 @@ def create_app(
     async def search_text(body: TextSearch) -> dict:
         """Words through the model's text tower (CLIP's), searched in its image vectors."""
         check_k(body.k, body.offset)
-        text_model_spec(body.model or "clip")  # a DreamSim name: 400, naming the models that take text
+        text_model_spec(body.model or DEFAULT_TEXT_MODEL)  # a DreamSim name: 400, naming the models that take text
         try:
-            chosen = model_of(body.model or "clip")
+            chosen = served_model(body.model or DEFAULT_TEXT_MODEL)
         except DreamsearchError as exc:  # no model that takes text is served: nothing here to answer with
             raise NotFoundError(str(exc)) from None
 
         def run() -> tuple[tuple[str, ...], Page]:
-            query = library.text_query(body.text, chosen)
+            query = library.query(text=body.text, model=chosen)
             return query.notes, library.search(query, k=body.k, include_self=True, offset=body.offset)
 
         notes, page = await heavy.run(run)
@@ -265,7 +268,7 @@ def create_app(
 
     @app.post("/api/embed", response_model=schemas.Embedding, responses=schemas.errors(413, 415, 422, 503))
     async def embed(image: Annotated[UploadFile, File()], model: Annotated[str | None, Form()] = None) -> dict:
-        chosen = model_of(model)
+        chosen = served_model(model)
         vector = await upload_work(
             heavy, image, lambda name, data: library.embed(data, chosen, name=name, max_pixels=limits.max_upload_pixels)
         )
@@ -273,7 +276,7 @@ def create_app(
             "model": chosen,
             "dim": int(vector.shape[0]),
             "vector": [float(x) for x in vector],
-            "fingerprint": library.model_handle(chosen).fingerprint,
+            "fingerprint": library.pending_model(chosen).fingerprint,
         }
 
     @app.post("/api/compare", response_model=schemas.Comparison, responses=schemas.errors(404, 413, 415, 422, 503))
@@ -284,7 +287,7 @@ def create_app(
         include_self: schemas.FormBool = True,
     ) -> dict:
         check_k(k)
-        names = [model_of(n.strip()) for n in (models_wanted or "").split(",") if n.strip()] or [
+        names = [served_model(n.strip()) for n in (models_wanted or "").split(",") if n.strip()] or [
             n for n in sorted(library.vector_counts()) if limits.load_models_on_request or n in served
         ]
 
@@ -308,7 +311,7 @@ def create_app(
 
     @app.get("/api/duplicates", response_model=schemas.Duplicates, responses=schemas.errors(404, 422, 503))
     async def duplicates(model: str | None = None, max_distance: schemas.QueryDistance = None) -> dict:
-        chosen = model_of(model)
+        chosen = served_model(model)
         distance = library.default_duplicate_distance(chosen) if max_distance is None else max_distance
         # a scan of the whole index
         groups = await heavy.run(lambda: library.duplicates(chosen, max_distance=distance))
@@ -376,8 +379,8 @@ def create_app(
     def start_index(body: IndexRequest) -> dict:
         if not body.folders:
             raise DreamsearchError("give at least one folder")
-        wanted = [get_spec(model_of(name)).name for name in body.models or models]  # unknown or not served: 400 now
-        indexed = library.folders() if library.folder.catalog_path.exists() else []
+        wanted = [get_spec(served_model(name)).name for name in body.models or models]  # unknown or not served: 400 now
+        indexed = library.folders() if library.layout.catalog_path.exists() else []
         for folder in body.folders:
             check_folder_allowed(folder, [*indexed, *settings.allow_folders])
         job = jobs.start(body.folders, wanted)
@@ -485,7 +488,7 @@ def _preload(library: Library, models: list[str]) -> dict[str, int]:
     """Load the models a photo app will ask for, so the first query is warm. A model the
     library has no vectors for is still loaded (``embed`` works without vectors). Returns
     each one's vector length: what the schema says a vector search of it takes."""
-    return {name: library.model(name).dim for name in models}
+    return {name: library.embedder(name).dim for name in models}
 
 
 def _with_links(document: dict) -> dict:

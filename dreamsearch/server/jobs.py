@@ -128,7 +128,7 @@ class Jobs:
         writer lock. The job takes the lock a moment later: a process that starts in that
         moment wins, and the job fails with the same reason."""
         try:
-            with LibraryLayout.prepare(self.library.folder.root).writer_lock():
+            with LibraryLayout.prepare(self.library.layout.root).writer_lock():
                 pass
         except WriterBusy:
             raise JobRunning(

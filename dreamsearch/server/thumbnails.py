@@ -79,13 +79,13 @@ def thumbnail(cache: ThumbnailCache, detail: FileDetail, size: int, read: Callab
 
 
 class ThumbnailCache:
-    """The thumbnails folder (``SIZE/KEY.jpg``), at most ``max_bytes`` in all: adding one
-    past the bound deletes the least recently used. What the folder holds is counted once,
+    """The thumbnails under ``root`` (``SIZE/KEY.jpg``), at most ``max_bytes`` in all: adding
+    one past the bound deletes the least recently used. What ``root`` holds is counted once,
     on first use (a restarted server keeps its bound and the order of use, from mtimes).
     Thread-safe; one server per library is assumed (a second keeps its own count)."""
 
-    def __init__(self, folder: Path, max_bytes: int = DEFAULT_CACHE_BYTES) -> None:
-        self.folder, self.max_bytes = Path(folder), max_bytes
+    def __init__(self, root: Path, max_bytes: int = DEFAULT_CACHE_BYTES) -> None:
+        self.root, self.max_bytes = Path(root), max_bytes
         self._lock = threading.Lock()
         self._entries: OrderedDict[Path, list] | None = None  # path -> [bytes, last touched]; oldest first
         self._total = 0
@@ -138,7 +138,7 @@ class ThumbnailCache:
             return self._total
 
     def _path(self, key: str, size: int) -> Path:
-        return self.folder / str(size) / f"{key}.jpg"
+        return self.root / str(size) / f"{key}.jpg"
 
     def _add(self, path: Path, count: int) -> None:
         """Count ``path`` as just used, then drop the least recently used past the bound."""
@@ -157,22 +157,22 @@ class ThumbnailCache:
             self._total -= dropped
 
     def _load(self) -> OrderedDict[Path, list]:
-        """What the folder holds, least recently used first. Folders of sizes no longer made
+        """What ``root`` holds, least recently used first. Folders of sizes no longer made
         (any size was cached before) are deleted: nothing reads them any more."""
         if self._entries is not None:
             return self._entries
         found = []
         try:
-            folders = list(os.scandir(self.folder))
+            size_dirs = list(os.scandir(self.root))
         except OSError:
-            folders = []
-        for folder in folders:
-            if not folder.is_dir(follow_symlinks=False):
+            size_dirs = []
+        for size_dir in size_dirs:
+            if not size_dir.is_dir(follow_symlinks=False):
                 continue
-            if folder.name not in {str(size) for size in SIZES}:
-                _remove_folder(Path(folder.path))
+            if size_dir.name not in {str(size) for size in SIZES}:
+                _remove_dir(Path(size_dir.path))
                 continue
-            for entry in os.scandir(folder.path):
+            for entry in os.scandir(size_dir.path):
                 info = entry.stat(follow_symlinks=False)
                 if entry.name.endswith(".partial"):  # a write cut short by a crash
                     if time.time() - info.st_mtime > 3600:
@@ -192,10 +192,10 @@ def _touch(path: Path) -> None:
         pass
 
 
-def _remove_folder(folder: Path) -> None:
+def _remove_dir(path: Path) -> None:
     try:
-        for entry in os.scandir(folder):
+        for entry in os.scandir(path):
             Path(entry.path).unlink(missing_ok=True)
-        folder.rmdir()
+        path.rmdir()
     except OSError:  # not ours to remove, or in use: left as it is
         pass

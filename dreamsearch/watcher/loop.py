@@ -133,7 +133,7 @@ class Watcher:
     def _publish(self) -> None:
         """Leave the warnings where ``dreamsearch status`` reads them (``notices``)."""
         try:
-            notices.publish(self.library.folder.root, list(self.warnings.values()))
+            notices.publish(self.library.layout.root, list(self.warnings.values()))
         except OSError:  # no library folder yet, or a read-only one: the warnings were said
             pass
 
@@ -141,8 +141,8 @@ class Watcher:
 
     def run(self) -> None:
         """Catch up, then follow the folders until ``stop`` is set (Ctrl-C in the CLI)."""
-        if self.library.folder.root.is_dir():
-            notices.current(self.library.folder.root, remove_stale=True)
+        if self.library.layout.root.is_dir():
+            notices.current(self.library.layout.root, remove_stale=True)
         for root in self.roots:
             self.say(f"watching {display_path(root.path)}: {self._mode(root)}")
             self._health(root)

@@ -231,7 +231,7 @@ def test_batched_jpeg_decoding_agrees_with_the_cpu_path(tmp_path, tiny_model, de
         assert cosines[routed_to_cpu] == pytest.approx(1.0, abs=1e-6)  # the very same decoder
     with Catalog(batched.catalog_path) as catalog:
         ids = catalog.vector_ids(catalog.model("dreamsim-dino")).tolist()
-        details = {Path(d.path).name: d for found in catalog.file_details(ids).values() for d in found}
+        details = {Path(d.path).name: d for found in catalog.files_of_contents(ids).values() for d in found}
     assert (details["rotated.jpg"].width, details["rotated.jpg"].height) == (1000, 1300)
     assert (details["base0.jpg"].width, details["base0.jpg"].height) == (1300, 1000)
 

@@ -84,13 +84,11 @@ def assert_same_library(got: LibraryLayout, expected: LibraryLayout) -> None:
 
 def assert_same_answers(got: LibraryLayout, expected: LibraryLayout, weights: Path, queries: list[Path]) -> None:
     for query in queries:
-        answers = [
-            [
-                (m.path, round(m.distance, 6))
-                for m in Library.open(lib.root, weights_dir=weights, device="cpu").query(query, model=MODEL, k=10)
-            ]
-            for lib in (got, expected)
-        ]
+        answers = []
+        for lib in (got, expected):
+            with Library.open(lib.root, weights_dir=weights, device="cpu") as library:
+                page = library.search(library.query(query, model=MODEL), k=10)
+            answers.append([(m.path, round(m.distance, 6)) for m in page.matches])
         assert answers[0] == answers[1] and len(answers[0]) == 10
 
 

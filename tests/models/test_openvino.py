@@ -162,14 +162,14 @@ def test_index_and_query_run_on_openvino(tmp_path, tiny, monkeypatch):
 
     with Library.open(tmp_path / "lib", weights_dir=tiny("dreamsim-dino"), device="cpu") as library:
         library.index([photos], models=["dreamsim-dino"], options=IndexOptions(workers=0))
-        found = library.query(Image.open(photos / "dune.jpg"), k=3, model="dreamsim-dino")
+        found = library.search(library.query(Image.open(photos / "dune.jpg"), model="dreamsim-dino"), k=3).matches
     assert backends and set(backends) == {"openvino"}
     assert found[0].path == str(photos / "dune.jpg") and found[0].distance < 1e-5
 
     # vectors indexed through OpenVINO answer a torch query as they answer their own
     monkeypatch.setenv(precision.ENV, "torch")
     with Library.open(tmp_path / "lib", weights_dir=tiny("dreamsim-dino"), device="cpu") as library:
-        again = library.query(Image.open(photos / "dune.jpg"), k=3, model="dreamsim-dino")
+        again = library.search(library.query(Image.open(photos / "dune.jpg"), model="dreamsim-dino"), k=3).matches
     assert backends[-1] == "torch"
     assert [m.path for m in again] == [m.path for m in found]
     assert np.abs(np.array([m.distance for m in again]) - [m.distance for m in found]).max() <= 1e-5

@@ -122,14 +122,14 @@ def test_uploads_past_the_slots_and_the_queue_get_503_with_retry_after(two_model
     and two are told to come back; the two that were taken in then succeed."""
     library = open_library(two_models)
     release, started = threading.Event(), threading.Semaphore(0)
-    real = Library.image_query
+    real = Library.query
 
     def held_query(self, *args, **kwargs):
         started.release()
         release.wait(PROMPTLY)
         return real(self, *args, **kwargs)
 
-    monkeypatch.setattr(Library, "image_query", held_query)
+    monkeypatch.setattr(Library, "query", held_query)
     _lib, photos, _w = two_models
     with (
         client_of(library, limits=Limits(heavy_slots=1, queue=1, wait_s=PROMPTLY)) as client,
@@ -192,8 +192,7 @@ def test_light_routes_answer_while_64_heavy_requests_of_each_kind_are_stuck(two_
         file_id = client.post("/api/search", files=upload(photos / "p1.jpg"), data={"k": "1"}).json()["results"][0][
             "id"
         ]
-        monkeypatch.setattr(Library, "stored_query", stuck(Library.stored_query))
-        monkeypatch.setattr(Library, "image_query", stuck(Library.image_query))
+        monkeypatch.setattr(Library, "query", stuck(Library.query))
         monkeypatch.setattr(app_module, "thumbnail", stuck(app_module.thumbnail))
         with ThreadPoolExecutor(192) as pool:
             heavy = [pool.submit(client.get, f"/api/files/{file_id}/thumbnail") for _ in range(64)]
@@ -269,7 +268,7 @@ def test_a_slow_model_load_or_index_open_does_not_stall_other_requests(two_model
     library lock: every other request waited, health included."""
     library = open_library(two_models)
     _lib, photos, _w = two_models
-    library.model(DINO)
+    library.embedder(DINO)
     release = threading.Event()
     real_pending, real_searcher = dreamsearch.api.PendingModel, dreamsearch.api.Searcher
 
@@ -284,11 +283,11 @@ def test_a_slow_model_load_or_index_open_does_not_stall_other_requests(two_model
     monkeypatch.setattr(dreamsearch.api, "PendingModel", slow_for_clip(real_pending))
     monkeypatch.setattr(dreamsearch.api, "Searcher", slow_for_clip(real_searcher))
     try:
-        loading = in_thread(library.model, CLIP)
-        opening = in_thread(library.stored_query, photos / "p1.jpg", CLIP)
+        loading = in_thread(library.embedder, CLIP)
+        opening = in_thread(library.query, like=photos / "p1.jpg", model=CLIP)
         time.sleep(0.3)
         assert promptly(in_thread(library.loaded_models)) == [DINO]
-        query = promptly(in_thread(library.image_query, (photos / "p2.jpg").read_bytes(), DINO))
+        query = promptly(in_thread(library.query, (photos / "p2.jpg").read_bytes(), model=DINO))
         assert promptly(in_thread(library.search, query, k=1, include_self=True)).matches[0].path == str(
             photos / "p2.jpg"
         )
@@ -339,7 +338,7 @@ def test_compare_that_lets_its_models_go_keeps_one_another_caller_loaded_meanwhi
     real = Searcher.embed_pixels
 
     def held_for_clip(self, embedder, pixels):
-        if self.model.name == CLIP and not release.is_set():
+        if self.info.name == CLIP and not release.is_set():
             inside.set()
             release.wait(PROMPTLY)
         return real(self, embedder, pixels)
@@ -349,7 +348,7 @@ def test_compare_that_lets_its_models_go_keeps_one_another_caller_loaded_meanwhi
         lambda: library.compare((photos / "p1.jpg").read_bytes(), [DINO, CLIP], k=2, keep_models=False)
     )
     assert inside.wait(PROMPTLY)
-    library.model(CLIP)  # another caller wants it kept
+    library.embedder(CLIP)  # another caller wants it kept
     release.set()
     promptly(comparing)
     assert library.loaded_models() == [CLIP]  # dino was loaded by compare alone: let go

@@ -149,14 +149,14 @@ def test_a_file_changed_after_it_was_sent_ahead_is_embedded_from_its_new_bytes(l
     picture = tmp_path / "query.jpg"
     shutil.copy(photos / "p1.jpg", picture)
     with Library.open(lib, weights_dir=weights, device="cpu") as alone:
-        before = alone.image_query(picture, DINO).vector
+        before = alone.query(picture, model=DINO).vector
         shutil.copy(photos / "p3.jpg", picture)
-        after = alone.image_query(picture, DINO).vector
+        after = alone.query(picture, model=DINO).vector
     assert not np.allclose(before, after)
     shutil.copy(photos / "p1.jpg", picture)
     with running_server(lib, weights, "--models", DINO):
         ask_ahead(lib, [picture], DINO)
         shutil.copy(photos / "p3.jpg", picture)  # replaced while the server embeds the old one
         with Library.open(lib, weights_dir=weights, device="cpu", use_server=True) as warm:
-            query = warm.image_query(picture, DINO)
+            query = warm.query(picture, model=DINO)
     np.testing.assert_allclose(query.vector, after, atol=1e-6)
