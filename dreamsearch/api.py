@@ -31,7 +31,7 @@ from dreamsearch.file_state import one_name_per_file
 from dreamsearch.indexer import IndexOptions, IndexReport, Progress, check_engine, index_folders
 from dreamsearch.layout import LibraryLayout, library_dir
 from dreamsearch.model_pool import KeyedLocks, ModelPool
-from dreamsearch.models import PendingModel, text_model_spec
+from dreamsearch.models import PendingModel, taken_ahead, text_model_spec
 from dreamsearch.models.precision import DEFAULT_PRECISION, precision_of
 from dreamsearch.models.registry import DEFAULT_MODEL, DEFAULT_TEXT_MODEL, get_spec
 from dreamsearch.reading import read_file
@@ -140,13 +140,15 @@ class Library:
         self.nprobe = nprobe
         self.compile, self.threads = compile, threads
         self._models = ModelPool(
-            lambda name: PendingModel(
-                name,
-                weights_dir=self.weights_dir,
-                device=self.device,
-                precision=self.precision or stored_precision(layout, name),
-                compile=self.compile,
-                threads=self.threads,
+            lambda name: taken_ahead(
+                PendingModel(
+                    name,
+                    weights_dir=self.weights_dir,
+                    device=self.device,
+                    precision=self.precision or stored_precision(layout, name),
+                    compile=self.compile,
+                    threads=self.threads,
+                )
             ),
             max_loaded_models,
         )

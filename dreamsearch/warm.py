@@ -112,19 +112,20 @@ class ServedVector:
         return vector if made_by == fingerprint and sent == data else None
 
 
-def ask_ahead(library: str | os.PathLike | None, files: Sequence[Path], model: str) -> None:
+def ask_ahead(library: str | os.PathLike | None, files: Sequence[Path], model: str) -> bool:
     """Send the query files to a running server of ``library`` before this process imports
     the catalog layer (~0.5 s on 2 cores): the server embeds while it does.
     ``WarmServer.embed`` of the same file and model then waits for that answer instead of
-    asking again."""
+    asking again. False when no server's socket is there."""
     socket_path = LibraryLayout(library_dir(library)).serve_socket_path
     if not socket_path.is_socket():  # no server: nothing imported, nothing started
-        return
+        return False
     for path in files:
         read = read_file(str(path))
         if not read.error:  # else told by the query's own read, in its words
             ask = partial(_ask_alone, socket_path, str(path), read.data, model)
             _AHEAD[(socket_path, str(path), model)] = ServedVector(ask)
+    return True
 
 
 def _ask_alone(socket_path: Path, label: str, data: bytes, model: str) -> Answer:

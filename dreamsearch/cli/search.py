@@ -166,10 +166,12 @@ def query(
         _check_image_file(path)
     for path in like:
         _check_not_special(path)
-    if files and not no_server:  # a running server embeds them while the catalog's imports load
+    if files:  # a running server embeds them, or the model loads, while the catalog's imports load
+        from dreamsearch.models import load_ahead
         from dreamsearch.warm import ask_ahead
 
-        ask_ahead(library_path, files, model_name)
+        if no_server or not ask_ahead(library_path, files, model_name):
+            load_ahead(model_name, weights_dir=weights_dir, device=device, precision=precision)
     from dreamsearch.api import Library, Query  # after the checks: a mistake is told before the catalog's imports
     from dreamsearch.output import render
 

@@ -66,3 +66,25 @@ def test_without_a_saved_graph_nothing_is_built_ahead(tmp_path, monkeypatch):
     with model.loading_ahead():
         pass
     assert not _until_loaded(model, within_s=2.0)
+
+
+def test_a_model_loaded_before_the_library_opens_is_the_one_its_queries_use(saved, tmp_path):
+    """``query`` starts loading before it imports the catalog layer (``load_ahead``); the
+    library's model pool takes that very handle, already loading, rather than a new one."""
+    from dreamsearch import Library
+    from dreamsearch.models import load_ahead
+
+    root, _ = saved
+    load_ahead(MODEL, weights_dir=root, device="cpu", precision=None)
+    with Library.open(tmp_path / "library", weights_dir=root, device="cpu") as library:
+        assert _until_loaded(library.pending_model(MODEL))  # nobody asked it to load
+
+
+def test_a_model_loaded_ahead_with_other_settings_is_not_taken(saved, tmp_path):
+    from dreamsearch import Library
+    from dreamsearch.models import load_ahead
+
+    root, _ = saved
+    load_ahead(MODEL, weights_dir=root, device="cpu", precision="int8")
+    with Library.open(tmp_path / "library", weights_dir=root, device="cpu") as library:
+        assert not _until_loaded(library.pending_model(MODEL), within_s=2.0)
