@@ -200,9 +200,7 @@ class Library:
             if self._catalog is not None:
                 self._catalog.close()
                 self._catalog = None
-            if self._server is not None:
-                self._server.close()
-                self._server = None
+            self._server = None  # holds no connection: each request opens its own
 
     def __enter__(self) -> Library:
         return self
