@@ -364,15 +364,14 @@ class Library:
 
     def _from_image(self, image: QueryImage, model: str, name: str, max_pixels: int, keep: bool = True) -> Query:
         asked = self._ask_server(image, model)  # it embeds while this process opens the catalog and index
+        searcher = self._searcher(model)  # first: "nothing is indexed with it" needs no weights
         if asked is not None:
-            served = self._served_query(self._searcher(model), *asked, image, model)
+            served = self._served_query(searcher, *asked, image, model)
             if served is not None:
                 return served
         with self._models.held(model, keep) as pending:
             # decoded before the model loads: a file that is not an image is told without torch
             pixels, data = model_input(pending.preprocess_spec, image, name, max_pixels)
-            with pending.loading_ahead():
-                searcher = self._searcher(model)
             with self._models.use(model, keep) as embedder:
                 vector = searcher.embed_pixels(embedder, pixels)
         own = searcher.content_of(data)

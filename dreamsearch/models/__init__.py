@@ -6,8 +6,6 @@ import atexit
 import importlib
 import os
 import threading
-from collections.abc import Iterator
-from contextlib import contextmanager
 from functools import cached_property
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -81,22 +79,9 @@ class PendingModel:
         """What makes two handles the same model: they may stand in for each other."""
         return (self.name, self.weights_root, self.device, self.precision, self.compile, self.threads)
 
-    @contextmanager
-    def loading_ahead(self) -> Iterator[None]:
-        """Load the model in the background during the block, where that needs no torch (a
-        saved OpenVINO graph): a cold ``query`` compiles it while the catalog and index open.
-        ``load`` then waits for it. If the block fails, the load is waited for before the
-        error goes on: a process must not exit while OpenVINO compiles in another thread."""
-        ahead = self.start_loading()
-        try:
-            yield
-        except BaseException:
-            if ahead is not None:
-                ahead.join()
-            raise
-
     def start_loading(self) -> threading.Thread | None:
-        """Start loading from the saved graph in a thread of its own (None: nothing to do)."""
+        """Start loading in a thread of its own where that needs no torch (a saved OpenVINO
+        graph); ``load`` then waits for it. None: loaded or loading already."""
         if self._embedder is not None or self._lock.locked():
             return None
         ahead = threading.Thread(target=self._load_saved, name=f"dreamsearch-load-{self.name}", daemon=True)

@@ -1,6 +1,6 @@
-"""A model with a saved OpenVINO graph loads in the background while a query opens its
-catalog and index (``PendingModel.loading_ahead``): the same model, sooner, and never a
-process left exiting while OpenVINO compiles."""
+"""A model with a saved OpenVINO graph starts loading in the background before ``query``
+imports the catalog layer (``load_ahead``): the same model, sooner, taken by the library's
+pool only when it is the very model the pool would build."""
 
 from __future__ import annotations
 
@@ -39,32 +39,23 @@ def _until_loaded(model: PendingModel, within_s: float = 60.0) -> bool:
     return model.loaded
 
 
-def test_a_saved_graph_loads_during_the_block_and_gives_the_same_vectors(saved):
+def test_a_saved_graph_loads_in_the_background_and_gives_the_same_vectors(saved):
     root, first = saved
     model = _pending(root)
-    with model.loading_ahead():
-        assert _until_loaded(model)  # nobody called load: the background did
+    assert model.start_loading() is not None
+    assert _until_loaded(model)  # nobody called load: the background did
     pixels = np.random.default_rng(0).integers(0, 256, (2, 224, 224, 3), dtype=np.uint8)
     embedder = model.load()
     assert embedder.backend == "openvino"
     np.testing.assert_array_equal(embedder.embed(pixels), first.load().embed(pixels))
 
 
-def test_a_failing_block_waits_for_the_load_before_its_error_goes_on(saved):
-    root, _ = saved
-    model = _pending(root)
-    with pytest.raises(ValueError, match="nothing indexed"), model.loading_ahead():
-        raise ValueError("nothing indexed")
-    assert model.loaded  # joined, not left compiling while the process exits
-
-
-def test_without_a_saved_graph_nothing_is_built_ahead(tmp_path, monkeypatch):
+def test_without_a_saved_graph_nothing_is_built_in_the_background(tmp_path, monkeypatch):
     """Building from the checkpoint imports torch: that stays in the foreground, after the
     picture was found readable."""
     monkeypatch.setenv(precision.ENV, "openvino")
     model = _pending(write_tiny_cache(tmp_path / "weights", "dino_vitb16"))
-    with model.loading_ahead():
-        pass
+    model.start_loading()
     assert not _until_loaded(model, within_s=2.0)
 
 
