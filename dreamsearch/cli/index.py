@@ -34,7 +34,7 @@ from dreamsearch.display import display_path, kept_folder_warning, problem_line
     "--workers",
     type=click.IntRange(0),
     default=None,
-    help="Threads that read and decode files (default: one per core, at most 8; 0 does it in the main thread).",
+    help="Threads that read and decode files (default: two per core, at most 8; 0 does it in the main thread).",
 )
 @click.option("--device", default="auto", show_default=True, type=DEVICE_CHOICES)
 @click.option("--threads", type=click.IntRange(1), default=None, help="CPU threads for torch.")

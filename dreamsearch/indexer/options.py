@@ -107,12 +107,14 @@ class IndexOptions:
     #: compiled model or with the Ray engine, 32. Given or not, a CPU model (uncompiled)
     #: takes about 5 s of images at a time, so a stop is answered within seconds.
     batch_size: int | None = None
-    #: CPU threads that read, hash and decode; 0 does it all in the calling thread. One per
-    #: core (at most 8): with one fewer, 2 cores kept only ~1.35 busy while the model waited
-    #: for pictures, and 2 reading threads cut a first index's wall time by 17% (issue 23).
-    #: The model's OpenMP threads sleep while they wait (``OMP_WAIT_POLICY``), so the
-    #: threads share the cores rather than fight for them.
-    workers: int = field(default_factory=lambda: max(1, min(8, usable_cores())))
+    #: CPU threads that read, hash and decode; 0 does it all in the calling thread. Two per
+    #: core (at most 8). One per core left 2 quiet cores busy, but on a loaded machine the
+    #: scheduler shares the CPU out by thread: with 8 busy processes beside it, 100 large
+    #: wallpapers took 112-146 s with 2 reading threads and 44-49 s with 4 (12.1-12.5 s
+    #: either way when quiet; docs/performance.md#against-rclip). One fewer than the cores
+    #: kept only ~1.35 of 2 busy. The model's OpenMP threads sleep while they wait
+    #: (``OMP_WAIT_POLICY``), so the threads share the cores rather than fight for them.
+    workers: int = field(default_factory=lambda: max(1, min(8, 2 * usable_cores())))
     exclude: tuple[str, ...] = ()
     follow_symlinks: bool = False
     draft: bool = True
