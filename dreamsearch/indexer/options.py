@@ -111,8 +111,8 @@ class IndexOptions:
     #: core (at most 8). One per core left 2 quiet cores busy, but on a loaded machine the
     #: scheduler shares the CPU out by thread: with 8 busy processes beside it, 100 large
     #: wallpapers took 112-146 s with 2 reading threads and 44-49 s with 4 (12.1-12.5 s
-    #: either way when quiet; docs/performance.md#against-rclip). One fewer than the cores
-    #: kept only ~1.35 of 2 busy. The model's OpenMP threads sleep while they wait
+    #: either way when quiet; docs/performance.md, "Against rclip"). One fewer than the
+    #: cores kept only ~1.35 of 2 busy. The model's OpenMP threads sleep while they wait
     #: (``OMP_WAIT_POLICY``), so the threads share the cores rather than fight for them.
     workers: int = field(default_factory=lambda: max(1, min(8, 2 * usable_cores())))
     exclude: tuple[str, ...] = ()
