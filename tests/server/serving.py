@@ -21,18 +21,10 @@ MODEL = "dreamsim-dino"
 URL = re.compile(r"http://(127\.0\.0\.1|\[::1\]|localhost):(\d+)")
 
 
-@contextmanager
-def running_server(
-    library: Path,
-    weights: Path,
-    *extra: str,
-    env: dict | None = None,
-    preexec_fn: Callable[[], None] | None = None,
-    log: list[str] | None = None,
-) -> Iterator[str]:
-    """Yield the URL the server printed, once it answers; stop it afterwards. Its output
-    lines are appended to ``log`` as they come; ``preexec_fn`` runs in the child (limits)."""
-    command = [
+def serve_command(library: Path, weights: Path, *extra: str, model: str = MODEL) -> list[str]:
+    """``dreamsearch serve`` of ``library`` on a free loopback port, on the CPU, with the
+    options ``extra``: the one command line every test starts a server with."""
+    return [
         sys.executable,
         "-m",
         "dreamsearch",
@@ -44,13 +36,26 @@ def running_server(
         "--weights-dir",
         str(weights),
         "--models",
-        MODEL,
+        model,
         "--device",
         "cpu",
         *extra,
     ]
+
+
+@contextmanager
+def running_server(
+    library: Path,
+    weights: Path,
+    *extra: str,
+    env: dict | None = None,
+    preexec_fn: Callable[[], None] | None = None,
+    log: list[str] | None = None,
+) -> Iterator[str]:
+    """Yield the URL the server printed, once it answers; stop it afterwards. Its output
+    lines are appended to ``log`` as they come; ``preexec_fn`` runs in the child (limits)."""
     process = subprocess.Popen(
-        command,
+        serve_command(library, weights, *extra),
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,

@@ -12,7 +12,6 @@ import io
 import os
 import re
 import subprocess
-import sys
 import threading
 import time
 from collections import Counter
@@ -29,7 +28,7 @@ from dreamsearch.indexer import IndexOptions
 from dreamsearch.server.app import create_app
 from dreamsearch.server.security import Settings
 from tests.helpers.images import photo_like
-from tests.server.serving import MODEL, running_server
+from tests.server.serving import MODEL, running_server, serve_command
 
 SECRET = b"-----BEGIN OPENSSH PRIVATE KEY----- not for the web -----END OPENSSH PRIVATE KEY-----\n"
 #: What the polyglot's script does if it ever runs: read the API, then call home.
@@ -333,22 +332,7 @@ def test_the_token_can_come_from_a_file_that_only_its_owner_can_read(library, tm
     token_file.write_text("from-a-file-4711\n")
     token_file.chmod(0o644)
     refused = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "dreamsearch",
-            "serve",
-            "--port",
-            "0",
-            "--library",
-            str(root / "lib"),
-            "--weights-dir",
-            str(weights),
-            "--models",
-            MODEL,
-            "--token-file",
-            str(token_file),
-        ],
+        serve_command(root / "lib", weights, "--token-file", str(token_file)),
         capture_output=True,
         text=True,
         timeout=120,

@@ -8,7 +8,6 @@ import os
 import signal
 import stat
 import subprocess
-import sys
 
 import httpx
 import pytest
@@ -18,7 +17,7 @@ from dreamsearch.indexer import IndexOptions
 from tests.helpers.cli import Probed, probe
 from tests.helpers.images import make_photos
 from tests.helpers.official_layout import write_tiny_cache
-from tests.server.serving import running_server
+from tests.server.serving import running_server, serve_command
 
 pytestmark = pytest.mark.server
 
@@ -104,22 +103,7 @@ def test_a_socket_left_by_a_killed_server_is_replaced_and_never_trusted(library)
     query = ("query", str(photos / "p1.jpg"), "-k", "3", "-m", DINO)
     alone = cli(library, *query)
     server = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "dreamsearch",
-            "serve",
-            "--port",
-            "0",
-            "--library",
-            str(lib),
-            "--weights-dir",
-            str(weights),
-            "--models",
-            DINO,
-            "--device",
-            "cpu",
-        ],
+        serve_command(lib, weights, model=DINO),
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
