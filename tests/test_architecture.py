@@ -46,6 +46,8 @@ CLI_ALSO = {
     # before the catalog layer is imported (``warm.ask_ahead``)
     "cli/search.py": {"dreamsearch.models", "dreamsearch.reading", "dreamsearch.warm"},
     "cli/library.py": {"dreamsearch.status"},  # status_lines
+    # a new library's models compiled before the catalog layer is imported (``models.load_ahead``)
+    "cli/index.py": {"dreamsearch.layout", "dreamsearch.models"},
 }
 #: The shells and the package's front doors; every other module is a domain module.
 SHELLS = ("api.py", "cli/", "server/", "__init__.py", "__main__.py")

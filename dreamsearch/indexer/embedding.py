@@ -5,6 +5,7 @@ so the first commit comes after one image and a stop waits for one step, not a b
 
 from __future__ import annotations
 
+import concurrent.futures
 import time
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
@@ -34,6 +35,7 @@ class RunModels:
         self._embedders: list[Embedder | None] = [None] * len(sources)
         self._pace = Pace()
         self._paced: bool | None = None  # decided when the first file waits for the model
+        self._loading: list[concurrent.futures.Future[Embedder]] = []  # loads started before the first file
 
     def register(self) -> list[ModelInfo]:
         self.infos = [self._register(i) for i in range(len(self.sources))]
@@ -54,8 +56,25 @@ class RunModels:
             known = self.catalog.restamp_model(source.name, known.fingerprint, source.fingerprint)
         if known is not None and known.fingerprint == source.fingerprint:
             return known
-        dim = known.dim if known is not None else self.thread.call(self._load, i).dim
+        dim = known.dim if known is not None else self._new_model_dim(i)
         return self.catalog.ensure_model(source.name, dim, source.fingerprint)  # refuses other weights
+
+    def _new_model_dim(self, i: int) -> int:
+        """The vector size of a model the library has never held. A saved graph tells it,
+        and the model then compiles in the model thread while the first files are read
+        (``clip`` took 0.3-0.9 s of a new library's start on 2 cores); otherwise the model
+        is loaded now to learn it."""
+        source = self.sources[i]
+        if source.dim is None:
+            return self.thread.call(self._load, i).dim
+        if self.options.engine != "ray":  # there, Ray's actors load it
+            self._loading.append(self.thread.submit(self._load, i))  # a failure is told by the first embedding
+        return source.dim
+
+    def finish_loading(self) -> None:
+        """Wait for models still compiling (a run with nothing to embed can end first):
+        the interpreter must not exit while OpenVINO compiles in another thread."""
+        concurrent.futures.wait(self._loading)
 
     def embed_lacking(self, good: Sequence[Ready]) -> dict[str, dict[str, np.ndarray]]:
         """Vectors for the decoded files, from each model that has none for their content

@@ -35,6 +35,10 @@ class ModelSource(Protocol):
         """Where the model runs: on CUDA, baseline JPEGs are decoded there too."""
 
     @property
+    def dim(self) -> int | None:
+        """The vectors' size if known before loading (a loaded embedder's, a saved graph's)."""
+
+    @property
     def weights_root(self) -> Path | None:
         """The weights folder each Ray node builds the model from; ``None`` for a loaded
         embedder (it cannot go to Ray)."""

@@ -146,6 +146,7 @@ class _Run:
             else:
                 self._index(roots)
         finally:
+            self.models.finish_loading()
             self.model_thread.close()
             if self.readers is not None:
                 self.readers.close()

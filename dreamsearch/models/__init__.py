@@ -96,11 +96,29 @@ class PendingModel:
                 except Exception:  # noqa: BLE001 - ``load`` tries again in the foreground and says why
                     pass
 
+    @cached_property
+    def dim(self) -> int | None:
+        """The vectors' size, read from the saved graph where the model runs from one (a
+        new library records the model while it compiles: ``indexer.embedding``); None
+        until it is loaded otherwise."""
+        from dreamsearch.models.saved_graph import saved_dim
+
+        if self._embedder is not None:
+            return self._embedder.dim
+        if not self._runs_from_saved_graph():
+            return None
+        return saved_dim(self.spec, self.weights_root, self.weights_fingerprint, self.precision)
+
+    def _runs_from_saved_graph(self) -> bool:
+        """OpenVINO runs it (float32 on the CPU, or int8), so it loads from a saved graph
+        once one is there."""
+        return not self.compile and (self.precision != DEFAULT_PRECISION or runs_on_openvino(self.device))
+
     def _saved(self) -> Embedder | None:
         from dreamsearch.defaults import usable_cores
         from dreamsearch.models.saved_graph import load_saved
 
-        if self.compile or not (self.precision != DEFAULT_PRECISION or runs_on_openvino(self.device)):
+        if not self._runs_from_saved_graph():
             return None
         embedder = load_saved(
             self.spec, self.weights_root, self.weights_fingerprint, self.precision, self.threads or usable_cores()
@@ -175,15 +193,25 @@ def may_run_on_cuda(device: str) -> bool:
     return device != "cpu" and (device != "auto" or Path("/proc/driver/nvidia/version").exists())
 
 
-def load_ahead(name: str, *, weights_dir: str | os.PathLike | None, device: str, precision: str | None) -> None:
+def load_ahead(
+    name: str,
+    *,
+    weights_dir: str | os.PathLike | None,
+    device: str,
+    precision: str | None,
+    threads: int | None = None,
+) -> None:
     """Start loading ``name`` from its saved OpenVINO graph before the command imports the
     catalog layer: a cold ``query`` of ``clip`` on 2 cores spent 0.35 s waiting for the
-    compile after ~0.4 s of those imports. The library's model pool takes the handle
+    compile after ~0.4 s of those imports, and ``index`` into a new library compiled it
+    while it decoded, both cores busy already. The library's model pool takes the handle
     (``taken_ahead``) when it asks for the same model. ``precision`` None: the library's,
     guessed as float32 (an int8 library leaves this one unused). Never raises: what is
     wrong is told where the command builds the model."""
     try:
-        model = PendingModel(name, weights_dir, device, allow_download=False, precision=precision or DEFAULT_PRECISION)
+        model = PendingModel(
+            name, weights_dir, device, allow_download=False, precision=precision or DEFAULT_PRECISION, threads=threads
+        )
     except DreamsearchError:
         return
     loading = model.start_loading()

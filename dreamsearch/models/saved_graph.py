@@ -84,8 +84,19 @@ def load_saved(spec: ModelSpec, root: Path, weights_fingerprint: str, precision:
     if model is None:
         return None
     backend = "openvino" if precision == DEFAULT_PRECISION else f"openvino {precision}"
-    dim = model.output(0).get_partial_shape()[1].get_length()  # the graph's, as the checkpoint's shapes made it
-    return Embedder(spec.name, dim, spec.preprocess(), runner(model, precision, threads), backend)
+    return Embedder(spec.name, _dim(model), spec.preprocess(), runner(model, precision, threads), backend)
+
+
+def saved_dim(spec: ModelSpec, root: Path, weights_fingerprint: str, precision: str) -> int | None:
+    """The vectors' size from ``spec``'s saved graph, without compiling it (~0.03 s against
+    0.3-0.9 s for ``clip`` on 2 cores), or None when none is saved yet."""
+    model = read(graph_path(root, spec.name, precision, weights_fingerprint))
+    return None if model is None else _dim(model)
+
+
+def _dim(model) -> int:
+    """The graph's output size, as the checkpoint's shapes made it."""
+    return model.output(0).get_partial_shape()[1].get_length()
 
 
 def _version(package: str) -> str:

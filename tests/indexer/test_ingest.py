@@ -267,6 +267,7 @@ class ClaimsDevice:
     def __init__(self, model, device: str) -> None:
         self.model, self.device, self.weights_root = model, device, None
         self.name, self.fingerprint, self.preprocess_spec = model.name, model.fingerprint, model.preprocess_spec
+        self.dim = model.dim
 
     def load(self):
         return self.model
