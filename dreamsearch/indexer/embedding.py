@@ -64,12 +64,12 @@ class RunModels:
         and the model then compiles in the model thread while the first files are read
         (``clip`` took 0.3-0.9 s of a new library's start on 2 cores); otherwise the model
         is loaded now to learn it."""
-        source = self.sources[i]
-        if source.dim is None:
+        dim = self.sources[i].dim
+        if dim is None:
             return self.thread.call(self._load, i).dim
         if self.options.engine != "ray":  # there, Ray's actors load it
             self._loading.append(self.thread.submit(self._load, i))  # a failure is told by the first embedding
-        return source.dim
+        return dim
 
     def finish_loading(self) -> None:
         """Wait for models still compiling (a run with nothing to embed can end first):

@@ -96,11 +96,11 @@ class PendingModel:
                 except Exception:  # noqa: BLE001 - ``load`` tries again in the foreground and says why
                     pass
 
-    @cached_property
+    @property
     def dim(self) -> int | None:
-        """The vectors' size, read from the saved graph where the model runs from one (a
-        new library records the model while it compiles: ``indexer.embedding``); None
-        until it is loaded otherwise."""
+        """The vectors' size: the loaded model's, else read from the saved graph where the
+        model runs from one (a new library records the model while it compiles:
+        ``indexer.embedding``); None until it is loaded otherwise."""
         from dreamsearch.models.saved_graph import saved_dim
 
         if self._embedder is not None:
