@@ -21,6 +21,7 @@ import pytest
 from dreamsearch import Library
 from dreamsearch.indexer import IndexOptions, index_folders
 from dreamsearch.layout import LibraryLayout
+from dreamsearch.models import saved_graph
 from tests.helpers.cli import Probed, probe
 from tests.helpers.images import photo_folder
 
@@ -210,11 +211,18 @@ def test_threads_are_set_when_a_model_loads(indexed, tmp_path):
     assert result.stdout.split() == [str(threads)]
 
 
+def unconverted(weights: Path, tmp_path: Path) -> Path:
+    """A copy of ``weights`` without a saved OpenVINO graph: a test that ran before on this
+    worker may have saved one there (``test_precision.py`` runs the tiny weights on
+    OpenVINO), and the tests below watch the first run convert."""
+    return Path(shutil.copytree(weights, tmp_path / "weights", ignore=shutil.ignore_patterns(saved_graph.FOLDER)))
+
+
 def test_a_query_runs_without_torch_once_the_models_openvino_graph_is_saved(indexed, tmp_path):
     """The first query on OpenVINO converts the model (torch) and saves its graph; later
     ones read the graph alone, with the same answer."""
     pytest.importorskip("openvino")
-    weights = Path(shutil.copytree(indexed.weights, tmp_path / "weights"))
+    weights = unconverted(indexed.weights, tmp_path)
     args = (
         "query",
         indexed.photos / "p1.jpg",
@@ -244,7 +252,7 @@ def test_an_index_run_on_the_cpu_imports_no_torch_once_the_models_graph_is_saved
     threads asking whether to decode on a GPU included) imports torch, which cost a reading
     thread 1.5 s and the process ~400 MB."""
     pytest.importorskip("openvino")
-    weights = Path(shutil.copytree(indexed.weights, tmp_path / "weights"))
+    weights = unconverted(indexed.weights, tmp_path)
     first_photos = photo_folder(tmp_path / "first", 2, (120, 90), 41, "a{}.jpg")
     new_photos = photo_folder(tmp_path / "new", 3, (120, 90), 42, "b{}.jpg")
     common = ("-m", MODEL, "--weights-dir", weights, "--library", tmp_path / "library", "--json")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 from PIL import Image
@@ -15,22 +16,26 @@ from dreamsearch.search import Match
 from tests.helpers.cli import invoke_in
 from tests.helpers.images import photo_folder
 from tests.helpers.official_layout import write_clip_checkpoint, write_resnet50_checkpoint, write_tiny_cache
+from tests.helpers.shared import made_once
 
 THREE = ("dreamsim", "clip", "resnet50")
 
 
 @pytest.fixture(scope="module")
-def three_models(tmp_path_factory):
-    """A library indexed with a tiny DreamSim ensemble and random full-size CLIP and ResNet50."""
-    base = tmp_path_factory.mktemp("compare")
-    weights = write_tiny_cache(base / "weights", "ensemble")
-    write_clip_checkpoint(weights)
-    write_resnet50_checkpoint(weights)
-    photos = photo_folder(base / "photos", 10, (160, 120), 900, "c{:02d}.jpg", quality=90)
-    library = LibraryLayout.prepare(base / "lib")
-    embedders = [load_model(name, weights_dir=weights, device="cpu") for name in THREE]
-    index_folders(library, [photos], embedders, IndexOptions(workers=0))
-    return photos, library, weights
+def three_models(run_dir):
+    """A library indexed with a tiny DreamSim ensemble and random full-size CLIP and ResNet50,
+    made once per run (5-10 s on 2 cores; the tests only read it)."""
+
+    def make(base: Path) -> None:
+        weights = write_tiny_cache(base / "weights", "ensemble")
+        write_clip_checkpoint(weights)
+        write_resnet50_checkpoint(weights)
+        photos = photo_folder(base / "photos", 10, (160, 120), 900, "c{:02d}.jpg", quality=90)
+        embedders = [load_model(name, weights_dir=weights, device="cpu") for name in THREE]
+        index_folders(LibraryLayout.prepare(base / "lib"), [photos], embedders, IndexOptions(workers=0))
+
+    base = made_once(run_dir, "compare_three_models", make)
+    return base / "photos", LibraryLayout(base / "lib"), base / "weights"
 
 
 @pytest.mark.slow

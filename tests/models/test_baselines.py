@@ -17,7 +17,7 @@ from PIL import Image
 
 from dreamsearch.errors import WeightsError
 from dreamsearch.models import load_model
-from tests.helpers.official_layout import write_openai_clip, write_resnet50_checkpoint
+from tests.helpers.official_layout import write_resnet50_checkpoint
 
 
 def _reference_vectors(model, transform, paths) -> np.ndarray:
@@ -27,23 +27,19 @@ def _reference_vectors(model, transform, paths) -> np.ndarray:
 
 
 @pytest.fixture(scope="module")
-def clip_weights(tmp_path_factory) -> Path:
+def clip_weights(openai_clip_weights) -> Path:
     """A random OpenAI CLIP ViT-B/32 as OpenAI publishes it (TorchScript archive)."""
-    root = tmp_path_factory.mktemp("clip_weights")
-    write_openai_clip(root)
-    return root
+    return openai_clip_weights(archive=True)
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("layout", ["openai_archive", "float32_state_dict"])
-def test_clip_baseline_matches_open_clip(layout, clip_weights, tmp_path, sample_images):
+def test_clip_baseline_matches_open_clip(layout, openai_clip_weights, sample_images):
     """The reference is open_clip's own loader, which made every ``clip`` vector stored
     before ours: same file in, same vectors out, for OpenAI's file and for a fine-tune."""
     import open_clip
 
-    root = clip_weights if layout == "openai_archive" else tmp_path
-    if layout == "float32_state_dict":
-        write_openai_clip(root, archive=False)
+    root = openai_clip_weights(archive=layout == "openai_archive")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # torch.jit.load is deprecated
         reference = open_clip.load_openai_model(str(root / "baselines" / "ViT-B-32.pt"), precision="fp32", device="cpu")

@@ -4,7 +4,6 @@ from the same checkpoint file as the ``clip`` image vectors, without open_clip a
 from __future__ import annotations
 
 import warnings
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -14,7 +13,7 @@ from dreamsearch.errors import WeightsError
 from dreamsearch.models import PendingModel
 from dreamsearch.models.clip_text import load_text_tower
 from dreamsearch.models.clip_tokenizer import CONTEXT_LENGTH, clip_tokenizer
-from tests.helpers.official_layout import write_openai_clip, write_tiny_openai_clip
+from tests.helpers.official_layout import write_tiny_openai_clip
 
 #: ASCII, accents, CJK, emoji (with joiners and skin tones), punctuation and contractions,
 #: odd whitespace, HTML entities, mojibake (ftfy), CLIP's own markers typed as text, text
@@ -67,21 +66,15 @@ def test_text_over_the_context_is_cut_and_says_so():
     assert tokenizer(" \t\n").empty
 
 
-@pytest.fixture(scope="module")
-def openai_clip(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("clip_text")
-    return write_openai_clip(root)
-
-
 @pytest.mark.slow
 @pytest.mark.parametrize("layout", ["openai_archive", "float32_state_dict"])
-def test_text_vectors_match_open_clip_encode_text(layout, openai_clip, tmp_path):
+def test_text_vectors_match_open_clip_encode_text(layout, openai_clip_weights):
     """Random weights in OpenAI's layouts, loaded by open_clip (the reference) and by us:
     the same unit vectors within 1e-5 for ASCII, accented, CJK and emoji text, and text
     over the limit; one text alone and in a batch of texts of other lengths."""
     import open_clip
 
-    path = openai_clip if layout == "openai_archive" else write_openai_clip(tmp_path, archive=False)
+    path = openai_clip_weights(archive=layout == "openai_archive") / "baselines" / "ViT-B-32.pt"
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # torch.jit.load is deprecated
         reference = open_clip.load_openai_model(str(path), precision="fp32", device="cpu")

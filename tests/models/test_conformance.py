@@ -10,7 +10,6 @@ import pytest
 
 from dreamsearch.batch_embed import embed_files
 from dreamsearch.models import load_model
-from tests.helpers.official_layout import official_embeddings
 
 TYPES = {
     "dreamsim": "ensemble",
@@ -24,9 +23,9 @@ TYPES = {
 
 @pytest.mark.slow
 @pytest.mark.parametrize("name", TYPES)
-def test_embeddings_match_official_package(name, official_cache, sample_images):
+def test_embeddings_match_official_package(name, official_cache, official_vectors, sample_images):
     root = official_cache(TYPES[name])
-    expected = official_embeddings(root, TYPES[name], sample_images)
+    expected = official_vectors(TYPES[name])
 
     ours = load_model(name, weights_dir=root, device="cpu", allow_download=False)
     result = embed_files(ours, sample_images, batch_size=3, draft=False)

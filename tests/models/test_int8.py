@@ -19,6 +19,8 @@ from dreamsearch.models import PendingModel, openvino_backend, precision, saved_
 from dreamsearch.models.agreement import GATES, MIN_PICTURES, in_batches, measure  # noqa: E402
 from dreamsearch.models.embedder import Embedder  # noqa: E402
 from tests.helpers.images import pictures_with_near_copies  # noqa: E402
+from tests.helpers.official_layout import write_tiny_cache  # noqa: E402
+from tests.helpers.shared import made_once  # noqa: E402
 
 BRANCHES = {"dreamsim-dino": "dino_vitb16", "dreamsim-clip": "clip_vitb32", "dreamsim-open-clip": "open_clip_vitb32"}
 
@@ -31,6 +33,26 @@ def default_backend(monkeypatch):
 @pytest.fixture(scope="module")
 def pixels() -> np.ndarray:
     return np.stack([np.asarray(p.resize((224, 224), 3)) for p in pictures_with_near_copies(MIN_PICTURES)])
+
+
+def _int8_handle(name: str, official_cache) -> PendingModel:
+    return PendingModel(
+        name, weights_dir=official_cache(BRANCHES[name]), device="cpu", allow_download=False, precision="int8"
+    )
+
+
+@pytest.fixture(scope="module")
+def float32_vectors(run_dir, official_cache, pixels):
+    """``float32_vectors(name)`` → the float32 torch vectors of ``pixels``, every gate's
+    reference, computed once per run (DINO's ViT-B/16 over the 40 pictures: 5-10 s here)."""
+
+    def make(name: str) -> np.ndarray:
+        def embed(path) -> None:
+            np.save(path, in_batches(_int8_handle(name, official_cache).torch_reference().embed, pixels))
+
+        return np.load(made_once(run_dir, f"int8_float32_vectors_{name}.npy", embed))
+
+    return make
 
 
 def outliers_(network: torch.nn.Module, factor: float = 20.0, channels: int = 4) -> int:
@@ -66,12 +88,11 @@ def _int8_of(handle: PendingModel, network_change, tmp_path) -> Embedder:
 
 
 @pytest.mark.parametrize("name", BRANCHES)
-def test_int8_passes_every_gate_per_branch_also_with_outlier_activations(name, official_cache, pixels, tmp_path):
-    handle = PendingModel(
-        name, weights_dir=official_cache(BRANCHES[name]), device="cpu", allow_download=False, precision="int8"
-    )
-    reference = handle.torch_reference()
-    expected = in_batches(reference.embed, pixels)
+def test_int8_passes_every_gate_per_branch_also_with_outlier_activations(
+    name, official_cache, float32_vectors, pixels, tmp_path
+):
+    handle = _int8_handle(name, official_cache)
+    expected = float32_vectors(name)
     with_outliers = handle.torch_reference()
     outliers_(with_outliers.network)  # the float32 function is unchanged:
     assert np.abs(in_batches(with_outliers.embed, pixels[:4]) - expected[:4]).max() < 1e-4
@@ -85,18 +106,16 @@ def test_int8_passes_every_gate_per_branch_also_with_outlier_activations(name, o
 
 
 def test_without_folding_and_with_one_scale_per_token_the_outliers_fail_the_gates(
-    official_cache, pixels, tmp_path, monkeypatch
+    official_cache, float32_vectors, pixels, tmp_path, monkeypatch
 ):
     """The scheme the research found too coarse (LayerNorm scales left in the activations,
     one activation scale per whole token) fails on the same outliers: the gates can fail,
     for the reason they exist. On the DINO branch: on OpenCLIP's ViT-B/32 the same scheme
     missed the distance gate only on some random weights (the seed depends on test order)."""
-    handle = PendingModel(
-        "dreamsim-dino", weights_dir=official_cache("dino_vitb16"), device="cpu", allow_download=False, precision="int8"
-    )
+    handle = _int8_handle("dreamsim-dino", official_cache)
+    expected = float32_vectors("dreamsim-dino")  # before the scheme is changed, if computed here
     monkeypatch.setattr(openvino_backend, "fold_norm_scales", lambda network: network)
     monkeypatch.setattr(saved_graph, "INT8_GROUP", 768)  # ViT-B's width: one scale per token
-    expected = in_batches(handle.torch_reference().embed, pixels)
     failures = measure(
         expected, _int8_of(handle, outliers_, tmp_path).embed, pixels, handle.spec.duplicate_distance
     ).failures()
@@ -104,10 +123,12 @@ def test_without_folding_and_with_one_scale_per_token_the_outliers_fail_the_gate
     assert any(line.startswith(GATES["distance_change"].label) for line in failures), failures
 
 
-def test_converting_and_compressing_contacts_no_one(official_cache, tmp_path):
+def test_converting_and_compressing_contacts_no_one(tmp_path):
     """OpenVINO's converter and NNCF send usage statistics to Google Analytics unless a
     consent file says no; a photo tool must not. Run outside pytest, which NNCF itself
-    treats as a reason to stay quiet."""
+    treats as a reason to stay quiet, on the tiny model: both report the same calls
+    whatever the model's size (the full-size branch took 10-15 s of conversion here)."""
+    weights = write_tiny_cache(tmp_path / "weights", "open_clip_vitb32")
     script = f"""
 import socket, sys
 contacted = []
@@ -118,7 +139,7 @@ def connect(self, address):
 socket.socket.connect = connect
 import numpy as np
 from dreamsearch.models import PendingModel, openvino_backend
-handle = PendingModel("dreamsim-open-clip", weights_dir={str(official_cache("open_clip_vitb32"))!r}, device="cpu",
+handle = PendingModel("dreamsim-open-clip", weights_dir={str(weights)!r}, device="cpu",
                       allow_download=False, precision="int8")
 candidate = handle.torch_reference()
 openvino_backend.attach(candidate, __import__("pathlib").Path({str(tmp_path)!r}), "no-telemetry", "int8")

@@ -19,7 +19,7 @@ from dreamsearch.indexer import IndexOptions  # noqa: E402
 from dreamsearch.models import load_model, openvino_backend, precision, saved_graph  # noqa: E402
 from dreamsearch.models.embedder import Embedder  # noqa: E402
 from tests.helpers.images import photo_like  # noqa: E402
-from tests.helpers.official_layout import official_embeddings, write_tiny_cache  # noqa: E402
+from tests.helpers.official_layout import write_tiny_cache  # noqa: E402
 
 TYPES = {"dreamsim-dino": "dino_vitb16", "dreamsim": "ensemble"}
 
@@ -55,9 +55,9 @@ def _load(name, root, monkeypatch, backend: str | None = None, **kwargs) -> Embe
 
 
 @pytest.mark.parametrize("name", TYPES)
-def test_openvino_matches_the_official_package(name, official_cache, sample_images):
+def test_openvino_matches_the_official_package(name, official_cache, official_vectors, sample_images):
     root = official_cache(TYPES[name])
-    expected = official_embeddings(root, TYPES[name], sample_images)
+    expected = official_vectors(TYPES[name])
 
     ours = load_model(name, weights_dir=root, device="cpu", allow_download=False)
     result = embed_files(ours, sample_images, batch_size=3, draft=False)
