@@ -230,7 +230,7 @@ def test_the_cli_reports_complete_groups_and_counts_each_file_once(synthetic, tm
     assert len(links.hrefs) == 2 + 2 * 6 and (photos / "backup" / "x.png").as_uri() in links.hrefs
 
 
-N, DIM, PAIRS = 200_000, 128, 100
+N, DIM, PAIRS = 100_000, 128, 100
 
 MEASURE = textwrap.dedent("""
     import json, sys
@@ -253,10 +253,10 @@ MEASURE = textwrap.dedent("""
 
 
 @pytest.mark.slow
-def test_memory_stays_bounded_on_200k_vectors(tmp_path):
-    """Peak memory of a duplicates pass over 200k random vectors (plus 100 planted close
+def test_memory_stays_bounded_on_100k_vectors(tmp_path):
+    """Peak memory of a duplicates pass over 100k random vectors (plus 100 planted close
     pairs) stays within a small multiple of the vectors' own size, N·dim·4 bytes; an N×N
-    distance matrix would need 160 GB."""
+    distance matrix would need 40 GB. (200k took 26 s of the suite and tells no more.)"""
     rng = np.random.default_rng(0)
     library = LibraryLayout.prepare(tmp_path / "lib")
     with Catalog(library.catalog_path) as catalog:
@@ -290,4 +290,4 @@ def test_memory_stays_bounded_on_200k_vectors(tmp_path):
     assert sorted(result["groups"]) == [[f"{i:06d}.jpg", f"{i + 1:06d}.jpg"] for i in range(0, 2 * PAIRS, 2)]
     vector_bytes = N * DIM * 4
     print(f"peak RSS growth {result['kib'] / 1024:.0f} MiB for {vector_bytes / 2**20:.0f} MiB of vectors")
-    assert result["kib"] * 1024 < 3 * vector_bytes  # measured: 1.8x (the mapped index itself is 1x)
+    assert result["kib"] * 1024 < 3 * vector_bytes  # measured: 2.2x (1.8x at 200k; the mapped index itself is 1x)

@@ -40,10 +40,12 @@ def test_embeddings_match_official_package(name, official_cache, official_vector
 
 
 @pytest.mark.slow
-def test_compiled_model_gives_the_same_embeddings(official_cache, sample_images):
-    root = official_cache("dino_vitb16")
-    eager = load_model("dreamsim-dino", weights_dir=root, device="cpu")
-    compiled = load_model("dreamsim-dino", weights_dir=root, device="cpu", compile=True)
+def test_compiled_model_gives_the_same_embeddings(tiny_weights, sample_images):
+    """The tiny model takes the same compile path as a full-size one, in half the time
+    (Inductor's C++ builds: 16 s against 31 s on 2 cores); eager is held to the official
+    package by the tests above."""
+    eager = load_model("dreamsim-dino", weights_dir=tiny_weights, device="cpu")
+    compiled = load_model("dreamsim-dino", weights_dir=tiny_weights, device="cpu", compile=True)
     expected = embed_files(eager, sample_images, batch_size=3, draft=False).vectors
     # batch 3 runs compiled, the last (partial) batch of 1 runs eager
     result = embed_files(compiled, sample_images, batch_size=3, draft=False).vectors
