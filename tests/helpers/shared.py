@@ -3,7 +3,7 @@
 A session-scoped fixture runs once per worker: under ``-n 2`` both workers wrote the same
 full-size official caches (5-10 s each on 2 cores) and asked the official package for the
 same reference vectors. What is made here lives beside the workers' own temporary folders
-(their common parent), made by whichever worker asks first while the other waits on a lock.
+(their common parent), made by whichever worker asks first while the others wait on a lock.
 Only for inputs no test changes: a test that changes one copies it first."""
 
 from __future__ import annotations
