@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-import tempfile
 import time
 from functools import partial
 from pathlib import Path
@@ -27,6 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
+from benchmarks.index_throughput import scratch_dir  # noqa: E402
 from dreamsearch.models import load_model  # noqa: E402
 from dreamsearch.models.base import set_threads  # noqa: E402
 from tests.helpers.official_layout import official_model, write_official_cache  # noqa: E402
@@ -106,7 +106,7 @@ def main() -> None:
         torch.backends.cuda.matmul.allow_tf32 = False  # float32 means float32 for both sides
         torch.backends.cudnn.allow_tf32 = False
     count = args.images or (512 if device.type == "cuda" else 32)
-    weights = args.weights_dir or Path(tempfile.mkdtemp(prefix="dreamsearch-bench-"))
+    weights = args.weights_dir or scratch_dir("dreamsearch-bench-")
     print(
         f"device {device}"
         + (f" ({torch.cuda.get_device_name()})" if device.type == "cuda" else f", {torch.get_num_threads()} threads")

@@ -34,9 +34,11 @@ their ratios to torch, the OpenVINO fidelity (max |diff| to torch) and the int8 
 from __future__ import annotations
 
 import argparse
+import atexit
 import json
 import multiprocessing
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -364,6 +366,15 @@ def _loadavg() -> str:
     return " ".join(Path("/proc/loadavg").read_text().split()[:3])
 
 
+def scratch_dir(prefix: str) -> Path:
+    """A temporary folder removed when the benchmark exits: full-size weights, corpora and
+    libraries left behind by runs without ``--work-dir`` filled this machine's disk (with
+    old pytest folders, 60 GB of /tmp on 2026-12-04)."""
+    path = Path(tempfile.mkdtemp(prefix=prefix))
+    atexit.register(shutil.rmtree, path, ignore_errors=True)
+    return path
+
+
 def machine() -> str:
     try:
         info = Path("/proc/cpuinfo").read_text()
@@ -410,7 +421,7 @@ def main() -> None:
     from dreamsearch.models import load_model
     from tests.helpers.official_layout import write_official_cache, write_tiny_cache
 
-    work = args.work_dir or Path(tempfile.mkdtemp(prefix="dreamsearch-ingest-bench-"))
+    work = args.work_dir or scratch_dir("dreamsearch-ingest-bench-")
     print(f"machine: {machine()}; device {args.device}; gpu decode {'on' if args.gpu_decode else 'off'}")
     corpora = {}
     for kind, count in (("camera", args.camera), ("mixed", args.mixed)):

@@ -24,7 +24,6 @@ import os
 import resource
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -71,9 +70,10 @@ def main() -> None:
         child(args.child[0], int(args.child[1]), int(args.child[2]))
         return
 
+    from benchmarks.index_throughput import scratch_dir
     from tests.helpers.official_layout import write_official_cache
 
-    weights = Path(tempfile.mkdtemp(prefix="dreamsearch-omp-")) / "weights"
+    weights = scratch_dir("dreamsearch-omp-") / "weights"
     write_official_cache(weights, "dino_vitb16", seed=3)
     burners = [multiprocessing.Process(target=burn, daemon=True) for _ in range(args.burners)]
     for burner in burners:

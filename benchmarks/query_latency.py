@@ -24,7 +24,6 @@ import argparse
 import os
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -100,6 +99,7 @@ def main() -> None:
     import torch
     from PIL import Image
 
+    from benchmarks.index_throughput import scratch_dir
     from dreamsearch.api import Library
     from dreamsearch.layout import LibraryLayout
     from dreamsearch.models import load_model
@@ -107,7 +107,7 @@ def main() -> None:
     from tests.helpers.images import photo_like
     from tests.helpers.official_layout import official_model, write_official_cache
 
-    work = args.work_dir or Path(tempfile.mkdtemp(prefix="dreamsearch-query-bench-"))
+    work = args.work_dir or scratch_dir("dreamsearch-query-bench-")
     work.mkdir(parents=True, exist_ok=True)
     weights = work / "weights"
     query = work / "ramen.jpg"

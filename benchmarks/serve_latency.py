@@ -28,7 +28,6 @@ import re
 import statistics
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 from collections.abc import Callable
@@ -38,6 +37,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import httpx  # noqa: E402
 
+from benchmarks.index_throughput import scratch_dir  # noqa: E402
 from benchmarks.query_latency import ROOT, TYPES, _ms, build_library, clustered, percentiles, timed_run  # noqa: E402
 
 K = 25
@@ -91,7 +91,9 @@ def start_server(command: list[str], log: Path) -> tuple[subprocess.Popen, str]:
     found = re.search(r"http://127\.0\.0\.1:\d+/", line)
     if not found:
         server.kill()
-        raise SystemExit(f"serve did not print its URL: {line!r}; see {log}")
+        server.wait()
+        tail = log.read_text(errors="replace")[-3000:]  # the log's folder goes when the benchmark exits
+        raise SystemExit(f"serve did not print its URL: {line!r}; its stderr ended with:\n{tail}")
     url = found.group(0)
     httpx.get(url + "api/health", timeout=300).raise_for_status()  # answered after the preload
     return server, url
@@ -150,7 +152,7 @@ def main() -> None:
     from tests.helpers.official_layout import write_official_cache
 
     name = args.model
-    work = args.work_dir or Path(tempfile.mkdtemp(prefix="dreamsearch-serve-bench-"))
+    work = args.work_dir or scratch_dir("dreamsearch-serve-bench-")
     work.mkdir(parents=True, exist_ok=True)
     weights, library_dir, jpeg = work / "weights", work / f"lib-{name}-{args.vectors}", work / "ramen.jpg"
     write_official_cache(weights, TYPES[name], seed=5)

@@ -31,7 +31,6 @@ import re
 import shutil
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 from collections.abc import Callable
@@ -40,6 +39,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import httpx  # noqa: E402
 
+from benchmarks.index_throughput import scratch_dir  # noqa: E402
 from benchmarks.query_latency import ROOT, TYPES  # noqa: E402
 from benchmarks.serve_latency import prepare_library, stop_server  # noqa: E402
 from dreamsearch.indexer import IndexOptions
@@ -365,7 +365,7 @@ def main() -> None:
     parser.add_argument("--cases", nargs="+", choices=CASES, default=list(CASES), help="load cases to run")
     args = parser.parse_args()
 
-    work = args.work_dir or Path(tempfile.mkdtemp(prefix="dreamsearch-serve-load-"))
+    work = args.work_dir or scratch_dir("dreamsearch-serve-load-")
     work.mkdir(parents=True, exist_ok=True)
     weights, library, _big = prepare(work, args.vectors)
     print(

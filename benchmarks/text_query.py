@@ -23,14 +23,13 @@ import os
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from benchmarks.index_throughput import machine  # noqa: E402
+from benchmarks.index_throughput import machine, scratch_dir  # noqa: E402
 from benchmarks.serve_latency import CLI, ROOT, start_server, stop_server  # noqa: E402
 
 TEXT = "ramen in a paper bowl on a wooden table"
@@ -64,7 +63,7 @@ def main() -> None:
     from tests.helpers.images import photo_folder
     from tests.helpers.official_layout import write_openai_clip
 
-    work = Path(tempfile.mkdtemp(prefix="dreamsearch-text-query-"))
+    work = scratch_dir("dreamsearch-text-query-")
     weights, library, photos = work / "weights", work / "lib", work / "photos"
     write_openai_clip(weights)
     photo_folder(photos, args.photos, (320, 240), 1, "p{:04d}.jpg", quality=85)

@@ -19,11 +19,11 @@ import platform
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from benchmarks.index_throughput import scratch_dir  # noqa: E402
 from benchmarks.query_latency import ROOT, TYPES  # noqa: E402
 from benchmarks.serve_latency import CLI, prepare_library, start_server, stop_server  # noqa: E402
 
@@ -52,7 +52,7 @@ def main() -> None:
     from tests.helpers.official_layout import write_official_cache
 
     name = args.model
-    work = args.work_dir or Path(tempfile.mkdtemp(prefix="dreamsearch-warm-query-"))
+    work = args.work_dir or scratch_dir("dreamsearch-warm-query-")
     work.mkdir(parents=True, exist_ok=True)
     weights, library, jpeg = work / "weights", work / f"lib-{name}-{args.vectors}", work / "ramen.jpg"
     write_official_cache(weights, TYPES[name], seed=5)
