@@ -7,7 +7,10 @@ For each model (the ensemble and dreamsim-dino by default) and each corpus:
 - pure embedding: the model alone on ready pixels;
 - end to end: ``index_folders`` in a child process (so its peak RSS is its own), split
   into start-up (until the first batch is committed, model load included) and steady state;
-  read GB/s, GPU busy %, peak RSS.
+  read GB/s, GPU busy %, peak RSS. With ``--gpu-decode``, three ways to decode: the CPU
+  threads alone; the batched JPEG decoder taking every JPEG it can while the threads only
+  read and hash (main before ``device_decode.CALLS_WAITING``); and the decoder with the
+  threads decoding the files that would only wait for it (now).
 Then peak RSS against corpus size (``--rss``), with the tiny pipeline model: memory is the
 pipeline's, not the model's.
 
@@ -55,6 +58,13 @@ import numpy as np  # noqa: E402
 from PIL import Image  # noqa: E402
 
 OFFICIAL_TYPES = {"dreamsim": "ensemble", "dreamsim-dino": "dino_vitb16"}
+#: Where files are decoded in an end-to-end case (``--decode-cases``; the device ones need
+#: ``--gpu-decode``).
+DECODE_LABELS = {
+    "cpu": "CPU decode threads",
+    "device-only": "batched JPEG decoder takes every JPEG it can (before)",
+    "shared": "batched JPEG decoder + CPU threads while it is behind (now)",
+}
 
 
 # corpora -------------------------------------------------------------------------------
@@ -184,7 +194,7 @@ def end_to_end(
     model: str,
     args,
     library: Path,
-    gpu_decode: bool = False,
+    decode: str = "cpu",
     engine: str = "local",
     backend: str = "torch",
 ) -> dict:
@@ -202,7 +212,10 @@ def end_to_end(
                 "device": args.device,
                 "batch_size": args.batch_size,
                 "workers": args.workers,
-                "gpu_decode": args.device if gpu_decode else None,
+                "gpu_decode": None if decode == "cpu" else args.device,
+                "device_only": decode == "device-only",
+                "calls_waiting": args.calls_waiting,
+                "batches_ahead": args.batches_ahead,
                 "engine": engine,
                 "backend": backend,
             }
@@ -215,6 +228,17 @@ def end_to_end(
 def child(spec: dict) -> None:
     began = time.perf_counter()
     os.environ["DREAMSEARCH_BACKEND"] = "torch" if spec["backend"] == "torch" else "openvino"
+    import dreamsearch.indexer.device_decode as device_decode
+    import dreamsearch.indexer.local_engine as local_engine
+    from dreamsearch.indexer.gpu_decode import JpegBatchDecoder
+
+    if spec.get("device_only"):  # what main did before: every file the device can take waits for it
+        device_decode.CALLS_WAITING = 10**9
+    elif spec.get("calls_waiting") is not None:
+        device_decode.CALLS_WAITING = spec["calls_waiting"]
+    if spec.get("batches_ahead") is not None:
+        local_engine.BATCHES_AHEAD = spec["batches_ahead"]
+    on_device = count_device_files(JpegBatchDecoder)
     from dreamsearch.indexer import IndexOptions, index_folders
     from dreamsearch.layout import LibraryLayout
     from dreamsearch.models import PendingModel
@@ -253,10 +277,24 @@ def child(spec: dict) -> None:
                 "steady_img_s": steady,
                 "workers": options.workers,
                 "gpu_busy": sampler.stop() if sampler else None,
+                "device_files": sum(on_device),
                 "peak_rss_mib": peak_rss_kib() / 1024,
             }
         )
     )
+
+
+def count_device_files(decoder_class) -> list[int]:
+    """The batched decoder's files, call by call, counted as it runs."""
+    counts: list[int] = []
+    decode = decoder_class.decode
+
+    def counted(self, blobs, recipes):
+        counts.append(len(blobs))
+        return decode(self, blobs, recipes)
+
+    decoder_class.decode = counted
+    return counts
 
 
 def peak_rss_kib() -> int:
@@ -396,6 +434,19 @@ def main() -> None:
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     parser.add_argument("--gpu-decode", action="store_true")
     parser.add_argument(
+        "--decode-cases",
+        nargs="+",
+        choices=list(DECODE_LABELS),
+        default=list(DECODE_LABELS),
+        help="the end-to-end cases to run (the device ones with --gpu-decode only)",
+    )
+    parser.add_argument(
+        "--calls-waiting", type=float, default=None, help="try another device_decode.CALLS_WAITING (shared case)"
+    )
+    parser.add_argument(
+        "--batches-ahead", type=int, default=None, help="try another local_engine.BATCHES_AHEAD (every case)"
+    )
+    parser.add_argument(
         "--engine",
         default="local",
         choices=["local", "ray"],
@@ -457,18 +508,23 @@ def main() -> None:
             if args.gpu_decode:
                 print("  " + gpu_agreement(paths[:128], model, args.device))
             best = 0.0
-            cases = [("local", False)] + [("local", True)] * args.gpu_decode + [("ray", False)] * (args.engine == "ray")
+            cases = [("local", d) for d in args.decode_cases if d == "cpu" or args.gpu_decode]
+            cases += [("ray", "cpu")] * (args.engine == "ray")
             results = {}
-            for engine, batched in cases:
+            for engine, decode in cases:
                 library = Path(tempfile.mkdtemp(prefix="lib-", dir=work))
-                result = results[engine, batched] = end_to_end(
-                    work / kind, weights, name, args, library, batched, engine
-                )
+                result = results[engine, decode] = end_to_end(work / kind, weights, name, args, library, decode, engine)
                 seconds = result["seconds"]
                 best = max(best, result["embedded"] / seconds)
-                ceiling = min(many + (gpu if batched else 0.0), embed_rate)
+                ceiling = min(many + (gpu if decode != "cpu" else 0.0), embed_rate)
                 busy = f", GPU busy {result['gpu_busy']:.0f}%" if result["gpu_busy"] is not None else ""
-                label = f"{kind}, {'batched JPEG decoder + CPU threads' if batched else 'CPU decode threads'}"
+                label = f"{kind}, {DECODE_LABELS[decode]}"
+                if decode == "shared" and args.calls_waiting is not None:
+                    label += f", CALLS_WAITING {args.calls_waiting:g}"
+                if args.batches_ahead is not None:
+                    label += f", BATCHES_AHEAD {args.batches_ahead}"
+                if decode != "cpu":
+                    label += f" ({result['device_files'] / result['embedded']:.0%} of files decoded on the device)"
                 if engine == "ray":
                     label = f"{kind}, Ray engine (decode tasks + one embed actor)"
                 print(
@@ -480,8 +536,8 @@ def main() -> None:
                     f"  {label}: steady / pure embedding = {result['steady_img_s'] / embed_rate:.2f}; "
                     f"steady / min(decode, embedding) = {result['steady_img_s'] / ceiling:.2f}"
                 )
-            if ("ray", False) in results:
-                local, ray = results["local", False], results["ray", False]
+            if ("ray", "cpu") in results:
+                local, ray = results["local", "cpu"], results["ray", "cpu"]
                 print(
                     f"  {kind}: Ray / local = {local['seconds'] / ray['seconds']:.2f} end to end "
                     f"({ray['seconds']:.1f} s against {local['seconds']:.1f} s), "

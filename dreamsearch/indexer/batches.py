@@ -132,6 +132,7 @@ class Committer:
         """The folder's last commit (after Ctrl-C: only what the model already embedded),
         and the byte copies still waiting said not indexed."""
         self.commit(pending)
+        self.decoding.stream_ended()
         for copy in (c for waiting in pending.copies.values() for c in waiting):
             # Its original was read again by a retried Ray task and had changed: not recorded,
             # so the next run indexes it.

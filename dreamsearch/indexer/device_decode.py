@@ -1,8 +1,12 @@
 """Which new files the batched JPEG decoder (``gpu_decode``) takes, and decoding them: on
 the models' CUDA device it decodes baseline JPEGs in batches (measured 2.6x faster end
 to end on an H100, docs/indexing.md), in the model thread (one CUDA stream); the CPU
-threads decode the rest, and any file the device could not decode. The decoder is made
-when the first file needs it, so a run with nothing to decode never imports torch."""
+threads decode the rest, any file the device could not decode, and the files that would
+only wait for the device: while a device call's worth of files already waits for it, a
+reading thread decodes the next one itself (the batched decoder, one thread, did 288
+img/s on an H200 and the 15 reading threads 148 img/s, but they only read and hashed
+while the device decoded everything). The decoder is made when the first file needs it, so a
+run with nothing to decode never imports torch."""
 
 from __future__ import annotations
 
@@ -15,11 +19,20 @@ from dreamsearch.errors import DreamsearchError
 from dreamsearch.images import Decoded, TimeLimitExceeded, decode_bytes, time_limit, too_slow
 from dreamsearch.indexer.options import IndexOptions, ModelSource
 from dreamsearch.indexer.outcomes import DecodedContent, Failed, ForDevice, NewContent, Ready
+from dreamsearch.indexer.pace import DEFAULT_BATCH
 from dreamsearch.indexer.stream import Workers
 from dreamsearch.models import may_run_on_cuda
 
 if TYPE_CHECKING:  # pragma: no cover
     from dreamsearch.indexer.gpu_decode import JpegBatchDecoder, Result
+
+#: Device calls' worth of files that may wait for the device; a file beyond them is decoded
+#: by its reading thread. One: while the device works through one call the next is queued,
+#: and the reading threads' spare time goes to decoding. On an H200 (ensemble, batch 128,
+#: 15 reading threads, 12 MP JPEGs, steady img/s): every file to the device 209, one call
+#: 264 (two thirds of the files on the device), two calls 229, half a call 238
+#: (benchmarks/results/index_throughput_h200.txt).
+CALLS_WAITING = 1
 
 
 def models_cuda_device(sources: Sequence[ModelSource]) -> str | None:
@@ -49,6 +62,9 @@ class DeviceDecoding:
         self._decoder: JpegBatchDecoder | None = None
         self._chosen = False
         self._lock = threading.Lock()
+        #: Files routed to the device and not yet in a device call, and how many may be.
+        self._waiting = 0
+        self._most_waiting = max(1, round(CALLS_WAITING * (options.batch_size or DEFAULT_BATCH)))
 
     def route(self) -> Callable[[bytes], str | None] | None:
         """Whether a file goes to the batched decoder (``None``: it does; else why not);
@@ -60,9 +76,28 @@ class DeviceDecoding:
         def route(data: bytes) -> str | None:
             if self.decoder() is None:
                 return "batched decoding is off"
-            return gpu_route(data, self._options.max_pixels)
+            reason = gpu_route(data, self._options.max_pixels)
+            if reason is None and not self._wait_for_device():
+                return "the device has a call's worth of files waiting"
+            return reason
 
         return route
+
+    def _wait_for_device(self) -> bool:
+        """Count a file in among those waiting for the device, unless enough already do.
+        The share follows the speeds by itself: the slower the device, the more files
+        find it busy and are decoded by the reading threads."""
+        with self._lock:
+            if self._waiting >= self._most_waiting:
+                return False
+            self._waiting += 1
+            return True
+
+    def stream_ended(self) -> None:
+        """A folder's stream is over and its batch committed: no file waits for the
+        device (those read ahead and dropped at a stop were never handed to it)."""
+        with self._lock:
+            self._waiting = 0
 
     def decoder(self) -> JpegBatchDecoder | None:
         """The batched JPEG decoder, made once, when first needed. ``"auto"`` makes one
@@ -84,6 +119,8 @@ class DeviceDecoding:
         model thread. A file the device cannot decode goes to the CPU decoder, which gives
         the exact reason if the file is really broken."""
         waiting = [o for o in batch if isinstance(o, ForDevice)]
+        with self._lock:
+            self._waiting = max(0, self._waiting - len(waiting))
         results: Iterator[Result] = iter(())
         if waiting:
             decoder = self._decoder

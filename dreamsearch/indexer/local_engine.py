@@ -18,6 +18,11 @@ from dreamsearch.indexer.pace import DEFAULT_BATCH
 from dreamsearch.indexer.pipeline import ClaimRegistry, Contents, FileProcessor
 from dreamsearch.indexer.stream import Workers, ordered
 
+#: Batches' worth of files the reading threads may be ahead of the committing thread. Four
+#: gave 270 img/s against two's 264 with GPU decoding on an H200, within the spread between
+#: runs (239-270), for 115 MiB more memory (benchmarks/results/index_throughput_h200.txt).
+BATCHES_AHEAD = 2
+
 
 class LocalEngine:
     """Streams of outcomes for one run; ``readers`` ``None``: read in the calling thread."""
@@ -64,9 +69,10 @@ class LocalEngine:
 
     @property
     def _ahead(self) -> int:
-        """Files read and not yet taken: two batches, so the threads keep decoding while
-        the model embeds one; bounded, so memory does not depend on the folder's size."""
-        return 2 * (self._options.batch_size or DEFAULT_BATCH) + 2 * max(1, self._options.workers)
+        """Files read and not yet taken: ``BATCHES_AHEAD`` batches, so the threads keep
+        decoding while the model embeds one; bounded, so memory does not depend on the
+        folder's size."""
+        return BATCHES_AHEAD * (self._options.batch_size or DEFAULT_BATCH) + 2 * max(1, self._options.workers)
 
     def _gave_up(self, contents: ClaimRegistry, candidate: Candidate) -> Outcome:
         """The outcome of a file whose thread did not answer in time (its copies fail too)."""

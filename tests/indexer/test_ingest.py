@@ -261,6 +261,34 @@ def test_a_file_the_batched_decoder_fails_on_goes_to_the_cpu_and_order_is_kept(
         assert best == name
 
 
+def test_while_the_device_is_behind_the_reading_threads_decode_jpegs_themselves(
+    tmp_path, tiny_model, monkeypatch, decode_device
+):
+    folder = photo_folder(tmp_path / "photos", 12, (1300, 1000), 170, "base{}.jpg", quality=92)
+    real = JpegBatchDecoder._decode_jpeg
+    on_device: list[int] = []
+
+    def slow(self, tensors):  # a device far slower than two reading threads
+        time.sleep(0.4)
+        on_device.append(len(tensors))
+        return real(self, tensors)
+
+    monkeypatch.setattr(JpegBatchDecoder, "_decode_jpeg", slow)
+    cpu, shared = LibraryLayout.prepare(tmp_path / "cpu"), LibraryLayout.prepare(tmp_path / "shared")
+    index_folders(cpu, [folder], [tiny_model], IndexOptions(workers=2, batch_size=2))
+    report = index_folders(
+        shared, [folder], [tiny_model], IndexOptions(workers=2, batch_size=2, gpu_decode=decode_device)
+    )
+    assert report.embedded == 12 and report.failed == 0
+    assert 0 < sum(on_device) < 12  # the device took its share, the reading threads the rest
+    reference, ours = stored_vectors(cpu), stored_vectors(shared)
+    exact = [name for name in reference if float(reference[name] @ ours[name]) == pytest.approx(1.0, abs=1e-6)]
+    assert len(exact) >= 12 - sum(on_device)  # decoded by Pillow, as on the CPU path
+    for name in reference:  # and each file kept its own vector in the mixed batches
+        assert max(ours, key=lambda other: float(reference[name] @ ours[other])) == name
+        assert float(reference[name] @ ours[name]) >= 0.9999
+
+
 class ClaimsDevice:
     """The tiny model (it runs on the CPU), reporting ``device`` as a model loaded there would."""
 
