@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import importlib.metadata
 import sys
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -71,11 +72,28 @@ def runner(model, precision: str, threads: int) -> Runner:
         config["DYNAMIC_QUANTIZATION_GROUP_SIZE"] = INT8_GROUP
     compiled = ov.Core().compile_model(model, "CPU", config)
 
-    def run(batch: np.ndarray) -> np.ndarray:
+    def infer(batch: np.ndarray) -> np.ndarray:
         # a request per call: ModelPool shares one embedder between threads
         return compiled.create_infer_request().infer({0: np.ascontiguousarray(batch)})[0]
 
+    def run(batch: np.ndarray) -> np.ndarray:
+        if _bindings_ready.is_set():
+            return infer(batch)
+        with _first_call:  # see _bindings_ready
+            vectors = infer(batch)
+            _bindings_ready.set()
+        return vectors
+
     return run
+
+
+#: Set once a call has run in this process. The first calls made at once from two threads
+#: could hang both for good (a server whose first two requests came together): OpenVINO's
+#: bindings set up their NumPy API once per process, in a C++ static initialiser that waits
+#: for the GIL while the other thread, holding the GIL, waits for that initialiser. So the
+#: first call runs alone (``_first_call``); every later one is free.
+_bindings_ready = threading.Event()
+_first_call = threading.Lock()
 
 
 def load_saved(spec: ModelSpec, root: Path, weights_fingerprint: str, precision: str, threads: int) -> Embedder | None:

@@ -3,6 +3,10 @@ of our torch path, batch-invariant, saved conversions never stale, and off when 
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 import torch
@@ -79,6 +83,47 @@ def test_openvino_matches_the_torch_path(name, tiny, monkeypatch):
     np.testing.assert_allclose(np.linalg.norm(vectors, axis=1), 1.0, atol=1e-6)
     assert np.abs(vectors - expected).max() <= 1e-5
     assert np.abs(expected[0] - expected[1]).max() > 1e-3
+
+
+FIRST_CALLS_AT_ONCE = """
+import sys, threading
+import numpy as np
+from dreamsearch.models import load_model
+model = load_model("dreamsim-dino", weights_dir=sys.argv[1], device="cpu", allow_download=False)
+assert model.backend == "openvino", model.backend
+together = threading.Barrier(4)
+def first_call():
+    together.wait()
+    model.embed(np.zeros((1, 224, 224, 3), np.uint8))
+threads = [threading.Thread(target=first_call) for _ in range(4)]
+for thread in threads:
+    thread.start()
+for thread in threads:
+    thread.join()
+print("all answered")
+"""
+
+
+def test_a_process_whose_first_calls_come_at_once_answers_them_all(tiny, monkeypatch):
+    """A server's first two requests at once hung both lane threads for good: OpenVINO's
+    bindings set up their NumPy API in a C++ static initialiser that deadlocks on the GIL,
+    once per process, so each try is a new process. Without the fix 2-3 fresh processes in
+    10 hung here, and this test failed 2 of 3 runs."""
+    root = tiny("dreamsim-dino")
+    _load("dreamsim-dino", root, monkeypatch)  # converted and saved once; the children read it
+    env = {key: value for key, value in os.environ.items() if key != precision.ENV}
+    for attempt in range(8):
+        try:
+            done = subprocess.run(
+                [sys.executable, "-c", FIRST_CALLS_AT_ONCE, str(root)],
+                capture_output=True,
+                text=True,
+                env=env,
+                timeout=60,
+            )
+        except subprocess.TimeoutExpired:
+            pytest.fail(f"process {attempt + 1} hung with its first four calls at once")
+        assert done.returncode == 0 and done.stdout.strip() == "all answered", done.stderr[-2000:]
 
 
 def test_one_image_embeds_as_it_does_in_a_batch_of_four(tiny, monkeypatch):
