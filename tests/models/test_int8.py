@@ -78,13 +78,18 @@ def outliers_(network: torch.nn.Module, factor: float = 20.0, channels: int = 4)
     return changed
 
 
-def _int8_of(handle: PendingModel, network_change, tmp_path) -> Embedder:
-    """The int8 embedder of ``handle``'s network after ``network_change``, through the
-    backend's own fold, conversion and compression."""
-    candidate = handle.torch_reference()
-    assert network_change(candidate.network) > 0
-    openvino_backend.attach(candidate, tmp_path, "changed", "int8")  # a fingerprint of its own: not the cache's
-    return candidate
+def _int8_of(changed: Embedder, tmp_path) -> Embedder:
+    """``changed`` (a torch reference whose network a test changed) run in int8, through
+    the backend's own fold, conversion and compression."""
+    openvino_backend.attach(changed, tmp_path, "changed", "int8")  # a fingerprint of its own: not the cache's
+    return changed
+
+
+def _with_outliers(handle: PendingModel) -> Embedder:
+    """``handle``'s float32 torch reference after ``outliers_``."""
+    changed = handle.torch_reference()
+    assert outliers_(changed.network) > 0
+    return changed
 
 
 @pytest.mark.parametrize("name", BRANCHES)
@@ -93,13 +98,12 @@ def test_int8_passes_every_gate_per_branch_also_with_outlier_activations(
 ):
     handle = _int8_handle(name, official_cache)
     expected = float32_vectors(name)
-    with_outliers = handle.torch_reference()
-    outliers_(with_outliers.network)  # the float32 function is unchanged:
+    with_outliers = _with_outliers(handle)  # the float32 function is unchanged:
     assert np.abs(in_batches(with_outliers.embed, pixels[:4]) - expected[:4]).max() < 1e-4
 
     as_trained = handle.load()
     assert as_trained.backend == "openvino int8"
-    for candidate in (as_trained, _int8_of(handle, outliers_, tmp_path)):
+    for candidate in (as_trained, _int8_of(with_outliers, tmp_path)):  # the same network, not built again
         agreement = measure(expected, candidate.embed, pixels, handle.spec.duplicate_distance)
         assert agreement.failures() == [], agreement
         assert agreement.cosine_mean < 1 - 1e-7  # it is int8: not the float32 numbers themselves
@@ -117,7 +121,7 @@ def test_without_folding_and_with_one_scale_per_token_the_outliers_fail_the_gate
     monkeypatch.setattr(openvino_backend, "fold_norm_scales", lambda network: network)
     monkeypatch.setattr(saved_graph, "INT8_GROUP", 768)  # ViT-B's width: one scale per token
     failures = measure(
-        expected, _int8_of(handle, outliers_, tmp_path).embed, pixels, handle.spec.duplicate_distance
+        expected, _int8_of(_with_outliers(handle), tmp_path).embed, pixels, handle.spec.duplicate_distance
     ).failures()
     assert any(line.startswith(GATES["cosine_mean"].label) for line in failures), failures
     assert any(line.startswith(GATES["distance_change"].label) for line in failures), failures
