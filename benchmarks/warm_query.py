@@ -19,7 +19,6 @@ again (~0.08 s; 1.01-1.06 s against 0.96-0.97 s through the server, 2026-12-04).
 from __future__ import annotations
 
 import argparse
-import compileall
 import os
 import platform
 import statistics
@@ -29,7 +28,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from benchmarks.index_throughput import scratch_dir  # noqa: E402
+from benchmarks.index_throughput import compile_package, scratch_dir  # noqa: E402
 from benchmarks.query_latency import ROOT, TYPES  # noqa: E402
 from benchmarks.serve_latency import CLI, prepare_library, start_server, stop_server  # noqa: E402
 
@@ -53,7 +52,7 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=5, help="CLI runs per side")
     parser.add_argument("--work-dir", type=Path, default=None, help="reuse a library built before")
     args = parser.parse_args()
-    compileall.compile_dir(ROOT / "dreamsearch", quiet=1)  # as pip does at install (see above)
+    compile_package()
 
     from tests.helpers.images import photo_like
     from tests.helpers.official_layout import write_official_cache
