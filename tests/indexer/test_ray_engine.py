@@ -26,7 +26,7 @@ from dreamsearch.errors import DreamsearchError
 from dreamsearch.images import Preprocess
 from dreamsearch.indexer import IndexOptions, index_folders, ray_engine
 from dreamsearch.indexer.pipeline import Contents, ContentState
-from dreamsearch.indexer.ray_engine import ALONE_TRIES, DECODE_TRIES, RayEngine
+from dreamsearch.indexer.ray_engine import RayEngine
 from dreamsearch.indexer.ray_tasks import DecodeSettings, decode_task
 from dreamsearch.layout import LibraryLayout
 from dreamsearch.models import PendingModel
@@ -199,7 +199,13 @@ def test_a_killed_embed_worker_is_restarted_and_the_library_is_complete(cluster,
 
 
 @pytest.mark.ray
-def test_a_file_that_crashes_its_decoder_is_recorded_failed_not_retried_forever(cluster, tmp_path, tiny_weights):
+def test_a_file_that_crashes_its_decoder_is_recorded_failed_not_retried_forever(
+    cluster, tmp_path, tiny_weights, monkeypatch
+):
+    # fewer tries than the product's (3 and 2): each death costs Ray a new worker process
+    # (~3 CPU-s), and a task retried once, then its files alone, is the whole mechanism
+    monkeypatch.setattr(ray_engine, "DECODE_TRIES", 2)
+    monkeypatch.setattr(ray_engine, "ALONE_TRIES", 1)
     folder = photo_folder(tmp_path / "photos", 20, (320, 240), 400, "p{:02d}.jpg", quality=90)
     photo_like(320, 240, 7).save(folder / "crash.jpg", comment=MARKER)
     shutil.copy(folder / "crash.jpg", folder / "crash-copy.jpg")
@@ -208,7 +214,7 @@ def test_a_file_that_crashes_its_decoder_is_recorded_failed_not_retried_forever(
     reasons = {Path(path).name: reason for path, reason in report.failures}
     assert reasons.keys() == {"crash.jpg", "crash-copy.jpg"}
     assert (
-        f"died {DECODE_TRIES + ALONE_TRIES} times" in reasons["crash.jpg"]
+        f"died {ray_engine.DECODE_TRIES + ray_engine.ALONE_TRIES} times" in reasons["crash.jpg"]
         and reasons["crash-copy.jpg"] == reasons["crash.jpg"]
     )
     assert (report.embedded, report.failed) == (20, 2)
