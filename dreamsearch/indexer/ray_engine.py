@@ -213,6 +213,9 @@ class RayEngine:
             for c in candidates
         ]
         per_task = 1 if alone else DECODE_BATCH
+        # first: Ray Data, used before this process has connected, starts a Ray of its own
+        # (and then ran the whole run there, whatever --ray-address said)
+        registry = self.registry()
         dataset = ray.data.from_items(items, override_num_blocks=math.ceil(len(items) / per_task))
         with warnings.catch_warnings():  # Ray 2.60 has no other way to bound a task's retries
             warnings.simplefilter("ignore", DeprecationWarning)
@@ -222,7 +225,7 @@ class RayEngine:
                 batch_format="numpy",
                 num_cpus=1,
                 max_retries=(ALONE_TRIES if alone else DECODE_TRIES) - 1,
-                fn_kwargs={"registry": self.registry(), "settings": self._settings},
+                fn_kwargs={"registry": registry, "settings": self._settings},
             )
         dataset = dataset.map_batches(
             embedders_for(self._on_nodes), batch_size=self._batch_size, batch_format="numpy", **self._actor_resources()

@@ -11,6 +11,7 @@ import signal
 import sqlite3
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from pathlib import Path
@@ -255,6 +256,34 @@ def test_a_killed_driver_loses_only_batches_in_flight_and_the_rerun_completes(cl
     clean = LibraryLayout.prepare(tmp_path / "clean")
     index(clean, folder, tiny_weights, "local")
     assert_same_library(killed, clean)
+
+
+@pytest.mark.ray
+def test_a_driver_runs_on_the_cluster_at_ray_address_not_on_a_ray_it_starts(cluster, tmp_path, tiny_weights):
+    """Ray Data starts a Ray of its own when a process that has not connected yet first uses
+    it, and the whole run then went there, whatever --ray-address said. The driver gets a
+    temporary folder of its own, where Ray finds no running cluster by itself (as on a
+    laptop sending work to a remote cluster): a Ray started there leaves its session in it."""
+    folder = photo_folder(tmp_path / "photos", 3, (200, 150), 1, "a{}.jpg")
+    library = LibraryLayout.prepare(tmp_path / "lib")
+    with tempfile.TemporaryDirectory(prefix="ray-") as driver_tmp:  # short: Ray's socket paths must fit 107 bytes
+        done = subprocess.run(
+            [sys.executable, "-m", "dreamsearch", "index", str(folder), "--library", str(library.root)]
+            + ["--weights-dir", str(tiny_weights), "-m", MODEL, "--device", "cpu", "--quiet"]
+            + ["--engine", "ray", "--ray-address", cluster],
+            capture_output=True,
+            text=True,
+            timeout=300,
+            env={**os.environ, "RAY_TMPDIR": driver_tmp},
+        )
+        started_here = sorted(path.name for path in Path(driver_tmp).rglob("session_*"))
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert started_here == [], "the driver started a Ray of its own"
+    assert [(relpath, status) for relpath, _size, _mtime, status, *_ in files_table(library)] == [
+        ("a0.jpg", "ok"),
+        ("a1.jpg", "ok"),
+        ("a2.jpg", "ok"),
+    ]
 
 
 @pytest.mark.ray
