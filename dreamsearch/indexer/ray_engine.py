@@ -113,6 +113,7 @@ class RayEngine:
                     str(source.device),
                     source.fingerprint,
                     getattr(source, "precision", DEFAULT_PRECISION),
+                    getattr(source, "compile", False),
                 )
             )
         settings = DecodeSettings(

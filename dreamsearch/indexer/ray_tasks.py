@@ -45,6 +45,7 @@ class ModelOnNode:
     device: str
     fingerprint: str
     precision: str = DEFAULT_PRECISION
+    compile: bool = False
 
 
 @dataclass(frozen=True)
@@ -153,7 +154,12 @@ class _Embedders:
         try:
             for wanted in self.on_nodes:
                 pending = PendingModel(
-                    wanted.name, wanted.weights_dir, wanted.device, allow_download=False, precision=wanted.precision
+                    wanted.name,
+                    wanted.weights_dir,
+                    wanted.device,
+                    allow_download=False,
+                    compile=wanted.compile,
+                    precision=wanted.precision,
                 )
                 if pending.fingerprint != wanted.fingerprint:
                     raise WeightsError(

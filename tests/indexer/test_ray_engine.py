@@ -28,7 +28,7 @@ from dreamsearch.images import Preprocess
 from dreamsearch.indexer import IndexOptions, index_folders, ray_engine
 from dreamsearch.indexer.pipeline import Contents, ContentState
 from dreamsearch.indexer.ray_engine import RayEngine
-from dreamsearch.indexer.ray_tasks import DecodeSettings, decode_task
+from dreamsearch.indexer.ray_tasks import DecodeSettings, decode_task, embedders_for
 from dreamsearch.layout import LibraryLayout
 from dreamsearch.models import PendingModel
 from tests.helpers.cli import invoke
@@ -328,6 +328,16 @@ def test_a_decode_task_that_raises_stops_the_run_rather_than_fail_its_files(tmp_
         for e in columns["run_error"]
     )
     assert list(columns["error"]) == ["", ""]
+
+
+def test_compile_reaches_the_models_the_embed_actors_build(tmp_path, tiny_weights):
+    """``--compile`` was dropped on its way to the nodes: with ``--engine ray`` the actors'
+    models ran eager, and nothing said so. The actor class is built here as Ray builds it
+    on a node (torch.compile works on the first call, so building it costs no compile)."""
+    source = PendingModel(MODEL, weights_dir=tiny_weights, device="cpu", compile=True)
+    engine = RayEngine.for_run(None, tmp_path / "catalog.sqlite", [], [source], IndexOptions(engine="ray"))
+    actor = embedders_for(engine._on_nodes)()
+    assert actor._unable is None and [model.compile for model in actor._models] == [True]
 
 
 def test_a_run_with_nothing_to_read_starts_nothing_on_the_cluster(tmp_path, tiny_weights, monkeypatch):
