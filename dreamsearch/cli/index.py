@@ -37,7 +37,12 @@ from dreamsearch.display import display_path, kept_folder_warning, problem_line
     help="Threads that read and decode files (default: two per core, at most 8; 0 does it in the main thread).",
 )
 @click.option("--device", default="auto", show_default=True, type=DEVICE_CHOICES)
-@click.option("--threads", type=click.IntRange(1), default=None, help="CPU threads for torch.")
+@click.option(
+    "--threads",
+    type=click.IntRange(1),
+    default=None,
+    help="CPU threads for the model (default: all cores; with --engine ray, each node uses its own).",
+)
 @precision_option(None)
 @click.option("--exclude", multiple=True, metavar="GLOB", help="Skip paths or names matching GLOB (repeatable).")
 @click.option("--follow-symlinks", is_flag=True, help="Follow symbolic links (loops are detected).")
