@@ -142,10 +142,9 @@ class _Embedders:
     on_nodes: tuple[ModelOnNode, ...] = ()
 
     def __init__(self) -> None:
+        from dreamsearch.defaults import usable_cores
         from dreamsearch.models import PendingModel
-        from dreamsearch.models.base import set_threads
 
-        set_threads(os.cpu_count())  # as a local run; Ray would give torch 1 thread per requested CPU
         self._models = []
         #: Why this node cannot embed. Sent back with the first batch rather than raised:
         #: Ray would hand the driver a traceback, not the one-line reason.
@@ -160,6 +159,10 @@ class _Embedders:
                     allow_download=False,
                     compile=wanted.compile,
                     precision=wanted.precision,
+                    # the node's cores, as a local run uses (Ray would give torch one thread
+                    # per CPU the actor asked for); set on loading, so that a model run from
+                    # its saved OpenVINO graph imports no torch (2.5 CPU-s and ~400 MB an actor)
+                    threads=usable_cores(),
                 )
                 if pending.fingerprint != wanted.fingerprint:
                     raise WeightsError(

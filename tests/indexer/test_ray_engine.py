@@ -4,8 +4,10 @@ files, a killed worker, a decoder crash and a killed driver."""
 
 from __future__ import annotations
 
+import json
 import logging
 import os
+import pickle
 import shutil
 import signal
 import sqlite3
@@ -30,11 +32,12 @@ from dreamsearch.indexer.pipeline import Contents, ContentState
 from dreamsearch.indexer.ray_engine import RayEngine
 from dreamsearch.indexer.ray_tasks import DecodeSettings, decode_task, embedders_for
 from dreamsearch.layout import LibraryLayout
-from dreamsearch.models import PendingModel
+from dreamsearch.models import PendingModel, precision
 from tests.helpers.cli import invoke
 from tests.helpers.crashing_decoder import MARKER
 from tests.helpers.images import make_messy_folder, photo_folder, photo_like
 from tests.helpers.indexing import kill_at_vectors, library_state
+from tests.helpers.official_layout import write_tiny_cache
 
 REPO = Path(__file__).resolve().parents[2]
 MODEL = "dreamsim-dino"
@@ -338,6 +341,46 @@ def test_compile_reaches_the_models_the_embed_actors_build(tmp_path, tiny_weight
     engine = RayEngine.for_run(None, tmp_path / "catalog.sqlite", [], [source], IndexOptions(engine="ray"))
     actor = embedders_for(engine._on_nodes)()
     assert actor._unable is None and [model.compile for model in actor._models] == [True]
+
+
+ACTOR_ON_A_NODE = """
+import json, pickle, sys
+import numpy as np
+from dreamsearch.indexer.ray_tasks import embedders_for
+on_nodes, pixels = pickle.loads(bytes.fromhex(sys.stdin.read()))
+actor = embedders_for(on_nodes)()
+columns = actor({"path": np.array(["a.jpg"], object), "kind": np.array(["DecodedContent"], object),
+                 "pixels_0": np.array([pixels.tobytes()], object), "run_error": np.array([""], object)})
+print(json.dumps({"torch": "torch" in sys.modules, "error": str(columns["run_error"][0]),
+                  "backend": actor._models[0].backend,
+                  "vector": np.frombuffer(columns["vector_0"][0], np.float32).tolist()}))
+"""
+
+
+def test_an_embed_actor_on_a_node_with_the_models_saved_graph_imports_no_torch(tmp_path, monkeypatch):
+    """An embed actor whose node has the model's saved OpenVINO graph embeds without torch,
+    as a local run does; it imported torch only to set its thread count (2.5 CPU-s and
+    ~400 MB an actor, paid again by each actor a run starts). The actor class is built in a
+    fresh interpreter, as Ray builds it on a node."""
+    pytest.importorskip("openvino")
+    monkeypatch.setenv(precision.ENV, "openvino")
+    source = PendingModel(MODEL, weights_dir=write_tiny_cache(tmp_path / "weights"), device="cpu")
+    side = source.preprocess_spec.size
+    pixels = np.random.default_rng(0).integers(0, 256, (side, side, 3), dtype=np.uint8)
+    expected = source.load().embed(pixels[None])[0]  # converts the model and saves its graph
+    engine = RayEngine.for_run(None, tmp_path / "catalog.sqlite", [], [source], IndexOptions(engine="ray"))
+    done = subprocess.run(
+        [sys.executable, "-c", ACTOR_ON_A_NODE],
+        input=pickle.dumps((engine._on_nodes, pixels)).hex(),
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, precision.ENV: "openvino"},
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    actor = json.loads(done.stdout)
+    assert (actor["error"], actor["backend"], actor["torch"]) == ("", "openvino", False)
+    np.testing.assert_allclose(actor["vector"], expected, atol=1e-6)
 
 
 def test_a_run_with_nothing_to_read_starts_nothing_on_the_cluster(tmp_path, tiny_weights, monkeypatch):
