@@ -7,6 +7,7 @@ import signal
 import sqlite3
 import subprocess
 import time
+from collections.abc import Mapping
 from pathlib import Path
 
 from dreamsearch.catalog import Catalog
@@ -57,10 +58,13 @@ def library_state(library: LibraryLayout) -> dict:
     return state
 
 
-def kill_at_vectors(command: list[str], library: LibraryLayout, vectors: int) -> int:
-    """Run ``command`` and SIGKILL it once ``library`` holds ``vectors`` vectors (or it
-    ended, or 2 minutes passed); returns how many it held when killed."""
-    child = subprocess.Popen(command)
+def kill_at_vectors(
+    command: list[str], library: LibraryLayout, vectors: int, env: Mapping[str, str] | None = None
+) -> int:
+    """Run ``command`` (in ``env``, if given) and SIGKILL it once ``library`` holds
+    ``vectors`` vectors (or it ended, or 2 minutes passed); returns how many it held when
+    killed."""
+    child = subprocess.Popen(command, env=env)
     deadline = time.time() + 120
     while time.time() < deadline and child.poll() is None and vectors_in(library) < vectors:
         time.sleep(0.02)
