@@ -7,8 +7,10 @@ that fails it does not ship, so its vectors keep the torch path's weights finger
 
 The whole step ``uint8 [B, S, S, 3]`` → unit vectors (scaling, the network, the L2
 normalisation) is converted from the torch module once, with a dynamic batch size.
-Converting costs 10-60 s on 2 cores (the ensemble: 10 s lightly loaded, 56 s busy) and
-reading the converted model back and compiling it ~1 s, so it is saved under
+Converting the ensemble costs ~5 s on 2 cores, float32 or int8 (7 CPU-s; 16 s and 24 CPU-s
+before torch's trace check and NNCF's per-weight models were left out:
+benchmarks/conversion_time.py), and reading the converted model back and compiling it ~1 s,
+so it is saved under
 ``<weights>/openvino/`` (``saved_graph.graph_path``: a code or version change never reuses
 a stale graph), and later processes run it without torch (``saved_graph.load_saved``). A
 read-only weights folder keeps the conversion in memory for the process.
@@ -26,7 +28,7 @@ import logging
 import os
 import tempfile
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import torch
@@ -88,14 +90,33 @@ def _saved(ov, path: Path, make: Callable):
     return model
 
 
+#: NNCF's switch (read on each call) from compressing each weight through a small OpenVINO
+#: model it compiles for it, a path made for LLMs' huge matrices, to numpy: for ViT-B's
+#: weights the same int8 (not one value differs on DINO's) in 0.3 CPU-s instead of 1.6-2.2.
+NNCF_ON_NUMPY = "NNCF_DISABLE_OPTIMIZED_COMPRESSION"
+
+
 def _int8_weights(model):
     """``model`` with int8 weights, one scale and zero point per output channel (NNCF's
     default int8 scheme; asymmetric kept a little closer to float32 than symmetric here)."""
     import nncf
 
-    nncf.set_log_level(logging.ERROR)  # its statistics table would go to stdout (and `--json`)
-    with open(os.devnull, "w") as sink, contextlib.redirect_stdout(sink):  # and so would its progress bar
+    nncf.set_log_level(logging.ERROR)  # its statistics table would go to stdout (and `--json`),
+    with open(os.devnull, "w") as sink, contextlib.redirect_stdout(sink), _nncf_on_numpy():  # and its progress bar
         return nncf.compress_weights(model, mode=nncf.CompressWeightsMode.INT8_ASYM)
+
+
+@contextlib.contextmanager
+def _nncf_on_numpy() -> Iterator[None]:
+    """``NNCF_ON_NUMPY`` set while NNCF compresses, and the environment as it was after."""
+    if os.environ.get(NNCF_ON_NUMPY) is not None:  # the user's own setting: it already is
+        yield
+        return
+    os.environ[NNCF_ON_NUMPY] = "1"
+    try:
+        yield
+    finally:
+        os.environ.pop(NNCF_ON_NUMPY, None)
 
 
 def _convert(ov, network: torch.nn.Module, size: int):
