@@ -1,6 +1,10 @@
 """``--engine ray`` on a local Ray cluster (2 CPUs, started here): the same library as the
 local engine, file for file and vector for vector, through copies, moves, changes, bad
-files, a killed worker, a decoder crash and a killed driver."""
+files, a killed worker, a decoder crash and a killed driver.
+
+Models run on OpenVINO here, the CPU's default where it is installed, from the graph saved
+once in the module's weights: every index run starts its own embed actors, and on torch
+each paid ~2 CPU-s importing it."""
 
 from __future__ import annotations
 
@@ -43,8 +47,23 @@ REPO = Path(__file__).resolve().parents[2]
 MODEL = "dreamsim-dino"
 
 
+@pytest.fixture(scope="module", autouse=True)
+def on_openvino():
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv(precision.ENV, "openvino")
+        yield
+
+
 @pytest.fixture(scope="module")
-def cluster() -> str:
+def tiny_weights(tiny_weights, tmp_path_factory, on_openvino) -> Path:
+    """The tiny model with its OpenVINO graph saved (a copy: other modules' runs are on torch)."""
+    weights = Path(shutil.copytree(tiny_weights, tmp_path_factory.mktemp("ray") / "weights"))
+    PendingModel(MODEL, weights_dir=weights, device="cpu").load()
+    return weights
+
+
+@pytest.fixture(scope="module")
+def cluster(on_openvino) -> str:
     """A Ray cluster of this machine; its workers can crash on ``crashing_decoder.MARKER``."""
     ray.init(
         num_cpus=2,
@@ -53,7 +72,7 @@ def cluster() -> str:
         logging_level=logging.ERROR,
         runtime_env={
             "worker_process_setup_hook": "tests.helpers.crashing_decoder.install",
-            "env_vars": {"PYTHONPATH": str(REPO)},
+            "env_vars": {"PYTHONPATH": str(REPO), precision.ENV: "openvino"},
         },
     )
     yield ray.get_runtime_context().gcs_address
