@@ -116,6 +116,16 @@ def test_damaged_baseline_checkpoint_is_a_clear_error(tmp_path):
         load_model("resnet50", weights_dir=tmp_path, device="cpu")
 
 
+def test_a_resnet50_checkpoint_lacking_a_tensor_is_a_one_line_error(tmp_path):
+    (tmp_path / "baselines").mkdir()
+    torch.save({"conv1.weight": torch.zeros(64, 3, 7, 7)}, tmp_path / "baselines" / "resnet50-0676ba61.pth")
+    with pytest.raises(WeightsError) as raised:
+        load_model("resnet50", weights_dir=tmp_path, device="cpu")
+    message = str(raised.value)
+    assert "resnet50-0676ba61.pth: not a torchvision ResNet50 checkpoint" in message and "bn1.weight" in message
+    assert "\n" not in message, message
+
+
 def test_a_checkpoint_without_a_clip_image_tower_is_a_clear_error(tmp_path):
     (tmp_path / "baselines").mkdir()
     torch.save({"conv1.weight": torch.zeros(8, 3, 7, 7)}, tmp_path / "baselines" / "ViT-B-32.pt")
