@@ -10,10 +10,10 @@ normalisation) is converted from the torch module once, with a dynamic batch siz
 Converting the ensemble costs ~5 s on 2 cores, float32 or int8 (7 CPU-s; 16 s and 24 CPU-s
 before torch's trace check and NNCF's per-weight models were left out:
 benchmarks/conversion_time.py), and reading the converted model back and compiling it ~1 s,
-so it is saved under
-``<weights>/openvino/`` (``saved_graph.graph_path``: a code or version change never reuses
-a stale graph), and later processes run it without torch (``saved_graph.load_saved``). A
-read-only weights folder keeps the conversion in memory for the process.
+so it is saved under ``<weights>/openvino/`` (``saved_graph.graph_path``: a code or version
+change never reuses a stale graph), and later processes run it without torch
+(``saved_graph.load_saved``). A read-only weights folder keeps the conversion in memory for
+the process.
 
 ``DREAMSEARCH_BACKEND=torch`` turns it off (``precision.chosen_backend``); ``openvino``
 insists on it; unset uses it where installed. ``--precision int8`` always runs here: the
