@@ -33,3 +33,12 @@ class ChangedOnDiskError(NotFoundError):
 
 class WeightsError(DreamsearchError):
     """Model weights that are missing, incomplete or unreadable."""
+
+
+def checkpoint_problem(exc: BaseException) -> str:
+    """What ``torch.load`` or ``load_state_dict`` found wrong in a checkpoint, on one line of
+    at most 200 characters: the latter puts a header line over its findings and names every
+    missing tensor (~320 for a stray ResNet50 checkpoint)."""
+    lines = (line.strip() for line in str(exc).splitlines())
+    found = next((line for line in lines if line and not line.startswith("Error(s) in loading")), "")
+    return (found or type(exc).__name__)[:200]

@@ -10,7 +10,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from dreamsearch.errors import WeightsError
+from dreamsearch.errors import WeightsError, checkpoint_problem
 from dreamsearch.models.base import (
     IMAGENET_MEAN,
     IMAGENET_STD,
@@ -50,7 +50,7 @@ def build_resnet50(spec: ModelSpec, root: Path, device: torch.device) -> TorchEm
     try:
         model.load_state_dict(torch.load(path, map_location="cpu", weights_only=True), strict=True, assign=True)
     except Exception as exc:  # torch.load / load_state_dict raise many types
-        raise WeightsError(f"{path}: not a torchvision ResNet50 checkpoint ({_first_problem(exc)})") from None
+        raise WeightsError(f"{path}: not a torchvision ResNet50 checkpoint ({checkpoint_problem(exc)})") from None
     model.fc = nn.Identity()
     return TorchEmbedder(
         spec.name,
@@ -59,12 +59,3 @@ def build_resnet50(spec: ModelSpec, root: Path, device: torch.device) -> TorchEm
         spec.preprocess(),
         device,
     )
-
-
-def _first_problem(exc: Exception) -> str:
-    """What ``torch.load`` or ``load_state_dict`` found wrong, on one line of at most 200
-    characters: the latter names every missing tensor (~320 for a stray checkpoint) under a
-    header line."""
-    lines = (line.strip() for line in str(exc).splitlines())
-    found = next((line for line in lines if line and not line.startswith("Error(s) in loading")), "")
-    return (found or type(exc).__name__)[:200]

@@ -19,7 +19,7 @@ from typing import cast
 import torch
 from torch import nn
 
-from dreamsearch.errors import WeightsError
+from dreamsearch.errors import WeightsError, checkpoint_problem
 from dreamsearch.models.base import (
     IMAGENET_MEAN,
     IMAGENET_STD,
@@ -87,7 +87,7 @@ def _torch_load(path: Path) -> dict:
     except FileNotFoundError:
         raise WeightsError(f"{path}: missing") from None
     except Exception as exc:  # torch.load raises many types for damaged files
-        raise WeightsError(f"{path}: cannot read checkpoint ({exc})") from None
+        raise WeightsError(f"{path}: cannot read checkpoint ({checkpoint_problem(exc)})") from None
 
 
 def _backbone_state(branch: str, raw: dict) -> dict[str, torch.Tensor]:

@@ -18,6 +18,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from dreamsearch.errors import checkpoint_problem
+
 HEAD_DIM = 64  # every ViT we load has 64-wide heads (ViT-B: 768 / 12)
 
 
@@ -181,8 +183,7 @@ def load_vit(cfg: ViTConfig, state: Mapping[str, torch.Tensor]) -> VisionTransfo
     try:
         vit.load_state_dict({k: v.float() for k, v in state.items()}, strict=True, assign=True)
     except RuntimeError as exc:
-        lines = str(exc).splitlines()
-        raise ValueError(lines[1].strip() if len(lines) > 1 else str(exc)) from None
+        raise ValueError(checkpoint_problem(exc)) from None
     return vit
 
 
