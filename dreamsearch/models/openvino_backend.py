@@ -101,8 +101,9 @@ def _int8_weights(model):
     default int8 scheme; asymmetric kept a little closer to float32 than symmetric here)."""
     import nncf
 
-    nncf.set_log_level(logging.ERROR)  # its statistics table would go to stdout (and `--json`),
-    with open(os.devnull, "w") as sink, contextlib.redirect_stdout(sink), _nncf_on_numpy():  # and its progress bar
+    nncf.set_log_level(logging.ERROR)  # its statistics table would go to stdout (and `--json`)
+    # and so would its progress bar
+    with open(os.devnull, "w") as sink, contextlib.redirect_stdout(sink), _nncf_on_numpy():
         return nncf.compress_weights(model, mode=nncf.CompressWeightsMode.INT8_ASYM)
 
 
