@@ -113,10 +113,23 @@ def decode_device() -> str:
 
 @pytest.fixture(scope="session")
 def tiny_weights(tmp_path_factory) -> Path:
-    """A small DreamSim-DINO in the official layout (64 wide, 2 blocks) for pipeline tests."""
+    """A small DreamSim-DINO in the official layout (64 wide, 2 blocks) for pipeline tests,
+    with its OpenVINO graph saved for the servers and CLIs tests start (``backends``)."""
     from tests.helpers import official_layout
+    from tests.helpers.backends import with_saved_graphs
 
-    return official_layout.write_tiny_cache(tmp_path_factory.mktemp("tiny_weights"))
+    return with_saved_graphs(official_layout.write_tiny_cache(tmp_path_factory.mktemp("tiny_weights")), "dreamsim-dino")
+
+
+@pytest.fixture(scope="module")
+def as_users_run():
+    """This module's servers and CLIs, and its own models, on the product's default backend."""
+    from tests.helpers.backends import AS_USERS_RUN
+
+    with pytest.MonkeyPatch.context() as patch:
+        for name, value in AS_USERS_RUN.items():
+            patch.setenv(name, value)
+        yield
 
 
 @pytest.fixture(scope="session")

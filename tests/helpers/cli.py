@@ -19,7 +19,7 @@ from dreamsearch.cli import main
 #: ``python -m dreamsearch``, as a shell line (for scripts run by bash).
 SHELL_COMMAND = f"{sys.executable} -m dreamsearch"
 #: The modules a probed command reports, as it exits, whether it imported.
-WATCHED = ("faiss", "open_clip", "timm", "torch", "torchvision")
+WATCHED = ("faiss", "open_clip", "openvino", "timm", "torch", "torchvision")
 PROBE = f"""
 import atexit, json, sys
 atexit.register(lambda: print(json.dumps([m for m in {WATCHED!r} if m in sys.modules]), file=sys.stderr))

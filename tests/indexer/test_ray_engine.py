@@ -2,8 +2,8 @@
 local engine, file for file and vector for vector, through copies, moves, changes, bad
 files, a killed worker, a decoder crash and a killed driver.
 
-Models run on OpenVINO here, the CPU's default where it is installed, from the graph saved
-once in the module's weights: every index run starts its own embed actors, and on torch
+Models run on the default backend here (OpenVINO where it is installed), from the graph
+saved once in ``tiny_weights``: every index run starts its own embed actors, and on torch
 each paid ~2 CPU-s importing it."""
 
 from __future__ import annotations
@@ -37,6 +37,7 @@ from dreamsearch.indexer.ray_engine import RayEngine
 from dreamsearch.indexer.ray_tasks import DecodeSettings, decode_task, embedders_for
 from dreamsearch.layout import LibraryLayout
 from dreamsearch.models import PendingModel, precision
+from tests.helpers.backends import AS_USERS_RUN
 from tests.helpers.cli import invoke
 from tests.helpers.crashing_decoder import MARKER
 from tests.helpers.images import make_messy_folder, photo_folder, photo_like
@@ -47,23 +48,11 @@ REPO = Path(__file__).resolve().parents[2]
 MODEL = "dreamsim-dino"
 
 
-@pytest.fixture(scope="module", autouse=True)
-def on_openvino():
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setenv(precision.ENV, "openvino")
-        yield
+pytestmark = pytest.mark.usefixtures("as_users_run")
 
 
 @pytest.fixture(scope="module")
-def tiny_weights(tiny_weights, tmp_path_factory, on_openvino) -> Path:
-    """The tiny model with its OpenVINO graph saved (a copy: other modules' runs are on torch)."""
-    weights = Path(shutil.copytree(tiny_weights, tmp_path_factory.mktemp("ray") / "weights"))
-    PendingModel(MODEL, weights_dir=weights, device="cpu").load()
-    return weights
-
-
-@pytest.fixture(scope="module")
-def cluster(on_openvino) -> str:
+def cluster(as_users_run) -> str:
     """A Ray cluster of this machine; its workers can crash on ``crashing_decoder.MARKER``."""
     ray.init(
         num_cpus=2,
@@ -72,7 +61,7 @@ def cluster(on_openvino) -> str:
         logging_level=logging.ERROR,
         runtime_env={
             "worker_process_setup_hook": "tests.helpers.crashing_decoder.install",
-            "env_vars": {"PYTHONPATH": str(REPO), precision.ENV: "openvino"},
+            "env_vars": {"PYTHONPATH": str(REPO), **AS_USERS_RUN},
         },
     )
     yield ray.get_runtime_context().gcs_address

@@ -17,7 +17,11 @@ from pathlib import Path
 
 import httpx
 
+from tests.helpers.backends import AS_USERS_RUN
+
 MODEL = "dreamsim-dino"
+#: What every server here runs with: offline, unbuffered, on the default backend.
+SERVER_ENV = {"HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1", **AS_USERS_RUN}
 URL = re.compile(r"http://(127\.0\.0\.1|\[::1\]|localhost):(\d+)")
 
 
@@ -60,7 +64,7 @@ def running_server(
         stderr=subprocess.STDOUT,
         text=True,
         preexec_fn=preexec_fn,
-        env={**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1", **(env or {})},
+        env={**os.environ, **SERVER_ENV, **(env or {})},
     )
     lines: queue.Queue[str] = queue.Queue()
     log = [] if log is None else log

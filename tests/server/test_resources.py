@@ -24,6 +24,7 @@ from dreamsearch.api import Library
 from dreamsearch.indexer import IndexOptions
 from dreamsearch.search import Searcher
 from dreamsearch.server.app import create_app
+from tests.helpers.backends import with_saved_graphs
 from tests.helpers.http_api import upload
 from tests.helpers.images import make_photos
 from tests.helpers.official_layout import write_tiny_cache
@@ -38,7 +39,7 @@ PROMPTLY = 20
 def two_models(tmp_path_factory):
     """A library indexed with tiny dreamsim-dino and dreamsim-clip."""
     root = tmp_path_factory.mktemp("resources")
-    weights = write_tiny_cache(root / "weights", "dino_vitb16")
+    weights = with_saved_graphs(write_tiny_cache(root / "weights", "dino_vitb16"), DINO)  # for its servers
     write_tiny_cache(weights, "clip_vitb32", seed=1)
     photos = make_photos(root / "photos", 6)
     with Library.open(root / "lib", weights_dir=weights, device="cpu") as library:

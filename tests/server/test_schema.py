@@ -37,6 +37,7 @@ from dreamsearch.layout import LibraryLayout
 from dreamsearch.server.app import create_app
 from dreamsearch.vector_index import rebuild, with_kind
 from dreamsearch.vector_index.recall import clustered_unit_vectors
+from tests.helpers.backends import with_saved_graphs
 from tests.helpers.images import make_photos
 from tests.helpers.official_layout import write_tiny_cache
 from tests.server.serving import running_server
@@ -60,7 +61,7 @@ def library(tmp_path_factory):
     root = tmp_path_factory.mktemp("schema")
     weights = write_tiny_cache(root / "weights")
     write_tiny_cache(weights, "synclr_vitb16", seed=1)
-    write_tiny_cache(weights, "clip_vitb32", seed=2)
+    with_saved_graphs(write_tiny_cache(weights, "clip_vitb32", seed=2), *MODELS)  # the servers load no torch
     photos = make_photos(root / "photos", 6)
     (photos / "copy.jpg").write_bytes((photos / "p0.jpg").read_bytes())
     (photos / "notes.jpg").write_bytes(b"not a picture\n" * 20)

@@ -14,21 +14,24 @@ import pytest
 
 from dreamsearch.api import Library
 from dreamsearch.indexer import IndexOptions
+from tests.helpers.backends import with_saved_graphs
 from tests.helpers.cli import Probed, probe
 from tests.helpers.images import make_photos
 from tests.helpers.official_layout import write_tiny_cache
-from tests.server.serving import running_server, serve_command
+from tests.server.serving import SERVER_ENV, running_server, serve_command
 
-pytestmark = pytest.mark.server
+pytestmark = [pytest.mark.server, pytest.mark.usefixtures("as_users_run")]
 
 DINO, CLIP = "dreamsim-dino", "dreamsim-clip"
 
 
 @pytest.fixture(scope="module")
-def library(tmp_path_factory):
+def library(tmp_path_factory, as_users_run):
+    """A library of both models, whose graphs are saved: the CLI and the server load them
+    as a user's would, on the default backend."""
     root = tmp_path_factory.mktemp("warm")
     weights = write_tiny_cache(root / "weights", "dino_vitb16")
-    write_tiny_cache(weights, "clip_vitb32", seed=1)
+    with_saved_graphs(write_tiny_cache(weights, "clip_vitb32", seed=1), DINO, CLIP)
     photos = make_photos(root / "photos")
     (photos / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 not really a JPEG" * 10)
     with Library.open(root / "lib", weights_dir=weights, device="cpu") as opened:
@@ -37,9 +40,14 @@ def library(tmp_path_factory):
 
 
 def cli(library, *args: str) -> Probed:
-    """``dreamsearch ARGS`` on the library in a fresh interpreter: only a model load imports torch."""
+    """``dreamsearch ARGS`` on the library in a fresh interpreter (see ``built_a_model``)."""
     lib, _photos, weights = library
     return probe(*args, "--library", str(lib), "--weights-dir", str(weights))
+
+
+def built_a_model(run: Probed) -> bool:
+    """Whether the process built a model itself: only that imports torch or OpenVINO."""
+    return bool(run.imported & {"torch", "openvino"})
 
 
 def printed(run: Probed) -> tuple[int, str, str]:
@@ -52,15 +60,15 @@ def test_a_query_through_a_running_server_prints_the_same_without_loading_a_mode
     lib, photos, weights = library
     query = ("query", str(photos / "p1.jpg"), str(photos / "p3.jpg"), "-k", "4", "-m", DINO)
     alone = cli(library, *query)
-    assert alone.code == 0 and "torch" in alone.imported, alone.stderr
+    assert alone.code == 0 and built_a_model(alone), alone.stderr
     with running_server(lib, weights, "--models", DINO):
         socket_path = lib / "serve.sock"
         assert stat.S_ISSOCK(socket_path.stat().st_mode) and stat.S_IMODE(socket_path.stat().st_mode) == 0o600
         warm = cli(library, *query)
         forced = cli(library, *query, "--no-server")
     assert printed(warm) == printed(alone)
-    assert "torch" not in warm.imported, warm.stderr  # the server embedded
-    assert printed(forced) == printed(alone) and "torch" in forced.imported
+    assert not built_a_model(warm), warm.stderr  # the server embedded
+    assert printed(forced) == printed(alone) and built_a_model(forced)
     assert not socket_path.exists()  # the server took its socket away when it stopped
 
 
@@ -83,7 +91,7 @@ def test_the_private_socket_needs_no_token_and_the_port_still_does(library):
     with running_server(lib, weights, "--models", DINO, env={"DREAMSEARCH_TOKEN": "s3cret"}) as url:
         assert httpx.get(f"{url}/api/health").status_code == 401
         warm = cli(library, "query", str(photos / "p2.jpg"), "-k", "2", "-m", DINO)
-    assert warm.code == 0 and "torch" not in warm.imported, warm.stderr
+    assert warm.code == 0 and not built_a_model(warm), warm.stderr
     assert "p2.jpg" in warm.stdout
 
 
@@ -107,7 +115,7 @@ def test_a_socket_left_by_a_killed_server_is_replaced_and_never_trusted(library)
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
-        env={**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1"},
+        env={**os.environ, **SERVER_ENV},
     )
     try:
         assert "serving" in server.stdout.readline()
@@ -118,7 +126,7 @@ def test_a_socket_left_by_a_killed_server_is_replaced_and_never_trusted(library)
     assert printed(cli(library, *query)) == printed(alone)  # done here instead
     with running_server(lib, weights, "--models", DINO):  # a new server takes its place
         warm = cli(library, *query)
-    assert printed(warm) == printed(alone) and "torch" not in warm.imported
+    assert printed(warm) == printed(alone) and not built_a_model(warm)
 
 
 @pytest.mark.slow
