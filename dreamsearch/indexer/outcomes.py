@@ -7,12 +7,15 @@ kind filled, and to assert it.)"""
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 
-from dreamsearch.catalog import StoredFile
 from dreamsearch.images import Decoded
 from dreamsearch.scan import ScannedFile
+
+if TYPE_CHECKING:  # Ray's workers import this module and read no catalog
+    from dreamsearch.catalog import StoredFile
 
 
 @dataclass(frozen=True)

@@ -20,9 +20,8 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import partial
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
-from dreamsearch.catalog import Catalog, ModelInfo
 from dreamsearch.images import Preprocess, TimeLimitExceeded, decode_bytes, time_limit, too_slow
 from dreamsearch.indexer.options import OnPicture
 from dreamsearch.indexer.outcomes import (
@@ -35,6 +34,9 @@ from dreamsearch.indexer.outcomes import (
     Outcome,
 )
 from dreamsearch.reading import FileBytes, read_file
+
+if TYPE_CHECKING:  # Ray's decode workers import this module and read no catalog
+    from dreamsearch.catalog import Catalog, ModelInfo
 
 
 class ContentState(enum.Enum):

@@ -7,11 +7,13 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from dreamsearch.catalog import Catalog, ModelInfo
 from dreamsearch.errors import DreamsearchError
 from dreamsearch.indexer.pipeline import Answer, Contents
+
+if TYPE_CHECKING:
+    from dreamsearch.catalog import ModelInfo
 
 
 class RemoteContents:
@@ -77,6 +79,8 @@ class Registry:
     """The run's ``Contents`` on the driver's node, reading the catalog the driver writes."""
 
     def __init__(self, catalog_path: str, models: list[ModelInfo]) -> None:
+        from dreamsearch.catalog import Catalog  # here: decode tasks and embed actors import this module too
+
         self._contents = Contents(Catalog(Path(catalog_path), read_only=True), models)
 
     def call(self, method: str, *args: Any) -> Any:

@@ -321,7 +321,8 @@ on_nodes, pixels = pickle.loads(bytes.fromhex(sys.stdin.read()))
 actor = embedders_for(on_nodes)()
 columns = actor({"path": np.array(["a.jpg"], object), "kind": np.array(["DecodedContent"], object),
                  "pixels_0": np.array([pixels.tobytes()], object), "run_error": np.array([""], object)})
-print(json.dumps({"torch": "torch" in sys.modules, "error": str(columns["run_error"][0]),
+print(json.dumps({"torch": "torch" in sys.modules, "sqlalchemy": "sqlalchemy" in sys.modules,
+                  "error": str(columns["run_error"][0]),
                   "backend": actor._models[0].backend,
                   "vector": np.frombuffer(columns["vector_0"][0], np.float32).tolist()}))
 """
@@ -330,7 +331,8 @@ print(json.dumps({"torch": "torch" in sys.modules, "error": str(columns["run_err
 def test_an_embed_actor_on_a_node_with_the_models_saved_graph_imports_no_torch(tmp_path, monkeypatch):
     """An embed actor whose node has the model's saved OpenVINO graph embeds without torch,
     as a local run does; it imported torch only to set its thread count (2.5 CPU-s and
-    ~400 MB an actor, paid again by each actor a run starts). The actor class is built in a
+    ~400 MB an actor, paid again by each actor a run starts), and SQLAlchemy through the
+    package's ``run`` (0.25 CPU-s a worker). The actor class is built in a
     fresh interpreter, as Ray builds it on a node."""
     pytest.importorskip("openvino")
     monkeypatch.setenv(precision.ENV, "openvino")
@@ -350,6 +352,7 @@ def test_an_embed_actor_on_a_node_with_the_models_saved_graph_imports_no_torch(t
     assert done.returncode == 0, done.stderr[-3000:]
     actor = json.loads(done.stdout)
     assert (actor["error"], actor["backend"], actor["torch"]) == ("", "openvino", False)
+    assert not actor["sqlalchemy"]  # nor the catalog's layer: workers read and write no catalog
     np.testing.assert_allclose(actor["vector"], expected, atol=1e-6)
 
 
