@@ -20,6 +20,7 @@ from dreamsearch.indexer import IndexOptions, index_folders
 from dreamsearch.layout import LibraryLayout
 from dreamsearch.scan import ScannedFile
 from dreamsearch.vector_index import open_index
+from tests.helpers.backends import AS_USERS_RUN
 from tests.helpers.images import exif, make_messy_folder, photo_folder, photo_like
 from tests.helpers.indexing import INDEX_SCRIPT, kill_at_vectors, library_state, vectors_in
 
@@ -212,9 +213,10 @@ def test_sigkill_mid_run_then_resume_equals_an_uninterrupted_run(tmp_path, tiny_
     (folder / "broken.jpg").write_bytes(b"\xff\xd8\xff garbage")
     killed = LibraryLayout.prepare(tmp_path / "killed")
     command = [sys.executable, "-c", INDEX_SCRIPT, str(tiny_weights), str(killed.root), str(folder)]
-    assert 10 <= kill_at_vectors(command, killed, 10) < 60, "the kill should land mid-run"
+    as_users_run = {**os.environ, **AS_USERS_RUN}  # from the saved graph: no torch to import
+    assert 10 <= kill_at_vectors(command, killed, 10, as_users_run) < 60, "the kill should land mid-run"
 
-    subprocess.run(command, check=True, timeout=300)
+    subprocess.run(command, check=True, timeout=300, env=as_users_run)
     whole = LibraryLayout.prepare(tmp_path / "whole")
     run_index(whole, folder, tiny_model)
     resumed_state, whole_state = library_state(killed), library_state(whole)
@@ -248,7 +250,8 @@ def test_ctrl_c_stops_after_the_batch_and_the_next_run_completes(tmp_path, tiny_
         "1",
         "--quiet",
     ]
-    child = subprocess.Popen(command, stderr=subprocess.PIPE, text=True)
+    as_users_run = {**os.environ, **AS_USERS_RUN}
+    child = subprocess.Popen(command, stderr=subprocess.PIPE, text=True, env=as_users_run)
     deadline = time.time() + 120
     while time.time() < deadline and vectors_in(library) < 6:
         time.sleep(0.05)
@@ -263,5 +266,5 @@ def test_ctrl_c_stops_after_the_batch_and_the_next_run_completes(tmp_path, tiny_
         from dreamsearch.vector_index import VectorIndex
 
         assert len(VectorIndex.load(library.index_dir, "dreamsim-dino")) == catalog.count_vectors(model)
-    subprocess.run(command, check=True, timeout=300)
+    subprocess.run(command, check=True, timeout=300, env=as_users_run)
     assert vectors_in(library) == 60

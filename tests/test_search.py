@@ -153,10 +153,12 @@ def test_helpful_errors(indexed, tiny_weights, tmp_path):
 @pytest.mark.slow
 def test_queries_while_an_index_run_commits(tmp_path, tiny_weights, tiny_model):
     """A query during indexing succeeds and only returns files that exist."""
+    import os
     import subprocess
     import sys
     import time
 
+    from tests.helpers.backends import AS_USERS_RUN
     from tests.helpers.indexing import INDEX_SCRIPT, vectors_in
 
     photos = photo_folder(tmp_path / "photos", 40, (320, 240), 900, "{:02d}.jpg")
@@ -165,7 +167,10 @@ def test_queries_while_an_index_run_commits(tmp_path, tiny_weights, tiny_model):
     for i in range(10):
         (photos / f"{i:02d}.jpg").unlink()
     photo_folder(photos, 40, (320, 240), 900, "{:02d}.jpg", start=40)
-    writer = subprocess.Popen([sys.executable, "-c", INDEX_SCRIPT, str(tiny_weights), str(library.root), str(photos)])
+    writer = subprocess.Popen(
+        [sys.executable, "-c", INDEX_SCRIPT, str(tiny_weights), str(library.root), str(photos)],
+        env={**os.environ, **AS_USERS_RUN},  # from the saved graph: no torch to import
+    )
     seen_counts = set()
     try:
         while writer.poll() is None:

@@ -17,6 +17,7 @@ from dreamsearch.api import Library
 from dreamsearch.catalog import Catalog
 from dreamsearch.errors import DreamsearchError
 from dreamsearch.layout import LibraryLayout
+from tests.helpers.backends import AS_USERS_RUN
 from tests.helpers.cli import SHELL_COMMAND, invoke_as_user
 from tests.helpers.images import photo_folder
 from tests.helpers.indexing import index, stored_paths
@@ -255,6 +256,7 @@ def test_the_readme_api_example_runs_as_a_script_without_a_main_guard(tmp_path, 
         "DREAMSEARCH_LIBRARY": str(tmp_path / "lib"),
         "DREAMSEARCH_WEIGHTS": str(tiny_weights),
         "PYTHONPATH": str(Path(__file__).resolve().parents[1]),
+        **AS_USERS_RUN,
     }
     done = subprocess.run(
         [sys.executable, str(script)], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=240

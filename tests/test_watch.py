@@ -28,6 +28,8 @@ from tests.helpers.images import photo_folder, photo_like
 from tests.helpers.indexing import index, library_state, stored_paths, vectors_in
 from tests.helpers.mounts import in_mount_namespace
 
+#: The watchers started here run as a user's would, from the saved graph of ``tiny_weights``.
+pytestmark = pytest.mark.usefixtures("as_users_run")
 MODEL = "dreamsim-dino"
 SETTLE = 0.3
 
