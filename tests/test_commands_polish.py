@@ -1,12 +1,11 @@
 """First-use polish: model names checked first with a suggestion, a folder given as a query
 image, `compare --like`, reading commands that create nothing, importing one's own
-weights, and the clip baseline loading without warnings."""
+weights, and a damaged clip checkpoint told clearly."""
 
 from __future__ import annotations
 
 import dataclasses
 import json
-import warnings
 from pathlib import Path
 
 import numpy as np
@@ -23,7 +22,7 @@ from dreamsearch.models.registry import MODELS, get_spec
 from dreamsearch.models.weights import fingerprint, import_weights
 from tests.helpers.cli import invoke
 from tests.helpers.images import photo_folder
-from tests.helpers.official_layout import write_clip_checkpoint, write_tiny_cache
+from tests.helpers.official_layout import write_tiny_cache
 
 TYPO = "dreamsim-dnio"
 SUGGESTION = f"unknown model '{TYPO}'; did you mean 'dreamsim-dino'?"
@@ -265,29 +264,7 @@ def test_a_verified_import_forgets_that_earlier_weights_were_not_published(tmp_p
     assert fingerprint(spec, weights) == fingerprint(spec, cache)
 
 
-# 6. clip loads without warnings ---------------------------------------------------------
-
-
-def _vectors(weights: Path, images: list[Path]) -> np.ndarray:
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        model = load_model("clip", weights_dir=weights, device="cpu")
-    assert [str(w.message) for w in caught] == []
-    return model.embed_images([Image.open(p).convert("RGB") for p in images])
-
-
-@pytest.mark.slow
-def test_clip_loads_a_state_dict_and_a_torchscript_archive_without_warnings(tmp_path, sample_images):
-    reference, _transform = write_clip_checkpoint(tmp_path / "state")
-    from_state = _vectors(tmp_path / "state", sample_images)
-    scripted = tmp_path / "scripted" / "baselines" / "ViT-B-32.pt"  # OpenAI's file is TorchScript
-    scripted.parent.mkdir(parents=True)
-    del reference.attn_mask  # open_clip's causal-mask buffer: OpenAI's archive holds none (open_clip would refuse it)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        example = torch.zeros(1, 3, 224, 224)
-        torch.jit.save(torch.jit.trace_module(reference, {"encode_image": example}, check_trace=False), scripted)
-    np.testing.assert_array_equal(_vectors(tmp_path / "scripted", sample_images), from_state)
+# 6. clip: a damaged checkpoint (loading without warnings: tests/models/test_baselines.py) ----
 
 
 def test_a_damaged_clip_checkpoint_is_still_a_clear_error(tmp_path):

@@ -36,14 +36,18 @@ def clip_weights(openai_clip_weights) -> Path:
 @pytest.mark.parametrize("layout", ["openai_archive", "float32_state_dict"])
 def test_clip_baseline_matches_open_clip(layout, openai_clip_weights, sample_images):
     """The reference is open_clip's own loader, which made every ``clip`` vector stored
-    before ours: same file in, same vectors out, for OpenAI's file and for a fine-tune."""
+    before ours: same file in, same vectors out, for OpenAI's file and for a fine-tune;
+    and ours loads either without a warning (torch.jit's deprecation once reached users)."""
     import open_clip
 
     root = openai_clip_weights(archive=layout == "openai_archive")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # torch.jit.load is deprecated
         reference = open_clip.load_openai_model(str(root / "baselines" / "ViT-B-32.pt"), precision="fp32", device="cpu")
-    ours = load_model("clip", weights_dir=root, device="cpu")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        ours = load_model("clip", weights_dir=root, device="cpu")
+    assert [str(w.message) for w in caught] == []
     vectors = ours.embed_images([Image.open(p).convert("RGB") for p in sample_images])
     expected = _reference_vectors(reference.encode_image, open_clip.image_transform(224, is_train=False), sample_images)
     assert vectors.shape == (len(sample_images), 512)
