@@ -19,7 +19,7 @@ AS_USERS_RUN = {precision.ENV: "auto"}
 def with_saved_graphs(weights: Path, *models: str) -> Path:
     """``weights`` once each model has been built on the default backend, which saves its
     graph there (in this process, where torch is loaded already: ~0.4 CPU-s for the tiny
-    DINO; a no-op where OpenVINO is not installed)."""
+    DINO). Where OpenVINO is not installed the default is torch, and nothing is saved."""
     with mock.patch.dict(os.environ, AS_USERS_RUN):
         for name in models:
             PendingModel(name, weights_dir=weights, device="cpu").load()

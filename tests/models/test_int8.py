@@ -43,12 +43,13 @@ def _int8_handle(name: str, official_cache) -> PendingModel:
 
 @pytest.fixture(scope="module")
 def float32_vectors(run_dir, official_cache, pixels):
-    """``float32_vectors(name)`` → the float32 torch vectors of ``pixels``, every gate's
-    reference, computed once per run (DINO's ViT-B/16 over the 40 pictures: 5-10 s here)."""
+    """``float32_vectors(name, reference)`` → the float32 torch vectors of ``pixels``, every
+    gate's reference, computed once per run (DINO's ViT-B/16 over the 40 pictures: 5-10 s
+    here) by ``reference``, the caller's unchanged torch reference of ``name``."""
 
-    def make(name: str) -> np.ndarray:
+    def make(name: str, reference: Embedder) -> np.ndarray:
         def embed(path) -> None:
-            np.save(path, in_batches(_int8_handle(name, official_cache).torch_reference().embed, pixels))
+            np.save(path, in_batches(reference.embed, pixels))
 
         return np.load(made_once(run_dir, f"int8_float32_vectors_{name}.npy", embed))
 
@@ -85,11 +86,10 @@ def _int8_of(changed: Embedder, tmp_path) -> Embedder:
     return changed
 
 
-def _with_outliers(handle: PendingModel) -> Embedder:
-    """``handle``'s float32 torch reference after ``outliers_``."""
-    changed = handle.torch_reference()
-    assert outliers_(changed.network) > 0
-    return changed
+def _with_outliers(reference: Embedder) -> Embedder:
+    """``reference`` (a float32 torch reference) after ``outliers_``, changed in place."""
+    assert outliers_(reference.network) > 0
+    return reference
 
 
 @pytest.mark.parametrize("name", BRANCHES)
@@ -100,8 +100,9 @@ def test_int8_passes_every_gate_per_branch_with_outlier_activations(
     with no outlier channels) is the easy case of the same fold, conversion and compression,
     and ``handle.load()`` reaching int8 is checked on the tiny model below."""
     handle = _int8_handle(name, official_cache)
-    expected = float32_vectors(name)
-    with_outliers = _with_outliers(handle)  # the float32 function is unchanged:
+    reference = handle.torch_reference()
+    expected = float32_vectors(name, reference)  # before the outliers, if computed here
+    with_outliers = _with_outliers(reference)  # the float32 function is unchanged:
     assert np.abs(in_batches(with_outliers.embed, pixels[:4]) - expected[:4]).max() < 1e-4
 
     candidate = _int8_of(with_outliers, tmp_path)  # the same network, not built again
@@ -119,11 +120,12 @@ def test_without_folding_and_with_one_scale_per_token_the_outliers_fail_the_gate
     for the reason they exist. On the DINO branch: on OpenCLIP's ViT-B/32 the same scheme
     missed the distance gate only on some random weights (the seed depends on test order)."""
     handle = _int8_handle("dreamsim-dino", official_cache)
-    expected = float32_vectors("dreamsim-dino")  # before the scheme is changed, if computed here
+    reference = handle.torch_reference()
+    expected = float32_vectors("dreamsim-dino", reference)  # before the outliers and the scheme, if computed here
     monkeypatch.setattr(openvino_backend, "fold_norm_scales", lambda network: network)
     monkeypatch.setattr(saved_graph, "INT8_GROUP", 768)  # ViT-B's width: one scale per token
     failures = measure(
-        expected, _int8_of(_with_outliers(handle), tmp_path).embed, pixels, handle.spec.duplicate_distance
+        expected, _int8_of(_with_outliers(reference), tmp_path).embed, pixels, handle.spec.duplicate_distance
     ).failures()
     assert any(line.startswith(GATES["cosine_mean"].label) for line in failures), failures
     assert any(line.startswith(GATES["distance_change"].label) for line in failures), failures
