@@ -139,8 +139,11 @@ def test_ray_builds_the_library_the_local_engine_builds_and_keeps_it_in_step(clu
 
 @pytest.mark.ray
 def test_small_chunks_and_two_folders_give_the_same_library(cluster, tmp_path, tiny_weights, monkeypatch):
-    monkeypatch.setattr(ray_engine, "FIRST_CHUNK", 4)  # a byte copy and its original land in different chunks
-    monkeypatch.setattr(ray_engine, "MAX_CHUNK", 8)
+    # chunks of 8, then up to 32, per folder: the first folder's 12 files make two, so the byte
+    # copies of f00 land in another chunk than it; the second's 8 make one (each chunk starts
+    # its own embed actor: ~2 CPU-s here)
+    monkeypatch.setattr(ray_engine, "FIRST_CHUNK", 8)
+    monkeypatch.setattr(ray_engine, "MAX_CHUNK", 32)
     first = photo_folder(tmp_path / "first", 10, (320, 240), 700, "f{:02d}.jpg", quality=90)
     second = photo_folder(tmp_path / "second", 6, (320, 240), 800, "s{:02d}.jpg", quality=90)
     for name in ("zz-copy-a.jpg", "zz-copy-b.jpg"):
