@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from dreamsearch.errors import WeightsError
+from dreamsearch.errors import WeightsError, checkpoint_problem
 from dreamsearch.models.clip_tokenizer import ClipTokenizer, Tokens, clip_tokenizer
 from dreamsearch.models.openai_clip import _RENAMES, read_checkpoint
 from dreamsearch.models.registry import ModelSpec
@@ -109,8 +109,7 @@ def load_text_tower(path: Path) -> TextTower:
             tower = TextTower(cfg, vocabulary, state["pos_embed"].shape[0])
         tower.load_state_dict(state, strict=True, assign=True)
     except (KeyError, ValueError, RuntimeError) as exc:
-        reason = str(exc).splitlines()[-1].strip() if str(exc) else type(exc).__name__
-        raise WeightsError(f"{path}: no OpenAI CLIP text tower in it ({reason})") from None
+        raise WeightsError(f"{path}: no OpenAI CLIP text tower in it ({checkpoint_problem(exc)})") from None
     return tower
 
 
